@@ -1,0 +1,26 @@
+"""amber: atomic, verified, portable checkpoints for reinforcement learning.
+
+The engine knows no format: formats, state capture, migrations and model
+exporters are pluggy plugins (see :mod:`amber.hookspecs`). Plugins write
+``@amber.hookimpl``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amber.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "hookimpl", "hookspec", "load", "save"]
+
+
+def __getattr__(name: str) -> Any:
+    # save/load live in amber.checkpoint; imported on first use so that
+    # `import amber` stays light.
+    if name in ("save", "load"):
+        from amber import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'amber' has no attribute {name!r}")

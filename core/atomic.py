@@ -1,0 +1,179 @@
+"""Atomic directory commits: stage in a temporary sibling, fsync, rename into place.
+
+A save writes everything into ``.<name>.amber-tmp-<pid>-<rand>`` beside the
+target, fsyncs every file and directory, then renames the staging directory
+onto the target. Saving over an existing checkpoint swaps the two
+directories in one ``renameat2(RENAME_EXCHANGE)`` call on Linux, so at every
+instant the path holds either the old checkpoint or the new one. A staging
+directory carries a marker file until just before its commit; only
+directories with that marker, named like a staging directory and left by a
+process that no longer runs, are removed by later saves into the same
+parent. Nothing else is ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from amber.errors import CheckpointWriteError
+
+__all__ = ["MARKER", "commit", "fsync_dir", "fsync_tree", "staging"]
+
+MARKER = ".amber-staging"
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that the entries made in it are durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every directory under ``root`` (files are fsynced as they are closed)."""
+    dirs = [Path(d) for d, _, _ in os.walk(root)]
+    for d in reversed(dirs):  # children first, then the parents that name them
+        fsync_dir(d)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(parent: Path) -> list[Path]:
+    """Remove staging directories in ``parent`` left by crashed saves; return them."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STAGING_RE.match(entry.name)
+        if not m or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _pid_alive(int(m["pid"])):
+            continue
+        path = Path(entry.path)
+        if (path / MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _write_marker(path: Path) -> None:
+    with open(path / MARKER, "wb") as f:
+        f.write(b"amber staging directory; safe to delete if no save is running\n")
+
+
+@contextlib.contextmanager
+def staging(target: Path) -> Iterator[Path]:
+    """Create a staging directory beside ``target`` and remove it if the block fails.
+
+    :raises CheckpointWriteError: the parent cannot be created or written.
+    """
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(parent)
+        tmp = parent / f".{target.name}.amber-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        _write_marker(tmp)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"cannot create a checkpoint in {parent}: {e.strerror or e}", path=target
+        ) from e
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the system cannot."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _check_replaceable(target: Path) -> None:
+    if target.is_symlink() or not target.is_dir():
+        raise CheckpointWriteError(
+            f"{target} exists and is not a directory; not overwriting it", path=target
+        )
+    names = {p.name for p in target.iterdir()}
+    if names and "checkpoint.json" not in names:
+        raise CheckpointWriteError(
+            f"{target} is a non-empty directory that is not an amber checkpoint; "
+            "not overwriting it (choose an empty or new directory)",
+            path=target,
+        )
+
+
+def commit(tmp: Path, target: Path) -> None:
+    """Move the finished staging directory ``tmp`` to ``target`` atomically.
+
+    An existing empty directory or amber checkpoint at ``target`` is replaced
+    as a whole; anything else there is left alone and the save fails.
+
+    :raises CheckpointWriteError: ``target`` holds something that is not ours.
+    """
+    os.unlink(tmp / MARKER)
+    fsync_tree(tmp)
+    for _ in range(3):
+        if not os.path.lexists(target):
+            try:
+                os.rename(tmp, target)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                continue  # another saver got there first: swap with theirs
+        _check_replaceable(target)
+        if _exchange(tmp, target):
+            _write_marker(tmp)  # tmp now holds the old checkpoint
+            shutil.rmtree(tmp, ignore_errors=True)
+            break
+        # No atomic exchange here: move the old one aside first (a crash in
+        # between leaves it beside the target under a hidden name).
+        aside = target.parent / f".{target.name}.amber-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(target, aside)
+        os.rename(tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
+        break
+    else:
+        raise CheckpointWriteError(f"{target} kept changing during the save", path=target)
+    fsync_dir(target.parent)

@@ -1,0 +1,154 @@
+"""The errors amber raises.
+
+Every error about a checkpoint, a format or a plugin derives from
+:class:`CheckpointError`. Each carries the path it concerns (``.path``), and
+where known the format (``.format``) and the plugin (``.plugin``) involved,
+and its message names the path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
+    "DuplicateFormatError",
+    "InvalidIdError",
+    "MigrationError",
+    "MissingPluginError",
+    "NotACheckpointError",
+    "PluginLoadError",
+    "UnknownExporterError",
+    "UnknownFormatError",
+    "UnknownPolicyError",
+    "UnsafeContentError",
+    "UnserializableStateError",
+    "UnsupportedVersionError",
+]
+
+
+class CheckpointError(Exception):
+    """Base class of every amber error.
+
+    :param message: what went wrong and, where there is one, the way out.
+    :param path: the file or directory concerned; appended to the message.
+    :param format: the format name involved, if any.
+    :param plugin: the plugin name involved, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        format: str | None = None,
+        plugin: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = os.fspath(path) if path is not None else None
+        self.format = format
+        self.plugin = plugin
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.path is not None and self.path not in self.message:
+            return f"{self.message} (path: {self.path})"
+        return self.message
+
+
+class NotACheckpointError(CheckpointError):
+    """The path holds no amber checkpoint (no checkpoint.json, or not a directory)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file is truncated, altered, malformed, missing or not what its manifest says."""
+
+
+class UnsupportedVersionError(CheckpointError):
+    """The checkpoint's version is newer than, or unknown to, this amber."""
+
+
+class MigrationError(CheckpointError):
+    """A migration step failed or the migration chain is broken."""
+
+
+class UnsafeContentError(CheckpointError):
+    """Content that can run code (pickle) was refused because safe loading is on."""
+
+
+class UnserializableStateError(CheckpointError):
+    """A value in a state tree cannot be written in the chosen format."""
+
+
+class InvalidIdError(CheckpointError, ValueError):
+    """An id that becomes a path component (a policy id) is not allowed."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, read-only directory...); nothing was left behind."""
+
+
+class PluginLoadError(CheckpointError):
+    """A plugin failed to import or to register."""
+
+
+class DuplicateFormatError(PluginLoadError):
+    """Two plugins register a format (or exporter) under the same name."""
+
+
+class MissingPluginError(CheckpointError):
+    """A checkpoint or call needs a plugin (or an extra) that is not installed."""
+
+
+class _KeyErrorMixin(KeyError):
+    # KeyError.__str__ quotes its argument; keep the readable message.
+    def __str__(self) -> str:
+        return CheckpointError.__str__(self)  # type: ignore[arg-type]
+
+
+class UnknownFormatError(CheckpointError, _KeyErrorMixin):
+    """A format name that no plugin registers; the message lists the known names."""
+
+    def __init__(
+        self,
+        name: str,
+        known: Iterable[str],
+        *,
+        path: str | os.PathLike[str] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.name = name
+        self.known = sorted(known)
+        msg = f"unknown format {name!r}; known formats: {', '.join(self.known) or '(none)'}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg, path=path, format=name)
+
+
+class UnknownExporterError(CheckpointError, _KeyErrorMixin):
+    """An exporter name that no plugin registers; the message lists the known names."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown exporter {name!r}; known exporters: {', '.join(self.known) or '(none)'}"
+        )
+
+
+class UnknownPolicyError(CheckpointError, _KeyErrorMixin):
+    """A policy id that the checkpoint does not hold; the message lists the ids present."""
+
+    def __init__(
+        self, policy_id: str, present: Iterable[str], *, path: str | os.PathLike[str] | None
+    ) -> None:
+        self.policy_id = policy_id
+        self.present = sorted(present)
+        super().__init__(
+            f"policy {policy_id!r} is not in this checkpoint; policies present: "
+            f"{', '.join(self.present) or '(none)'}",
+            path=path,
+        )

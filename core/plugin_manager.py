@@ -1,0 +1,95 @@
+"""Building the plugin manager. Importing this module has no side effects."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from collections.abc import Iterable
+
+import pluggy
+
+from amber import hookspecs
+from amber.errors import PluginLoadError
+
+__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "default_plugin_manager", "get_plugin_manager"]
+
+ENTRY_POINT_GROUP = "amber"
+
+#: In-tree plugins, by module path. They are registered before entry points,
+#: so they work uninstalled and with autoload off.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "amber.stateful",
+    "amber.plugins.pickle_fmt",
+    "amber.plugins.msgpack_fmt",
+)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _env_list(name: str) -> list[str] | None:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def get_plugin_manager(
+    *,
+    autoload: bool | None = None,
+    allow: Iterable[str] | None = None,
+    trace: bool = False,
+) -> pluggy.PluginManager:
+    """Create a plugin manager with amber's hooks, in-tree plugins and installed plugins.
+
+    :param autoload: load third-party plugins from the entry-point group ``amber``.
+        None (default): yes unless ``AMBER_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    :param allow: load only the entry-point plugins with these names. None
+        (default): the comma-separated ``AMBER_PLUGINS``, or all if unset.
+        In-tree plugins are always loaded.
+    :param trace: print every hook call and result to stderr.
+    :return: a new, checked :class:`pluggy.PluginManager`.
+    :raises PluginLoadError: a plugin failed to import or does not match the specs.
+    """
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    for modname in DEFAULT_PLUGINS:
+        try:
+            module = importlib.import_module(modname)
+        except ImportError as e:
+            raise PluginLoadError(
+                f"in-tree plugin {modname!r} failed to import: {e}", plugin=modname
+            ) from e
+        pm.register(module, name=modname.rsplit(".", 1)[-1])
+
+    if autoload is None:
+        autoload = not _env_flag("AMBER_DISABLE_PLUGIN_AUTOLOAD")
+    if autoload:
+        names = list(allow) if allow is not None else _env_list("AMBER_PLUGINS")
+        for name in names if names is not None else [None]:
+            try:
+                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+            except Exception as e:  # an installed plugin's own import error
+                raise PluginLoadError(
+                    f"plugin {getattr(e, 'name', None) or name or '(entry point)'!s} "
+                    f"from entry-point group {ENTRY_POINT_GROUP!r} failed to load: {e}. "
+                    "Uninstall or fix it, or set AMBER_DISABLE_PLUGIN_AUTOLOAD=1",
+                    plugin=name,
+                ) from e
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise PluginLoadError(f"plugin {e.plugin!r} does not match amber's hooks: {e}") from e
+    if trace:
+        pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
+        pm.enable_tracing()
+    return pm
+
+
+@functools.lru_cache(maxsize=1)
+def default_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created on first use (not at import)."""
+    return get_plugin_manager(trace=_env_flag("AMBER_TRACE_HOOKS"))

@@ -1,0 +1,170 @@
+"""State trees: what amber saves.
+
+A state tree is a nest of dicts (keys ``str`` or ``int``) and lists/tuples
+whose leaves are ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``,
+numpy arrays of numeric or bool dtype (any shape, byte order or memory
+layout) and numpy scalars of those dtypes. Every format round-trips these
+exactly: dtype, shape, values (NaN, inf, -0.0), key order, int vs float.
+Portable formats return tuples as lists.
+
+Functions and classes may appear too: a portable format stores them as an
+importable reference (:class:`Ref`) and reads them back as a :class:`Ref`,
+which the consumer resolves explicitly. Formats with ``arbitrary_objects``
+(pickle) hold anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from amber.errors import UnserializableStateError
+
+__all__ = ["MAX_DEPTH", "Ref", "StateTree", "importable_name", "iter_leaves", "validate_tree"]
+
+StateTree = Union[dict, list, tuple, str, int, float, bool, None, bytes, np.ndarray, np.generic]
+"""A nest of containers and leaves as described in this module's docstring."""
+
+#: Deepest nesting a state tree may have.
+MAX_DEPTH = 256
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+ARRAY_KINDS = frozenset("biufc")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An importable reference ``"module:qualname"`` to a function or class.
+
+    Portable formats read functions and classes back as a ``Ref``; nothing is
+    imported until :meth:`resolve` is called.
+    """
+
+    target: str
+
+    def resolve(self) -> Any:
+        """Import the module and return the object the reference names.
+
+        :raises ImportError: the module is missing.
+        :raises AttributeError: the module has no such attribute.
+        """
+        module, _, qualname = self.target.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    @classmethod
+    def of(cls, obj: Any) -> Ref:
+        """The reference of ``obj``; ``ValueError`` if it has none (a lambda, a closure)."""
+        name = importable_name(obj)
+        if name is None:
+            raise ValueError(f"{obj!r} cannot be imported by name")
+        return cls(name)
+
+
+def importable_name(obj: Any) -> str | None:
+    """``"module:qualname"`` when importing it gives back ``obj`` itself, else None."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        return None
+    try:
+        found = Ref(f"{module}:{qualname}").resolve()
+    except Exception:
+        return None
+    return f"{module}:{qualname}" if found is obj else None
+
+
+def is_reference_type(value: Any) -> bool:
+    """Whether ``value`` is a function or class, stored by reference in portable formats."""
+    return isinstance(
+        value, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    )
+
+
+def _key(path: str, k: Any) -> str:
+    if isinstance(k, int):
+        return f"{path}[{k}]"
+    return f"{path}.{k}" if path else str(k)
+
+
+def iter_leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``(key_path, leaf)`` for every leaf, depth first, without recursion."""
+    stack: list[tuple[str, Any]] = [(path, tree)]
+    while stack:
+        p, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((_key(p, k), v) for k, v in reversed(list(node.items())))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((_key(p, i), v) for i, v in reversed(list(enumerate(node))))
+        else:
+            yield p, node
+
+
+def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
+    """Check that ``tree`` holds only what a portable format can write.
+
+    :param tree: the state tree.
+    :param format: the format's name, for the message.
+    :param where: the path of the file being written, for the message.
+    :raises UnserializableStateError: naming the first offending key path.
+    """
+
+    def fail(keypath: str, why: str) -> UnserializableStateError:
+        return UnserializableStateError(
+            f"cannot write {keypath or '(root)'} in format {format!r}: {why}",
+            path=where or None,
+            format=format,
+        )
+
+    stack: list[tuple[str, Any, int]] = [("", tree, 0)]
+    while stack:
+        keypath, node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise fail(keypath, f"nested deeper than {MAX_DEPTH} levels (or contains itself)")
+        if isinstance(node, (dict, list, tuple)):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if isinstance(k, bool) or not isinstance(k, (str, int)):
+                        raise fail(keypath, f"dict key {k!r} is neither str nor int")
+                    if isinstance(k, int) and not _INT_MIN <= k <= _INT_MAX:
+                        raise fail(keypath, f"int key {k} does not fit in 64 bits")
+                    stack.append((_key(keypath, k), v, depth + 1))
+            else:
+                stack.extend((_key(keypath, i), v, depth + 1) for i, v in enumerate(node))
+            continue
+        if node is None or isinstance(node, (bool, float, str, bytes)):
+            continue
+        if isinstance(node, int):
+            if not _INT_MIN <= node <= _INT_MAX:
+                raise fail(keypath, f"int {node} does not fit in 64 bits")
+            continue
+        if isinstance(node, (np.ndarray, np.generic)):
+            if node.dtype.kind not in ARRAY_KINDS:
+                raise fail(
+                    keypath,
+                    f"numpy dtype {node.dtype} is not numeric or bool (object and "
+                    "structured dtypes can run code or lose data when read)",
+                )
+            continue
+        if is_reference_type(node):
+            if importable_name(node) is None:
+                raise fail(
+                    keypath,
+                    f"{getattr(node, '__qualname__', node)!r} is a lambda, closure or local "
+                    "function, which has no importable name. Either save with "
+                    "format='pickle', or define it at module level, or pass it again "
+                    "when restoring (e.g. Algorithm.from_checkpoint(path, "
+                    "policy_mapping_fn=...))",
+                )
+            continue
+        raise fail(
+            keypath,
+            f"values of type {type(node).__module__}.{type(node).__qualname__} are not "
+            "state-tree leaves; convert it to arrays/dicts, or save with format='pickle'",
+        )

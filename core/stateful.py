@@ -1,0 +1,70 @@
+"""In-tree state capture for the components every algorithm has.
+
+Handles Python's and numpy's random generators and any object with
+``get_state()``/``set_state(state)`` methods (the :class:`Stateful`
+protocol). Registered like any plugin, from ``DEFAULT_PLUGINS``; torch
+modules, optimizers and environments are handled by the plugins that know them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from amber.hookspecs import hookimpl
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A component that captures and restores its own state as a state tree."""
+
+    def get_state(self) -> Any:
+        """Return the component's state as a state tree."""
+        ...
+
+    def set_state(self, state: Any) -> None:
+        """Apply a state returned by :meth:`get_state`."""
+        ...
+
+
+def _python_random_state(rng: random.Random) -> dict[str, Any]:
+    version, internal, gauss_next = rng.getstate()
+    return {"version": version, "mt": np.asarray(internal, dtype=np.uint32), "gauss_next": gauss_next}
+
+
+@hookimpl(trylast=True)
+def amber_capture_state(component: object) -> Any:
+    """Capture RNGs and :class:`Stateful` components."""
+    if isinstance(component, np.random.Generator):
+        return {"bit_generator": component.bit_generator.state}
+    if isinstance(component, np.random.RandomState):
+        name, keys, pos, has_gauss, gauss = component.get_state(legacy=True)
+        return {"name": name, "keys": keys, "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+    if isinstance(component, random.Random):
+        return _python_random_state(component)
+    if isinstance(component, Stateful):
+        return component.get_state()
+    return None
+
+
+@hookimpl(trylast=True)
+def amber_restore_state(component: object, state: Any) -> bool | None:
+    """Restore RNGs and :class:`Stateful` components."""
+    if isinstance(component, np.random.Generator):
+        component.bit_generator.state = state["bit_generator"]
+        return True
+    if isinstance(component, np.random.RandomState):
+        component.set_state(
+            (state["name"], state["keys"], int(state["pos"]), int(state["has_gauss"]), float(state["gauss"]))
+        )
+        return True
+    if isinstance(component, random.Random):
+        internal = tuple(int(x) for x in np.asarray(state["mt"]).tolist())
+        component.setstate((int(state["version"]), internal, state["gauss_next"]))
+        return True
+    if isinstance(component, Stateful):
+        component.set_state(state)
+        return True
+    return None

@@ -1,0 +1,1 @@
+"""Utilities with RLlib's import paths (``amber.utils.checkpoints``)."""

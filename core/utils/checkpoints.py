@@ -1,0 +1,194 @@
+"""Checkpoint utilities, under RLlib's import path.
+
+``get_checkpoint_info`` and ``verify`` read manifests and hash files only:
+they never deserialize state, so they are safe on any checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from amber.errors import CheckpointError
+from amber.layout import MANIFEST, check_file, read_manifest
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = [
+    "VerifyReport",
+    "convert_checkpoint",
+    "convert_to_msgpack_checkpoint",
+    "get_checkpoint_info",
+    "migrate_checkpoint",
+    "verify",
+]
+
+Progress = Callable[[str], None]
+
+
+def get_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a checkpoint is, from its manifests alone (never unpickles).
+
+    :param path: a checkpoint directory.
+    :return: ``type``, ``checkpoint_version``, ``format``, ``checkpoint_dir``,
+        ``state_file``, ``policy_ids``, ``amber_version``, ``python_version``,
+        ``created``, ``metadata``, ``files`` (relative path → size and digest)
+        and, for an Algorithm, ``policies`` (each policy's own files).
+    :raises NotACheckpointError: no checkpoint there.
+    :raises CorruptCheckpointError: a manifest is malformed.
+    """
+    manifest = read_manifest(Path(path))
+    raw = manifest.raw
+    info: dict[str, Any] = {
+        "type": manifest.type,
+        "checkpoint_version": manifest.checkpoint_version,
+        "format": manifest.format,
+        "checkpoint_dir": str(manifest.directory),
+        "state_file": str(manifest.directory / manifest.state_file),
+        "policy_ids": manifest.policy_ids
+        if manifest.type == "Algorithm"
+        else [raw["policy_id"]] if isinstance(raw.get("policy_id"), str) else [],
+        "amber_version": raw.get("amber_version"),
+        "python_version": raw.get("python_version"),
+        "created": raw.get("created"),
+        "metadata": raw.get("metadata", {}),
+        "files": {rel: {"size": e.size, "digest": e.digest} for rel, e in manifest.files.items()},
+    }
+    if manifest.type == "Algorithm":
+        info["policies"] = {}
+        for pid in manifest.policy_ids:
+            try:
+                pman = read_manifest(manifest.directory / "policies" / pid)
+                info["policies"][pid] = {
+                    rel: {"size": e.size, "digest": e.digest} for rel, e in pman.files.items()
+                }
+            except CheckpointError as e:
+                info["policies"][pid] = {"error": str(e)}
+    return info
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found."""
+
+    path: Path
+    checked: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every file matched and nothing unexpected was found."""
+        return not self.problems
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check every file of a checkpoint against its manifests (never deserializes).
+
+    Reports, each naming the file: missing, truncated, altered or linked
+    files, malformed manifests, and files or directories no manifest lists.
+
+    :param path: a checkpoint directory.
+    :return: a :class:`VerifyReport`; ``report.ok`` is True when all is well.
+    :raises NotACheckpointError: no checkpoint there.
+    """
+    root = Path(path)
+    report = VerifyReport(root)
+    read_manifest(root)  # not a checkpoint at all: raise, as documented
+    pending: list[tuple[Path, Any]] = [(root, None)]
+    listed: set[Path] = set()
+    while pending:
+        directory, expected = pending.pop()
+        try:
+            manifest = read_manifest(directory, expected=expected)
+        except CheckpointError as e:
+            report.problems.append(str(e))
+            continue
+        listed.add(manifest.path)
+        report.checked.append(manifest.path)
+        for rel, entry in manifest.files.items():
+            listed.add(directory / rel)
+            if rel.endswith("/" + MANIFEST):
+                pending.append((directory / rel[: -len(MANIFEST) - 1], entry))
+                continue
+            problem = check_file(directory, rel, entry)
+            report.checked.append(directory / rel)
+            if problem:
+                report.problems.append(problem)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath) / name
+            if p not in listed:
+                report.problems.append(f"{p}: is not listed in any checkpoint.json")
+        for d in dirnames:
+            p = Path(dirpath) / d
+            if not any(q == p or p in q.parents for q in listed):
+                report.problems.append(f"{p}: directory is not part of the checkpoint")
+    return report
+
+
+def convert_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    format: str,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> str:
+    """Rewrite a checkpoint in another registered format; return ``dst``.
+
+    The source is read and verified whole first, then ``dst`` is written
+    atomically; the source is never modified.
+
+    :param src: the checkpoint to read (any registered format).
+    :param dst: where to write the converted checkpoint.
+    :param format: the format to write.
+    :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
+    """
+    ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
+    _rewrite(ckpt, dst, format=format, pm=pm)
+    return os.fspath(dst)
+
+
+def _rewrite(
+    ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None
+) -> None:
+    write_checkpoint(
+        dst,
+        type=ckpt.type,
+        state=ckpt.state,
+        format=format,
+        policies={pid: p.state for pid, p in ckpt.policies.items()},
+        metadata=ckpt.metadata,
+        pm=pm,
+    )
+
+
+def convert_to_msgpack_checkpoint(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, allow_pickle: bool | None = None
+) -> str:
+    """Rewrite a checkpoint in the portable msgpack format; return ``dst``."""
+    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle)
+
+
+def migrate_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> str:
+    """Upgrade a checkpoint to the current checkpoint_version, in place or into ``dst``.
+
+    In place, the old checkpoint is replaced atomically, only after the
+    upgraded one is written whole.
+    """
+    ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
+    target = dst if dst is not None else src
+    _rewrite(ckpt, target, format=ckpt.format, pm=pm)
+    return os.fspath(target)
+

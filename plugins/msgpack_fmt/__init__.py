@@ -1,0 +1,1 @@
+"""The ``msgpack`` format (placeholder until its plugin lands)."""
