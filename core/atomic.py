@@ -76,10 +76,28 @@ def remove_stale(parent: Path) -> list[Path]:
         if _pid_alive(int(m["pid"])):
             continue
         path = Path(entry.path)
-        if (path / MARKER).is_file():
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            ours = (path / MARKER).is_file() or not any(path.iterdir())
+        except OSError:
+            continue
+        if ours:
+            _remove_staging(path)
             removed.append(path)
     return removed
+
+
+def _remove_staging(path: Path) -> None:
+    """Delete a staging directory, its marker last, so a crash midway leaves it recognisable."""
+    for child in path.iterdir():
+        if child.name == MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    (path / MARKER).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def _write_marker(path: Path) -> None:
@@ -107,7 +125,10 @@ def staging(target: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if (tmp / MARKER).exists():
+            _remove_staging(tmp)
+        else:  # failed during commit, after the marker was removed
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -165,7 +186,7 @@ def commit(tmp: Path, target: Path) -> None:
         _check_replaceable(target)
         if _exchange(tmp, target):
             _write_marker(tmp)  # tmp now holds the old checkpoint
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_staging(tmp)
             break
         # No atomic exchange here: move the old one aside first (a crash in
         # between leaves it beside the target under a hidden name).

@@ -92,8 +92,9 @@ def restore(
                 raise CheckpointError(f"no plugin restores the state of {key!r} ({type(component).__qualname__})")
             done.append(key)
     except Exception as e:
-        for key in done:
-            pm.hook.amber_restore_state(component=comps[key], state=before[key], key=key)
+        failed = key
+        for k in done:
+            pm.hook.amber_restore_state(component=comps[k], state=before[k], key=k)
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"restoring {key!r} failed: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"restoring {failed!r} failed: {type(e).__name__}: {e}") from e

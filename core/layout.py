@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 MANIFEST = "checkpoint.json"
+SELF_DIGEST = "manifest_digest"
+STATE_PREFIXES = ("algorithm_state.", "policy_state.", "state.")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_ID_LENGTH = 128
 CHECKPOINT_TYPES = ("Algorithm", "Policy", "State")
@@ -225,6 +227,8 @@ def read_manifest(
             path=directory,
         )
     if not os.path.lexists(path):
+        if any(p.name.startswith(STATE_PREFIXES) or p.name == "policies" for p in directory.iterdir()):
+            raise _corrupt(path, "is missing (the directory holds checkpoint files)")
         hint = ""
         if (directory / "rllib_checkpoint.json").exists():
             hint = " (this is an RLlib checkpoint; amber reads only its own)"
@@ -244,7 +248,20 @@ def read_manifest(
         raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _corrupt(path, f"is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise _corrupt(path, "must hold a JSON object")
+    recorded = raw.pop(SELF_DIGEST, None)
+    if recorded is None:
+        raise _corrupt(path, f"lacks the key {SELF_DIGEST!r}")
+    if recorded != _self_digest(raw):
+        raise _corrupt(path, "content does not match its own digest (edited or damaged)")
     return _validate_manifest(raw, path)
+
+
+def _self_digest(content: Mapping[str, Any]) -> str:
+    h = new_hasher()
+    h.update(json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    return format_digest(h)
 
 
 def _validate_manifest(raw: Any, path: Path) -> Manifest:
@@ -291,7 +308,8 @@ def _validate_manifest(raw: Any, path: Path) -> Manifest:
 
 
 def write_manifest(directory: Path, content: Mapping[str, Any]) -> FileEntry:
-    """Write ``directory/checkpoint.json`` (fsynced); return its own entry."""
+    """Write ``directory/checkpoint.json`` (fsynced, with its own digest); return its entry."""
+    content = {**content, SELF_DIGEST: _self_digest(content)}
     data = (json.dumps(content, indent=2) + "\n").encode("utf-8")
     with HashingFile(directory / MANIFEST) as f:
         f.write(data)

@@ -1,0 +1,443 @@
+"""The engine: plugin manager, registry, components, layout rules, safety, versions."""
+
+from __future__ import annotations
+
+import json
+import random
+import types
+
+import numpy as np
+import pluggy
+import pytest
+
+import amber
+from amber import components
+from amber.checkpoint import CHECKPOINT_VERSION, read_checkpoint, write_checkpoint
+from amber.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    DuplicateFormatError,
+    InvalidIdError,
+    MigrationError,
+    MissingPluginError,
+    NotACheckpointError,
+    UnknownFormatError,
+    UnknownPolicyError,
+    UnsafeContentError,
+    UnsupportedVersionError,
+)
+from amber.plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
+from amber.registry import Capabilities, FormatSpec, Migration, build_registry, get_registry
+
+from .treeutil import write_raw_manifest
+
+# -- plugin manager and registry ------------------------------------------------
+
+
+def test_default_plugins_register_formats_by_name(bare_pm):
+    reg = get_registry(bare_pm)
+    assert {"pickle", "msgpack"} <= set(reg.names())
+    assert reg.get("pickle").capabilities == Capabilities(False, False, True)
+    assert reg.provider("pickle").plugin == "pickle_fmt"
+    names = {name for name, _ in bare_pm.list_name_plugin()}
+    assert {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS} <= names
+
+
+def test_unknown_format_lists_known_names(bare_pm):
+    with pytest.raises(UnknownFormatError) as e:
+        get_registry(bare_pm).get("yaml")
+    assert "yaml" in str(e.value) and "pickle" in str(e.value) and "msgpack" in str(e.value)
+    assert isinstance(e.value, KeyError) and isinstance(e.value, CheckpointError)
+
+
+def test_unknown_format_at_save_names_choices(bare_pm, tmp_path):
+    with pytest.raises(UnknownFormatError, match="known formats"):
+        amber.save({"a": 1}, tmp_path / "c", format="nope", pm=bare_pm)
+    assert not (tmp_path / "c").exists()
+
+
+def _format_plugin(name: str) -> types.SimpleNamespace:
+    spec = FormatSpec(name, ".x", Capabilities(True, True, False), lambda s, k: None, lambda s: None)
+
+    class Plugin:
+        @amber.hookimpl
+        def amber_register_formats(self):
+            return [spec]
+
+    return Plugin()
+
+
+def test_duplicate_format_name_names_both_providers(bare_pm):
+    bare_pm.register(_format_plugin("pickle"), name="impostor")
+    with pytest.raises(DuplicateFormatError) as e:
+        build_registry(bare_pm)
+    assert "pickle_fmt" in str(e.value) and "impostor" in str(e.value)
+
+
+def test_hookimpl_with_wrong_argument_is_refused(bare_pm):
+    class Bad:
+        @amber.hookimpl
+        def amber_capture_state(self, component, nonsense):
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError):
+        bare_pm.register(Bad())
+
+
+def test_autoload_env_switch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        pluggy.PluginManager, "load_setuptools_entrypoints",
+        lambda self, group, name=None: calls.append((group, name)) or 0,
+    )
+    monkeypatch.setenv("AMBER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    get_plugin_manager()
+    assert calls == []
+    monkeypatch.delenv("AMBER_DISABLE_PLUGIN_AUTOLOAD")
+    monkeypatch.setenv("AMBER_PLUGINS", "a, b")
+    get_plugin_manager()
+    assert calls == [("amber", "a"), ("amber", "b")]
+    calls.clear()
+    get_plugin_manager(allow=["c"])
+    assert calls == [("amber", "c")]
+
+
+def test_hook_tracing_writes_calls(capsys):
+    pm = get_plugin_manager(autoload=False, trace=True)
+    build_registry(pm)
+    assert "amber_register_formats" in capsys.readouterr().err
+
+
+# -- state capture ----------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def get_state(self):
+        return {"n": self.n}
+
+    def set_state(self, state):
+        if state["n"] < 0:
+            raise ValueError("negative")
+        self.n = state["n"]
+
+
+def test_capture_and_restore_rngs_and_stateful(bare_pm):
+    own = {"np": np.random.default_rng(1), "py": random.Random(2),
+           "legacy": np.random.RandomState(3), "counter": Counter()}
+    own["counter"].n = 5
+    saved = components.capture(object(), own, pm=bare_pm)
+    expected = (own["np"].random(3), own["py"].random(), own["legacy"].rand())
+    own["counter"].n = 9
+    components.restore(object(), own, saved, pm=bare_pm)
+    assert (own["np"].random(3) == expected[0]).all()
+    assert own["py"].random() == expected[1] and own["legacy"].rand() == expected[2]
+    assert own["counter"].n == 5
+
+
+def test_captured_rng_state_survives_a_portable_checkpoint(bare_pm, tmp_path):
+    own = {"np": np.random.default_rng(7), "py": random.Random(8)}
+    saved = components.capture(None, own, pm=bare_pm)
+    want = (own["np"].integers(0, 2**62, 4), own["py"].getrandbits(64))
+    amber.save(saved, tmp_path / "rng", format="msgpack", pm=bare_pm)
+    components.restore(None, own, amber.load(tmp_path / "rng", pm=bare_pm), pm=bare_pm)
+    assert (own["np"].integers(0, 2**62, 4) == want[0]).all() and own["py"].getrandbits(64) == want[1]
+
+
+def test_failed_restore_leaves_every_component_as_it_was(bare_pm):
+    a, b = Counter(), Counter()
+    a.n, b.n = 1, 2
+    with pytest.raises(CheckpointError, match="'b'"):
+        components.restore(None, {"a": a, "b": b}, {"a": {"n": 10}, "b": {"n": -1}}, pm=bare_pm)
+    assert (a.n, b.n) == (1, 2)
+
+
+def test_uncapturable_component_is_named(bare_pm):
+    with pytest.raises(CheckpointError, match="'env'"):
+        components.capture(None, {"env": object()}, pm=bare_pm)
+
+
+def test_plugins_add_components(bare_pm):
+    extra = Counter()
+    extra.n = 3
+
+    class Adds:
+        @amber.hookimpl
+        def amber_register_components(self, owner):
+            return {"normalizer": extra} if isinstance(owner, dict) else None
+
+    bare_pm.register(Adds())
+    assert components.capture({}, {}, pm=bare_pm) == {"normalizer": {"n": 3}}
+    assert components.capture(None, {}, pm=bare_pm) == {}
+    with pytest.raises(CheckpointError, match="used twice"):
+        components.capture({}, {"normalizer": Counter()}, pm=bare_pm)
+
+
+def test_user_hook_captures_own_type_first(bare_pm):
+    class Env:
+        pos = 1.5
+
+    class EnvPlugin:
+        @amber.hookimpl
+        def amber_capture_state(self, component):
+            return {"pos": component.pos} if isinstance(component, Env) else None
+
+        @amber.hookimpl
+        def amber_restore_state(self, component, state):
+            if not isinstance(component, Env):
+                return None
+            component.pos = state["pos"]
+            return True
+
+    bare_pm.register(EnvPlugin())
+    env = Env()
+    saved = components.capture(None, {"env": env}, pm=bare_pm)
+    env.pos = 0.0
+    components.restore(None, {"env": env}, saved, pm=bare_pm)
+    assert env.pos == 1.5
+
+
+# -- layout, ids, manifests --------------------------------------------------------
+
+
+def _algo(tmp_path, pm, fmt="msgpack", name="ck"):
+    return write_checkpoint(
+        tmp_path / name, type="Algorithm", state={"iteration": 3}, format=fmt, pm=pm,
+        policies={"pol1": {"w": np.arange(4.0)}, "pol2": {"w": np.ones(3, np.float32)}},
+        metadata={"note": "test"},
+    )
+
+
+def test_layout_matches_the_contract(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    assert sorted(p.name for p in path.iterdir()) == ["algorithm_state.msgpck", "checkpoint.json", "policies"]
+    top = json.loads((path / "checkpoint.json").read_text())
+    for key in ("type", "checkpoint_version", "format", "amber_version", "python_version", "created"):
+        assert key in top
+    assert top["type"] == "Algorithm" and top["format"] == "msgpack"
+    assert top["checkpoint_version"] == CHECKPOINT_VERSION
+    assert set(top["files"]) == {"algorithm_state.msgpck", "policies/pol1/checkpoint.json",
+                                 "policies/pol2/checkpoint.json"}
+    pol = json.loads((path / "policies/pol1/checkpoint.json").read_text())
+    assert pol["type"] == "Policy" and pol["policy_id"] == "pol1"
+    assert pol["files"]["policy_state.msgpck"]["size"] == (path / "policies/pol1/policy_state.msgpck").stat().st_size
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_policy_dir_alone_is_a_policy_checkpoint(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    ckpt = read_checkpoint(path / "policies" / "pol2", pm=bare_pm)
+    assert ckpt.type == "Policy" and ckpt.state["w"].dtype == np.float32
+
+
+def test_subset_read_opens_only_those_policies(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    (path / "policies/pol2/policy_state.msgpck").write_bytes(b"garbage")
+    ckpt = read_checkpoint(path, policy_ids=["pol1"], pm=bare_pm)
+    assert list(ckpt.policies) == ["pol1"]
+    with pytest.raises(CorruptCheckpointError, match="pol2"):
+        read_checkpoint(path, pm=bare_pm)
+    with pytest.raises(UnknownPolicyError, match="pol1, pol2"):
+        read_checkpoint(path, policy_ids=["pol3"], pm=bare_pm)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", "x\x00", "tab\there", "x" * 129, 7])
+def test_bad_policy_ids_are_refused_at_save(bare_pm, tmp_path, bad):
+    with pytest.raises(InvalidIdError):
+        write_checkpoint(tmp_path / "c", type="Algorithm", state={}, format="msgpack",
+                         policies={bad: {}}, pm=bare_pm)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _rewrite_manifest(path, edit):
+    raw = json.loads((path / "checkpoint.json").read_text())
+    edit(raw)
+    write_raw_manifest(path / "checkpoint.json", raw)
+
+
+def test_hand_edited_manifest_is_detected(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    text = (path / "checkpoint.json").read_text()
+    (path / "checkpoint.json").write_text(text.replace('"note": "test"', '"note": "tost"'))
+    with pytest.raises(CorruptCheckpointError, match="own digest"):
+        read_checkpoint(path, pm=bare_pm)
+
+
+def test_bad_policy_id_in_manifest_is_refused_at_load(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    _rewrite_manifest(path, lambda raw: raw["policy_ids"].append("../../etc"))
+    with pytest.raises(CorruptCheckpointError, match="checkpoint.json"):
+        read_checkpoint(path, pm=bare_pm)
+
+
+def test_manifest_path_leaving_the_checkpoint_is_refused(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    _rewrite_manifest(path, lambda raw: raw["files"].update({"../x": {"size": 1, "digest": "xxh3_128:" + "0" * 32}}))
+    with pytest.raises(CorruptCheckpointError, match="leaves the checkpoint"):
+        read_checkpoint(path, pm=bare_pm)
+
+
+def test_symlinked_state_file_is_refused(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    state = path / "algorithm_state.msgpck"
+    real = tmp_path / "elsewhere"
+    real.write_bytes(state.read_bytes())
+    state.unlink()
+    state.symlink_to(real)
+    with pytest.raises(CorruptCheckpointError, match="symbolic link"):
+        read_checkpoint(path, pm=bare_pm)
+
+
+def test_symlinked_policy_dir_is_refused(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    moved = tmp_path / "moved"
+    (path / "policies/pol1").rename(moved)
+    (path / "policies/pol1").symlink_to(moved)
+    with pytest.raises(CorruptCheckpointError, match="symbolic link"):
+        read_checkpoint(path, policy_ids=["pol1"], pm=bare_pm)
+
+
+def test_not_a_checkpoint(bare_pm, tmp_path):
+    with pytest.raises(NotACheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing", pm=bare_pm)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotACheckpointError, match="no checkpoint.json"):
+        read_checkpoint(tmp_path / "empty", pm=bare_pm)
+    (tmp_path / "rl").mkdir()
+    (tmp_path / "rl" / "rllib_checkpoint.json").write_text('{"type": "Algorithm"}')
+    with pytest.raises(NotACheckpointError, match="RLlib"):
+        read_checkpoint(tmp_path / "rl", pm=bare_pm)
+
+
+# -- safety -------------------------------------------------------------------------
+
+
+def test_safe_load_refuses_pickle_before_opening_it(bare_pm, tmp_path, monkeypatch):
+    path = _algo(tmp_path, bare_pm, fmt="pickle")
+    opened = []
+    real_open = amber.layout._open_nofollow
+    monkeypatch.setattr(amber.layout, "_open_nofollow", lambda root, rel: opened.append(rel) or real_open(root, rel))
+    with pytest.raises(UnsafeContentError, match="allow_pickle=True"):
+        read_checkpoint(path, allow_pickle=False, pm=bare_pm)
+    monkeypatch.setenv("AMBER_SAFE_LOAD", "1")
+    with pytest.raises(UnsafeContentError):
+        read_checkpoint(path, pm=bare_pm)
+    assert not [rel for rel in opened if rel.endswith(".pkl")]
+    assert read_checkpoint(path, allow_pickle=True, pm=bare_pm).state == {"iteration": 3}
+
+
+def test_missing_plugin_names_what_to_install(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    _rewrite_manifest(path, lambda raw: raw.update(format="zstd", format_plugin={"name": "zstd", "distribution": "amber-zstd"}))
+    with pytest.raises(MissingPluginError, match="amber-zstd"):
+        read_checkpoint(path, pm=bare_pm)
+
+
+# -- versions and migrations ---------------------------------------------------------
+
+
+def test_future_version_is_refused_with_versions(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    _rewrite_manifest(path, lambda raw: raw.update(checkpoint_version="9.0"))
+    with pytest.raises(UnsupportedVersionError) as e:
+        read_checkpoint(path, pm=bare_pm)
+    assert "'9.0'" in str(e.value) and repr(CHECKPOINT_VERSION) in str(e.value) and "upgrade" in str(e.value)
+
+
+class RenameClip:
+    """A migration step as a plugin would ship it: renames a key in every policy."""
+
+    @amber.hookimpl
+    def amber_register_migrations(self):
+        def apply(ckpt):
+            for policy in ckpt.policies.values():
+                policy.state["clip_param"] = policy.state.pop("clip_coef")
+
+        return [Migration("m001_rename_clip_coef", "0.9", CHECKPOINT_VERSION, apply)]
+
+
+FIXTURE_V09 = __import__("pathlib").Path(__file__).parent / "fixtures" / "checkpoint_v0_9"
+
+
+def test_old_version_fixture_migrates_on_load(bare_pm):
+    bare_pm.register(RenameClip())
+    ckpt = read_checkpoint(FIXTURE_V09, pm=bare_pm)
+    assert ckpt.checkpoint_version == CHECKPOINT_VERSION
+    assert ckpt.policies["default_policy"].state == {"clip_param": 0.2, "w": [1.0, 2.0]}
+
+
+def test_old_version_without_migration_is_refused(bare_pm):
+    with pytest.raises(UnsupportedVersionError, match="'0.9'"):
+        read_checkpoint(FIXTURE_V09, pm=bare_pm)
+
+
+def test_migrate_writes_the_current_version(bare_pm, tmp_path):
+    from amber.utils.checkpoints import migrate_checkpoint
+
+    bare_pm.register(RenameClip())
+    migrate_checkpoint(FIXTURE_V09, tmp_path / "new", pm=bare_pm)
+    raw = json.loads((tmp_path / "new" / "checkpoint.json").read_text())
+    assert raw["checkpoint_version"] == CHECKPOINT_VERSION
+    assert read_checkpoint(tmp_path / "new", pm=get_plugin_manager(autoload=False)).policies[
+        "default_policy"].state["clip_param"] == 0.2
+
+
+def test_failing_migration_is_named(bare_pm):
+    class Broken:
+        @amber.hookimpl
+        def amber_register_migrations(self):
+            return [Migration("m001_broken", "0.9", CHECKPOINT_VERSION, lambda c: 1 / 0)]
+
+    bare_pm.register(Broken())
+    with pytest.raises(MigrationError, match="m001_broken"):
+        read_checkpoint(FIXTURE_V09, pm=bare_pm)
+
+
+# -- writing --------------------------------------------------------------------------
+
+
+def test_overwrite_replaces_a_checkpoint_whole(bare_pm, tmp_path):
+    path = _algo(tmp_path, bare_pm)
+    write_checkpoint(path, type="Algorithm", state={"iteration": 4}, format="pickle",
+                     policies={"solo": {}}, pm=bare_pm)
+    assert sorted(p.name for p in (path / "policies").iterdir()) == ["solo"]
+    assert read_checkpoint(path, pm=bare_pm).state == {"iteration": 4}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_never_overwrites_a_directory_that_is_not_a_checkpoint(bare_pm, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointWriteError, match="not an amber checkpoint"):
+        amber.save({"a": 1}, tmp_path / "mine", pm=bare_pm)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_saves_into_an_existing_empty_directory(bare_pm, tmp_path):
+    (tmp_path / "empty").mkdir()
+    amber.save({"a": 1}, tmp_path / "empty", pm=bare_pm)
+    assert amber.load(tmp_path / "empty", pm=bare_pm) == {"a": 1}
+
+
+def test_stale_staging_dirs_are_removed_and_nothing_else(bare_pm, tmp_path):
+    stale = tmp_path / ".ck.amber-tmp-999999999-0123abcd"
+    stale.mkdir()
+    (stale / ".amber-staging").write_text("")
+    lookalike = tmp_path / ".other.amber-tmp-999999999-0123abcd"  # no marker: not ours
+    lookalike.mkdir()
+    user = tmp_path / "user.txt"
+    user.write_text("x")
+    amber.save({"a": 1}, tmp_path / "ck", pm=bare_pm)
+    assert not stale.exists() and lookalike.exists() and user.exists()
+
+
+def test_unwritable_state_leaves_nothing_behind(bare_pm, tmp_path):
+    old = amber.save({"a": 1}, tmp_path / "ck", pm=bare_pm)
+    with pytest.raises(CheckpointError, match="lambda"):
+        amber.save({"config": {"fn": lambda: 0}}, old, pm=bare_pm)
+    assert amber.load(old, pm=bare_pm) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
