@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_VERSION",
     "Checkpoint",
+    "detect_format",
     "load",
     "read_checkpoint",
     "safe_load_default",
@@ -79,6 +80,7 @@ class Checkpoint:
     policies: dict[str, Checkpoint] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+    migrations_applied: list[str] = field(default_factory=list)
 
 
 def safe_load_default() -> bool:
@@ -91,7 +93,9 @@ def safe_load_default() -> bool:
 # --------------------------------------------------------------------------
 
 
-def _header(type_: str, spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+def _header(
+    type_: str, spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None
+) -> dict[str, Any]:
     provider = registry.provider(spec.name)
     return {
         "type": type_,
@@ -135,7 +139,9 @@ def _write_level(
     return write_manifest(directory, content)
 
 
-def _record_untracked(directory: Path, files: dict[str, FileEntry], children: Mapping[str, FileEntry] | None) -> None:
+def _record_untracked(
+    directory: Path, files: dict[str, FileEntry], children: Mapping[str, FileEntry] | None
+) -> None:
     """Hash files an attachment wrote (e.g. exported model files) into ``files``."""
     skip_dirs = {"policies"} if children else set()
     for dirpath, dirnames, filenames in os.walk(directory):
@@ -347,7 +353,7 @@ def read_checkpoint(
     for pid, pman in policy_manifests.items():
         ckpt.policies[pid] = _make(pman, _read_state(pman, spec))
     if migrate:
-        apply_migrations(ckpt, registry)
+        ckpt.migrations_applied = apply_migrations(ckpt, registry)
     return ckpt
 
 
@@ -432,3 +438,19 @@ def load(
     :return: the state tree.
     """
     return read_checkpoint(path, allow_pickle=allow_pickle, pm=pm).state
+
+
+def detect_format(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None = None) -> str | None:
+    """Which registered format a single state file is in, asked of the plugins.
+
+    :param path: a state file (e.g. ``policy_state.pkl``).
+    :return: the format name, or None if no plugin recognises it.
+    """
+    from amber.plugin_manager import default_plugin_manager
+
+    pm = pm if pm is not None else default_plugin_manager()
+    p = Path(path)
+    with open(p, "rb") as f:
+        header = f.read(64)
+    found = pm.hook.amber_detect_format(path=p, header=header)
+    return found if isinstance(found, str) else None

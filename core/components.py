@@ -89,7 +89,9 @@ def restore(
     try:
         for key, component in comps.items():
             if not pm.hook.amber_restore_state(component=component, state=state[key], key=key):
-                raise CheckpointError(f"no plugin restores the state of {key!r} ({type(component).__qualname__})")
+                raise CheckpointError(
+                    f"no plugin restores the state of {key!r} ({type(component).__qualname__})"
+                )
             done.append(key)
     except Exception as e:
         failed = key

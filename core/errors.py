@@ -124,7 +124,7 @@ class UnknownFormatError(CheckpointError, _KeyErrorMixin):
         self.known = sorted(known)
         msg = f"unknown format {name!r}; known formats: {', '.join(self.known) or '(none)'}"
         if hint:
-            msg += f". {hint}"
+            msg += f" ({hint})"
         super().__init__(msg, path=path, format=name)
 
 

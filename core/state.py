@@ -27,7 +27,7 @@ from amber.errors import UnserializableStateError
 
 __all__ = ["MAX_DEPTH", "Ref", "StateTree", "importable_name", "iter_leaves", "validate_tree"]
 
-StateTree = Union[dict, list, tuple, str, int, float, bool, None, bytes, np.ndarray, np.generic]
+StateTree = Union[dict, list, tuple, str, int, float, bool, None, bytes, np.ndarray, np.generic]  # noqa: UP007 - a runtime alias on 3.10
 """A nest of containers and leaves as described in this module's docstring."""
 
 #: Deepest nesting a state tree may have.

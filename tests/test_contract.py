@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 
 import amber
 from amber.checkpoint import read_checkpoint, write_checkpoint
-from amber.errors import CheckpointError, CorruptCheckpointError, UnsafeContentError, UnsupportedVersionError
+from amber.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeContentError,
+    UnsupportedVersionError,
+)
 from amber.registry import get_registry
 
 from .treeutil import assert_tree_equal, recompute_digests, state_trees, write_raw_manifest

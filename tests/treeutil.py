@@ -25,7 +25,7 @@ def assert_tree_equal(got, want, *, tuples_as_lists: bool, path: str = "") -> No
             assert_tree_equal(got[k], want[k], tuples_as_lists=tuples_as_lists, path=f"{path}.{k}")
     elif isinstance(want, (list, tuple)):
         assert len(got) == len(want), f"{path}: length"
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_tree_equal(g, w, tuples_as_lists=tuples_as_lists, path=f"{path}[{i}]")
     elif isinstance(want, (np.ndarray, np.generic)):
         assert got.dtype == want.dtype and got.dtype.str == want.dtype.str, f"{path}: dtype"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from amber.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from amber.errors import CheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest
+from amber.registry import get_registry
 
 if TYPE_CHECKING:
     import pluggy
@@ -38,7 +39,8 @@ def get_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     :return: ``type``, ``checkpoint_version``, ``format``, ``checkpoint_dir``,
         ``state_file``, ``policy_ids``, ``amber_version``, ``python_version``,
         ``created``, ``metadata``, ``files`` (relative path → size and digest)
-        and, for an Algorithm, ``policies`` (each policy's own files).
+        and, for an Algorithm, ``policies``: by id, ``{"files": ...}`` or
+        ``{"error": message}`` when that policy's manifest cannot be read.
     :raises NotACheckpointError: no checkpoint there.
     :raises CorruptCheckpointError: a manifest is malformed.
     """
@@ -65,7 +67,7 @@ def get_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             try:
                 pman = read_manifest(manifest.directory / "policies" / pid)
                 info["policies"][pid] = {
-                    rel: {"size": e.size, "digest": e.digest} for rel, e in pman.files.items()
+                    "files": {rel: {"size": e.size, "digest": e.digest} for rel, e in pman.files.items()}
                 }
             except CheckpointError as e:
                 info["policies"][pid] = {"error": str(e)}
@@ -101,12 +103,14 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     read_manifest(root)  # not a checkpoint at all: raise, as documented
     pending: list[tuple[Path, Any]] = [(root, None)]
     listed: set[Path] = set()
+    broken: list[Path] = []
     while pending:
         directory, expected = pending.pop()
         try:
             manifest = read_manifest(directory, expected=expected)
         except CheckpointError as e:
             report.problems.append(str(e))
+            broken.append(directory)
             continue
         listed.add(manifest.path)
         report.checked.append(manifest.path)
@@ -120,6 +124,8 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
             if problem:
                 report.problems.append(problem)
     for dirpath, dirnames, filenames in os.walk(root):
+        if any(Path(dirpath) == b or b in Path(dirpath).parents for b in broken):
+            continue  # already reported through its manifest
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             p = Path(dirpath) / name
             if p not in listed:
@@ -137,6 +143,7 @@ def convert_checkpoint(
     *,
     format: str,
     allow_pickle: bool | None = None,
+    progress: Progress | None = None,
     pm: pluggy.PluginManager | None = None,
 ) -> str:
     """Rewrite a checkpoint in another registered format; return ``dst``.
@@ -148,9 +155,16 @@ def convert_checkpoint(
     :param dst: where to write the converted checkpoint.
     :param format: the format to write.
     :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
+    :param progress: called with each phase: ``"reading"``, ``"writing"``, ``"done"``.
+    :raises UnknownFormatError: before anything is read.
     """
+    get_registry(pm).get(format)  # an unknown name fails before anything is read
+    report = progress or (lambda phase: None)
+    report("reading")
     ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
+    report("writing")
     _rewrite(ckpt, dst, format=format, pm=pm)
+    report("done")
     return os.fspath(dst)
 
 
@@ -181,14 +195,17 @@ def migrate_checkpoint(
     *,
     allow_pickle: bool | None = None,
     pm: pluggy.PluginManager | None = None,
-) -> str:
+) -> list[str]:
     """Upgrade a checkpoint to the current checkpoint_version, in place or into ``dst``.
 
     In place, the old checkpoint is replaced atomically, only after the
-    upgraded one is written whole.
+    upgraded one is written whole; a checkpoint that is already current is
+    left untouched (and copied when ``dst`` is given).
+
+    :return: the names of the migration steps applied (empty if none were needed).
     """
     ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
-    target = dst if dst is not None else src
-    _rewrite(ckpt, target, format=ckpt.format, pm=pm)
-    return os.fspath(target)
+    if dst is not None or ckpt.migrations_applied:
+        _rewrite(ckpt, dst if dst is not None else src, format=ckpt.format, pm=pm)
+    return list(ckpt.migrations_applied)
 
