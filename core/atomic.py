@@ -172,8 +172,8 @@ def commit(tmp: Path, target: Path) -> None:
 
     :raises CheckpointWriteError: ``target`` holds something that is not ours.
     """
-    os.unlink(tmp / MARKER)
     fsync_tree(tmp)
+    os.unlink(tmp / MARKER)  # from here to the rename below, nothing blocks
     for _ in range(3):
         if not os.path.lexists(target):
             try:

@@ -120,10 +120,11 @@ def _write_level(
     extra: Mapping[str, Any] | None = None,
     children: Mapping[str, FileEntry] | None = None,
     attachment: Attachment | None = None,
+    shown: Path,
 ) -> FileEntry:
     stem = STATE_STEMS[type_]
     if not spec.capabilities.arbitrary_objects:
-        validate_tree(state, format=spec.name, where=str(directory / f"{stem}{spec.extension}"))
+        validate_tree(state, format=spec.name, where=str(shown / f"{stem}{spec.extension}"))
     files: dict[str, FileEntry] = {}
     sink = Sink(directory, stem, spec.extension, files)
     spec.write(state, sink)
@@ -208,11 +209,12 @@ def write_checkpoint(
                 children[f"policies/{pid}/{MANIFEST}"] = _write_level(
                     pdir, type_="Policy", state=pstate, spec=spec, registry=registry,
                     metadata=metadata, extra={"policy_id": pid}, attachment=attachments.get(pid),
+                    shown=target / "policies" / pid,
                 )
             extra = {"policy_ids": list(policies)} if type == "Algorithm" else {}
             _write_level(
                 tmp, type_=type, state=state, spec=spec, registry=registry, metadata=metadata,
-                extra=extra, children=children, attachment=attachments.get(""),
+                extra=extra, children=children, attachment=attachments.get(""), shown=target,
             )
             commit(tmp, target)
     except CheckpointError:
@@ -341,7 +343,7 @@ def read_checkpoint(
     policy_manifests = {}
     for pid in wanted:
         pdir = root / "policies" / pid
-        pman = read_manifest(pdir, expected=manifest.files[f"policies/{pid}/{MANIFEST}"])
+        pman = read_manifest(pdir, expected=manifest.files[f"policies/{pid}/{MANIFEST}"], root=root)
         if pman.type != "Policy" or pman.format != manifest.format:
             raise CorruptCheckpointError(
                 f"{pman.path}: expected a Policy checkpoint in format {manifest.format!r}",

@@ -124,8 +124,8 @@ def _provider(plugin: str, distribution: str | None) -> str:
 
 def _policy_files(info: Mapping[str, Any], pid: str) -> dict[str, Any] | None:
     """A policy's own files from :func:`get_checkpoint_info`, or None if its manifest is bad."""
-    files = info.get("policies", {}).get(pid, {})
-    return None if isinstance(files.get("error"), str) else dict(files)
+    entry = info.get("policies", {}).get(pid, {})
+    return None if "error" in entry else dict(entry.get("files", {}))
 
 
 def total_bytes(info: Mapping[str, Any]) -> int:

@@ -208,18 +208,30 @@ def check_file(root: Path, rel: str, entry: FileEntry) -> str | None:
     return None
 
 
+def _refuse_links(root: Path, directory: Path) -> None:
+    """Refuse ``directory`` if it, or any directory between ``root`` and it, is a symlink."""
+    current = directory
+    while current != root and root in current.parents:
+        if current.is_symlink():
+            raise _corrupt(current, "is a symbolic link; checkpoints may not contain links")
+        current = current.parent
+
+
 def read_manifest(
-    directory: Path, *, expected: FileEntry | None = None, supported: list[str] | None = None
+    directory: Path, *, expected: FileEntry | None = None, root: Path | None = None
 ) -> Manifest:
     """Read and validate ``directory/checkpoint.json``.
 
     :param expected: the manifest's own entry in the parent manifest, if any.
-    :param supported: not used here; version checks happen in the engine.
+    :param root: the top of the checkpoint, when ``directory`` is below it:
+        no directory in between may be a symlink.
     :raises NotACheckpointError: no directory, or no checkpoint.json in it.
     :raises CorruptCheckpointError: unreadable, not JSON, duplicate keys, wrong types.
     """
     directory = Path(directory)
     path = directory / MANIFEST
+    if root is not None:
+        _refuse_links(Path(root), directory)
     if not directory.is_dir():
         raise NotACheckpointError(
             f"{directory} is not a checkpoint directory"
@@ -310,7 +322,8 @@ def _validate_manifest(raw: Any, path: Path) -> Manifest:
 def write_manifest(directory: Path, content: Mapping[str, Any]) -> FileEntry:
     """Write ``directory/checkpoint.json`` (fsynced, with its own digest); return its entry."""
     content = {**content, SELF_DIGEST: _self_digest(content)}
-    data = (json.dumps(content, indent=2) + "\n").encode("utf-8")
+    # No trailing newline: cutting any byte off the end leaves invalid JSON.
+    data = json.dumps(content, indent=2).encode("utf-8")
     with HashingFile(directory / MANIFEST) as f:
         f.write(data)
     return f.entry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Iterable
@@ -35,6 +36,13 @@ def _env_list(name: str) -> list[str] | None:
     if raw is None or not raw.strip():
         return None
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _dist_of(name: str) -> str:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+        if ep.dist is not None:
+            return f", distribution {ep.dist.name}"
+    return ""
 
 
 def get_plugin_manager(
@@ -69,14 +77,16 @@ def get_plugin_manager(
         autoload = not _env_flag("AMBER_DISABLE_PLUGIN_AUTOLOAD")
     if autoload:
         names = list(allow) if allow is not None else _env_list("AMBER_PLUGINS")
-        for name in names if names is not None else [None]:
+        if names is None:
+            names = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+        for name in names:
             try:
                 pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
             except Exception as e:  # an installed plugin's own import error
                 raise PluginLoadError(
-                    f"plugin {getattr(e, 'name', None) or name or '(entry point)'!s} "
-                    f"from entry-point group {ENTRY_POINT_GROUP!r} failed to load: {e}. "
-                    "Uninstall or fix it, or set AMBER_DISABLE_PLUGIN_AUTOLOAD=1",
+                    f"plugin {name!r} (entry-point group {ENTRY_POINT_GROUP!r}{_dist_of(name)}) failed "
+                    f"to load: {type(e).__name__}: {e}. Fix or uninstall it, leave it out with "
+                    "AMBER_PLUGINS=..., or set AMBER_DISABLE_PLUGIN_AUTOLOAD=1",
                     plugin=name,
                 ) from e
     try:

@@ -138,7 +138,7 @@ def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
             else:
                 stack.extend((_key(keypath, i), v, depth + 1) for i, v in enumerate(node))
             continue
-        if node is None or isinstance(node, (bool, float, str, bytes)):
+        if node is None or isinstance(node, (bool, float, str, bytes, Ref)):
             continue
         if isinstance(node, int):
             if not _INT_MIN <= node <= _INT_MAX:

@@ -17,3 +17,22 @@ def pm():
 def bare_pm():
     """A fresh plugin manager with the in-tree plugins only (autoload off)."""
     return get_plugin_manager(autoload=False)
+
+
+@pytest.fixture(scope="session")
+def npz_site(tmp_path_factory):
+    """The third-party ``amber-npz`` plugin, pip-installed offline once per session."""
+    from tests.plugins.install import install_npz_plugin
+
+    return install_npz_plugin(tmp_path_factory.mktemp("amber-npz-site"))
+
+
+@pytest.fixture
+def contract_pm(npz_site, monkeypatch):
+    """A fresh plugin manager with every format: in-tree and the installed third-party one."""
+    from tests.plugins.install import on_sys_path
+
+    for name in ("AMBER_DISABLE_PLUGIN_AUTOLOAD", "AMBER_PLUGINS", "AMBER_SAFE_LOAD"):
+        monkeypatch.delenv(name, raising=False)
+    with on_sys_path(npz_site):
+        yield get_plugin_manager()

@@ -427,8 +427,9 @@ def test_stale_staging_dirs_are_removed_and_nothing_else(bare_pm, tmp_path):
     stale = tmp_path / ".ck.amber-tmp-999999999-0123abcd"
     stale.mkdir()
     (stale / ".amber-staging").write_text("")
-    lookalike = tmp_path / ".other.amber-tmp-999999999-0123abcd"  # no marker: not ours
+    lookalike = tmp_path / ".other.amber-tmp-999999999-0123abcd"  # no marker, not empty: not ours
     lookalike.mkdir()
+    (lookalike / "data").write_text("keep")
     user = tmp_path / "user.txt"
     user.write_text("x")
     amber.save({"a": 1}, tmp_path / "ck", pm=bare_pm)
