@@ -17,12 +17,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from amber.errors import CheckpointWriteError
 
@@ -32,6 +34,19 @@ MARKER = ".amber-staging"
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+_WHY = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def describe(e: OSError) -> str:
+    """A short reason for a failed write, in words."""
+    return _WHY.get(e.errno or 0, e.strerror or str(e))
 
 
 def fsync_dir(path: Path) -> None:
@@ -120,7 +135,7 @@ def staging(target: Path) -> Iterator[Path]:
         _write_marker(tmp)
     except OSError as e:
         raise CheckpointWriteError(
-            f"cannot create a checkpoint in {parent}: {e.strerror or e}", path=target
+            f"cannot create a checkpoint in {parent}: {describe(e)}", path=target
         ) from e
     try:
         yield tmp
@@ -132,13 +147,18 @@ def staging(target: Path) -> Iterator[Path]:
         raise
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically; False where the system cannot."""
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    """libc's renameat2, or None where there is none (looked up once: it spawns ldconfig)."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
+        return None
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the system cannot."""
+    fn = _renameat2()
     if fn is None:
         return False
     rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
@@ -164,6 +184,12 @@ def _check_replaceable(target: Path) -> None:
         )
 
 
+def _unmark(tmp: Path) -> None:
+    """Drop the staging marker just before the rename that commits ``tmp``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp / MARKER)
+
+
 def commit(tmp: Path, target: Path) -> None:
     """Move the finished staging directory ``tmp`` to ``target`` atomically.
 
@@ -173,10 +199,11 @@ def commit(tmp: Path, target: Path) -> None:
     :raises CheckpointWriteError: ``target`` holds something that is not ours.
     """
     fsync_tree(tmp)
-    os.unlink(tmp / MARKER)  # from here to the rename below, nothing blocks
+    _renameat2()  # look it up now, not between removing the marker and the swap
     for _ in range(3):
         if not os.path.lexists(target):
             try:
+                _unmark(tmp)
                 os.rename(tmp, target)
                 break
             except OSError as e:
@@ -184,14 +211,17 @@ def commit(tmp: Path, target: Path) -> None:
                     raise
                 continue  # another saver got there first: swap with theirs
         _check_replaceable(target)
+        _unmark(tmp)
         if _exchange(tmp, target):
             _write_marker(tmp)  # tmp now holds the old checkpoint
             _remove_staging(tmp)
             break
         # No atomic exchange here: move the old one aside first (a crash in
         # between leaves it beside the target under a hidden name).
+        _write_marker(tmp)
         aside = target.parent / f".{target.name}.amber-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(target, aside)
+        _unmark(tmp)
         os.rename(tmp, target)
         shutil.rmtree(aside, ignore_errors=True)
         break

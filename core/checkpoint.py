@@ -8,7 +8,6 @@ registry built from the plugins' hooks.
 from __future__ import annotations
 
 import datetime
-import errno
 import os
 import platform
 from collections.abc import Callable, Iterable, Mapping
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber import __version__
-from amber.atomic import commit, staging
+from amber.atomic import commit, describe, staging
 from amber.digest import format_digest, new_hasher
 from amber.errors import (
     CheckpointError,
@@ -220,10 +219,8 @@ def write_checkpoint(
     except CheckpointError:
         raise
     except OSError as e:
-        why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-               errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}
         raise CheckpointWriteError(
-            f"saving {target} failed: {why.get(e.errno or 0, e.strerror or str(e))}; "
+            f"saving {target} failed: {describe(e)}; "
             "nothing was written and any previous checkpoint there is intact",
             path=target, format=format,
         ) from e
