@@ -51,7 +51,7 @@ __all__ = [
     "detect_format",
     "load",
     "read_checkpoint",
-    "safe_load_default",
+    "pickle_allowed_default",
     "save",
     "write_checkpoint",
 ]
@@ -82,7 +82,7 @@ class Checkpoint:
     migrations_applied: list[str] = field(default_factory=list)
 
 
-def safe_load_default() -> bool:
+def pickle_allowed_default() -> bool:
     """Whether pickle is allowed when the caller does not say: not if ``AMBER_SAFE_LOAD`` is set."""
     return os.environ.get("AMBER_SAFE_LOAD", "").strip().lower() in ("", "0", "false", "no")
 
@@ -323,7 +323,7 @@ def read_checkpoint(
     :raises MissingPluginError: the checkpoint's format is not installed.
     """
     registry = get_registry(pm)
-    allow = safe_load_default() if allow_pickle is None else allow_pickle
+    allow = pickle_allowed_default() if allow_pickle is None else allow_pickle
     root = Path(path)
     manifest = read_manifest(root)
     _check_version(manifest, registry)

@@ -1,0 +1,1 @@
+"""Policies: the networks that map observations to actions (RLlib's ``ray.rllib.policy``)."""

@@ -1,0 +1,180 @@
+"""The Policy interface and policy checkpoints (RLlib's ``ray.rllib.policy.policy``).
+
+Importing this module imports neither torch nor gymnasium; a torch policy
+imports torch when it is built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from amber.errors import UnsafeContentError
+from amber.state import Ref
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["Policy", "PolicySpec"]
+
+
+class PolicySpec:
+    """What to build a policy from: its class, spaces and config overrides (RLlib's PolicySpec)."""
+
+    def __init__(
+        self,
+        policy_class: type | None = None,
+        observation_space: Any = None,
+        action_space: Any = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.policy_class = policy_class
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.config = dict(config or {})
+
+    def __repr__(self) -> str:
+        return (f"PolicySpec({self.policy_class!r}, {self.observation_space!r}, "
+                f"{self.action_space!r}, {self.config!r})")
+
+
+class Policy:
+    """A policy: acts on observations, and saves and restores its whole state.
+
+    Subclasses implement :meth:`compute_actions`, :meth:`get_weights`,
+    :meth:`set_weights`, :meth:`get_state` and :meth:`set_state`. The state
+    is a state tree holding ``policy_spec`` (class, spaces, config), so that
+    :meth:`from_checkpoint` can rebuild the policy without an algorithm or
+    an environment.
+    """
+
+    observation_space: Any
+    action_space: Any
+    config: dict[str, Any]
+
+    # -- acting --------------------------------------------------------------
+
+    def compute_actions(
+        self, obs_batch: Any, state_batches: Any = None, *, explore: bool | None = None, **kwargs: Any
+    ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+        """Actions for a batch of observations: ``(actions, state_outs, extra_fetches)``."""
+        raise NotImplementedError
+
+    def compute_single_action(
+        self, obs: Any = None, state: Any = None, *, explore: bool | None = None, **kwargs: Any
+    ) -> tuple[Any, list[Any], dict[str, Any]]:
+        """The action for one observation: ``(action, state_outs, extra_fetches)``.
+
+        :param obs: one observation (not batched).
+        :param explore: sample (True) or act greedily (False); None: the policy's default.
+        """
+        actions, state_outs, extra = self.compute_actions(np.asarray(obs)[None], explore=explore)
+        action = actions[0]
+        if isinstance(action, np.generic):
+            action = action.item()
+        return action, state_outs, {k: v[0] for k, v in extra.items()}
+
+    # -- state ---------------------------------------------------------------
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The model's weights as numpy arrays, by parameter name."""
+        raise NotImplementedError
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Load weights returned by :meth:`get_weights`."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        """The policy's whole state (weights, optimizer, counters, RNG, spec) as a state tree."""
+        raise NotImplementedError
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply a state returned by :meth:`get_state`."""
+        raise NotImplementedError
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def export_checkpoint(
+        self,
+        export_dir: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        policy_id: str | None = None,
+        pm: pluggy.PluginManager | None = None,
+    ) -> str:
+        """Write this policy as a policy checkpoint (atomic, verified); return the directory.
+
+        :param export_dir: the checkpoint directory.
+        :param format: a registered format name (default: the policy's
+            ``checkpoint_format`` config, else ``"pickle"``).
+        """
+        from amber.checkpoint import write_checkpoint
+
+        fmt = format or self.config.get("checkpoint_format") or "pickle"
+        attachments = {}
+        if self.config.get("export_native_model_files") and hasattr(self, "export_model"):
+            attachments[""] = lambda d: self.export_model(d / "model")  # type: ignore[attr-defined]
+        write_checkpoint(export_dir, type="Policy", state=self.get_state(), format=fmt,
+                         metadata={"policy_id": policy_id} if policy_id else None,
+                         attachments=attachments, pm=pm)
+        return os.fspath(export_dir)
+
+    @staticmethod
+    def from_state(state: Mapping[str, Any], *, trusted: bool = True) -> Policy:
+        """Build a policy from a state returned by :meth:`get_state`.
+
+        :param trusted: when False (safe loading), only policy classes from
+            amber itself are imported by name.
+        """
+        spec = state["policy_spec"]
+        cls = spec["policy_class"]
+        if isinstance(cls, str):
+            cls = Ref(cls)
+        if isinstance(cls, Ref):
+            if not trusted and not cls.target.startswith("amber."):
+                raise UnsafeContentError(
+                    f"the checkpoint names policy class {cls.target!r}, outside amber; under safe "
+                    "loading only amber's own classes are imported (pass allow_pickle=True to trust it)"
+                )
+            cls = cls.resolve()
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise TypeError(f"{cls!r} is not a Policy class")
+        policy = cls.build_from_spec(spec)
+        policy.set_state(state)
+        return policy
+
+    @classmethod
+    def build_from_spec(cls, spec: Mapping[str, Any]) -> Policy:
+        """Build an untrained policy from a ``policy_spec`` state."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_checkpoint(
+        checkpoint: str | os.PathLike[str],
+        policy_ids: Iterable[str] | None = None,
+        *,
+        allow_pickle: bool | None = None,
+        pm: pluggy.PluginManager | None = None,
+    ) -> Policy | dict[str, Policy]:
+        """Restore a policy from a policy checkpoint, or a dict of policies from an algorithm one.
+
+        Builds no algorithm and no environment; from an algorithm checkpoint,
+        only the policies in ``policy_ids`` are read (all when None).
+
+        :param checkpoint: a checkpoint directory.
+        :param policy_ids: for an algorithm checkpoint, the policies to restore.
+        :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
+        """
+        from amber.checkpoint import read_checkpoint, pickle_allowed_default
+
+        ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
+        trusted = pickle_allowed_default() if allow_pickle is None else allow_pickle
+        if ckpt.type == "Policy":
+            return Policy.from_state(ckpt.state, trusted=trusted)
+        if ckpt.type == "Algorithm":
+            return {pid: Policy.from_state(p.state, trusted=trusted) for pid, p in ckpt.policies.items()}
+        raise TypeError(f"{Path(checkpoint)} holds a {ckpt.type} checkpoint, not a policy or algorithm")

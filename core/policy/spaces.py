@@ -1,0 +1,40 @@
+"""Gymnasium spaces as state trees, so that a policy checkpoint says what it acts on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["space_from_state", "space_to_state"]
+
+
+def space_to_state(space: Any) -> dict[str, Any]:
+    """A portable description of a Box or Discrete space.
+
+    :raises ValueError: other space types.
+    """
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "low": np.asarray(space.low).copy(), "high": np.asarray(space.high).copy(),
+                "dtype": np.dtype(space.dtype).str}
+    raise ValueError(f"spaces of type {type(space).__name__} are not supported (Box and Discrete are)")
+
+
+def space_from_state(state: dict[str, Any]) -> Any:
+    """The space :func:`space_to_state` described.
+
+    :raises ValueError: an unknown or malformed description.
+    """
+    import gymnasium as gym
+
+    kind = state.get("type") if isinstance(state, dict) else None
+    if kind == "Discrete":
+        return gym.spaces.Discrete(int(state["n"]), start=int(state.get("start", 0)))
+    if kind == "Box":
+        low, high = np.asarray(state["low"]), np.asarray(state["high"])
+        return gym.spaces.Box(low=low, high=high, shape=low.shape, dtype=np.dtype(state["dtype"]))
+    raise ValueError(f"unknown space description {kind!r}")
