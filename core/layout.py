@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from amber.digest import format_digest, new_hasher, parse_digest
+from amber.digest import Hasher, format_digest, new_hasher, parse_digest
 from amber.errors import CorruptCheckpointError, InvalidIdError, NotACheckpointError
 
 __all__ = [
@@ -151,17 +151,26 @@ def _open_nofollow(root: Path, rel: str) -> int:
     return fd
 
 
-def _read_fd(fd: int, size: int, path: Path) -> memoryview:
-    """Read exactly ``size`` bytes into a fresh 64-byte-aligned writable buffer."""
+_CHUNK = 4 << 20
+
+
+def _read_fd(fd: int, size: int, path: Path, hasher: Hasher | None = None) -> memoryview:
+    """Read exactly ``size`` bytes into a fresh 64-byte-aligned writable buffer.
+
+    With ``hasher``, each chunk is hashed right after it is read, while it is
+    still in the CPU cache (measurably faster than a second pass).
+    """
     raw = np.empty(size + ALIGN, dtype=np.uint8)
     offset = (-raw.ctypes.data) % ALIGN
     buf = memoryview(raw[offset : offset + size])
     with os.fdopen(fd, "rb", buffering=0, closefd=True) as f:
         got = 0
         while got < size:
-            n = f.readinto(buf[got:])
+            n = f.readinto(buf[got : got + _CHUNK])
             if not n:
                 raise _corrupt(path, f"is truncated: {got} bytes, expected {size}")
+            if hasher is not None:
+                hasher.update(buf[got : got + n])
             got += n
         if f.read(1):
             raise _corrupt(path, f"is longer than the {size} bytes recorded")
@@ -179,10 +188,9 @@ def read_verified(root: Path, rel: str, entry: FileEntry) -> memoryview:
     if actual != entry.size:
         os.close(fd)
         raise _corrupt(path, f"has {actual} bytes, checkpoint.json records {entry.size}")
-    buf = _read_fd(fd, entry.size, path)
     algorithm, expected = parse_digest(entry.digest)  # type: ignore[misc]
     h = new_hasher(algorithm)
-    h.update(buf)
+    buf = _read_fd(fd, entry.size, path, h)
     if h.hexdigest() != expected:
         raise _corrupt(path, "content does not match its digest in checkpoint.json")
     return buf
