@@ -407,6 +407,9 @@ def migrate(state: CliState, src: Path, dst: Path | None, allow_pickle: bool | N
     )
 
 
+from amber import cli_rl as _cli_rl  # noqa: E402,F401 - registers train and evaluate
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``amber`` command; the console script's entry point. Exits the process.
 

@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "amber.stateful",
     "amber.plugins.pickle_fmt",
     "amber.plugins.msgpack_fmt",
+    "amber.envs.state",
 )
 
 

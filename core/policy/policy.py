@@ -169,7 +169,7 @@ class Policy:
         :param policy_ids: for an algorithm checkpoint, the policies to restore.
         :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
         """
-        from amber.checkpoint import read_checkpoint, pickle_allowed_default
+        from amber.checkpoint import pickle_allowed_default, read_checkpoint
 
         ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
         trusted = pickle_allowed_default() if allow_pickle is None else allow_pickle

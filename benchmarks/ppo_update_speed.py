@@ -1,0 +1,77 @@
+"""Time of one PPO update on a CartPole-shaped batch (RLlib's PPO defaults for one iteration).
+
+A synthetic batch of ``--samples`` steps (4 float observations, 2 actions,
+sampled from the policy itself) goes through ``ppo_update`` with minibatch
+128 and 30 epochs on separate [256, 256] tanh policy and value networks.
+Each of ``--repeat`` runs starts from the same policy; the best and median
+wall-clock times are printed, with the CPU time and the load average (the
+numbers mean little on a loaded machine). Run from the repository root::
+
+    python benchmarks/ppo_update_speed.py                 # best of 3
+    python benchmarks/ppo_update_speed.py --threads 1     # torch single-threaded (no helper thread)
+    python benchmarks/ppo_update_speed.py --epochs 1 --repeat 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from amber.algorithms.ppo.ppo_learner import ppo_update
+from amber.policy.torch_policy import TorchPolicy
+
+
+def _load_average() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--minibatch", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config = {"model": {"fcnet_hiddens": [256, 256], "fcnet_activation": "tanh"}, "lr": 3e-4, "seed": 0,
+              "grad_clip": None}
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    template = TorchPolicy(obs_space, gym.spaces.Discrete(2), config)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(args.samples, 4)).astype(np.float32)
+    actions, _, extra = template.compute_actions(obs)
+    batch = {"obs": obs, "actions": actions, **extra,
+             "advantages": rng.normal(size=args.samples).astype(np.float32),
+             "value_targets": (5 * rng.normal(size=args.samples)).astype(np.float32)}
+    kwargs = dict(num_epochs=args.epochs, minibatch_size=args.minibatch, clip_param=0.2, vf_clip_param=10.0,
+                  vf_loss_coeff=1.0, entropy_coeff=0.0, kl_coeff=0.2, kl_target=0.01, grad_clip=None)
+    state = template.get_state()
+
+    walls = []
+    for i in range(args.repeat):
+        policy = TorchPolicy.from_state(state)
+        load = _load_average()
+        t, c = time.perf_counter(), time.process_time()
+        stats = ppo_update(policy, batch, rng=np.random.default_rng(i), **kwargs)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        walls.append(wall)
+        print(f"run {i}: {wall:.2f} s wall, {cpu:.2f} s cpu, load {load}, "
+              f"{stats['num_grad_updates']} updates, kl {stats['kl']:.4f}")
+    print(f"torch threads {torch.get_num_threads()}: best {min(walls):.2f} s, median "
+          f"{statistics.median(walls):.2f} s for {args.samples} samples x {args.epochs} epochs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Algorithms with RLlib's API: PPO (``amber.algorithms.ppo``), DQN, SAC."""

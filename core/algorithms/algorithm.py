@@ -1,0 +1,454 @@
+"""Algorithm: training, policies and checkpoints (RLlib's ``ray.rllib.algorithms.algorithm``).
+
+Every piece of state goes through the checkpoint engine: the algorithm's own
+state (config, counters, RNGs, environments, learner state) is one state
+tree, each policy's is another, and :func:`amber.checkpoint.write_checkpoint`
+lays them out, atomically and verified, in any registered format.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amber import components
+from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig
+from amber.errors import CheckpointError, UnsafeContentError
+from amber.policy.policy import Policy, PolicySpec
+from amber.state import Ref, importable_name
+
+__all__ = ["Algorithm", "AlgorithmStoppedError", "SaveResult", "TrainingCheckpoint"]
+
+
+class AlgorithmStoppedError(RuntimeError):
+    """The algorithm was stopped; build a new one (or restore from a checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """Where a save wrote its checkpoint."""
+
+    path: str
+
+    def to_directory(self) -> str:
+        """The checkpoint directory."""
+        return self.path
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What :meth:`Algorithm.save` returns: ``result.checkpoint.path`` is the directory."""
+
+    checkpoint: TrainingCheckpoint
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def results_dir() -> Path:
+    """Where algorithms keep their logs and default checkpoints (``AMBER_RESULTS_DIR``)."""
+    return Path(os.environ.get("AMBER_RESULTS_DIR") or Path.home() / "amber_results")
+
+
+class Algorithm:
+    """Base of PPO, DQN and SAC: builds policies and sampling from a config, trains, saves."""
+
+    _default_config_class: type[AlgorithmConfig] = AlgorithmConfig
+
+    @classmethod
+    def get_default_config(cls) -> AlgorithmConfig:
+        """A fresh config of this algorithm's class."""
+        return cls._default_config_class(algo_class=cls)
+
+    def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
+        from amber.env_runner import EnvRunner, probe_spaces
+
+        config = (config or self.get_default_config()).copy()
+        if env is not None:
+            config.environment(env)
+        config.validate()
+        self.config = config
+        self._stopped = False
+        self._logdir: Path | None = None
+        self._seed_everything(config.seed)
+        spaces, self._multi_agent_env = probe_spaces(config.env, config.env_config)
+        self._agent_spaces = spaces
+        self.policies: dict[str, Policy] = {}
+        for index, (pid, spec) in enumerate(self.config.policies.items()):
+            self.policies[pid] = self._build_policy(pid, spec, index)
+        self.env_runner = EnvRunner(
+            config.env, config.env_config, config.num_envs_per_env_runner, self.policies,
+            self._mapping_fn(), seed=config.seed,
+        )
+        self.iteration = 0
+        self.counters = {"num_env_steps_sampled_lifetime": 0, "num_agent_steps_sampled_lifetime": 0,
+                         "num_env_steps_trained_lifetime": 0, "time_total_s": 0.0}
+        self._recent_returns: list[float] = []
+        self._recent_policy_returns: dict[str, list[float]] = {}
+        self.setup()
+
+    # -- building ------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Algorithm-specific setup after policies and sampling exist (subclasses)."""
+
+    def _seed_everything(self, seed: int | None) -> None:
+        import torch
+
+        self.np_rng = np.random.default_rng(seed)
+        self.py_rng = random.Random(seed)
+        if seed is not None:
+            torch.manual_seed(seed)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """The config a policy is built with (subclasses add their own keys)."""
+        cfg = {"model": dict(self.config.model), "lr": self.config.lr, "gamma": self.config.gamma,
+               "grad_clip": self.config.grad_clip, "checkpoint_format": self.config.checkpoint_format,
+               "export_native_model_files": self.config.export_native_model_files,
+               "seed": None if self.config.seed is None else self.config.seed * 1000 + index}
+        cfg.update(overrides)
+        return cfg
+
+    def _spaces_for(self, policy_id: str) -> tuple[Any, Any]:
+        if not self._multi_agent_env:
+            return next(iter(self._agent_spaces.values()))
+        fn = self._mapping_fn()
+        for agent_id, pair in self._agent_spaces.items():
+            if fn is not None and fn(agent_id, None, None) == policy_id:
+                return pair
+        return next(iter(self._agent_spaces.values()))
+
+    def _build_policy(self, policy_id: str, spec: Any, index: int,
+                      observation_space: Any = None, action_space: Any = None) -> Policy:
+        from amber.policy.torch_policy import TorchPolicy
+
+        cls, overrides = TorchPolicy, {}
+        if isinstance(spec, PolicySpec):
+            cls = spec.policy_class or TorchPolicy
+            observation_space = observation_space or spec.observation_space
+            action_space = action_space or spec.action_space
+            overrides = spec.config
+        elif isinstance(spec, Mapping):
+            overrides = spec
+        if observation_space is None or action_space is None:
+            obs_space, act_space = self._spaces_for(policy_id)
+            observation_space = observation_space or obs_space
+            action_space = action_space or act_space
+        return cls(observation_space, action_space, self.policy_config(policy_id, overrides, index))
+
+    def _mapping_fn(self) -> Callable[..., str] | None:
+        if not self._multi_agent_env:
+            return None
+        if self.config.policy_mapping_fn is not None:
+            return self.config.policy_mapping_fn
+        only = list(self.config.policies)
+        if len(only) == 1:
+            return lambda agent_id, episode, worker, **kw: only[0]
+        raise ValueError("a multi-agent config with several policies needs a policy_mapping_fn")
+
+    # -- training ------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise AlgorithmStoppedError(
+                f"this {type(self).__name__} was stopped; build a new one or use "
+                f"{type(self).__name__}.from_checkpoint(...)"
+            )
+
+    @property
+    def policies_to_train(self) -> list[str]:
+        """The ids of the policies that learn (all when the config says None)."""
+        wanted = self.config.policies_to_train
+        return [pid for pid in self.policies if wanted is None or pid in wanted]
+
+    def train(self) -> dict[str, Any]:
+        """Run one training iteration; return its results.
+
+        :raises AlgorithmStoppedError: after :meth:`stop`.
+        """
+        self._check_running()
+        start = time.perf_counter()
+        results = self.training_step()
+        self.iteration += 1
+        elapsed = time.perf_counter() - start
+        self.counters["time_total_s"] += elapsed
+        returns = self._recent_returns[-100:]
+        out = {
+            "training_iteration": self.iteration,
+            **self.counters,
+            "episode_return_mean": float(np.mean(returns)) if returns else float("nan"),
+            "episode_return_max": float(np.max(returns)) if returns else float("nan"),
+            "episode_return_min": float(np.min(returns)) if returns else float("nan"),
+            "episodes_total": len(self._recent_returns),
+            "policy_return_mean": {pid: float(np.mean(r[-100:])) for pid, r in self._recent_policy_returns.items() if r},
+            "time_this_iter_s": elapsed,
+        }
+        out.update(results)
+        return out
+
+    def training_step(self) -> dict[str, Any]:
+        """One iteration of the algorithm (subclasses)."""
+        raise NotImplementedError
+
+    def _record(self, metrics: Mapping[str, Any]) -> None:
+        """Count sampled steps and remember finished episodes' returns."""
+        self.counters["num_env_steps_sampled_lifetime"] += int(metrics["num_env_steps"])
+        self.counters["num_agent_steps_sampled_lifetime"] += int(metrics["num_agent_steps"])
+        self._recent_returns = (self._recent_returns + list(metrics["episode_returns"]))[-100:]
+        for pid, rets in metrics.get("agent_episode_returns", {}).items():
+            self._recent_policy_returns[pid] = (self._recent_policy_returns.get(pid, []) + list(rets))[-100:]
+
+    # -- policies ------------------------------------------------------------------
+
+    def get_policy(self, policy_id: str = DEFAULT_POLICY_ID) -> Policy | None:
+        """The policy with this id, or None."""
+        return self.policies.get(policy_id)
+
+    def add_policy(
+        self,
+        policy_id: str,
+        policy_cls: type | None = None,
+        *,
+        observation_space: Any = None,
+        action_space: Any = None,
+        config: Mapping[str, Any] | None = None,
+        policy_state: Mapping[str, Any] | None = None,
+        policy_mapping_fn: Callable[..., str] | None = None,
+        policies_to_train: Iterable[str] | None = None,
+        policy: Policy | None = None,
+    ) -> Policy:
+        """Add a policy (built, or given), optionally with a new mapping and training set."""
+        from amber.layout import check_id
+
+        check_id(policy_id)
+        if policy_id in self.policies:
+            raise ValueError(f"policy {policy_id!r} already exists")
+        if policy is None:
+            spec = PolicySpec(policy_cls, observation_space, action_space, config)
+            policy = self._build_policy(policy_id, spec, len(self.policies), observation_space, action_space)
+        if policy_state is not None:
+            policy.set_state(policy_state)
+        self.policies[policy_id] = policy
+        self.config.policies[policy_id] = PolicySpec(type(policy), config=config)
+        self._update_mapping(policy_mapping_fn, policies_to_train)
+        return policy
+
+    def remove_policy(
+        self,
+        policy_id: str = DEFAULT_POLICY_ID,
+        *,
+        policy_mapping_fn: Callable[..., str] | None = None,
+        policies_to_train: Iterable[str] | None = None,
+    ) -> None:
+        """Remove a policy, optionally with a new mapping and training set."""
+        self.policies.pop(policy_id)
+        self.config.policies.pop(policy_id, None)
+        if self.config.policies_to_train is not None and policies_to_train is None:
+            policies_to_train = [p for p in self.config.policies_to_train if p != policy_id]
+        self._update_mapping(policy_mapping_fn, policies_to_train)
+
+    def _update_mapping(self, fn: Callable[..., str] | None, train: Iterable[str] | None) -> None:
+        if fn is not None:
+            self.config.policy_mapping_fn = fn
+        if train is not None:
+            self.config.policies_to_train = list(train)
+        self.env_runner.set_policies(self.policies, self._mapping_fn())
+
+    # -- state -----------------------------------------------------------------------
+
+    def _components(self) -> dict[str, object]:
+        return {"rng.numpy": self.np_rng, "rng.python": self.py_rng, "env_runner": self.env_runner}
+
+    def learner_state(self) -> dict[str, Any]:
+        """Algorithm-specific learner state outside the policies (subclasses)."""
+        return {}
+
+    def set_learner_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`learner_state`'s output (subclasses)."""
+
+    def get_state(self) -> dict[str, Any]:
+        """The whole state: ``{"algorithm": ..., "policies": {id: policy state}}``."""
+        import torch
+
+        own = {
+            "algorithm_class": type(self),
+            "config": self.config.to_dict(),
+            "iteration": self.iteration,
+            "counters": dict(self.counters),
+            "recent_returns": list(self._recent_returns),
+            "recent_policy_returns": {k: list(v) for k, v in self._recent_policy_returns.items()},
+            "components": components.capture(self, self._components()),
+            "torch_rng": torch.get_rng_state().numpy().copy(),
+            "learner": self.learner_state(),
+        }
+        return {"algorithm": own, "policies": {pid: p.get_state() for pid, p in self.policies.items()}}
+
+    def set_state(self, state: Mapping[str, Any], *, restore_episodes: bool = True) -> None:
+        """Apply :meth:`get_state`'s output; policies absent from the algorithm are skipped.
+
+        All or nothing: if any part fails, the state from before the call is put back.
+
+        :param restore_episodes: also continue the environments' running episodes
+            (False: they restart, as when the policies changed).
+        """
+        before = self.get_state()
+        try:
+            self._apply_state(state, restore_episodes)
+        except Exception:
+            self._apply_state(before, True)
+            raise
+
+    def _apply_state(self, state: Mapping[str, Any], restore_episodes: bool) -> None:
+        import torch
+
+        own = state["algorithm"]
+        for pid, pstate in state["policies"].items():
+            if pid in self.policies:
+                self.policies[pid].set_state(pstate)
+        self.iteration = int(own["iteration"])
+        self.counters = dict(own["counters"])
+        self._recent_returns = list(own["recent_returns"])
+        self._recent_policy_returns = {k: list(v) for k, v in own["recent_policy_returns"].items()}
+        saved = dict(own["components"])
+        if not restore_episodes:
+            saved.pop("env_runner", None)
+        components.restore(self, self._components(), saved)
+        torch.set_rng_state(torch.from_numpy(np.asarray(own["torch_rng"], dtype=np.uint8).copy()))
+        self.set_learner_state(own["learner"])
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    @property
+    def logdir(self) -> str:
+        """This algorithm's directory for default checkpoints (made on first use)."""
+        if self._logdir is None:
+            env = self.config.env if isinstance(self.config.env, str) else getattr(self.config.env, "__name__", "env")
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            root = results_dir()
+            root.mkdir(parents=True, exist_ok=True)
+            self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__}_{env}_{stamp}_", dir=root))
+        return str(self._logdir)
+
+    def save(self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None) -> SaveResult:
+        """Write a checkpoint of the whole algorithm (atomically) and return where.
+
+        :param checkpoint_dir: the directory; default: ``checkpoint_<iteration>`` under :attr:`logdir`.
+        :param format: a registered format (default: ``.checkpointing(format=...)``, "pickle").
+        """
+        from amber.checkpoint import write_checkpoint
+        from amber.registry import get_registry
+
+        fmt = format or self.config.checkpoint_format
+        spec = get_registry().get(fmt)
+        path = Path(checkpoint_dir) if checkpoint_dir is not None else Path(self.logdir) / f"checkpoint_{self.iteration:06d}"
+        state = self.get_state()
+        own = state["algorithm"]
+        if not spec.capabilities.arbitrary_objects:
+            fn = own["config"].get("policy_mapping_fn")
+            if fn is not None and importable_name(fn) is None:
+                own["config"]["policy_mapping_fn"] = None
+                own["missing"] = ["policy_mapping_fn"]
+        attachments = {}
+        if self.config.export_native_model_files:
+            for pid, policy in self.policies.items():
+                if hasattr(policy, "export_model"):
+                    attachments[pid] = (lambda p: lambda d: p.export_model(d / "model"))(policy)
+        write_checkpoint(path, type="Algorithm", state=own, policies=state["policies"], format=fmt,
+                         metadata={"algorithm": type(self).__name__}, attachments=attachments)
+        return SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
+
+    def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:
+        """Set this algorithm's whole state from a checkpoint; on any error it is left as it was."""
+        from amber.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
+        if ckpt.type != "Algorithm":
+            raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
+                                  path=checkpoint_path)
+        self.set_state({"algorithm": ckpt.state, "policies": {pid: p.state for pid, p in ckpt.policies.items()}})
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        policy_ids: Iterable[str] | None = None,
+        policy_mapping_fn: Callable[..., str] | None = None,
+        policies_to_train: Iterable[str] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        allow_pickle: bool | None = None,
+    ) -> Algorithm:
+        """A new algorithm of the checkpointed class with the checkpointed state.
+
+        :param policy_ids: build and read only these policies.
+        :param policy_mapping_fn: replaces the saved mapping (required when it was not saved).
+        :param policies_to_train: replaces the saved list.
+        """
+        from amber.checkpoint import pickle_allowed_default, read_checkpoint
+
+        target = path if path is not None else checkpoint
+        if target is None:
+            raise ValueError("from_checkpoint needs a path")
+        ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle)
+        trusted = pickle_allowed_default() if allow_pickle is None else allow_pickle
+        own = dict(ckpt.state)
+        algo_cls = _resolve(own["algorithm_class"], trusted, "algorithm_class")
+        raw = {k: _resolve(v, trusted, f"config.{k}") for k, v in own["config"].items()}
+        raw["policies"] = {
+            pid: {**spec, "policy_class": _resolve(spec["policy_class"], trusted, f"policies.{pid}")}
+            if isinstance(spec, dict) and "policy_class" in spec else spec
+            for pid, spec in (raw.get("policies") or {}).items()
+        }
+        config = algo_cls.get_default_config().from_dict(raw)
+        config.algo_class = algo_cls
+        if policy_ids is not None:
+            keep = list(dict.fromkeys(policy_ids))
+            config.policies = {pid: config.policies.get(pid) for pid in keep}
+            if config.policies_to_train is not None and policies_to_train is None:
+                config.policies_to_train = [p for p in config.policies_to_train if p in keep]
+        if policy_mapping_fn is not None:
+            config.policy_mapping_fn = policy_mapping_fn
+        elif "policy_mapping_fn" in own.get("missing", []):
+            raise CheckpointError(
+                f"{target} was saved without its policy_mapping_fn (a lambda or local function cannot "
+                "be stored in a portable format); pass it: "
+                f"{algo_cls.__name__}.from_checkpoint(path, policy_mapping_fn=...)", path=target)
+        if policies_to_train is not None:
+            config.policies_to_train = list(policies_to_train)
+        algo = algo_cls(config=config)
+        # With other policies or another mapping, running episodes would map to
+        # policies that are gone: those restart instead of continuing.
+        same_episodes = policy_ids is None and policy_mapping_fn is None
+        algo.set_state({"algorithm": own, "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
+                       restore_episodes=same_episodes)
+        return algo
+
+    def stop(self) -> None:
+        """Release the environments; afterwards :meth:`train` raises."""
+        if not self._stopped:
+            self.env_runner.stop()
+            self._stopped = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(env={self.config.env!r}, policies={sorted(self.policies)})"
+
+
+def _resolve(value: Any, trusted: bool, what: str) -> Any:
+    """Resolve a stored reference; under safe loading only amber's own names are imported."""
+    if not isinstance(value, Ref):
+        return value
+    if not trusted and not value.target.startswith("amber."):
+        raise UnsafeContentError(
+            f"the checkpoint's {what} names {value.target!r}, outside amber; under safe loading only "
+            "amber's own names are imported. Pass it explicitly, or load with allow_pickle=True if you "
+            "trust the checkpoint"
+        )
+    return value.resolve()

@@ -1,0 +1,260 @@
+"""AlgorithmConfig: RLlib's fluent configuration API (``ray.rllib.algorithms.algorithm_config``)."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from amber.state import Ref
+
+if TYPE_CHECKING:
+    from amber.algorithms.algorithm import Algorithm
+
+__all__ = ["AlgorithmConfig"]
+
+FRAMEWORKS = ("torch",)
+DEFAULT_POLICY_ID = "default_policy"
+_ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
+
+
+class AlgorithmConfig:
+    """Settings of an algorithm; each fluent method returns the config itself.
+
+    Subclasses (PPOConfig, DQNConfig, SACConfig) add their hyperparameters in
+    :meth:`_algo_defaults`; ``.training()`` accepts exactly the common ones
+    and theirs, and names any unknown key.
+    """
+
+    algo_class: type[Algorithm] | None = None
+
+    def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
+        if algo_class is not None:
+            self.algo_class = algo_class
+        # environment
+        self.env: Any = None
+        self.env_config: dict[str, Any] = {}
+        # framework
+        self.framework_str = "torch"
+        # training: common to all algorithms
+        self.lr = 5e-5
+        self.gamma = 0.99
+        self.train_batch_size = 4000
+        self.grad_clip: float | None = None
+        self.model: dict[str, Any] = {"fcnet_hiddens": [256, 256], "fcnet_activation": "tanh"}
+        # env runners
+        self.num_env_runners = 0
+        self.num_envs_per_env_runner = 1
+        # multi-agent
+        self.policies: dict[str, Any] = {DEFAULT_POLICY_ID: None}
+        self.policy_mapping_fn: Callable[..., str] | None = None
+        self.policies_to_train: list[str] | None = None
+        self._multi_agent = False
+        # checkpointing
+        self.export_native_model_files = False
+        self.checkpoint_format = "pickle"
+        self.store_replay_buffer = False
+        # debugging
+        self.seed: int | None = None
+        for key, value in self._algo_defaults().items():
+            setattr(self, key, copy.deepcopy(value))
+
+    # -- hyperparameters ---------------------------------------------------------
+
+    _COMMON_TRAINING = ("lr", "gamma", "train_batch_size", "grad_clip", "model")
+
+    def _algo_defaults(self) -> dict[str, Any]:
+        """The algorithm's own hyperparameters and their defaults (subclasses override)."""
+        return {}
+
+    def _training_keys(self) -> list[str]:
+        return [*self._COMMON_TRAINING, *self._algo_defaults()]
+
+    # -- fluent setters ------------------------------------------------------------
+
+    def environment(self, env: Any = None, *, env_config: Mapping[str, Any] | None = None) -> AlgorithmConfig:
+        """Set the environment: a gymnasium id, an Env or MultiAgentEnv class, or a registered name."""
+        if env is not None:
+            self.env = env
+        if env_config is not None:
+            self.env_config = dict(env_config)
+        return self
+
+    def framework(self, framework: str = "torch") -> AlgorithmConfig:
+        """Set the deep-learning framework.
+
+        :raises ValueError: naming the supported choices.
+        """
+        if framework not in FRAMEWORKS:
+            raise ValueError(
+                f"framework {framework!r} is not supported by {type(self).__name__}; "
+                f"choices: {', '.join(FRAMEWORKS)}"
+            )
+        self.framework_str = framework
+        return self
+
+    def training(self, **kwargs: Any) -> AlgorithmConfig:
+        """Set training hyperparameters.
+
+        :raises ValueError: an unknown key, named, with the closest known ones.
+        """
+        known = self._training_keys()
+        for key, value in kwargs.items():
+            key = _ALIASES.get(key, key)
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(
+                    f"unknown hyperparameter {key!r} for {type(self).__name__}{hint} "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+            if key == "model":
+                value = {**self.model, **dict(value)}
+            setattr(self, key, copy.deepcopy(value) if isinstance(value, (dict, list)) else value)
+        return self
+
+    def env_runners(
+        self,
+        num_env_runners: int | None = None,
+        num_envs_per_env_runner: int | None = None,
+        **kwargs: Any,
+    ) -> AlgorithmConfig:
+        """Set sampling: environment copies per runner (sampled as one vector).
+
+        ``num_env_runners`` is accepted for compatibility; sampling runs in the
+        algorithm's own process.
+        """
+        if kwargs:
+            raise ValueError(f"unknown env_runners setting(s): {', '.join(sorted(kwargs))}")
+        if num_env_runners is not None:
+            self.num_env_runners = int(num_env_runners)
+        if num_envs_per_env_runner is not None:
+            if int(num_envs_per_env_runner) < 1:
+                raise ValueError("num_envs_per_env_runner must be at least 1")
+            self.num_envs_per_env_runner = int(num_envs_per_env_runner)
+        return self
+
+    rollouts = env_runners  # the name before RLlib 2.10
+
+    def multi_agent(
+        self,
+        *,
+        policies: Iterable[str] | Mapping[str, Any] | None = None,
+        policy_mapping_fn: Callable[..., str] | None = None,
+        policies_to_train: Iterable[str] | None = None,
+    ) -> AlgorithmConfig:
+        """Set the policies (a set of ids, or a dict of id → PolicySpec/overrides), the mapping
+        ``fn(agent_id, episode, worker, **kw) -> policy id`` and which policies train."""
+        if policies is not None:
+            if isinstance(policies, Mapping):
+                self.policies = dict(policies)
+            else:
+                self.policies = {pid: None for pid in sorted(policies)}
+            self._multi_agent = True
+        if policy_mapping_fn is not None:
+            self.policy_mapping_fn = policy_mapping_fn
+            self._multi_agent = True
+        if policies_to_train is not None:
+            self.policies_to_train = list(policies_to_train)
+        return self
+
+    def checkpointing(
+        self,
+        export_native_model_files: bool | None = None,
+        format: str | None = None,
+        store_replay_buffer: bool | None = None,
+    ) -> AlgorithmConfig:
+        """Set what checkpoints hold and their default format."""
+        if export_native_model_files is not None:
+            self.export_native_model_files = bool(export_native_model_files)
+        if format is not None:
+            self.checkpoint_format = format
+        if store_replay_buffer is not None:
+            self.store_replay_buffer = bool(store_replay_buffer)
+        return self
+
+    def debugging(self, *, seed: int | None = None) -> AlgorithmConfig:
+        """Set the seed: two runs of the same seeded config give bit-identical weights."""
+        self.seed = seed
+        return self
+
+    def copy(self) -> AlgorithmConfig:
+        """A deep copy (callables and classes shared)."""
+        return copy.deepcopy(self)
+
+    @property
+    def is_multi_agent(self) -> bool:
+        """Whether policies or a mapping function were set."""
+        return self._multi_agent
+
+    def validate(self) -> None:
+        """Check the settings together.
+
+        :raises ValueError: no environment, or policies_to_train names unknown policies.
+        """
+        if self.env is None:
+            raise ValueError(f"{type(self).__name__} has no environment: call .environment(env=...)")
+        if self.policies_to_train is not None:
+            unknown = set(self.policies_to_train) - set(self.policies)
+            if unknown:
+                raise ValueError(
+                    f"policies_to_train names unknown policies {sorted(unknown)}; "
+                    f"policies: {sorted(self.policies)}"
+                )
+
+    def build(self, env: Any = None) -> Algorithm:
+        """Build the algorithm."""
+        if env is not None:
+            self.environment(env)
+        if self.algo_class is None:
+            raise ValueError(f"{type(self).__name__} has no algorithm class")
+        return self.algo_class(config=self)
+
+    build_algo = build
+
+    # -- dict form ----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as a plain dict (classes and functions kept as objects)."""
+        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k != "algo_class"}
+        out["_config_class"] = type(self)
+        out["policies"] = {pid: _spec_to_dict(spec) for pid, spec in self.policies.items()}
+        out["multi_agent"] = out.pop("_multi_agent")
+        return out
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> AlgorithmConfig:
+        """A config from :meth:`to_dict`'s output (of this class, or the subclass it names)."""
+        data = dict(config)
+        target = data.pop("_config_class", None)
+        if isinstance(target, Ref):
+            target = target.resolve()
+        target = target if isinstance(target, type) and issubclass(target, cls) else cls
+        new = target()
+        new._multi_agent = bool(data.pop("multi_agent", False))
+        for key, value in data.items():
+            if key == "policies":
+                value = {pid: _spec_from_dict(spec) for pid, spec in value.items()}
+            if hasattr(new, key):
+                setattr(new, key, value)
+        return new
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(env={self.env!r}, policies={sorted(self.policies)})"
+
+
+def _spec_to_dict(spec: Any) -> Any:
+    from amber.policy.policy import PolicySpec
+
+    if isinstance(spec, PolicySpec):
+        return {"policy_class": spec.policy_class, "config": dict(spec.config)}
+    return copy.deepcopy(spec)
+
+
+def _spec_from_dict(spec: Any) -> Any:
+    from amber.policy.policy import PolicySpec
+
+    if isinstance(spec, dict) and set(spec) == {"policy_class", "config"}:
+        return PolicySpec(spec["policy_class"], config=spec["config"])
+    return spec

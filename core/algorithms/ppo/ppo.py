@@ -1,0 +1,84 @@
+"""Proximal Policy Optimization with RLlib's configuration names and defaults' spirit.
+
+One ``train()`` samples ``train_batch_size`` env steps, computes GAE
+advantages per trajectory fragment, and runs ``num_epochs`` epochs of
+minibatch SGD on the clipped surrogate, clipped value loss, entropy bonus
+and adaptive KL penalty, for every policy in ``policies_to_train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from amber.algorithms.algorithm import Algorithm
+from amber.algorithms.algorithm_config import AlgorithmConfig
+
+__all__ = ["PPO", "PPOConfig"]
+
+
+class PPOConfig(AlgorithmConfig):
+    """PPO's settings. Defaults: see :meth:`_algo_defaults` (``lr`` 3e-4 unless set)."""
+
+    def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
+        super().__init__(algo_class=algo_class or PPO)
+        self.lr = 3e-4
+
+    def _algo_defaults(self) -> dict[str, Any]:
+        return {
+            "minibatch_size": 128,
+            "num_epochs": 30,
+            "lambda_": 0.95,
+            "clip_param": 0.2,
+            "vf_clip_param": 10.0,
+            "vf_loss_coeff": 1.0,
+            "entropy_coeff": 0.0,
+            "kl_coeff": 0.2,
+            "kl_target": 0.01,
+        }
+
+
+class PPO(Algorithm):
+    """PPO on one process: vectorised sampling, then minibatch SGD per trained policy."""
+
+    _default_config_class = PPOConfig
+
+    def setup(self) -> None:
+        """Start every policy's adaptive KL coefficient at ``kl_coeff``."""
+        self.kl_coeffs = {pid: float(self.config.kl_coeff) for pid in self.policies}
+
+    def training_step(self) -> dict[str, Any]:
+        """Sample ``train_batch_size`` env steps and update each trained policy."""
+        from amber.algorithms.ppo.ppo_learner import postprocess_fragments, ppo_update
+
+        cfg = self.config
+        fragments, metrics = self.env_runner.sample(cfg.train_batch_size, explore=True)
+        self._record(metrics)
+        learner: dict[str, Any] = {}
+        for pid in self.policies_to_train:
+            frags = fragments.get(pid)
+            if not frags:
+                continue
+            policy = self.policies[pid]
+            batch = postprocess_fragments(policy, frags, cfg.gamma, cfg.lambda_)
+            stats = ppo_update(
+                policy, batch, num_epochs=cfg.num_epochs, minibatch_size=cfg.minibatch_size,
+                clip_param=cfg.clip_param, vf_clip_param=cfg.vf_clip_param,
+                vf_loss_coeff=cfg.vf_loss_coeff, entropy_coeff=cfg.entropy_coeff,
+                kl_coeff=self.kl_coeffs.setdefault(pid, float(cfg.kl_coeff)), kl_target=cfg.kl_target,
+                grad_clip=cfg.grad_clip, rng=self.np_rng,
+            )
+            self.kl_coeffs[pid] = float(stats["cur_kl_coeff"])
+            self.counters["num_env_steps_trained_lifetime"] += len(batch["obs"])
+            learner[pid] = {"learner_stats": stats, "num_agent_steps_trained": len(batch["obs"])}
+        return {"info": {"learner": learner}}
+
+    def learner_state(self) -> dict[str, Any]:
+        """The adaptive KL coefficients."""
+        return {"kl_coeffs": dict(self.kl_coeffs)}
+
+    def set_learner_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the KL coefficients of the policies present."""
+        for pid, value in state.get("kl_coeffs", {}).items():
+            if pid in self.policies:
+                self.kl_coeffs[pid] = float(value)

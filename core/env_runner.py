@@ -1,0 +1,388 @@
+"""Sampling: an :class:`EnvRunner` steps a few copies of an environment with the policies.
+
+Single-agent gymnasium envs are driven as a multi-agent env with one agent,
+id ``0``, always acting with ``"default_policy"``. Every env copy is a
+*slot* holding its running episode. ``sample()`` returns trajectory
+fragments per policy; ``get_state()``/``set_state()`` capture the envs
+(through the plugins' ``amber_capture_state`` hooks) and the running
+episodes, so sampling continues bit-exactly after a restore.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from amber.envs.multi_agent import MultiAgentEnv
+from amber.envs.registry import make_env
+from amber.errors import CheckpointError
+
+__all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_spaces"]
+
+DEFAULT_POLICY_ID = "default_policy"
+_COLUMNS = ("obs", "new_obs", "actions", "rewards", "terminateds", "truncateds")
+
+
+def probe_spaces(
+    env: Any, env_config: Mapping[str, Any] | None = None
+) -> tuple[dict[Any, tuple[Any, Any]], bool]:
+    """Build the env once and read its spaces.
+
+    :return: ``({agent_id: (observation_space, action_space)}, is_multi_agent)``;
+        a single-agent env has the one agent ``0``.
+    """
+    instance = make_env(env, env_config)
+    try:
+        if isinstance(instance, MultiAgentEnv):
+            agents = list(instance.possible_agents) or list(instance.observation_spaces)
+            spaces = {a: (instance.get_observation_space(a), instance.get_action_space(a)) for a in agents}
+            return spaces, True
+        return {0: (instance.observation_space, instance.action_space)}, False
+    finally:
+        instance.close()
+
+
+class Episode:
+    """What a policy mapping function is told about the episode: ``id_`` and ``env_index``."""
+
+    __slots__ = ("env_index", "id_")
+
+    def __init__(self, id_: int, env_index: int) -> None:
+        self.id_ = id_
+        self.env_index = env_index
+
+    @property
+    def episode_id(self) -> int:
+        """``id_``, under the old API's name."""
+        return self.id_
+
+
+class _Slot:
+    """One env copy and its running episode."""
+
+    def __init__(self, env: Any, index: int) -> None:
+        self.env = env
+        self.index = index
+        self.started = False  # reset at least once (seeded resets happen only the first time)
+        self.obs: dict[Any, Any] | None = None  # agents to act next; None: needs a reset
+        self.episode = Episode(-1, index)
+        self.mapping: dict[Any, str] = {}
+        self.ep_return = 0.0
+        self.ep_len = 0
+        self.agent_returns: dict[Any, float] = {}
+        self.pending: dict[Any, list[Any]] = {}  # agent -> [obs, action, extras, reward] awaiting new obs
+        self.frags: dict[Any, tuple[str, dict[str, list[Any]]]] = {}
+
+    def new_episode(self, eps_id: int, obs: dict[Any, Any]) -> None:
+        self.obs, self.episode = obs, Episode(eps_id, self.index)
+        self.mapping, self.agent_returns, self.pending, self.frags = {}, {}, {}, {}
+        self.ep_return, self.ep_len = 0.0, 0
+
+
+def _plain(value: Any) -> Any:
+    """A copy that is a state-tree leaf: numpy scalars become 0-d arrays."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return np.array(value)
+    return value
+
+
+def _mapping_caller(fn: Callable[..., Any] | None, worker: Any) -> Callable[[Any, Episode], Any]:
+    """Call ``fn`` as its signature allows: ``(agent_id, episode, worker)``, with ``worker=`` or without."""
+    if fn is None:
+        return lambda agent, episode: DEFAULT_POLICY_ID
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return lambda agent, episode: fn(agent, episode, worker)
+    for args, kwargs in (((0, 1, 2), {}), ((0, 1), {"worker": 2}), ((0, 1), {})):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError:
+            continue
+        if len(args) == 3:
+            return lambda agent, episode: fn(agent, episode, worker)
+        if kwargs:
+            return lambda agent, episode: fn(agent, episode, worker=worker)
+        return lambda agent, episode: fn(agent, episode)
+    return lambda agent, episode: fn(agent, episode, worker)
+
+
+class EnvRunner:
+    """Steps ``num_envs`` copies of an environment, in turn, with the given policies.
+
+    :param env: what :func:`amber.envs.make_env` accepts.
+    :param env_config: the env's settings.
+    :param num_envs: how many env copies to step.
+    :param policies: the policies by id (the dict is used as given, not copied).
+    :param policy_mapping_fn: ``fn(agent_id, episode, worker, **kw) -> policy id`` for
+        multi-agent envs, called once per agent per episode (None: ``"default_policy"``);
+        single-agent envs always use ``"default_policy"``.
+    :param seed: env copy ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
+    """
+
+    def __init__(self, env: Any, env_config: Mapping[str, Any] | None, num_envs: int,
+                 policies: Mapping[str, Any], policy_mapping_fn: Callable[..., Any] | None = None,
+                 seed: int | None = None) -> None:
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be at least 1, not {num_envs}")
+        self.env_spec, self.env_config, self.seed = env, dict(env_config or {}), seed
+        self.worker_index = 0
+        self._slots = [_Slot(make_env(env, self.env_config), i) for i in range(int(num_envs))]
+        self.is_multi_agent = isinstance(self._slots[0].env, MultiAgentEnv)
+        self._next_eps_id = 0
+        self._bounds: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._warned = False
+        self.set_policies(policies, policy_mapping_fn)
+
+    @property
+    def envs(self) -> list[Any]:
+        """The env copies."""
+        return [s.env for s in self._slots]
+
+    # -- policies ----------------------------------------------------------------
+
+    def set_policies(self, policies: Mapping[str, Any], policy_mapping_fn: Callable[..., Any] | None) -> None:
+        """Use new policies and mapping (after adding or removing a policy).
+
+        Running episodes keep their agents' policies where those still exist;
+        agents whose policy is gone are mapped again.
+        """
+        self.policies, self.policy_mapping_fn = policies, policy_mapping_fn
+        self._call_mapping = _mapping_caller(policy_mapping_fn, self)
+        for slot in self._slots:
+            for agent, pid in list(slot.mapping.items()):
+                if pid not in policies:
+                    del slot.mapping[agent]
+                    slot.pending.pop(agent, None)
+
+    def _policy_for(self, slot: _Slot, agent: Any) -> str:
+        pid = slot.mapping.get(agent)
+        if pid is None:
+            fn = self.policy_mapping_fn if self.is_multi_agent else None
+            pid = DEFAULT_POLICY_ID if fn is None else self._call_mapping(agent, slot.episode)
+            if pid not in self.policies:
+                raise ValueError(f"agent {agent!r} is mapped to policy {pid!r}, which does not exist "
+                                 f"(policies: {sorted(self.policies)})")
+            slot.mapping[agent] = pid
+        return pid
+
+    # -- env plumbing ------------------------------------------------------------
+
+    def _reset(self, slot: _Slot) -> None:
+        seed = None if slot.started or self.seed is None else self.seed + slot.index
+        slot.started = True
+        obs, _ = slot.env.reset(seed=seed)
+        slot.new_episode(self._next_eps_id, obs if self.is_multi_agent else {0: obs})
+        self._next_eps_id += 1
+
+    def _step(self, slot: _Slot, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict]:
+        if self.is_multi_agent:
+            obs, rew, te, tr, _ = slot.env.step(actions)
+            return obs, rew, te, tr
+        obs, rew, te, tr, _ = slot.env.step(actions[0])
+        return {0: obs}, {0: rew}, {0: te, "__all__": te}, {0: tr, "__all__": tr}
+
+    def _env_action(self, slot: _Slot, agent: Any, action: Any) -> Any:
+        if agent not in self._bounds:
+            env = slot.env
+            space = env.get_action_space(agent) if self.is_multi_agent else env.action_space
+            is_box = type(space).__name__ == "Box" and hasattr(space, "low")
+            self._bounds[agent] = (space.low, space.high) if is_box else None
+        bounds = self._bounds[agent]
+        return action if bounds is None else np.clip(action, bounds[0], bounds[1])
+
+    # -- sampling ----------------------------------------------------------------
+
+    def sample(
+        self, num_env_steps: int, *, explore: bool = True
+    ) -> tuple[dict[str, list[dict[str, np.ndarray]]], dict[str, Any]]:
+        """Step all env copies until at least ``num_env_steps`` env steps were taken.
+
+        :return: ``(fragments, metrics)``: per policy id, a list of trajectory
+            fragments (dicts of equal-length columns ``obs``, ``new_obs``,
+            ``actions``, ``rewards``, ``terminateds``, ``truncateds``, the
+            policy's extra fetches and ``eps_id``), each ending where the
+            agent's episode ended or where sampling stopped (then its last
+            ``new_obs`` is the observation to bootstrap from); metrics
+            ``episode_returns``, ``episode_lengths``, ``agent_episode_returns``
+            (by policy id), ``num_env_steps``, ``num_agent_steps``.
+        """
+        out: dict[str, list[dict[str, np.ndarray]]] = {}
+        metrics: dict[str, Any] = {"episode_returns": [], "episode_lengths": [], "agent_episode_returns": {},
+                                   "num_env_steps": 0, "num_agent_steps": 0}
+        while metrics["num_env_steps"] < num_env_steps:
+            self._vector_step(explore, out, metrics)
+        for slot in self._slots:
+            for agent in list(slot.frags):
+                self._flush(slot, agent, out)
+        return out, metrics
+
+    def _vector_step(self, explore: bool, out: dict, metrics: dict) -> None:
+        groups: dict[str, tuple[list[tuple[_Slot, Any]], list[Any]]] = {}
+        for slot in self._slots:
+            if slot.obs is None:
+                self._reset(slot)
+            for agent, ob in slot.obs.items():  # type: ignore[union-attr]
+                members, obs = groups.setdefault(self._policy_for(slot, agent), ([], []))
+                members.append((slot, agent))
+                obs.append(ob)
+        actions: dict[int, dict[Any, Any]] = {slot.index: {} for slot in self._slots}
+        for pid, (members, obs) in groups.items():
+            batch = np.asarray(obs[0])[None] if len(obs) == 1 else np.stack(obs)
+            acts, _, extra = self.policies[pid].compute_actions(batch, explore=explore)
+            acts = np.asarray(acts)
+            extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
+            for j, (slot, agent) in enumerate(members):
+                act = acts[j]
+                slot.pending[agent] = [obs[j], act, {k: v[j] for k, v in extra.items()}, 0.0]
+                actions[slot.index][agent] = self._env_action(slot, agent, act)
+        for slot in self._slots:
+            self._advance(slot, actions[slot.index], out, metrics)
+
+    def _advance(self, slot: _Slot, actions: dict[Any, Any], out: dict, metrics: dict) -> None:
+        if not actions:
+            raise RuntimeError(f"env copy {slot.index} has no agent to act but its episode is not over")
+        obs, rew, te, tr = self._step(slot, actions)
+        metrics["num_env_steps"] += 1
+        slot.ep_len += 1
+        for agent, r in rew.items():
+            r = float(r)
+            slot.ep_return += r
+            slot.agent_returns[agent] = slot.agent_returns.get(agent, 0.0) + r
+            if agent in slot.pending:
+                slot.pending[agent][3] += r
+        all_te, all_tr = bool(te.get("__all__", False)), bool(tr.get("__all__", False))
+        episode_over = all_te or all_tr
+        next_obs = {}
+        for agent, ob in obs.items():
+            if not (te.get(agent, False) or tr.get(agent, False)):
+                next_obs[agent] = ob
+        for agent in list(slot.pending):
+            a_te, a_tr = bool(te.get(agent, False)), bool(tr.get(agent, False))
+            if episode_over and not (a_te or a_tr):
+                a_te, a_tr = all_te, not all_te
+            if agent not in obs and not (a_te or a_tr):
+                continue  # has not observed since acting (turn-based env): its reward keeps adding up
+            ob, act, extra, reward = slot.pending.pop(agent)
+            self._append(slot, agent, ob, obs.get(agent, ob), act, extra, reward, a_te, a_tr)
+            metrics["num_agent_steps"] += 1
+            if a_te or a_tr:
+                self._flush(slot, agent, out)
+                if not episode_over:
+                    self._record_agent(slot, agent, metrics)
+        if episode_over:
+            for agent in list(slot.frags):
+                self._flush(slot, agent, out)
+            metrics["episode_returns"].append(slot.ep_return)
+            metrics["episode_lengths"].append(slot.ep_len)
+            for agent in list(slot.agent_returns):
+                self._record_agent(slot, agent, metrics)
+            self._reset(slot)
+        else:
+            slot.obs = next_obs
+
+    def _record_agent(self, slot: _Slot, agent: Any, metrics: dict) -> None:
+        ret = slot.agent_returns.pop(agent, None)
+        pid = slot.mapping.get(agent)
+        if ret is not None and pid is not None:
+            metrics["agent_episode_returns"].setdefault(pid, []).append(ret)
+
+    def _append(self, slot: _Slot, agent: Any, ob: Any, new_ob: Any, act: Any, extra: dict,
+                reward: float, te: bool, tr: bool) -> None:
+        frag = slot.frags.get(agent)
+        if frag is None:
+            frag = slot.frags[agent] = (slot.mapping[agent], {k: [] for k in (*_COLUMNS, *extra)})
+        cols = frag[1]
+        cols["obs"].append(ob)
+        cols["new_obs"].append(new_ob)
+        cols["actions"].append(act)
+        cols["rewards"].append(reward)
+        cols["terminateds"].append(te)
+        cols["truncateds"].append(tr)
+        for k, v in extra.items():
+            cols[k].append(v)
+
+    def _flush(self, slot: _Slot, agent: Any, out: dict) -> None:
+        pid, cols = slot.frags.pop(agent)
+        batch = {k: np.stack(v) for k, v in cols.items()}
+        batch["rewards"] = np.asarray(cols["rewards"], dtype=np.float32)
+        batch["terminateds"] = np.asarray(cols["terminateds"], dtype=bool)
+        batch["truncateds"] = np.asarray(cols["truncateds"], dtype=bool)
+        batch["eps_id"] = np.full(len(cols["obs"]), slot.episode.id_, dtype=np.int64)
+        out.setdefault(pid, []).append(batch)
+
+    # -- state -------------------------------------------------------------------
+
+    def _capture_envs(self) -> dict[str, Any]:
+        from amber import components
+
+        own = {str(s.index): s.env for s in self._slots if s.started}
+        try:
+            return components.capture(self, own)
+        except CheckpointError:
+            from amber.plugin_manager import default_plugin_manager
+
+            hook = default_plugin_manager().hook.amber_capture_state
+            bad = [k for k, env in own.items() if hook(component=env, key=f"envs.{k}") is None]
+            if not bad:
+                raise
+            if not self._warned:
+                self._warned = True
+                env = own[bad[0]]
+                name = type(getattr(env, "unwrapped", env)).__qualname__
+                warnings.warn(f"no plugin captures the state of env {name}: its running episodes are "
+                              "not saved and restart on restore (give the env get_state()/set_state() "
+                              "or implement amber_capture_state)", stacklevel=3)
+            return components.capture(self, {k: e for k, e in own.items() if k not in bad})
+
+    def get_state(self) -> dict[str, Any]:
+        """Every env's state and the running episodes, as a portable state tree."""
+        envs = self._capture_envs()
+        slots = []
+        for s in self._slots:
+            slots.append({
+                "started": s.started, "captured": str(s.index) in envs,
+                "obs": None if s.obs is None else {a: _plain(o) for a, o in s.obs.items()},
+                "eps_id": s.episode.id_, "mapping": dict(s.mapping), "ep_return": s.ep_return,
+                "ep_len": s.ep_len, "agent_returns": dict(s.agent_returns),
+                "pending": {a: {"obs": _plain(p[0]), "action": _plain(p[1]),
+                                "extra": {k: _plain(v) for k, v in p[2].items()}, "reward": p[3]}
+                            for a, p in s.pending.items()},
+            })
+        return {"num_envs": len(self._slots), "next_eps_id": self._next_eps_id, "envs": envs, "slots": slots}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`get_state`'s output; envs whose state was not captured restart their episodes.
+
+        Env copy ``i`` takes the saved copy ``i``'s state; copies the state lacks are left as they are.
+        """
+        from amber import components
+
+        envs = dict(state["envs"])
+        own = {str(s.index): s.env for s in self._slots if str(s.index) in envs}
+        components.restore(self, own, envs)
+        self._next_eps_id = int(state["next_eps_id"])
+        # with fewer or more env copies than saved, the common ones continue; the others start fresh
+        for slot, saved in zip(self._slots, state["slots"], strict=False):
+            slot.started, slot.frags = bool(saved["started"]), {}
+            if not saved["captured"]:
+                slot.new_episode(-1, {})
+                slot.obs = None  # restarts at the next sample (unseeded once started)
+                continue
+            slot.obs = None if saved["obs"] is None else dict(saved["obs"])
+            slot.episode = Episode(int(saved["eps_id"]), slot.index)
+            slot.mapping = {a: str(p) for a, p in saved["mapping"].items()}
+            slot.ep_return, slot.ep_len = float(saved["ep_return"]), int(saved["ep_len"])
+            slot.agent_returns = {a: float(r) for a, r in saved["agent_returns"].items()}
+            slot.pending = {a: [p["obs"], p["action"], dict(p["extra"]), float(p["reward"])]
+                            for a, p in saved["pending"].items()}
+        self.set_policies(self.policies, self.policy_mapping_fn)
+
+    def stop(self) -> None:
+        """Close every env copy."""
+        for slot in self._slots:
+            slot.env.close()

@@ -1,0 +1,1 @@
+"""Examples, at RLlib's import paths."""

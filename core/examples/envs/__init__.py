@@ -1,0 +1,1 @@
+"""Example environments, at RLlib's import paths."""

@@ -1,0 +1,1 @@
+"""Example environment classes, at RLlib's import paths."""

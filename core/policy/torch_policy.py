@@ -1,0 +1,244 @@
+"""A torch policy: a :class:`~amber.models.torch_mlp.PPOTorchModel`, its Adam optimizer and its RNG.
+
+Everything that decides what the policy does next (weights, optimizer
+moments, the action-sampling generator, counters) is in :meth:`TorchPolicy.get_state`,
+so a policy restored from a checkpoint acts and trains bit-identically to the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from amber.models.torch_distributions import TorchDistribution, dist_class_for
+from amber.models.torch_mlp import PPOTorchModel
+from amber.policy.policy import Policy
+from amber.policy.spaces import space_from_state, space_to_state
+from amber.state import importable_name, is_reference_type
+
+__all__ = ["TorchPolicy", "optimizer_state_from_tree", "optimizer_state_to_tree", "portable_config"]
+
+
+def _seeds(seed: int | None) -> tuple[int, int]:
+    """Two independent 64-bit seeds (model init, action sampling) from one user seed."""
+    if seed is None:
+        init, sample = torch.Generator(), torch.Generator()
+        return init.seed(), sample.seed()
+    a, b = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
+    return int(a), int(b)
+
+
+def optimizer_state_to_tree(value: Any) -> Any:
+    """An optimizer ``state_dict()`` as a state tree: tensors become numpy copies."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy().copy()
+    if isinstance(value, Mapping):
+        return {k: optimizer_state_to_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [optimizer_state_to_tree(v) for v in value]
+    return value
+
+
+def optimizer_state_from_tree(value: Any, *, _key: Any = None) -> Any:
+    """The inverse of :func:`optimizer_state_to_tree`: arrays become tensors again."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.array(value, copy=True))
+    if isinstance(value, Mapping):
+        # msgpack may hand back the per-parameter keys as ints or str: torch wants ints.
+        return {(int(k) if _key == "state" and isinstance(k, str) and k.isdigit() else k):
+                optimizer_state_from_tree(v, _key=k) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [optimizer_state_from_tree(v) for v in value]
+        return tuple(items) if _key == "betas" else items
+    return value
+
+
+_DROP = object()
+
+
+def portable_config(value: Any) -> Any:
+    """The parts of a config a portable format can store.
+
+    Keeps dicts (str/int keys), lists, tuples (as lists), scalars, strings,
+    bytes, numpy numeric arrays, and classes/functions with an importable
+    name; drops the rest (lambdas, live objects), which cannot be restored
+    from a portable checkpoint anyway.
+    """
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value if value.dtype.kind in "biufc" else _DROP
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, (str, int)) and not isinstance(k, bool):
+                pv = portable_config(v)
+                if pv is not _DROP:
+                    out[k] = pv
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [portable_config(v) for v in value]
+        return [v for v in items if v is not _DROP]
+    if is_reference_type(value) and importable_name(value) is not None:
+        return value
+    return _DROP
+
+
+class TorchPolicy(Policy):
+    """A torch policy over Box or Discrete spaces, with separate policy and value MLPs.
+
+    :param observation_space: a gymnasium Box or Discrete space.
+    :param action_space: a gymnasium Box or Discrete space.
+    :param config: at least ``model`` (RLlib's model config), ``lr``, ``seed``
+        (int or None) and ``grad_clip``; kept whole as :attr:`config`.
+    """
+
+    def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
+        import gymnasium as gym
+
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.config = dict(config)
+        init_seed, sample_seed = _seeds(self.config.get("seed"))
+        with torch.random.fork_rng(devices=[]):  # building nn.Linear draws from the global RNG
+            self.model = PPOTorchModel(observation_space, action_space, self.config.get("model") or {},
+                                       generator=torch.Generator().manual_seed(init_seed))
+        self.dist_class: type[TorchDistribution] = dist_class_for(action_space)
+        self.optimizer = self._make_optimizer()
+        self.generator = torch.Generator()
+        self.generator.manual_seed(sample_seed)
+        self.global_timestep = 0
+        self.num_grad_updates = 0
+        self._discrete_obs = isinstance(observation_space, gym.spaces.Discrete)
+        self._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
+        self._action_offset = int(action_space.start) if self._discrete_actions else 0
+        self._action_shape = tuple(action_space.shape or ())
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=float(self.config.get("lr", 5e-5)),
+                                eps=float(self.config.get("adam_epsilon", 1e-8)), fused=True)
+
+    # -- tensors -------------------------------------------------------------
+
+    def obs_to_tensor(self, obs_batch: Any) -> torch.Tensor:
+        """A batch of observations as the model's input tensor (int64 for Discrete, else float32)."""
+        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return torch.from_numpy(arr)
+
+    def actions_to_tensor(self, actions: Any) -> torch.Tensor:
+        """Env actions as the distribution's input: int64 indices, or float32 ``[batch, d]``."""
+        if self._discrete_actions:
+            arr = np.asarray(actions, dtype=np.int64)
+            if self._action_offset:
+                arr = arr - self._action_offset
+        else:
+            arr = np.asarray(actions, dtype=np.float32)
+            arr = arr.reshape(arr.shape[0], -1)
+        return torch.from_numpy(np.array(arr, copy=not arr.flags.writeable))
+
+    # -- acting --------------------------------------------------------------
+
+    def compute_actions(
+        self, obs_batch: Any, state_batches: Any = None, *, explore: bool | None = None, **kwargs: Any
+    ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+        """Actions for a batch of observations: ``(actions, [], extra)``.
+
+        Discrete actions are int64; Box actions float32 and not clipped to the
+        space's bounds. ``extra`` holds ``action_logp``, ``action_dist_inputs``
+        and ``vf_preds``.
+
+        :param explore: sample from the distribution (True, also for None) or act greedily.
+        """
+        obs = self.obs_to_tensor(obs_batch)
+        with torch.inference_mode():
+            dist_inputs, vf = self.model(obs)
+            dist = self.dist_class(dist_inputs)
+            if explore is None or explore:
+                actions = dist.sample(self.generator)
+            else:
+                actions = dist.deterministic_sample()
+            logp = dist.logp(actions)
+        self.global_timestep += int(obs.shape[0])
+        acts = actions.numpy()
+        if self._discrete_actions:
+            if self._action_offset:
+                acts = acts + self._action_offset
+        else:
+            acts = acts.reshape((acts.shape[0], *self._action_shape))
+        extra = {"action_logp": logp.numpy(), "action_dist_inputs": dist_inputs.numpy(),
+                 "vf_preds": vf.numpy()}
+        return acts, [], extra
+
+    def compute_values(self, obs_batch: Any) -> np.ndarray:
+        """The value function's predictions, float32 ``[batch]``."""
+        with torch.inference_mode():
+            return self.model.value(self.obs_to_tensor(obs_batch)).numpy()
+
+    # -- weights and state ---------------------------------------------------
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The model's weights as numpy copies, by parameter name."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Copy weights returned by :meth:`get_weights` into the model (in place)."""
+        own = self.model.state_dict()
+        missing = set(own) - set(weights)
+        if missing:
+            raise KeyError(f"weights are missing {sorted(missing)}")
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(torch.from_numpy(np.array(weights[name], dtype=np.float32, copy=True)))
+
+    def num_params(self) -> int:
+        """The number of model parameters."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def policy_spec_state(self) -> dict[str, Any]:
+        """What :meth:`build_from_spec` needs: class, spaces and portable config."""
+        return {
+            "policy_class": type(self),
+            "observation_space": space_to_state(self.observation_space),
+            "action_space": space_to_state(self.action_space),
+            "config": portable_config(self.config),
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        """The whole state: spec, weights, optimizer, sampling generator, counters."""
+        return {
+            "policy_spec": self.policy_spec_state(),
+            "weights": self.get_weights(),
+            "optimizer": optimizer_state_to_tree(self.optimizer.state_dict()),
+            "generator": self.generator.get_state().numpy().copy(),
+            "global_timestep": int(self.global_timestep),
+            "num_grad_updates": int(self.num_grad_updates),
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply a state from :meth:`get_state` (keys that are absent are left as they are)."""
+        if "weights" in state:
+            self.set_weights(state["weights"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(optimizer_state_from_tree(state["optimizer"]))
+        if state.get("generator") is not None:
+            gen = np.ascontiguousarray(np.asarray(state["generator"], dtype=np.uint8))
+            self.generator.set_state(torch.from_numpy(gen.copy()))
+        if "global_timestep" in state:
+            self.global_timestep = int(state["global_timestep"])
+        if "num_grad_updates" in state:
+            self.num_grad_updates = int(state["num_grad_updates"])
+
+    @classmethod
+    def build_from_spec(cls, spec: Mapping[str, Any]) -> TorchPolicy:
+        """An untrained policy from a ``policy_spec`` state (spaces as states or as spaces)."""
+        obs_space, act_space = spec["observation_space"], spec["action_space"]
+        if isinstance(obs_space, Mapping):
+            obs_space = space_from_state(dict(obs_space))
+        if isinstance(act_space, Mapping):
+            act_space = space_from_state(dict(act_space))
+        return cls(obs_space, act_space, dict(spec.get("config") or {}))
