@@ -120,6 +120,8 @@ def action_dist_dim(action_space: Any) -> int:
 class ObsPreprocessor(nn.Module):
     """Observations → float32 ``[batch, features]``: flattens Box, one-hot encodes Discrete."""
 
+    categories: torch.Tensor
+
     def __init__(self, observation_space: Any) -> None:
         import gymnasium as gym
 
