@@ -1,0 +1,290 @@
+"""Algorithms through the checkpoint engine: round trips, subsets, failed restores, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from amber.algorithms.algorithm import Algorithm, AlgorithmStoppedError
+from amber.algorithms.ppo import PPO, PPOConfig
+from amber.errors import CheckpointError, CorruptCheckpointError
+from amber.examples.envs.classes.multi_agent import MultiAgentCartPole
+from amber.policy.policy import Policy
+
+FORMATS = ["pickle", "msgpack"]
+SMALL = {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 2,
+         "model": {"fcnet_hiddens": [32, 32]}}
+
+
+def pol_a_b(agent_id, episode, worker, **kw):
+    """An importable mapping: agent 0 → pol_a, the others → pol_b."""
+    return "pol_a" if agent_id == 0 else "pol_b"
+
+
+def single(seed=0):
+    return PPOConfig().environment("CartPole-v1").training(**SMALL).debugging(seed=seed)
+
+
+def multi(seed=0, **kw):
+    return (PPOConfig().environment(MultiAgentCartPole, env_config={"num_agents": 2})
+            .training(**SMALL).debugging(seed=seed)
+            .multi_agent(policies={"pol_a", "pol_b"}, policy_mapping_fn=pol_a_b, **kw))
+
+
+def weights(algo):
+    return {pid: p.get_weights() for pid, p in algo.policies.items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for pid in a:
+        assert a[pid].keys() == b[pid].keys()
+        for name in a[pid]:
+            assert np.array_equal(a[pid][name], b[pid][name]), f"{pid}.{name}"
+
+
+@pytest.fixture(autouse=True)
+def _results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMBER_RESULTS_DIR", str(tmp_path / "results"))
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+def test_unknown_hyperparameter_is_named():
+    with pytest.raises(ValueError, match="'clip_parm'.*clip_param"):
+        PPOConfig().training(clip_parm=0.1)
+
+
+def test_aliases_and_dict_round_trip():
+    cfg = PPOConfig().training(sgd_minibatch_size=32, num_sgd_iter=3, lr=1e-3)
+    assert (cfg.minibatch_size, cfg.num_epochs, cfg.lr) == (32, 3, 1e-3)
+    back = PPOConfig.from_dict(cfg.to_dict())
+    assert type(back) is PPOConfig and back.to_dict() == cfg.to_dict()
+
+
+def test_bad_framework_names_the_choices():
+    with pytest.raises(ValueError, match="choices: torch"):
+        PPOConfig().framework("jax")
+
+
+def test_stop_then_train_is_a_clear_error():
+    algo = single().build()
+    algo.stop()
+    with pytest.raises(AlgorithmStoppedError, match="stopped"):
+        algo.train()
+
+
+def test_train_result_has_the_contract_keys():
+    algo = single().build()
+    result = algo.train()
+    for key in ("training_iteration", "num_env_steps_sampled_lifetime", "episode_return_mean"):
+        assert key in result
+    stats = result["info"]["learner"]["default_policy"]["learner_stats"]
+    assert {"policy_loss", "vf_loss", "kl", "entropy"} <= set(stats)
+    assert result["num_env_steps_sampled_lifetime"] >= 256
+
+
+def test_seeded_runs_are_identical():
+    a, b = single(seed=3).build(), single(seed=3).build()
+    for _ in range(2):
+        a.train()
+        b.train()
+    assert_same_weights(weights(a), weights(b))
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_round_trip_is_exact(tmp_path, fmt, kind):
+    algo = (single() if kind == "single" else multi()).build()
+    algo.train()
+    path = algo.save(tmp_path / "ck", format=fmt).checkpoint.path
+    clone = Algorithm.from_checkpoint(path)
+    assert type(clone) is PPO and clone.iteration == 1
+    assert_same_weights(weights(algo), weights(clone))
+    for pid, policy in algo.policies.items():
+        opt_a = policy.get_state()["optimizer"]
+        opt_b = clone.policies[pid].get_state()["optimizer"]
+        assert json.dumps(opt_a, default=lambda x: x.tolist()) == json.dumps(opt_b, default=lambda x: x.tolist())
+    restored = (single(seed=9) if kind == "single" else multi(seed=9)).build()
+    restored.restore(path)
+    assert_same_weights(weights(algo), weights(restored))
+
+
+def test_checkpoint_format_from_config(tmp_path):
+    algo = single().checkpointing(format="msgpack").build()
+    path = algo.save(tmp_path / "ck").checkpoint.path
+    assert (tmp_path / "ck" / "algorithm_state.msgpck").exists()
+    assert Algorithm.from_checkpoint(path, allow_pickle=False).iteration == 0
+
+
+def test_default_save_dir_is_under_the_results_dir(tmp_path):
+    algo = single().build()
+    path = algo.save().checkpoint.path
+    assert path.startswith(str(tmp_path / "results")) and os.path.isdir(path)
+
+
+# -- multi-agent ---------------------------------------------------------------------------------
+
+
+def test_policies_to_train_leaves_the_others_unchanged():
+    algo = multi(policies_to_train=["pol_a"]).build()
+    before = weights(algo)
+    algo.train()
+    after = weights(algo)
+    assert any(not np.array_equal(before["pol_a"][k], after["pol_a"][k]) for k in before["pol_a"])
+    assert_same_weights({"pol_b": before["pol_b"]}, {"pol_b": after["pol_b"]})
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_subset_restore_survives_damage_to_other_policies(tmp_path, damage):
+    algo = multi().build()
+    algo.train()
+    path = algo.save(tmp_path / "ck", format="msgpack").checkpoint.path
+    victim = tmp_path / "ck" / "policies" / "pol_b" / "policy_state.msgpck"
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"\0" * victim.stat().st_size)
+    only_a = Algorithm.from_checkpoint(path, policy_ids=["pol_a"],
+                                       policy_mapping_fn=lambda aid, ep, w, **kw: "pol_a")
+    assert only_a.get_policy("pol_b") is None
+    assert_same_weights({"pol_a": weights(algo)["pol_a"]}, weights(only_a))
+    only_a.train()
+    with pytest.raises(CorruptCheckpointError, match="pol_b"):
+        Algorithm.from_checkpoint(path)
+
+
+def test_add_and_remove_policy():
+    algo = multi().build()
+    algo.add_policy("pol_c", policy_mapping_fn=lambda aid, ep, w, **kw: "pol_c",
+                    policies_to_train=["pol_c"])
+    before = weights(algo)
+    algo.train()
+    assert set(algo.policies) == {"pol_a", "pol_b", "pol_c"}
+    assert_same_weights({"pol_a": before["pol_a"]}, {"pol_a": weights(algo)["pol_a"]})
+    algo.remove_policy("pol_c", policy_mapping_fn=pol_a_b, policies_to_train=["pol_a", "pol_b"])
+    algo.train()
+    assert set(algo.policies) == {"pol_a", "pol_b"}
+
+
+def test_msgpack_lambda_mapping_is_asked_for_when_restoring(tmp_path):
+    cfg = multi().multi_agent(policy_mapping_fn=lambda aid, ep, w, **kw: "pol_a")
+    path = cfg.build().save(tmp_path / "ck", format="msgpack").checkpoint.path
+    with pytest.raises(CheckpointError, match="policy_mapping_fn"):
+        Algorithm.from_checkpoint(path)
+    assert Algorithm.from_checkpoint(path, policy_mapping_fn=pol_a_b).get_policy("pol_a") is not None
+
+
+def test_importable_mapping_is_stored_by_name(tmp_path):
+    path = multi().build().save(tmp_path / "ck", format="msgpack").checkpoint.path
+    assert Algorithm.from_checkpoint(path).config.policy_mapping_fn is pol_a_b
+
+
+# -- policies ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_policy_from_policy_and_algorithm_checkpoints(tmp_path, fmt):
+    algo = multi().build()
+    algo.train()
+    pol = algo.get_policy("pol_a")
+    pol.export_checkpoint(tmp_path / "pol", format=fmt)
+    restored = Policy.from_checkpoint(tmp_path / "pol")
+    obs = np.array([0.0, 0.1, 0.2, 0.3], dtype=np.float32)
+    assert restored.compute_single_action(obs, explore=False)[0] == pol.compute_single_action(obs, explore=False)[0]
+    path = algo.save(tmp_path / "ck", format=fmt).checkpoint.path
+    both = Policy.from_checkpoint(path)
+    assert sorted(both) == ["pol_a", "pol_b"]
+    assert list(Policy.from_checkpoint(path, policy_ids=["pol_b"])) == ["pol_b"]
+    assert_same_weights({"pol_b": weights(algo)["pol_b"]}, {"pol_b": both["pol_b"].get_weights()})
+
+
+# -- failed restore -----------------------------------------------------------------------------------
+
+
+def test_failed_restore_leaves_the_algorithm_as_it_was(tmp_path):
+    donor = multi(seed=1).build()
+    donor.train()
+    path = donor.save(tmp_path / "ck", format="msgpack").checkpoint.path
+    victim = tmp_path / "ck" / "policies" / "pol_b" / "policy_state.msgpck"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    algo = multi(seed=2).build()
+    algo.train()
+    before, it = weights(algo), algo.iteration
+    with pytest.raises(CorruptCheckpointError, match="pol_b"):
+        algo.restore(path)
+    assert_same_weights(before, weights(algo))
+    assert algo.iteration == it
+
+
+def test_restore_failing_while_applying_rolls_back(tmp_path, monkeypatch):
+    donor = multi(seed=1).build()
+    donor.train()
+    path = donor.save(tmp_path / "ck").checkpoint.path
+    algo = multi(seed=2).build()
+    before = weights(algo)
+    pol_b = algo.policies["pol_b"]
+    real = type(pol_b).set_state
+    calls = []
+
+    def flaky(self, state):
+        calls.append(self)
+        if self is pol_b and len(calls) < 3:
+            raise RuntimeError("disk gremlin")
+        return real(self, state)
+
+    monkeypatch.setattr(type(pol_b), "set_state", flaky)
+    with pytest.raises(RuntimeError, match="gremlin"):
+        algo.restore(path)
+    assert_same_weights(before, weights(algo))
+
+
+# -- exact resume across processes ------------------------------------------------------------------------
+
+RESUME = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_algorithms import single, multi, weights
+    from amber.algorithms.algorithm import Algorithm
+    kind, fmt, phase, path, out = sys.argv[1:6]
+    if phase == "first":
+        algo = (single if kind == "single" else multi)(seed=7).build()
+        for _ in range(2):
+            algo.train()
+        algo.save(path, format=fmt)
+    else:
+        algo = Algorithm.from_checkpoint(path)
+        for _ in range(2):
+            algo.train()
+        np.savez(out, **{{f"{{pid}}/{{k}}": v for pid, w in weights(algo).items() for k, v in w.items()}})
+""")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, kind, fmt):
+    tests = os.path.dirname(__file__)
+    script = RESUME.format(tests=tests)
+    ck, out = tmp_path / "ck", tmp_path / "w.npz"
+    for phase in ("first", "second"):
+        proc = subprocess.run([sys.executable, "-c", script, kind, fmt, phase, str(ck), str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    algo = (single if kind == "single" else multi)(seed=7).build()
+    for _ in range(4):
+        algo.train()
+    got = np.load(out)
+    want = {f"{pid}/{k}": v for pid, w in weights(algo).items() for k, v in w.items()}
+    assert sorted(got.files) == sorted(want)
+    for key in want:
+        assert np.array_equal(got[key], want[key]), key
