@@ -418,5 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="amber")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m amber.cli`: run the imported module, where commands register
+    from amber.cli import main as _main
+
+    _main()

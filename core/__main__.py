@@ -1,0 +1,5 @@
+"""``python -m amber``: the ``amber`` command."""
+
+from amber.cli import main
+
+main()
