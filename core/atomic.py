@@ -4,11 +4,15 @@ A save writes everything into ``.<name>.amber-tmp-<pid>-<rand>`` beside the
 target, fsyncs every file and directory, then renames the staging directory
 onto the target. Saving over an existing checkpoint swaps the two
 directories in one ``renameat2(RENAME_EXCHANGE)`` call on Linux, so at every
-instant the path holds either the old checkpoint or the new one. A staging
-directory carries a marker file until just before its commit; only
-directories with that marker, named like a staging directory and left by a
-process that no longer runs, are removed by later saves into the same
-parent. Nothing else is ever deleted.
+instant the path holds either the old checkpoint or the new one.
+
+Before the staging directory is made, a marker file of the same name plus
+``.marker`` is created beside it, and it is removed only after the staging
+directory is gone (renamed into place, or deleted with the old checkpoint
+it was swapped with). So a crash at any instant leaves every stray staging
+directory next to its marker. Later saves into the same parent remove a
+staging directory only when its marker is there and the process named in
+it no longer runs. Nothing else is ever deleted.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from typing import Any
 
 from amber.errors import CheckpointWriteError
 
-__all__ = ["MARKER", "commit", "fsync_dir", "fsync_tree", "staging"]
+__all__ = ["MARKER_SUFFIX", "commit", "fsync_dir", "fsync_tree", "staging"]
 
-MARKER = ".amber-staging"
-_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+MARKER_SUFFIX = ".marker"
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<marker>\.marker)?$")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -77,8 +81,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _marker(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name + MARKER_SUFFIX)
+
+
 def remove_stale(parent: Path) -> list[Path]:
-    """Remove staging directories in ``parent`` left by crashed saves; return them."""
+    """Remove staging directories (and markers) in ``parent`` left by crashed saves; return them."""
     removed = []
     try:
         entries = list(os.scandir(parent))
@@ -86,43 +94,21 @@ def remove_stale(parent: Path) -> list[Path]:
         return removed
     for entry in entries:
         m = _STAGING_RE.match(entry.name)
-        if not m or not entry.is_dir(follow_symlinks=False):
+        if not m or not m["marker"] or entry.is_dir(follow_symlinks=False) or _pid_alive(int(m["pid"])):
             continue
-        if _pid_alive(int(m["pid"])):
-            continue
-        path = Path(entry.path)
-        try:
-            ours = (path / MARKER).is_file() or not any(path.iterdir())
-        except OSError:
-            continue
-        if ours:
-            _remove_staging(path)
-            removed.append(path)
+        marker = Path(entry.path)
+        tmp = marker.with_name(marker.name[: -len(MARKER_SUFFIX)])
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        if not tmp.exists():
+            marker.unlink(missing_ok=True)
     return removed
-
-
-def _remove_staging(path: Path) -> None:
-    """Delete a staging directory, its marker last, so a crash midway leaves it recognisable."""
-    for child in path.iterdir():
-        if child.name == MARKER:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-    (path / MARKER).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.rmdir()
-
-
-def _write_marker(path: Path) -> None:
-    with open(path / MARKER, "wb") as f:
-        f.write(b"amber staging directory; safe to delete if no save is running\n")
 
 
 @contextlib.contextmanager
 def staging(target: Path) -> Iterator[Path]:
-    """Create a staging directory beside ``target`` and remove it if the block fails.
+    """Create a staging directory (and its marker) beside ``target``; remove both if the block fails.
 
     :raises CheckpointWriteError: the parent cannot be created or written.
     """
@@ -131,8 +117,9 @@ def staging(target: Path) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale(parent)
         tmp = parent / f".{target.name}.amber-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(_marker(tmp), "xb") as f:
+            f.write(b"amber: a save is staging the directory of the same name\n")
         tmp.mkdir()
-        _write_marker(tmp)
     except OSError as e:
         raise CheckpointWriteError(
             f"cannot create a checkpoint in {parent}: {describe(e)}", path=target
@@ -140,10 +127,8 @@ def staging(target: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        if (tmp / MARKER).exists():
-            _remove_staging(tmp)
-        else:  # failed during commit, after the marker was removed
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _marker(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -184,12 +169,6 @@ def _check_replaceable(target: Path) -> None:
         )
 
 
-def _unmark(tmp: Path) -> None:
-    """Drop the staging marker just before the rename that commits ``tmp``."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp / MARKER)
-
-
 def commit(tmp: Path, target: Path) -> None:
     """Move the finished staging directory ``tmp`` to ``target`` atomically.
 
@@ -199,11 +178,10 @@ def commit(tmp: Path, target: Path) -> None:
     :raises CheckpointWriteError: ``target`` holds something that is not ours.
     """
     fsync_tree(tmp)
-    _renameat2()  # look it up now, not between removing the marker and the swap
+    _renameat2()  # looked up once, before anything is moved
     for _ in range(3):
         if not os.path.lexists(target):
             try:
-                _unmark(tmp)
                 os.rename(tmp, target)
                 break
             except OSError as e:
@@ -211,20 +189,17 @@ def commit(tmp: Path, target: Path) -> None:
                     raise
                 continue  # another saver got there first: swap with theirs
         _check_replaceable(target)
-        _unmark(tmp)
         if _exchange(tmp, target):
-            _write_marker(tmp)  # tmp now holds the old checkpoint
-            _remove_staging(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old checkpoint
             break
         # No atomic exchange here: move the old one aside first (a crash in
         # between leaves it beside the target under a hidden name).
-        _write_marker(tmp)
         aside = target.parent / f".{target.name}.amber-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(target, aside)
-        _unmark(tmp)
         os.rename(tmp, target)
         shutil.rmtree(aside, ignore_errors=True)
         break
     else:
         raise CheckpointWriteError(f"{target} kept changing during the save", path=target)
     fsync_dir(target.parent)
+    _marker(tmp).unlink(missing_ok=True)

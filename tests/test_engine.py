@@ -425,15 +425,18 @@ def test_saves_into_an_existing_empty_directory(bare_pm, tmp_path):
 
 def test_stale_staging_dirs_are_removed_and_nothing_else(bare_pm, tmp_path):
     stale = tmp_path / ".ck.amber-tmp-999999999-0123abcd"
-    stale.mkdir()
-    (stale / ".amber-staging").write_text("")
-    lookalike = tmp_path / ".other.amber-tmp-999999999-0123abcd"  # no marker, not empty: not ours
+    (stale / "policies").mkdir(parents=True)
+    (tmp_path / ".ck.amber-tmp-999999999-0123abcd.marker").write_text("")
+    orphan_marker = tmp_path / ".ck.amber-tmp-999999998-0123abcd.marker"  # its dir was committed
+    orphan_marker.write_text("")
+    lookalike = tmp_path / ".other.amber-tmp-999999999-0123abcd"  # no marker beside it: not ours
     lookalike.mkdir()
-    (lookalike / "data").write_text("keep")
     user = tmp_path / "user.txt"
     user.write_text("x")
     amber.save({"a": 1}, tmp_path / "ck", pm=bare_pm)
-    assert not stale.exists() and lookalike.exists() and user.exists()
+    assert not stale.exists() and not orphan_marker.exists()
+    assert lookalike.exists() and user.exists()
+    assert not (tmp_path / ".ck.amber-tmp-999999999-0123abcd.marker").exists()
 
 
 def test_unwritable_state_leaves_nothing_behind(bare_pm, tmp_path):

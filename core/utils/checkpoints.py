@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amber.atomic import MARKER as MARKER_FILE
 from amber.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from amber.errors import CheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest
@@ -129,8 +128,6 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
             continue  # already reported through its manifest
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             p = Path(dirpath) / name
-            if p.parent == root and name == MARKER_FILE:
-                continue  # left by a power loss at the instant of commit; harmless
             if p not in listed:
                 report.problems.append(f"{p}: is not listed in any checkpoint.json")
         for d in dirnames:
