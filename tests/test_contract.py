@@ -342,7 +342,8 @@ def test_kill_9_at_any_instant_leaves_a_loadable_checkpoint(contract_pm, fmt, tm
         assert ckpt.policies["b"].state["i"] == i
         assert (ckpt.policies["a"].state["w"] == i).all()
         seen.add(i)
-    leftovers = [(p.name, sorted(q.name for q in p.iterdir())) for p in tmp_path.iterdir() if p.name != "ck"]
+    leftovers = [(p.name, sorted(q.name for q in p.iterdir()) if p.is_dir() else "file")
+                 for p in tmp_path.iterdir() if p.name != "ck"]
     amber.save({"x": 1}, tmp_path / "other", pm=contract_pm)  # a later save cleans up after crashes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "other"], leftovers
     assert seen, "no trial ever committed a checkpoint"
