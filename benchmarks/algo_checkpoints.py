@@ -4,8 +4,8 @@ What it measures, in one run:
 
 a. *A big PPO* (issue "algorithm checkpoints"): PPO on CartPole-v1 with
    ``model={"fcnet_hiddens": --size-model}`` (default [2048, 2048, 2048]:
-   separate policy and value MLPs, about 67 MB of float32 weights and twice
-   that of Adam moments), after one short ``train()`` (256 env steps,
+   separate policy and value MLPs, 16.8 M parameters: 67 MB of float32
+   weights and twice that of Adam moments, 202 MB in all), after one short ``train()`` (256 env steps,
    minibatch 128, 1 epoch) so that the optimizer state exists. For each
    format (``--formats``, default pickle and msgpack): the durable
    ``algo.save(dir, format=F)`` against the raw baseline: the same bytes (every
@@ -25,9 +25,11 @@ b. *Subset restore*: a multi-agent PPO on MultiAgentCartPole (2 agents) with
 c. *Cold start serving*: a fresh ``python -c`` process that imports amber,
    runs ``Policy.from_checkpoint`` on a CartPole PPO policy checkpoint
    (default model [256, 256]) and computes one action: wall time, measured
-   from outside around the whole process, and the child's peak RSS (from
-   ``os.wait4``'s rusage of that child alone). Beside it, as floors, a bare
-   ``python -c pass`` and ``python -c "import torch"``.
+   from outside around the whole process, and the child's peak RSS (its
+   ``VmHWM``, printed by the child as it ends; see :data:`PEAK_FOOTER` for
+   why not ``ru_maxrss``). Beside it, as floors, a bare ``python -c pass``
+   and ``python -c "import torch"``. Smoke runs time the first format only,
+   without the torch floor.
 
 Targets (issue "algorithm checkpoints"): save <= 1.5x raw write+fsync;
 ``Algorithm.from_checkpoint`` of the big PPO <= 0.5x RLlib's, which the
@@ -37,7 +39,9 @@ subset restore of 2 of 100 policies <= 5 % of restoring all. RLlib's figures
 issue, not measured here, unless ray is installed, in which case this
 script measures RLlib too (best effort; a failure is reported, not fatal).
 
-Run from the repository root::
+The raw-disk helpers (write+fsync, aligned read, settling) are imported from
+``checkpoint_io.py`` beside this script. On a loaded machine torch's small
+parallel ops slow down a lot; ``--threads 1`` steadies them. Run::
 
     python benchmarks/algo_checkpoints.py                      # full size, 3 runs
     python benchmarks/algo_checkpoints.py --smoke              # CI: [64, 64], 10 policies, 1 run
@@ -119,6 +123,14 @@ class Timer:
         t0 = time.perf_counter()
         out = fn(*a, **kw)
         return time.perf_counter() - t0, out
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def stop(algo: Any) -> None:
@@ -324,7 +336,8 @@ action, _, _ = policy.compute_single_action(np.array([0.0, 0.1, 0.2, 0.3], dtype
 t3 = time.perf_counter()
 import json, sys
 print(json.dumps({{"action": int(action), "import_s": t1 - t0, "from_checkpoint_s": t2 - t1,
-                  "action_s": t3 - t2, "torch_imported": "torch" in sys.modules}}))
+                  "action_s": t3 - t2, "torch_imported": "torch" in sys.modules,
+                  "dynamo_imported": "torch._dynamo" in sys.modules}}))
 """
 
 RLLIB_CHILD = """\
@@ -343,11 +356,26 @@ print(json.dumps({{"action": int(action), "import_s": t1 - t0, "from_checkpoint_
 """
 
 
+# Appended to every child: its peak RSS from /proc/self/status. VmHWM belongs to the
+# process's memory map, which exec replaces, so it does not include the parent's
+# pages that a fork/vfork shared before the exec. getrusage's ru_maxrss (RUSAGE_SELF,
+# RUSAGE_CHILDREN or wait4's, and so /usr/bin/time's) keeps the maximum over the
+# whole task, the parent's pages before the exec included: here it reported the
+# benchmark's own RSS for a bare "python -c pass".
+PEAK_FOOTER = """
+try:
+    with open("/proc/self/status") as _f:
+        print("__vmhwm_kib__", [_l.split()[1] for _l in _f if _l.startswith("VmHWM:")][0])
+except OSError:
+    pass
+"""
+
+
 def run_child(code: str, cwd: Path) -> dict[str, Any]:
-    """Run ``python -c code``; wall time around the whole process, and that child's peak RSS."""
+    """Run ``python -c code``: wall time around the whole process, from outside; its peak RSS."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=cwd)
+        proc = subprocess.Popen([sys.executable, "-c", code + PEAK_FOOTER], stdout=out, stderr=err, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -356,11 +384,16 @@ def run_child(code: str, cwd: Path) -> dict[str, Any]:
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"child exited {proc.returncode}:\n{stderr.strip()[-2000:]}")
-    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    res: dict[str, Any] = {"wall_s": wall, "peak_rss_bytes": rss}
-    lines = stdout.strip().splitlines()
-    if lines and lines[-1].startswith("{"):
-        res["inside"] = json.loads(lines[-1])
+    res: dict[str, Any] = {"wall_s": wall,
+                           "ru_maxrss_bytes": usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)}
+    res["peak_rss_bytes"] = res["ru_maxrss_bytes"]
+    res["peak_rss_source"] = "ru_maxrss (includes the parent's pages before exec)"
+    for line in stdout.strip().splitlines():
+        if line.startswith("__vmhwm_kib__"):
+            res["peak_rss_bytes"] = int(line.split()[1]) * 1024
+            res["peak_rss_source"] = "VmHWM"
+        elif line.startswith("{"):
+            res["inside"] = json.loads(line)
     return res
 
 
@@ -383,11 +416,13 @@ def part_c(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
     algo = PPOConfig().environment("CartPole-v1").debugging(seed=0).build()
     policy = algo.get_policy()
     paths = {}
-    for fmt in args.formats:
+    for fmt in args.formats[:1] if args.smoke else args.formats:
         paths[fmt] = policy.export_checkpoint(bench / f"c-policy-{fmt}", format=fmt)
     stop(algo)
     del algo, policy
-    cases: dict[str, str] = {"python -c pass": "pass", 'python -c "import torch"': "import torch"}
+    cases: dict[str, str] = {"python -c pass": "pass"}
+    if not args.smoke:
+        cases['python -c "import torch"'] = "import torch"
     for fmt, p in paths.items():
         cases[f"amber: import, Policy.from_checkpoint ({fmt}), 1 action"] = AMBER_CHILD.format(path=str(p))
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in cases}
@@ -611,6 +646,13 @@ def report(res: dict[str, Any], args: argparse.Namespace, rows: list[dict[str, A
             note = f" ({rl['cold_start_error']})" if rl and "cold_start_error" in rl else ""
             print("| RLlib: Policy.from_checkpoint, 1 action: reported by the issue, not measured "
                   f"here{note} | {RLLIB_COLD_START_S} | | {RLLIB_COLD_START_MIB:.0f} | |")
+        print()
+        print("Peak RSS: the child's VmHWM as it ends (getrusage's ru_maxrss would count the parent's "
+              "pages shared before exec).")
+        dyn = [r["inside"].get("dynamo_imported") for s in cases.values() for r in s["runs"] if "inside" in r]
+        if any(dyn):
+            print("In the amber child, torch._dynamo was imported (torch.optim.Optimizer's constructor "
+                  "imports it on first use): a large part of the from_checkpoint time above.")
 
     print()
     print("| part | format | target | measured | limit | result |")
@@ -643,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-mb", type=float, default=None,
                         help="MB touched and freed before each timed operation of part a (default: twice "
                              "the arrays' bytes + 16; 0: off)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads in this process (default: torch's own)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run for CI: model [64, 64], 10 policies, 1 run, no warm-up")
     parser.add_argument("--dir", help="where to write (default: a new temporary directory)")
@@ -663,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from amber.registry import get_registry
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     known = get_registry().names()
     unknown = [f for f in args.formats if f not in known]
     if unknown:
@@ -673,30 +720,30 @@ def main(argv: list[str] | None = None) -> int:
     bench = Path(tempfile.mkdtemp(prefix="amber-algo-bench-", dir=args.dir))
     os.environ.setdefault("AMBER_RESULTS_DIR", str(bench / "results"))
     errors: dict[str, str] = {}
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            loadavg = " ".join(f.read().split()[:3])
-    except OSError:
-        loadavg = "?"
     res: dict[str, Any] = {"machine": machine_info(bench), "torch": torch.__version__,
-                           "torch_threads": torch.get_num_threads(), "loadavg": loadavg, "errors": errors}
+                           "torch_threads": torch.get_num_threads(), "loadavg": load_average(),
+                           "errors": errors}
     t_start = time.perf_counter()
     try:
-        if "a" in args.parts:
-            res["a"] = part_a(args, bench, errors)
-        if "b" in args.parts:
-            res["b"] = part_b(args, bench, errors)
-        if "c" in args.parts:
-            res["c"] = part_c(args, bench, errors)
+        parts = {"a": part_a, "b": part_b, "c": part_c}
+        res["part_wall_s"] = {}
+        for name, fn in parts.items():
+            if name in args.parts:
+                t0 = time.perf_counter()
+                res[name] = fn(args, bench, errors)
+                res["part_wall_s"][name] = time.perf_counter() - t0
         if rllib_installed() and not smoke:
             res["rllib"] = rllib_measure(args, bench)
     finally:
         if not args.keep:
             shutil.rmtree(bench, ignore_errors=True)
     res["wall_s"] = time.perf_counter() - t_start
+    res["loadavg_end"] = load_average()
     rows = evaluate(res, args.formats)
     report(res, args, rows)
-    print(f"\nTotal wall time {res['wall_s']:.1f} s.")
+    walls = ", ".join(f"{k} {v:.1f} s" for k, v in res["part_wall_s"].items())
+    print(f"\nTotal wall time {res['wall_s']:.1f} s ({walls}); load average at the end {res['loadavg_end']} "
+          "(a loaded machine slows torch's small parallel ops a lot: see --threads).")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"args": {k: v for k, v in vars(args).items()}, "targets": rows, **res}, f, indent=2,

@@ -103,7 +103,8 @@ def time_sb3(batch: int, epochs: int, minibatch: int, iters: int, seed: int | No
     return {"total": statistics.median(runs), "runs": runs, "version": stable_baselines3.__version__}
 
 
-def time_rllib(batch: int, epochs: int, minibatch: int, iters: int, seed: int | None) -> dict[str, Any] | None:
+def time_rllib(batch: int, epochs: int, minibatch: int, iters: int,
+               seed: int | None) -> dict[str, Any] | None:
     """Median seconds of ``iters`` RLlib ``algo.train()`` calls after one warmup; None when not installed."""
     try:
         import ray
@@ -159,13 +160,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sb3 = None if args.no_sb3 else time_sb3(*shape)
     rllib = None if args.no_rllib else time_rllib(*shape)
 
-    print(f"\nPPO CartPole-v1, train_batch_size {args.batch}, minibatch {args.minibatch}, {args.epochs} epochs, "
+    print(f"\nPPO CartPole-v1, train_batch_size {args.batch}, minibatch {args.minibatch}, "
+          f"{args.epochs} epochs, "
           f"[256, 256] tanh pi and vf; median of {args.iters} after 1 warmup; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load {load}\n")
     print("| library | s / iteration | sampling | postprocess | learning | amber / this |")
     print("|---|---|---|---|---|---|")
-    print(f"| amber | {amber['total']:.2f} | {amber['sample']:.2f} | {amber['other']:.2f} | {amber['learn']:.2f} "
-          "| 1.00 |")
+    print(f"| amber | {amber['total']:.2f} | {amber['sample']:.2f} | {amber['other']:.2f} "
+          f"| {amber['learn']:.2f} | 1.00 |")
     for name, res in (("Stable-Baselines3", sb3), ("RLlib", rllib)):
         if res:
             print(f"| {name} {res['version']} | {res['total']:.2f} | | | | {_ratio(amber['total'], res)} |")

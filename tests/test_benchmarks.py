@@ -15,6 +15,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ["digest_speed.py", "--size-mb", "1", "--repeat", "1"],
     ["checkpoint_io.py", "--size-mb", "1", "--repeat", "1"],
     ["fault_injection.py", "--kills", "2", "--damages", "5", "--formats", "pickle", "msgpack"],
+    ["algo_checkpoints.py", "--smoke"],
+    ["ppo_learning.py", "--smoke", "--quiet"],
 ], ids=lambda a: a[0])
 def test_benchmark_smoke(args, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / args[0]), *args[1:]], capture_output=True,

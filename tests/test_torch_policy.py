@@ -424,3 +424,111 @@ def test_kl_coeff_adaptation_rule():
     pol = cartpole_policy()
     stats = ppo_update(pol, make_batch(pol), rng=np.random.default_rng(0), **{**PPO_KW, "kl_coeff": 0.0})
     assert stats["cur_kl_coeff"] == 0.0 and stats["kl"] >= 0.0
+
+
+# -- the numpy fast path for single observations --------------------------------
+
+
+def _discrete_obs_policy(seed=0):
+    return TorchPolicy(gym.spaces.Discrete(5, start=2), gym.spaces.Discrete(3, start=10),
+                       {"model": SMALL, "lr": 1e-3, "seed": seed, "grad_clip": None})
+
+
+def _fast_and_torch(pol, obs, explore):
+    """compute_actions on one observation with and without the fast path, same generator state."""
+    state = pol.generator.get_state()
+    fast = pol.compute_actions(obs, explore=explore)
+    after_fast = pol.generator.get_state()
+    pol.generator.set_state(state)
+    pol.fast_inference = False
+    try:
+        slow = pol.compute_actions(obs, explore=explore)
+    finally:
+        pol.fast_inference = True
+    assert torch.equal(after_fast, pol.generator.get_state())  # the same draws from the generator
+    return fast, slow
+
+
+@pytest.mark.parametrize("make", [cartpole_policy, pendulum_policy, _discrete_obs_policy])
+@pytest.mark.parametrize("explore", [True, False])
+def test_fast_path_matches_the_torch_path(make, explore):
+    pol = make()
+    obs_space = pol.observation_space
+    for i in range(20):
+        obs = (np.array([obs_space.start + i % obs_space.n]) if isinstance(obs_space, gym.spaces.Discrete)
+               else obs_for(pol, 1, seed=i))
+        (fa, _, fe), (sa, _, se) = _fast_and_torch(pol, obs, explore)
+        assert fa.dtype == sa.dtype and fa.shape == sa.shape
+        np.testing.assert_allclose(fa, sa, rtol=1e-5, atol=1e-5)
+        assert fe.keys() == se.keys()
+        for k in fe:
+            assert fe[k].dtype == se[k].dtype and fe[k].shape == se[k].shape, k
+            np.testing.assert_allclose(fe[k], se[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert pol._np_cache is not None  # the fast path did run
+
+
+def test_fast_path_sees_optimizer_steps_set_weights_and_set_state():
+    pol = cartpole_policy()
+    obs = obs_for(pol, 1)
+
+    def check():
+        (_, _, fe), (_, _, se) = _fast_and_torch(pol, obs, False)
+        np.testing.assert_allclose(fe["action_dist_inputs"], se["action_dist_inputs"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(fe["vf_preds"], se["vf_preds"], rtol=1e-5, atol=1e-5)
+        return fe["vf_preds"].copy()
+
+    v0 = check()
+    ppo_update(pol, make_batch(pol), rng=np.random.default_rng(0), **PPO_KW)  # optimizer steps
+    v1 = check()
+    assert not np.array_equal(v0, v1)
+    other = cartpole_policy(seed=5)
+    pol.set_weights(other.get_weights())
+    v2 = check()
+    np.testing.assert_allclose(v2, other.compute_actions(obs, explore=False)[2]["vf_preds"], rtol=1e-6)
+    pol.set_state(cartpole_policy(seed=7).get_state())
+    check()
+    with torch.no_grad():  # storage replaced: the cache must be rebuilt
+        for p in pol.model.parameters():
+            p.data = p.data * 2.0
+    check()
+    pol.model.vf = build_mlp(4, [8], "relu", 1)  # module replaced
+    check()
+    pol.model.pi[0].register_forward_hook(lambda *a: None)  # hooks: fall back to torch
+    pol.model.pi = build_mlp(4, [8], "tanh", 2)
+    pol.model.pi[0].register_forward_hook(lambda m, i, o: o * 0.0)
+    a, _, extra = pol.compute_actions(obs, explore=False)
+    assert pol._np_cache is None
+
+
+def test_fast_path_is_deterministic_and_resumes_bit_exactly():
+    a, b = cartpole_policy(seed=3), cartpole_policy(seed=3)
+    obs = obs_for(a, 50)
+    for i in range(25):
+        ra, rb = a.compute_actions(obs[i:i + 1]), b.compute_actions(obs[i:i + 1])
+        assert np.array_equal(ra[0], rb[0]) and np.array_equal(ra[2]["action_logp"], rb[2]["action_logp"])
+    restored = TorchPolicy.from_state(a.get_state())
+    for i in range(25, 50):
+        ra, rr = a.compute_actions(obs[i:i + 1]), restored.compute_actions(obs[i:i + 1])
+        assert np.array_equal(ra[0], rr[0])
+        for k in ra[2]:
+            assert np.array_equal(ra[2][k], rr[2][k]), k
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", None])
+def test_train_forward_matches_the_module_and_its_gradients(activation):
+    from amber.models.torch_mlp import train_forward
+
+    net = build_mlp(4, [64, 32], activation, 3, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(50, 3, generator=torch.Generator().manual_seed(2))
+    out = net(x)
+    (out * g).sum().backward()
+    expected = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    fast = train_forward(net, x)
+    (fast * g).sum().backward()
+    torch.testing.assert_close(fast, out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(expected, (p.grad for p in net.parameters()), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    xd = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: train_forward(net.double(), z), (xd,))

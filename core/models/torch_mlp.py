@@ -23,6 +23,8 @@ __all__ = [
     "action_dist_dim",
     "build_mlp",
     "get_activation",
+    "numpy_mlp_layers",
+    "train_forward",
     "obs_input_dim",
 ]
 
@@ -183,3 +185,133 @@ class PPOTorchModel(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """The value head alone, ``[batch]``."""
         return self.vf(self.preprocessor(obs)).squeeze(-1)
+
+
+_NUMPY_ACTIVATIONS: dict[type[nn.Module], str] = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+
+
+def _numpy_sequential(net: nn.Module) -> list[tuple[np.ndarray, np.ndarray, str | None]] | None:
+    """``[(weight.T, bias, activation)]`` views of a Sequential of Linear/Tanh/ReLU, or None."""
+    if type(net) is not nn.Sequential:
+        return None
+    layers: list[tuple[np.ndarray, np.ndarray, str | None]] = []
+    for module in net:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        if type(module) is nn.Linear:
+            w, b = module.weight, module.bias
+            if b is None or w.dtype != torch.float32 or b.dtype != torch.float32 or w.device.type != "cpu":
+                return None
+            layers.append((w.detach().numpy().T, b.detach().numpy(), None))
+        elif type(module) in _NUMPY_ACTIVATIONS and layers and layers[-1][2] is None:
+            w_t, b, _ = layers[-1]
+            layers[-1] = (w_t, b, _NUMPY_ACTIVATIONS[type(module)])
+        else:
+            return None
+    return layers if layers and net._forward_hooks == {} and not net._forward_pre_hooks else None
+
+
+def numpy_mlp_layers(model: PPOTorchModel) -> tuple[Any, list[Any], list[Any]] | None:
+    """``(preprocess, pi_layers, vf_layers)`` for running ``model`` in numpy, or None when it can't be.
+
+    The layer arrays are views of the parameters (no copies): in-place
+    parameter updates are seen at once. Supports the models :func:`build_mlp`
+    builds (Linear layers with Tanh/ReLU, float32, CPU, no hooks).
+    """
+    from torch.nn.modules import module as module_mod
+
+    if (model._forward_hooks or model._forward_pre_hooks or model.preprocessor._forward_hooks
+            or model.preprocessor._forward_pre_hooks or module_mod._global_forward_hooks
+            or module_mod._global_forward_pre_hooks):
+        return None
+    pi, vf = _numpy_sequential(model.pi), _numpy_sequential(model.vf)
+    if pi is None or vf is None:
+        return None
+    if model.preprocessor.discrete:
+        categories = model.preprocessor.categories.numpy().copy()
+
+        def preprocess(obs: np.ndarray) -> np.ndarray:
+            return (obs.reshape(obs.shape[0], 1) == categories).astype(np.float32)
+    else:
+        def preprocess(obs: np.ndarray) -> np.ndarray:
+            return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+    return preprocess, pi, vf
+
+
+def _fast_tanh_(x: torch.Tensor) -> torch.Tensor:
+    """In-place ``tanh(x) = 2 sigmoid(2x) - 1``: twice as fast as ``torch.tanh`` on CPU (within 2e-7)."""
+    torch.sigmoid(x.mul_(2.0), out=x)
+    return x.mul_(2.0).sub_(1.0)
+
+
+class _MLPFunction(torch.autograd.Function):
+    """A Linear/Tanh/ReLU MLP as one autograd node: fewer ops, in-place activations, hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, acts: tuple[str | None, ...],
+                *params: torch.Tensor) -> torch.Tensor:
+        saved = [x]
+        h = x
+        for i, act in enumerate(acts):
+            w, b = params[2 * i], params[2 * i + 1]
+            h = torch.addmm(b, h, w.t())
+            if act == "tanh":
+                h = _fast_tanh_(h)
+            elif act == "relu":
+                h = h.relu_()
+            saved.append(h)
+        ctx.acts = acts
+        ctx.save_for_backward(*saved, *params)
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        acts = ctx.acts
+        n = len(acts)
+        tensors = ctx.saved_tensors
+        outs, params = tensors[:n + 1], tensors[n + 1:]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        g = grad
+        for i in range(n - 1, -1, -1):
+            if acts[i] == "tanh":
+                g = torch.ops.aten.tanh_backward(g, outs[i + 1])
+            elif acts[i] == "relu":
+                g = torch.ops.aten.threshold_backward(g, outs[i + 1], 0.0)
+            grads[2 * i] = g.t().mm(outs[i])
+            grads[2 * i + 1] = g.sum(0)
+            if i > 0 or ctx.needs_input_grad[0]:
+                g = g.mm(params[2 * i])
+        return (g if ctx.needs_input_grad[0] else None, None, *grads)
+
+
+def _train_layers(net: nn.Module) -> tuple[tuple[str | None, ...], list[torch.Tensor]] | None:
+    if type(net) is not nn.Sequential or net._forward_hooks or net._forward_pre_hooks:
+        return None
+    acts: list[str | None] = []
+    params: list[torch.Tensor] = []
+    for module in net:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        if type(module) is nn.Linear and module.bias is not None:
+            acts.append(None)
+            params += [module.weight, module.bias]
+        elif type(module) in _NUMPY_ACTIVATIONS and acts and acts[-1] is None:
+            acts[-1] = _NUMPY_ACTIVATIONS[type(module)]
+        else:
+            return None
+    return (tuple(acts), params) if acts else None
+
+
+def train_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` for training: one autograd node for a plain Linear/Tanh/ReLU Sequential, else ``net(x)``.
+
+    Tanh is computed as ``2 sigmoid(2x) - 1`` (within about 2e-7 of
+    ``torch.tanh``), so the result differs from ``net(x)`` by float rounding.
+    """
+    from torch.nn.modules import module as module_mod
+
+    layers = _train_layers(net)
+    if layers is None or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return net(x)
+    acts, params = layers
+    return _MLPFunction.apply(x, acts, *params)

@@ -7,14 +7,21 @@ so a policy restored from a checkpoint acts and trains bit-identically to the or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-from amber.models.torch_distributions import TorchDistribution, dist_class_for
-from amber.models.torch_mlp import PPOTorchModel
+from amber.models.torch_distributions import (
+    TorchCategorical,
+    TorchDiagGaussian,
+    TorchDistribution,
+    dist_class_for,
+)
+from amber.models.torch_mlp import PPOTorchModel, numpy_mlp_layers
 from amber.policy.policy import Policy
 from amber.policy.spaces import space_from_state, space_to_state
 from amber.state import importable_name, is_reference_type
@@ -29,6 +36,25 @@ def _seeds(seed: int | None) -> tuple[int, int]:
         return init.seed(), sample.seed()
     a, b = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
     return int(a), int(b)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@contextmanager
+def _no_change() -> Iterator[None]:
+    yield
+
+
+def _numpy_mlp(x: np.ndarray, layers: Any) -> np.ndarray:
+    for weight_t, bias, activation in layers:
+        x = x @ weight_t
+        x += bias
+        if activation == "tanh":
+            np.tanh(x, out=x)
+        elif activation == "relu":
+            np.maximum(x, 0.0, out=x)
+    return x
 
 
 def optimizer_state_to_tree(value: Any) -> Any:
@@ -57,6 +83,22 @@ def optimizer_state_from_tree(value: Any, *, _key: Any = None) -> Any:
 
 
 _DROP = object()
+
+#: Batches up to this size are computed with one torch intra-op thread (OpenMP threads
+#: cost far more than they give on tiny matrices, and stall when other processes share the cores).
+SMALL_BATCH = 64
+
+
+@contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 def portable_config(value: Any) -> Any:
@@ -116,6 +158,9 @@ class TorchPolicy(Policy):
         self._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
         self._action_offset = int(action_space.start) if self._discrete_actions else 0
         self._action_shape = tuple(action_space.shape or ())
+        #: Act on single observations with the numpy fast path (see :meth:`compute_actions`).
+        self.fast_inference = True
+        self._np_cache: tuple[tuple[Any, ...], Any] | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=float(self.config.get("lr", 5e-5)),
@@ -154,11 +199,17 @@ class TorchPolicy(Policy):
 
         :param explore: sample from the distribution (True, also for None) or act greedily.
         """
-        obs = self.obs_to_tensor(obs_batch)
-        with torch.inference_mode():
+        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        sample = explore is None or bool(explore)
+        if arr.shape[:1] == (1,) and self.fast_inference:
+            layers = self._numpy_layers()
+            if layers is not None:
+                return self._compute_actions_numpy(arr, layers, sample)
+        obs = self.obs_to_tensor(arr)
+        with _intra_op_threads(1) if obs.shape[0] <= SMALL_BATCH else _no_change(), torch.inference_mode():
             dist_inputs, vf = self.model(obs)
             dist = self.dist_class(dist_inputs)
-            if explore is None or explore:
+            if sample:
                 actions = dist.sample(self.generator)
             else:
                 actions = dist.deterministic_sample()
@@ -172,6 +223,76 @@ class TorchPolicy(Policy):
             acts = acts.reshape((acts.shape[0], *self._action_shape))
         extra = {"action_logp": logp.numpy(), "action_dist_inputs": dist_inputs.numpy(),
                  "vf_preds": vf.numpy()}
+        return acts, [], extra
+
+    # -- the numpy fast path -------------------------------------------------------
+
+    def _numpy_layers(self) -> Any:
+        """The model's layers as numpy views of its parameters, or None when the fast path can't run it.
+
+        The arrays share memory with the parameters, so in-place updates
+        (optimizer steps, :meth:`set_weights`, :meth:`set_state`,
+        ``load_state_dict``) are seen at once; the cache is rebuilt whenever a
+        module or a parameter's storage was replaced (``p.data = ...``, ``.to()``).
+        """
+        model = self.model
+        cache = self._np_cache
+        if cache is not None:
+            params = cache[1][0]
+            if cache[0] == (model, model.pi, model.vf, [p.data_ptr() for p in params]):
+                return cache[1][1]
+        self._np_cache = None
+        if type(model) is not PPOTorchModel or self.dist_class not in (TorchCategorical, TorchDiagGaussian):
+            return None
+        built = numpy_mlp_layers(model)
+        if built is None:
+            return None
+        params = list(model.parameters())
+        self._np_cache = ((model, model.pi, model.vf, [p.data_ptr() for p in params]), (params, built))
+        return built
+
+    def _compute_actions_numpy(self, arr: np.ndarray, layers: Any, sample: bool
+                               ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+        """:meth:`compute_actions` for one observation, in numpy.
+
+        The same maths as the torch path, with the same draws from
+        :attr:`generator` (so it stays deterministic and checkpoint-exact);
+        results may differ from the torch path's by float rounding (about 1e-7):
+        the ``action_logp`` and ``vf_preds`` recorded here are not bit-identical
+        to a training forward pass, which the PPO loss tolerates.
+        """
+        preprocess, pi_layers, vf_layers = layers
+        x = preprocess(arr)
+        dist_inputs = _numpy_mlp(x, pi_layers)
+        vf = _numpy_mlp(x, vf_layers)[:, 0]
+        if self.dist_class is TorchCategorical:
+            z = dist_inputs - dist_inputs.max(-1, keepdims=True)
+            e = np.exp(z)
+            total = e.sum(-1, keepdims=True)
+            log_probs = z - np.log(total)
+            if sample:
+                cdf = np.cumsum(e / total, -1)
+                u = torch.rand((cdf.shape[0], 1), generator=self.generator, dtype=torch.float32).numpy()
+                actions = np.minimum((cdf < u).sum(-1), cdf.shape[-1] - 1)
+            else:
+                actions = dist_inputs.argmax(-1)
+            logp = log_probs[np.arange(len(actions)), actions]
+            actions = actions.astype(np.int64, copy=False)
+            acts = actions + self._action_offset if self._action_offset else actions
+        else:
+            mean, log_std = np.split(dist_inputs, 2, axis=-1)
+            std = np.exp(log_std)
+            if sample:
+                noise = torch.randn(mean.shape, generator=self.generator, dtype=torch.float32).numpy()
+                actions = mean + std * noise
+            else:
+                actions = mean.copy()
+            zs = (actions - mean) / std
+            logp = (np.float32(-0.5) * np.square(zs) - log_std - np.float32(_HALF_LOG_2PI)).sum(-1)
+            acts = actions.reshape((actions.shape[0], *self._action_shape))
+        self.global_timestep += int(arr.shape[0])
+        extra = {"action_logp": logp.astype(np.float32, copy=False), "action_dist_inputs": dist_inputs,
+                 "vf_preds": vf.astype(np.float32, copy=False)}
         return acts, [], extra
 
     def compute_values(self, obs_batch: Any) -> np.ndarray:

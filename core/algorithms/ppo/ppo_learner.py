@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from amber.models.torch_mlp import train_forward
 from amber.policy import sample_batch as sb
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def _value_step(
     vf_loss_coeff: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Value loss and its backward pass: touches the value network's gradients only."""
-    vf = vf_net(x).squeeze(-1)
+    vf = train_forward(vf_net, x).squeeze(-1)
     vf_loss = (vf - targets).square().clamp(0.0, vf_clip_param).mean()
     (vf_loss_coeff * vf_loss).backward()
     return vf_loss.detach(), vf.detach()
@@ -226,7 +227,7 @@ def ppo_update(
                     value_job = partial(_value_step, model.vf, x, targets, vf_clip_param, vf_loss_coeff)
                     if worker is not None:
                         worker.submit(value_job)
-                    dist = dist_class(model.pi(x))
+                    dist = dist_class(train_forward(model.pi, x))
                     ratio = torch.exp(dist.logp(actions) - old_logp)
                     policy_loss = -torch.min(advantages * ratio, advantages * ratio.clamp(lo, hi)).mean()
                     pi_total = policy_loss
