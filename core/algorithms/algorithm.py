@@ -291,14 +291,20 @@ class Algorithm:
         }
         return {"algorithm": own, "policies": {pid: p.get_state() for pid, p in self.policies.items()}}
 
-    def set_state(self, state: Mapping[str, Any], *, restore_episodes: bool = True) -> None:
+    def set_state(self, state: Mapping[str, Any], *, restore_episodes: bool = True,
+                  rollback: bool = True) -> None:
         """Apply :meth:`get_state`'s output; policies absent from the algorithm are skipped.
 
         All or nothing: if any part fails, the state from before the call is put back.
 
         :param restore_episodes: also continue the environments' running episodes
             (False: they restart, as when the policies changed).
+        :param rollback: keep a copy of the current state to put back on failure
+            (False for a freshly built algorithm, which is discarded on failure anyway).
         """
+        if not rollback:
+            self._apply_state(state, restore_episodes)
+            return
         before = self.get_state()
         try:
             self._apply_state(state, restore_episodes)
@@ -423,12 +429,15 @@ class Algorithm:
                 f"{algo_cls.__name__}.from_checkpoint(path, policy_mapping_fn=...)", path=target)
         if policies_to_train is not None:
             config.policies_to_train = list(policies_to_train)
-        algo = algo_cls(config=config)
+        from amber.models.torch_mlp import weights_will_be_loaded
+
+        with weights_will_be_loaded():  # every policy built here gets its saved weights
+            algo = algo_cls(config=config)
         # With other policies or another mapping, running episodes would map to
         # policies that are gone: those restart instead of continuing.
         same_episodes = policy_ids is None and policy_mapping_fn is None
         algo.set_state({"algorithm": own, "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
-                       restore_episodes=same_episodes)
+                       restore_episodes=same_episodes, rollback=False)
         return algo
 
     def stop(self) -> None:

@@ -8,8 +8,10 @@ happens inside the model, so an exported model keeps it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,19 +75,43 @@ def build_mlp(
     layers: list[nn.Module] = []
     prev = int(in_dim)
     for size in hiddens:
-        linear = nn.Linear(prev, int(size))
+        linear = _linear(prev, int(size))
         _init_linear(linear, _hidden_gain(act), generator)
         layers.append(linear)
         if act is not None:
             layers.append(act())
         prev = int(size)
-    out = nn.Linear(prev, int(out_dim))
+    out = _linear(prev, int(out_dim))
     _init_linear(out, out_gain, generator)
     layers.append(out)
     return nn.Sequential(*layers)
 
 
+_WEIGHTS_WILL_BE_LOADED = contextvars.ContextVar("amber_weights_will_be_loaded", default=False)
+
+
+@contextlib.contextmanager
+def weights_will_be_loaded() -> Iterator[None]:
+    """Build models without initialising their weights, which a saved state is about to replace.
+
+    Orthogonal initialisation of a 2048x2048 layer takes seconds; a restore needs none of it.
+    """
+    token = _WEIGHTS_WILL_BE_LOADED.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_WILL_BE_LOADED.reset(token)
+
+
+def _linear(in_dim: int, out_dim: int) -> nn.Linear:
+    if _WEIGHTS_WILL_BE_LOADED.get():
+        return torch.nn.utils.skip_init(nn.Linear, in_dim, out_dim)
+    return nn.Linear(in_dim, out_dim)
+
+
 def _init_linear(layer: nn.Linear, gain: float, generator: torch.Generator | None) -> None:
+    if _WEIGHTS_WILL_BE_LOADED.get():
+        return
     with torch.no_grad():
         nn.init.orthogonal_(layer.weight, gain=gain, generator=generator)
         layer.bias.zero_()

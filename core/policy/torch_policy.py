@@ -7,6 +7,8 @@ so a policy restored from a checkpoint acts and trains bit-identically to the or
 
 from __future__ import annotations
 
+import copy
+
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +23,7 @@ from amber.models.torch_distributions import (
     TorchDistribution,
     dist_class_for,
 )
-from amber.models.torch_mlp import PPOTorchModel, numpy_mlp_layers
+from amber.models.torch_mlp import PPOTorchModel, numpy_mlp_layers, weights_will_be_loaded
 from amber.policy.policy import Policy
 from amber.policy.spaces import space_from_state, space_to_state
 from amber.state import importable_name, is_reference_type
@@ -149,7 +151,8 @@ class TorchPolicy(Policy):
             self.model = PPOTorchModel(observation_space, action_space, self.config.get("model") or {},
                                        generator=torch.Generator().manual_seed(init_seed))
         self.dist_class: type[TorchDistribution] = dist_class_for(action_space)
-        self.optimizer = self._make_optimizer()
+        self._optimizer: torch.optim.Optimizer | None = None  # made on first use (see optimizer)
+        self._pending_optimizer_state: Any = None
         self.generator = torch.Generator()
         self.generator.manual_seed(sample_seed)
         self.global_timestep = 0
@@ -161,6 +164,17 @@ class TorchPolicy(Policy):
         #: Act on single observations with the numpy fast path (see :meth:`compute_actions`).
         self.fast_inference = True
         self._np_cache: tuple[tuple[Any, ...], Any] | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The Adam optimizer, made on first use (serving never needs one: making it costs
+        seconds of imports), with any restored optimizer state loaded into it."""
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+            if self._pending_optimizer_state is not None:
+                self._optimizer.load_state_dict(optimizer_state_from_tree(self._pending_optimizer_state))
+                self._pending_optimizer_state = None
+        return self._optimizer
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=float(self.config.get("lr", 5e-5)),
@@ -334,7 +348,9 @@ class TorchPolicy(Policy):
         return {
             "policy_spec": self.policy_spec_state(),
             "weights": self.get_weights(),
-            "optimizer": optimizer_state_to_tree(self.optimizer.state_dict()),
+            "optimizer": (copy.deepcopy(self._pending_optimizer_state) if self._optimizer is None
+                          and self._pending_optimizer_state is not None
+                          else optimizer_state_to_tree(self.optimizer.state_dict())),
             "generator": self.generator.get_state().numpy().copy(),
             "global_timestep": int(self.global_timestep),
             "num_grad_updates": int(self.num_grad_updates),
@@ -345,7 +361,10 @@ class TorchPolicy(Policy):
         if "weights" in state:
             self.set_weights(state["weights"])
         if state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(optimizer_state_from_tree(state["optimizer"]))
+            if self._optimizer is None:
+                self._pending_optimizer_state = copy.deepcopy(state["optimizer"])
+            else:
+                self._optimizer.load_state_dict(optimizer_state_from_tree(state["optimizer"]))
         if state.get("generator") is not None:
             gen = np.ascontiguousarray(np.asarray(state["generator"], dtype=np.uint8))
             self.generator.set_state(torch.from_numpy(gen.copy()))
@@ -356,10 +375,12 @@ class TorchPolicy(Policy):
 
     @classmethod
     def build_from_spec(cls, spec: Mapping[str, Any]) -> TorchPolicy:
-        """An untrained policy from a ``policy_spec`` state (spaces as states or as spaces)."""
+        """A policy to :meth:`set_state` into, from a ``policy_spec`` state (spaces as states or
+        as spaces). Its weights are not initialised: the state's replace them."""
         obs_space, act_space = spec["observation_space"], spec["action_space"]
         if isinstance(obs_space, Mapping):
             obs_space = space_from_state(dict(obs_space))
         if isinstance(act_space, Mapping):
             act_space = space_from_state(dict(act_space))
-        return cls(obs_space, act_space, dict(spec.get("config") or {}))
+        with weights_will_be_loaded():
+            return cls(obs_space, act_space, dict(spec.get("config") or {}))
