@@ -123,7 +123,9 @@ def main() -> int:
     rng = random.Random(args.seed)
     failed = 0
     print(
-        "| format | kill -9 trials | path loaded whole and consistent | path empty (killed before the first commit) | failed loads | stale temporaries left | damage trials | CorruptCheckpointError naming the file | other outcome |"
+        "| format | kill -9 trials | path loaded whole and consistent | path empty (killed before "
+        "the first commit) | failed loads | stale temporaries left | damage trials | "
+        "CorruptCheckpointError naming the file | other outcome |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for fmt in formats:

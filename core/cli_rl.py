@@ -65,8 +65,8 @@ def train(algo: str, env_id: str, stop_reward: float | None, stop_iters: int | N
     table = Table("iter", "env steps", "return (mean of 100)", "iter time", "total time", "checkpoint",
                   title=f"{algo.upper()} on {env_id}")
     last_ckpt = ""
-    with open(out / "progress.csv", "w", newline="") as f, Live(table, console=console,
-                                                                  transient=False, auto_refresh=False) as live:
+    live = Live(table, console=console, transient=False, auto_refresh=False)
+    with open(out / "progress.csv", "w", newline="") as f, live:
         writer = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
         writer.writeheader()
         while True:
@@ -119,7 +119,9 @@ def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bo
             if multi:
                 actions = {}
                 for agent, o in obs.items():
-                    pid = chosen.setdefault(agent, mapping(agent, None, None) if mapping else "default_policy")
+                    if agent not in chosen:
+                        chosen[agent] = mapping(agent, None, None) if mapping else "default_policy"
+                    pid = chosen[agent]
                     actions[agent] = algo.policies[pid].compute_single_action(o, explore=explore)[0]
                 obs, rew, term, trunc, _ = env.step(actions)
                 total += float(sum(rew.values()))

@@ -188,7 +188,9 @@ class Algorithm:
             "episode_return_max": float(np.max(returns)) if returns else float("nan"),
             "episode_return_min": float(np.min(returns)) if returns else float("nan"),
             "episodes_total": len(self._recent_returns),
-            "policy_return_mean": {pid: float(np.mean(r[-100:])) for pid, r in self._recent_policy_returns.items() if r},
+            "policy_return_mean": {
+                pid: float(np.mean(r[-100:])) for pid, r in self._recent_policy_returns.items() if r
+            },
             "time_this_iter_s": elapsed,
         }
         out.update(results)
@@ -336,14 +338,17 @@ class Algorithm:
     def logdir(self) -> str:
         """This algorithm's directory for default checkpoints (made on first use)."""
         if self._logdir is None:
-            env = self.config.env if isinstance(self.config.env, str) else getattr(self.config.env, "__name__", "env")
+            env = self.config.env
+            env = env if isinstance(env, str) else getattr(env, "__name__", "env")
             stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             root = results_dir()
             root.mkdir(parents=True, exist_ok=True)
             self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__}_{env}_{stamp}_", dir=root))
         return str(self._logdir)
 
-    def save(self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None) -> SaveResult:
+    def save(
+        self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None
+    ) -> SaveResult:
         """Write a checkpoint of the whole algorithm (atomically) and return where.
 
         :param checkpoint_dir: the directory; default: ``checkpoint_<iteration>`` under :attr:`logdir`.
@@ -354,7 +359,8 @@ class Algorithm:
 
         fmt = format or self.config.checkpoint_format
         spec = get_registry().get(fmt)
-        path = Path(checkpoint_dir) if checkpoint_dir is not None else Path(self.logdir) / f"checkpoint_{self.iteration:06d}"
+        path = (Path(checkpoint_dir) if checkpoint_dir is not None
+                else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
         state = self.get_state()
         own = state["algorithm"]
         if not spec.capabilities.arbitrary_objects:
@@ -379,7 +385,8 @@ class Algorithm:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
                                   path=checkpoint_path)
-        self.set_state({"algorithm": ckpt.state, "policies": {pid: p.state for pid, p in ckpt.policies.items()}})
+        policies = {pid: p.state for pid, p in ckpt.policies.items()}
+        self.set_state({"algorithm": ckpt.state, "policies": policies})
 
     @classmethod
     def from_checkpoint(

@@ -8,7 +8,6 @@ so a policy restored from a checkpoint acts and trains bit-identically to the or
 from __future__ import annotations
 
 import copy
-
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
