@@ -36,3 +36,9 @@ def contract_pm(npz_site, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with on_sys_path(npz_site):
         yield get_plugin_manager()
+
+
+@pytest.fixture(autouse=True)
+def _results_in_tmp(tmp_path_factory, monkeypatch):
+    """Default checkpoints (``algo.save()`` with no dir) go to a temporary results dir, not ~."""
+    monkeypatch.setenv("AMBER_RESULTS_DIR", str(tmp_path_factory.getbasetemp() / "amber_results"))
