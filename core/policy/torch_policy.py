@@ -91,7 +91,8 @@ SMALL_BATCH = 64
 
 
 @contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with torch limited to ``n`` intra-op threads, then restore the setting."""
     before = torch.get_num_threads()
     if before != n:
         torch.set_num_threads(n)
@@ -219,7 +220,7 @@ class TorchPolicy(Policy):
             if layers is not None:
                 return self._compute_actions_numpy(arr, layers, sample)
         obs = self.obs_to_tensor(arr)
-        with _intra_op_threads(1) if obs.shape[0] <= SMALL_BATCH else _no_change(), torch.inference_mode():
+        with intra_op_threads(1) if obs.shape[0] <= SMALL_BATCH else _no_change(), torch.inference_mode():
             dist_inputs, vf = self.model(obs)
             dist = self.dist_class(dist_inputs)
             if sample:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ import torch
 
 from amber.models.torch_mlp import train_forward
 from amber.policy import sample_batch as sb
+from amber.policy.torch_policy import intra_op_threads
 
 if TYPE_CHECKING:
     from amber.policy.torch_policy import TorchPolicy
@@ -131,18 +131,6 @@ class _Worker:
         self._thread.join()
 
 
-@contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
 def _value_step(
     vf_net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, vf_clip_param: float,
     vf_loss_coeff: float,
@@ -212,7 +200,7 @@ def ppo_update(
     worker = _Worker() if torch.get_num_threads() > 1 else None
 
     try:
-        with _intra_op_threads(1), torch.enable_grad():
+        with intra_op_threads(1), torch.enable_grad():
             for epoch in range(int(num_epochs)):
                 perm = torch.from_numpy(rng.permutation(n))
                 shuffled = [c[perm] for c in columns]
