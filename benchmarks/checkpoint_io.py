@@ -69,6 +69,8 @@ from typing import Any
 
 import numpy as np
 
+from amber.atomic import fsync_dir
+
 N_ARRAYS = 20
 N_SMALL = 1000
 SAVE_TARGET = 1.5
@@ -152,14 +154,6 @@ def same_tree(a: Any, b: Any) -> bool:
 # --------------------------------------------------------------------------
 # file system helpers
 # --------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def evict(path: Path) -> None:
