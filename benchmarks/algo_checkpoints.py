@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from checkpoint_io import MB, machine_info, mem_available, prefault, raw_read, raw_write
+from checkpoint_io import MB, load_average, machine_info, mem_available, prefault, raw_read, raw_write
 
 SAVE_TARGET = 1.5
 RLLIB_FROM_CHECKPOINT_S = (0.48, 0.68)  # reported by the author, same model
@@ -123,14 +123,6 @@ class Timer:
         t0 = time.perf_counter()
         out = fn(*a, **kw)
         return time.perf_counter() - t0, out
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def stop(algo: Any) -> None:

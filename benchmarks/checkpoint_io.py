@@ -156,6 +156,15 @@ def same_tree(a: Any, b: Any) -> bool:
 # --------------------------------------------------------------------------
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as the kernel reports them."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def evict(path: Path) -> None:
     """Drop the clean cached pages of one file, or of every file under a directory."""
     files = [path] if path.is_file() else [Path(d) / n for d, _, ns in os.walk(path) for n in ns]

@@ -24,15 +24,11 @@ import sys
 import time
 from typing import Any
 
+from checkpoint_io import load_average
+
 HIDDENS = [256, 256]
 
 
-def _load_average() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "?"
 
 
 def time_amber(batch: int, epochs: int, minibatch: int, iters: int, seed: int | None) -> dict[str, Any]:
@@ -155,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    load = _load_average()
+    load = load_average()
     amber = time_amber(*shape)
     sb3 = None if args.no_sb3 else time_sb3(*shape)
     rllib = None if args.no_rllib else time_rllib(*shape)

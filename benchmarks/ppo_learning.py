@@ -39,6 +39,8 @@ import sys
 import time
 from typing import Any
 
+from checkpoint_io import load_average
+
 SINGLE_TARGET = 450.0
 MULTI_TARGET = 400.0
 MULTI_POLICIES = ("pol0", "pol1")
@@ -47,14 +49,6 @@ MULTI_POLICIES = ("pol0", "pol1")
 def agent_to_policy(agent_id: Any, episode: Any = None, worker: Any = None, **kw: Any) -> str:
     """MultiAgentCartPole's agent i → policy f"pol{i}"."""
     return f"pol{agent_id}"
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def _num(x: Any) -> float:

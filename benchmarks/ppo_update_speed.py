@@ -21,17 +21,10 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
+from checkpoint_io import load_average
 
 from amber.algorithms.ppo.ppo_learner import ppo_update
 from amber.policy.torch_policy import TorchPolicy
-
-
-def _load_average() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "?"
 
 
 def main() -> None:
@@ -62,7 +55,7 @@ def main() -> None:
     walls = []
     for i in range(args.repeat):
         policy = TorchPolicy.from_state(state)
-        load = _load_average()
+        load = load_average()
         t, c = time.perf_counter(), time.process_time()
         stats = ppo_update(policy, batch, rng=np.random.default_rng(i), **kwargs)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
