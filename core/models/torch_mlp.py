@@ -24,6 +24,8 @@ __all__ = [
     "PPOTorchModel",
     "action_dist_dim",
     "build_mlp",
+    "graph_preprocess",
+    "sequential_to_dense",
     "get_activation",
     "numpy_mlp_layers",
     "train_forward",
@@ -341,3 +343,39 @@ def train_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return net(x)
     acts, params = layers
     return _MLPFunction.apply(x, acts, *params)
+
+
+def sequential_to_dense(net: nn.Module) -> list[Any]:
+    """A Sequential of Linear/Tanh/ReLU as :class:`amber.export.Dense` layers (float32 copies).
+
+    :raises ValueError: any other module in ``net``.
+    """
+    from amber.export import Dense
+
+    layers: list[Any] = []
+    pending: tuple[np.ndarray, np.ndarray] | None = None
+    for module in net:
+        if type(module) is nn.Linear:
+            if pending is not None:
+                layers.append(Dense(*pending))
+            bias = (module.bias.detach().cpu().numpy() if module.bias is not None
+                    else np.zeros(module.out_features, np.float32))
+            pending = (module.weight.detach().cpu().numpy().astype(np.float32, copy=True),
+                       bias.astype(np.float32, copy=True))
+        elif type(module) in _NUMPY_ACTIVATIONS and pending is not None:
+            layers.append(Dense(*pending, activation=_NUMPY_ACTIVATIONS[type(module)]))
+            pending = None
+        else:
+            raise ValueError(f"cannot describe {type(module).__name__} layers for export")
+    if pending is not None:
+        layers.append(Dense(*pending))
+    return layers
+
+
+def graph_preprocess(preprocessor: ObsPreprocessor) -> Any:
+    """The :class:`amber.export.Preprocess` step an :class:`ObsPreprocessor` performs."""
+    from amber.export import Preprocess
+
+    if preprocessor.discrete:
+        return Preprocess("one_hot", preprocessor.out_dim, int(preprocessor.categories[0]))
+    return Preprocess("flatten", preprocessor.out_dim)

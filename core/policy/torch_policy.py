@@ -27,7 +27,7 @@ from amber.policy.policy import Policy
 from amber.policy.spaces import space_from_state, space_to_state
 from amber.state import importable_name, is_reference_type
 
-__all__ = ["TorchPolicy", "optimizer_state_from_tree", "optimizer_state_to_tree", "portable_config"]
+__all__ = ["TorchPolicy", "action_info", "optimizer_state_from_tree", "optimizer_state_to_tree", "portable_config"]
 
 
 def _seeds(seed: int | None) -> tuple[int, int]:
@@ -129,6 +129,36 @@ def portable_config(value: Any) -> Any:
     if is_reference_type(value) and importable_name(value) is not None:
         return value
     return _DROP
+
+
+def action_info(observation_space: Any, action_space: Any, *, squashed: bool = False,
+                q_values: bool = False) -> dict[str, Any]:
+    """What ``model.json`` says about the spaces and how to act from ``action_dist_inputs``.
+
+    :param squashed: Box actions are ``low + (tanh(mean) + 1) / 2 * (high - low)`` (SAC).
+    :param q_values: the outputs are Q-values (DQN): act by argmax.
+    """
+    import gymnasium as gym
+
+    def space(s: Any) -> dict[str, Any]:
+        if isinstance(s, gym.spaces.Discrete):
+            return {"type": "Discrete", "n": int(s.n), "start": int(s.start)}
+        return {"type": "Box", "shape": list(s.shape), "dtype": np.dtype(s.dtype).name,
+                "low": np.asarray(s.low, dtype=np.float64).tolist(),
+                "high": np.asarray(s.high, dtype=np.float64).tolist()}
+
+    if isinstance(action_space, gym.spaces.Discrete):
+        dist = "q_values" if q_values else "categorical"
+        act = f"argmax(action_dist_inputs, axis=-1) + {int(action_space.start)}"
+    elif squashed:
+        dist = "squashed_gaussian"
+        act = ("mean = action_dist_inputs[:, :d]; action = low + (tanh(mean) + 1) / 2 * (high - low), "
+               "reshaped to the action shape")
+    else:
+        dist = "diag_gaussian"
+        act = "mean = action_dist_inputs[:, :d]; action = clip(mean, low, high), reshaped to the action shape"
+    return {"observation_space": space(observation_space), "action_space": space(action_space),
+            "action_distribution": dist, "greedy_action": act}
 
 
 class TorchPolicy(Policy):
@@ -308,6 +338,20 @@ class TorchPolicy(Policy):
         extra = {"action_logp": logp.astype(np.float32, copy=False), "action_dist_inputs": dist_inputs,
                  "vf_preds": vf.astype(np.float32, copy=False)}
         return acts, [], extra
+
+    def export_graph(self) -> Any:
+        """This policy's inference network as an :class:`amber.export.ModelGraph` (for exporters).
+
+        Outputs ``action_dist_inputs`` (logits, or mean and log_std) and ``vf_preds``.
+        """
+        from amber.export import ModelGraph, Output
+        from amber.models.torch_mlp import graph_preprocess, sequential_to_dense
+
+        model = self.model
+        towers = {"pi": sequential_to_dense(model.pi), "vf": sequential_to_dense(model.vf)}
+        outputs = [Output("action_dist_inputs", "identity", ("pi",)), Output("vf_preds", "squeeze", ("vf",))]
+        return ModelGraph(tuple(self.observation_space.shape or ()), graph_preprocess(model.preprocessor),
+                          towers, outputs, action_info(self.observation_space, self.action_space))
 
     def compute_values(self, obs_batch: Any) -> np.ndarray:
         """The value function's predictions, float32 ``[batch]``."""
