@@ -27,7 +27,13 @@ from amber.policy.policy import Policy
 from amber.policy.spaces import space_from_state, space_to_state
 from amber.state import importable_name, is_reference_type
 
-__all__ = ["TorchPolicy", "action_info", "optimizer_state_from_tree", "optimizer_state_to_tree", "portable_config"]
+__all__ = [
+    "TorchPolicy",
+    "action_info",
+    "optimizer_state_from_tree",
+    "optimizer_state_to_tree",
+    "portable_config",
+]
 
 
 def _seeds(seed: int | None) -> tuple[int, int]:
