@@ -126,13 +126,18 @@ class Algorithm:
                 return pair
         return next(iter(self._agent_spaces.values()))
 
-    def _build_policy(self, policy_id: str, spec: Any, index: int,
-                      observation_space: Any = None, action_space: Any = None) -> Policy:
+    def get_default_policy_class(self) -> type[Policy]:
+        """The policy class built for a policy whose spec names none (subclasses override)."""
         from amber.policy.torch_policy import TorchPolicy
 
-        cls, overrides = TorchPolicy, {}
+        return TorchPolicy
+
+    def _build_policy(self, policy_id: str, spec: Any, index: int,
+                      observation_space: Any = None, action_space: Any = None) -> Policy:
+        default = self.get_default_policy_class()
+        cls, overrides = default, {}
         if isinstance(spec, PolicySpec):
-            cls = spec.policy_class or TorchPolicy
+            cls = spec.policy_class or default
             observation_space = observation_space or spec.observation_space
             action_space = action_space or spec.action_space
             overrides = spec.config

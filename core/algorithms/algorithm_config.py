@@ -118,13 +118,22 @@ class AlgorithmConfig:
         self,
         num_env_runners: int | None = None,
         num_envs_per_env_runner: int | None = None,
+        rollout_fragment_length: int | str | None = None,
         **kwargs: Any,
     ) -> AlgorithmConfig:
         """Set sampling: environment copies per runner (sampled as one vector).
 
         ``num_env_runners`` is accepted for compatibility; sampling runs in the
-        algorithm's own process.
+        algorithm's own process. ``rollout_fragment_length`` (DQN, SAC) is the
+        env steps each copy takes between two rounds of updates ("auto": the
+        algorithm's default).
         """
+        if rollout_fragment_length is not None and rollout_fragment_length != "auto":
+            if not hasattr(self, "rollout_fragment_length"):
+                raise ValueError(f"{type(self).__name__} has no rollout_fragment_length setting")
+            if int(rollout_fragment_length) < 1:
+                raise ValueError("rollout_fragment_length must be at least 1")
+            self.rollout_fragment_length = int(rollout_fragment_length)
         if kwargs:
             raise ValueError(f"unknown env_runners setting(s): {', '.join(sorted(kwargs))}")
         if num_env_runners is not None:
@@ -157,6 +166,14 @@ class AlgorithmConfig:
             self._multi_agent = True
         if policies_to_train is not None:
             self.policies_to_train = list(policies_to_train)
+        return self
+
+    def reporting(self, *, min_sample_timesteps_per_iteration: int | None = None) -> AlgorithmConfig:
+        """Set how much one ``train()`` samples at least (DQN, SAC; default 1000 env steps)."""
+        if min_sample_timesteps_per_iteration is not None:
+            if not hasattr(self, "min_sample_timesteps_per_iteration"):
+                raise ValueError(f"{type(self).__name__} has no min_sample_timesteps_per_iteration setting")
+            self.min_sample_timesteps_per_iteration = int(min_sample_timesteps_per_iteration)
         return self
 
     def checkpointing(

@@ -1,0 +1,166 @@
+"""What DQN and SAC share: sampling into replay buffers and learning from them.
+
+One ``train()`` repeats rounds until at least
+``min_sample_timesteps_per_iteration`` env steps were sampled. A round
+samples ``rollout_fragment_length`` steps from every env copy, adds each
+policy's transitions to that policy's :class:`~amber.utils.replay_buffers.ReplayBuffer`,
+then makes gradient updates: one per round by default (RLlib's "natural"
+ratio), or as many as ``training_intensity`` asks (replayed steps per sampled
+step). A policy learns once its buffer holds
+``num_steps_sampled_before_learning_starts`` transitions.
+
+Checkpoints always hold every buffer's cursor, counters and sampling RNG;
+the rows themselves only with ``.checkpointing(store_replay_buffer=True)``.
+Without them, a restored algorithm starts from empty buffers and waits for
+them to refill to ``num_steps_sampled_before_learning_starts`` before it
+learns again: exactly what the uninterrupted run does after
+:meth:`OffPolicyAlgorithm.clear_replay_buffers`, which is what "bit-exact
+resume without the buffer" means here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from amber.algorithms.algorithm import Algorithm
+from amber.utils.replay_buffers import ReplayBuffer
+
+__all__ = ["OFF_POLICY_DEFAULTS", "OffPolicyAlgorithm"]
+
+#: The hyperparameters DQN and SAC share, with defaults (each algorithm may override them).
+OFF_POLICY_DEFAULTS: dict[str, Any] = {
+    "replay_buffer_config": {"capacity": 50_000},
+    "num_steps_sampled_before_learning_starts": 1000,
+    "training_intensity": None,
+    "min_sample_timesteps_per_iteration": 1000,
+    "rollout_fragment_length": 4,
+}
+
+#: The columns a transition has in the replay buffer (algorithms may add their own).
+TRANSITION_COLUMNS = ("obs", "actions", "rewards", "new_obs", "terminateds", "truncateds")
+
+
+class OffPolicyAlgorithm(Algorithm):
+    """An algorithm that learns from replay buffers (one per policy).
+
+    Subclasses implement :meth:`update_policy` (one gradient update from a
+    sampled batch) and may override :meth:`transitions` (e.g. n-step returns).
+    """
+
+    def setup(self) -> None:
+        """Make one replay buffer per policy."""
+        self.replay_buffers: dict[str, ReplayBuffer] = {
+            pid: self._make_buffer(index) for index, pid in enumerate(self.policies)
+        }
+        self.num_updates = 0
+        self._update_credit = 0.0
+
+    def _make_buffer(self, index: int) -> ReplayBuffer:
+        capacity = int((self.config.replay_buffer_config or {}).get("capacity", 50_000))
+        seed = None if self.config.seed is None else self.config.seed * 1000 + 500 + index
+        return ReplayBuffer(capacity, seed=seed)
+
+    def clear_replay_buffers(self) -> None:
+        """Empty every replay buffer (what a restore without stored buffers starts from)."""
+        for buffer in self.replay_buffers.values():
+            buffer.clear()
+
+    # -- the training loop -----------------------------------------------------------
+
+    def transitions(self, policy_id: str, fragment: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The replay rows of one sampled trajectory fragment (default: :data:`TRANSITION_COLUMNS`)."""
+        return {k: fragment[k] for k in TRANSITION_COLUMNS}
+
+    def update_policy(self, policy_id: str, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One gradient update of a policy from a replayed batch; return its learner stats (subclasses)."""
+        raise NotImplementedError
+
+    def _learning_starts(self) -> int:
+        return max(1, int(self.config.num_steps_sampled_before_learning_starts or 0))
+
+    def _updates_this_round(self, sampled: int) -> int:
+        intensity = self.config.training_intensity
+        if intensity is None:
+            return 1
+        self._update_credit += float(intensity) * sampled / int(self.config.train_batch_size)
+        n = int(self._update_credit)
+        self._update_credit -= n
+        return n
+
+    def training_step(self) -> dict[str, Any]:
+        """Sample rounds into the buffers and learn from them until enough env steps were sampled."""
+        cfg = self.config
+        per_round = int(cfg.rollout_fragment_length) * int(cfg.num_envs_per_env_runner)
+        target = max(1, int(cfg.min_sample_timesteps_per_iteration))
+        sampled, updates = 0, 0
+        stats: dict[str, dict[str, Any]] = {}
+        trained = set(self.policies_to_train)
+        while sampled < target:
+            fragments, metrics = self.env_runner.sample(min(per_round, target - sampled), explore=True)
+            self._record(metrics)
+            sampled += int(metrics["num_env_steps"])
+            for pid, frags in fragments.items():
+                if pid in self.replay_buffers:
+                    for frag in frags:
+                        self.replay_buffers[pid].add(self.transitions(pid, frag))
+            ready = [pid for pid in self.policies if pid in trained
+                     and len(self.replay_buffers[pid]) >= self._learning_starts()]
+            if not ready:
+                continue
+            for _ in range(self._updates_this_round(int(metrics["num_env_steps"]))):
+                for pid in ready:
+                    batch = self.replay_buffers[pid].sample(int(cfg.train_batch_size))
+                    stats[pid] = self.update_policy(pid, batch)
+                    self.counters["num_env_steps_trained_lifetime"] += int(cfg.train_batch_size)
+                self.num_updates += 1
+                updates += 1
+        learner = {pid: {"learner_stats": s, "replay_buffer_size": len(self.replay_buffers[pid])}
+                   for pid, s in stats.items()}
+        return {"info": {"learner": learner}, "num_updates_this_iter": updates,
+                "num_updates_lifetime": self.num_updates}
+
+    # -- policies --------------------------------------------------------------------
+
+    def add_policy(self, policy_id: str, *args: Any, **kwargs: Any) -> Any:
+        """Add a policy (see :meth:`Algorithm.add_policy`) with its own, empty replay buffer."""
+        policy = super().add_policy(policy_id, *args, **kwargs)
+        self.replay_buffers[policy_id] = self._make_buffer(len(self.policies) - 1)
+        return policy
+
+    def remove_policy(self, policy_id: str = "default_policy", **kwargs: Any) -> None:
+        """Remove a policy and its replay buffer."""
+        super().remove_policy(policy_id, **kwargs)
+        self.replay_buffers.pop(policy_id, None)
+
+    # -- state -----------------------------------------------------------------------
+
+    def learner_state(self) -> dict[str, Any]:
+        """Counters and every buffer's state; the rows only with ``store_replay_buffer``."""
+        keep = bool(self.config.store_replay_buffer)
+        return {
+            "num_updates": self.num_updates,
+            "update_credit": self._update_credit,
+            "replay_buffers": {pid: b.get_state(include_data=keep) for pid, b in self.replay_buffers.items()},
+        }
+
+    def set_state(self, state: Mapping[str, Any], **kwargs: Any) -> None:
+        """:meth:`Algorithm.set_state`; on failure the replay buffers are the very objects from before."""
+        buffers = dict(self.replay_buffers)
+        try:
+            super().set_state(state, **kwargs)
+        except Exception:
+            self.replay_buffers = buffers
+            raise
+
+    def set_learner_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`learner_state`'s output (buffers of policies present only)."""
+        buffers = {pid: s for pid, s in state.get("replay_buffers", {}).items() if pid in self.replay_buffers}
+        fresh = {pid: ReplayBuffer(1) for pid in buffers}
+        for pid, saved in buffers.items():  # check them all before replacing any
+            fresh[pid].set_state(saved)
+        self.replay_buffers.update(fresh)
+        self.num_updates = int(state.get("num_updates", 0))
+        self._update_credit = float(state.get("update_credit", 0.0))
