@@ -407,6 +407,7 @@ def migrate(state: CliState, src: Path, dst: Path | None, allow_pickle: bool | N
     )
 
 
+from amber import cli_export as _cli_export  # noqa: E402,F401 - registers export
 from amber import cli_rl as _cli_rl  # noqa: E402,F401 - registers train and evaluate
 
 

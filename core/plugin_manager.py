@@ -25,6 +25,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "amber.plugins.pickle_fmt",
     "amber.plugins.msgpack_fmt",
     "amber.envs.state",
+    "amber.plugins.torch_export",
+    "amber.plugins.onnx_export",
+    "amber.plugins.keras_export",
 )
 
 

@@ -19,6 +19,8 @@ from amber.state import Ref
 if TYPE_CHECKING:
     import pluggy
 
+    from amber.export import ModelGraph
+
 __all__ = ["Policy", "PolicySpec"]
 
 
@@ -96,6 +98,46 @@ class Policy:
         """Apply a state returned by :meth:`get_state`."""
         raise NotImplementedError
 
+    # -- exported models -------------------------------------------------------
+
+    def export_graph(self) -> ModelGraph:
+        """This policy's inference network as an :class:`amber.export.ModelGraph` (what exporters read).
+
+        :raises NotImplementedError: the policy class does not describe its network.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not describe its network for export "
+                                  "(it has no export_graph())")
+
+    def export_model(
+        self,
+        export_dir: str | os.PathLike[str],
+        onnx: int | None = None,
+        *,
+        format: str | None = None,
+        pm: pluggy.PluginManager | None = None,
+    ) -> list[str]:
+        """Write this policy's network as files that load with their own runtime alone (no amber).
+
+        ``export_model(dir)``: the native files (``model.pt2`` for torch
+        policies) and ``model.json``; ``onnx=OPSET``: ``model.onnx``;
+        ``format="keras"``: ``saved_model/`` and ``model.keras``; ``format``
+        may name any registered exporter (``amber formats`` lists them).
+        ``model.json`` describes the architecture, the spaces, the outputs and
+        how to act from them. See docs/export.md.
+
+        :param export_dir: the directory to write into (created if missing; other files there are kept).
+        :param onnx: an ONNX opset number.
+        :param format: an exporter name.
+        :return: the paths written, ``model.json`` last.
+        :raises MissingPluginError: the exporter's extra (``amber-rl[onnx]``, ``[keras]``) is missing.
+        :raises UnknownExporterError: no exporter of that name.
+        :raises ExportError: the directory was refused (a symbolic link) or writing failed.
+        """
+        from amber.export import export_model
+
+        paths = export_model(self.export_graph(), export_dir, onnx=onnx, format=format, pm=pm)
+        return [os.fspath(p) for p in paths]
+
     # -- checkpoints ---------------------------------------------------------
 
     def export_checkpoint(
@@ -116,8 +158,8 @@ class Policy:
 
         fmt = format or self.config.get("checkpoint_format") or "pickle"
         attachments = {}
-        if self.config.get("export_native_model_files") and hasattr(self, "export_model"):
-            attachments[""] = lambda d: self.export_model(d / "model")  # type: ignore[attr-defined]
+        if self.config.get("export_native_model_files"):
+            attachments[""] = lambda d: self.export_model(d / "model", pm=pm)
         write_checkpoint(export_dir, type="Policy", state=self.get_state(), format=fmt,
                          metadata={"policy_id": policy_id} if policy_id else None,
                          attachments=attachments, pm=pm)
