@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from amber.models.flat_adam import flat_adam
 from amber.models.torch_mlp import train_forward
 from amber.policy import sample_batch as sb
 from amber.policy.torch_policy import intra_op_threads
@@ -198,6 +199,7 @@ def ppo_update(
     last_vf = torch.empty(n)  # the last epoch's value predictions, for vf_explained_var
     last_targets = columns[-1]
     worker = _Worker() if torch.get_num_threads() > 1 else None
+    flat = flat_adam(optimizer)  # the same Adam update, in a few ops over flat buffers
 
     try:
         with intra_op_threads(1), torch.enable_grad():
@@ -211,7 +213,10 @@ def ppo_update(
                     obs, actions, old_logp, old_inputs, advantages, targets = (
                         c[start:start + mb] for c in shuffled)
                     x = model.preprocessor(obs)
-                    optimizer.zero_grad(set_to_none=True)
+                    if flat is not None:
+                        flat.zero_grad()
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
                     value_job = partial(_value_step, model.vf, x, targets, vf_clip_param, vf_loss_coeff)
                     if worker is not None:
                         worker.submit(value_job)
@@ -229,9 +234,14 @@ def ppo_update(
                         pi_total = pi_total + kl_coeff * kl
                     pi_total.backward()
                     vf_loss, vf = worker.result() if worker is not None else value_job()
-                    if grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-                    optimizer.step()
+                    if flat is not None:
+                        if grad_clip is not None:
+                            flat.clip_grad_norm_(float(grad_clip))
+                        flat.step()
+                    else:
+                        if grad_clip is not None:
+                            torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
+                        optimizer.step()
                     with torch.no_grad():
                         total = pi_total + vf_loss_coeff * vf_loss
                         stats.append(torch.stack([total, policy_loss, vf_loss, kl, entropy]))

@@ -1,0 +1,145 @@
+"""Adam over one flat buffer: the update of ``torch.optim.Adam`` in a handful of vectorised ops.
+
+A small network's parameters are many small tensors; ``torch.optim.Adam``
+spends more time organising them than computing (about 0.7 ms a step for two
+[256, 256] MLPs on one CPU core). :class:`FlatAdam` lays a plain Adam
+optimizer's parameters, gradients and moments out in contiguous buffers and
+makes every parameter, gradient and optimizer-state tensor a *view* into
+them, so one step is six ops over the whole network, and the optimizer's
+``state_dict()`` (and so every checkpoint) stays exactly torch's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["FlatAdam", "flat_adam"]
+
+_ALIGN = 16  # floats: 64 bytes
+
+
+def _supported(optimizer: torch.optim.Optimizer) -> bool:
+    if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    if group["amsgrad"] or group["maximize"] or group["weight_decay"] or group.get("capturable") \
+            or group.get("differentiable") or isinstance(group["lr"], torch.Tensor):
+        return False
+    params = group["params"]
+    if not params or any(p.dtype != torch.float32 or p.device.type != "cpu" or p.is_sparse
+                         or not p.requires_grad for p in params):
+        return False
+    states = [optimizer.state.get(p) for p in params]
+    if any(s for s in states) and not all(s for s in states):
+        return False  # some parameters were stepped and others not: leave it to torch
+    return all(not s or set(s) == {"step", "exp_avg", "exp_avg_sq"} for s in states)
+
+
+class FlatAdam:
+    """Steps a ``torch.optim.Adam`` (one param group, float32 CPU, no amsgrad/weight decay) on flat buffers.
+
+    Construct it, then call :meth:`zero_grad`, run the backward pass, and
+    :meth:`step`, instead of the optimizer's own methods. The optimizer object
+    keeps working (its state entries are views of the buffers), so it can be
+    saved, loaded or stepped by torch afterwards.
+
+    :raises ValueError: an optimizer :class:`FlatAdam` cannot step (see :func:`flat_adam`).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        if not _supported(optimizer):
+            raise ValueError("FlatAdam steps a plain single-group float32 CPU torch.optim.Adam only")
+        self.optimizer = optimizer
+        group = optimizer.param_groups[0]
+        self.params: list[torch.nn.Parameter] = list(group["params"])
+        # Every tensor starts on a 64-byte boundary, as a freshly allocated one does: BLAS
+        # results can depend on alignment, and a restored model must compute bit-identically.
+        self._slices: list[slice] = []
+        offset = 0
+        for p in self.params:
+            self._slices.append(slice(offset, offset + p.numel()))
+            offset += -(-p.numel() // _ALIGN) * _ALIGN
+        total = offset
+        self.flat_param = torch.zeros(total)
+        self.flat_grad = torch.zeros(total)
+        self.exp_avg = torch.zeros(total)
+        self.exp_avg_sq = torch.zeros(total)
+        self._denom = torch.empty(total)
+        first = optimizer.state.get(self.params[0])
+        steps = float(first["step"]) if first else 0.0
+        # one shared step tensor: every parameter is always stepped together
+        self.step_tensor = torch.tensor(steps, dtype=torch.float32)
+        with torch.no_grad():
+            for p, view in zip(self.params, self._slices, strict=True):
+                self.flat_param[view].copy_(p.reshape(-1))
+                old = optimizer.state.get(p)
+                if old:
+                    self.exp_avg[view].copy_(old["exp_avg"].reshape(-1))
+                    self.exp_avg_sq[view].copy_(old["exp_avg_sq"].reshape(-1))
+                p.data = self.flat_param[view].view_as(p)
+                p.grad = self.flat_grad[view].view_as(p)
+                optimizer.state[p] = {"step": self.step_tensor, "exp_avg": self.exp_avg[view].view_as(p),
+                                      "exp_avg_sq": self.exp_avg_sq[view].view_as(p)}
+
+    def grads_in_place(self) -> bool:
+        """Whether every parameter's gradient is still a view of the flat buffer (autograd kept it)."""
+        lo = self.flat_grad.data_ptr()
+        hi = lo + self.flat_grad.numel() * 4
+        return all(p.grad is not None and lo <= p.grad.data_ptr() < hi for p in self.params)
+
+    def zero_grad(self) -> None:
+        """Zero every gradient (one op)."""
+        if not self.grads_in_place():
+            self._reattach_grads()
+        self.flat_grad.zero_()
+
+    def _reattach_grads(self) -> None:
+        for p, view in zip(self.params, self._slices, strict=True):
+            p.grad = self.flat_grad[view].view_as(p)
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Scale the gradients so their global L2 norm is at most ``max_norm`` (as torch's
+        ``clip_grad_norm_`` does); return the norm before clipping."""
+        self._gather_grads()
+        norm = float(torch.linalg.vector_norm(self.flat_grad))
+        coef = float(max_norm) / (norm + 1e-6)
+        if coef < 1.0:
+            self.flat_grad.mul_(coef)
+        return norm
+
+    def _gather_grads(self) -> None:
+        """Copy gradients autograd put elsewhere (when something else held the old one) into the buffer."""
+        if self.grads_in_place():
+            return
+        lo = self.flat_grad.data_ptr()
+        hi = lo + self.flat_grad.numel() * 4
+        with torch.no_grad():
+            for p, view in zip(self.params, self._slices, strict=True):
+                if p.grad is None:
+                    self.flat_grad[view].zero_()
+                elif not lo <= p.grad.data_ptr() < hi:
+                    self.flat_grad[view].copy_(p.grad.reshape(-1))
+        self._reattach_grads()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step of every parameter: torch's update (bias-corrected moments, eps after the sqrt)."""
+        self._gather_grads()
+        group = self.optimizer.param_groups[0]
+        lr, (beta1, beta2), eps = float(group["lr"]), group["betas"], float(group["eps"])
+        self.step_tensor.add_(1.0)
+        t = float(self.step_tensor)
+        self.exp_avg.lerp_(self.flat_grad, 1.0 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(self.flat_grad, self.flat_grad, value=1.0 - beta2)
+        bias1 = 1.0 - beta1 ** t
+        bias2_sqrt = math.sqrt(1.0 - beta2 ** t)
+        torch.sqrt(self.exp_avg_sq, out=self._denom)
+        self._denom.div_(bias2_sqrt).add_(eps)
+        self.flat_param.addcdiv_(self.exp_avg, self._denom, value=-lr / bias1)
+
+
+def flat_adam(optimizer: torch.optim.Optimizer) -> FlatAdam | None:
+    """A :class:`FlatAdam` for ``optimizer``, or None when it cannot step it (use the optimizer then)."""
+    return FlatAdam(optimizer) if _supported(optimizer) else None
