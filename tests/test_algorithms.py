@@ -270,15 +270,20 @@ RESUME = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", [*FORMATS, "npz"])
 @pytest.mark.parametrize("kind", ["single", "multi"])
-def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, kind, fmt):
+def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, kind, fmt, request):
+    """Every format, the third-party one included: k iterations, save, resume elsewhere, n-k more."""
     tests = os.path.dirname(__file__)
     script = RESUME.format(tests=tests)
     ck, out = tmp_path / "ck", tmp_path / "w.npz"
+    env = dict(os.environ)
+    if fmt == "npz":  # the pip-installed third-party plugin, found through its entry point
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(request.getfixturevalue("npz_site")),
+                                                          env.get("PYTHONPATH")]))
     for phase in ("first", "second"):
         proc = subprocess.run([sys.executable, "-c", script, kind, fmt, phase, str(ck), str(out)],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
     algo = (single if kind == "single" else multi)(seed=7).build()
     for _ in range(4):
