@@ -133,7 +133,9 @@ class ReplayBuffer:
         """
         capacity, size, cursor = int(state["capacity"]), int(state["size"]), int(state["cursor"])
         columns = {k: np.asarray(v) for k, v in (state.get("columns") or {}).items()}
-        if not (capacity > 0 and 0 <= size <= capacity and 0 <= cursor < capacity):
+        # a buffer that is not full was filled from row 0 (add or clear), so its cursor is its size
+        consistent = size in (0, capacity) or cursor == size
+        if not (capacity > 0 and 0 <= size <= capacity and 0 <= cursor < capacity and consistent):
             raise ValueError(
                 f"invalid replay buffer state: capacity {capacity}, size {size}, cursor {cursor}")
         if size and (not columns or any(len(col) != size for col in columns.values())):

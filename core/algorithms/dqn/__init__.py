@@ -1,0 +1,5 @@
+"""DQN (``amber.algorithms.dqn``): DQNConfig and DQN."""
+
+from amber.algorithms.dqn.dqn import DQN, DQNConfig
+
+__all__ = ["DQN", "DQNConfig"]

@@ -1,0 +1,183 @@
+"""Deep Q-Networks with RLlib's configuration names and defaults.
+
+One ``train()`` samples at least ``min_sample_timesteps_per_iteration`` env
+steps in rounds of ``rollout_fragment_length`` steps per env copy (see
+:mod:`amber.algorithms.off_policy`). Each round's trajectory fragments become
+n-step transitions in the policy's replay buffer; once a buffer holds
+``num_steps_sampled_before_learning_starts`` rows, each round makes one
+update of ``train_batch_size`` replayed rows per trained policy (or as many as
+``training_intensity`` asks), and a policy's target network is synced to its
+Q network whenever ``target_network_update_freq`` env steps were sampled
+since its last sync.
+
+State: every policy's Q and target weights, Adam state, exploration RNG and
+``global_timestep`` (the epsilon schedule's clock) are in its policy state;
+the algorithm's holds the counters, every buffer's cursor and RNG (the rows
+too with ``.checkpointing(store_replay_buffer=True)``) and each policy's
+last target sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from amber.algorithms.algorithm import Algorithm
+from amber.algorithms.algorithm_config import AlgorithmConfig
+from amber.algorithms.off_policy import OFF_POLICY_DEFAULTS, OffPolicyAlgorithm
+from amber.policy.policy import Policy
+
+__all__ = ["DQN", "DQNConfig"]
+
+_UNIFORM_BUFFERS = ("ReplayBuffer", "MultiAgentReplayBuffer", "EpisodeReplayBuffer",
+                    "MultiAgentEpisodeReplayBuffer")
+
+
+class DQNConfig(AlgorithmConfig):
+    """DQN's settings: RLlib's names and defaults (see :meth:`_algo_defaults`).
+
+    Common settings that differ from :class:`AlgorithmConfig`'s: ``lr`` 5e-4,
+    ``train_batch_size`` 32, ``grad_clip`` 40, ``model`` ``[256, 256]`` relu.
+    """
+
+    def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
+        super().__init__(algo_class=algo_class or DQN)
+        self.lr = 5e-4
+        self.train_batch_size = 32
+        self.grad_clip = 40.0
+        self.model = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
+
+    def _algo_defaults(self) -> dict[str, Any]:
+        return {
+            **OFF_POLICY_DEFAULTS,
+            "replay_buffer_config": {"capacity": 50_000},
+            "target_network_update_freq": 500,
+            "num_steps_sampled_before_learning_starts": 1000,
+            "double_q": True,
+            "dueling": True,
+            "n_step": 1,
+            "epsilon": [(0, 1.0), (10_000, 0.05)],
+            "training_intensity": None,
+            "min_sample_timesteps_per_iteration": 1000,
+            "rollout_fragment_length": 4,
+        }
+
+    def validate(self) -> None:
+        """Check the settings together.
+
+        :raises ValueError: naming the setting that is out of range.
+        """
+        from amber.algorithms.dqn.dqn_torch_policy import validate_epsilon_schedule
+
+        super().validate()
+        rb = dict(self.replay_buffer_config or {})
+        unknown = sorted(set(rb) - {"capacity", "type"})
+        if unknown:
+            raise ValueError(f"replay_buffer_config: unknown key(s) {unknown}; amber's replay buffer is "
+                             "uniform and takes 'capacity' (and 'type', one of "
+                             f"{', '.join(_UNIFORM_BUFFERS)})")
+        kind = rb.get("type", "MultiAgentReplayBuffer")
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
+        if kind not in _UNIFORM_BUFFERS:
+            raise ValueError(f"replay_buffer_config: type {kind!r} is not supported (prioritized replay is "
+                             f"not implemented); use one of {', '.join(_UNIFORM_BUFFERS)}")
+        checks = {
+            "replay_buffer_config['capacity']": int(rb.get("capacity", 50_000)) >= 1,
+            "train_batch_size": int(self.train_batch_size) >= 1,
+            "n_step": int(self.n_step) >= 1,
+            "target_network_update_freq": int(self.target_network_update_freq) >= 0,
+            "num_steps_sampled_before_learning_starts":
+                int(self.num_steps_sampled_before_learning_starts) >= 0,
+            "training_intensity": self.training_intensity is None or float(self.training_intensity) > 0,
+            "rollout_fragment_length": int(self.rollout_fragment_length) >= 1,
+            "min_sample_timesteps_per_iteration": int(self.min_sample_timesteps_per_iteration) >= 1,
+            "gamma": 0.0 <= float(self.gamma) <= 1.0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"{type(self).__name__}: out of range: "
+                             + ", ".join(f"{b}={self._value(b)!r}" for b in bad))
+        try:
+            validate_epsilon_schedule(self.epsilon)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
+
+    def _value(self, name: str) -> Any:
+        if name.startswith("replay_buffer_config"):
+            return (self.replay_buffer_config or {}).get("capacity")
+        return getattr(self, name)
+
+
+class DQN(OffPolicyAlgorithm):
+    """DQN on one process: vectorised sampling into per-policy replay buffers, TD updates from them."""
+
+    _default_config_class = DQNConfig
+
+    def setup(self) -> None:
+        """Replay buffers (see :class:`OffPolicyAlgorithm`) and each policy's last target sync."""
+        super().setup()
+        self.last_target_update: dict[str, int] = {pid: 0 for pid in self.policies}
+
+    def get_default_policy_class(self) -> type[Policy]:
+        """:class:`~amber.algorithms.dqn.dqn_torch_policy.DQNTorchPolicy`."""
+        from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy
+
+        return DQNTorchPolicy
+
+    def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """The common policy config plus DQN's: dueling, double_q, n_step, epsilon (overrides win)."""
+        cfg = super().policy_config(policy_id, {}, index)
+        cfg.update({"dueling": bool(self.config.dueling), "double_q": bool(self.config.double_q),
+                    "n_step": int(self.config.n_step),
+                    "epsilon": [(int(t), float(e)) for t, e in self.config.epsilon]})
+        cfg.update(overrides)
+        return cfg
+
+    def transitions(self, policy_id: str, fragment: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The fragment's n-step replay rows (the policy's ``n_step`` and ``gamma``)."""
+        from amber.algorithms.dqn.dqn_learner import nstep_transitions
+
+        cfg = self.policies[policy_id].config
+        return nstep_transitions(fragment, int(cfg.get("n_step", 1)), float(cfg.get("gamma", 0.99)))
+
+    def update_policy(self, policy_id: str, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One TD update, then a target sync if ``target_network_update_freq`` env steps have passed."""
+        from amber.algorithms.dqn.dqn_learner import dqn_update
+
+        policy = self.policies[policy_id]
+        cfg = policy.config
+        grad_clip = cfg.get("grad_clip")
+        stats = dqn_update(policy, batch, double_q=bool(cfg.get("double_q", True)),
+                           grad_clip=None if grad_clip is None else float(grad_clip))
+        now = int(self.counters["num_env_steps_sampled_lifetime"])
+        if now - self.last_target_update.get(policy_id, 0) >= int(self.config.target_network_update_freq):
+            policy.update_target()
+            self.last_target_update[policy_id] = now
+        stats["last_target_update_ts"] = self.last_target_update.get(policy_id, 0)
+        return stats
+
+    def add_policy(self, policy_id: str, *args: Any, **kwargs: Any) -> Any:
+        """Add a policy (see :meth:`Algorithm.add_policy`) with its own replay buffer and target clock."""
+        policy = super().add_policy(policy_id, *args, **kwargs)
+        self.last_target_update[policy_id] = 0
+        return policy
+
+    def remove_policy(self, policy_id: str = "default_policy", **kwargs: Any) -> None:
+        """Remove a policy, its replay buffer and its target clock."""
+        super().remove_policy(policy_id, **kwargs)
+        self.last_target_update.pop(policy_id, None)
+
+    def learner_state(self) -> dict[str, Any]:
+        """:meth:`OffPolicyAlgorithm.learner_state` plus each policy's last target sync (env steps)."""
+        state = super().learner_state()
+        state["last_target_update"] = dict(self.last_target_update)
+        return state
+
+    def set_learner_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`learner_state`'s output (policies present only)."""
+        super().set_learner_state(state)
+        for pid, ts in (state.get("last_target_update") or {}).items():
+            if pid in self.policies:
+                self.last_target_update[pid] = int(ts)

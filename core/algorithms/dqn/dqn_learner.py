@@ -1,0 +1,119 @@
+"""DQN's learner as pure functions: n-step transitions and one TD update.
+
+The loss is RLlib's (old API stack) DQN loss without prioritized replay: the
+Huber loss (delta 1) of the TD error ``Q(s, a) - (R + d * (1 - terminated) *
+Q_target(s', a*))``, where ``R`` is the n-step discounted reward sum, ``d``
+the row's own discount ``gamma ** k`` (``k`` the steps actually summed, fewer
+than ``n_step`` where the fragment or episode ended sooner), and ``a*`` the
+argmax of the online network at ``s'`` (double Q) or of the target network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from amber.policy.torch_policy import intra_op_threads
+
+if TYPE_CHECKING:
+    from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy
+
+__all__ = ["REPLAY_COLUMNS", "dqn_update", "nstep_transitions"]
+
+#: The columns DQN keeps in its replay buffers.
+REPLAY_COLUMNS = ("obs", "actions", "rewards", "new_obs", "terminateds", "discounts")
+
+
+def nstep_transitions(fragment: Mapping[str, np.ndarray], n_step: int, gamma: float) -> dict[str, np.ndarray]:
+    """One trajectory fragment's replay rows with n-step returns.
+
+    Row ``t`` sums ``k = min(n_step, steps to the fragment's end or to the
+    first terminated/truncated step)`` rewards, ``R = sum_i gamma**i * r[t+i]``,
+    takes ``new_obs`` and ``terminateds`` of step ``t+k-1`` and the discount
+    ``gamma**k`` to bootstrap with. ``n_step=1`` gives the plain transitions
+    with discount ``gamma``.
+
+    :return: the columns of :data:`REPLAY_COLUMNS` (rewards and discounts float32).
+    """
+    n_step = int(n_step)
+    if n_step < 1:
+        raise ValueError(f"n_step must be at least 1, got {n_step}")
+    rewards = np.asarray(fragment["rewards"], dtype=np.float64)
+    ends = np.asarray(fragment["terminateds"], dtype=bool) | np.asarray(fragment["truncateds"], dtype=bool)
+    length = len(rewards)
+    rows = np.arange(length)
+    ret = np.zeros(length, dtype=np.float64)
+    disc = np.ones(length, dtype=np.float64)
+    last = rows.copy()
+    alive = np.ones(length, dtype=bool)
+    for k in range(n_step):
+        idx = rows + k
+        valid = alive & (idx < length)
+        if not valid.any():
+            break
+        ret[valid] += disc[valid] * rewards[idx[valid]]
+        disc[valid] *= gamma
+        last[valid] = idx[valid]
+        alive = valid & ~ends[np.minimum(idx, length - 1)]
+    new_obs = np.asarray(fragment["new_obs"])
+    return {
+        "obs": np.asarray(fragment["obs"]),
+        "actions": np.asarray(fragment["actions"]),
+        "rewards": ret.astype(np.float32),
+        "new_obs": new_obs if n_step == 1 else new_obs[last],
+        "terminateds": np.asarray(fragment["terminateds"], dtype=bool)[last],
+        "discounts": disc.astype(np.float32),
+    }
+
+
+def dqn_update(policy: DQNTorchPolicy, batch: Mapping[str, np.ndarray], *, double_q: bool,
+               grad_clip: float | None) -> dict[str, Any]:
+    """One gradient step of the policy's Q network on a replayed batch (:data:`REPLAY_COLUMNS`).
+
+    Torch runs single-threaded inside (small matrices: threads cost more
+    than they give). With double Q, the online network evaluates ``obs`` and
+    ``new_obs`` in one forward pass; only the ``obs`` half gets gradients.
+
+    :return: learner stats: ``loss`` (mean Huber), ``mean_q``, ``mean_td_error``,
+        ``max_abs_td_error``, ``grad_gnorm`` (before clipping; 0.0 without clipping), ``cur_epsilon``.
+    """
+    model, target = policy.model, policy.target_model
+    obs = policy.obs_to_tensor(batch["obs"])
+    new_obs = policy.obs_to_tensor(batch["new_obs"])
+    actions = policy.actions_to_tensor(batch["actions"])
+    rewards = torch.from_numpy(np.asarray(batch["rewards"], dtype=np.float32).copy())
+    discounts = torch.from_numpy(np.asarray(batch["discounts"], dtype=np.float32).copy())
+    not_done = torch.from_numpy(~np.asarray(batch["terminateds"], dtype=bool)).to(torch.float32)
+    n = obs.shape[0]
+    optimizer = policy.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    with intra_op_threads(1):
+        with torch.no_grad():
+            q_next_target = target(new_obs)
+        with torch.enable_grad():
+            if double_q:
+                q_all = model.train_q(torch.cat([obs, new_obs]))
+                q, q_next_online = q_all[:n], q_all[n:].detach()
+                best = q_next_online.argmax(dim=1, keepdim=True)
+            else:
+                q = model.train_q(obs)
+                best = q_next_target.argmax(dim=1, keepdim=True)
+            q_next = q_next_target.gather(1, best).squeeze(1)
+            targets = rewards + discounts * not_done * q_next
+            q_taken = q.gather(1, actions.unsqueeze(1)).squeeze(1)
+            td = q_taken - targets
+            loss = torch.nn.functional.huber_loss(q_taken, targets, delta=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        gnorm = 0.0
+        if grad_clip is not None:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True))
+        optimizer.step()
+    policy.num_grad_updates += 1
+    td = td.detach()
+    return {"loss": float(loss.detach()), "mean_q": float(q_taken.detach().mean()),
+            "mean_td_error": float(td.mean()), "max_abs_td_error": float(td.abs().max()),
+            "grad_gnorm": gnorm, "cur_epsilon": policy.cur_epsilon}

@@ -1,0 +1,357 @@
+"""DQN's torch policy: a Q network (dueling or not), its target copy, epsilon-greedy acting.
+
+Everything that decides what the policy does next is in
+:meth:`DQNTorchPolicy.get_state`: the Q weights, the target network's
+weights, the Adam state, the generator that draws exploration, and the
+counters (``global_timestep`` drives the epsilon schedule), so a restored
+policy acts and learns bit-identically to the original.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amber.models.torch_mlp import (
+    DEFAULT_MODEL_CONFIG,
+    ObsPreprocessor,
+    build_mlp,
+    get_activation,
+    train_forward,
+)
+from amber.policy.torch_policy import SMALL_BATCH, TorchPolicy, action_info, intra_op_threads
+
+__all__ = ["DQNTorchModel", "DQNTorchPolicy", "epsilon_at", "validate_epsilon_schedule"]
+
+#: RLlib's default epsilon schedule: from 1.0 to 0.05 over the first 10,000 sampled timesteps.
+DEFAULT_EPSILON: list[tuple[int, float]] = [(0, 1.0), (10_000, 0.05)]
+
+
+def validate_epsilon_schedule(schedule: Any) -> list[tuple[float, float]]:
+    """``[(timestep, epsilon), ...]`` checked: at least one point, timesteps increasing, epsilons in [0, 1].
+
+    :raises ValueError: naming what is wrong.
+    """
+    try:
+        points = [(float(t), float(e)) for t, e in schedule]
+    except (TypeError, ValueError):
+        raise ValueError(f"epsilon must be a list of (timestep, epsilon) pairs, got {schedule!r}") from None
+    if not points:
+        raise ValueError("epsilon needs at least one (timestep, epsilon) pair")
+    ts = [t for t, _ in points]
+    if any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
+        raise ValueError(f"epsilon's timesteps must increase, got {ts}")
+    if any(not 0.0 <= e <= 1.0 for _, e in points):
+        raise ValueError(f"epsilon values must lie in [0, 1], got {[e for _, e in points]}")
+    return points
+
+
+def epsilon_at(schedule: Sequence[tuple[float, float]], timestep: int) -> float:
+    """Epsilon at ``timestep``, linear between points (the first value before them, the last after)."""
+    t0, e0 = schedule[0]
+    if timestep <= t0:
+        return float(e0)
+    for t1, e1 in schedule[1:]:
+        if timestep < t1:
+            return float(e0 + (e1 - e0) * (timestep - t0) / (t1 - t0))
+        t0, e0 = t1, e1
+    return float(e0)
+
+
+def _trunk(in_dim: int, hiddens: Sequence[int], activation: str | None,
+           generator: torch.Generator | None) -> nn.Sequential:
+    """Linear+activation layers for ``hiddens`` (empty: the identity)."""
+    if not hiddens:
+        return nn.Sequential()
+    act = get_activation(activation)
+    gain = 2.0 ** 0.5 if act is not None else 1.0
+    net = build_mlp(in_dim, list(hiddens[:-1]), activation, hiddens[-1], out_gain=gain, generator=generator)
+    if act is not None:
+        net.append(act())
+    return net
+
+
+class DQNTorchModel(nn.Module):
+    """Q-values from a fully connected trunk and a dueling (value + advantage) or plain Q head.
+
+    Dueling: ``Q = V + A - mean(A)`` (RLlib's dueling head). ``forward(obs)``
+    returns the Q-values, ``[batch, num_actions]``.
+    """
+
+    def __init__(self, observation_space: Any, num_actions: int,
+                 model_config: Mapping[str, Any] | None = None, *, dueling: bool = True,
+                 generator: torch.Generator | None = None) -> None:
+        """Build the model.
+
+        :param model_config: RLlib's model config (``fcnet_hiddens``, ``fcnet_activation``).
+        :param dueling: value and advantage heads (True) or one Q head.
+        :param generator: the RNG for initialization (the global one when None).
+        """
+        super().__init__()
+        cfg = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
+        hiddens = [int(h) for h in cfg["fcnet_hiddens"] or []]
+        self.dueling = bool(dueling)
+        self.num_actions = int(num_actions)
+        self.preprocessor = ObsPreprocessor(observation_space)
+        self.trunk = _trunk(self.preprocessor.out_dim, hiddens, cfg["fcnet_activation"], generator)
+        width = hiddens[-1] if hiddens else self.preprocessor.out_dim
+        if self.dueling:
+            self.value = build_mlp(width, [], None, 1, out_gain=1.0, generator=generator)
+            self.advantage = build_mlp(width, [], None, self.num_actions, out_gain=1.0, generator=generator)
+        else:
+            self.q = build_mlp(width, [], None, self.num_actions, out_gain=1.0, generator=generator)
+
+    def heads(self, h: torch.Tensor) -> torch.Tensor:
+        """Q-values from trunk features."""
+        if self.dueling:
+            adv = self.advantage(h)
+            return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
+        return self.q(h)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q-values ``[batch, num_actions]`` for a batch of observations."""
+        return self.heads(self.trunk(self.preprocessor(obs)))
+
+    def train_q(self, obs: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for training: the trunk as one fused autograd node (see ``train_forward``)."""
+        return self.heads(train_forward(self.trunk, self.preprocessor(obs)))
+
+
+def _numpy_layers_of(net: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray, str | None]] | None:
+    """``[(weight.T, bias, activation)]`` numpy views of a Linear/Tanh/ReLU Sequential, or None."""
+    layers: list[tuple[np.ndarray, np.ndarray, str | None]] = []
+    names = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+    for module in net:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        if type(module) is nn.Linear and module.bias is not None and module.weight.dtype == torch.float32:
+            layers.append((module.weight.detach().numpy().T, module.bias.detach().numpy(), None))
+        elif type(module) in names and layers and layers[-1][2] is None:
+            layers[-1] = (layers[-1][0], layers[-1][1], names[type(module)])
+        else:
+            return None
+    return layers
+
+
+def _run(x: np.ndarray, layers: Sequence[tuple[np.ndarray, np.ndarray, str | None]]) -> np.ndarray:
+    for weight_t, bias, activation in layers:
+        x = x @ weight_t + bias
+        if activation == "tanh":
+            np.tanh(x, out=x)
+        elif activation == "relu":
+            np.maximum(x, 0.0, out=x)
+    return x
+
+
+class DQNTorchPolicy(TorchPolicy):
+    """A DQN policy over Discrete actions (Box or Discrete observations).
+
+    :param observation_space: a gymnasium Box or Discrete space.
+    :param action_space: a gymnasium Discrete space.
+    :param config: ``model``, ``lr``, ``seed``, ``grad_clip``, ``gamma`` and DQN's
+        ``dueling``, ``double_q``, ``n_step`` and ``epsilon`` (schedule); kept whole as :attr:`config`.
+    :raises ValueError: an action space that is not Discrete.
+
+    It reuses :class:`~amber.policy.torch_policy.TorchPolicy`'s optimizer,
+    weights and state handling; the model, acting and export are its own.
+    """
+
+    def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
+        import gymnasium as gym
+
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"DQN needs a Discrete action space, not {action_space} "
+                             "(for continuous actions use SAC or PPO)")
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.config = dict(config)
+        self.epsilon_schedule = validate_epsilon_schedule(self.config.get("epsilon", DEFAULT_EPSILON))
+        seed = self.config.get("seed")
+        if seed is None:
+            init_seed, sample_seed = torch.Generator().seed(), torch.Generator().seed()
+        else:
+            a, b = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
+            init_seed, sample_seed = int(a), int(b)
+        with torch.random.fork_rng(devices=[]):  # building nn.Linear draws from the global RNG
+            self.model = DQNTorchModel(observation_space, int(action_space.n), self.config.get("model") or {},
+                                       dueling=bool(self.config.get("dueling", True)),
+                                       generator=torch.Generator().manual_seed(init_seed))
+        self.target_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.dist_class = None  # acting is epsilon-greedy over Q-values, not a distribution
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._pending_optimizer_state: Any = None
+        self.generator = torch.Generator()
+        self.generator.manual_seed(sample_seed)
+        #: Timesteps this policy acted on with exploration: what the epsilon schedule follows.
+        self.global_timestep = 0
+        self.num_grad_updates = 0
+        self._discrete_obs = isinstance(observation_space, gym.spaces.Discrete)
+        self._discrete_actions = True
+        self._action_offset = int(action_space.start)
+        self._action_shape = ()
+        #: Act on single observations with the numpy fast path (see :meth:`compute_actions`).
+        self.fast_inference = True
+        self._np_cache: tuple[tuple[Any, ...], Any] | None = None
+
+    # -- acting ----------------------------------------------------------------------
+
+    @property
+    def cur_epsilon(self) -> float:
+        """The exploration rate for the next explored timestep."""
+        return epsilon_at(self.epsilon_schedule, self.global_timestep)
+
+    def compute_q_values(self, obs_batch: Any) -> np.ndarray:
+        """The Q network's outputs for a batch of observations, float32 ``[batch, num_actions]``."""
+        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        if arr.shape[:1] == (1,) and self.fast_inference:
+            layers = self._numpy_layers()
+            if layers is not None:
+                preprocess, trunk, heads = layers
+                h = _run(preprocess(arr), trunk)
+                if self.model.dueling:
+                    v, a = _run(h, heads[0]), _run(h, heads[1])
+                    return (v + a - a.mean(axis=1, keepdims=True)).astype(np.float32, copy=False)
+                return _run(h, heads[0]).astype(np.float32, copy=False)
+        obs = self.obs_to_tensor(arr)
+        with intra_op_threads(1) if obs.shape[0] <= SMALL_BATCH else nullcontext(), torch.inference_mode():
+            return self.model(obs).numpy()
+
+    def compute_actions(
+        self, obs_batch: Any, state_batches: Any = None, *, explore: bool | None = None, **kwargs: Any
+    ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+        """Epsilon-greedy actions (explore True or None) or greedy ones: ``(actions, [], extra)``.
+
+        Exploring draws, per observation, one uniform number from :attr:`generator`
+        deciding whether to act at random, and one picking the random action;
+        each explored observation advances :attr:`global_timestep` (the
+        epsilon schedule's clock). ``extra`` holds ``q_values`` and
+        ``action_dist_inputs`` (the same Q-values).
+        """
+        q = self.compute_q_values(obs_batch)
+        actions = q.argmax(axis=-1).astype(np.int64)
+        if explore is None or explore:
+            eps = self.cur_epsilon
+            u = torch.rand((len(actions), 2), generator=self.generator, dtype=torch.float64).numpy()
+            n = int(self.action_space.n)
+            random_actions = np.minimum((u[:, 1] * n).astype(np.int64), n - 1)
+            actions = np.where(u[:, 0] < eps, random_actions, actions)
+            self.global_timestep += len(actions)
+        if self._action_offset:
+            actions = actions + self._action_offset
+        return actions, [], {"q_values": q, "action_dist_inputs": q}
+
+    def compute_values(self, obs_batch: Any) -> np.ndarray:
+        """DQN policies have no separate value function.
+
+        :raises NotImplementedError: always.
+        """
+        raise NotImplementedError("a DQN policy has no value function; use compute_q_values")
+
+    def _numpy_layers(self) -> Any:
+        """``(preprocess, trunk_layers, head_layers)`` as numpy views of the parameters, or None.
+
+        Views share memory with the parameters, so in-place updates are seen at
+        once; the cache is rebuilt when a module or parameter storage was replaced.
+        """
+        from torch.nn.modules import module as module_mod
+
+        model = self.model
+        cache = self._np_cache
+        if cache is not None:
+            (modules, params, ptrs), built = cache
+            if (modules == (model, *model._modules.values())
+                    and [p.data_ptr() for p in params] == ptrs):
+                return built
+        self._np_cache = None
+        if (type(model) is not DQNTorchModel or module_mod._global_forward_hooks
+                or module_mod._global_forward_pre_hooks or model._forward_hooks or model._forward_pre_hooks):
+            return None
+        trunk = _numpy_layers_of(model.trunk)
+        heads = ([_numpy_layers_of(model.value), _numpy_layers_of(model.advantage)] if model.dueling
+                 else [_numpy_layers_of(model.q)])
+        if trunk is None or any(h is None for h in heads):
+            return None
+        if model.preprocessor.discrete:
+            categories = model.preprocessor.categories.numpy().copy()
+
+            def preprocess(obs: np.ndarray) -> np.ndarray:
+                return (obs.reshape(obs.shape[0], 1) == categories).astype(np.float32)
+        else:
+            def preprocess(obs: np.ndarray) -> np.ndarray:
+                return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+        built = (preprocess, trunk, heads)
+        params = list(model.parameters())
+        self._np_cache = (((model, *model._modules.values()), params, [p.data_ptr() for p in params]), built)
+        return built
+
+    # -- target network ----------------------------------------------------------------
+
+    def update_target(self) -> None:
+        """Copy the Q network's weights into the target network."""
+        with torch.no_grad():
+            for target, source in zip(self.target_model.parameters(), self.model.parameters(), strict=True):
+                target.copy_(source)
+
+    def get_target_weights(self) -> dict[str, np.ndarray]:
+        """The target network's weights as numpy copies, by parameter name."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.target_model.state_dict().items()}
+
+    def set_target_weights(self, weights: Mapping[str, Any]) -> None:
+        """Copy weights into the target network (in place).
+
+        :raises KeyError: weights missing.
+        """
+        own = self.target_model.state_dict()
+        missing = set(own) - set(weights)
+        if missing:
+            raise KeyError(f"target weights are missing {sorted(missing)}")
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(torch.from_numpy(np.array(weights[name], dtype=np.float32, copy=True)))
+
+    # -- export --------------------------------------------------------------------------
+
+    def export_graph(self) -> Any:
+        """This policy's Q network as an :class:`amber.export.ModelGraph`.
+
+        One output, ``action_dist_inputs`` (the Q-values; act by argmax). A
+        dueling model has two towers, each repeating the trunk's layers: ``v``
+        (trunk then value head) and ``a`` (trunk then advantage head),
+        combined by the ``"dueling"`` output kind.
+        """
+        from amber.export import ModelGraph, Output
+        from amber.models.torch_mlp import graph_preprocess, sequential_to_dense
+
+        model = self.model
+        trunk = sequential_to_dense(model.trunk) if len(model.trunk) else []
+        if model.dueling:
+            towers = {"v": [*trunk, *sequential_to_dense(model.value)],
+                      "a": [*trunk, *sequential_to_dense(model.advantage)]}
+            outputs = [Output("action_dist_inputs", "dueling", ("v", "a"))]
+        else:
+            towers = {"q": [*trunk, *sequential_to_dense(model.q)]}
+            outputs = [Output("action_dist_inputs", "identity", ("q",))]
+        info = action_info(self.observation_space, self.action_space, q_values=True)
+        return ModelGraph(tuple(self.observation_space.shape or ()), graph_preprocess(model.preprocessor),
+                          towers, outputs, info)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """:meth:`TorchPolicy.get_state` plus the target network's weights and the current epsilon."""
+        state = super().get_state()
+        state["target_weights"] = self.get_target_weights()
+        state["cur_epsilon"] = self.cur_epsilon  # informational: global_timestep determines it
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`get_state`'s output (keys that are absent are left as they are)."""
+        if "target_weights" in state:
+            self.set_target_weights(state["target_weights"])
+        super().set_state(state)
