@@ -109,35 +109,58 @@ class FlatAdam:
             self.flat_grad.mul_(coef)
         return norm
 
-    def _gather_grads(self) -> None:
+    def span(self, params: list[torch.nn.Parameter]) -> slice:
+        """The range of the flat buffers that holds exactly ``params`` (for :meth:`apply` on a part).
+
+        :raises ValueError: they are not one contiguous run of this optimizer's parameters.
+        """
+        index = {id(p): i for i, p in enumerate(self.params)}
+        positions = sorted(index[id(p)] for p in params if id(p) in index)
+        if len(positions) != len(params) or positions != list(range(positions[0], positions[-1] + 1)):
+            raise ValueError("the parameters are not one contiguous run of this optimizer's parameters")
+        return slice(self._slices[positions[0]].start, self._slices[positions[-1]].stop)
+
+    def _gather_grads(self, span: slice | None = None) -> None:
         """Copy gradients autograd put elsewhere (when something else held the old one) into the buffer."""
-        if self.grads_in_place():
-            return
         lo = self.flat_grad.data_ptr()
         hi = lo + self.flat_grad.numel() * 4
         with torch.no_grad():
             for p, view in zip(self.params, self._slices, strict=True):
+                if span is not None and not (span.start <= view.start and view.stop <= span.stop):
+                    continue
                 if p.grad is None:
                     self.flat_grad[view].zero_()
+                    p.grad = self.flat_grad[view].view_as(p)
                 elif not lo <= p.grad.data_ptr() < hi:
                     self.flat_grad[view].copy_(p.grad.reshape(-1))
-        self._reattach_grads()
+                    p.grad = self.flat_grad[view].view_as(p)
 
-    @torch.no_grad()
-    def step(self) -> None:
-        """One Adam step of every parameter: torch's update (bias-corrected moments, eps after the sqrt)."""
-        self._gather_grads()
+    def begin_step(self) -> tuple[float, ...]:
+        """Count one step; return the coefficients :meth:`apply` needs for it."""
         group = self.optimizer.param_groups[0]
         lr, (beta1, beta2), eps = float(group["lr"]), group["betas"], float(group["eps"])
         self.step_tensor.add_(1.0)
         t = float(self.step_tensor)
-        self.exp_avg.lerp_(self.flat_grad, 1.0 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(self.flat_grad, self.flat_grad, value=1.0 - beta2)
-        bias1 = 1.0 - beta1 ** t
-        bias2_sqrt = math.sqrt(1.0 - beta2 ** t)
-        torch.sqrt(self.exp_avg_sq, out=self._denom)
-        self._denom.div_(bias2_sqrt).add_(eps)
-        self.flat_param.addcdiv_(self.exp_avg, self._denom, value=-lr / bias1)
+        return -lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t), float(beta1), float(beta2), eps
+
+    @torch.no_grad()
+    def apply(self, coefficients: tuple[float, ...], span: slice | None = None) -> None:
+        """The Adam update of the parameters in ``span`` (all when None), with :meth:`begin_step`'s
+        coefficients. Disjoint spans may be applied from different threads."""
+        self._gather_grads(span)
+        step_size, bias2_sqrt, beta1, beta2, eps = coefficients
+        view = span or slice(None)
+        grad, avg, avg_sq, denom = (self.flat_grad[view], self.exp_avg[view], self.exp_avg_sq[view],
+                                    self._denom[view])
+        avg.lerp_(grad, 1.0 - beta1)
+        avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        torch.sqrt(avg_sq, out=denom)
+        denom.div_(bias2_sqrt).add_(eps)
+        self.flat_param[view].addcdiv_(avg, denom, value=step_size)
+
+    def step(self) -> None:
+        """One Adam step of every parameter: torch's update (bias-corrected moments, eps after the sqrt)."""
+        self.apply(self.begin_step())
 
 
 def flat_adam(optimizer: torch.optim.Optimizer) -> FlatAdam | None:

@@ -134,12 +134,15 @@ class _Worker:
 
 def _value_step(
     vf_net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, vf_clip_param: float,
-    vf_loss_coeff: float,
+    vf_loss_coeff: float, adam: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Value loss and its backward pass: touches the value network's gradients only."""
+    """Value loss and its backward pass (touching the value network's gradients only), then
+    ``adam()``: the value network's own optimizer step, when given."""
     vf = train_forward(vf_net, x).squeeze(-1)
     vf_loss = (vf - targets).square().clamp(0.0, vf_clip_param).mean()
     (vf_loss_coeff * vf_loss).backward()
+    if adam is not None:
+        adam()
     return vf_loss.detach(), vf.detach()
 
 
@@ -200,6 +203,15 @@ def ppo_update(
     last_targets = columns[-1]
     worker = _Worker() if torch.get_num_threads() > 1 else None
     flat = flat_adam(optimizer)  # the same Adam update, in a few ops over flat buffers
+    # Without gradient clipping (a global norm), each network's Adam step runs right after its
+    # own backward pass, in the thread that ran it.
+    split = None
+    pi_params, vf_params = list(model.pi.parameters()), list(model.vf.parameters())
+    if flat is not None and grad_clip is None and len(pi_params) + len(vf_params) == len(flat.params):
+        try:
+            split = flat.span(pi_params), flat.span(vf_params)
+        except ValueError:
+            split = None
 
     try:
         with intra_op_threads(1), torch.enable_grad():
@@ -217,7 +229,10 @@ def ppo_update(
                         flat.zero_grad()
                     else:
                         optimizer.zero_grad(set_to_none=True)
-                    value_job = partial(_value_step, model.vf, x, targets, vf_clip_param, vf_loss_coeff)
+                    coefficients = flat.begin_step() if split is not None else None
+                    vf_adam = partial(flat.apply, coefficients, split[1]) if split is not None else None
+                    value_job = partial(_value_step, model.vf, x, targets, vf_clip_param, vf_loss_coeff,
+                                        vf_adam)
                     if worker is not None:
                         worker.submit(value_job)
                     dist = dist_class(train_forward(model.pi, x))
@@ -233,12 +248,14 @@ def ppo_update(
                     if use_kl:
                         pi_total = pi_total + kl_coeff * kl
                     pi_total.backward()
+                    if split is not None:
+                        flat.apply(coefficients, split[0])
                     vf_loss, vf = worker.result() if worker is not None else value_job()
-                    if flat is not None:
+                    if split is None and flat is not None:
                         if grad_clip is not None:
                             flat.clip_grad_norm_(float(grad_clip))
                         flat.step()
-                    else:
+                    elif split is None:
                         if grad_clip is not None:
                             torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
                         optimizer.step()
