@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -125,6 +126,28 @@ def test_checkpoint_format_from_config(tmp_path):
     path = algo.save(tmp_path / "ck").checkpoint.path
     assert (tmp_path / "ck" / "algorithm_state.msgpck").exists()
     assert Algorithm.from_checkpoint(path, allow_pickle=False).iteration == 0
+
+
+class UserCartPole(gym.Wrapper):
+    """A user's env class (outside amber): safe loading will not import it by name."""
+
+    def __init__(self, config=None):
+        super().__init__(gym.make("CartPole-v1"))
+
+
+def test_safe_loading_takes_a_user_env_class_explicitly(tmp_path):
+    from amber.errors import UnsafeContentError
+
+    algo = PPOConfig().environment(UserCartPole).training(train_batch_size=64, num_epochs=1).build()
+    algo.train()
+    path = algo.save(tmp_path / "ck", format="msgpack").checkpoint.path
+    with pytest.raises(UnsafeContentError, match=r"UserCartPole.*env=") as err:
+        Algorithm.from_checkpoint(path, allow_pickle=False)
+    assert str(tmp_path / "ck") in str(err.value) and "config.env" in str(err.value)
+    clone = Algorithm.from_checkpoint(path, allow_pickle=False, env=UserCartPole)
+    assert clone.config.env is UserCartPole and clone.iteration == 1
+    assert_same_weights(weights(algo), weights(clone))
+    clone.train()
 
 
 def test_default_save_dir_is_under_the_results_dir(tmp_path):

@@ -403,12 +403,15 @@ class Algorithm:
         policies_to_train: Iterable[str] | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         allow_pickle: bool | None = None,
+        env: Any = None,
     ) -> Algorithm:
         """A new algorithm of the checkpointed class with the checkpointed state.
 
         :param policy_ids: build and read only these policies.
         :param policy_mapping_fn: replaces the saved mapping (required when it was not saved).
         :param policies_to_train: replaces the saved list.
+        :param env: replaces the saved environment (an id, a registered name or an env class):
+            under safe loading, a checkpoint naming an env class outside amber needs it.
         """
         from amber.checkpoint import pickle_allowed_default, read_checkpoint
 
@@ -418,10 +421,13 @@ class Algorithm:
         ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle)
         trusted = pickle_allowed_default() if allow_pickle is None else allow_pickle
         own = dict(ckpt.state)
-        algo_cls = _resolve(own["algorithm_class"], trusted, "algorithm_class")
-        raw = {k: _resolve(v, trusted, f"config.{k}") for k, v in own["config"].items()}
+        algo_cls = _resolve(own["algorithm_class"], trusted, "algorithm_class", target)
+        raw = {k: _resolve(v, trusted, f"config.{k}", target) for k, v in own["config"].items()
+               if not (k == "env" and env is not None)}
+        if env is not None:
+            raw["env"] = env
         raw["policies"] = {
-            pid: {**spec, "policy_class": _resolve(spec["policy_class"], trusted, f"policies.{pid}")}
+            pid: {**spec, "policy_class": _resolve(spec["policy_class"], trusted, f"policies.{pid}", target)}
             if isinstance(spec, dict) and "policy_class" in spec else spec
             for pid, spec in (raw.get("policies") or {}).items()
         }
@@ -462,14 +468,14 @@ class Algorithm:
         return f"{type(self).__name__}(env={self.config.env!r}, policies={sorted(self.policies)})"
 
 
-def _resolve(value: Any, trusted: bool, what: str) -> Any:
+def _resolve(value: Any, trusted: bool, what: str, path: str | os.PathLike[str]) -> Any:
     """Resolve a stored reference; under safe loading only amber's own names are imported."""
     if not isinstance(value, Ref):
         return value
     if not trusted and not value.target.startswith("amber."):
         raise UnsafeContentError(
-            f"the checkpoint's {what} names {value.target!r}, outside amber; under safe loading only "
-            "amber's own names are imported. Pass it explicitly, or load with allow_pickle=True if you "
-            "trust the checkpoint"
+            f"{path}: the checkpoint's {what} names {value.target!r}, outside amber; under safe loading only "
+            "amber's own names are imported. Pass it explicitly (from_checkpoint(..., env=...) for an env "
+            "class), or load with allow_pickle=True if you trust the checkpoint", path=path
         )
     return value.resolve()
