@@ -69,7 +69,7 @@ RUNNER = textwrap.dedent('''
 
         torch.set_num_threads(1)
         run_all("torch", lambda p: torch.export.load(p).module(),
-                lambda m, obs: {k: v.detach().numpy() for k, v in m(torch.from_numpy(obs)).items()})
+                lambda m, obs: {k: v.numpy() for k, v in m(torch.from_numpy(obs)).items()})
     if "onnxruntime" in plans:
         import onnxruntime as ort
 

@@ -43,7 +43,7 @@ def graph_module(graph: ModelGraph) -> Any:
     """An ``nn.Module`` computing ``graph``: ``forward(obs) -> {output name: tensor}``.
 
     :param graph: the network.
-    :return: a torch module in eval mode, float32, on the CPU.
+    :return: a torch module in eval mode, float32, on the CPU, its parameters not requiring grad.
     """
     torch = _torch()
     nn = torch.nn
@@ -95,7 +95,10 @@ def graph_module(graph: ModelGraph) -> Any:
                 result[name] = value
             return result
 
-    return GraphModule().eval()
+    module = GraphModule().eval()
+    for param in module.parameters():  # for serving: outputs need no grad (.numpy() works on them)
+        param.requires_grad_(False)
+    return module
 
 
 def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> list[Path]:
