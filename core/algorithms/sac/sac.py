@@ -1,0 +1,119 @@
+"""Soft Actor-Critic with RLlib's configuration names and defaults.
+
+Box actions only: a tanh-squashed Gaussian actor scaled to the action
+bounds, twin Q critics with Polyak-averaged targets (``tau``), and a learned
+entropy temperature driven toward ``target_entropy`` ("auto":
+``-prod(action shape)``). Sampling and replay are
+:class:`~amber.algorithms.off_policy.OffPolicyAlgorithm`'s: one ``train()``
+samples at least ``min_sample_timesteps_per_iteration`` env steps, one step
+per env copy at a time (``rollout_fragment_length`` 1), each followed by one
+update once ``num_steps_sampled_before_learning_starts`` transitions are in
+the policy's buffer (or as many as ``training_intensity`` asks).
+
+Checkpoints always hold the actor, critics, target critics, ``log_alpha``,
+the three optimizers, the RNGs and the counters; the replay buffer's rows
+only with ``.checkpointing(store_replay_buffer=True)`` (see
+:mod:`amber.algorithms.off_policy` for what resuming without them means).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from amber.algorithms.algorithm import Algorithm
+from amber.algorithms.algorithm_config import AlgorithmConfig
+from amber.algorithms.off_policy import OFF_POLICY_DEFAULTS, OffPolicyAlgorithm
+from amber.algorithms.sac.sac_torch_policy import SAC_MODEL_DEFAULTS, SACTorchPolicy
+
+__all__ = ["SAC", "SACConfig"]
+
+#: The settings a SAC policy is built with (read by the policy and the learner).
+POLICY_KEYS = ("actor_lr", "critic_lr", "alpha_lr", "tau", "initial_alpha", "target_entropy", "twin_q")
+
+
+class SACConfig(AlgorithmConfig):
+    """SAC's settings (RLlib's names). Defaults: :meth:`_algo_defaults`; besides them
+    ``train_batch_size`` 256, ``gamma`` 0.99 and ``model`` [256, 256] relu for the actor and
+    the critics. ``lr`` is not used: SAC has ``actor_lr``, ``critic_lr`` and ``alpha_lr``."""
+
+    def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
+        super().__init__(algo_class=algo_class or SAC)
+        self.lr = 3e-4
+        self.train_batch_size = 256
+        self.model = dict(SAC_MODEL_DEFAULTS)
+
+    def _algo_defaults(self) -> dict[str, Any]:
+        return {
+            **OFF_POLICY_DEFAULTS,
+            "replay_buffer_config": {"capacity": 1_000_000},
+            "num_steps_sampled_before_learning_starts": 1500,
+            "rollout_fragment_length": 1,
+            "actor_lr": 3e-4,
+            "critic_lr": 3e-4,
+            "alpha_lr": 3e-4,
+            "tau": 5e-3,
+            "initial_alpha": 1.0,
+            "target_entropy": "auto",
+            "twin_q": True,
+        }
+
+    def validate(self) -> None:
+        """Check the settings together.
+
+        :raises ValueError: naming the setting and the value that is out of range.
+        """
+        super().validate()
+
+        def number(key: str, ok: Any, what: str) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                    or not math.isfinite(float(value)) or not ok(float(value)):
+                raise ValueError(f"SACConfig: {key} must be {what}, got {value!r}")
+
+        for key in ("actor_lr", "critic_lr", "alpha_lr", "initial_alpha"):
+            number(key, lambda v: v > 0, "a positive number")
+        number("tau", lambda v: 0 < v <= 1, "in (0, 1]")
+        number("gamma", lambda v: 0 <= v <= 1, "in [0, 1]")
+        number("train_batch_size", lambda v: v >= 1 and v == int(v), "a positive integer")
+        number("num_steps_sampled_before_learning_starts", lambda v: v >= 0 and v == int(v),
+               "a non-negative integer")
+        if self.target_entropy not in (None, "auto"):
+            number("target_entropy", lambda v: True, '"auto" or a finite number')
+        if self.training_intensity is not None:
+            number("training_intensity", lambda v: v > 0, "None or a positive number")
+        if self.grad_clip is not None:
+            number("grad_clip", lambda v: v > 0, "None or a positive number")
+        if not isinstance(self.twin_q, bool):
+            raise ValueError(f"SACConfig: twin_q must be True or False, got {self.twin_q!r}")
+        buffer = self.replay_buffer_config
+        capacity = buffer.get("capacity") if isinstance(buffer, Mapping) else None
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+            raise ValueError(f"SACConfig: replay_buffer_config must be a dict with a positive int "
+                             f"'capacity', got {buffer!r}")
+
+
+class SAC(OffPolicyAlgorithm):
+    """SAC on one process: sampling into one replay buffer per policy, one update per env step."""
+
+    _default_config_class = SACConfig
+
+    def get_default_policy_class(self) -> type[SACTorchPolicy]:
+        """:class:`~amber.algorithms.sac.sac_torch_policy.SACTorchPolicy`."""
+        return SACTorchPolicy
+
+    def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """The common policy config plus SAC's settings (a policy's overrides win)."""
+        cfg = super().policy_config(policy_id, {}, index)
+        cfg.update({key: getattr(self.config, key) for key in POLICY_KEYS})
+        cfg.update(overrides)
+        return cfg
+
+    def update_policy(self, policy_id: str, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One SAC update (critics, actor, temperature, targets) of a policy from a replayed batch."""
+        from amber.algorithms.sac.sac_learner import sac_update
+
+        return sac_update(self.policies[policy_id], batch)

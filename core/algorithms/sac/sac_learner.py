@@ -1,0 +1,191 @@
+"""SAC's learner: one gradient update of critics, actor and temperature, then the Polyak step.
+
+The losses are RLlib's (old API stack) SAC losses, all from one replayed
+batch and the networks as they are before the update:
+
+* critics: ``0.5 * mean((Q_i(s, a) - y)^2)`` for each critic, with
+  ``y = r + gamma * (1 - terminated) * (min_i Q_i_target(s', a') - alpha * logp(a'|s'))``
+  and ``a'`` sampled from the actor at ``s'`` (truncation bootstraps: only
+  termination cuts the return);
+* actor: ``mean(alpha * logp(a~|s) - min_i Q_i(s, a~))`` with ``a~`` sampled
+  from the actor by reparameterization (the critics' weights get no gradient from it);
+* temperature: ``-mean(log_alpha * (logp(a~|s) + target_entropy))``.
+
+The three losses touch disjoint parameters, so one backward pass over their
+sum gives each its own gradients; then each of the three Adam optimizers
+steps, and every target critic moves toward its critic:
+``target = (1 - tau) * target + tau * critic``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, squashed_logp
+from amber.models.torch_mlp import train_forward
+from amber.policy.torch_policy import intra_op_threads
+
+if TYPE_CHECKING:
+    from amber.algorithms.sac.sac_torch_policy import SACTorchPolicy
+
+__all__ = ["STAT_NAMES", "polyak_update", "sac_update"]
+
+#: The learner stats :func:`sac_update` returns (besides ``num_grad_updates``).
+STAT_NAMES = ("critic_loss", "actor_loss", "alpha_loss", "alpha_value", "log_alpha_value",
+              "mean_q", "max_q", "min_q", "entropy")
+
+
+_Layers = list[tuple[torch.Tensor, torch.Tensor, "str | None"]]
+
+
+def _frozen_forward(layers: _Layers, x: torch.Tensor) -> torch.Tensor:
+    """An MLP with its weights detached: gradients reach ``x`` only, never the weights."""
+    h = x
+    for weight, bias, activation in layers:
+        h = nn.functional.linear(h, weight.detach(), bias.detach())
+        if activation == "relu":
+            h = h.relu()
+        elif activation == "tanh":
+            h = h.tanh()
+    return h
+
+
+_ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+
+
+def _layers(net: nn.Module) -> _Layers | None:
+    """``[(weight, bias, activation after it)]`` of a Linear/ReLU/Tanh Sequential, else None."""
+    layers: _Layers = []
+    for module in net:
+        if type(module) is nn.Linear and module.bias is not None:
+            layers.append((module.weight, module.bias, None))
+        elif type(module) in _ACTIVATION_NAMES and layers and layers[-1][2] is None:
+            layers[-1] = (layers[-1][0], layers[-1][1], _ACTIVATION_NAMES[type(module)])
+        else:
+            return None
+    return layers
+
+
+def _sample(net: nn.Module, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterized actions in ``[-1, 1]`` and their log-densities from the actor at features ``x``."""
+    mean, log_std = train_forward(net, x).chunk(2, dim=-1)
+    log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    u = mean + log_std.exp() * noise
+    return torch.tanh(u), squashed_logp(u, mean, log_std)
+
+
+def polyak_update(targets: list[nn.Module], sources: list[nn.Module], tau: float) -> None:
+    """``target = (1 - tau) * target + tau * source`` for every parameter, in place."""
+    t = [p for m in targets for p in m.parameters()]
+    s = [p for m in sources for p in m.parameters()]
+    with torch.no_grad():
+        torch._foreach_lerp_(t, s, float(tau))
+
+
+class _Parts:
+    """What an update needs from a policy's model, gathered once (the modules never change)."""
+
+    def __init__(self, policy: SACTorchPolicy) -> None:
+        model = policy.model
+        self.model = model
+        self.critics, self.targets = model.critics, model.target_critics
+        self.critic_params = [p for q in self.critics for p in q.parameters()]
+        self.target_params = [p for q in self.targets for p in q.parameters()]
+        self.actor_params = list(model.pi.parameters())
+        self.all_params = [*self.actor_params, *self.critic_params, model.log_alpha]
+        frozen = [_layers(q) for q in self.critics]
+        self.frozen = None if any(f is None for f in frozen) else frozen
+
+
+def _parts(policy: SACTorchPolicy) -> _Parts:
+    parts = getattr(policy, "_learner_parts", None)
+    if parts is None or parts.model is not policy.model:
+        parts = policy._learner_parts = _Parts(policy)  # type: ignore[attr-defined]
+    return parts
+
+
+def _frozen_q(parts: _Parts, i: int, xa: torch.Tensor) -> torch.Tensor:
+    if parts.frozen is not None:
+        return _frozen_forward(parts.frozen[i], xa)
+    critic = parts.critics[i]
+    critic.requires_grad_(False)
+    try:
+        return critic(xa)
+    finally:
+        critic.requires_grad_(True)
+
+
+def sac_update(policy: SACTorchPolicy, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One SAC update of ``policy`` from a replayed batch (its hyperparameters from ``policy.config``).
+
+    :param batch: columns ``obs``, ``actions`` (env actions), ``rewards``,
+        ``new_obs`` and ``terminateds``, one row per transition.
+    :return: learner stats (:data:`STAT_NAMES`, from this update) and ``num_grad_updates``.
+    """
+    cfg = policy.config
+    gamma, tau = float(cfg.get("gamma", 0.99)), float(cfg.get("tau", 5e-3))
+    grad_clip = cfg.get("grad_clip")
+    parts = _parts(policy)
+    model = parts.model
+    gen = policy.learner_generator
+    optimizers = [policy.optimizer(n) for n in ("critic", "actor", "alpha")]
+
+    obs = policy.obs_to_tensor(batch["obs"])
+    new_obs = policy.obs_to_tensor(batch["new_obs"])
+    actions = policy.normalized_actions(batch["actions"])
+    rewards = torch.from_numpy(np.asarray(batch["rewards"], dtype=np.float32).copy())
+    alive = 1.0 - torch.from_numpy(np.asarray(batch["terminateds"], dtype=np.float32).copy())
+
+    with intra_op_threads(1):
+        x = model.preprocessor(obs)
+        log_alpha = model.log_alpha
+        alpha = log_alpha.detach().exp()
+
+        with torch.no_grad():  # the critics' target
+            x_next = model.preprocessor(new_obs)
+            next_actions, next_logp = _sample(model.pi, x_next, gen)
+            xa_next = torch.cat([x_next, next_actions], dim=-1)
+            q_next = train_forward(parts.targets[0], xa_next)
+            for target in parts.targets[1:]:
+                q_next = torch.minimum(q_next, train_forward(target, xa_next))
+            y = rewards + gamma * alive * (q_next.squeeze(-1) - alpha * next_logp)
+
+        xa = torch.cat([x, actions], dim=-1)
+        qs = [train_forward(q, xa).squeeze(-1) for q in parts.critics]
+        critic_loss = 0.5 * (qs[0] - y).square().mean()
+        for q in qs[1:]:
+            critic_loss = critic_loss + 0.5 * (q - y).square().mean()
+
+        new_actions, logp = _sample(model.pi, x, gen)
+        xa_new = torch.cat([x, new_actions], dim=-1)
+        q_new = _frozen_q(parts, 0, xa_new)
+        for i in range(1, len(parts.critics)):
+            q_new = torch.minimum(q_new, _frozen_q(parts, i, xa_new))
+        actor_loss = (alpha * logp - q_new.squeeze(-1)).mean()
+        alpha_loss = -(log_alpha * (logp.detach() + policy.target_entropy)).mean()
+
+        for p in parts.all_params:
+            p.grad = None
+        (critic_loss + actor_loss + alpha_loss).backward()
+        if grad_clip is not None:
+            for params in (parts.critic_params, parts.actor_params):
+                torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
+        for opt in optimizers:
+            opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(parts.target_params, parts.critic_params, tau)
+            q_all = qs[0].detach()
+            stats = torch.stack([
+                critic_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha,
+                log_alpha.detach(), q_all.mean(), q_all.max(), q_all.min(), -logp.detach().mean(),
+            ]).tolist()
+    policy.num_grad_updates += 1
+    result: dict[str, Any] = dict(zip(STAT_NAMES, stats, strict=True))
+    result["target_entropy"] = policy.target_entropy
+    result["num_grad_updates"] = policy.num_grad_updates
+    return result
