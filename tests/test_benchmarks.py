@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ["fault_injection.py", "--kills", "2", "--damages", "5", "--formats", "pickle", "msgpack"],
     ["algo_checkpoints.py", "--smoke"],
     ["ppo_learning.py", "--smoke", "--quiet"],
+    ["dqn_learning.py", "--smoke", "--quiet"],
     ["export_cold_start.py", "--smoke"],
 ], ids=lambda a: a[0])
 def test_benchmark_smoke(args, tmp_path):
