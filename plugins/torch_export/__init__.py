@@ -66,7 +66,7 @@ def graph_module(graph: ModelGraph) -> Any:
     pre = graph.preprocess
     outputs = [(o.name, o.kind, tuple(index[t] for t in o.towers), dict(o.params)) for o in graph.outputs]
 
-    class GraphModule(nn.Module):
+    class GraphModule(nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
         def __init__(self) -> None:
             super().__init__()
             self.towers = nn.ModuleList([tower(graph.towers[n]) for n in names])
