@@ -596,3 +596,18 @@ def test_cli_train_and_evaluate_dqn(tmp_path):
     assert "return mean" in ev.stdout
     bad = amber("train", "--algo", "DQN", "--env", "Pendulum-v1", "--stop-iters", "1")
     assert bad.returncode == 2 and "Discrete" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_restore_into_a_trained_algorithm_then_training_is_exact(tmp_path):
+    """Restoring over live optimizer state (and its flat Adam buffers) trains on exactly like the original."""
+    original = single(seed=1, store=True).build()
+    original.train()
+    original.train()
+    path = original.save(tmp_path / "ck").checkpoint.path
+    other = single(seed=2, store=True).build()
+    other.train()
+    other.train()
+    other.restore(path)
+    original.train()
+    other.train()
+    assert_same(snapshot(original), snapshot(other))

@@ -88,11 +88,11 @@ def dqn_update(policy: DQNTorchPolicy, batch: Mapping[str, np.ndarray], *, doubl
     discounts = torch.from_numpy(np.asarray(batch["discounts"], dtype=np.float32).copy())
     not_done = torch.from_numpy(~np.asarray(batch["terminateds"], dtype=bool)).to(torch.float32)
     n = obs.shape[0]
+    flat = policy.flat_adam()  # Adam's update in a few ops over flat buffers (None: torch's own)
     optimizer = policy.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
     with intra_op_threads(1):
         with torch.no_grad():
-            q_next_target = target(new_obs)
+            q_next_target = target.train_q(new_obs)
         with torch.enable_grad():
             if double_q:
                 q_all = model.train_q(torch.cat([obs, new_obs]))
@@ -106,12 +106,21 @@ def dqn_update(policy: DQNTorchPolicy, batch: Mapping[str, np.ndarray], *, doubl
             q_taken = q.gather(1, actions.unsqueeze(1)).squeeze(1)
             td = q_taken - targets
             loss = torch.nn.functional.huber_loss(q_taken, targets, delta=1.0)
-            optimizer.zero_grad(set_to_none=True)
+            if flat is not None:
+                flat.zero_grad()
+            else:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
         gnorm = 0.0
-        if grad_clip is not None:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True))
-        optimizer.step()
+        if flat is not None:
+            if grad_clip is not None:
+                gnorm = flat.clip_grad_norm_(float(grad_clip))
+            flat.step()
+        else:
+            if grad_clip is not None:
+                params = [p for p in model.parameters() if p.requires_grad]
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True))
+            optimizer.step()
     policy.num_grad_updates += 1
     td = td.detach()
     return {"loss": float(loss.detach()), "mean_q": float(q_taken.detach().mean()),

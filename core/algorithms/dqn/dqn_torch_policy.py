@@ -110,9 +110,11 @@ class DQNTorchModel(nn.Module):
     def heads(self, h: torch.Tensor) -> torch.Tensor:
         """Q-values from trunk features."""
         if self.dueling:
-            adv = self.advantage(h)
-            return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
-        return self.q(h)
+            (value,), (advantage,) = self.value, self.advantage
+            adv = nn.functional.linear(h, advantage.weight, advantage.bias)
+            return nn.functional.linear(h, value.weight, value.bias) + adv - adv.mean(dim=1, keepdim=True)
+        (q,) = self.q
+        return nn.functional.linear(h, q.weight, q.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values ``[batch, num_actions]`` for a batch of observations."""
@@ -186,6 +188,8 @@ class DQNTorchPolicy(TorchPolicy):
         self.dist_class = None  # acting is epsilon-greedy over Q-values, not a distribution
         self._optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: Any = None
+        self._flat_adam: Any = None
+        self._flat_adam_modules: tuple[nn.Module, ...] | None = None
         self.generator = torch.Generator()
         self.generator.manual_seed(sample_seed)
         #: Timesteps this policy acted on with exploration: what the epsilon schedule follows.
@@ -289,6 +293,43 @@ class DQNTorchPolicy(TorchPolicy):
         params = list(model.parameters())
         self._np_cache = (((model, *model._modules.values()), params, [p.data_ptr() for p in params]), built)
         return built
+
+    # -- optimizer -------------------------------------------------------------------------
+
+    def flat_adam(self) -> Any:
+        """A :class:`~amber.models.flat_adam.FlatAdam` stepping :attr:`optimizer`, kept between updates
+        (None when it cannot step it: then use the optimizer itself).
+
+        It is made again whenever it no longer matches the optimizer and the model:
+        after a restore loaded new optimizer state, or when parameters were replaced.
+        """
+        from amber.models.flat_adam import flat_adam
+
+        optimizer = self.optimizer
+        flat = self._flat_adam
+        if flat is not None and flat.optimizer is optimizer and self._flat_adam_valid(flat):
+            return flat
+        self._flat_adam = flat = flat_adam(optimizer)
+        self._flat_adam_modules = None
+        return flat
+
+    def _flat_adam_valid(self, flat: Any) -> bool:
+        model = self.model
+        modules = (model, *model._modules.values())
+        if self._flat_adam_modules != modules:
+            if [id(p) for p in model.parameters()] != [id(p) for p in flat.params]:
+                return False
+            self._flat_adam_modules = modules
+        state = flat.optimizer.state
+        for p, view in zip(flat.params, flat._slices, strict=True):
+            s = state.get(p)
+            offset = 4 * view.start
+            if (s is None or s.get("step") is not flat.step_tensor
+                    or p.data_ptr() != flat.flat_param.data_ptr() + offset
+                    or s["exp_avg"].data_ptr() != flat.exp_avg.data_ptr() + offset
+                    or s["exp_avg_sq"].data_ptr() != flat.exp_avg_sq.data_ptr() + offset):
+                return False
+        return True
 
     # -- target network ----------------------------------------------------------------
 
