@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointWriteError",
     "CorruptCheckpointError",
     "DuplicateFormatError",
+    "ExportError",
     "InvalidIdError",
     "MigrationError",
     "MissingPluginError",
@@ -77,6 +78,10 @@ class MigrationError(CheckpointError):
 
 class UnsafeContentError(CheckpointError):
     """Content that can run code (pickle) was refused because safe loading is on."""
+
+
+class ExportError(CheckpointError):
+    """A model export was refused or failed; nothing in its directory was changed."""
 
 
 class UnserializableStateError(CheckpointError):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amber.atomic import describe, fsync_dir, fsync_tree
-from amber.errors import CheckpointError
+from amber.errors import ExportError
 
 if TYPE_CHECKING:
     import pluggy
@@ -283,10 +283,6 @@ MODEL_JSON_VERSION = 1
 NATIVE_EXPORTER = "torch"
 
 _STAGE_PREFIX = ".amber-export-"
-
-
-class ExportError(CheckpointError):
-    """An export was refused or failed; nothing in its directory was changed."""
 
 
 def weights_digest(graph: ModelGraph) -> str:

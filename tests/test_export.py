@@ -630,6 +630,34 @@ def test_native_model_files_in_every_policy_checkpoint(tmp_path):
     algo.stop()
 
 
+def test_convert_and_migrate_keep_the_model_files(tmp_path):
+    """Exported model files do not depend on the checkpoint format: a rewrite carries them, verified."""
+    from amber.algorithms.ppo import PPOConfig
+    from amber.errors import CorruptCheckpointError
+    from amber.utils.checkpoints import convert_checkpoint, migrate_checkpoint, verify
+
+    algo = (PPOConfig().environment("CartPole-v1").training(model={"fcnet_hiddens": [8]})
+            .checkpointing(export_native_model_files=True).build())
+    src = Path(algo.save(tmp_path / "pickle").checkpoint.path)
+    dst = Path(convert_checkpoint(src, tmp_path / "msgpack", format="msgpack"))
+    model = "policies/default_policy/model"
+    for name in ("model.json", "model.pt2"):
+        assert (dst / model / name).read_bytes() == (src / model / name).read_bytes()
+    assert not verify(dst).problems
+    migrate_checkpoint(dst)  # in place: already current, nothing lost
+    assert (dst / model / "model.pt2").exists() and not verify(dst).problems
+    # a damaged model file is not copied silently
+    with open(src / model / "model.pt2", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CorruptCheckpointError, match="model.pt2"):
+        convert_checkpoint(src, tmp_path / "again", format="msgpack")
+    assert not (tmp_path / "again").exists()
+    algo.stop()
+
+
 def test_no_model_files_by_default(tmp_path):
     from amber.algorithms.ppo import PPOConfig
 

@@ -168,9 +168,37 @@ def convert_checkpoint(
     return os.fspath(dst)
 
 
+def _carried_files(ckpt: Checkpoint) -> Callable[[Path], None] | None:
+    """Copy, verified, the files of a checkpoint level that are not its state (exported ``model/``
+    folders): they do not depend on the format, so a rewrite keeps them."""
+    from amber.checkpoint import STATE_STEMS
+    from amber.layout import FileEntry, read_verified
+
+    stem = STATE_STEMS.get(ckpt.type, "")
+    files = {rel: entry for rel, entry in (ckpt.manifest.get("files") or {}).items()
+             if rel != MANIFEST and not rel.startswith("policies/")
+             and not (("/" not in rel) and rel.startswith(f"{stem}."))}
+    if not files:
+        return None
+    root = Path(ckpt.path)
+
+    def copy(directory: Path) -> None:
+        for rel, entry in files.items():
+            data = read_verified(root, rel, FileEntry(int(entry["size"]), str(entry["digest"])))
+            target = directory / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as f:
+                f.write(data)
+
+    return copy
+
+
 def _rewrite(
     ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None
 ) -> None:
+    attachments = {pid: fn for pid, p in ckpt.policies.items() if (fn := _carried_files(p)) is not None}
+    if (own := _carried_files(ckpt)) is not None:
+        attachments[""] = own
     write_checkpoint(
         dst,
         type=ckpt.type,
@@ -178,6 +206,7 @@ def _rewrite(
         format=format,
         policies={pid: p.state for pid, p in ckpt.policies.items()},
         metadata=ckpt.metadata,
+        attachments=attachments,
         pm=pm,
     )
 
