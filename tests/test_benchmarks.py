@@ -19,6 +19,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ["algo_checkpoints.py", "--smoke"],
     ["ppo_learning.py", "--smoke", "--quiet"],
     ["dqn_learning.py", "--smoke", "--quiet"],
+    ["sac_learning.py", "--smoke", "--quiet"],
+    ["replay_buffer_io.py", "--smoke"],
     ["export_cold_start.py", "--smoke"],
 ], ids=lambda a: a[0])
 def test_benchmark_smoke(args, tmp_path):
