@@ -57,7 +57,7 @@ def _frozen_forward(layers: _Layers, x: torch.Tensor) -> torch.Tensor:
 _ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Tanh: "tanh"}
 
 
-def _layers(net: nn.Module) -> _Layers | None:
+def _layers(net: nn.Sequential) -> _Layers | None:
     """``[(weight, bias, activation after it)]`` of a Linear/ReLU/Tanh Sequential, else None."""
     layers: _Layers = []
     for module in net:
@@ -81,8 +81,8 @@ def _sample(net: nn.Module, x: torch.Tensor, generator: torch.Generator) -> tupl
 
 def polyak_update(targets: list[nn.Module], sources: list[nn.Module], tau: float) -> None:
     """``target = (1 - tau) * target + tau * source`` for every parameter, in place."""
-    t = [p for m in targets for p in m.parameters()]
-    s = [p for m in sources for p in m.parameters()]
+    t: list[torch.Tensor] = [p for m in targets for p in m.parameters()]
+    s: list[torch.Tensor] = [p for m in sources for p in m.parameters()]
     with torch.no_grad():
         torch._foreach_lerp_(t, s, float(tau))
 
@@ -94,18 +94,20 @@ class _Parts:
         model = policy.model
         self.model = model
         self.critics, self.targets = model.critics, model.target_critics
-        self.critic_params = [p for q in self.critics for p in q.parameters()]
-        self.target_params = [p for q in self.targets for p in q.parameters()]
-        self.actor_params = list(model.pi.parameters())
+        self.critic_params: list[torch.Tensor] = [p for q in self.critics for p in q.parameters()]
+        self.target_params: list[torch.Tensor] = [p for q in self.targets for p in q.parameters()]
+        self.actor_params: list[torch.Tensor] = list(model.pi.parameters())
         self.all_params = [*self.actor_params, *self.critic_params, model.log_alpha]
         frozen = [_layers(q) for q in self.critics]
-        self.frozen = None if any(f is None for f in frozen) else frozen
+        self.frozen: list[_Layers] | None = [f for f in frozen if f is not None]
+        if len(self.frozen) != len(frozen):
+            self.frozen = None
 
 
 def _parts(policy: SACTorchPolicy) -> _Parts:
-    parts = getattr(policy, "_learner_parts", None)
-    if parts is None or parts.model is not policy.model:
-        parts = policy._learner_parts = _Parts(policy)  # type: ignore[attr-defined]
+    parts = policy.learner_parts
+    if not isinstance(parts, _Parts) or parts.model is not policy.model:
+        parts = policy.learner_parts = _Parts(policy)
     return parts
 
 

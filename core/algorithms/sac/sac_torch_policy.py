@@ -97,10 +97,12 @@ class SACTorchModel(nn.Module):
         in_dim = self.preprocessor.out_dim
         self.pi = build_mlp(in_dim, hiddens, activation, 2 * d, out_gain=0.01, generator=generator)
         self.q1 = build_mlp(in_dim + d, hiddens, activation, 1, out_gain=1.0, generator=generator)
-        self.q2 = (build_mlp(in_dim + d, hiddens, activation, 1, out_gain=1.0, generator=generator)
-                   if twin_q else None)
         self.q1_target = copy.deepcopy(self.q1).requires_grad_(False)
-        self.q2_target = copy.deepcopy(self.q2).requires_grad_(False) if twin_q else None
+        self.q2: nn.Sequential | None = None
+        self.q2_target: nn.Sequential | None = None
+        if twin_q:
+            self.q2 = build_mlp(in_dim + d, hiddens, activation, 1, out_gain=1.0, generator=generator)
+            self.q2_target = copy.deepcopy(self.q2).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(float(initial_alpha)), dtype=torch.float32))
 
     @property
@@ -181,6 +183,8 @@ class SACTorchPolicy(Policy):
         self.target_entropy = -float(self.action_dim) if target in (None, "auto") else float(target)
         #: Act on single observations in numpy (see :meth:`_compute_actions_numpy`).
         self.fast_inference = True
+        #: What the learner gathered from the model once (see :mod:`~amber.algorithms.sac.sac_learner`).
+        self.learner_parts: Any = None
         self._np_cache: tuple[tuple[int, ...], list[list[Any]]] | None = None
 
     # -- optimizers ----------------------------------------------------------
