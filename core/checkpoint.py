@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber import __version__
-from amber.atomic import commit, describe, staging
+from amber.atomic import commit, describe, fsync_on_close, staging
 from amber.digest import format_digest, new_hasher
 from amber.errors import (
     CheckpointError,
@@ -158,7 +158,8 @@ def _record_untracked(
                 while chunk := f.read(1 << 22):
                     h.update(chunk)
                     size += len(chunk)
-                os.fsync(f.fileno())
+                if fsync_on_close():
+                    os.fsync(f.fileno())
             files[rel] = FileEntry(size, format_digest(h))
 
 

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from amber.atomic import fsync_on_close
 from amber.digest import Hasher, format_digest, new_hasher, parse_digest
 from amber.errors import CorruptCheckpointError, InvalidIdError, NotACheckpointError
 
@@ -367,7 +368,8 @@ class HashingFile(io.RawIOBase):
         if self.closed:
             return
         try:
-            os.fsync(self._f.fileno())
+            if fsync_on_close():  # inside a staging directory, its commit fsyncs every file at once
+                os.fsync(self._f.fileno())
         finally:
             self._f.close()
             super().close()

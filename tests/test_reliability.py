@@ -117,3 +117,42 @@ def test_write_checkpoint_reports_path_on_unwritable_parent(bare_pm, tmp_path):
     with pytest.raises(CheckpointWriteError) as e:
         write_checkpoint(blocker / "ck", type="State", state={}, format="msgpack", pm=bare_pm)
     assert str(blocker / "ck") in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_file_and_directory_is_fsynced_before_the_rename(bare_pm, tmp_path, monkeypatch, fmt):
+    """Rule 1: the data is durable before the checkpoint becomes visible under its name."""
+    from amber import atomic
+    from amber.checkpoint import write_checkpoint
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    at_rename: list[set[str]] = []
+    real_rename = os.rename
+
+    def recording_rename(src, dst):
+        at_rename.append(set(synced))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "rename", recording_rename)
+    monkeypatch.setattr(atomic, "_renameat2", lambda: None)  # plain renames, recorded above
+    policies = {f"p{i}": _state(i, 20_000) for i in range(3)}
+    target = tmp_path / "ck"
+    write_checkpoint(target, type="Algorithm", state=_state(9), policies=policies, format=fmt, pm=bare_pm)
+    assert at_rename, "the staging directory was never renamed"
+    staged = at_rename[0]
+    stage_root = next(p for p in staged if ".ck.amber-tmp-" in p and p.endswith(tuple("0123456789abcdef")))
+    expected = set()
+    for d, _, names in os.walk(target):
+        rel = os.path.relpath(d, target)
+        base = stage_root if rel == "." else os.path.join(stage_root, rel)
+        expected.add(base)
+        expected.update(os.path.join(base, n) for n in names)
+    assert expected <= staged, sorted(expected - staged)
+    assert len(expected) >= 3 * 3 + 3  # files of three policies, the top level and the directories
