@@ -504,16 +504,21 @@ def snapshot(algo):
 
 @pytest.mark.parametrize(("kind", "store", "fmt"), [
     ("single", True, "msgpack"), ("single", False, "pickle"), ("multi", True, "pickle"),
-    ("multi", False, "msgpack"),
+    ("multi", False, "msgpack"), ("single", False, "npz"), ("multi", True, "npz"),
 ])
-def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, kind, store, fmt):
+def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, kind, store, fmt, request):
     """With the buffer stored, the resumed run is the uninterrupted one; without it, it is the
-    uninterrupted run that empties its replay buffers at the save point."""
+    uninterrupted run that empties its replay buffers at the save point. Every format, the
+    third-party npz one included."""
     script = RESUME.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ck, out = tmp_path / "ck", tmp_path / "w.npz"
+    env = dict(os.environ)
+    if fmt == "npz":  # the pip-installed third-party plugin, found through its entry point
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(request.getfixturevalue("npz_site")),
+                                                          env.get("PYTHONPATH")]))
     for phase in ("first", "second"):
         proc = subprocess.run([sys.executable, "-c", script, kind, str(int(store)), fmt, phase, str(ck),
-                               str(out)], capture_output=True, text=True, timeout=300)
+                               str(out)], capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
     algo = (single if kind == "single" else multi)(seed=7, store=store).build()
     for _ in range(2):
