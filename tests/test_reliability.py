@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,9 @@ def test_every_file_and_directory_is_fsynced_before_the_rename(bare_pm, tmp_path
     write_checkpoint(target, type="Algorithm", state=_state(9), policies=policies, format=fmt, pm=bare_pm)
     assert at_rename, "the staging directory was never renamed"
     staged = at_rename[0]
-    stage_root = next(p for p in staged if ".ck.amber-tmp-" in p and p.endswith(tuple("0123456789abcdef")))
+    roots = {m.group(0) for p in staged if (m := re.match(r".*/\.ck\.amber-tmp-\d+-[0-9a-f]{8}", p))}
+    assert len(roots) == 1, roots
+    stage_root = roots.pop()
     expected = set()
     for d, _, names in os.walk(target):
         rel = os.path.relpath(d, target)
