@@ -43,13 +43,12 @@ TARGET = 400.0
 
 #: The tuned CartPole-v1 settings (everything else at DQNConfig's defaults).
 TUNED: dict[str, Any] = {
-    "model": {"fcnet_hiddens": [64, 64], "fcnet_activation": "relu"},
-    "lr": 1e-3,
+    "model": {"fcnet_hiddens": [128, 128], "fcnet_activation": "relu"},
     "train_batch_size": 64,
-    "training_intensity": 32,
+    "training_intensity": 16,  # one update of 64 rows per 4 sampled steps
     "n_step": 3,
-    "target_network_update_freq": 500,
-    "epsilon": [(0, 1.0), (10_000, 0.02)],
+    "epsilon": [(0, 1.0), (5_000, 0.02)],
+    "replay_buffer_config": {"capacity": 100_000},  # keeps every transition of the budget: no forgetting
 }
 
 
