@@ -9,7 +9,9 @@ penalty ``kl_coeff * mean KL(old || new)``.
 from __future__ import annotations
 
 import queue
+import statistics
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -132,6 +134,33 @@ class _Worker:
         self._thread.join()
 
 
+class _ModePicker:
+    """Whether the value network runs on the helper thread: tried both ways on the first
+    minibatches, then the faster is kept. With both cores free the thread wins; when other
+    processes share the cores, the two threads only fight over one core and the GIL.
+    Either way the results are the same (the networks share nothing)."""
+
+    TRIALS = 6
+
+    def __init__(self) -> None:
+        self._times: dict[bool, list[float]] = {True: [], False: []}
+        self._choice: bool | None = None
+
+    def threaded(self) -> bool:
+        if self._choice is not None:
+            return self._choice
+        return len(self._times[True]) < self.TRIALS or len(self._times[False]) >= self.TRIALS
+
+    def record(self, threaded: bool, seconds: float) -> None:
+        if self._choice is not None:
+            return
+        self._times[threaded].append(seconds)
+        if len(self._times[True]) >= self.TRIALS and len(self._times[False]) >= self.TRIALS:
+            # the first of each is a warm-up; the median of the rest decides
+            on, off = (statistics.median(self._times[mode][1:]) for mode in (True, False))
+            self._choice = on <= off
+
+
 def _value_step(
     vf_net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, vf_clip_param: float,
     vf_loss_coeff: float, adam: Callable[[], None] | None = None,
@@ -202,6 +231,7 @@ def ppo_update(
     last_vf = torch.empty(n)  # the last epoch's value predictions, for vf_explained_var
     last_targets = columns[-1]
     worker = _Worker() if torch.get_num_threads() > 1 else None
+    picker = _ModePicker()
     flat = flat_adam(optimizer)  # the same Adam update, in a few ops over flat buffers
     # Without gradient clipping (a global norm), each network's Adam step runs right after its
     # own backward pass, in the thread that ran it.
@@ -233,7 +263,9 @@ def ppo_update(
                     vf_adam = partial(flat.apply, coefficients, split[1]) if split is not None else None
                     value_job = partial(_value_step, model.vf, x, targets, vf_clip_param, vf_loss_coeff,
                                         vf_adam)
-                    if worker is not None:
+                    threaded = worker is not None and picker.threaded()
+                    tick = time.perf_counter()
+                    if threaded:
                         worker.submit(value_job)
                     dist = dist_class(train_forward(model.pi, x))
                     ratio = torch.exp(dist.logp(actions) - old_logp)
@@ -250,7 +282,8 @@ def ppo_update(
                     pi_total.backward()
                     if split is not None:
                         flat.apply(coefficients, split[0])
-                    vf_loss, vf = worker.result() if worker is not None else value_job()
+                    vf_loss, vf = worker.result() if threaded else value_job()
+                    picker.record(threaded, time.perf_counter() - tick)
                     if split is None and flat is not None:
                         if grad_clip is not None:
                             flat.clip_grad_norm_(float(grad_clip))
