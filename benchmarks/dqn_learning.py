@@ -17,6 +17,11 @@ steps sampled, wall time of the ``train()`` calls, iterations), the final
 and best mean return; then the median over the seeds (a seed that never
 got there counts as slower than any that did).
 
+``--speed N``: instead, the iteration speed of both configs: after two
+warm-up iterations (learning has started), N ``train()`` calls of 1,000 env
+steps, with the time spent in ``update_policy`` (the gradient updates and
+target syncs) and in ``env_runner.sample`` (acting and env steps) measured inside.
+
 ``--smoke`` (CI): 2 iterations of 500 env steps, first seed only.
 Each iteration prints a progress line on stderr (``--quiet``: none).
 
@@ -24,6 +29,7 @@ Run from the repository root::
 
     python benchmarks/dqn_learning.py                      # seeds 0 1 2, the tuned config
     python benchmarks/dqn_learning.py --config defaults --seeds 0
+    python benchmarks/dqn_learning.py --speed 5
     python benchmarks/dqn_learning.py --smoke
 """
 
@@ -111,6 +117,44 @@ def run_seed(config: Any, seed: int, max_steps: int, max_iters: int | None, smok
             "best_return": max(returns) if returns else math.nan, "history": history}
 
 
+def iteration_speed(name: str, iterations: int, smoke: bool) -> dict[str, Any]:
+    """Seconds per ``train()`` of one config, split into updates, sampling and the rest."""
+    algo = make_config(name, 0, {}, smoke).build()
+    try:
+        for _ in range(2):
+            algo.train()
+        spent = {"update": 0.0, "sample": 0.0}
+        update, sample = algo.update_policy, algo.env_runner.sample
+
+        def timed_update(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return update(*a, **kw)
+            finally:
+                spent["update"] += time.perf_counter() - t0
+
+        def timed_sample(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return sample(*a, **kw)
+            finally:
+                spent["sample"] += time.perf_counter() - t0
+
+        algo.update_policy, algo.env_runner.sample = timed_update, timed_sample
+        t0 = time.perf_counter()
+        updates = 0
+        for _ in range(iterations):
+            updates += int(algo.train()["num_updates_this_iter"])
+        total = (time.perf_counter() - t0) / iterations
+    finally:
+        algo.stop()
+    per = {k: v / iterations for k, v in spent.items()}
+    return {"config": name, "s_per_iteration": total, "updates_per_iteration": updates / iterations,
+            "update_s": per["update"], "sample_s": per["sample"],
+            "other_s": total - per["update"] - per["sample"],
+            "ms_per_update": 1000 * per["update"] / max(1.0, updates / iterations)}
+
+
 def median_reached(runs: list[dict[str, Any]], key: str) -> tuple[float, int]:
     """The median of ``first[key]`` over the seeds (infinite for a seed that never got there)."""
     vals = [r["first"][key] if r["reached"] else math.inf for r in runs]
@@ -175,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=100_000, help="budget in env steps (default 100000)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--speed", type=int, default=0, metavar="N",
+                        help="measure the iteration speed of both configs over N iterations instead")
     parser.add_argument("--smoke", action="store_true", help="CI: 2 short iterations, first seed only")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--json", metavar="PATH", help="also write every number (and each iteration) as JSON")
@@ -199,6 +245,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_average()}; seeds {seeds}; config {args.config}{'; smoke run' if args.smoke else ''}")
     print(f"training settings beyond DQNConfig's defaults: {json.dumps(settings)}")
     t_start = time.perf_counter()
+    if args.speed:
+        rows = [iteration_speed(name, args.speed, args.smoke) for name in ("defaults", "tuned")]
+        print(f"\n### DQN CartPole-v1 iteration speed: mean of {args.speed} iterations after 2 warm-up "
+              "ones\n")
+        print("| config | s / iteration | updates / iteration | ms / update | updates (s) | sampling (s) | "
+              "rest (s) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(f"| {r['config']} | {r['s_per_iteration']:.2f} | {r['updates_per_iteration']:.0f} | "
+                  f"{r['ms_per_update']:.2f} | {r['update_s']:.2f} | {r['sample_s']:.2f} | "
+                  f"{r['other_s']:.2f} |")
+        print(f"\nLoad average at the end {load_average()}.")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(finite({"speed": rows, "iterations": args.speed}), f, indent=2)
+        return 0
     runs = [run_seed(make_config(args.config, s, overrides, args.smoke), s, args.max_steps,
                      2 if args.smoke else None, args.smoke, args.quiet) for s in seeds]
     report(runs, args.max_steps, args.smoke)

@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ["algo_checkpoints.py", "--smoke"],
     ["ppo_learning.py", "--smoke", "--quiet"],
     ["dqn_learning.py", "--smoke", "--quiet"],
+    ["dqn_learning.py", "--speed", "1", "--smoke"],
     ["sac_learning.py", "--smoke", "--quiet"],
     ["replay_buffer_io.py", "--smoke"],
     ["export_cold_start.py", "--smoke"],
