@@ -189,7 +189,7 @@ class DQNTorchPolicy(TorchPolicy):
         self._optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: Any = None
         self._flat_adam: Any = None
-        self._flat_adam_modules: tuple[nn.Module, ...] | None = None
+        self._flat_adam_modules: tuple[nn.Module | None, ...] | None = None
         self.generator = torch.Generator()
         self.generator.manual_seed(sample_seed)
         #: Timesteps this policy acted on with exploration: what the epsilon schedule follows.
