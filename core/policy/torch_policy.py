@@ -29,6 +29,7 @@ from amber.state import importable_name, is_reference_type
 
 __all__ = [
     "TorchPolicy",
+    "build_from_spec",
     "action_info",
     "optimizer_state_from_tree",
     "optimizer_state_to_tree",
@@ -165,6 +166,18 @@ def action_info(observation_space: Any, action_space: Any, *, squashed: bool = F
         act = "mean = action_dist_inputs[:, :d]; action = clip(mean, low, high), reshaped to the action shape"
     return {"observation_space": space(observation_space), "action_space": space(action_space),
             "action_distribution": dist, "greedy_action": act}
+
+
+def build_from_spec(cls: type[Any], spec: Mapping[str, Any]) -> Any:
+    """``cls(observation_space, action_space, config)`` from a ``policy_spec`` state, without
+    initialising weights (a saved state is about to replace them)."""
+    obs_space, act_space = spec["observation_space"], spec["action_space"]
+    if isinstance(obs_space, Mapping):
+        obs_space = space_from_state(dict(obs_space))
+    if isinstance(act_space, Mapping):
+        act_space = space_from_state(dict(act_space))
+    with weights_will_be_loaded():
+        return cls(obs_space, act_space, dict(spec.get("config") or {}))
 
 
 class TorchPolicy(Policy):
@@ -427,10 +440,4 @@ class TorchPolicy(Policy):
     def build_from_spec(cls, spec: Mapping[str, Any]) -> TorchPolicy:
         """A policy to :meth:`set_state` into, from a ``policy_spec`` state (spaces as states or
         as spaces). Its weights are not initialised: the state's replace them."""
-        obs_space, act_space = spec["observation_space"], spec["action_space"]
-        if isinstance(obs_space, Mapping):
-            obs_space = space_from_state(dict(obs_space))
-        if isinstance(act_space, Mapping):
-            act_space = space_from_state(dict(act_space))
-        with weights_will_be_loaded():
-            return cls(obs_space, act_space, dict(spec.get("config") or {}))
+        return build_from_spec(cls, spec)

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from amber.models.torch_mlp import ObsPreprocessor, build_mlp, weights_will_be_loaded
+from amber.models.torch_mlp import ObsPreprocessor, build_mlp
 from amber.policy.policy import Policy
-from amber.policy.spaces import space_from_state, space_to_state
+from amber.policy.spaces import space_to_state
 from amber.policy.torch_policy import (
     SMALL_BATCH,
     action_info,
+    build_from_spec,
     intra_op_threads,
     optimizer_state_from_tree,
     optimizer_state_to_tree,
@@ -436,10 +437,4 @@ class SACTorchPolicy(Policy):
     def build_from_spec(cls, spec: Mapping[str, Any]) -> SACTorchPolicy:
         """A policy to :meth:`set_state` into, from a ``policy_spec`` state (spaces as states or
         as spaces). Its weights are not initialised: the state's replace them."""
-        obs_space, act_space = spec["observation_space"], spec["action_space"]
-        if isinstance(obs_space, Mapping):
-            obs_space = space_from_state(dict(obs_space))
-        if isinstance(act_space, Mapping):
-            act_space = space_from_state(dict(act_space))
-        with weights_will_be_loaded():
-            return cls(obs_space, act_space, dict(spec.get("config") or {}))
+        return build_from_spec(cls, spec)
