@@ -433,7 +433,7 @@ def export_model(
 
     registry = get_registry(pm)
     jobs = _plan(registry, onnx, format)
-    target = Path(directory)
+    target = Path(directory).absolute()  # exporters report absolute paths
     _prepare_dir(target)
     previous = _previous(target)
     digest = weights_digest(graph)
