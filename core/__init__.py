@@ -10,17 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from amber.hookspecs import hookimpl, hookspec
+from amber.names import register_class
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "hookimpl", "hookspec", "load", "save"]
+__all__ = ["__version__", "hookimpl", "hookspec", "load", "migrate", "register_class", "save"]
 
 
 def __getattr__(name: str) -> Any:
-    # save/load live in amber.checkpoint; imported on first use so that
-    # `import amber` stays light.
+    # save/load/migrate live in amber.checkpoint and amber.utils.checkpoints;
+    # imported on first use so that `import amber` stays light.
     if name in ("save", "load"):
         from amber import checkpoint
 
         return getattr(checkpoint, name)
+    if name == "migrate":
+        from amber.utils.checkpoints import migrate
+
+        return migrate
     raise AttributeError(f"module 'amber' has no attribute {name!r}")

@@ -24,10 +24,10 @@ from amber.errors import (
     CorruptCheckpointError,
     MigrationError,
     MissingPluginError,
+    NotACheckpointError,
     UnknownFormatError,
     UnknownPolicyError,
     UnsafeContentError,
-    UnsupportedVersionError,
 )
 from amber.layout import (
     MANIFEST,
@@ -39,6 +39,8 @@ from amber.layout import (
     read_manifest,
     write_manifest,
 )
+from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
+from amber.names import to_names
 from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.state import StateTree, validate_tree
 
@@ -56,8 +58,6 @@ __all__ = [
     "write_checkpoint",
 ]
 
-#: The checkpoint_version this amber writes.
-CHECKPOINT_VERSION = "1.0"
 STATE_STEMS = {"Algorithm": "algorithm_state", "Policy": "policy_state", "State": "state"}
 Attachment = Callable[[Path], None]
 
@@ -93,12 +93,13 @@ def pickle_allowed_default() -> bool:
 
 
 def _header(
-    type_: str, spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None
+    type_: str, spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None,
+    version: str,
 ) -> dict[str, Any]:
     provider = registry.provider(spec.name)
     return {
         "type": type_,
-        "checkpoint_version": CHECKPOINT_VERSION,
+        "checkpoint_version": version,
         "format": spec.name,
         "amber_version": __version__,
         "python_version": platform.python_version(),
@@ -120,6 +121,7 @@ def _write_level(
     children: Mapping[str, FileEntry] | None = None,
     attachment: Attachment | None = None,
     shown: Path,
+    version: str = CHECKPOINT_VERSION,
 ) -> FileEntry:
     stem = STATE_STEMS[type_]
     if not spec.capabilities.arbitrary_objects:
@@ -132,7 +134,7 @@ def _write_level(
         attachment(directory)
         _record_untracked(directory, files, children)
     files.update(children or {})
-    content = _header(type_, spec, registry, metadata)
+    content = _header(type_, spec, registry, metadata, version)
     content.update(extra or {})
     content["state_file"] = f"{stem}{spec.extension}"
     content["files"] = {rel: {"size": e.size, "digest": e.digest} for rel, e in files.items()}
@@ -172,9 +174,15 @@ def write_checkpoint(
     policies: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     attachments: Mapping[str, Attachment] | None = None,
+    placeholders: bool = False,
+    checkpoint_version: str = CHECKPOINT_VERSION,
     pm: pluggy.PluginManager | None = None,
 ) -> Path:
     """Write a checkpoint atomically and return its path.
+
+    Classes and functions in the trees are written as their registered
+    names (:mod:`amber.names`); a format that holds any object (pickle)
+    keeps those that have none.
 
     :param path: the checkpoint directory; an existing amber checkpoint or empty
         directory there is replaced as a whole, in one atomic step.
@@ -186,6 +194,11 @@ def write_checkpoint(
     :param attachments: by policy id (or ``""`` for the top level), a function
         that writes extra files (exported models) into that level's directory;
         they are listed and verified like the rest.
+    :param placeholders: in a portable format, write a class or function that
+        has no registered name as a placeholder (the loader asks for it)
+        instead of failing.
+    :param checkpoint_version: the version to label it with (``amber migrate --to``); trees
+        of an older version are written as they are.
     :param pm: the plugin manager (default: the process's).
     :raises UnknownFormatError: no such format.
     :raises UnserializableStateError: the state holds something the format cannot write.
@@ -200,6 +213,13 @@ def write_checkpoint(
         raise ValueError("only Algorithm checkpoints hold policies")
     for pid in policies:
         check_id(pid, path=target)
+    if checkpoint_version == CHECKPOINT_VERSION:
+        portable = not spec.capabilities.arbitrary_objects
+        state = to_names(state, portable=portable, placeholders=placeholders, format=format,
+                         where=str(target), pm=pm)
+        policies = {pid: to_names(p, portable=portable, placeholders=placeholders, format=format,
+                                  where=str(target / "policies" / pid), pm=pm)
+                    for pid, p in policies.items()}
     try:
         with staging(target) as tmp:
             children: dict[str, FileEntry] = {}
@@ -209,12 +229,13 @@ def write_checkpoint(
                 children[f"policies/{pid}/{MANIFEST}"] = _write_level(
                     pdir, type_="Policy", state=pstate, spec=spec, registry=registry,
                     metadata=metadata, extra={"policy_id": pid}, attachment=attachments.get(pid),
-                    shown=target / "policies" / pid,
+                    shown=target / "policies" / pid, version=checkpoint_version,
                 )
             extra = {"policy_ids": list(policies)} if type == "Algorithm" else {}
             _write_level(
                 tmp, type_=type, state=state, spec=spec, registry=registry, metadata=metadata,
                 extra=extra, children=children, attachment=attachments.get(""), shown=target,
+                version=checkpoint_version,
             )
             commit(tmp, target)
     except CheckpointError:
@@ -258,27 +279,6 @@ def _check_safe(manifest: Manifest, spec: FormatSpec, allow_pickle: bool) -> Non
         )
 
 
-def _check_version(manifest: Manifest, registry: FormatRegistry) -> None:
-    version = manifest.checkpoint_version
-    if version == CHECKPOINT_VERSION:
-        return
-    supported = registry.versions_from(CHECKPOINT_VERSION)
-    if version not in supported:
-        raise UnsupportedVersionError(
-            f"{manifest.directory} has checkpoint_version {version!r}; this amber ({__version__}) "
-            f"reads {', '.join(repr(v) for v in supported)}"
-            + (" - upgrade amber to read it" if _newer(version, CHECKPOINT_VERSION) else ""),
-            path=manifest.directory,
-        )
-
-
-def _newer(a: str, b: str) -> bool:
-    try:
-        return tuple(int(x) for x in a.split(".")) > tuple(int(x) for x in b.split("."))
-    except ValueError:
-        return False
-
-
 def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
     stem = STATE_STEMS[manifest.type]
     if manifest.state_file != f"{stem}{spec.extension}":
@@ -305,9 +305,14 @@ def read_checkpoint(
     policy_ids: Iterable[str] | None = None,
     allow_pickle: bool | None = None,
     migrate: bool = True,
+    to: str | None = None,
     pm: pluggy.PluginManager | None = None,
 ) -> Checkpoint:
-    """Read and verify a checkpoint (Algorithm, Policy or State).
+    """Read and verify a checkpoint (Algorithm, Policy or State), migrated in memory.
+
+    An older checkpoint is upgraded through the registered migration steps
+    (the files are never rewritten); a directory that is another system's
+    checkpoint is read by the plugin that knows it (``amber_read_foreign_checkpoint``).
 
     :param path: the checkpoint directory.
     :param policy_ids: for an Algorithm checkpoint, read only these policies
@@ -315,6 +320,7 @@ def read_checkpoint(
     :param allow_pickle: allow formats that can run code; None: yes unless
         ``AMBER_SAFE_LOAD`` is set. Checked before any state file is opened.
     :param migrate: apply migration steps to an older checkpoint.
+    :param to: the version to migrate to (default: :data:`CHECKPOINT_VERSION`).
     :param pm: the plugin manager (default: the process's).
     :raises NotACheckpointError: no checkpoint there.
     :raises CorruptCheckpointError: a file is missing, altered or malformed (named).
@@ -322,19 +328,47 @@ def read_checkpoint(
     :raises UnsafeContentError: pickle refused.
     :raises UnknownPolicyError: a requested policy id is not in the checkpoint.
     :raises MissingPluginError: the checkpoint's format is not installed.
+    :raises MigrationError: a migration step failed (named).
     """
     registry = get_registry(pm)
-    allow = pickle_allowed_default() if allow_pickle is None else allow_pickle
+    target = to or CHECKPOINT_VERSION
     root = Path(path)
-    manifest = read_manifest(root)
-    _check_version(manifest, registry)
+    wanted = None if policy_ids is None else list(dict.fromkeys(policy_ids))
+    try:
+        manifest = read_manifest(root)
+    except NotACheckpointError:
+        ckpt = _read_foreign(root, wanted, pm)
+        if ckpt is None:
+            raise
+        plan(ckpt.checkpoint_version, target, registry.migrations, path=root)
+    else:
+        plan(manifest.checkpoint_version, target, registry.migrations, path=manifest.directory)
+        allow = pickle_allowed_default() if allow_pickle is None else allow_pickle
+        ckpt = _read_native(root, manifest, wanted, registry, allow)
+    if migrate:
+        ckpt.migrations_applied = migrate_in_memory(ckpt, target, registry)
+    return ckpt
+
+
+def _read_foreign(root: Path, policy_ids: list[str] | None, pm: pluggy.PluginManager | None) -> Checkpoint | None:
+    from amber.plugin_manager import default_plugin_manager
+
+    if not root.is_dir():
+        return None
+    pm = pm if pm is not None else default_plugin_manager()
+    found = pm.hook.amber_read_foreign_checkpoint(path=root, policy_ids=policy_ids)
+    return found if isinstance(found, Checkpoint) else None
+
+
+def _read_native(
+    root: Path, manifest: Manifest, policy_ids: list[str] | None, registry: FormatRegistry, allow: bool
+) -> Checkpoint:
     spec = _spec_for(manifest, registry)
     _check_safe(manifest, spec, allow)
-
     wanted: list[str] = []
     if manifest.type == "Algorithm":
         present = manifest.policy_ids
-        wanted = present if policy_ids is None else list(dict.fromkeys(policy_ids))
+        wanted = present if policy_ids is None else policy_ids
         for pid in wanted:
             if pid not in present:
                 raise UnknownPolicyError(pid, present, path=root)
@@ -348,12 +382,9 @@ def read_checkpoint(
                 path=pman.path,
             )
         policy_manifests[pid] = pman
-
     ckpt = _make(manifest, _read_state(manifest, spec))
     for pid, pman in policy_manifests.items():
         ckpt.policies[pid] = _make(pman, _read_state(pman, spec))
-    if migrate:
-        ckpt.migrations_applied = apply_migrations(ckpt, registry)
     return ckpt
 
 
@@ -366,33 +397,27 @@ def _make(manifest: Manifest, state: Any) -> Checkpoint:
     )
 
 
-def apply_migrations(ckpt: Checkpoint, registry: FormatRegistry) -> list[str]:
-    """Upgrade a loaded checkpoint to :data:`CHECKPOINT_VERSION`; return the steps applied.
+def migrate_in_memory(ckpt: Checkpoint, to: str, registry: FormatRegistry) -> list[str]:
+    """Upgrade a checkpoint read into memory to version ``to``; return the steps applied.
 
-    :raises MigrationError: a step failed (named) or no chain exists.
+    :raises UnsupportedVersionError: no chain of steps leads there.
+    :raises MigrationError: a step failed (named).
     """
-    if ckpt.checkpoint_version == CHECKPOINT_VERSION:
+    chain = plan(ckpt.checkpoint_version, to, registry.migrations, path=ckpt.path)
+    if not chain:
         return []
-    chain = registry.migration_chain(ckpt.checkpoint_version, CHECKPOINT_VERSION)
-    if chain is None:
-        raise MigrationError(
-            f"no migration leads from checkpoint_version {ckpt.checkpoint_version!r} to "
-            f"{CHECKPOINT_VERSION!r}", path=ckpt.path,
-        )
-    applied = []
-    for step in chain:
-        try:
-            step.apply(ckpt)
-        except Exception as e:
-            raise MigrationError(
-                f"migration {step.name} ({step.from_version} -> {step.to_version}) failed on "
-                f"{ckpt.path}: {type(e).__name__}: {e}", path=ckpt.path,
-            ) from e
-        ckpt.checkpoint_version = step.to_version
-        for policy in ckpt.policies.values():
-            policy.checkpoint_version = step.to_version
-        applied.append(step.name)
-    return applied
+    trees = CheckpointTrees(ckpt.type, dict(ckpt.manifest), ckpt.state,
+                            {pid: p.state for pid, p in ckpt.policies.items()})
+    out = apply_chain(trees, chain, path=ckpt.path)
+    if set(out.policies) != set(ckpt.policies):
+        raise MigrationError(f"migration {chain[-1].name} changed the set of policies of {ckpt.path}",
+                             path=ckpt.path)
+    ckpt.state = out.state
+    ckpt.checkpoint_version = to
+    for pid, policy in ckpt.policies.items():
+        policy.state = out.policies[pid]
+        policy.checkpoint_version = to
+    return [step.name for step in chain]
 
 
 # --------------------------------------------------------------------------

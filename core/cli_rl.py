@@ -12,17 +12,16 @@ import click
 
 from amber.cli import AmberCliError, cli
 
-ALGOS = {"PPO": "amber.algorithms.ppo:PPOConfig", "DQN": "amber.algorithms.dqn:DQNConfig",
-         "SAC": "amber.algorithms.sac:SACConfig"}
+ALGOS = {"PPO": "amber.PPOConfig", "DQN": "amber.DQNConfig", "SAC": "amber.SACConfig"}
 PROGRESS_FIELDS = ("training_iteration", "num_env_steps_sampled_lifetime", "episode_return_mean",
                    "time_this_iter_s", "time_total_s", "checkpoint")
 
 
 def _config_class(algo: str) -> Any:
-    from amber.state import Ref
+    from amber.names import resolve
 
     try:
-        return Ref(ALGOS[algo.upper()]).resolve()
+        return resolve(ALGOS[algo.upper()])
     except (KeyError, ImportError, AttributeError):
         raise AmberCliError(f"unknown or unavailable algorithm {algo!r}; choices: "
                             f"{', '.join(ALGOS)}") from None

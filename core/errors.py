@@ -27,6 +27,8 @@ __all__ = [
     "UnknownPolicyError",
     "UnsafeContentError",
     "UnserializableStateError",
+    "UnregisteredNameError",
+    "DuplicateNameError",
     "UnsupportedVersionError",
 ]
 
@@ -106,6 +108,14 @@ class DuplicateFormatError(PluginLoadError):
 
 class MissingPluginError(CheckpointError):
     """A checkpoint or call needs a plugin (or an extra) that is not installed."""
+
+
+class UnregisteredNameError(CheckpointError, LookupError):
+    """A checkpoint refers to a class or function by a name this process has not registered."""
+
+
+class DuplicateNameError(CheckpointError, ValueError):
+    """Two different objects were registered under the same name."""
 
 
 class _KeyErrorMixin(KeyError):

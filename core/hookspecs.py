@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from amber.registry import ExporterSpec, FormatSpec, Migration
+    from amber.checkpoint import Checkpoint
+    from amber.migration import Migration
+    from amber.registry import ExporterSpec, FormatSpec
     from amber.state import StateTree
 
 hookspec = pluggy.HookspecMarker("amber")
@@ -82,6 +84,24 @@ def amber_restore_state(component: object, state: StateTree, key: str) -> bool |
     """
 
 
+@hookspec
+def amber_register_names() -> Mapping[str, object] | None:
+    """Register names for classes and functions your package's checkpoints refer to.
+
+    From checkpoint_version 2.0 a checkpoint names every class or function
+    it holds (an env class, a policy class, a mapping function) by a
+    registered name, never by import path; loading resolves names exactly
+    and imports nothing else. Called once per plugin manager, when the
+    registry is first built; every plugin's names are collected (1:N), and
+    one name given to two different objects is an error. Users register
+    single objects with :func:`amber.register_class` instead.
+
+    :return: a mapping of name (e.g. ``"mypkg.MyEnv"``) to class or function, or None.
+
+    .. versionadded:: 0.2
+    """
+
+
 # --------------------------------------------------------------------------
 # write: formats
 # --------------------------------------------------------------------------
@@ -126,6 +146,26 @@ def amber_detect_format(path: Path, header: bytes) -> str | None:
     """
 
 
+@hookspec(firstresult=True)
+def amber_read_foreign_checkpoint(path: Path, policy_ids: Sequence[str] | None) -> Checkpoint | None:
+    """Read a directory that is not an amber checkpoint but another system's (e.g. RLlib's).
+
+    Called by every loader when ``path`` is a directory without a
+    checkpoint.json. Recognise the other system's files, read them safely
+    (never unpickle: refuse with a :class:`amber.errors.CheckpointError`
+    that says how to convert instead) and return a
+    :class:`amber.checkpoint.Checkpoint` whose ``checkpoint_version`` names
+    that system's version (``"rllib-1.1"``); the plugin's migration steps
+    then lead from it to amber's versions. Stops at first non-None result.
+
+    :param path: the directory.
+    :param policy_ids: for an algorithm checkpoint, the policies to read (None: all).
+    :return: the checkpoint read, or None if this plugin does not recognise the directory.
+
+    .. versionadded:: 0.2
+    """
+
+
 # --------------------------------------------------------------------------
 # migrate: upgrading old checkpoints
 # --------------------------------------------------------------------------
@@ -136,10 +176,13 @@ def amber_register_migrations() -> Sequence[Migration] | None:
     """Register migration steps between checkpoint versions.
 
     Called once per plugin manager, when the registry is first built; every
-    plugin's steps are collected (1:N). When a checkpoint's version is older
-    than the current one, the engine chains the steps (``from_version`` →
-    ``to_version``) and applies them in order to the loaded checkpoint before
-    ``load`` returns; ``amber migrate`` writes the result back.
+    plugin's steps are collected (1:N). A step is a pure function of one
+    version's manifest and state trees (:class:`amber.migration.Migration`,
+    named ``"<from> -> <to>"``). When a checkpoint's version is older than the
+    current one, the engine chains the steps and applies them in memory
+    before a loader returns; ``amber migrate`` writes the result. A format
+    plugin may ship steps for its own changes; two steps starting at the same
+    version are an error.
 
     :return: the steps this plugin provides, or None.
 

@@ -23,6 +23,7 @@ import numpy as np
 from amber.atomic import fsync_on_close
 from amber.digest import Hasher, format_digest, new_hasher, parse_digest
 from amber.errors import CorruptCheckpointError, InvalidIdError, NotACheckpointError
+from amber.migration import check_not_newer
 
 __all__ = [
     "MANIFEST",
@@ -252,7 +253,7 @@ def read_manifest(
             raise _corrupt(path, "is missing (the directory holds checkpoint files)")
         hint = ""
         if (directory / "rllib_checkpoint.json").exists():
-            hint = " (this is an RLlib checkpoint; amber reads only its own)"
+            hint = " (it is another system's checkpoint, which no installed plugin reads)"
         raise NotACheckpointError(
             f"{directory} is not an amber checkpoint: no {MANIFEST}{hint}", path=directory
         )
@@ -271,6 +272,7 @@ def read_manifest(
         raise _corrupt(path, f"is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise _corrupt(path, "must hold a JSON object")
+    check_not_newer(raw, directory)  # before any digest: a newer amber may hash differently
     recorded = raw.pop(SELF_DIGEST, None)
     if recorded is None:
         raise _corrupt(path, f"lacks the key {SELF_DIGEST!r}")

@@ -28,6 +28,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "amber.plugins.torch_export",
     "amber.plugins.onnx_export",
     "amber.plugins.keras_export",
+    "amber.plugins.migrations",
+    "amber.plugins.rllib_compat",
 )
 
 

@@ -1,9 +1,9 @@
 """What plugins register, and the registries built from it.
 
 A plugin describes a format with :class:`FormatSpec`, an exporter with
-:class:`ExporterSpec` and a migration step with :class:`Migration`; the
-engine collects them through the hooks of :mod:`amber.hookspecs` and keeps
-them in a :class:`FormatRegistry` keyed by name.
+:class:`ExporterSpec`, a migration step with :class:`amber.migration.Migration`
+and its classes' names with a mapping; the engine collects them through the
+hooks of :mod:`amber.hookspecs` and keeps them in a :class:`FormatRegistry`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from amber.errors import (
     DuplicateFormatError,
+    DuplicateNameError,
     PluginLoadError,
     UnknownExporterError,
     UnknownFormatError,
 )
+
+from amber.migration import Migration
 
 if TYPE_CHECKING:
     import pluggy
@@ -126,22 +129,6 @@ class ExporterSpec:
 
 
 @dataclass(frozen=True)
-class Migration:
-    """One step that upgrades a loaded checkpoint from one version to the next.
-
-    :param name: a stable, descriptive name (``"m001_rename_clip_coef"``).
-    :param from_version: the checkpoint_version it reads.
-    :param to_version: the checkpoint_version it produces.
-    :param apply: ``apply(checkpoint)`` edits a :class:`amber.checkpoint.Checkpoint` in place.
-    """
-
-    name: str
-    from_version: str
-    to_version: str
-    apply: Callable[[Any], None]
-
-
-@dataclass(frozen=True)
 class Provided:
     """A registered item and the plugin (and distribution) that provided it."""
 
@@ -152,11 +139,13 @@ class Provided:
 
 @dataclass
 class FormatRegistry:
-    """Formats, exporters and migrations by name, built once per plugin manager."""
+    """Formats, exporters, migration steps and plugins' names, built once per plugin manager."""
 
     formats: dict[str, Provided] = field(default_factory=dict)
     exporters: dict[str, Provided] = field(default_factory=dict)
     migrations: list[Provided] = field(default_factory=list)
+    class_names: dict[str, Any] = field(default_factory=dict)
+    """Classes and functions by the name plugins registered (``amber_register_names``)."""
 
     def get(self, name: str) -> FormatSpec:
         """The format called ``name``.
@@ -192,27 +181,6 @@ class FormatRegistry:
         except KeyError:
             raise UnknownExporterError(name, self.exporters) from None
 
-    def migration_chain(self, from_version: str, to_version: str) -> list[Migration] | None:
-        """The steps leading from ``from_version`` to ``to_version``, or None if none does."""
-        steps: dict[str, Migration] = {p.item.from_version: p.item for p in self.migrations}
-        chain: list[Migration] = []
-        version = from_version
-        while version != to_version:
-            step = steps.get(version)
-            if step is None or len(chain) > len(steps):
-                return None
-            chain.append(step)
-            version = step.to_version
-        return chain
-
-    def versions_from(self, to_version: str) -> list[str]:
-        """Every version that migrates to ``to_version``, itself included."""
-        found = {to_version}
-        for p in self.migrations:
-            if self.migration_chain(p.item.from_version, to_version) is not None:
-                found.add(p.item.from_version)
-        return sorted(found)
-
 
 _EXTRAS = {"onnx": "onnx", "keras": "keras", "tf2": "keras"}
 
@@ -233,7 +201,8 @@ def _plugin_names(pm: pluggy.PluginManager) -> dict[int, tuple[str, str | None]]
     }
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, str, str | None]]:
+def _results(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, str, str | None]]:
+    """Each plugin's result of a registration hook, with the plugin's name and distribution."""
     names = _plugin_names(pm)
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
@@ -243,8 +212,13 @@ def _collect(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, st
             hook_name, remove_plugins=[p for p in pm.get_plugins() if p is not impl.plugin]
         )
         for results in caller():
-            for item in results or ():
-                yield item, plugin_name, dist
+            yield results, plugin_name, dist
+
+
+def _collect(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, str, str | None]]:
+    for results, plugin_name, dist in _results(pm, hook_name):
+        for item in results or ():
+            yield item, plugin_name, dist
 
 
 def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
@@ -275,8 +249,25 @@ def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
                 )
             table[item.name] = Provided(item, plugin, dist)
     for item, plugin, dist in _collect(pm, "amber_register_migrations"):
+        if not isinstance(item, Migration):
+            raise PluginLoadError(
+                f"plugin {plugin!r} returned {type(item).__name__} from amber_register_migrations, "
+                "expected amber.migration.Migration", plugin=plugin,
+            )
         reg.migrations.append(Provided(item, plugin, dist))
+    _collect_names(pm, reg)
     return reg
+
+
+def _collect_names(pm: pluggy.PluginManager, reg: FormatRegistry) -> None:
+    owners: dict[str, str] = {}
+    for found, plugin, _dist in _results(pm, "amber_register_names"):
+        for name, obj in dict(found or {}).items():
+            if name in reg.class_names and reg.class_names[name] is not obj:
+                raise DuplicateNameError(
+                    f"name {name!r} is registered twice: by plugin {owners[name]!r} and by plugin {plugin!r}"
+                )
+            reg.class_names[name], owners[name] = obj, plugin
 
 
 def _dist(dist: str | None) -> str:

@@ -7,17 +7,18 @@ layout) and numpy scalars of those dtypes. Every format round-trips these
 exactly: dtype, shape, values (NaN, inf, -0.0), key order, int vs float.
 Portable formats return tuples as lists.
 
-Functions and classes may appear too: a portable format stores them as an
-importable reference (:class:`Ref`) and reads them back as a :class:`Ref`,
-which the consumer resolves explicitly. Formats with ``arbitrary_objects``
-(pickle) hold anything.
+Functions and classes may appear too: before a format sees the tree, the
+engine replaces each by a :class:`Ref` to its registered name
+(:mod:`amber.names`); formats store a ``Ref`` and read it back as one,
+which the consumer resolves explicitly through the name registry. Formats
+with ``arbitrary_objects`` (pickle) also hold anything else.
 """
 
 from __future__ import annotations
 
 import importlib
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from amber.errors import UnserializableStateError
 
-__all__ = ["MAX_DEPTH", "Ref", "StateTree", "importable_name", "iter_leaves", "validate_tree"]
+__all__ = ["MAX_DEPTH", "Ref", "StateTree", "importable_name", "iter_leaves", "validate_tree", "walk_replace"]
 
 StateTree = Union[dict, list, tuple, str, int, float, bool, None, bytes, np.ndarray, np.generic]  # noqa: UP007 - a runtime alias on 3.10
 """A nest of containers and leaves as described in this module's docstring."""
@@ -38,25 +39,30 @@ ARRAY_KINDS = frozenset("biufc")
 
 @dataclass(frozen=True)
 class Ref:
-    """An importable reference ``"module:qualname"`` to a function or class.
+    """A reference to a function or class by its registered name (``"amber.PPO"``).
 
-    Portable formats read functions and classes back as a ``Ref``; nothing is
-    imported until :meth:`resolve` is called.
+    Checkpoints of version 1.0 held import paths (``"module:qualname"``)
+    here; migrating them to 2.0 turns those into names. A target starting
+    with ``?`` is a placeholder for an object that could not be stored.
+    Nothing is imported until :meth:`resolve` is called, and then only
+    through the name registry.
     """
 
     target: str
 
-    def resolve(self) -> Any:
-        """Import the module and return the object the reference names.
+    @property
+    def is_placeholder(self) -> bool:
+        """True for an object that was not stored (a lambda in a portable format)."""
+        return self.target.startswith("?")
 
-        :raises ImportError: the module is missing.
-        :raises AttributeError: the module has no such attribute.
+    def resolve(self, *, what: str = "", path: Any = None, pm: Any = None) -> Any:
+        """The registered class or function of this name (see :func:`amber.names.resolve`).
+
+        :raises UnregisteredNameError: the name is not registered, or is a placeholder.
         """
-        module, _, qualname = self.target.partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj
+        from amber.names import resolve
+
+        return resolve(self.target, what=what, path=path, pm=pm)
 
     @classmethod
     def of(cls, obj: Any) -> Ref:
@@ -74,7 +80,9 @@ def importable_name(obj: Any) -> str | None:
     if not module or not qualname or "<" in qualname or module == "__main__":
         return None
     try:
-        found = Ref(f"{module}:{qualname}").resolve()
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
     except Exception:
         return None
     return f"{module}:{qualname}" if found is obj else None
@@ -91,6 +99,22 @@ def _key(path: str, k: Any) -> str:
     if isinstance(k, int):
         return f"{path}[{k}]"
     return f"{path}.{k}" if path else str(k)
+
+
+def walk_replace(tree: Any, fn: Callable[[str, Any], Any], path: str = "", depth: int = 0) -> Any:
+    """``tree`` with each leaf replaced by ``fn(key_path, leaf)``; containers are
+    rebuilt only where a leaf changed (tuples come back as tuples)."""
+    if depth > MAX_DEPTH:
+        return tree
+    if isinstance(tree, dict):
+        new = {k: walk_replace(v, fn, _key(path, k), depth + 1) for k, v in tree.items()}
+        return tree if all(new[k] is v for k, v in tree.items()) else new
+    if isinstance(tree, (list, tuple)):
+        items = [walk_replace(v, fn, _key(path, i), depth + 1) for i, v in enumerate(tree)]
+        if all(a is b for a, b in zip(items, tree)):
+            return tree
+        return tuple(items) if isinstance(tree, tuple) else items
+    return fn(path, tree)
 
 
 def iter_leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -153,16 +177,12 @@ def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
                 )
             continue
         if is_reference_type(node):
-            if importable_name(node) is None:
-                raise fail(
-                    keypath,
-                    f"{getattr(node, '__qualname__', node)!r} is a lambda, closure or local "
-                    "function, which has no importable name. Either save with "
-                    "format='pickle', or define it at module level, or pass it again "
-                    "when restoring (e.g. Algorithm.from_checkpoint(path, "
-                    "policy_mapping_fn=...))",
-                )
-            continue
+            raise fail(
+                keypath,
+                f"{getattr(node, '__qualname__', node)!r} has no registered name. Register it "
+                "(amber.register_class), or save with format='pickle', or pass it again "
+                "when restoring (e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
+            )
         raise fail(
             keypath,
             f"values of type {type(node).__module__}.{type(node).__qualname__} are not "

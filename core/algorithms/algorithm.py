@@ -22,9 +22,9 @@ import numpy as np
 
 from amber import components
 from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig
-from amber.errors import CheckpointError, UnsafeContentError
+from amber.errors import CheckpointError, UnregisteredNameError
 from amber.policy.policy import Policy, PolicySpec
-from amber.state import Ref, importable_name
+from amber.state import Ref
 
 __all__ = ["Algorithm", "AlgorithmStoppedError", "SaveResult", "TrainingCheckpoint"]
 
@@ -320,6 +320,9 @@ class Algorithm:
             raise
 
     def _apply_state(self, state: Mapping[str, Any], restore_episodes: bool) -> None:
+        """Apply a state; of the algorithm's own keys only ``iteration`` and ``counters`` are
+        required (a checkpoint from another system has no RNG, env or learner state: those
+        parts keep their freshly built values)."""
         import torch
 
         own = state["algorithm"]
@@ -327,15 +330,17 @@ class Algorithm:
             if pid in self.policies:
                 self.policies[pid].set_state(pstate)
         self.iteration = int(own["iteration"])
-        self.counters = dict(own["counters"])
-        self._recent_returns = list(own["recent_returns"])
-        self._recent_policy_returns = {k: list(v) for k, v in own["recent_policy_returns"].items()}
-        saved = dict(own["components"])
+        self.counters = {**self.counters, **own["counters"]}
+        self._recent_returns = list(own.get("recent_returns", self._recent_returns))
+        self._recent_policy_returns = {k: list(v) for k, v in
+                                       own.get("recent_policy_returns", self._recent_policy_returns).items()}
+        saved = dict(own.get("components") or {})
         if not restore_episodes:
             saved.pop("env_runner", None)
         components.restore(self, self._components(), saved)
-        torch.set_rng_state(torch.from_numpy(np.asarray(own["torch_rng"], dtype=np.uint8).copy()))
-        self.set_learner_state(own["learner"])
+        if own.get("torch_rng") is not None:
+            torch.set_rng_state(torch.from_numpy(np.asarray(own["torch_rng"], dtype=np.uint8).copy()))
+        self.set_learner_state(own.get("learner") or {})
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -363,23 +368,21 @@ class Algorithm:
         from amber.registry import get_registry
 
         fmt = format or self.config.checkpoint_format
-        spec = get_registry().get(fmt)
+        get_registry().get(fmt)  # an unknown format fails before anything is captured
         path = (Path(checkpoint_dir) if checkpoint_dir is not None
                 else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
         state = self.get_state()
         own = state["algorithm"]
-        if not spec.capabilities.arbitrary_objects:
-            fn = own["config"].get("policy_mapping_fn")
-            if fn is not None and importable_name(fn) is None:
-                own["config"]["policy_mapping_fn"] = None
-                own["missing"] = ["policy_mapping_fn"]
         attachments = {}
         if self.config.export_native_model_files:
             for pid, policy in self.policies.items():
                 if hasattr(policy, "export_model"):
                     attachments[pid] = (lambda p: lambda d: p.export_model(d / "model"))(policy)
+        # In a portable format, a mapping function (or env class) with no registered name is
+        # written as a placeholder, and from_checkpoint asks for it.
         write_checkpoint(path, type="Algorithm", state=own, policies=state["policies"], format=fmt,
-                         metadata={"algorithm": type(self).__name__}, attachments=attachments)
+                         metadata={"algorithm": type(self).__name__}, attachments=attachments,
+                         placeholders=True)
         return SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:
@@ -410,24 +413,25 @@ class Algorithm:
         :param policy_ids: build and read only these policies.
         :param policy_mapping_fn: replaces the saved mapping (required when it was not saved).
         :param policies_to_train: replaces the saved list.
-        :param env: replaces the saved environment (an id, a registered name or an env class):
-            under safe loading, a checkpoint naming an env class outside amber needs it.
+        :param env: replaces the saved environment (an id, a registered name or an env class),
+            e.g. when the checkpoint names an env class that is not registered here.
         """
-        from amber.checkpoint import pickle_allowed_default, read_checkpoint
+        from amber.checkpoint import read_checkpoint
 
         target = path if path is not None else checkpoint
         if target is None:
             raise ValueError("from_checkpoint needs a path")
         ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle)
-        trusted = pickle_allowed_default() if allow_pickle is None else allow_pickle
+        if ckpt.type != "Algorithm":
+            raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
+                                  "Policy.from_checkpoint reads policy checkpoints", path=target)
         own = dict(ckpt.state)
-        algo_cls = _resolve(own["algorithm_class"], trusted, "algorithm_class", target)
-        raw = {k: _resolve(v, trusted, f"config.{k}", target) for k, v in own["config"].items()
-               if not (k == "env" and env is not None)}
-        if env is not None:
-            raw["env"] = env
+        given = {"env": env, "policy_mapping_fn": policy_mapping_fn}
+        algo_cls = _resolve(own["algorithm_class"], "algorithm_class", target)
+        raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", target)
+               for k, v in own["config"].items()}
         raw["policies"] = {
-            pid: {**spec, "policy_class": _resolve(spec["policy_class"], trusted, f"policies.{pid}", target)}
+            pid: {**spec, "policy_class": _resolve(spec["policy_class"], f"policies.{pid}", target)}
             if isinstance(spec, dict) and "policy_class" in spec else spec
             for pid, spec in (raw.get("policies") or {}).items()
         }
@@ -438,13 +442,6 @@ class Algorithm:
             config.policies = {pid: config.policies.get(pid) for pid in keep}
             if config.policies_to_train is not None and policies_to_train is None:
                 config.policies_to_train = [p for p in config.policies_to_train if p in keep]
-        if policy_mapping_fn is not None:
-            config.policy_mapping_fn = policy_mapping_fn
-        elif "policy_mapping_fn" in own.get("missing", []):
-            raise CheckpointError(
-                f"{target} was saved without its policy_mapping_fn (a lambda or local function cannot "
-                "be stored in a portable format); pass it: "
-                f"{algo_cls.__name__}.from_checkpoint(path, policy_mapping_fn=...)", path=target)
         if policies_to_train is not None:
             config.policies_to_train = list(policies_to_train)
         from amber.models.torch_mlp import weights_will_be_loaded
@@ -468,14 +465,18 @@ class Algorithm:
         return f"{type(self).__name__}(env={self.config.env!r}, policies={sorted(self.policies)})"
 
 
-def _resolve(value: Any, trusted: bool, what: str, path: str | os.PathLike[str]) -> Any:
-    """Resolve a stored reference; under safe loading only amber's own names are imported."""
+def _resolve(value: Any, what: str, path: str | os.PathLike[str]) -> Any:
+    """A stored name's class or function, through the name registry (never an import by path).
+
+    :raises UnregisteredNameError: the name is not registered here, or was not stored
+        (a placeholder): the message says what to pass or register.
+    """
     if not isinstance(value, Ref):
         return value
-    if not trusted and not value.target.startswith("amber."):
-        raise UnsafeContentError(
-            f"{path}: the checkpoint's {what} names {value.target!r}, outside amber; under safe loading only "
-            "amber's own names are imported. Pass it explicitly (from_checkpoint(..., env=...) for an env "
-            "class), or load with allow_pickle=True if you trust the checkpoint", path=path
-        )
-    return value.resolve()
+    if value.is_placeholder:
+        keyword = what.removeprefix("config.")
+        raise UnregisteredNameError(
+            f"{path} was saved without its {keyword} ({value.target[1:]!r} has no registered name, so a "
+            f"portable format could not store it); pass it: Algorithm.from_checkpoint(path, {keyword}=...), "
+            "or register it with amber.register_class before saving", path=path)
+    return value.resolve(what=what, path=path)

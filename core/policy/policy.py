@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.errors import UnsafeContentError
+from amber.errors import CheckpointError
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -166,25 +166,22 @@ class Policy:
         return os.fspath(export_dir)
 
     @staticmethod
-    def from_state(state: Mapping[str, Any], *, trusted: bool = True) -> Policy:
+    def from_state(state: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None,
+                   pm: pluggy.PluginManager | None = None) -> Policy:
         """Build a policy from a state returned by :meth:`get_state`.
 
-        :param trusted: when False (safe loading), only policy classes from
-            amber itself are imported by name.
+        The policy class is looked up by its registered name (never imported by path).
+
+        :param path: the checkpoint it came from, for messages.
+        :raises UnregisteredNameError: the policy class's name is not registered here.
+        :raises CheckpointError: the state names no Policy class.
         """
         spec = state["policy_spec"]
         cls = spec["policy_class"]
-        if isinstance(cls, str):
-            cls = Ref(cls)
         if isinstance(cls, Ref):
-            if not trusted and not cls.target.startswith("amber."):
-                raise UnsafeContentError(
-                    f"the checkpoint names policy class {cls.target!r}, outside amber; under safe "
-                    "loading only amber's own classes are imported (pass allow_pickle=True to trust it)"
-                )
-            cls = cls.resolve()
+            cls = cls.resolve(what="policy class", path=path, pm=pm)
         if not (isinstance(cls, type) and issubclass(cls, Policy)):
-            raise TypeError(f"{cls!r} is not a Policy class")
+            raise CheckpointError(f"{path}: the policy class {cls!r} is not a Policy class", path=path)
         policy = cls.build_from_spec(spec)
         policy.set_state(state)
         return policy
@@ -211,12 +208,12 @@ class Policy:
         :param policy_ids: for an algorithm checkpoint, the policies to restore.
         :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
         """
-        from amber.checkpoint import pickle_allowed_default, read_checkpoint
+        from amber.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
-        trusted = pickle_allowed_default() if allow_pickle is None else allow_pickle
         if ckpt.type == "Policy":
-            return Policy.from_state(ckpt.state, trusted=trusted)
+            return Policy.from_state(ckpt.state, path=checkpoint, pm=pm)
         if ckpt.type == "Algorithm":
-            return {pid: Policy.from_state(p.state, trusted=trusted) for pid, p in ckpt.policies.items()}
-        raise TypeError(f"{Path(checkpoint)} holds a {ckpt.type} checkpoint, not a policy or algorithm")
+            return {pid: Policy.from_state(p.state, path=p.path, pm=pm) for pid, p in ckpt.policies.items()}
+        raise CheckpointError(f"{Path(checkpoint)} holds a {ckpt.type} checkpoint, not a policy or algorithm",
+                              path=checkpoint)

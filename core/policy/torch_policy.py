@@ -25,7 +25,7 @@ from amber.models.torch_distributions import (
 from amber.models.torch_mlp import PPOTorchModel, numpy_mlp_layers, weights_will_be_loaded
 from amber.policy.policy import Policy
 from amber.policy.spaces import space_from_state, space_to_state
-from amber.state import importable_name, is_reference_type
+from amber.names import is_nameable, name_of
 
 __all__ = [
     "TorchPolicy",
@@ -114,7 +114,7 @@ def portable_config(value: Any) -> Any:
     """The parts of a config a portable format can store.
 
     Keeps dicts (str/int keys), lists, tuples (as lists), scalars, strings,
-    bytes, numpy numeric arrays, and classes/functions with an importable
+    bytes, numpy numeric arrays, and classes/functions with a registered
     name; drops the rest (lambdas, live objects), which cannot be restored
     from a portable checkpoint anyway.
     """
@@ -133,7 +133,7 @@ def portable_config(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         items = [portable_config(v) for v in value]
         return [v for v in items if v is not _DROP]
-    if is_reference_type(value) and importable_name(value) is not None:
+    if is_nameable(value) and name_of(value) is not None:
         return value
     return _DROP
 

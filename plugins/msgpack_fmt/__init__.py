@@ -23,8 +23,9 @@ The document (``use_bin_type``: ``str`` and ``bytes`` stay apart):
   array's key path (``"policy.weights[0]"``; ``"(root)"`` for a bare array;
   ``"#2"``, ``"#3"``... appended if taken).
   msgpack-numpy leaves such a map as it is.
-- A function or class is the ext type 1 holding ``"module:qualname"``
-  (UTF-8) and is read back as an :class:`amber.state.Ref`, never imported.
+- A reference to a function or class (:class:`amber.state.Ref`) is the ext
+  type 1 holding its registered name (UTF-8; an import path in version 1.0)
+  and is read back as a ``Ref``, never imported.
 
 Maps with ``bytes`` keys are always these descriptors: state trees have only
 ``str`` and ``int`` keys, so user data is never taken for an array. Arrays

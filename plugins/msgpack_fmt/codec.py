@@ -21,7 +21,7 @@ import numpy as np
 
 from amber.errors import CorruptCheckpointError, UnserializableStateError
 from amber.registry import StateSource
-from amber.state import ARRAY_KINDS, MAX_DEPTH, Ref, importable_name, is_reference_type
+from amber.state import ARRAY_KINDS, MAX_DEPTH, Ref, is_reference_type
 
 from .safetensors_io import PendingTensor, SafetensorsFile, SafetensorsFormatError, plan_tensor
 
@@ -42,8 +42,8 @@ _ND_KEYS_NO_KIND = _ND_KEYS - {b"kind"}
 _SCALAR_KEYS = frozenset({b"nd", b"type", b"data"})
 _TENSOR_KEYS = frozenset({b"safetensors", b"type", b"shape"})
 _DTYPE_RE = re.compile(r"[<>|=][biufc][0-9]{1,2}\Z")
-_NAME = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*"
-_REF_RE = re.compile(rf"{_NAME}:{_NAME}\Z")
+# A registered name (2.0: "amber.PPO", "user:fn", "?<lambda>") or a 1.0 import path.
+_REF_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,512}\Z")
 _MAX_DIMS = 64
 _Timestamp = msgpack.Timestamp
 
@@ -175,11 +175,8 @@ class Encoder:
             return str.__str__(value)
         if isinstance(value, bytes):
             return bytes(memoryview(value))
-        if is_reference_type(value):
-            name = importable_name(value)
-            if name is None:
-                raise self._fail(link, f"{value!r} has no importable name (lambda, closure?)")
-            return msgpack.ExtType(EXT_REF, name.encode("utf-8"))
+        if is_reference_type(value):  # the engine names classes and functions before a format sees them
+            raise self._fail(link, f"{value!r} has no registered name (amber.register_class)")
         raise self._fail(link, f"values of type {type(value).__qualname__} are not state leaves")
 
     def _check_dtype(self, dtype: np.dtype, link: Any) -> None:

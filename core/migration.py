@@ -1,0 +1,187 @@
+"""Checkpoint versions and migrations: the one module that knows them.
+
+A checkpoint says which ``checkpoint_version`` wrote it. This amber writes
+:data:`CHECKPOINT_VERSION` and reads every version that a chain of
+migration steps leads from. A step (:class:`Migration`) is a pure function
+from one version's :class:`CheckpointTrees` (the manifest and the state
+trees) to the next's; steps come from plugins through the
+``amber_register_migrations`` hook (amber's own live in
+``amber.plugins.migrations``, as a third party's would). Loaders migrate in
+memory and never rewrite the source; :func:`amber.migrate` writes the result.
+
+The version is checked before any digest, so a checkpoint from a newer
+amber is named as such even if its integrity scheme changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber.errors import MigrationError, UnsupportedVersionError
+
+if TYPE_CHECKING:
+    from amber.registry import Provided
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointTrees",
+    "Migration",
+    "apply_chain",
+    "check_not_newer",
+    "is_newer",
+    "plan",
+    "supported_versions",
+]
+
+#: The checkpoint_version this amber writes.
+CHECKPOINT_VERSION = "2.0"
+
+
+@dataclass(frozen=True)
+class CheckpointTrees:
+    """What a migration step reads and returns: one checkpoint, in memory.
+
+    :param type: ``"Algorithm"``, ``"Policy"`` or ``"State"``.
+    :param manifest: the top level's checkpoint.json content (read only).
+    :param state: the top level's state tree.
+    :param policies: for an Algorithm, each policy's state tree by id (those read).
+    """
+
+    type: str
+    manifest: Mapping[str, Any]
+    state: Any
+    policies: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> CheckpointTrees:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step from a checkpoint version to the next, registered through ``amber_register_migrations``.
+
+    :param from_version: the checkpoint_version it reads.
+    :param to_version: the checkpoint_version it produces.
+    :param apply: a pure function: ``apply(trees) -> trees``; it must not modify its input.
+    :param description: what it changes, one line per change (shown by ``amber migrate --dry-run``).
+    """
+
+    from_version: str
+    to_version: str
+    apply: Callable[[CheckpointTrees], CheckpointTrees]
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        """``"<from> -> <to>"``."""
+        return f"{self.from_version} -> {self.to_version}"
+
+
+def _numeric(version: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(x) for x in version.split("."))
+    except ValueError:
+        return None
+
+
+def is_newer(version: str, than: str = CHECKPOINT_VERSION) -> bool:
+    """Whether ``version`` is a numeric version above ``than``."""
+    a, b = _numeric(version), _numeric(than)
+    return a is not None and b is not None and a > b
+
+
+def check_not_newer(raw: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a manifest written by a newer amber (called before its digests are checked).
+
+    :raises UnsupportedVersionError: naming the version and the amber that wrote it.
+    """
+    version = raw.get("checkpoint_version")
+    if isinstance(version, str) and is_newer(version):
+        writer = raw.get("amber_version")
+        raise UnsupportedVersionError(
+            f"{path} has checkpoint_version {version!r}"
+            + (f", written by amber {writer}" if isinstance(writer, str) else "")
+            + f"; this amber reads versions up to {CHECKPOINT_VERSION!r}: upgrade amber to read it",
+            path=path,
+        )
+
+
+def _steps(migrations: Iterable[Provided]) -> dict[str, tuple[Migration, str]]:
+    """Steps by from_version; two plugins stepping from the same version is an error."""
+    out: dict[str, tuple[Migration, str]] = {}
+    for provided in migrations:
+        step = provided.item
+        if step.from_version in out and out[step.from_version][0] != step:
+            other = out[step.from_version][1]
+            raise MigrationError(
+                f"two migration steps start at checkpoint_version {step.from_version!r}: "
+                f"{out[step.from_version][0].name} (plugin {other!r}) and {step.name} "
+                f"(plugin {provided.plugin!r}); uninstall one"
+            )
+        out[step.from_version] = (step, provided.plugin)
+    return out
+
+
+def plan(
+    from_version: str, to_version: str, migrations: Iterable[Provided], *, path: Any = None
+) -> list[Migration]:
+    """The steps leading from ``from_version`` to ``to_version`` (empty when equal).
+
+    :raises UnsupportedVersionError: no chain leads there.
+    """
+    steps = _steps(migrations)
+    chain: list[Migration] = []
+    version = from_version
+    while version != to_version:
+        found = steps.get(version)
+        if found is None or len(chain) > len(steps):
+            known = supported_versions(migrations, to_version)
+            raise UnsupportedVersionError(
+                f"{path} has checkpoint_version {from_version!r}; this amber reads "
+                f"{', '.join(repr(v) for v in known)} into {to_version!r}"
+                + (" - upgrade amber to read it" if is_newer(from_version, to_version) else ""),
+                path=path,
+            )
+        chain.append(found[0])
+        version = found[0].to_version
+    return chain
+
+
+def supported_versions(migrations: Iterable[Provided], to_version: str = CHECKPOINT_VERSION) -> list[str]:
+    """Every version that migrates to ``to_version``, itself included."""
+    migrations = list(migrations)
+    steps = _steps(migrations)
+    found = {to_version}
+    for start in steps:
+        version, seen = start, 0
+        while version in steps and version != to_version and seen <= len(steps):
+            version, seen = steps[version][0].to_version, seen + 1
+        if version == to_version:
+            found.add(start)
+    return sorted(found)
+
+
+def apply_chain(trees: CheckpointTrees, chain: Iterable[Migration], *, path: Path | str) -> CheckpointTrees:
+    """Apply ``chain`` in order; each step gets the previous step's output.
+
+    :raises MigrationError: a step failed or returned something else (named).
+    """
+    for step in chain:
+        try:
+            out = step.apply(trees)
+        except Exception as e:
+            raise MigrationError(
+                f"migration {step.name} failed on {path}: {type(e).__name__}: {e}", path=path
+            ) from e
+        if not isinstance(out, CheckpointTrees):
+            raise MigrationError(
+                f"migration {step.name} returned {type(out).__name__}, not CheckpointTrees", path=path
+            )
+        trees = out
+    return trees

@@ -1,0 +1,303 @@
+"""Registered names: how a checkpoint refers to classes and functions (checkpoint_version 2.0 on).
+
+A checkpoint never stores an import path. Where a state tree holds a class
+or a function (the algorithm class, a policy class, an env class, a
+mapping function), the engine writes a :class:`~amber.state.Ref` holding
+its registered name, and a loader resolves the name through this registry:
+an exact match, never a prefix, never an import of a module the name does
+not already belong to. The names:
+
+- amber's own, pre-registered: ``amber.PPO``, ``amber.PPOConfig``,
+  ``amber.TorchPolicy``, ``amber.MultiAgentCartPole``... (:data:`BUILTIN`);
+- gymnasium's registered environments by id: ``gymnasium:CartPole-v1``;
+- users' own, by :func:`register_class` (``user:<qualname>`` unless named);
+- a plugin's, returned by its ``amber_register_names`` hook (the entry-point
+  way for packages).
+
+A name starting with ``?`` is a placeholder: the object could not be stored
+(a lambda in a portable format) and the loader must be given it again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from amber.errors import DuplicateNameError, UnregisteredNameError
+
+if TYPE_CHECKING:
+    import os
+
+    import pluggy
+
+__all__ = [
+    "BUILTIN",
+    "PLACEHOLDER",
+    "import_path",
+    "is_nameable",
+    "legacy_name",
+    "name_of",
+    "register_class",
+    "registered_names",
+    "resolve",
+]
+
+#: amber's own names and where each lives (a table in code, never read from a file).
+BUILTIN: Mapping[str, str] = {
+    "amber.Algorithm": "amber.algorithms.algorithm:Algorithm",
+    "amber.AlgorithmConfig": "amber.algorithms.algorithm_config:AlgorithmConfig",
+    "amber.PPO": "amber.algorithms.ppo.ppo:PPO",
+    "amber.PPOConfig": "amber.algorithms.ppo.ppo:PPOConfig",
+    "amber.DQN": "amber.algorithms.dqn.dqn:DQN",
+    "amber.DQNConfig": "amber.algorithms.dqn.dqn:DQNConfig",
+    "amber.SAC": "amber.algorithms.sac.sac:SAC",
+    "amber.SACConfig": "amber.algorithms.sac.sac:SACConfig",
+    "amber.TorchPolicy": "amber.policy.torch_policy:TorchPolicy",
+    "amber.DQNTorchPolicy": "amber.algorithms.dqn.dqn_torch_policy:DQNTorchPolicy",
+    "amber.SACTorchPolicy": "amber.algorithms.sac.sac_torch_policy:SACTorchPolicy",
+    "amber.MultiAgentCartPole": "amber.envs.multi_agent:MultiAgentCartPole",
+}
+_BUILTIN_BY_PATH = {path: name for name, path in BUILTIN.items()}
+GYM_PREFIX = "gymnasium:"
+USER_PREFIX = "user:"
+#: The first character of a placeholder name.
+PLACEHOLDER = "?"
+MAX_NAME_LENGTH = 200
+
+_user: dict[str, Any] = {}
+_user_by_id: dict[int, str] = {}
+_user_by_path: dict[str, str] = {}
+
+
+def import_path(obj: Any) -> str | None:
+    """``"module:qualname"`` of a class or function (not checked by importing), or None."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else None
+
+
+def is_nameable(value: Any) -> bool:
+    """Whether ``value`` is a class or function, which checkpoints refer to by name."""
+    return isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType))
+
+
+def _check_name(name: object) -> str:
+    why = None
+    if not isinstance(name, str) or not name:
+        why = "must be a non-empty str"
+    elif len(name) > MAX_NAME_LENGTH:
+        why = f"is longer than {MAX_NAME_LENGTH} characters"
+    elif name.startswith(PLACEHOLDER):
+        why = f"must not start with {PLACEHOLDER!r} (placeholders)"
+    elif name in BUILTIN or name.startswith(("amber.", GYM_PREFIX)):
+        why = "is reserved: names starting with 'amber.' or 'gymnasium:' are amber's own"
+    elif any(not c.isprintable() or c.isspace() for c in name):
+        why = "must not contain spaces, control or format characters"
+    if why:
+        raise ValueError(f"name {name!r} {why}")
+    return name  # type: ignore[return-value]
+
+
+def register_class(obj: Any, name: str | None = None) -> str:
+    """Register a class or function of your own so that checkpoints can refer to it; return its name.
+
+    Register before saving (so the checkpoint names it) and before loading
+    (so the name resolves). Registering the same object again is a no-op.
+
+    :param obj: a class or function (an env class, a policy class, a mapping function...).
+    :param name: the name to store; default ``"user:<qualname>"``.
+    :return: the name.
+    :raises DuplicateNameError: another object already has that name.
+    :raises ValueError: a malformed or reserved name, or ``obj`` is not a class or function.
+
+    Example::
+
+        import amber
+
+        def my_mapping_fn(agent_id, episode, worker, **kw):
+            return "p0"
+
+        assert amber.register_class(my_mapping_fn) == "user:my_mapping_fn"
+    """
+    if not is_nameable(obj):
+        raise ValueError(f"only classes and functions are registered, not {type(obj).__name__}")
+    if name is None:
+        qualname = getattr(obj, "__qualname__", "")
+        if not qualname or "<" in qualname:
+            raise ValueError(f"{obj!r} has no usable name (a lambda or local function): pass name=...")
+        name = USER_PREFIX + qualname
+    _check_name(name)
+    existing = _user.get(name)
+    if existing is not None and existing is not obj:
+        raise DuplicateNameError(
+            f"name {name!r} is already registered for {import_path(existing)}; "
+            f"pick another: amber.register_class({getattr(obj, '__qualname__', obj)}, name=...)"
+        )
+    _user[name] = obj
+    _user_by_id[id(obj)] = name
+    path = import_path(obj)
+    if path and "<" not in path:
+        _user_by_path.setdefault(path, name)
+    return name
+
+
+def registered_names(pm: pluggy.PluginManager | None = None) -> list[str]:
+    """Every name that resolves in this process: amber's, users' and plugins'."""
+    return sorted({*BUILTIN, *_user, *_plugin_names(pm)})
+
+
+def _plugin_names(pm: pluggy.PluginManager | None) -> Mapping[str, Any]:
+    from amber.registry import get_registry
+
+    return get_registry(pm).class_names
+
+
+def _load_builtin(name: str) -> Any:
+    module, _, qualname = BUILTIN[name].partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _gym_entry(env_id: str) -> Any:
+    import gymnasium as gym
+
+    try:
+        spec = gym.spec(env_id)
+    except Exception:
+        return None
+    entry = spec.entry_point
+    if isinstance(entry, str):
+        from gymnasium.envs.registration import load_env_creator
+
+        return load_env_creator(entry)
+    return entry
+
+
+def _gym_name(obj: Any) -> str | None:
+    if not isinstance(obj, type) or not (obj.__module__ or "").startswith("gymnasium."):
+        return None
+    import gymnasium as gym
+
+    path = import_path(obj)
+    ids = sorted(i for i, s in gym.registry.items() if s.entry_point == path or s.entry_point is obj)
+    return GYM_PREFIX + ids[0] if ids else None
+
+
+def name_of(obj: Any, pm: pluggy.PluginManager | None = None) -> str | None:
+    """The registered name of a class or function, or None if it has none."""
+    found = _user_by_id.get(id(obj))
+    if found is not None and _user.get(found) is obj:
+        return found
+    path = import_path(obj)
+    builtin = _BUILTIN_BY_PATH.get(path or "")
+    if builtin is not None and _load_builtin(builtin) is obj:
+        return builtin
+    for name, item in _plugin_names(pm).items():
+        if item is obj:
+            return str(name)
+    return _gym_name(obj)
+
+
+def legacy_name(path: str, pm: pluggy.PluginManager | None = None) -> str:
+    """The 2.0 name for a 1.0 checkpoint's import path ``"module:qualname"``.
+
+    amber's own paths map to their names; a path registered by a user or a
+    plugin maps to that registration's name; any other to ``"user:<qualname>"``,
+    the name :func:`register_class` gives by default.
+    """
+    if path in _BUILTIN_BY_PATH:
+        return _BUILTIN_BY_PATH[path]
+    if path in _user_by_path:
+        return _user_by_path[path]
+    for name, item in _plugin_names(pm).items():
+        if import_path(item) == path:
+            return str(name)
+    return USER_PREFIX + path.partition(":")[2]
+
+
+def resolve(
+    name: str,
+    *,
+    what: str = "",
+    path: str | os.PathLike[str] | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> Any:
+    """The class or function registered as ``name`` (exact match).
+
+    :param what: what the checkpoint uses it for (``"config.env"``), for the message.
+    :param path: the checkpoint, for the message.
+    :raises UnregisteredNameError: no such name here, or a placeholder; says how to register it.
+    """
+    where = f" ({what})" if what else ""
+    if name.startswith(PLACEHOLDER):
+        raise UnregisteredNameError(
+            f"{path}: the checkpoint's {what or 'reference'} {name[1:]!r} was not stored (a lambda or "
+            "unregistered function cannot be written in a portable format); pass it again when loading",
+            path=path,
+        )
+    if name in BUILTIN:
+        return _load_builtin(name)
+    if name in _user:
+        return _user[name]
+    plugin = _plugin_names(pm)
+    if name in plugin:
+        return plugin[name]
+    if name.startswith(GYM_PREFIX):
+        found = _gym_entry(name[len(GYM_PREFIX):])
+        if found is not None:
+            return found
+    hint = name[len(USER_PREFIX):] if name.startswith(USER_PREFIX) else "obj"
+    raise UnregisteredNameError(
+        f"{path}: the checkpoint refers to {name!r}{where}, which is not registered in this process; "
+        f"register it before loading: amber.register_class({hint}"
+        + ("" if name.startswith(USER_PREFIX) and name[len(USER_PREFIX):] == hint else f", name={name!r}")
+        + ") (a package registers its names in an amber_register_names hook)",
+        path=path,
+    )
+
+
+def to_names(
+    tree: Any,
+    *,
+    portable: bool,
+    placeholders: bool = False,
+    format: str = "",
+    where: str = "",
+    pm: pluggy.PluginManager | None = None,
+) -> Any:
+    """``tree`` with every class or function replaced by a :class:`~amber.state.Ref` to its name.
+
+    Containers are copied only where something changed. An object with no
+    registered name is kept as it is for a format that holds any object
+    (pickle); for a portable one it becomes a placeholder (``placeholders``)
+    or is an error.
+
+    :raises UnserializableStateError: an unregistered class or function, in a portable format.
+    """
+    from amber.errors import UnserializableStateError
+    from amber.state import Ref, walk_replace
+
+    def leaf(keypath: str, value: Any) -> Any:
+        if not is_nameable(value):
+            return value
+        name = name_of(value, pm)
+        if name is not None:
+            return Ref(name)
+        if not portable:
+            return value
+        shown = getattr(value, "__qualname__", repr(value))
+        if placeholders:
+            return Ref(PLACEHOLDER + shown)
+        raise UnserializableStateError(
+            f"cannot write {keypath or '(root)'} in format {format!r}: {shown!r} has no registered name. "
+            f"Register it (amber.register_class({shown.split('.')[-1]}) before saving and loading; a "
+            "lambda needs name=...), or save with format='pickle', or pass it again when restoring "
+            "(e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
+            path=where or None, format=format,
+        )
+
+    return walk_replace(tree, leaf)
