@@ -384,27 +384,58 @@ def convert(state: CliState, src: Path, dst: Path, format_: str, allow_pickle: b
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path), required=False)
+@click.option("--to", "to", metavar="VERSION", help="Stop at this checkpoint_version (default: the current).")
+@click.option("--dry-run", is_flag=True, help="Print each step and what it changes; write nothing.")
+@click.option("--recursive", is_flag=True,
+              help="Migrate, in place, every checkpoint under SRC (a run directory); report each.")
 @click.option("--allow-pickle/--safe", "allow_pickle", default=None, help=_ALLOW_PICKLE_HELP)
 @click.pass_obj
-def migrate(state: CliState, src: Path, dst: Path | None, allow_pickle: bool | None) -> None:
-    """Upgrade a checkpoint to the current checkpoint_version, in place or into DST."""
-    from amber.checkpoint import CHECKPOINT_VERSION
-    from amber.utils.checkpoints import get_checkpoint_info, migrate_checkpoint
+def migrate(state: CliState, src: Path, dst: Path | None, to: str | None, dry_run: bool,
+            recursive: bool, allow_pickle: bool | None) -> None:
+    """Upgrade a checkpoint to the current checkpoint_version, in place or into DST.
+
+    Also reads another system's checkpoint (RLlib 2.10 msgpack) into an amber one at DST.
+    A failure leaves SRC untouched. Exit status 1 when --recursive met a checkpoint that failed.
+    """
+    from amber.utils.checkpoints import migrate as migrate_one
+    from amber.utils.checkpoints import migrate_all
 
     pm = state.get_pm()
-    old = get_checkpoint_info(src)["checkpoint_version"]
-    if old == CHECKPOINT_VERSION and dst is None:
-        click.echo(f"{src} is already at checkpoint_version {old}; nothing to do")
+    if recursive:
+        if dst is not None:
+            raise click.UsageError("--recursive migrates in place: give no DST")
+        results = migrate_all(src, to=to, dry_run=dry_run, allow_pickle=allow_pickle, pm=pm)
+        if not results:
+            click.echo(f"no checkpoint under {src}")
+        for result in results:
+            _report_migration(result, dry_run)
+        if any(r.error for r in results):
+            raise SystemExit(1)
         return
-    chain = migrate_checkpoint(src, dst, allow_pickle=allow_pickle, pm=pm)
-    if not chain:
-        click.echo(f"copied {src} -> {dst} (already at checkpoint_version {old}; no steps needed)")
+    _report_migration(migrate_one(src, dst, to=to, dry_run=dry_run, allow_pickle=allow_pickle, pm=pm), dry_run)
+
+
+def _report_migration(result: Any, dry_run: bool) -> None:
+    if result.error:
+        click.echo(f"FAILED {result.path}: {result.error}")
         return
-    where = "in place" if dst is None else f"-> {dst}"
-    steps = ", ".join(chain)
-    click.echo(
-        f"migrated {src} {where}: checkpoint_version {old} -> {CHECKPOINT_VERSION} (steps: {steps})"
-    )
+    head = f"{result.path}: checkpoint_version {result.from_version} -> {result.to_version}"
+    if not result.steps:
+        done = f"copied to {result.dst}" if result.written else "nothing to do"
+        click.echo(f"{head}: already there, {done}")
+        return
+    if dry_run:
+        click.echo(f"{head} (dry run: nothing written)")
+    else:
+        where = "in place" if result.dst == result.path else f"-> {result.dst}"
+        click.echo(f"migrated {head} {where}")
+    for step in result.steps:
+        click.echo(f"  step {step['name']}:")
+        for line in step["description"].splitlines():
+            click.echo(f"    {line}")
+        for tree, lines in step["changes"].items():
+            for line in lines:
+                click.echo(f"    {tree}: {line}")
 
 
 from amber import cli_export as _cli_export  # noqa: E402,F401 - registers export

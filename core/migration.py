@@ -185,3 +185,40 @@ def apply_chain(trees: CheckpointTrees, chain: Iterable[Migration], *, path: Pat
             )
         trees = out
     return trees
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def changes(before: Any, after: Any, path: str = "", limit: int = 200) -> list[str]:
+    """What a step changed, as ``"key.path: old -> new"`` lines (steps rebuild only what they change,
+    so unchanged subtrees are the very same objects and are skipped)."""
+    out: list[str] = []
+    stack: list[tuple[str, Any, Any]] = [(path, before, after)]
+    while stack and len(out) < limit:
+        where, a, b = stack.pop()
+        if a is b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in reversed([*a, *(k for k in b if k not in a)]):
+                sub = f"{where}.{key}" if where else str(key)
+                if key not in b:
+                    out.append(f"{sub}: removed")
+                elif key not in a:
+                    out.append(f"{sub}: added {_short(b[key])}")
+                else:
+                    stack.append((sub, a[key], b[key]))
+        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+            stack.extend((f"{where}[{i}]", x, y) for i, x, y in reversed(list(zip(range(len(a)), a, b))))
+        elif not (type(a) is type(b) and _same_leaf(a, b)):
+            out.append(f"{where or '(root)'}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _same_leaf(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # arrays compare elementwise
+        return False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amber.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
 from amber.errors import CheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest
 from amber.registry import get_registry
@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     import pluggy
 
 __all__ = [
+    "MigrationResult",
     "VerifyReport",
     "convert_checkpoint",
     "convert_to_msgpack_checkpoint",
     "get_checkpoint_info",
+    "find_checkpoints",
+    "migrate",
+    "migrate_all",
     "migrate_checkpoint",
     "verify",
 ]
@@ -194,7 +198,8 @@ def _carried_files(ckpt: Checkpoint) -> Callable[[Path], None] | None:
 
 
 def _rewrite(
-    ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None
+    ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None,
+    version: str | None = None,
 ) -> None:
     attachments = {pid: fn for pid, p in ckpt.policies.items() if (fn := _carried_files(p)) is not None}
     if (own := _carried_files(ckpt)) is not None:
@@ -207,6 +212,9 @@ def _rewrite(
         policies={pid: p.state for pid, p in ckpt.policies.items()},
         metadata=ckpt.metadata,
         attachments=attachments,
+        # a lambda that pickle held cannot be written portably: the loader asks for it instead
+        placeholders=True,
+        checkpoint_version=version or CHECKPOINT_VERSION,
         pm=pm,
     )
 
@@ -218,6 +226,137 @@ def convert_to_msgpack_checkpoint(
     return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle)
 
 
+@dataclass
+class MigrationResult:
+    """What :func:`migrate` did, or would do with ``dry_run``.
+
+    :param path: the checkpoint read.
+    :param dst: where the result was (or would be) written.
+    :param from_version: its checkpoint_version.
+    :param to_version: the version migrated to.
+    :param steps: each step's name (``"1.0 -> 2.0"``), description and the changes it made
+        (``"key.path: old -> new"`` lines, per state tree).
+    :param written: whether anything was written.
+    :param error: with :func:`migrate_all`, why this checkpoint failed (it was left untouched).
+    """
+
+    path: Path
+    dst: Path
+    from_version: str
+    to_version: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    written: bool = False
+    error: str | None = None
+
+
+def _planned_steps(ckpt: Checkpoint, to: str, pm: pluggy.PluginManager | None) -> list[dict[str, Any]]:
+    """Apply the chain step by step in memory, recording what each changes."""
+    from amber.migration import CheckpointTrees, apply_chain, changes, plan
+
+    chain = plan(ckpt.checkpoint_version, to, get_registry(pm).migrations, path=ckpt.path)
+    trees = CheckpointTrees(ckpt.type, dict(ckpt.manifest), ckpt.state,
+                            {pid: p.state for pid, p in ckpt.policies.items()})
+    steps = []
+    for step in chain:
+        after = apply_chain(trees, [step], path=ckpt.path)
+        changed = {"state": changes(trees.state, after.state)}
+        for pid in trees.policies:
+            changed[f"policies/{pid}"] = changes(trees.policies[pid], after.policies.get(pid))
+        steps.append({"name": step.name, "description": step.description,
+                      "changes": {k: v for k, v in changed.items() if v}})
+        trees = after
+    return steps
+
+
+def migrate(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    to: str | None = None,
+    dry_run: bool = False,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> MigrationResult:
+    """Upgrade a checkpoint to the current checkpoint_version (or ``to``), in place or into ``dst``.
+
+    The source is read and verified whole and migrated in memory; the result
+    is written atomically, in place only after it was written whole, so a
+    failure leaves the source untouched. Another system's checkpoint (RLlib)
+    needs a ``dst``: its directory is never replaced.
+
+    :param src: the checkpoint (or another system's, which a plugin reads).
+    :param dst: where to write the result (default: replace ``src``).
+    :param to: the version to stop at (default: the current one).
+    :param dry_run: only plan: read, apply the steps in memory, report each step and what it
+        changes; nothing is written.
+    :return: a :class:`MigrationResult`.
+    :raises UnsupportedVersionError: no chain of steps leads from its version to ``to``.
+    :raises MigrationError: a step failed (named), or ``src`` cannot be replaced in place.
+
+    Example::
+
+        result = amber.migrate("old_checkpoint", dry_run=True)
+        for step in result.steps:
+            print(step["name"], step["description"])
+    """
+    from amber.errors import MigrationError
+    from amber.migration import CHECKPOINT_VERSION
+
+    target = to or CHECKPOINT_VERSION
+    ckpt = read_checkpoint(src, allow_pickle=allow_pickle, migrate=False, pm=pm)
+    out = Path(dst) if dst is not None else Path(src)
+    result = MigrationResult(Path(src), out, ckpt.checkpoint_version, target,
+                             _planned_steps(ckpt, target, pm))
+    if dry_run or (dst is None and not result.steps):
+        return result
+    if dst is None and not (Path(src) / MANIFEST).is_file():
+        raise MigrationError(f"{src} is not an amber checkpoint and is never replaced in place; "
+                             "give a destination: amber migrate SRC DST", path=src)
+    from amber.checkpoint import migrate_in_memory
+
+    migrate_in_memory(ckpt, target, get_registry(pm))
+    fmt = ckpt.format if ckpt.format in get_registry(pm).formats else "msgpack"
+    _rewrite(ckpt, out, format=fmt, pm=pm, version=target)
+    result.written = True
+    return result
+
+
+def find_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
+    """Every checkpoint under ``root`` (amber's, or another system's that a plugin reads),
+    outermost only (a policy inside an algorithm checkpoint is not listed), sorted; links
+    are not followed."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if MANIFEST in filenames or "rllib_checkpoint.json" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+        else:
+            dirnames.sort()
+    return sorted(found)
+
+
+def migrate_all(
+    root: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    dry_run: bool = False,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> list[MigrationResult]:
+    """:func:`migrate` every amber checkpoint under a run directory, in place; one result each.
+
+    A checkpoint that fails is reported (``result.error``) and left untouched; the others go on.
+    Another system's checkpoints are listed with an error, as they cannot be replaced in place.
+    """
+    results = []
+    for path in find_checkpoints(root):
+        try:
+            results.append(migrate(path, to=to, dry_run=dry_run, allow_pickle=allow_pickle, pm=pm))
+        except CheckpointError as e:
+            results.append(MigrationResult(path, path, "?", to or "", error=str(e)))
+    return results
+
+
 def migrate_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | None = None,
@@ -225,16 +364,6 @@ def migrate_checkpoint(
     allow_pickle: bool | None = None,
     pm: pluggy.PluginManager | None = None,
 ) -> list[str]:
-    """Upgrade a checkpoint to the current checkpoint_version, in place or into ``dst``.
-
-    In place, the old checkpoint is replaced atomically, only after the
-    upgraded one is written whole; a checkpoint that is already current is
-    left untouched (and copied when ``dst`` is given).
-
-    :return: the names of the migration steps applied (empty if none were needed).
-    """
-    ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
-    if dst is not None or ckpt.migrations_applied:
-        _rewrite(ckpt, dst if dst is not None else src, format=ckpt.format, pm=pm)
-    return list(ckpt.migrations_applied)
-
+    """:func:`migrate`, returning the names of the steps applied (empty if none were needed);
+    with ``dst`` the checkpoint is always written there."""
+    return [step["name"] for step in migrate(src, dst, allow_pickle=allow_pickle, pm=pm).steps]
