@@ -258,7 +258,7 @@ def _relabel(path: Path, version: str, *, digest: bool = True) -> None:
     raw = json.loads(m.read_text())
     raw.pop(SELF_DIGEST)
     raw["checkpoint_version"] = version
-    raw["amber_version"] = "9.9.9"
+    raw["amber_version"] = "9.9.9" if version == "3.0" else raw["amber_version"]
     raw[SELF_DIGEST] = _self_digest(raw) if digest else "sha3:not-a-scheme-this-amber-knows"
     m.write_text(json.dumps(raw))
 
@@ -279,3 +279,20 @@ def test_unknown_old_version_lists_what_is_read(tmp_path):
     with pytest.raises(UnsupportedVersionError, match=r"'0\.3'.*'1\.0'.*'2\.0'"):
         amber.load(path)
     assert os.path.exists(path)
+
+
+def test_a_format_plugin_ships_its_own_step(contract_pm, tmp_path):
+    """The third-party npz format migrates its own legacy checkpoints into amber's chain."""
+    path = amber.save({"npz_state": {"w": np.arange(3.0), "step": 4}}, tmp_path / "old", format="npz",
+                      pm=contract_pm)
+    _relabel(path, "npz-0")
+    ckpt = read_checkpoint(path, pm=contract_pm)
+    assert ckpt.migrations_applied == ["npz-0 -> 1.0", "1.0 -> 2.0"]
+    assert ckpt.state["step"] == 4 and ckpt.checkpoint_version == CHECKPOINT_VERSION
+    plan = migrate(path, dry_run=True, pm=contract_pm)
+    assert "npz_state" in plan.steps[0]["description"]
+    migrate(path, pm=contract_pm)
+    assert read_checkpoint(path, migrate=False, pm=contract_pm).state["step"] == 4
+    with pytest.raises(UnsupportedVersionError):  # without the plugin, nothing leads from npz-0
+        _relabel(path, "npz-0")
+        amber.load(path)

@@ -56,8 +56,9 @@ import numpy as np
 
 import amber
 from amber.errors import UnserializableStateError
+from amber.migration import CheckpointTrees, Migration
 from amber.registry import Capabilities, FormatSpec, StateSink, StateSource
-from amber.state import MAX_DEPTH, Ref, importable_name
+from amber.state import MAX_DEPTH, Ref
 
 __version__ = "0.1.0"
 
@@ -151,16 +152,8 @@ class _Encoder:
             return ["bytes", base64.b64encode(value).decode("ascii")]
         if isinstance(value, Ref):
             return ["ref", value.target]
-        if isinstance(value, _REFERENCE_TYPES):
-            name = importable_name(value)
-            if name is None:
-                raise self.fail(
-                    path,
-                    f"{getattr(value, '__qualname__', value)!r} has no importable name (a "
-                    "lambda, closure or local function); define it at module level or save "
-                    "with format='pickle'",
-                )
-            return ["ref", name]
+        if isinstance(value, _REFERENCE_TYPES):  # amber names classes and functions before we see them
+            raise self.fail(path, f"{getattr(value, '__qualname__', value)!r} has no registered name")
         if isinstance(value, dict):
             out: list[Any] = ["dict"]
             for key, item in value.items():
@@ -466,3 +459,31 @@ def amber_detect_format(path: Path, header: bytes) -> str | None:
     if header.startswith(ZIP_MAGIC) and path.suffix == EXTENSION:
         return FORMAT_NAME
     return None
+
+
+# --------------------------------------------------------------------------
+# migrations: a format plugin ships the steps for its own old checkpoints
+# --------------------------------------------------------------------------
+
+#: amber-npz 0.x wrote checkpoints labelled ``"npz-0"`` (before it followed
+#: amber's checkpoint versions), with each state tree wrapped as
+#: ``{"npz_state": tree}``. This step brings them into amber's chain at 1.0.
+LEGACY_VERSION = "npz-0"
+
+
+def _unwrap(tree: Any) -> Any:
+    if not (isinstance(tree, dict) and set(tree) == {"npz_state"}):
+        raise ValueError("an npz-0 state must be {'npz_state': ...}")
+    return tree["npz_state"]
+
+
+def _from_legacy(trees: CheckpointTrees) -> CheckpointTrees:
+    return trees.replace(state=_unwrap(trees.state),
+                         policies={pid: _unwrap(p) for pid, p in trees.policies.items()})
+
+
+@amber.hookimpl
+def amber_register_migrations() -> list[Migration]:
+    """The step from amber-npz 0.x's own checkpoints to amber's 1.0."""
+    return [Migration(LEGACY_VERSION, "1.0", _from_legacy,
+                      description="amber-npz 0.x wrapped each state as {'npz_state': ...}; unwrapped")]
