@@ -296,3 +296,35 @@ def test_a_format_plugin_ships_its_own_step(contract_pm, tmp_path):
     with pytest.raises(UnsupportedVersionError):  # without the plugin, nothing leads from npz-0
         _relabel(path, "npz-0")
         amber.load(path)
+
+
+class _NamedPolicyPlugin:
+    """A package's plugin that names its own policy class (the entry-point way)."""
+
+    @amber.hookimpl
+    def amber_register_names(self):
+        from amber.policy.torch_policy import TorchPolicy
+
+        class PackagedPolicy(TorchPolicy):
+            pass
+
+        _NamedPolicyPlugin.cls = PackagedPolicy
+        return {"mypkg.PackagedPolicy": PackagedPolicy}
+
+
+def test_a_plugin_registers_names(tmp_path):
+    import gymnasium as gym
+
+    from amber.plugin_manager import get_plugin_manager
+    from amber.registry import get_registry
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(_NamedPolicyPlugin())
+    cls = get_registry(pm).class_names["mypkg.PackagedPolicy"]
+    policy = cls(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), {"model": {"fcnet_hiddens": [4]}, "seed": 0})
+    path = policy.export_checkpoint(tmp_path / "p", format="msgpack", pm=pm)
+    assert read_checkpoint(path, pm=pm).state["policy_spec"]["policy_class"].target == "mypkg.PackagedPolicy"
+    restored = Policy.from_checkpoint(path, pm=pm)
+    assert type(restored) is cls
+    with pytest.raises(UnregisteredNameError, match="mypkg.PackagedPolicy"):
+        Policy.from_checkpoint(path)  # a process without that package's plugin
