@@ -12,7 +12,7 @@ from typing import Any
 from amber.hookspecs import hookimpl, hookspec
 from amber.names import register_class
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "hookimpl", "hookspec", "load", "migrate", "register_class", "save"]
 

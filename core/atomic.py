@@ -35,10 +35,11 @@ from typing import Any
 
 from amber.errors import CheckpointWriteError
 
-__all__ = ["MARKER_SUFFIX", "commit", "fsync_dir", "fsync_on_close", "fsync_tree", "staging"]
+__all__ = ["MARKER_SUFFIX", "commit", "fsync_dir", "fsync_on_close", "fsync_tree", "is_temporary", "staging"]
 
 MARKER_SUFFIX = ".marker"
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<marker>\.marker)?$")
+_ASIDE_RE = re.compile(r"^\..+\.amber-old-\d+-[0-9a-f]{8}$")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -121,6 +122,12 @@ def _pid_alive(pid: int) -> bool:
 
 def _marker(tmp: Path) -> Path:
     return tmp.with_name(tmp.name + MARKER_SUFFIX)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a directory entry is a save's staging directory, its marker, or a set-aside old
+    checkpoint: never a checkpoint of its own."""
+    return bool(_STAGING_RE.match(name) or _ASIDE_RE.match(name))
 
 
 def remove_stale(parent: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import types
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,7 @@ def is_nameable(value: Any) -> bool:
     return isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType))
 
 
-def _check_name(name: object) -> str:
+def check_name(name: object) -> str:
     why = None
     if not isinstance(name, str) or not name:
         why = "must be a non-empty str"
@@ -128,7 +129,7 @@ def register_class(obj: Any, name: str | None = None) -> str:
         if not qualname or "<" in qualname:
             raise ValueError(f"{obj!r} has no usable name (a lambda or local function): pass name=...")
         name = USER_PREFIX + qualname
-    _check_name(name)
+    check_name(name)
     existing = _user.get(name)
     if existing is not None and existing is not obj:
         raise DuplicateNameError(
@@ -213,6 +214,12 @@ def legacy_name(path: str, pm: pluggy.PluginManager | None = None) -> str:
         return _BUILTIN_BY_PATH[path]
     if path in _user_by_path:
         return _user_by_path[path]
+    if path.startswith("gymnasium."):
+        import gymnasium as gym
+
+        ids = sorted(i for i, s in gym.registry.items() if s.entry_point == path)
+        if ids:
+            return GYM_PREFIX + ids[0]
     for name, item in _plugin_names(pm).items():
         if import_path(item) == path:
             return str(name)
@@ -289,8 +296,9 @@ def to_names(
             return Ref(name)
         if not portable:
             return value
-        shown = getattr(value, "__qualname__", repr(value))
+        shown = str(getattr(value, "__qualname__", None) or type(value).__name__)[:MAX_NAME_LENGTH]
         if placeholders:
+            left_out.append(f"{keypath} ({shown})")
             return Ref(PLACEHOLDER + shown)
         raise UnserializableStateError(
             f"cannot write {keypath or '(root)'} in format {format!r}: {shown!r} has no registered name. "
@@ -300,4 +308,10 @@ def to_names(
             path=where or None, format=format,
         )
 
-    return walk_replace(tree, leaf)
+    left_out: list[str] = []
+    named = walk_replace(tree, leaf)
+    if left_out:
+        warnings.warn(
+            f"{where}: {', '.join(left_out)} has no registered name, so format {format!r} cannot store it: "
+            "loading will ask for it again (amber.register_class stores it by name)", stacklevel=3)
+    return named

@@ -260,9 +260,17 @@ def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
 
 
 def _collect_names(pm: pluggy.PluginManager, reg: FormatRegistry) -> None:
+    from amber.names import check_name, is_nameable
+
     owners: dict[str, str] = {}
     for found, plugin, _dist in _results(pm, "amber_register_names"):
         for name, obj in dict(found or {}).items():
+            try:
+                check_name(name)
+                if not is_nameable(obj):
+                    raise ValueError(f"{name!r} names a {type(obj).__name__}, not a class or function")
+            except ValueError as e:
+                raise PluginLoadError(f"plugin {plugin!r} registers a bad name: {e}", plugin=plugin) from e
             if name in reg.class_names and reg.class_names[name] is not obj:
                 raise DuplicateNameError(
                     f"name {name!r} is registered twice: by plugin {owners[name]!r} and by plugin {plugin!r}"

@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+import amber
 from amber.algorithms.algorithm import Algorithm, AlgorithmStoppedError
 from amber.algorithms.ppo import PPO, PPOConfig
 from amber.errors import CheckpointError, CorruptCheckpointError
@@ -24,8 +25,11 @@ SMALL = {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 2,
 
 
 def pol_a_b(agent_id, episode, worker, **kw):
-    """An importable mapping: agent 0 → pol_a, the others → pol_b."""
+    """A registered mapping: agent 0 → pol_a, the others → pol_b."""
     return "pol_a" if agent_id == 0 else "pol_b"
+
+
+amber.register_class(pol_a_b, name="tests.ppo.pol_a_b")
 
 
 def single(seed=0):
@@ -129,21 +133,22 @@ def test_checkpoint_format_from_config(tmp_path):
 
 
 class UserCartPole(gym.Wrapper):
-    """A user's env class (outside amber): safe loading will not import it by name."""
+    """A user's env class, not registered: a portable checkpoint cannot name it."""
 
     def __init__(self, config=None):
         super().__init__(gym.make("CartPole-v1"))
 
 
-def test_safe_loading_takes_a_user_env_class_explicitly(tmp_path):
-    from amber.errors import UnsafeContentError
+def test_an_unregistered_env_class_is_asked_for(tmp_path):
+    from amber.errors import UnregisteredNameError
 
     algo = PPOConfig().environment(UserCartPole).training(train_batch_size=64, num_epochs=1).build()
     algo.train()
-    path = algo.save(tmp_path / "ck", format="msgpack").checkpoint.path
-    with pytest.raises(UnsafeContentError, match=r"UserCartPole.*env=") as err:
+    with pytest.warns(UserWarning, match="UserCartPole"):
+        path = algo.save(tmp_path / "ck", format="msgpack").checkpoint.path
+    with pytest.raises(UnregisteredNameError, match=r"without its env .*UserCartPole.*env=") as err:
         Algorithm.from_checkpoint(path, allow_pickle=False)
-    assert str(tmp_path / "ck") in str(err.value) and "config.env" in str(err.value)
+    assert str(tmp_path / "ck") in str(err.value)
     clone = Algorithm.from_checkpoint(path, allow_pickle=False, env=UserCartPole)
     assert clone.config.env is UserCartPole and clone.iteration == 1
     assert_same_weights(weights(algo), weights(clone))
@@ -208,7 +213,7 @@ def test_msgpack_lambda_mapping_is_asked_for_when_restoring(tmp_path):
     assert Algorithm.from_checkpoint(path, policy_mapping_fn=pol_a_b).get_policy("pol_a") is not None
 
 
-def test_importable_mapping_is_stored_by_name(tmp_path):
+def test_registered_mapping_is_stored_by_name(tmp_path):
     path = multi().build().save(tmp_path / "ck", format="msgpack").checkpoint.path
     assert Algorithm.from_checkpoint(path).config.policy_mapping_fn is pol_a_b
 

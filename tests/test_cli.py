@@ -122,7 +122,7 @@ def test_inspect_shows_tree(pm, ckpt):
     result = invoke(pm, "inspect", str(ckpt))
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("Algorithm checkpoint", "checkpoint_version: 1.0", "format: pickle",
+    for text in ("Algorithm checkpoint", f"checkpoint_version: {CHECKPOINT_VERSION}", "format: pickle",
                  f"amber {amber.__version__}", "policies: p1", "run: test"):
         assert text in out
     info = get_checkpoint_info(ckpt)
@@ -268,14 +268,14 @@ def test_migrate_current_checkpoint(pm, ckpt, tmp_path):
 
 
 class OldVersionMigrations:
-    """A third-party-style plugin with one migration step, 0.9 -> current."""
+    """A third-party-style plugin with one migration step, 0.9 -> 1.0 (then amber's own to current)."""
 
     @amber.hookimpl
     def amber_register_migrations(self):
-        def apply(ckpt) -> None:
-            ckpt.state["renamed"] = ckpt.state.pop("old_name")
+        def apply(trees):
+            return trees.replace(state={"renamed": trees.state["old_name"]})
 
-        return [Migration("m001_test_rename", "0.9", CHECKPOINT_VERSION, apply)]
+        return [Migration("0.9", "1.0", apply, description="old_name is called renamed")]
 
 
 def test_migrate_old_checkpoint_in_place(pm, tmp_path):
@@ -287,7 +287,7 @@ def test_migrate_old_checkpoint_in_place(pm, tmp_path):
     write_raw_manifest(path / "checkpoint.json", manifest)
     result = invoke(pm, "migrate", str(path))
     assert result.exit_code == 0, result.output
-    assert "m001_test_rename" in result.stdout and "0.9" in result.stdout
+    assert "0.9 -> 1.0" in result.stdout and "old_name is called renamed" in result.stdout
     ckpt = read_checkpoint(path, allow_pickle=True, migrate=False, pm=pm)
     assert ckpt.checkpoint_version == CHECKPOINT_VERSION
     assert ckpt.state == {"renamed": 3}

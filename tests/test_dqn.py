@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 gym = pytest.importorskip("gymnasium")
 
+import amber  # noqa: E402
 from amber.algorithms.algorithm import Algorithm  # noqa: E402
 from amber.algorithms.dqn import DQN, DQNConfig  # noqa: E402
 from amber.algorithms.dqn.dqn_learner import dqn_update, nstep_transitions  # noqa: E402
@@ -33,6 +34,9 @@ CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 def pol_a_b(agent_id, episode, worker, **kw):
     """An importable mapping: agent 0 → pol_a, the others → pol_b."""
     return "pol_a" if agent_id == 0 else "pol_b"
+
+
+amber.register_class(pol_a_b, name="tests.dqn.pol_a_b")
 
 
 def single(seed=0, store=False, **training):

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import amber
+from amber.envs import MultiAgentCartPole
 import amber.plugins.msgpack_fmt as msgpack_fmt
 from amber.checkpoint import read_checkpoint, write_checkpoint
 from amber.errors import CheckpointError, CorruptCheckpointError, UnserializableStateError
@@ -42,6 +43,10 @@ def module_level_function(x: int) -> int:
 
 class ModuleLevelClass:
     pass
+
+
+amber.register_class(module_level_function, name="tests.msgpack.module_level_function")
+amber.register_class(ModuleLevelClass, name="tests.msgpack.ModuleLevelClass")
 
 
 class Color(enum.IntEnum):
@@ -229,12 +234,19 @@ def test_state_trees_round_trip_exactly_with_every_array_in_the_sidecar(bare_pm,
 
 
 def test_functions_and_classes_come_back_as_refs(bare_pm, tmp_path):
-    state = {"fn": module_level_function, "cls": ModuleLevelClass, "builtin": len,
-             "stdlib": os.path.join}
+    state = {"fn": module_level_function, "cls": ModuleLevelClass, "env": MultiAgentCartPole}
     got = roundtrip(state, tmp_path, bare_pm)
-    assert got == {key: Ref(f"{value.__module__}:{value.__qualname__}") for key, value in state.items()}
+    assert got == {"fn": Ref("tests.msgpack.module_level_function"), "cls": Ref("tests.msgpack.ModuleLevelClass"),
+                   "env": Ref("amber.MultiAgentCartPole")}
     for key in state:
         assert got[key].resolve() is state[key]
+
+
+@pytest.mark.parametrize("obj", [len, os.path.join, lambda: 0], ids=["builtin", "stdlib", "lambda"])
+def test_an_unregistered_function_is_refused_naming_its_key(bare_pm, tmp_path, obj):
+    with pytest.raises(UnserializableStateError, match=r"cannot write x\.f .*register"):
+        amber.save({"x": {"f": obj}}, tmp_path / "ck", pm=bare_pm)
+    assert not (tmp_path / "ck").exists()
 
 
 def test_a_loaded_ref_can_be_written_again(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import amber
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.sac import SAC, SACConfig
 from amber.algorithms.sac.sac_learner import polyak_update
@@ -72,9 +73,15 @@ class MultiAgentPendulum(MultiAgentEnv):
         self.agents = list(state["agents"])
 
 
+amber.register_class(MultiAgentPendulum, name="tests.sac.MultiAgentPendulum")
+
+
 def agent_to_policy(agent_id, episode, worker, **kw):
     """Agent i → policy f"p{i}"."""
     return f"p{agent_id}"
+
+
+amber.register_class(agent_to_policy, name="tests.sac.agent_to_policy")
 
 
 def single(seed=0, store=False):

@@ -468,16 +468,19 @@ def test_convert_to_pickle_and_back(
 def test_functions_and_classes_come_back_as_refs(
     tmp_path: Path, npz_pm: pluggy.PluginManager
 ) -> None:
-    state = {"fn": json.dumps, "cls": collections.OrderedDict, "ref": Ref("json:loads")}
+    amber.register_class(json.dumps, name="tests.npz.dumps")
+    amber.register_class(collections.OrderedDict, name="tests.npz.OrderedDict")
+    state = {"fn": json.dumps, "cls": collections.OrderedDict, "ref": Ref("tests.npz.loads")}
     path = amber.save({k: v for k, v in state.items() if k != "ref"}, tmp_path / "r",
                       format="npz", pm=npz_pm)
     loaded = amber.load(path, pm=npz_pm)
-    assert loaded == {"fn": Ref("json:dumps"), "cls": Ref("collections:OrderedDict")}
+    assert loaded == {"fn": Ref("tests.npz.dumps"), "cls": Ref("tests.npz.OrderedDict")}
     assert loaded["fn"].resolve() is json.dumps
     # A Ref read back writes again as itself (the plugin's own round trip).
     spec = get_registry(npz_pm).get("npz")
-    assert decode(spec, encode(spec, state)) == {
-        "fn": Ref("json:dumps"), "cls": Ref("collections:OrderedDict"), "ref": Ref("json:loads")
+    named = {"fn": Ref("tests.npz.dumps"), "cls": Ref("tests.npz.OrderedDict"), "ref": Ref("tests.npz.loads")}
+    assert decode(spec, encode(spec, named)) == {
+        "fn": Ref("tests.npz.dumps"), "cls": Ref("tests.npz.OrderedDict"), "ref": Ref("tests.npz.loads")
     }
 
 

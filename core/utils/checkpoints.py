@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amber.atomic import is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
 from amber.errors import CheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest
@@ -330,8 +331,8 @@ def find_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
         if MANIFEST in filenames or "rllib_checkpoint.json" in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []
-        else:
-            dirnames.sort()
+        else:  # an interrupted save's staging or set-aside directory is not a checkpoint
+            dirnames[:] = sorted(d for d in dirnames if not is_temporary(d))
     return sorted(found)
 
 

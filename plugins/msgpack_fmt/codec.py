@@ -29,7 +29,8 @@ __all__ = ["EXT_REF", "INLINE_MAX_BYTES", "SIDECAR", "Encoder", "decode_document
 
 #: Arrays of fewer bytes than this are written inline; the others go to the sidecar.
 INLINE_MAX_BYTES = 64 * 1024
-#: The msgpack ext type code of a function or class reference (``"module:qualname"``).
+#: The msgpack ext type code of a function or class reference: its registered name (an import
+#: path ``"module:qualname"`` in checkpoint_version 1.0).
 EXT_REF = 1
 #: The sidecar's suffix (``<stem>.safetensors``).
 SIDECAR = ".safetensors"

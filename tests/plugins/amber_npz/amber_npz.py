@@ -22,8 +22,8 @@ is a JSON array whose first item is a tag:
 ``["bytes", "B64"]``       ``bytes``, base64
 ``["array", "aN"]``        a numpy array, in member ``aN.npy``
 ``["scalar", "aN"]``       a numpy scalar, as a 0-d array in member ``aN.npy``
-``["ref", "mod:qual"]``    a function or class, read back as
-                           :class:`amber.state.Ref` (nothing is imported)
+``["ref", "NAME"]``        a function or class by its registered name, read
+                           back as :class:`amber.state.Ref` (nothing is imported)
 ``["list", NODE, ...]``    a list or tuple (read back as a list)
 ``["dict", K, NODE, ...]`` a dict, in key order; K is ``"s:<key>"`` for a str
                            key and ``"i:<digits>"`` for an int key
@@ -79,7 +79,7 @@ _MEMBER_RE = re.compile(r"(__tree__|a(?:0|[1-9][0-9]{0,8}))\.npy")
 _ARRAY_NAME_RE = re.compile(r"a(?:0|[1-9][0-9]{0,8})")
 _INT_RE = re.compile(r"-?(?:0|[1-9][0-9]{0,19})")
 _FLOAT_RE = re.compile(r"[0-9a-f]{16}")
-_REF_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*")
+_REF_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,512}")  # a registered name ("amber.PPO", "user:f", "?<lambda>")
 _REFERENCE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 
 __all__ = [
