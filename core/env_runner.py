@@ -13,13 +13,16 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import make_env
 from amber.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import pluggy
 
 __all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_spaces"]
 
@@ -126,10 +129,11 @@ class EnvRunner:
 
     def __init__(self, env: Any, env_config: Mapping[str, Any] | None, num_envs: int,
                  policies: Mapping[str, Any], policy_mapping_fn: Callable[..., Any] | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, pm: pluggy.PluginManager | None = None) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be at least 1, not {num_envs}")
         self.env_spec, self.env_config, self.seed = env, dict(env_config or {}), seed
+        self.pm = pm
         self.worker_index = 0
         self._slots = [_Slot(make_env(env, self.env_config), i) for i in range(int(num_envs))]
         self.is_multi_agent = isinstance(self._slots[0].env, MultiAgentEnv)
@@ -322,11 +326,11 @@ class EnvRunner:
 
         own = {str(s.index): s.env for s in self._slots if s.started}
         try:
-            return components.capture(self, own)
+            return components.capture(self, own, pm=self.pm)
         except CheckpointError:
             from amber.plugin_manager import default_plugin_manager
 
-            hook = default_plugin_manager().hook.amber_capture_state
+            hook = (self.pm or default_plugin_manager()).hook.amber_capture_state
             bad = [k for k, env in own.items() if hook(component=env, key=f"envs.{k}") is None]
             if not bad:
                 raise
@@ -337,7 +341,7 @@ class EnvRunner:
                 warnings.warn(f"no plugin captures the state of env {name}: its running episodes are "
                               "not saved and restart on restore (give the env get_state()/set_state() "
                               "or implement amber_capture_state)", stacklevel=3)
-            return components.capture(self, {k: e for k, e in own.items() if k not in bad})
+            return components.capture(self, {k: e for k, e in own.items() if k not in bad}, pm=self.pm)
 
     def get_state(self) -> dict[str, Any]:
         """Every env's state and the running episodes, as a portable state tree."""
@@ -364,7 +368,7 @@ class EnvRunner:
 
         envs = dict(state["envs"])
         own = {str(s.index): s.env for s in self._slots if str(s.index) in envs}
-        components.restore(self, own, envs)
+        components.restore(self, own, envs, pm=self.pm)
         self._next_eps_id = int(state["next_eps_id"])
         # with fewer or more env copies than saved, the common ones continue; the others start fresh
         for slot, saved in zip(self._slots, state["slots"], strict=False):

@@ -321,3 +321,32 @@ def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, kind, fmt, request):
     assert sorted(got.files) == sorted(want)
     for key in want:
         assert np.array_equal(got[key], want[key]), key
+
+
+def test_a_private_plugin_manager_saves_and_resumes_exactly_in_process(contract_pm, tmp_path):
+    """A third-party format known only to a private plugin manager, passed in through the config:
+    save, from_checkpoint and restore all go through it, and resume is exact."""
+    from amber.errors import UnknownFormatError
+    from amber.plugin_manager import get_plugin_manager
+    from amber.registry import get_registry
+    from amber.utils.checkpoints import get_checkpoint_info
+
+    with pytest.raises(UnknownFormatError):  # the in-tree plugins alone do not know it
+        get_registry(get_plugin_manager(autoload=False)).get("npz")
+    cfg = single(seed=3).checkpointing(format="npz", plugin_manager=contract_pm)
+    algo = cfg.build()
+    algo.train()
+    path = algo.save(tmp_path / "ck").checkpoint.path
+    assert get_checkpoint_info(path)["format"] == "npz"
+    algo.train()
+    want = weights(algo)
+    clone = Algorithm.from_checkpoint(path, pm=contract_pm)
+    assert clone.config.plugin_manager is contract_pm
+    clone.train()
+    assert_same_weights(want, weights(clone))
+    again = cfg.build()
+    again.restore(path)
+    again.train()
+    assert_same_weights(want, weights(again))
+    assert clone.save(tmp_path / "ck2").checkpoint.path  # later saves keep using the private manager
+    assert get_checkpoint_info(tmp_path / "ck2")["format"] == "npz"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig
 from amber.errors import CheckpointError, UnregisteredNameError
 from amber.policy.policy import Policy, PolicySpec
 from amber.state import Ref
+
+if TYPE_CHECKING:
+    import pluggy
 
 __all__ = ["Algorithm", "AlgorithmStoppedError", "SaveResult", "TrainingCheckpoint"]
 
@@ -69,12 +72,14 @@ class Algorithm:
 
     def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
         from amber.env_runner import EnvRunner, probe_spaces
+        from amber.plugin_manager import default_plugin_manager
 
         config = (config or self.get_default_config()).copy()
         if env is not None:
             config.environment(env)
         config.validate()
         self.config = config
+        self.pm = config.plugin_manager if config.plugin_manager is not None else default_plugin_manager()
         self._stopped = False
         self._logdir: Path | None = None
         self._seed_everything(config.seed)
@@ -85,7 +90,7 @@ class Algorithm:
             self.policies[pid] = self._build_policy(pid, spec, index)
         self.env_runner = EnvRunner(
             config.env, config.env_config, config.num_envs_per_env_runner, self.policies,
-            self._mapping_fn(), seed=config.seed,
+            self._mapping_fn(), seed=config.seed, pm=self.pm,
         )
         self.iteration = 0
         self.counters = {"num_env_steps_sampled_lifetime": 0, "num_agent_steps_sampled_lifetime": 0,
@@ -292,7 +297,7 @@ class Algorithm:
             "counters": dict(self.counters),
             "recent_returns": list(self._recent_returns),
             "recent_policy_returns": {k: list(v) for k, v in self._recent_policy_returns.items()},
-            "components": components.capture(self, self._components()),
+            "components": components.capture(self, self._components(), pm=self.pm),
             "torch_rng": torch.get_rng_state().numpy().copy(),
             "learner": self.learner_state(),
         }
@@ -337,7 +342,7 @@ class Algorithm:
         saved = dict(own.get("components") or {})
         if not restore_episodes:
             saved.pop("env_runner", None)
-        components.restore(self, self._components(), saved)
+        components.restore(self, self._components(), saved, pm=self.pm)
         if own.get("torch_rng") is not None:
             torch.set_rng_state(torch.from_numpy(np.asarray(own["torch_rng"], dtype=np.uint8).copy()))
         self.set_learner_state(own.get("learner") or {})
@@ -368,7 +373,7 @@ class Algorithm:
         from amber.registry import get_registry
 
         fmt = format or self.config.checkpoint_format
-        get_registry().get(fmt)  # an unknown format fails before anything is captured
+        get_registry(self.pm).get(fmt)  # an unknown format fails before anything is captured
         path = (Path(checkpoint_dir) if checkpoint_dir is not None
                 else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
         state = self.get_state()
@@ -377,19 +382,19 @@ class Algorithm:
         if self.config.export_native_model_files:
             for pid, policy in self.policies.items():
                 if hasattr(policy, "export_model"):
-                    attachments[pid] = (lambda p: lambda d: p.export_model(d / "model"))(policy)
+                    attachments[pid] = (lambda p: lambda d: p.export_model(d / "model", pm=self.pm))(policy)
         # In a portable format, a mapping function (or env class) with no registered name is
         # written as a placeholder, and from_checkpoint asks for it.
         write_checkpoint(path, type="Algorithm", state=own, policies=state["policies"], format=fmt,
                          metadata={"algorithm": type(self).__name__}, attachments=attachments,
-                         placeholders=True)
+                         placeholders=True, pm=self.pm)
         return SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:
         """Set this algorithm's whole state from a checkpoint; on any error it is left as it was."""
         from amber.checkpoint import read_checkpoint
 
-        ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
+        ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle, pm=self.pm)
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
                                   path=checkpoint_path)
@@ -407,6 +412,7 @@ class Algorithm:
         checkpoint: str | os.PathLike[str] | None = None,
         allow_pickle: bool | None = None,
         env: Any = None,
+        pm: pluggy.PluginManager | None = None,
     ) -> Algorithm:
         """A new algorithm of the checkpointed class with the checkpointed state.
 
@@ -415,28 +421,31 @@ class Algorithm:
         :param policies_to_train: replaces the saved list.
         :param env: replaces the saved environment (an id, a registered name or an env class),
             e.g. when the checkpoint names an env class that is not registered here.
+        :param pm: the plugin manager to read with, kept by the algorithm for its later saves
+            (default: the process's).
         """
         from amber.checkpoint import read_checkpoint
 
         target = path if path is not None else checkpoint
         if target is None:
             raise ValueError("from_checkpoint needs a path")
-        ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle)
+        ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
         own = dict(ckpt.state)
         given = {"env": env, "policy_mapping_fn": policy_mapping_fn}
-        algo_cls = _resolve(own["algorithm_class"], "algorithm_class", target)
-        raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", target)
+        algo_cls = _resolve(own["algorithm_class"], "algorithm_class", target, pm)
+        raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", target, pm)
                for k, v in own["config"].items()}
         raw["policies"] = {
-            pid: {**spec, "policy_class": _resolve(spec["policy_class"], f"policies.{pid}", target)}
+            pid: {**spec, "policy_class": _resolve(spec["policy_class"], f"policies.{pid}", target, pm)}
             if isinstance(spec, dict) and "policy_class" in spec else spec
             for pid, spec in (raw.get("policies") or {}).items()
         }
         config = algo_cls.get_default_config().from_dict(raw)
         config.algo_class = algo_cls
+        config.plugin_manager = pm
         if policy_ids is not None:
             keep = list(dict.fromkeys(policy_ids))
             config.policies = {pid: config.policies.get(pid) for pid in keep}
@@ -465,7 +474,7 @@ class Algorithm:
         return f"{type(self).__name__}(env={self.config.env!r}, policies={sorted(self.policies)})"
 
 
-def _resolve(value: Any, what: str, path: str | os.PathLike[str]) -> Any:
+def _resolve(value: Any, what: str, path: str | os.PathLike[str], pm: pluggy.PluginManager | None) -> Any:
     """A stored name's class or function, through the name registry (never an import by path).
 
     :raises UnregisteredNameError: the name is not registered here, or was not stored
@@ -479,4 +488,4 @@ def _resolve(value: Any, what: str, path: str | os.PathLike[str]) -> Any:
             f"{path} was saved without its {keyword} ({value.target[1:]!r} has no registered name, so a "
             f"portable format could not store it); pass it: Algorithm.from_checkpoint(path, {keyword}=...), "
             "or register it with amber.register_class before saving", path=path)
-    return value.resolve(what=what, path=path)
+    return value.resolve(what=what, path=path, pm=pm)

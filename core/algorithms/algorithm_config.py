@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from amber.state import Ref
 
 if TYPE_CHECKING:
+    import pluggy
+
     from amber.algorithms.algorithm import Algorithm
 
 __all__ = ["AlgorithmConfig"]
@@ -55,6 +57,8 @@ class AlgorithmConfig:
         self.export_native_model_files = False
         self.checkpoint_format = "pickle"
         self.store_replay_buffer = False
+        # the plugin manager checkpoints go through (None: the process's); never saved
+        self.plugin_manager: pluggy.PluginManager | None = None
         # debugging
         self.seed: int | None = None
         for key, value in self._algo_defaults().items():
@@ -181,14 +185,19 @@ class AlgorithmConfig:
         export_native_model_files: bool | None = None,
         format: str | None = None,
         store_replay_buffer: bool | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
     ) -> AlgorithmConfig:
-        """Set what checkpoints hold and their default format."""
+        """Set what checkpoints hold, their default format, and the plugin manager that
+        saves, restores and exports go through (default: the process's; e.g. a private one
+        holding a third-party format)."""
         if export_native_model_files is not None:
             self.export_native_model_files = bool(export_native_model_files)
         if format is not None:
             self.checkpoint_format = format
         if store_replay_buffer is not None:
             self.store_replay_buffer = bool(store_replay_buffer)
+        if plugin_manager is not None:
+            self.plugin_manager = plugin_manager
         return self
 
     def debugging(self, *, seed: int | None = None) -> AlgorithmConfig:
@@ -197,8 +206,8 @@ class AlgorithmConfig:
         return self
 
     def copy(self) -> AlgorithmConfig:
-        """A deep copy (callables and classes shared)."""
-        return copy.deepcopy(self)
+        """A deep copy (callables, classes and the plugin manager shared)."""
+        return copy.deepcopy(self, {id(self.plugin_manager): self.plugin_manager})
 
     @property
     def is_multi_agent(self) -> bool:
@@ -234,7 +243,7 @@ class AlgorithmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as a plain dict (classes and functions kept as objects)."""
-        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k != "algo_class"}
+        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in ("algo_class", "plugin_manager")}
         out["_config_class"] = type(self)
         out["policies"] = {pid: _spec_to_dict(spec) for pid, spec in self.policies.items()}
         out["multi_agent"] = out.pop("_multi_agent")
