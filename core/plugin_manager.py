@@ -21,10 +21,10 @@ ENTRY_POINT_GROUP = "amber"
 #: In-tree plugins, by module path. They are registered before entry points,
 #: so they work uninstalled and with autoload off.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "amber.stateful",
+    "amber.plugins.object_state",
     "amber.plugins.pickle_fmt",
     "amber.plugins.msgpack_fmt",
-    "amber.envs.state",
+    "amber.plugins.env_state",
     "amber.plugins.torch_export",
     "amber.plugins.onnx_export",
     "amber.plugins.keras_export",

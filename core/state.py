@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -26,7 +26,16 @@ import numpy as np
 
 from amber.errors import UnserializableStateError
 
-__all__ = ["MAX_DEPTH", "Ref", "StateTree", "importable_name", "iter_leaves", "validate_tree", "walk_replace"]
+__all__ = [
+    "MAX_DEPTH",
+    "Ref",
+    "StateTree",
+    "importable_name",
+    "text_to_wide_ints",
+    "validate_tree",
+    "walk_replace",
+    "wide_ints_to_text",
+]
 
 StateTree = Union[dict, list, tuple, str, int, float, bool, None, bytes, np.ndarray, np.generic]  # noqa: UP007 - a runtime alias on 3.10
 """A nest of containers and leaves as described in this module's docstring."""
@@ -101,6 +110,28 @@ def _key(path: str, k: Any) -> str:
     return f"{path}.{k}" if path else str(k)
 
 
+WIDE_INT_PREFIX = "int:"
+
+
+def wide_ints_to_text(tree: Any) -> Any:
+    """Bit-generator states hold 128-bit ints (PCG64); state trees hold 64-bit ones: write
+    wider ints in nested dicts as ``"int:<digits>"``."""
+    if isinstance(tree, dict):
+        return {k: wide_ints_to_text(v) for k, v in tree.items()}
+    if isinstance(tree, int) and not isinstance(tree, bool) and not -(2**63) <= tree < 2**63:
+        return f"{WIDE_INT_PREFIX}{tree}"
+    return tree
+
+
+def text_to_wide_ints(tree: Any) -> Any:
+    """The inverse of :func:`wide_ints_to_text`."""
+    if isinstance(tree, dict):
+        return {k: text_to_wide_ints(v) for k, v in tree.items()}
+    if isinstance(tree, str) and tree.startswith(WIDE_INT_PREFIX):
+        return int(tree[len(WIDE_INT_PREFIX):])
+    return tree
+
+
 def walk_replace(tree: Any, fn: Callable[[str, Any], Any], path: str = "", depth: int = 0) -> Any:
     """``tree`` with each leaf replaced by ``fn(key_path, leaf)``; containers are
     rebuilt only where a leaf changed (tuples come back as tuples)."""
@@ -115,19 +146,6 @@ def walk_replace(tree: Any, fn: Callable[[str, Any], Any], path: str = "", depth
             return tree
         return tuple(items) if isinstance(tree, tuple) else items
     return fn(path, tree)
-
-
-def iter_leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield ``(key_path, leaf)`` for every leaf, depth first, without recursion."""
-    stack: list[tuple[str, Any]] = [(path, tree)]
-    while stack:
-        p, node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((_key(p, k), v) for k, v in reversed(list(node.items())))
-        elif isinstance(node, (list, tuple)):
-            stack.extend((_key(p, i), v) for i, v in reversed(list(enumerate(node))))
-        else:
-            yield p, node
 
 
 def validate_tree(tree: Any, *, format: str, where: str = "") -> None:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import amber
-from amber.env_runner import EnvRunner, probe_spaces
+from amber.envs.env_runner import EnvRunner, probe_spaces
 from amber.envs import MultiAgentCartPole, MultiAgentEnv, make_env, register_env
-from amber.envs.state import capture_env
+from amber.plugins.env_state import capture_env
 from amber.state import validate_tree
 
 # --------------------------------------------------------------------------- helpers
@@ -462,9 +462,9 @@ def test_runner_state_into_more_env_copies(tmp_path):
 
 _CHILD = """
 import sys, numpy as np, amber
-from amber.env_runner import EnvRunner
+from amber.envs.env_runner import EnvRunner
 from amber.envs import MultiAgentCartPole
-from amber.stateful import _text_as_wide_ints
+from amber.state import text_to_wide_ints as _text_as_wide_ints
 from tests.test_envs import policies_for
 ckpt, out = sys.argv[1], sys.argv[2]
 state = amber.load(ckpt)
@@ -482,7 +482,7 @@ def test_runner_state_continues_in_a_fresh_process(tmp_path):
     import os
     from pathlib import Path
 
-    from amber.stateful import _wide_ints_as_text
+    from amber.state import wide_ints_to_text as _wide_ints_as_text
 
     pols = policies_for(MultiAgentCartPole, {"num_agents": 2}, ("p0", "p1"))
     runner = EnvRunner(MultiAgentCartPole, {"num_agents": 2}, 2, pols, lambda a, e, w, **k: f"p{a}", seed=4)

@@ -71,7 +71,7 @@ class Algorithm:
         return cls._default_config_class(algo_class=cls)
 
     def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
-        from amber.env_runner import EnvRunner, probe_spaces
+        from amber.envs.env_runner import EnvRunner, probe_spaces
         from amber.plugin_manager import default_plugin_manager
 
         config = (config or self.get_default_config()).copy()

@@ -209,11 +209,6 @@ class AlgorithmConfig:
         """A deep copy (callables, classes and the plugin manager shared)."""
         return copy.deepcopy(self, {id(self.plugin_manager): self.plugin_manager})
 
-    @property
-    def is_multi_agent(self) -> bool:
-        """Whether policies or a mapping function were set."""
-        return self._multi_agent
-
     def validate(self) -> None:
         """Check the settings together.
 

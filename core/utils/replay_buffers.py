@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from amber.stateful import _text_as_wide_ints, _wide_ints_as_text
+from amber.state import text_to_wide_ints, wide_ints_to_text
 
 __all__ = ["ReplayBuffer"]
 
@@ -117,7 +117,7 @@ class ReplayBuffer:
             "size": self._size if include_data else 0,
             "cursor": self._cursor if include_data else 0,
             "num_added": self.num_added,
-            "rng": _wide_ints_as_text(self.rng.bit_generator.state),  # PCG64's 128-bit ints as text
+            "rng": wide_ints_to_text(self.rng.bit_generator.state),  # PCG64's 128-bit ints as text
         }
         if include_data:
             state["columns"] = {name: store[: self._size] for name, store in self._columns.items()}
@@ -142,7 +142,7 @@ class ReplayBuffer:
             raise ValueError(f"replay buffer state holds {size} rows but its columns differ: "
                              f"{ {k: len(v) for k, v in columns.items()} }")
         rng = np.random.default_rng()
-        rng.bit_generator.state = _text_as_wide_ints(dict(state["rng"]))
+        rng.bit_generator.state = text_to_wide_ints(dict(state["rng"]))
         stores: dict[str, np.ndarray] = {}
         for name, col in columns.items():
             if size == capacity and col.flags.writeable and col.flags.c_contiguous and col.base is None:

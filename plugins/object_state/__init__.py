@@ -1,9 +1,10 @@
-"""In-tree state capture for the components every algorithm has.
+"""In-tree plugin: state capture for the components every algorithm has.
 
 Handles Python's and numpy's random generators and any object with
 ``get_state()``/``set_state(state)`` methods (the :class:`Stateful`
-protocol). Registered like any plugin, from ``DEFAULT_PLUGINS``; torch
-modules, optimizers and environments are handled by the plugins that know them.
+protocol), as the last resort (``trylast``). Registered like any plugin,
+from ``DEFAULT_PLUGINS``; environments are handled by
+:mod:`amber.plugins.env_state`, policies capture their own torch state.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from amber.hookspecs import hookimpl
+from amber.state import text_to_wide_ints, wide_ints_to_text
 
 
 @runtime_checkable
@@ -29,26 +31,6 @@ class Stateful(Protocol):
         ...
 
 
-_BIG = "int:"
-
-
-def _wide_ints_as_text(tree: Any) -> Any:
-    """Bit-generator states hold 128-bit ints (PCG64); state trees hold 64-bit ones."""
-    if isinstance(tree, dict):
-        return {k: _wide_ints_as_text(v) for k, v in tree.items()}
-    if isinstance(tree, int) and not isinstance(tree, bool) and not -(2**63) <= tree < 2**63:
-        return f"{_BIG}{tree}"
-    return tree
-
-
-def _text_as_wide_ints(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _text_as_wide_ints(v) for k, v in tree.items()}
-    if isinstance(tree, str) and tree.startswith(_BIG):
-        return int(tree[len(_BIG):])
-    return tree
-
-
 def _python_random_state(rng: random.Random) -> dict[str, Any]:
     version, internal, gauss_next = rng.getstate()
     return {"version": version, "mt": np.asarray(internal, dtype=np.uint32), "gauss_next": gauss_next}
@@ -58,7 +40,7 @@ def _python_random_state(rng: random.Random) -> dict[str, Any]:
 def amber_capture_state(component: object) -> Any:
     """Capture RNGs and :class:`Stateful` components."""
     if isinstance(component, np.random.Generator):
-        return {"bit_generator": _wide_ints_as_text(component.bit_generator.state)}
+        return {"bit_generator": wide_ints_to_text(component.bit_generator.state)}
     if isinstance(component, np.random.RandomState):
         name, keys, pos, has_gauss, gauss = component.get_state(legacy=True)
         return {"name": name, "keys": keys, "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
@@ -73,7 +55,7 @@ def amber_capture_state(component: object) -> Any:
 def amber_restore_state(component: object, state: Any) -> bool | None:
     """Restore RNGs and :class:`Stateful` components."""
     if isinstance(component, np.random.Generator):
-        component.bit_generator.state = _text_as_wide_ints(state["bit_generator"])
+        component.bit_generator.state = text_to_wide_ints(state["bit_generator"])
         return True
     if isinstance(component, np.random.RandomState):
         component.set_state(

@@ -4,7 +4,7 @@ Handles gymnasium's CartPole and Pendulum (bare or in the wrapper chain that
 ``gymnasium.make`` builds) and :class:`~amber.envs.MultiAgentCartPole`, so a
 restored environment continues its episode bit-exactly. Other environments
 are left to other plugins (or to ``get_state``/``set_state`` on the env,
-handled by :mod:`amber.stateful`). Importing this module imports neither
+handled by :mod:`amber.plugins.object_state`). Importing this module imports neither
 gymnasium nor the environments: a live env of theirs means they are loaded.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from amber.hookspecs import hookimpl
-from amber.stateful import _text_as_wide_ints, _wide_ints_as_text
+from amber.state import text_to_wide_ints, wide_ints_to_text
 
 __all__ = ["capture_env", "restore_env"]
 
@@ -79,19 +79,19 @@ def _rng_state(base: Any) -> dict[str, Any] | None:
     rng = base._np_random
     if rng is None:
         return None
-    return {"bit_generator": _wide_ints_as_text(rng.bit_generator.state),
-            "seed": _wide_ints_as_text(base._np_random_seed)}
+    return {"bit_generator": wide_ints_to_text(rng.bit_generator.state),
+            "seed": wide_ints_to_text(base._np_random_seed)}
 
 
 def _set_rng(base: Any, saved: dict[str, Any] | None) -> None:
     if saved is None:
         base._np_random, base._np_random_seed = None, None
         return
-    state = _text_as_wide_ints(dict(saved["bit_generator"]))
+    state = text_to_wide_ints(dict(saved["bit_generator"]))
     bit_gen = getattr(np.random, state["bit_generator"])()
     bit_gen.state = state
     base._np_random = np.random.Generator(bit_gen)
-    base._np_random_seed = _text_as_wide_ints(saved["seed"])
+    base._np_random_seed = text_to_wide_ints(saved["seed"])
 
 
 def capture_env(env: Any) -> dict[str, Any] | None:
