@@ -248,7 +248,7 @@ def test_convert_unknown_format(pm, ckpt, tmp_path):
 
 
 def test_convert_large_source_shows_progress(pm, ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr("amber.cli.PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr("amber.cli.convert.PROGRESS_MIN_BYTES", 0)
     result = invoke(pm, "convert", str(ckpt), str(tmp_path / "out"), "--format", "pickle",
                     env={"FORCE_COLOR": "1"})
     assert result.exit_code == 0, result.output
@@ -344,3 +344,61 @@ def test_console_script(pm, ckpt, tmp_path):
 def test_cli_import_does_not_import_torch():
     code = "import sys, amber.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --------------------------------------------------------------------------
+# the package's layout: base holds the group, command modules import only base
+# --------------------------------------------------------------------------
+
+CLI_PACKAGE = Path(amber.__file__).parent / "cli"
+CLI_MODULES = ["amber.cli", *sorted(f"amber.cli.{p.stem}" for p in CLI_PACKAGE.glob("*.py")
+                                    if p.stem != "__init__")]
+CLI_ORDERS = [CLI_MODULES[i:] + CLI_MODULES[:i] for i in range(len(CLI_MODULES))]
+CLI_ORDERS += [list(reversed(order)) for order in CLI_ORDERS]
+
+
+@pytest.mark.parametrize("order", CLI_ORDERS, ids=lambda order: "-".join(m.rsplit(".", 1)[-1] for m in order))
+def test_cli_modules_import_in_any_order(order):
+    """Each module of amber.cli imported first (then the others) in a fresh interpreter: no cycle."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {order!r}:\n"
+        "    importlib.import_module(name)\n"
+        "from amber.cli import cli\n"
+        "assert set(cli.commands) >= {'formats', 'plugins', 'inspect', 'verify', 'convert', 'migrate',"
+        " 'export', 'train', 'evaluate'}, sorted(cli.commands)\n"
+        "heavy = [m for m in ('torch', 'numpy', 'rich') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "ImportError" not in done.stderr
+
+
+def _amber_cli_imports(path: Path) -> set[str]:
+    """The ``amber.cli`` modules that the file at ``path`` imports."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module if node.level == 0 else f"amber.cli.{node.module}"
+            names.update(f"{base}.{alias.name}" for alias in node.names if base == "amber.cli")
+            names.add(base)
+    return {n for n in names if n == "amber.cli" or n.startswith("amber.cli.")}
+
+
+def test_cli_command_modules_import_only_base():
+    """base imports no module of the package; a command module imports only base; none imports
+    the package itself (only ``__main__``, which the package never imports, does)."""
+    for path in CLI_PACKAGE.glob("*.py"):
+        imported = _amber_cli_imports(path)
+        if path.stem == "base":
+            assert imported == set(), imported
+        elif path.stem == "__main__":
+            assert imported <= {"amber.cli", "amber.cli.main"}, imported
+        elif path.stem != "__init__":
+            assert imported == {"amber.cli.base"}, (path.name, imported)

@@ -1,0 +1,163 @@
+"""The ``amber`` click group and what its commands share.
+
+The command modules (:mod:`amber.cli.info`, :mod:`amber.cli.convert`,
+:mod:`amber.cli.export`, :mod:`amber.cli.rl`) import this module and attach
+their commands to :data:`cli`; this module imports none of them, so the
+package has no import cycle.
+
+Every amber error (:class:`amber.errors.CheckpointError`) and every OS error
+ends the command with exit status 2 and one line on stderr,
+``amber: error: <message>``, never a traceback; click's own usage errors
+exit 2 too.
+
+rich and the engine are imported inside the helpers and commands, so that
+``amber --help`` is quick and importing the package never imports torch.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from amber import __version__
+from amber.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import pluggy
+    from rich.console import Console
+    from rich.text import Text
+
+__all__ = [
+    "ALLOW_PICKLE_HELP",
+    "AmberCliError",
+    "AmberGroup",
+    "CliState",
+    "cli",
+    "human_size",
+    "make_console",
+    "plain_text",
+    "policy_files",
+    "total_bytes",
+]
+
+#: The help of ``--allow-pickle/--safe``, shared by the commands that read checkpoints.
+ALLOW_PICKLE_HELP = (
+    "Allow reading pickle checkpoints (reading them can run code), or refuse them. "
+    "Default: allowed unless AMBER_SAFE_LOAD is set."
+)
+
+
+class AmberCliError(click.ClickException):
+    """An error shown as one line, ``amber: error: <message>``, with exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        """Print the one-line message to stderr."""
+        lines = (line.strip() for line in self.message.splitlines())
+        click.echo(f"amber: error: {' '.join(line for line in lines if line)}", err=True)
+
+
+class AmberGroup(click.Group):
+    """A group that turns amber's errors into :class:`AmberCliError`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Invoke the command; map :class:`CheckpointError` and :class:`OSError` to one line, exit 2."""
+        try:
+            return super().invoke(ctx)
+        except CheckpointError as e:
+            raise AmberCliError(str(e)) from e
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `amber ... | head`: click handles it quietly
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            raise AmberCliError(f"{where}{e.strerror or e}") from e
+
+
+@dataclass
+class CliState:
+    """What the ``amber`` group hands its commands.
+
+    :param plugin_manager: the plugin manager to use; None: the process's
+        (:func:`amber.plugin_manager.default_plugin_manager`), built on first use.
+    :param trace_hooks: build a fresh plugin manager that prints every hook call.
+    """
+
+    plugin_manager: pluggy.PluginManager | None = None
+    trace_hooks: bool = False
+
+    def get_pm(self) -> pluggy.PluginManager:
+        """The plugin manager, built on first use.
+
+        :raises PluginLoadError: a plugin failed to load.
+        """
+        if self.plugin_manager is None:
+            from amber.plugin_manager import default_plugin_manager, get_plugin_manager
+
+            self.plugin_manager = (
+                get_plugin_manager(trace=True) if self.trace_hooks else default_plugin_manager()
+            )
+        return self.plugin_manager
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr); wide when not a terminal, so nothing wraps."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    return console
+
+
+def plain_text(value: object, style: str = "") -> Text:
+    """Plain text that rich never reads as markup (ids and paths may hold brackets)."""
+    from rich.text import Text
+
+    return Text(str(value), style=style)
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes in binary units: ``"512 B"``, ``"1.5 KiB"``, ``"3.0 GiB"``."""
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def policy_files(info: Mapping[str, Any], pid: str) -> dict[str, Any] | None:
+    """A policy's own files from :func:`get_checkpoint_info`, or None if its manifest is bad."""
+    entry = info.get("policies", {}).get(pid, {})
+    return None if "error" in entry else dict(entry.get("files", {}))
+
+
+def total_bytes(info: Mapping[str, Any]) -> int:
+    """The size of every file the checkpoint's manifests list."""
+    total = sum(e["size"] for e in info["files"].values())
+    for pid in info.get("policies", {}):
+        total += sum(e["size"] for e in (policy_files(info, pid) or {}).values())
+    return int(total)
+
+
+@click.group(cls=AmberGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="amber", message="%(prog)s %(version)s"
+)
+@click.option("--trace-hooks", is_flag=True, help="Print every plugin hook call to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, trace_hooks: bool) -> None:
+    """Inspect, verify, convert and migrate amber checkpoints.
+
+    Plugins load from the entry-point group 'amber' unless
+    AMBER_DISABLE_PLUGIN_AUTOLOAD is set; AMBER_PLUGINS=a,b loads only those.
+    """
+    state = ctx.ensure_object(CliState)
+    state.trace_hooks = state.trace_hooks or trace_hooks

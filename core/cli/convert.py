@@ -1,0 +1,129 @@
+"""``amber convert`` and ``amber migrate``: rewrite a checkpoint in another format or version.
+
+Both write atomically and never modify their source on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from amber.cli.base import ALLOW_PICKLE_HELP, CliState, cli, human_size, make_console, total_bytes
+
+__all__ = ["PROGRESS_MIN_BYTES", "convert", "migrate"]
+
+#: ``amber convert`` shows a progress bar (on a terminal) from this many source bytes.
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+
+_PHASES = {"reading": 0, "writing": 1, "done": 2}
+
+
+@contextlib.contextmanager
+def _progress(description: str, size: int) -> Iterator[Callable[[str], None]]:
+    """Show a bar of the job's phases (reading, writing) with elapsed time on stderr.
+
+    Yields the callback the engine calls with each phase; shown only for large
+    checkpoints on a terminal.
+    """
+    console = make_console(stderr=True)
+    if size < PROGRESS_MIN_BYTES or not console.is_terminal:
+        yield lambda phase: None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=len(_PHASES) - 1)
+
+        def advance(phase: str) -> None:
+            progress.update(task, completed=_PHASES.get(phase, 0),
+                            description=f"{description}: {phase}")
+
+        yield advance
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("-f", "--format", "format_", required=True, metavar="NAME",
+              help="The format to write (see `amber formats`).")
+@click.option("--allow-pickle/--safe", "allow_pickle", default=None, help=ALLOW_PICKLE_HELP)
+@click.pass_obj
+def convert(state: CliState, src: Path, dst: Path, format_: str, allow_pickle: bool | None) -> None:
+    """Rewrite a checkpoint in another format.
+
+    Writes SRC in format NAME at DST, atomically; SRC is never modified.
+    """
+    from amber.registry import get_registry
+    from amber.utils.checkpoints import convert_checkpoint, get_checkpoint_info
+
+    pm = state.get_pm()
+    get_registry(pm).get(format_)  # an unknown name fails before anything is read
+    info = get_checkpoint_info(src)
+    size = total_bytes(info)
+    description = f"converting {src} ({info['format']}, {human_size(size)}) to {format_}"
+    with _progress(description, size) as advance:
+        convert_checkpoint(src, dst, format=format_, allow_pickle=allow_pickle, progress=advance, pm=pm)
+    click.echo(f"converted {src} ({info['format']}) -> {dst} ({format_})")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path), required=False)
+@click.option("--to", "to", metavar="VERSION", help="Stop at this checkpoint_version (default: the current).")
+@click.option("--dry-run", is_flag=True, help="Print each step and what it changes; write nothing.")
+@click.option("--recursive", is_flag=True,
+              help="Migrate, in place, every checkpoint under SRC (a run directory); report each.")
+@click.option("--allow-pickle/--safe", "allow_pickle", default=None, help=ALLOW_PICKLE_HELP)
+@click.pass_obj
+def migrate(state: CliState, src: Path, dst: Path | None, to: str | None, dry_run: bool,
+            recursive: bool, allow_pickle: bool | None) -> None:
+    """Upgrade a checkpoint to the current checkpoint_version, in place or into DST.
+
+    Also reads another system's checkpoint (RLlib 2.10 msgpack) into an amber one at DST.
+    A failure leaves SRC untouched. Exit status 1 when --recursive met a checkpoint that failed.
+    """
+    from amber.utils.checkpoints import migrate as migrate_one
+    from amber.utils.checkpoints import migrate_all
+
+    pm = state.get_pm()
+    if recursive:
+        if dst is not None:
+            raise click.UsageError("--recursive migrates in place: give no DST")
+        results = migrate_all(src, to=to, dry_run=dry_run, allow_pickle=allow_pickle, pm=pm)
+        if not results:
+            click.echo(f"no checkpoint under {src}")
+        for result in results:
+            _report_migration(result, dry_run)
+        if any(r.error for r in results):
+            raise SystemExit(1)
+        return
+    result = migrate_one(src, dst, to=to, dry_run=dry_run, allow_pickle=allow_pickle, pm=pm)
+    _report_migration(result, dry_run)
+
+
+def _report_migration(result: Any, dry_run: bool) -> None:
+    if result.error:
+        click.echo(f"FAILED {result.path}: {result.error}")
+        return
+    head = f"{result.path}: checkpoint_version {result.from_version} -> {result.to_version}"
+    if not result.steps:
+        done = f"copied to {result.dst}" if result.written else "nothing to do"
+        click.echo(f"{head}: already there, {done}")
+        return
+    if dry_run:
+        click.echo(f"{head} (dry run: nothing written)")
+    else:
+        where = "in place" if result.dst == result.path else f"-> {result.dst}"
+        click.echo(f"migrated {head} {where}")
+    for step in result.steps:
+        click.echo(f"  step {step['name']}:")
+        for line in step["description"].splitlines():
+            click.echo(f"    {line}")
+        for tree, lines in step["changes"].items():
+            for line in lines:
+                click.echo(f"    {tree}: {line}")

@@ -1,0 +1,79 @@
+"""``amber export``: a checkpoint's policies as model files that load without amber."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from amber.cli.base import ALLOW_PICKLE_HELP, AmberCliError, CliState, cli
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["export_command"]
+
+
+def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pickle: bool | None,
+             pm: pluggy.PluginManager) -> list[tuple[str, Any, Path]]:
+    """The policies to export, each with its id and the directory it goes to.
+
+    :raises AmberCliError: the checkpoint holds no policy, or ``--policy`` does not fit it.
+    :raises UnknownPolicyError: ``policy_id`` is not one of the algorithm's policies.
+    """
+    from amber.errors import UnknownPolicyError
+    from amber.policy.policy import Policy
+    from amber.utils.checkpoints import get_checkpoint_info
+
+    info = get_checkpoint_info(checkpoint)
+    if info["type"] == "Policy":
+        if policy_id is not None and policy_id not in info["policy_ids"]:
+            raise AmberCliError(f"{checkpoint} is a policy checkpoint (of one policy): --policy picks "
+                                "a policy of an algorithm checkpoint")
+        policy = Policy.from_checkpoint(checkpoint, allow_pickle=allow_pickle, pm=pm)
+        return [(info["policy_ids"][0] if info["policy_ids"] else "policy", policy, directory)]
+    if info["type"] != "Algorithm":
+        raise AmberCliError(f"{checkpoint} is a {info['type']} checkpoint: it holds no policy to export")
+    ids = list(info["policy_ids"])
+    if policy_id is not None:
+        if policy_id not in ids:
+            raise UnknownPolicyError(policy_id, ids, path=checkpoint)
+        ids = [policy_id]
+    if not ids:
+        raise AmberCliError(f"{checkpoint} holds no policies")
+    policies = Policy.from_checkpoint(checkpoint, policy_ids=ids, allow_pickle=allow_pickle, pm=pm)
+    if not isinstance(policies, dict):
+        raise AmberCliError(f"{checkpoint} did not load as an algorithm checkpoint")
+    single = len(ids) == 1
+    return [(pid, policies[pid], directory if single else directory / pid) for pid in ids]
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--policy", "policy_id", metavar="ID",
+              help="The policy to export from an algorithm checkpoint (default: all of them).")
+@click.option("--onnx", "opset", type=int, metavar="OPSET", help="Write model.onnx with this ONNX opset.")
+@click.option("-f", "--format", "format_", metavar="NAME",
+              help="An exporter (see `amber formats`): keras writes saved_model/ and model.keras.")
+@click.option("--allow-pickle/--safe", "allow_pickle", default=None, help=ALLOW_PICKLE_HELP)
+@click.pass_obj
+def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id: str | None,
+                   opset: int | None, format_: str | None, allow_pickle: bool | None) -> None:
+    """Export the network of a checkpoint's policy into DIRECTORY.
+
+    Writes the native files (model.pt2) and model.json, or with --onnx
+    model.onnx, or with --format keras saved_model/ and model.keras: files
+    that load with their own runtime alone. From an algorithm checkpoint
+    with several policies and no --policy, each goes to DIRECTORY/<policy id>/.
+    """
+    from amber.registry import get_registry
+
+    pm = state.get_pm()
+    if format_ is not None:
+        get_registry(pm).exporter(format_)  # an unknown name fails before anything is read
+    for pid, policy, target in _targets(checkpoint, directory, policy_id, allow_pickle, pm):
+        paths = policy.export_model(target, onnx=opset, format=format_, pm=pm)
+        names = ", ".join(Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths)
+        click.echo(f"exported {pid} -> {target}: {names}")
