@@ -40,6 +40,12 @@ class DQNConfig(AlgorithmConfig):
 
     Common settings that differ from :class:`AlgorithmConfig`'s: ``lr`` 5e-4,
     ``train_batch_size`` 32, ``grad_clip`` 40, ``model`` ``[256, 256]`` relu.
+
+    ``hiddens`` (RLlib's name) are the sizes of the relu layers of the Q head
+    after the ``model``'s layers: each of the dueling value and advantage
+    heads (or the plain Q head) gets them. amber's default is ``[]`` (one
+    linear layer per head); RLlib's is ``[256]`` (a checkpoint read from
+    RLlib sets it).
     """
 
     def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
@@ -57,6 +63,7 @@ class DQNConfig(AlgorithmConfig):
             "num_steps_sampled_before_learning_starts": 1000,
             "double_q": True,
             "dueling": True,
+            "hiddens": [],
             "n_step": 1,
             "epsilon": [(0, 1.0), (10_000, 0.05)],
             "training_intensity": None,
@@ -87,6 +94,7 @@ class DQNConfig(AlgorithmConfig):
             "replay_buffer_config['capacity']": int(rb.get("capacity", 50_000)) >= 1,
             "train_batch_size": int(self.train_batch_size) >= 1,
             "n_step": int(self.n_step) >= 1,
+            "hiddens": all(int(h) >= 1 for h in self.hiddens or []),
             "target_network_update_freq": int(self.target_network_update_freq) >= 0,
             "num_steps_sampled_before_learning_starts":
                 int(self.num_steps_sampled_before_learning_starts) >= 0,
@@ -127,10 +135,11 @@ class DQN(OffPolicyAlgorithm):
         return DQNTorchPolicy
 
     def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
-        """The common policy config plus DQN's: dueling, double_q, n_step, epsilon (overrides win)."""
+        """The common policy config plus DQN's dueling, hiddens, double_q, n_step, epsilon (overrides win)."""
         cfg = super().policy_config(policy_id, {}, index)
         cfg.update({"dueling": bool(self.config.dueling), "double_q": bool(self.config.double_q),
                     "n_step": int(self.config.n_step),
+                    "hiddens": [int(h) for h in self.config.hiddens or []],
                     "epsilon": [(int(t), float(e)) for t, e in self.config.epsilon]})
         cfg.update(overrides)
         return cfg

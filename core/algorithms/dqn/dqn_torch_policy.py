@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -80,41 +80,48 @@ def _trunk(in_dim: int, hiddens: Sequence[int], activation: str | None,
 class DQNTorchModel(nn.Module):
     """Q-values from a fully connected trunk and a dueling (value + advantage) or plain Q head.
 
-    Dueling: ``Q = V + A - mean(A)`` (RLlib's dueling head). ``forward(obs)``
-    returns the Q-values, ``[batch, num_actions]``.
+    Dueling: ``Q = V + A - mean(A)`` (RLlib's dueling head). Each head has ``hiddens`` relu
+    layers, then a linear one. ``forward(obs)`` returns the Q-values, ``[batch, num_actions]``.
     """
 
     def __init__(self, observation_space: Any, num_actions: int,
                  model_config: Mapping[str, Any] | None = None, *, dueling: bool = True,
-                 generator: torch.Generator | None = None) -> None:
+                 hiddens: Sequence[int] = (), generator: torch.Generator | None = None) -> None:
         """Build the model.
 
         :param model_config: RLlib's model config (``fcnet_hiddens``, ``fcnet_activation``).
         :param dueling: value and advantage heads (True) or one Q head.
+        :param hiddens: sizes of each head's relu layers before its output layer.
         :param generator: the RNG for initialization (the global one when None).
         """
         super().__init__()
         cfg = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
-        hiddens = [int(h) for h in cfg["fcnet_hiddens"] or []]
+        trunk = [int(h) for h in cfg["fcnet_hiddens"] or []]
+        head = [int(h) for h in hiddens or []]
         self.dueling = bool(dueling)
         self.num_actions = int(num_actions)
         self.preprocessor = ObsPreprocessor(observation_space)
-        self.trunk = _trunk(self.preprocessor.out_dim, hiddens, cfg["fcnet_activation"], generator)
-        width = hiddens[-1] if hiddens else self.preprocessor.out_dim
+        self.trunk = _trunk(self.preprocessor.out_dim, trunk, cfg["fcnet_activation"], generator)
+        width = trunk[-1] if trunk else self.preprocessor.out_dim
         if self.dueling:
-            self.value = build_mlp(width, [], None, 1, out_gain=1.0, generator=generator)
-            self.advantage = build_mlp(width, [], None, self.num_actions, out_gain=1.0, generator=generator)
+            self.value = build_mlp(width, head, "relu", 1, generator=generator)
+            self.advantage = build_mlp(width, head, "relu", self.num_actions, generator=generator)
         else:
-            self.q = build_mlp(width, [], None, self.num_actions, out_gain=1.0, generator=generator)
+            self.q = build_mlp(width, head, "relu", self.num_actions, generator=generator)
 
-    def heads(self, h: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _head(net: nn.Sequential, h: torch.Tensor, train: bool) -> torch.Tensor:
+        if len(net) == 1:  # one linear layer: without Module-call overhead
+            layer = cast(nn.Linear, net[0])
+            return nn.functional.linear(h, layer.weight, layer.bias)
+        return train_forward(net, h) if train else net(h)
+
+    def heads(self, h: torch.Tensor, *, train: bool = False) -> torch.Tensor:
         """Q-values from trunk features."""
         if self.dueling:
-            (value,), (advantage,) = self.value, self.advantage
-            adv = nn.functional.linear(h, advantage.weight, advantage.bias)
-            return nn.functional.linear(h, value.weight, value.bias) + adv - adv.mean(dim=1, keepdim=True)
-        (q,) = self.q
-        return nn.functional.linear(h, q.weight, q.bias)
+            adv = self._head(self.advantage, h, train)
+            return self._head(self.value, h, train) + adv - adv.mean(dim=1, keepdim=True)
+        return self._head(self.q, h, train)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values ``[batch, num_actions]`` for a batch of observations."""
@@ -122,7 +129,7 @@ class DQNTorchModel(nn.Module):
 
     def train_q(self, obs: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` for training: the trunk as one fused autograd node (see ``train_forward``)."""
-        return self.heads(train_forward(self.trunk, self.preprocessor(obs)))
+        return self.heads(train_forward(self.trunk, self.preprocessor(obs)), train=True)
 
 
 def _numpy_layers_of(net: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray, str | None]] | None:
@@ -157,7 +164,8 @@ class DQNTorchPolicy(TorchPolicy):
     :param observation_space: a gymnasium Box or Discrete space.
     :param action_space: a gymnasium Discrete space.
     :param config: ``model``, ``lr``, ``seed``, ``grad_clip``, ``gamma`` and DQN's
-        ``dueling``, ``double_q``, ``n_step`` and ``epsilon`` (schedule); kept whole as :attr:`config`.
+        ``dueling``, ``hiddens`` (the Q head's relu layers), ``double_q``, ``n_step`` and
+        ``epsilon`` (schedule); kept whole as :attr:`config`.
     :raises ValueError: an action space that is not Discrete.
 
     It reuses :class:`~amber.policy.torch_policy.TorchPolicy`'s optimizer,
@@ -183,6 +191,7 @@ class DQNTorchPolicy(TorchPolicy):
         with torch.random.fork_rng(devices=[]):  # building nn.Linear draws from the global RNG
             self.model = DQNTorchModel(observation_space, int(action_space.n), self.config.get("model") or {},
                                        dueling=bool(self.config.get("dueling", True)),
+                                       hiddens=[int(h) for h in self.config.get("hiddens") or []],
                                        generator=torch.Generator().manual_seed(init_seed))
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self.dist_class = None  # acting is epsilon-greedy over Q-values, not a distribution
