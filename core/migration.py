@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The checkpoint_version this amber writes.
-CHECKPOINT_VERSION = "2.0"
+CHECKPOINT_VERSION = "2.1"
 
 
 @dataclass(frozen=True)

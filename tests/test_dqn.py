@@ -19,7 +19,7 @@ from amber.algorithms.algorithm import Algorithm  # noqa: E402
 from amber.algorithms.dqn import DQN, DQNConfig  # noqa: E402
 from amber.algorithms.dqn.dqn_learner import dqn_update, nstep_transitions  # noqa: E402
 from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy, epsilon_at  # noqa: E402
-from amber.errors import CorruptCheckpointError  # noqa: E402
+from amber.errors import CheckpointError, CorruptCheckpointError  # noqa: E402
 from amber.examples.envs.classes.multi_agent import MultiAgentCartPole  # noqa: E402
 from amber.policy.policy import Policy  # noqa: E402
 from amber.utils.checkpoints import convert_to_msgpack_checkpoint  # noqa: E402
@@ -495,11 +495,11 @@ def test_a_bad_buffer_state_rolls_everything_back(tmp_path):
     donor = multi(seed=1, store=True).build()
     donor.train()
     state = donor.get_state()
-    state["algorithm"]["learner"]["replay_buffers"]["pol_b"]["size"] = 10**9  # invalid
+    state["algorithm"]["components"]["replay_buffers"]["pol_b"]["size"] = 10**9  # invalid
     algo = multi(seed=2, store=True).build()
     algo.train()
     before, buffers = snapshot(algo), dict(algo.replay_buffers)
-    with pytest.raises(ValueError, match="replay buffer"):
+    with pytest.raises(CheckpointError, match="replay_buffers.*replay buffer"):
         algo.set_state(state)
     assert_same(before, snapshot(algo))
     assert all(algo.replay_buffers[pid] is buf for pid, buf in buffers.items())

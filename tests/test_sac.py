@@ -22,7 +22,7 @@ from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, SACT
 from amber.checkpoint import read_checkpoint
 from amber.envs import MultiAgentEnv
 from amber.plugins.env_state import capture_env, restore_env
-from amber.errors import CorruptCheckpointError
+from amber.errors import CheckpointError, CorruptCheckpointError
 from amber.policy.policy import Policy
 from amber.utils.checkpoints import get_checkpoint_info
 from amber.utils.replay_buffers import ReplayBuffer
@@ -467,9 +467,10 @@ def test_restore_failing_while_applying_rolls_back(tmp_path, monkeypatch):
 
     flaky.calls = []
     monkeypatch.setattr(ReplayBuffer, "set_state", flaky)
-    with pytest.raises(ValueError, match="gremlin") as caught:
+    with pytest.raises(CheckpointError, match="restoring 'replay_buffers' failed: ValueError: gremlin") as caught:
         algo.restore(path)
-    assert caught.value.__context__ is None and len(flaky.calls) > 2  # the rollback itself went through
+    assert isinstance(caught.value.__cause__, ValueError) and caught.value.__cause__.__context__ is None
+    assert len(flaky.calls) > 2  # the rollback itself went through
     assert_tree_equal(policy_states(algo), before, tuples_as_lists=True)
     assert all(algo.replay_buffers[pid] is objects[pid] for pid in objects)
     for pid, obs in rows.items():

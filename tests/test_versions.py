@@ -287,7 +287,7 @@ def test_a_format_plugin_ships_its_own_step(contract_pm, tmp_path):
                       pm=contract_pm)
     _relabel(path, "npz-0")
     ckpt = read_checkpoint(path, pm=contract_pm)
-    assert ckpt.migrations_applied == ["npz-0 -> 1.0", "1.0 -> 2.0"]
+    assert ckpt.migrations_applied[:2] == ["npz-0 -> 1.0", "1.0 -> 2.0"]
     assert ckpt.state["step"] == 4 and ckpt.checkpoint_version == CHECKPOINT_VERSION
     plan = migrate(path, dry_run=True, pm=contract_pm)
     assert "npz_state" in plan.steps[0]["description"]

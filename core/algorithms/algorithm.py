@@ -1,8 +1,10 @@
 """Algorithm: training, policies and checkpoints (RLlib's ``ray.rllib.algorithms.algorithm``).
 
-Every piece of state goes through the checkpoint engine: the algorithm's own
-state (config, counters, RNGs, environments, learner state) is one state
-tree, each policy's is another, and :func:`amber.checkpoint.write_checkpoint`
+What a checkpoint holds is declared in one place per algorithm,
+:meth:`Algorithm.checkpoint_components` (PPO, DQN and SAC extend it): every
+component there goes through the plugins' capture/restore hooks. The
+algorithm's own state tree is its class and config plus those components'
+states; each policy's state is another tree; :func:`amber.checkpoint.write_checkpoint`
 lays them out, atomically and verified, in any registered format.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from amber import components
 from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig
+from amber.algorithms.training_state import TorchGlobalRNG, TrainingProgress
 from amber.errors import CheckpointError, UnregisteredNameError
 from amber.policy.policy import Policy, PolicySpec
 from amber.state import Ref
@@ -92,11 +95,7 @@ class Algorithm:
             config.env, config.env_config, config.num_envs_per_env_runner, self.policies,
             self._mapping_fn(), seed=config.seed, pm=self.pm,
         )
-        self.iteration = 0
-        self.counters = {"num_env_steps_sampled_lifetime": 0, "num_agent_steps_sampled_lifetime": 0,
-                         "num_env_steps_trained_lifetime": 0, "time_total_s": 0.0}
-        self._recent_returns: list[float] = []
-        self._recent_policy_returns: dict[str, list[float]] = {}
+        self.progress = TrainingProgress()
         self.setup()
 
     # -- building ------------------------------------------------------------------
@@ -190,16 +189,16 @@ class Algorithm:
         self.iteration += 1
         elapsed = time.perf_counter() - start
         self.counters["time_total_s"] += elapsed
-        returns = self._recent_returns[-100:]
+        returns = self.progress.recent_returns
         out = {
             "training_iteration": self.iteration,
             **self.counters,
             "episode_return_mean": float(np.mean(returns)) if returns else float("nan"),
             "episode_return_max": float(np.max(returns)) if returns else float("nan"),
             "episode_return_min": float(np.min(returns)) if returns else float("nan"),
-            "episodes_total": len(self._recent_returns),
+            "episodes_total": len(returns),
             "policy_return_mean": {
-                pid: float(np.mean(r[-100:])) for pid, r in self._recent_policy_returns.items() if r
+                pid: float(np.mean(r)) for pid, r in self.progress.recent_policy_returns.items() if r
             },
             "time_this_iter_s": elapsed,
         }
@@ -212,11 +211,21 @@ class Algorithm:
 
     def _record(self, metrics: Mapping[str, Any]) -> None:
         """Count sampled steps and remember finished episodes' returns."""
-        self.counters["num_env_steps_sampled_lifetime"] += int(metrics["num_env_steps"])
-        self.counters["num_agent_steps_sampled_lifetime"] += int(metrics["num_agent_steps"])
-        self._recent_returns = (self._recent_returns + list(metrics["episode_returns"]))[-100:]
-        for pid, rets in metrics.get("agent_episode_returns", {}).items():
-            self._recent_policy_returns[pid] = (self._recent_policy_returns.get(pid, []) + list(rets))[-100:]
+        self.progress.record(metrics)
+
+    @property
+    def iteration(self) -> int:
+        """Training iterations done."""
+        return self.progress.iteration
+
+    @iteration.setter
+    def iteration(self, value: int) -> None:
+        self.progress.iteration = int(value)
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        """Lifetime step counters and total training time (``num_env_steps_sampled_lifetime``...)."""
+        return self.progress.counters
 
     # -- policies ------------------------------------------------------------------
 
@@ -276,30 +285,24 @@ class Algorithm:
 
     # -- state -----------------------------------------------------------------------
 
-    def _components(self) -> dict[str, object]:
-        return {"rng.numpy": self.np_rng, "rng.python": self.py_rng, "env_runner": self.env_runner}
+    def checkpoint_components(self) -> dict[str, object]:
+        """What this algorithm's checkpoint holds beside its class, config and policies, by name.
 
-    def learner_state(self) -> dict[str, Any]:
-        """Algorithm-specific learner state outside the policies (subclasses)."""
-        return {}
-
-    def set_learner_state(self, state: Mapping[str, Any]) -> None:
-        """Apply :meth:`learner_state`'s output (subclasses)."""
+        Each component is captured and restored through the plugins' hooks; an
+        algorithm adds its learner's state by extending this mapping. Every
+        algorithm has: ``progress`` (iterations, step counters, recent returns),
+        the numpy, Python and torch RNGs, and ``env_runner`` (the environments
+        and their running episodes).
+        """
+        return {"progress": self.progress, "rng.numpy": self.np_rng, "rng.python": self.py_rng,
+                "rng.torch": TorchGlobalRNG(), "env_runner": self.env_runner}
 
     def get_state(self) -> dict[str, Any]:
         """The whole state: ``{"algorithm": ..., "policies": {id: policy state}}``."""
-        import torch
-
         own = {
             "algorithm_class": type(self),
             "config": self.config.to_dict(),
-            "iteration": self.iteration,
-            "counters": dict(self.counters),
-            "recent_returns": list(self._recent_returns),
-            "recent_policy_returns": {k: list(v) for k, v in self._recent_policy_returns.items()},
-            "components": components.capture(self, self._components(), pm=self.pm),
-            "torch_rng": torch.get_rng_state().numpy().copy(),
-            "learner": self.learner_state(),
+            "components": components.capture(self, self.checkpoint_components(), pm=self.pm),
         }
         return {"algorithm": own, "policies": {pid: p.get_state() for pid, p in self.policies.items()}}
 
@@ -325,27 +328,16 @@ class Algorithm:
             raise
 
     def _apply_state(self, state: Mapping[str, Any], restore_episodes: bool) -> None:
-        """Apply a state; of the algorithm's own keys only ``iteration`` and ``counters`` are
-        required (a checkpoint from another system has no RNG, env or learner state: those
-        parts keep their freshly built values)."""
-        import torch
-
+        """Apply a state; components it lacks (another system's checkpoint has no RNG or env
+        state) keep their current values."""
         own = state["algorithm"]
         for pid, pstate in state["policies"].items():
             if pid in self.policies:
                 self.policies[pid].set_state(pstate)
-        self.iteration = int(own["iteration"])
-        self.counters = {**self.counters, **own["counters"]}
-        self._recent_returns = list(own.get("recent_returns", self._recent_returns))
-        self._recent_policy_returns = {k: list(v) for k, v in
-                                       own.get("recent_policy_returns", self._recent_policy_returns).items()}
         saved = dict(own.get("components") or {})
         if not restore_episodes:
             saved.pop("env_runner", None)
-        components.restore(self, self._components(), saved, pm=self.pm)
-        if own.get("torch_rng") is not None:
-            torch.set_rng_state(torch.from_numpy(np.asarray(own["torch_rng"], dtype=np.uint8).copy()))
-        self.set_learner_state(own.get("learner") or {})
+        components.restore(self, self.checkpoint_components(), saved, pm=self.pm)
 
     # -- checkpoints -----------------------------------------------------------------
 

@@ -238,7 +238,8 @@ class AlgorithmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as a plain dict (classes and functions kept as objects)."""
-        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in ("algo_class", "plugin_manager")}
+        live = ("algo_class", "plugin_manager")
+        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in live}
         out["_config_class"] = type(self)
         out["policies"] = {pid: _spec_to_dict(spec) for pid, spec in self.policies.items()}
         out["multi_agent"] = out.pop("_multi_agent")

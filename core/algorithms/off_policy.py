@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
+from amber.algorithms.training_state import UpdateCounters
 from amber.utils.replay_buffers import ReplayBuffer
 
 __all__ = ["OFF_POLICY_DEFAULTS", "OffPolicyAlgorithm"]
@@ -52,11 +53,22 @@ class OffPolicyAlgorithm(Algorithm):
 
     def setup(self) -> None:
         """Make one replay buffer per policy."""
-        self.replay_buffers: dict[str, ReplayBuffer] = {
-            pid: self._make_buffer(index) for index, pid in enumerate(self.policies)
-        }
-        self.num_updates = 0
-        self._update_credit = 0.0
+        self.replay_buffers = ReplayBuffers(
+            {pid: self._make_buffer(index) for index, pid in enumerate(self.policies)})
+        self.updates = UpdateCounters()
+
+    def checkpoint_components(self) -> dict[str, object]:
+        """An off-policy checkpoint holds :meth:`Algorithm.checkpoint_components`, every replay
+        buffer's cursor, counters and RNG (its rows only with ``store_replay_buffer``) and the
+        update counters; the policies hold their networks, targets and optimizers."""
+        self.replay_buffers.store_rows = bool(self.config.store_replay_buffer)
+        return {**super().checkpoint_components(), "replay_buffers": self.replay_buffers,
+                "updates": self.updates}
+
+    @property
+    def num_updates(self) -> int:
+        """Gradient update rounds made so far."""
+        return self.updates.num_updates
 
     def _make_buffer(self, index: int) -> ReplayBuffer:
         capacity = int((self.config.replay_buffer_config or {}).get("capacity", 50_000))
@@ -85,9 +97,9 @@ class OffPolicyAlgorithm(Algorithm):
         intensity = self.config.training_intensity
         if intensity is None:
             return 1
-        self._update_credit += float(intensity) * sampled / int(self.config.train_batch_size)
-        n = int(self._update_credit)
-        self._update_credit -= n
+        self.updates.update_credit += float(intensity) * sampled / int(self.config.train_batch_size)
+        n = int(self.updates.update_credit)
+        self.updates.update_credit -= n
         return n
 
     def training_step(self) -> dict[str, Any]:
@@ -115,7 +127,7 @@ class OffPolicyAlgorithm(Algorithm):
                     batch = self.replay_buffers[pid].sample(int(cfg.train_batch_size))
                     stats[pid] = self.update_policy(pid, batch)
                     self.counters["num_env_steps_trained_lifetime"] += int(cfg.train_batch_size)
-                self.num_updates += 1
+                self.updates.num_updates += 1
                 updates += 1
         learner = {pid: {"learner_stats": s, "replay_buffer_size": len(self.replay_buffers[pid])}
                    for pid, s in stats.items()}
@@ -137,30 +149,35 @@ class OffPolicyAlgorithm(Algorithm):
 
     # -- state -----------------------------------------------------------------------
 
-    def learner_state(self) -> dict[str, Any]:
-        """Counters and every buffer's state; the rows only with ``store_replay_buffer``."""
-        keep = bool(self.config.store_replay_buffer)
-        return {
-            "num_updates": self.num_updates,
-            "update_credit": self._update_credit,
-            "replay_buffers": {pid: b.get_state(include_data=keep) for pid, b in self.replay_buffers.items()},
-        }
-
     def set_state(self, state: Mapping[str, Any], **kwargs: Any) -> None:
         """:meth:`Algorithm.set_state`; on failure the replay buffers are the very objects from before."""
         buffers = dict(self.replay_buffers)
         try:
             super().set_state(state, **kwargs)
         except Exception:
-            self.replay_buffers = buffers
+            self.replay_buffers.clear()
+            self.replay_buffers.update(buffers)
             raise
 
-    def set_learner_state(self, state: Mapping[str, Any]) -> None:
-        """Apply :meth:`learner_state`'s output (buffers of policies present only)."""
-        buffers = {pid: s for pid, s in state.get("replay_buffers", {}).items() if pid in self.replay_buffers}
-        fresh = {pid: ReplayBuffer(1) for pid in buffers}
-        for pid, saved in buffers.items():  # check them all before replacing any
-            fresh[pid].set_state(saved)
-        self.replay_buffers.update(fresh)
-        self.num_updates = int(state.get("num_updates", 0))
-        self._update_credit = float(state.get("update_credit", 0.0))
+
+class ReplayBuffers(dict):  # type: ignore[type-arg]
+    """Every policy's replay buffer by policy id; a checkpoint component.
+
+    Its state always holds each buffer's cursor, counters and RNG, and the
+    rows only when :attr:`store_rows`. Restoring checks every saved buffer
+    before replacing any, and only the buffers of policies present.
+    """
+
+    store_rows = False
+
+    def get_state(self) -> dict[str, Any]:
+        """Each buffer's state by policy id."""
+        return {pid: b.get_state(include_data=self.store_rows) for pid, b in self.items()}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the buffers of the policies present with the saved ones."""
+        saved = {pid: s for pid, s in state.items() if pid in self}
+        fresh = {pid: ReplayBuffer(1) for pid in saved}
+        for pid, buffer_state in saved.items():  # check them all before replacing any
+            fresh[pid].set_state(buffer_state)
+        self.update(fresh)

@@ -6,6 +6,9 @@ function of a checkpoint's manifest and state trees.
 
 - ``1.0 -> 2.0``: classes and functions are named by registered name, never
   by import path (:mod:`amber.names`).
+- ``2.0 -> 2.1``: an algorithm's own state is its class, its config and the
+  states of the components it declares (``checkpoint_components``), all
+  under ``components``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from amber.migration import CheckpointTrees, Migration
 from amber.names import PLACEHOLDER, is_nameable, legacy_name, name_of
 from amber.state import Ref, walk_replace
 
-__all__ = ["V1_TO_V2"]
+__all__ = ["V1_TO_V2", "V2_TO_V2_1"]
 
 
 def _named(keypath: str, value: Any) -> Any:
@@ -53,7 +56,44 @@ V1_TO_V2 = Migration(
 )
 
 
+#: 2.0's learner keys and the components that hold them in 2.1.
+_LEARNER_COMPONENTS = {"kl_coeffs": "kl_coeffs", "replay_buffers": "replay_buffers",
+                       "last_target_update": "last_target_update"}
+
+
+def _v2_to_v2_1(trees: CheckpointTrees) -> CheckpointTrees:
+    if trees.type != "Algorithm":
+        return trees
+    old = dict(trees.state)
+    comps = dict(old.get("components") or {})
+    progress = {key: old[key] for key in ("iteration", "counters", "recent_returns", "recent_policy_returns")
+                if key in old}
+    comps["progress"] = progress
+    if old.get("torch_rng") is not None:
+        comps["rng.torch"] = old["torch_rng"]
+    learner = dict(old.get("learner") or {})
+    for key, component in _LEARNER_COMPONENTS.items():
+        if key in learner:
+            comps[component] = learner[key]
+    if "num_updates" in learner or "update_credit" in learner:
+        comps["updates"] = {"num_updates": learner.get("num_updates", 0),
+                            "update_credit": learner.get("update_credit", 0.0)}
+    state = {"algorithm_class": old["algorithm_class"], "config": old["config"], "components": comps}
+    return trees.replace(state=state)
+
+
+V2_TO_V2_1 = Migration(
+    "2.0", "2.1", _v2_to_v2_1,
+    description=(
+        "an algorithm's iteration, counters and recent returns move to components.progress;\n"
+        "torch_rng moves to components['rng.torch'];\n"
+        "the learner's kl_coeffs, replay_buffers and last_target_update become components of their own,\n"
+        "its num_updates and update_credit become components.updates"
+    ),
+)
+
+
 @amber.hookimpl
 def amber_register_migrations() -> list[Migration]:
     """amber's own steps."""
-    return [V1_TO_V2]
+    return [V1_TO_V2, V2_TO_V2_1]

@@ -27,6 +27,7 @@ import numpy as np
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
 from amber.algorithms.off_policy import OFF_POLICY_DEFAULTS, OffPolicyAlgorithm
+from amber.algorithms.training_state import PerPolicyCounts
 from amber.policy.policy import Policy
 
 __all__ = ["DQN", "DQNConfig"]
@@ -126,7 +127,7 @@ class DQN(OffPolicyAlgorithm):
     def setup(self) -> None:
         """Replay buffers (see :class:`OffPolicyAlgorithm`) and each policy's last target sync."""
         super().setup()
-        self.last_target_update: dict[str, int] = {pid: 0 for pid in self.policies}
+        self.last_target_update = PerPolicyCounts({pid: 0 for pid in self.policies})
 
     def get_default_policy_class(self) -> type[Policy]:
         """:class:`~amber.algorithms.dqn.dqn_torch_policy.DQNTorchPolicy`."""
@@ -178,15 +179,7 @@ class DQN(OffPolicyAlgorithm):
         super().remove_policy(policy_id, **kwargs)
         self.last_target_update.pop(policy_id, None)
 
-    def learner_state(self) -> dict[str, Any]:
-        """:meth:`OffPolicyAlgorithm.learner_state` plus each policy's last target sync (env steps)."""
-        state = super().learner_state()
-        state["last_target_update"] = dict(self.last_target_update)
-        return state
-
-    def set_learner_state(self, state: Mapping[str, Any]) -> None:
-        """Apply :meth:`learner_state`'s output (policies present only)."""
-        super().set_learner_state(state)
-        for pid, ts in (state.get("last_target_update") or {}).items():
-            if pid in self.policies:
-                self.last_target_update[pid] = int(ts)
+    def checkpoint_components(self) -> dict[str, object]:
+        """A DQN checkpoint holds :meth:`OffPolicyAlgorithm.checkpoint_components` and each policy's
+        last target sync (env steps); the policies hold their Q and target networks and Adam states."""
+        return {**super().checkpoint_components(), "last_target_update": self.last_target_update}

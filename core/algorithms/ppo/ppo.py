@@ -8,11 +8,11 @@ and adaptive KL penalty, for every policy in ``policies_to_train``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
+from amber.algorithms.training_state import PerPolicyValues
 
 __all__ = ["PPO", "PPOConfig"]
 
@@ -45,7 +45,12 @@ class PPO(Algorithm):
 
     def setup(self) -> None:
         """Start every policy's adaptive KL coefficient at ``kl_coeff``."""
-        self.kl_coeffs = {pid: float(self.config.kl_coeff) for pid in self.policies}
+        self.kl_coeffs = PerPolicyValues({pid: float(self.config.kl_coeff) for pid in self.policies})
+
+    def checkpoint_components(self) -> dict[str, object]:
+        """A PPO checkpoint holds :meth:`Algorithm.checkpoint_components` and each policy's
+        adaptive KL coefficient (``kl_coeffs``); the policies hold their weights and Adam states."""
+        return {**super().checkpoint_components(), "kl_coeffs": self.kl_coeffs}
 
     def training_step(self) -> dict[str, Any]:
         """Sample ``train_batch_size`` env steps and update each trained policy."""
@@ -72,13 +77,3 @@ class PPO(Algorithm):
             self.counters["num_env_steps_trained_lifetime"] += len(batch["obs"])
             learner[pid] = {"learner_stats": stats, "num_agent_steps_trained": len(batch["obs"])}
         return {"info": {"learner": learner}}
-
-    def learner_state(self) -> dict[str, Any]:
-        """The adaptive KL coefficients."""
-        return {"kl_coeffs": dict(self.kl_coeffs)}
-
-    def set_learner_state(self, state: Mapping[str, Any]) -> None:
-        """Restore the KL coefficients of the policies present."""
-        for pid, value in state.get("kl_coeffs", {}).items():
-            if pid in self.policies:
-                self.kl_coeffs[pid] = float(value)

@@ -1,0 +1,153 @@
+"""The pieces of an algorithm's state that are not its policies, as checkpoint components.
+
+An algorithm names what its checkpoint holds in one place,
+:meth:`amber.algorithms.algorithm.Algorithm.checkpoint_components`; each
+component there is captured and restored by the plugins' hooks
+(``amber_capture_state``/``amber_restore_state``, the in-tree
+:mod:`amber.plugins.object_state` handles RNGs and anything with
+``get_state``/``set_state``). The classes here are those components.
+Each ``set_state`` checks the whole incoming state before it changes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from amber.errors import CheckpointError
+
+__all__ = ["PerPolicyCounts", "PerPolicyValues", "TorchGlobalRNG", "TrainingProgress", "UpdateCounters"]
+
+#: The step counters every algorithm keeps, and their start values.
+COUNTERS: dict[str, int | float] = {
+    "num_env_steps_sampled_lifetime": 0,
+    "num_agent_steps_sampled_lifetime": 0,
+    "num_env_steps_trained_lifetime": 0,
+    "time_total_s": 0.0,
+}
+#: How many finished episodes' returns are kept for ``episode_return_mean``.
+RECENT = 100
+
+
+def _bad(what: str, value: Any) -> CheckpointError:
+    shown = f"{type(value).__name__} {str(value)[:80]!r}"
+    return CheckpointError(f"checkpoint state {what} is malformed: {shown}")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _bad(what, value)
+    return float(value)
+
+
+class TrainingProgress:
+    """Where training stands: iterations done, step counters, recent episode returns."""
+
+    def __init__(self) -> None:
+        self.iteration = 0
+        self.counters: dict[str, Any] = dict(COUNTERS)
+        self.recent_returns: list[float] = []
+        self.recent_policy_returns: dict[str, list[float]] = {}
+
+    def record(self, metrics: Mapping[str, Any]) -> None:
+        """Count a sampling round's steps and keep its finished episodes' returns."""
+        self.counters["num_env_steps_sampled_lifetime"] += int(metrics["num_env_steps"])
+        self.counters["num_agent_steps_sampled_lifetime"] += int(metrics["num_agent_steps"])
+        self.recent_returns = (self.recent_returns + list(metrics["episode_returns"]))[-RECENT:]
+        for pid, rets in metrics.get("agent_episode_returns", {}).items():
+            self.recent_policy_returns[pid] = (self.recent_policy_returns.get(pid, []) + list(rets))[-RECENT:]
+
+    def get_state(self) -> dict[str, Any]:
+        """The progress as a state tree."""
+        return {"iteration": self.iteration, "counters": dict(self.counters),
+                "recent_returns": list(self.recent_returns),
+                "recent_policy_returns": {k: list(v) for k, v in self.recent_policy_returns.items()}}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`get_state`'s output (returns may be absent: another system's checkpoint)."""
+        iteration = state.get("iteration")
+        if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
+            raise _bad("progress.iteration", iteration)
+        counters = state.get("counters")
+        if not isinstance(counters, Mapping):
+            raise _bad("progress.counters", counters)
+        parsed = {k: _number(v, f"progress.counters.{k}") for k, v in counters.items()}
+        recent = [_number(r, "progress.recent_returns") for r in _list(state.get("recent_returns", []))]
+        per_policy = state.get("recent_policy_returns", {})
+        if not isinstance(per_policy, Mapping):
+            raise _bad("progress.recent_policy_returns", per_policy)
+        policy_returns = {str(k): [_number(r, "progress.recent_policy_returns") for r in _list(v)]
+                          for k, v in per_policy.items()}
+        self.iteration = int(iteration)
+        for key, value in parsed.items():
+            self.counters[key] = value if key == "time_total_s" else int(value)
+        self.recent_returns = recent[-RECENT:]
+        self.recent_policy_returns = {k: v[-RECENT:] for k, v in policy_returns.items()}
+
+
+def _list(value: Any) -> Iterable[Any]:
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise _bad("a list of returns", value)
+    return list(value)
+
+
+class TorchGlobalRNG:
+    """torch's process-wide random generator (initialisations, dropout-free sampling helpers)."""
+
+    def get_state(self) -> np.ndarray:
+        """Its state as bytes."""
+        import torch
+
+        return torch.get_rng_state().numpy().copy()
+
+    def set_state(self, state: Any) -> None:
+        """Apply :meth:`get_state`'s output."""
+        import torch
+
+        array = np.asarray(state)
+        if array.dtype != np.uint8 or array.ndim != 1:
+            raise _bad("rng.torch", array)
+        torch.set_rng_state(torch.from_numpy(array.copy()))
+
+
+class PerPolicyValues(dict):  # type: ignore[type-arg]
+    """A float per policy id (e.g. PPO's adaptive KL coefficients); restores the ids it has."""
+
+    kind: type = float
+
+    def get_state(self) -> dict[str, Any]:
+        """The values by policy id."""
+        return {str(k): self.kind(v) for k, v in self.items()}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Set the values of the policies present (others in the state are ignored)."""
+        if not isinstance(state, Mapping):
+            raise _bad("a per-policy value map", state)
+        parsed = {k: self.kind(_number(v, f"per-policy value {k!r}")) for k, v in state.items() if k in self}
+        self.update(parsed)
+
+
+class PerPolicyCounts(PerPolicyValues):
+    """An int per policy id (e.g. DQN's env step of each policy's last target sync)."""
+
+    kind = int
+
+
+class UpdateCounters:
+    """Off-policy learning's counters: updates made, and the fractional credit toward the next one."""
+
+    def __init__(self) -> None:
+        self.num_updates = 0
+        self.update_credit = 0.0
+
+    def get_state(self) -> dict[str, Any]:
+        """The counters."""
+        return {"num_updates": self.num_updates, "update_credit": self.update_credit}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`get_state`'s output."""
+        updates = _number(state.get("num_updates", 0), "updates.num_updates")
+        credit = _number(state.get("update_credit", 0.0), "updates.update_credit")
+        self.num_updates, self.update_credit = int(updates), credit
