@@ -350,3 +350,28 @@ def test_a_private_plugin_manager_saves_and_resumes_exactly_in_process(contract_
     assert_same_weights(want, weights(again))
     assert clone.save(tmp_path / "ck2").checkpoint.path  # later saves keep using the private manager
     assert get_checkpoint_info(tmp_path / "ck2")["format"] == "npz"
+
+
+@pytest.mark.parametrize("config,key,bad", [
+    (PPOConfig, "num_epochs", 2.5), (PPOConfig, "lr", "fast"), (PPOConfig, "model", [64]),
+    ("dqn", "double_q", "yes"), ("dqn", "hiddens", 256), ("sac", "tau", None), ("sac", "twin_q", 1),
+])
+def test_typed_hyperparameters_refuse_wrong_types(config, key, bad):
+    from amber.algorithms.dqn import DQNConfig
+    from amber.algorithms.sac import SACConfig
+
+    cls = {"dqn": DQNConfig, "sac": SACConfig}.get(config, config)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: hyperparameter '{key}' must be"):
+        cls().training(**{key: bad})
+    assert key in cls.hyperparameter_types()
+
+
+def test_typed_hyperparameters_take_their_defaults_and_good_values():
+    from amber.algorithms.sac import SACConfig
+
+    cfg = SACConfig().training(tau=1, target_entropy=-2.0, training_intensity=16, grad_clip=None)
+    assert (cfg.tau, cfg.target_entropy, cfg.training_intensity, cfg.grad_clip) == (1, -2.0, 16, None)
+    assert SACConfig().replay_buffer_config == {"capacity": 1_000_000}
+    assert SACConfig().replay_buffer_config is not SACConfig().replay_buffer_config  # no shared default
+    with pytest.raises(ValueError, match="did you mean minibatch_size"):
+        PPOConfig().training(minibatchsize=3)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from amber.state import Ref
 
@@ -21,15 +24,50 @@ DEFAULT_POLICY_ID = "default_policy"
 _ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
 
 
+#: The hyperparameters every algorithm has, with their types (``.training()`` checks values).
+COMMON_HYPERPARAMETERS: dict[str, Any] = {
+    "lr": float, "gamma": float, "train_batch_size": int, "grad_clip": float | None, "model": dict,
+}
+
+
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a setting's type hint (shallow: containers by kind, ints as floats)."""
+    import numpy as np
+
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint in (int, float):
+        numbers = (int, np.integer) if hint is int else (int, float, np.integer, np.floating)
+        return isinstance(value, numbers) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    base = origin or hint
+    if base in (list, tuple, Sequence):
+        return isinstance(value, (list, tuple))
+    if base in (dict, Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
 class AlgorithmConfig:
     """Settings of an algorithm; each fluent method returns the config itself.
 
-    Subclasses (PPOConfig, DQNConfig, SACConfig) add their hyperparameters in
-    :meth:`_algo_defaults`; ``.training()`` accepts exactly the common ones
-    and theirs, and names any unknown key.
+    Subclasses (PPOConfig, DQNConfig, SACConfig) name their hyperparameters in
+    :attr:`hyperparameters`, a dataclass whose typed, documented fields are the
+    settings and their defaults; ``.training()`` accepts exactly the common ones
+    and theirs, checks each value's type, and names any unknown key.
     """
 
     algo_class: type[Algorithm] | None = None
+    #: The algorithm's own hyperparameters (a dataclass; its fields become attributes of the config).
+    hyperparameters: ClassVar[type | None] = None
 
     def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
         if algo_class is not None:
@@ -61,19 +99,17 @@ class AlgorithmConfig:
         self.plugin_manager: pluggy.PluginManager | None = None
         # debugging
         self.seed: int | None = None
-        for key, value in self._algo_defaults().items():
-            setattr(self, key, copy.deepcopy(value))
+        if self.hyperparameters is not None:
+            for key, value in dataclasses.asdict(self.hyperparameters()).items():
+                setattr(self, key, value)
 
     # -- hyperparameters ---------------------------------------------------------
 
-    _COMMON_TRAINING = ("lr", "gamma", "train_batch_size", "grad_clip", "model")
-
-    def _algo_defaults(self) -> dict[str, Any]:
-        """The algorithm's own hyperparameters and their defaults (subclasses override)."""
-        return {}
-
-    def _training_keys(self) -> list[str]:
-        return [*self._COMMON_TRAINING, *self._algo_defaults()]
+    @classmethod
+    def hyperparameter_types(cls) -> dict[str, Any]:
+        """Every hyperparameter ``.training()`` accepts, with its type."""
+        own = typing.get_type_hints(cls.hyperparameters) if cls.hyperparameters is not None else {}
+        return {**COMMON_HYPERPARAMETERS, **own}
 
     # -- fluent setters ------------------------------------------------------------
 
@@ -103,16 +139,20 @@ class AlgorithmConfig:
 
         :raises ValueError: an unknown key, named, with the closest known ones.
         """
-        known = self._training_keys()
+        known = self.hyperparameter_types()
         for key, value in kwargs.items():
             key = _ALIASES.get(key, key)
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=3)
+                close = difflib.get_close_matches(key, list(known), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise ValueError(
                     f"unknown hyperparameter {key!r} for {type(self).__name__}{hint} "
                     f"(known: {', '.join(sorted(known))})"
                 )
+            if not matches_type(value, known[key]):
+                kind = getattr(known[key], "__name__", None) or str(known[key])
+                raise ValueError(f"{type(self).__name__}: hyperparameter {key!r} must be {kind}, "
+                                 f"not {type(value).__name__} {value!r}")
             if key == "model":
                 value = {**self.model, **dict(value)}
             setattr(self, key, copy.deepcopy(value) if isinstance(value, (dict, list)) else value)

@@ -21,6 +21,7 @@ resume without the buffer" means here.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,16 +30,23 @@ from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.training_state import UpdateCounters
 from amber.utils.replay_buffers import ReplayBuffer
 
-__all__ = ["OFF_POLICY_DEFAULTS", "OffPolicyAlgorithm"]
+__all__ = ["OffPolicyAlgorithm", "OffPolicyHyperparameters", "ReplayBuffers"]
 
-#: The hyperparameters DQN and SAC share, with defaults (each algorithm may override them).
-OFF_POLICY_DEFAULTS: dict[str, Any] = {
-    "replay_buffer_config": {"capacity": 50_000},
-    "num_steps_sampled_before_learning_starts": 1000,
-    "training_intensity": None,
-    "min_sample_timesteps_per_iteration": 1000,
-    "rollout_fragment_length": 4,
-}
+@dataclass
+class OffPolicyHyperparameters:
+    """The settings DQN and SAC share (each may change their defaults)."""
+
+    replay_buffer_config: dict[str, Any] = field(default_factory=lambda: {"capacity": 50_000})
+    """The replay buffer, one per policy: ``{"capacity": N}`` transitions."""
+    num_steps_sampled_before_learning_starts: int = 1000
+    """A policy learns once its buffer holds this many transitions."""
+    training_intensity: float | None = None
+    """Replayed steps per sampled step (None: one update per sampling round)."""
+    min_sample_timesteps_per_iteration: int = 1000
+    """One ``train()`` samples at least this many env steps."""
+    rollout_fragment_length: int = 4
+    """Env steps each env copy takes per sampling round."""
+
 
 #: The columns a transition has in the replay buffer (algorithms may add their own).
 TRANSITION_COLUMNS = ("obs", "actions", "rewards", "new_obs", "terminateds", "truncateds")

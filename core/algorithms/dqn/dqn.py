@@ -20,13 +20,14 @@ last target sync.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
-from amber.algorithms.off_policy import OFF_POLICY_DEFAULTS, OffPolicyAlgorithm
+from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters
 from amber.algorithms.training_state import PerPolicyCounts
 from amber.policy.policy import Policy
 
@@ -36,8 +37,26 @@ _UNIFORM_BUFFERS = ("ReplayBuffer", "MultiAgentReplayBuffer", "EpisodeReplayBuff
                     "MultiAgentEpisodeReplayBuffer")
 
 
+@dataclass
+class DQNHyperparameters(OffPolicyHyperparameters):
+    """DQN's own settings (RLlib's names and defaults) beside the off-policy ones."""
+
+    target_network_update_freq: int = 500
+    """Env steps sampled between two syncs of the target network."""
+    double_q: bool = True
+    """Pick the next action with the online network, value it with the target one."""
+    dueling: bool = True
+    """Separate value and advantage heads."""
+    hiddens: list[int] = field(default_factory=list)
+    """Sizes of the relu layers of each Q head after the model's layers (RLlib's default: [256])."""
+    n_step: int = 1
+    """Steps of the n-step return."""
+    epsilon: list[Any] = field(default_factory=lambda: [(0, 1.0), (10_000, 0.05)])
+    """The exploration schedule: ``(timestep, epsilon)`` points, linear in between."""
+
+
 class DQNConfig(AlgorithmConfig):
-    """DQN's settings: RLlib's names and defaults (see :meth:`_algo_defaults`).
+    """DQN's settings: the common ones and :class:`DQNHyperparameters` (RLlib's names and defaults).
 
     Common settings that differ from :class:`AlgorithmConfig`'s: ``lr`` 5e-4,
     ``train_batch_size`` 32, ``grad_clip`` 40, ``model`` ``[256, 256]`` relu.
@@ -49,28 +68,14 @@ class DQNConfig(AlgorithmConfig):
     RLlib sets it).
     """
 
+    hyperparameters = DQNHyperparameters
+
     def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
         super().__init__(algo_class=algo_class or DQN)
         self.lr = 5e-4
         self.train_batch_size = 32
         self.grad_clip = 40.0
         self.model = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
-
-    def _algo_defaults(self) -> dict[str, Any]:
-        return {
-            **OFF_POLICY_DEFAULTS,
-            "replay_buffer_config": {"capacity": 50_000},
-            "target_network_update_freq": 500,
-            "num_steps_sampled_before_learning_starts": 1000,
-            "double_q": True,
-            "dueling": True,
-            "hiddens": [],
-            "n_step": 1,
-            "epsilon": [(0, 1.0), (10_000, 0.05)],
-            "training_intensity": None,
-            "min_sample_timesteps_per_iteration": 1000,
-            "rollout_fragment_length": 4,
-        }
 
     def validate(self) -> None:
         """Check the settings together.

@@ -8,6 +8,7 @@ and adaptive KL penalty, for every policy in ``policies_to_train``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from amber.algorithms.algorithm import Algorithm
@@ -17,25 +18,38 @@ from amber.algorithms.training_state import PerPolicyValues
 __all__ = ["PPO", "PPOConfig"]
 
 
+@dataclass
+class PPOHyperparameters:
+    """PPO's own settings (RLlib's names; ``sgd_minibatch_size`` and ``num_sgd_iter`` are accepted too)."""
+
+    minibatch_size: int = 128
+    """Rows per SGD minibatch."""
+    num_epochs: int = 30
+    """Passes over each train batch."""
+    lambda_: float = 0.95
+    """GAE's lambda."""
+    clip_param: float = 0.2
+    """The surrogate's probability-ratio clip."""
+    vf_clip_param: float = 10.0
+    """How far a value prediction may move from the sampled one in one update."""
+    vf_loss_coeff: float = 1.0
+    """Weight of the value loss."""
+    entropy_coeff: float = 0.0
+    """Weight of the entropy bonus."""
+    kl_coeff: float = 0.2
+    """The adaptive KL penalty's starting coefficient."""
+    kl_target: float = 0.01
+    """The KL the adaptive coefficient steers toward."""
+
+
 class PPOConfig(AlgorithmConfig):
-    """PPO's settings. Defaults: see :meth:`_algo_defaults` (``lr`` 3e-4 unless set)."""
+    """PPO's settings: the common ones (``lr`` 3e-4 here) and :class:`PPOHyperparameters`."""
+
+    hyperparameters = PPOHyperparameters
 
     def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
         super().__init__(algo_class=algo_class or PPO)
         self.lr = 3e-4
-
-    def _algo_defaults(self) -> dict[str, Any]:
-        return {
-            "minibatch_size": 128,
-            "num_epochs": 30,
-            "lambda_": 0.95,
-            "clip_param": 0.2,
-            "vf_clip_param": 10.0,
-            "vf_loss_coeff": 1.0,
-            "entropy_coeff": 0.0,
-            "kl_coeff": 0.2,
-            "kl_target": 0.01,
-        }
 
 
 class PPO(Algorithm):

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
-from amber.algorithms.off_policy import OFF_POLICY_DEFAULTS, OffPolicyAlgorithm
+from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters
 from amber.algorithms.sac.sac_torch_policy import SAC_MODEL_DEFAULTS, SACTorchPolicy
 
 __all__ = ["SAC", "SACConfig"]
@@ -35,31 +36,44 @@ __all__ = ["SAC", "SACConfig"]
 POLICY_KEYS = ("actor_lr", "critic_lr", "alpha_lr", "tau", "initial_alpha", "target_entropy", "twin_q")
 
 
+@dataclass
+class SACHyperparameters(OffPolicyHyperparameters):
+    """SAC's own settings (RLlib's names and defaults) beside the off-policy ones."""
+
+    replay_buffer_config: dict[str, Any] = field(default_factory=lambda: {"capacity": 1_000_000})
+    """The replay buffer, one per policy: ``{"capacity": N}`` transitions."""
+    num_steps_sampled_before_learning_starts: int = 1500
+    """A policy learns once its buffer holds this many transitions."""
+    rollout_fragment_length: int = 1
+    """Env steps each env copy takes per sampling round."""
+    actor_lr: float = 3e-4
+    """The actor's Adam learning rate."""
+    critic_lr: float = 3e-4
+    """The critics' Adam learning rate."""
+    alpha_lr: float = 3e-4
+    """The entropy temperature's Adam learning rate."""
+    tau: float = 5e-3
+    """Polyak averaging rate of the target critics."""
+    initial_alpha: float = 1.0
+    """The entropy temperature to start from."""
+    target_entropy: float | str = "auto"
+    """The entropy the temperature steers toward ("auto": minus the action dimensions)."""
+    twin_q: bool = True
+    """Two critics, the smaller value taken."""
+
+
 class SACConfig(AlgorithmConfig):
-    """SAC's settings (RLlib's names). Defaults: :meth:`_algo_defaults`; besides them
+    """SAC's settings (RLlib's names): the common ones and :class:`SACHyperparameters`; besides them
     ``train_batch_size`` 256, ``gamma`` 0.99 and ``model`` [256, 256] relu for the actor and
     the critics. ``lr`` is not used: SAC has ``actor_lr``, ``critic_lr`` and ``alpha_lr``."""
+
+    hyperparameters = SACHyperparameters
 
     def __init__(self, algo_class: type[Algorithm] | None = None) -> None:
         super().__init__(algo_class=algo_class or SAC)
         self.lr = 3e-4
         self.train_batch_size = 256
         self.model = dict(SAC_MODEL_DEFAULTS)
-
-    def _algo_defaults(self) -> dict[str, Any]:
-        return {
-            **OFF_POLICY_DEFAULTS,
-            "replay_buffer_config": {"capacity": 1_000_000},
-            "num_steps_sampled_before_learning_starts": 1500,
-            "rollout_fragment_length": 1,
-            "actor_lr": 3e-4,
-            "critic_lr": 3e-4,
-            "alpha_lr": 3e-4,
-            "tau": 5e-3,
-            "initial_alpha": 1.0,
-            "target_entropy": "auto",
-            "twin_q": True,
-        }
 
     def validate(self) -> None:
         """Check the settings together.
