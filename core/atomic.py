@@ -1,19 +1,29 @@
-"""Atomic directory commits: stage in a temporary sibling, fsync, rename into place.
+"""Atomic commits: stage in a temporary directory, fsync, rename into place.
 
-A save writes everything into ``.<name>.amber-tmp-<pid>-<rand>`` beside the
-target, fsyncs every file and directory (all at once, from a few threads:
-on virtual disks each fsync costs milliseconds, and they overlap well), then
-renames the staging directory onto the target. Saving over an existing checkpoint swaps the two
-directories in one ``renameat2(RENAME_EXCHANGE)`` call on Linux, so at every
-instant the path holds either the old checkpoint or the new one.
+Every write of the engine (a checkpoint, an export) goes through one
+protocol. :func:`staging` makes a staging directory
+``.<name>.amber-tmp-<pid>-<rand>`` and, before it, a marker file of the same
+name plus ``.marker``; the marker is removed only after the staging directory
+is gone. So a crash at any instant leaves every stray staging directory next
+to its marker, and later stagings in the same directory remove one only when
+its marker is there and the process named in it no longer runs. Nothing else
+is ever deleted.
 
-Before the staging directory is made, a marker file of the same name plus
-``.marker`` is created beside it, and it is removed only after the staging
-directory is gone (renamed into place, or deleted with the old checkpoint
-it was swapped with). So a crash at any instant leaves every stray staging
-directory next to its marker. Later saves into the same parent remove a
-staging directory only when its marker is there and the process named in
-it no longer runs. Nothing else is ever deleted.
+Then one of two commits makes the result visible, after fsyncing every file
+and directory of it (all at once, from a few threads: on virtual disks each
+fsync costs milliseconds, and they overlap well):
+
+- :func:`commit` (a checkpoint): the staging directory sits beside the target
+  and is renamed onto it. Saving over an existing checkpoint swaps the two
+  directories in one ``renameat2(RENAME_EXCHANGE)`` call on Linux, so at every
+  instant the path holds either the old checkpoint or the new one.
+- :func:`commit_entries` (an export): the staging directory sits inside the
+  target directory, which may hold other files of the user's; the named
+  entries are moved into it one by one, the one marking the set complete
+  last, and a failed move puts back what was there.
+
+Inside another staging (an export written into a checkpoint being saved),
+the inner commit leaves the fsyncs to the outer one.
 """
 
 from __future__ import annotations
@@ -27,15 +37,26 @@ import functools
 import os
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from amber.errors import CheckpointWriteError
+from amber.errors import CheckpointError, CheckpointWriteError
 
-__all__ = ["MARKER_SUFFIX", "commit", "fsync_dir", "fsync_on_close", "fsync_tree", "is_temporary", "staging"]
+__all__ = [
+    "MARKER_SUFFIX",
+    "commit",
+    "commit_entries",
+    "fsync_dir",
+    "fsync_on_close",
+    "fsync_tree",
+    "is_temporary",
+    "remove_entry",
+    "staging",
+]
 
 MARKER_SUFFIX = ".marker"
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<marker>\.marker)?$")
@@ -99,13 +120,14 @@ def fsync_tree(root: Path, *, files: bool = False) -> None:
             pass
 
 
-_IN_STAGING = contextvars.ContextVar("amber_in_staging", default=False)
+#: How many :func:`staging` blocks the current context is inside.
+_STAGING_DEPTH = contextvars.ContextVar("amber_staging_depth", default=0)
 
 
 def fsync_on_close() -> bool:
     """Whether a file the engine closes now must fsync itself: not inside :func:`staging`,
-    whose :func:`commit` fsyncs the whole tree at once."""
-    return not _IN_STAGING.get()
+    whose commit fsyncs the whole tree at once."""
+    return _STAGING_DEPTH.get() == 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,12 +174,26 @@ def remove_stale(parent: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staging(target: Path) -> Iterator[Path]:
-    """Create a staging directory (and its marker) beside ``target``; remove both if the block fails.
+def staging(
+    target: Path,
+    *,
+    inside: bool = False,
+    what: str = "a checkpoint",
+    error: Callable[..., CheckpointError] = CheckpointWriteError,
+) -> Iterator[Path]:
+    """Create a staging directory (and its marker) for ``target``; remove both when the block ends.
 
-    :raises CheckpointWriteError: the parent cannot be created or written.
+    Stale staging directories of crashed writers in the same directory are removed first.
+
+    :param target: what the staging directory will become (:func:`commit`) or
+        be moved into (:func:`commit_entries`).
+    :param inside: stage inside ``target`` (an existing directory) rather than beside it.
+    :param what: what is written, for the message of a failure.
+    :param error: the error raised when the staging directory cannot be made,
+        called as ``error(message, path=target)``.
+    :raises CheckpointWriteError: (or ``error``) the directory cannot be created or written.
     """
-    parent = target.parent
+    parent = target if inside else target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale(parent)
@@ -166,18 +202,16 @@ def staging(target: Path) -> Iterator[Path]:
             f.write(b"amber: a save is staging the directory of the same name\n")
         tmp.mkdir()
     except OSError as e:
-        raise CheckpointWriteError(
-            f"cannot create a checkpoint in {parent}: {describe(e)}", path=target
-        ) from e
-    token = _IN_STAGING.set(True)
+        raise error(f"cannot create {what} in {parent}: {describe(e)}", path=target) from e
+    token = _STAGING_DEPTH.set(_STAGING_DEPTH.get() + 1)
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _marker(tmp).unlink(missing_ok=True)
-        raise
     finally:
-        _IN_STAGING.reset(token)
+        _STAGING_DEPTH.reset(token)
+        # Committed: nothing is left to remove. Failed: the staging directory, then its marker.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not tmp.exists():
+            _marker(tmp).unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -250,4 +284,54 @@ def commit(tmp: Path, target: Path) -> None:
     else:
         raise CheckpointWriteError(f"{target} kept changing during the save", path=target)
     fsync_dir(target.parent)
+    _marker(tmp).unlink(missing_ok=True)
+
+
+def remove_entry(path: Path) -> None:
+    """Delete a file, a link (not what it points to) or a directory tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def commit_entries(tmp: Path, target: Path, names: Sequence[str], *, remove: Sequence[str] = ()) -> None:
+    """Move the entries ``names`` of the finished staging directory ``tmp`` into ``target``, in order.
+
+    Each replaces what ``target`` held under its name; if a move fails, the
+    entries already moved are taken out again and what they replaced is put
+    back. Put the entry that marks the set complete (a manifest) last. Then
+    the entries ``remove`` are deleted from ``target``; its other entries are
+    left alone. ``tmp`` (made by :func:`staging` with ``inside=True``) and its
+    marker are removed.
+
+    :raises OSError: a move failed; ``target`` holds what it held before.
+    """
+    durable = _STAGING_DEPTH.get() <= 1  # inside an outer staging, its commit fsyncs everything
+    if durable:
+        fsync_tree(tmp, files=True)
+    trash = Path(tempfile.mkdtemp(prefix=".replaced-", dir=tmp))
+    done: list[tuple[str, bool]] = []
+    try:
+        for name in names:
+            dst = target / name
+            had = os.path.lexists(dst)
+            if had:
+                os.replace(dst, trash / name)
+            done.append((name, had))
+            os.replace(tmp / name, dst)
+    except OSError:
+        for name, had in reversed(done):  # put back what was there
+            if os.path.lexists(target / name):
+                remove_entry(target / name)
+            if had:
+                os.replace(trash / name, target / name)
+        raise
+    if durable:
+        fsync_dir(target)
+    for name in remove:
+        remove_entry(target / name)
+    if remove and durable:
+        fsync_dir(target)
+    shutil.rmtree(tmp, ignore_errors=True)
     _marker(tmp).unlink(missing_ok=True)

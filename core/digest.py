@@ -13,13 +13,16 @@ blake2b digests are read too.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Protocol
+import os
+from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
-__all__ = ["DEFAULT_ALGORITHM", "Hasher", "format_digest", "new_hasher", "parse_digest"]
+__all__ = ["DEFAULT_ALGORITHM", "Hasher", "format_digest", "hash_file", "new_hasher", "parse_digest"]
 
 DEFAULT_ALGORITHM = "xxh3_128"
+#: How many bytes :func:`hash_file` reads at a time.
+CHUNK_BYTES = 4 << 20
 
 
 class Hasher(Protocol):
@@ -58,3 +61,33 @@ def parse_digest(value: object) -> tuple[str, str] | None:
     if any(c not in "0123456789abcdef" for c in hexpart):
         return None
     return algorithm, hexpart
+
+
+def hash_file(
+    file: str | os.PathLike[str] | int | BinaryIO,
+    *,
+    fsync: bool = False,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> tuple[int, str]:
+    """Stream a file through a hasher, in chunks of :data:`CHUNK_BYTES`.
+
+    :param file: a path (opened and closed here), or an open file descriptor or
+        binary file, read from its current position to its end and left open.
+    :param fsync: also fsync the file (a file just written that must be durable).
+    :param algorithm: the digest algorithm (``KeyError`` if unknown).
+    :return: ``(size, "<algorithm>:<hex>")``, the size being the bytes read.
+    """
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as f:
+            return hash_file(f, fsync=fsync, algorithm=algorithm)
+    if isinstance(file, int):
+        with os.fdopen(file, "rb", closefd=False) as f:
+            return hash_file(f, fsync=fsync, algorithm=algorithm)
+    h = new_hasher(algorithm)
+    size = 0
+    while chunk := file.read(CHUNK_BYTES):
+        h.update(chunk)
+        size += len(chunk)
+    if fsync:
+        os.fsync(file.fileno())
+    return size, format_digest(h, algorithm)

@@ -3,9 +3,9 @@
 A plugin is any module or object with functions decorated ``@amber.hookimpl``
 whose names match these specs; it may implement any subset of the hooks and
 of each hook's arguments. The engine always calls hooks with keyword
-arguments. The in-tree formats (pickle, msgpack) and exporters use exactly
-these hooks; a third party ships its own by declaring an entry point in the
-group ``amber``.
+arguments. The in-tree formats and exporters (``amber.plugins.*``) use
+exactly these hooks; a third party ships its own by declaring an entry point
+in the group ``amber``.
 """
 
 from __future__ import annotations
@@ -113,10 +113,12 @@ def amber_register_formats() -> Sequence[FormatSpec] | None:
 
     Called once per plugin manager, when the format registry is first built.
     Every plugin's result is collected (1:N). A :class:`amber.registry.FormatSpec`
-    carries the format's name, extension, capabilities and its ``write`` and
-    ``read`` functions: the engine writes a state tree in a named format by
-    calling ``write(state, sink)`` and reads it back with ``read(source)``,
-    handling atomicity, digests and verification itself. Two plugins
+    carries the format's name, extension, capabilities, its ``write`` and
+    ``read`` functions and the pip extra it needs (``extra``): the engine
+    writes a state tree in a named format by calling ``write(state, sink)``
+    and reads it back with ``read(source)``, handling atomicity, digests and
+    verification itself (an ``ImportError`` from either becomes a
+    :class:`amber.errors.MissingPluginError` naming the extra). Two plugins
     registering one name is an error naming both.
 
     :return: the formats this plugin provides, or None.
@@ -134,9 +136,11 @@ def amber_register_formats() -> Sequence[FormatSpec] | None:
 def amber_detect_format(path: Path, header: bytes) -> str | None:
     """Say which registered format a state file is in, from its first bytes.
 
-    Called when a file's format is not recorded (``amber inspect FILE``) and
-    to check that a checkpoint's files are in the format its manifest names.
-    Stops at first non-None result.
+    Called only by :func:`amber.checkpoint.detect_format`, for a lone state
+    file whose checkpoint.json is not at hand (e.g. one copied out of a
+    checkpoint). The loaders, ``amber inspect`` and ``amber verify`` never call
+    it: they use the format recorded in checkpoint.json. Stops at first
+    non-None result.
 
     :param path: the file.
     :param header: its first 64 bytes (fewer if the file is shorter).
@@ -152,7 +156,7 @@ def amber_read_foreign_checkpoint(path: Path, policy_ids: Sequence[str] | None) 
 
     Called by every loader when ``path`` is a directory without a
     checkpoint.json. Recognise the other system's files, read them safely
-    (never unpickle: refuse with a :class:`amber.errors.CheckpointError`
+    (never run code from them: refuse with a :class:`amber.errors.CheckpointError`
     that says how to convert instead) and return a
     :class:`amber.checkpoint.Checkpoint` whose ``checkpoint_version`` names
     that system's version (``"rllib-1.1"``); the plugin's migration steps
@@ -197,14 +201,19 @@ def amber_register_migrations() -> Sequence[Migration] | None:
 
 @hookspec
 def amber_register_exporters() -> Sequence[ExporterSpec] | None:
-    """Register model exporters (native torch, ONNX, Keras...).
+    """Register model exporters: each an :class:`amber.registry.ExporterSpec`.
 
     Called once per plugin manager, when the registry is first built; every
-    plugin's exporters are collected (1:N). An exporter's ``export(model,
-    directory, options)`` writes files that load with their own runtime alone;
-    it imports its heavy dependencies inside ``export`` and raises
-    :class:`amber.errors.MissingPluginError` naming the extra when they are
-    missing.
+    plugin's exporters are collected (1:N). An exporter's ``export(graph,
+    directory, options)`` writes files that load with their own runtime
+    alone; it imports its heavy dependencies inside ``export`` (an
+    ``ImportError`` there becomes a :class:`amber.errors.MissingPluginError`
+    naming the spec's ``extra``). The spec also declares the files it writes
+    and how each loads (recorded in ``model.json``; the engine removes them
+    when a later export of other weights does not rewrite them), the
+    frameworks it writes the native files of (``native_for``) and its
+    keyword shorthand of ``export_model`` (``shorthand``): the engine names
+    no exporter itself.
 
     :return: the exporters this plugin provides, or None.
 

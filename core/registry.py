@@ -4,33 +4,46 @@ A plugin describes a format with :class:`FormatSpec`, an exporter with
 :class:`ExporterSpec`, a migration step with :class:`amber.migration.Migration`
 and its classes' names with a mapping; the engine collects them through the
 hooks of :mod:`amber.hookspecs` and keeps them in a :class:`FormatRegistry`.
+The specs themselves live in :mod:`amber.specs` and are re-exported here,
+so plugins import them from ``amber.registry``.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any
 
 from amber.errors import (
+    CheckpointError,
     DuplicateFormatError,
     DuplicateNameError,
     PluginLoadError,
     UnknownExporterError,
     UnknownFormatError,
 )
-
 from amber.migration import Migration
+from amber.specs import (
+    DISTRIBUTION,
+    Capabilities,
+    ExportedFile,
+    ExporterSpec,
+    FormatSpec,
+    StateSink,
+    StateSource,
+    install_hint,
+)
 
 if TYPE_CHECKING:
     import pluggy
 
-    from amber.state import StateTree
+#: The hint for a name no installed plugin provides.
+UNKNOWN_HINT = "a third-party {kind} is installed with pip and registers itself (entry-point group amber)"
 
 __all__ = [
     "Capabilities",
+    "ExportedFile",
     "ExporterSpec",
     "FormatRegistry",
     "FormatSpec",
@@ -38,94 +51,8 @@ __all__ = [
     "StateSink",
     "StateSource",
     "get_registry",
+    "install_hint",
 ]
-
-
-class StateSink(Protocol):
-    """Where a format writes one state: given by the engine to :attr:`FormatSpec.write`.
-
-    The engine hashes, sizes and fsyncs everything written through it and
-    records each file in checkpoint.json.
-    """
-
-    @property
-    def path(self) -> Path:
-        """The main file's path (``<stem><extension>``)."""
-        ...
-
-    def open(self, suffix: str = "") -> BinaryIO:
-        """Open a new file for writing: the main file, or with ``suffix`` a sibling
-        ``<stem><suffix>`` (e.g. ``".safetensors"``). Close it when done."""
-        ...
-
-
-class StateSource(Protocol):
-    """What a format reads one state from: given by the engine to :attr:`FormatSpec.read`."""
-
-    @property
-    def path(self) -> Path:
-        """The main file's path."""
-        ...
-
-    def has(self, suffix: str = "") -> bool:
-        """Whether the manifest lists the file ``<stem><suffix>``."""
-        ...
-
-    def read(self, suffix: str = "") -> memoryview:
-        """The whole file's bytes, verified against checkpoint.json (size and digest).
-
-        The buffer is writable, 64-byte aligned and owned by the caller: arrays
-        may be views of it (zero copy).
-        """
-        ...
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a format can promise."""
-
-    portable: bool
-    """Readable by any Python version and platform (no pickle)."""
-    safe: bool
-    """Reading it never runs code from the file: fine for checkpoints from strangers."""
-    arbitrary_objects: bool
-    """Holds any Python object, not only state trees."""
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    """A checkpoint format, as registered by a plugin through ``amber_register_formats``.
-
-    :param name: the name users pick it by (``format="msgpack"``).
-    :param extension: the main state file's extension, with the dot (``".msgpck"``).
-    :param capabilities: what it promises.
-    :param write: ``write(state, sink)`` writes one state tree through ``sink``.
-    :param read: ``read(source) -> state`` reads it back.
-    :param description: one line for ``amber formats``.
-    """
-
-    name: str
-    extension: str
-    capabilities: Capabilities
-    write: Callable[[StateTree, StateSink], None]
-    read: Callable[[StateSource], StateTree]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ExporterSpec:
-    """A model exporter, as registered through ``amber_register_exporters``.
-
-    :param name: the name users pick it by (``"onnx"``, ``"keras"``, ``"torch"``).
-    :param export: ``export(model, directory, options) -> files written``.
-    :param description: one line for ``amber formats``.
-    :param extra: the pip extra that brings its dependencies (``"onnx"`` for ``amber[onnx]``).
-    """
-
-    name: str
-    export: Callable[[Any, Path, Mapping[str, Any]], Sequence[Path]]
-    description: str = ""
-    extra: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +66,12 @@ class Provided:
 
 @dataclass
 class FormatRegistry:
-    """Formats, exporters, migration steps and plugins' names, built once per plugin manager."""
+    """Everything the plugins registered, built once per plugin manager and cached.
+
+    It holds the formats and the exporters by name, each with the plugin (and
+    distribution) that provided it, the migration steps, and the classes and
+    functions plugins registered by name.
+    """
 
     formats: dict[str, Provided] = field(default_factory=dict)
     exporters: dict[str, Provided] = field(default_factory=dict)
@@ -150,12 +82,12 @@ class FormatRegistry:
     def get(self, name: str) -> FormatSpec:
         """The format called ``name``.
 
-        :raises UnknownFormatError: listing the known names.
+        :raises UnknownFormatError: listing the known names, with a hint.
         """
         try:
             return self.formats[name].item  # type: ignore[no-any-return]
         except KeyError:
-            raise UnknownFormatError(name, self.formats, hint=_extra_hint(name)) from None
+            raise UnknownFormatError(name, self.formats, hint=self._hint(name, "format")) from None
 
     def names(self) -> list[str]:
         """The registered format names, sorted."""
@@ -166,30 +98,57 @@ class FormatRegistry:
         self.get(name)
         return self.formats[name]
 
-    def by_extension(self, extension: str) -> FormatSpec | None:
-        """The format whose main file ends in ``extension``, if exactly one does."""
-        found = [p.item for p in self.formats.values() if p.item.extension == extension]
-        return found[0] if len(found) == 1 else None
-
     def exporter(self, name: str) -> ExporterSpec:
         """The exporter called ``name``.
 
-        :raises UnknownExporterError: listing the known names.
+        :raises UnknownExporterError: listing the known names, with a hint.
         """
         try:
             return self.exporters[name].item  # type: ignore[no-any-return]
         except KeyError:
-            raise UnknownExporterError(name, self.exporters) from None
+            raise _hinted(UnknownExporterError(name, self.exporters), self._hint(name, "exporter")) from None
+
+    def native_exporter(self, framework: str) -> ExporterSpec:
+        """The exporter that writes the native files of ``framework``'s policies.
+
+        :raises UnknownExporterError: none is native to it.
+        """
+        for provided in self.exporters.values():
+            if framework in provided.item.native_for:
+                return provided.item  # type: ignore[no-any-return]
+        err = UnknownExporterError(f"(native to {framework})", self.exporters)
+        raise _hinted(err, f"no exporter writes the native files of {framework!r} policies; "
+                           "pick one with format=NAME")
+
+    def shorthand(self, keyword: str) -> ExporterSpec:
+        """The exporter whose keyword shorthand is ``keyword``.
+
+        :raises UnknownExporterError: none is.
+        """
+        for provided in self.exporters.values():
+            if provided.item.shorthand == keyword:
+                return provided.item  # type: ignore[no-any-return]
+        known = sorted(p.item.shorthand for p in self.exporters.values() if p.item.shorthand)
+        err = UnknownExporterError(f"{keyword}=", self.exporters)
+        raise _hinted(err, f"no exporter takes the keyword {keyword}= "
+                           f"(keywords: {', '.join(known) or 'none'})")
+
+    def _hint(self, name: str, kind: str) -> str:
+        """An unknown name's hint: what the other kind of plugin of that name is and needs, else generic."""
+        other, other_kind = ((self.exporters, "model exporter") if kind == "format"
+                             else (self.formats, "format"))
+        if name not in other:
+            return UNKNOWN_HINT.format(kind=kind)
+        spec = other[name].item
+        needs = f"; it needs: pip install '{DISTRIBUTION}[{spec.extra}]'" if spec.extra else ""
+        return f"{name!r} is a {other_kind}, not {'an' if kind == 'exporter' else 'a'} {kind}{needs}"
 
 
-_EXTRAS = {"onnx": "onnx", "keras": "keras", "tf2": "keras"}
-
-
-def _extra_hint(name: str) -> str | None:
-    extra = _EXTRAS.get(name)
-    if extra:
-        return f"install it with: pip install 'amber-rl[{extra}]'"
-    return "a third-party format is installed with pip and registers itself (entry-point group 'amber')"
+def _hinted(err: CheckpointError, hint: str) -> CheckpointError:
+    """``err`` with `` (hint)`` added to its message."""
+    err.message = f"{err.message} ({hint})"
+    err.args = (err.message,)
+    return err
 
 
 def _plugin_names(pm: pluggy.PluginManager) -> dict[int, tuple[str, str | None]]:
@@ -224,7 +183,8 @@ def _collect(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, st
 def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
     """Build the registry from ``pm``'s hook results.
 
-    :raises DuplicateFormatError: two plugins register the same format or exporter name.
+    :raises DuplicateFormatError: two plugins register the same format or exporter
+        name, or two exporters the same shorthand or the native files of one framework.
     """
     reg = FormatRegistry()
     for table, hook_name, kind, cls in (
@@ -248,6 +208,7 @@ def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
                     plugin=plugin,
                 )
             table[item.name] = Provided(item, plugin, dist)
+    _check_exporter_claims(reg)
     for item, plugin, dist in _collect(pm, "amber_register_migrations"):
         if not isinstance(item, Migration):
             raise PluginLoadError(
@@ -257,6 +218,24 @@ def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
         reg.migrations.append(Provided(item, plugin, dist))
     _collect_names(pm, reg)
     return reg
+
+
+def _check_exporter_claims(reg: FormatRegistry) -> None:
+    """No two exporters share a keyword shorthand, nor the native files of a framework."""
+    claims: dict[str, Provided] = {}
+    for provided in reg.exporters.values():
+        spec = provided.item
+        keys = [f"the keyword {spec.shorthand}="] if spec.shorthand else []
+        keys += [f"the native files of {fw!r} policies" for fw in spec.native_for]
+        for key in keys:
+            other = claims.setdefault(key, provided)
+            if other is not provided:
+                raise DuplicateFormatError(
+                    f"exporters {other.item.name!r} (plugin {other.plugin!r}{_dist(other.distribution)}) "
+                    f"and {spec.name!r} (plugin {provided.plugin!r}{_dist(provided.distribution)}) "
+                    f"both claim {key}; uninstall one, or leave it out with AMBER_PLUGINS=...",
+                    format=spec.name, plugin=provided.plugin,
+                )
 
 
 def _collect_names(pm: pluggy.PluginManager, reg: FormatRegistry) -> None:
@@ -295,8 +274,3 @@ def get_registry(pm: pluggy.PluginManager | None = None) -> FormatRegistry:
         reg = build_registry(pm)
         _CACHE[pm] = reg
     return reg
-
-
-def invalidate_registry(pm: pluggy.PluginManager) -> None:
-    """Forget ``pm``'s cached registry (after registering or removing a plugin)."""
-    _CACHE.pop(pm, None)

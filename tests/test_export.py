@@ -9,6 +9,7 @@ and runs random observation batches of 1, 7 and 64. The parent compares.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,7 +21,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from amber.errors import MissingPluginError, UnknownExporterError
+from amber import hookimpl as amber_hookimpl
+from amber.errors import DuplicateFormatError, MissingPluginError, UnknownExporterError
 from amber.export import (
     Dense,
     ExportError,
@@ -32,7 +34,9 @@ from amber.export import (
     greedy_action,
     weights_digest,
 )
+from amber.plugin_manager import get_plugin_manager
 from amber.policy.torch_policy import TorchPolicy, action_info
+from amber.registry import ExportedFile, ExporterSpec
 
 # keras's tensorflow backend calls np.array(x) on tensors that lack numpy 2's copy keyword.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -202,7 +206,7 @@ def dueling_graph() -> ModelGraph:
               "a": [dense(rng, 6, 16, "relu"), dense(rng, 16, 4)]}
     return ModelGraph((), Preprocess("one_hot", 6, -2), towers,
                       [Output("action_dist_inputs", "dueling", ("v", "a"))],
-                      action_info(obs_space, act_space, q_values=True))
+                      action_info(obs_space, act_space, q_values=True), framework="torch")
 
 
 def squashed_graph() -> ModelGraph:
@@ -213,7 +217,7 @@ def squashed_graph() -> ModelGraph:
     towers = {"pi": [dense(rng, 6, 16, "tanh"), dense(rng, 16, 4, scale=8.0)]}
     return ModelGraph((2, 3), Preprocess("flatten", 6), towers,
                       [Output("action_dist_inputs", "clip_log_std", ("pi",), {"low": -1.0, "high": 0.5})],
-                      action_info(obs_space, act_space, squashed=True))
+                      action_info(obs_space, act_space, squashed=True), framework="torch")
 
 
 CASES = {
@@ -509,23 +513,23 @@ def test_nothing_is_written_outside_the_directory(tmp_path, kwargs):
 class _Exporters:
     """A third-party exporter plugin, registered on a test's own plugin manager."""
 
-    def __init__(self, export) -> None:
+    def __init__(self, export, **fields) -> None:
         self.export = export
+        self.fields = fields
 
     def amber_register_exporters(self):
         from amber.registry import ExporterSpec
 
-        return [ExporterSpec(name="txt", export=self.export, description="a test exporter")]
+        return [ExporterSpec(name="txt", export=self.export, description="a test exporter", **self.fields)]
 
 
-def _with_exporter(pm, export):
+def _with_exporter(pm, export, **fields):
+    """``pm`` with the exporter registered (before its registry is first built)."""
     import amber
-    from amber.registry import invalidate_registry
 
-    plugin = _Exporters(export)
+    plugin = _Exporters(export, **fields)
     amber.hookimpl(plugin.amber_register_exporters.__func__)
     pm.register(plugin, name="txt_exporter")
-    invalidate_registry(pm)
     return pm
 
 
@@ -550,7 +554,7 @@ def test_a_failing_exporter_changes_nothing(tmp_path, bare_pm):
         (directory / "model.txt").write_text("half")
         raise RuntimeError("exporter crashed")
 
-    pm = _with_exporter(bare_pm, export)
+    pm = _with_exporter(get_plugin_manager(autoload=False), export)
     with pytest.raises(RuntimeError, match="exporter crashed"):
         export_model(squashed_graph(), tmp_path, format="txt", pm=pm)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -574,6 +578,145 @@ def test_an_exporter_reporting_a_path_outside_is_refused(tmp_path, bare_pm):
     pm = _with_exporter(bare_pm, export)
     with pytest.raises(ExportError, match="outside the export directory"):
         export_model(dueling_graph(), tmp_path / "out", format="txt", pm=pm)
+
+
+def _txt_export(graph, directory, options):
+    """A third-party exporter: the output names, and the options it was given, in model.txt."""
+    path = directory / "model.txt"
+    path.write_text(",".join(graph.output_names) + repr(sorted(options.items())))
+    return [path]
+
+
+TXT_FILE = ExportedFile("model.txt", "open(path).read().split(',')", "python")
+
+
+def test_a_third_party_exporter_is_first_class(tmp_path):
+    """Declared files, no shorthand: model.json entries and stale-file cleanup like the in-tree ones."""
+    pm = _with_exporter(get_plugin_manager(autoload=False), _txt_export, files=(TXT_FILE,))
+    graph = dueling_graph()
+    export_model(graph, tmp_path, format="txt", pm=pm)
+    export_model(graph, tmp_path, pm=pm)  # same weights, native files: model.txt is kept
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert set(meta["files"]) == {"model.txt", "model.pt2"}
+    entry = meta["files"]["model.txt"]
+    assert {k: entry[k] for k in ("exporter", "runtime", "load")} == {
+        "exporter": "txt", "runtime": "python", "load": "open(path).read().split(',')"}
+    assert entry["size"] == (tmp_path / "model.txt").stat().st_size
+    assert entry["digest"].startswith("xxh3_128:")
+    assert meta["files"]["model.pt2"]["runtime"] == "torch"
+    export_model(squashed_graph(), tmp_path, pm=pm)  # other weights: the third party's file is stale too
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.pt2"]
+    export_model(graph, tmp_path, format="txt", pm=pm)  # and the in-tree exporter's files likewise
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.txt"]
+    assert set(json.loads((tmp_path / "model.json").read_text())["files"]) == {"model.txt"}
+
+
+def test_undeclared_files_of_an_earlier_export_are_never_removed(tmp_path):
+    """An exporter that declares no files may write any name, but nothing removes them later."""
+    pm = _with_exporter(get_plugin_manager(autoload=False), _txt_export)
+    export_model(dueling_graph(), tmp_path, format="txt", pm=pm)
+    assert "load" not in json.loads((tmp_path / "model.json").read_text())["files"]["model.txt"]
+    export_model(squashed_graph(), tmp_path, pm=pm)
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.pt2", "model.txt"]
+    assert set(json.loads((tmp_path / "model.json").read_text())["files"]) == {"model.pt2"}
+
+
+def test_an_exporter_writing_an_undeclared_file_is_refused(tmp_path):
+    def export(graph, directory, options):
+        (directory / "other.bin").write_bytes(b"x")
+        return [directory / "other.bin"]
+
+    pm = _with_exporter(get_plugin_manager(autoload=False), export, files=(TXT_FILE,))
+    with pytest.raises(ExportError, match="other.bin, which is not among the files it declares"):
+        export_model(dueling_graph(), tmp_path, format="txt", pm=pm)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_third_party_shorthand_and_native_framework(tmp_path):
+    """Keyword shorthands and native exporters are declared by plugins, not known to the engine."""
+    pm = _with_exporter(get_plugin_manager(autoload=False), _txt_export, files=(TXT_FILE,),
+                        native_for=("numpy",), shorthand="txt_level", shorthand_option="level")
+    export_model(dueling_graph(), tmp_path / "a", pm=pm, txt_level=3)
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert set(meta["files"]) == {"model.txt"} and meta["files"]["model.txt"]["level"] == 3
+    assert (tmp_path / "a" / "model.txt").read_text() == "action_dist_inputs[('level', 3)]"
+    for falsy in (None, False, 0):  # as RLlib's onnx=: asks for nothing, so the native files
+        export_model(dueling_graph(), tmp_path / "b", pm=pm, txt_level=falsy)
+        assert sorted(os.listdir(tmp_path / "b")) == ["model.json", "model.pt2"]
+    numpy_graph = dataclasses.replace(dueling_graph(), framework="numpy")
+    export_model(numpy_graph, tmp_path / "c", pm=pm)
+    assert sorted(os.listdir(tmp_path / "c")) == ["model.json", "model.txt"]
+
+
+def test_two_exporters_claiming_one_shorthand_or_framework():
+    from amber.registry import build_registry
+
+    class Claims:
+        def __init__(self, **fields):
+            self.fields = fields
+
+        @amber_hookimpl
+        def amber_register_exporters(self):
+            return [ExporterSpec(name="other", export=_txt_export, **self.fields)]
+
+    for fields, claim in (({"native_for": ("torch",)}, "native files of 'torch'"),
+                          ({"shorthand": "onnx", "shorthand_option": "opset"}, "keyword onnx=")):
+        pm = get_plugin_manager(autoload=False)
+        pm.register(Claims(**fields), name="claims")
+        with pytest.raises(DuplicateFormatError, match=claim) as e:
+            build_registry(pm)
+        assert "'claims'" in str(e.value) and "_export'" in str(e.value)
+
+
+def test_onnx_false_none_or_zero_writes_the_native_files(tmp_path):
+    """The seed's ``policy.export_model(dir, onnx=False)``: as in RLlib, the native files."""
+    policy = ppo_policy(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2))
+    for i, onnx in enumerate((False, None, 0)):
+        written = policy.export_model(tmp_path / str(i), onnx=onnx)
+        assert [Path(p).name for p in written] == ["model.pt2", "model.json"]
+        assert sorted(os.listdir(tmp_path / str(i))) == ["model.json", "model.pt2"]
+    with pytest.raises(ExportError, match="opset number"):
+        policy.export_model(tmp_path / "bad", onnx="17")
+
+
+def test_a_graph_without_a_framework_needs_an_exporter_named(tmp_path):
+    graph = dataclasses.replace(dueling_graph(), framework=None)
+    with pytest.raises(ExportError, match="names no framework.*format=NAME"):
+        export_model(graph, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_keyword_or_framework(tmp_path):
+    with pytest.raises(UnknownExporterError, match="no exporter takes the keyword tflite= .*onnx"):
+        export_model(dueling_graph(), tmp_path / "out", tflite=8)
+    with pytest.raises(UnknownExporterError, match="native files of 'jax'"):
+        export_model(dataclasses.replace(dueling_graph(), framework="jax"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_in_tree_exporters_describe_themselves():
+    from amber.registry import get_registry
+
+    exporters = {name: p.item for name, p in get_registry(get_plugin_manager(autoload=False)).exporters.items()}
+    files = {name: [f.name for f in spec.files] for name, spec in exporters.items()}
+    assert files == {"torch": ["model.pt2"], "onnx": ["model.onnx"], "keras": ["saved_model", "model.keras"]}
+    assert {name: spec.extra for name, spec in exporters.items()} == {"torch": None, "onnx": "onnx", "keras": "keras"}
+    assert exporters["torch"].native_for == ("torch",) and exporters["keras"].native_for == ("tf2",)
+    assert (exporters["onnx"].shorthand, exporters["onnx"].shorthand_option) == ("onnx", "opset")
+    assert exporters["onnx"].install_hint == "install it with: pip install 'amber-rl[onnx]'"
+
+
+def test_a_crashed_exports_staging_is_removed_by_the_next_export(tmp_path):
+    """Exports stage like checkpoints (amber.atomic): a dead writer's staging dir and marker go, a live one's stay."""
+    out = tmp_path / "out"
+    dead = out / ".out.amber-tmp-999999999-0123abcd"
+    (dead / "saved_model").mkdir(parents=True)
+    (out / ".out.amber-tmp-999999999-0123abcd.marker").write_text("")
+    live = out / f".out.amber-tmp-{os.getpid()}-0123abcd"
+    live.mkdir()
+    (out / f".out.amber-tmp-{os.getpid()}-0123abcd.marker").write_text("")
+    export_model(dueling_graph(), out)
+    assert sorted(os.listdir(out)) == sorted(["model.json", "model.pt2", live.name, live.name + ".marker"])
 
 
 def test_registering_the_exporters_imports_no_framework():

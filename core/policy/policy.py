@@ -118,24 +118,30 @@ class Policy:
     ) -> list[str]:
         """Write this policy's network as files that load with their own runtime alone (no amber).
 
-        ``export_model(dir)``: the native files (``model.pt2`` for torch
-        policies) and ``model.json``; ``onnx=OPSET``: ``model.onnx``;
-        ``format="keras"``: ``saved_model/`` and ``model.keras``; ``format``
-        may name any registered exporter (``amber formats`` lists them).
-        ``model.json`` describes the architecture, the spaces, the outputs and
-        how to act from them. See docs/export.md.
+        As in RLlib: ``export_model(dir)`` (or ``onnx=None``, ``False`` or
+        ``0``) writes the native files of the policy's framework (``model.pt2``
+        for torch policies); ``onnx=OPSET`` writes ``model.onnx`` with that
+        opset instead. ``format=NAME`` names any registered exporter (``"keras"``:
+        ``saved_model/`` and ``model.keras``; ``amber formats`` lists them).
+        ``model.json`` is always written: the architecture, the spaces, the
+        outputs and how to act from them. See docs/export.md.
 
         :param export_dir: the directory to write into (created if missing; other files there are kept).
-        :param onnx: an ONNX opset number.
+        :param onnx: an ONNX opset number (the ``onnx`` exporter's keyword shorthand).
         :param format: an exporter name.
         :return: the paths written, ``model.json`` last.
         :raises MissingPluginError: the exporter's extra (``amber-rl[onnx]``, ``[keras]``) is missing.
         :raises UnknownExporterError: no exporter of that name.
         :raises ExportError: the directory was refused (a symbolic link) or writing failed.
         """
+        import dataclasses
+
         from amber.export import export_model
 
-        paths = export_model(self.export_graph(), export_dir, onnx=onnx, format=format, pm=pm)
+        graph = self.export_graph()
+        if graph.framework is None:  # amber's policies are torch policies; others say so (RLlib's .framework)
+            graph = dataclasses.replace(graph, framework=getattr(self, "framework", None) or "torch")
+        paths = export_model(graph, export_dir, format=format, pm=pm, onnx=onnx)
         return [os.fspath(p) for p in paths]
 
     # -- checkpoints ---------------------------------------------------------

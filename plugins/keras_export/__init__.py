@@ -29,19 +29,19 @@ import numpy as np
 import amber
 from amber.errors import MissingPluginError
 from amber.export import ExportError
-from amber.registry import ExporterSpec
+from amber.registry import ExportedFile, ExporterSpec
 
 if TYPE_CHECKING:
     from amber.export import ModelGraph
 
-__all__ = ["KERAS_FILE", "SAVED_MODEL_DIR", "build_model", "export"]
+__all__ = ["KERAS_FILE", "SAVED_MODEL_DIR", "SPEC", "build_model", "export"]
 
 #: The Keras model file.
 KERAS_FILE = "model.keras"
 #: The SavedModel directory.
 SAVED_MODEL_DIR = "saved_model"
-
-_INSTALL = "install it with: pip install 'amber-rl[keras]'"
+#: The pip extra of amber that brings tensorflow and keras 3 (``amber-rl[keras]``).
+EXTRA = "keras"
 
 
 def _runtime() -> tuple[Any, Any]:
@@ -52,12 +52,16 @@ def _runtime() -> tuple[Any, Any]:
         import keras
         import tensorflow as tf
     except ImportError as e:
-        raise MissingPluginError(f"the keras exporter needs tensorflow and keras 3 ({e}); {_INSTALL}",
-                                 plugin="keras_export") from e
+        raise MissingPluginError(
+            f"the keras exporter needs tensorflow and keras 3 ({e}); {SPEC.install_hint}",
+            plugin="keras_export",
+        ) from e
     version = getattr(keras, "__version__", "0")
     if int(version.split(".")[0]) < 3:
-        raise MissingPluginError(f"the keras exporter needs keras 3, found keras {version}; {_INSTALL}",
-                                 plugin="keras_export")
+        raise MissingPluginError(
+            f"the keras exporter needs keras 3, found keras {version}; {SPEC.install_hint}",
+            plugin="keras_export",
+        )
     if keras.backend.backend() != "tensorflow":
         raise ExportError(f"the keras exporter needs Keras's tensorflow backend, but keras runs on "
                           f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow")
@@ -151,11 +155,21 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
     return [saved, keras_path]
 
 
+#: This exporter, as registered: any policy's network for TensorFlow serving; native to tf2 policies.
+SPEC = ExporterSpec(
+    name="keras", export=export, extra=EXTRA,
+    description="saved_model/ (serving_default, input obs) and model.keras: served by TensorFlow "
+                "alone, export_model(dir, format='keras')",
+    files=(
+        ExportedFile(SAVED_MODEL_DIR, "tf.saved_model.load(path).signatures['serving_default'](obs=obs)",
+                     "tensorflow"),
+        ExportedFile(KERAS_FILE, "keras.saving.load_model(path)(obs) -> dict of outputs", "keras"),
+    ),
+    native_for=("tf2",),
+)
+
+
 @amber.hookimpl
 def amber_register_exporters() -> list[ExporterSpec]:
     """Register the ``keras`` exporter."""
-    return [ExporterSpec(
-        name="keras", export=export, extra="keras",
-        description="saved_model/ (serving_default, input obs) and model.keras: served by TensorFlow "
-                    "alone, export_model(dir, format='keras')",
-    )]
+    return [SPEC]

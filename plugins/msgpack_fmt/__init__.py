@@ -1,4 +1,7 @@
-"""The ``msgpack`` format: portable, safe to read from strangers, the default.
+"""The ``msgpack`` format: portable, safe to read from strangers.
+
+It is the default of :func:`amber.save` and of ``convert_to_msgpack_checkpoint``;
+``Algorithm.save`` defaults to ``pickle``, as RLlib does (``.checkpointing(format=...)``).
 
 A state is written as ``<stem>.msgpck``, one msgpack document, plus
 ``<stem>.safetensors`` when it holds big arrays (e.g. ``policy_state.msgpck``
@@ -97,6 +100,7 @@ def amber_register_formats() -> list[FormatSpec]:
             write=write,
             read=read,
             description="msgpack + safetensors sidecar; state trees only; safe to load from anyone",
+            extra=None,  # msgpack and its safetensors writer need only amber's own dependencies
         )
     ]
 

@@ -23,15 +23,17 @@ import numpy as np
 import amber
 from amber.errors import MissingPluginError
 from amber.export import ExportError
-from amber.registry import ExporterSpec
+from amber.registry import ExportedFile, ExporterSpec
 
 if TYPE_CHECKING:
-    from amber.export import ModelGraph
+    from amber.export import ModelGraph, Output
 
-__all__ = ["DEFAULT_OPSET", "FILE", "MIN_OPSET", "build_model", "export"]
+__all__ = ["DEFAULT_OPSET", "FILE", "MIN_OPSET", "SPEC", "build_model", "export"]
 
 #: The file this exporter writes.
 FILE = "model.onnx"
+#: The pip extra of amber that brings onnx (``amber-rl[onnx]``).
+EXTRA = "onnx"
 #: The oldest opset written.
 MIN_OPSET = 11
 #: The opset used when none is given (``format="onnx"``).
@@ -44,10 +46,8 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError as e:
-        raise MissingPluginError(
-            f"the onnx exporter needs the onnx package ({e}); install it with: pip install 'amber-rl[onnx]'",
-            plugin="onnx_export",
-        ) from e
+        raise MissingPluginError(f"the onnx exporter needs the onnx package ({e}); {SPEC.install_hint}",
+                                 plugin="onnx_export") from e
     return onnx
 
 
@@ -118,34 +118,8 @@ def build_model(graph: ModelGraph, opset: int) -> Any:
                 h = b.op("Relu", [h], f"{tname}_{i}_relu")
         towers[tname] = h
 
-    outputs = []
-    for out in graph.outputs:
-        t = towers[out.towers[0]]
-        width = _width(graph, out.towers[0])
-        if out.kind == "identity":
-            b.op("Identity", [t], out.name, out=out.name)
-            shape: list[Any] = ["batch", width]
-        elif out.kind == "squeeze":
-            b.op("Gather", [t, b.const("zero", np.array(0, np.int64))], out.name, out=out.name, axis=1)
-            shape = ["batch"]
-        elif out.kind == "dueling":
-            adv = towers[out.towers[1]]
-            total = b.op("Add", [t, adv], "v_plus_a")
-            b.op("Sub", [total, b.reduce_mean(adv, 1)], out.name, out=out.name)
-            shape = ["batch", _width(graph, out.towers[1])]
-        elif out.kind == "clip_log_std":
-            half = width // 2
-            mean = b.op("Gather", [t, b.const("first", np.arange(half, dtype=np.int64))], "mean", axis=1)
-            log_std = b.op("Gather", [t, b.const("second", np.arange(half, width, dtype=np.int64))],
-                           "log_std", axis=1)
-            low = b.const("low", np.array(out.params["low"], np.float32))
-            high = b.const("high", np.array(out.params["high"], np.float32))
-            clipped = b.op("Min", [b.op("Max", [log_std, low], "log_std_low"), high], "log_std_clipped")
-            b.op("Concat", [mean, clipped], out.name, out=out.name, axis=1)
-            shape = ["batch", width]
-        else:
-            raise ExportError(f"the onnx exporter cannot compute outputs of kind {out.kind!r}")
-        outputs.append(onnx.helper.make_tensor_value_info(out.name, tp.FLOAT, shape))
+    outputs = [onnx.helper.make_tensor_value_info(out.name, tp.FLOAT, _output(b, graph, out, towers))
+               for out in graph.outputs]
 
     inputs = [onnx.helper.make_tensor_value_info("obs", tp.FLOAT, ["batch", *graph.obs_shape])]
     onnx_graph = onnx.helper.make_graph(b.nodes, "amber_policy", inputs, outputs, initializer=b.inits)
@@ -158,6 +132,34 @@ def build_model(graph: ModelGraph, opset: int) -> Any:
     return model
 
 
+def _output(b: _Builder, graph: ModelGraph, out: Output, towers: Mapping[str, str]) -> list[Any]:
+    """Add the nodes computing one output (named ``out.name``); return its shape."""
+    t = towers[out.towers[0]]
+    width = _width(graph, out.towers[0])
+    if out.kind == "identity":
+        b.op("Identity", [t], out.name, out=out.name)
+        return ["batch", width]
+    if out.kind == "squeeze":
+        b.op("Gather", [t, b.const("zero", np.array(0, np.int64))], out.name, out=out.name, axis=1)
+        return ["batch"]
+    if out.kind == "dueling":
+        adv = towers[out.towers[1]]
+        total = b.op("Add", [t, adv], "v_plus_a")
+        b.op("Sub", [total, b.reduce_mean(adv, 1)], out.name, out=out.name)
+        return ["batch", _width(graph, out.towers[1])]
+    if out.kind == "clip_log_std":
+        half = width // 2
+        mean = b.op("Gather", [t, b.const("first", np.arange(half, dtype=np.int64))], "mean", axis=1)
+        log_std = b.op("Gather", [t, b.const("second", np.arange(half, width, dtype=np.int64))],
+                       "log_std", axis=1)
+        low = b.const("low", np.array(out.params["low"], np.float32))
+        high = b.const("high", np.array(out.params["high"], np.float32))
+        clipped = b.op("Min", [b.op("Max", [log_std, low], "log_std_low"), high], "log_std_clipped")
+        b.op("Concat", [mean, clipped], out.name, out=out.name, axis=1)
+        return ["batch", width]
+    raise ExportError(f"the onnx exporter cannot compute outputs of kind {out.kind!r}")
+
+
 def _width(graph: ModelGraph, tower: str) -> int:
     return int(graph.towers[tower][-1].weight.shape[0])
 
@@ -167,12 +169,15 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
 
     :param graph: the network.
     :param directory: where to write (the engine's staging directory).
-    :param options: ``opset`` (default :data:`DEFAULT_OPSET`).
+    :param options: ``opset`` (default :data:`DEFAULT_OPSET`; ``export_model(dir, onnx=OPSET)`` passes it).
     :return: ``[directory / "model.onnx"]``.
-    :raises ExportError: an unsupported opset, or a model too big for one ONNX file.
+    :raises ExportError: an opset that is not a supported int, or a model too big for one ONNX file.
     """
+    opset = options.get("opset", DEFAULT_OPSET)
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise ExportError(f"onnx must be an opset number (an int), not {opset!r}")
     onnx = _onnx()
-    model = build_model(graph, int(options.get("opset", DEFAULT_OPSET)))
+    model = build_model(graph, int(opset))
     if model.ByteSize() > _MAX_BYTES:
         raise ExportError(f"the model is {model.ByteSize()} bytes: too big for one ONNX file (2 GiB), "
                          "and the onnx exporter never writes external data")
@@ -183,11 +188,17 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
     return [path]
 
 
+#: This exporter, as registered.
+SPEC = ExporterSpec(
+    name="onnx", export=export, extra=EXTRA,
+    description="model.onnx (dynamic batch; loads with onnxruntime alone): "
+                "policy.export_model(dir, onnx=OPSET)",
+    files=(ExportedFile(FILE, "onnxruntime.InferenceSession(path).run(None, {'obs': obs})", "onnxruntime"),),
+    shorthand="onnx", shorthand_option="opset",
+)
+
+
 @amber.hookimpl
 def amber_register_exporters() -> list[ExporterSpec]:
-    """Register the ``onnx`` exporter."""
-    return [ExporterSpec(
-        name="onnx", export=export, extra="onnx",
-        description="model.onnx (dynamic batch; loads with onnxruntime alone): "
-                    "policy.export_model(dir, onnx=OPSET)",
-    )]
+    """Register the ``onnx`` exporter (``export_model(dir, onnx=OPSET)`` or ``format="onnx"``)."""
+    return [SPEC]

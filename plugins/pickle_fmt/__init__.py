@@ -86,6 +86,7 @@ def amber_register_formats() -> list[FormatSpec]:
             write=write,
             read=read,
             description="cloudpickle; holds any Python object; same Python only; trusted sources only",
+            extra=None,  # cloudpickle is one of amber's own dependencies
         )
     ]
 

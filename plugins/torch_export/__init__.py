@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import amber
 from amber.errors import MissingPluginError
 from amber.export import ExportError
-from amber.registry import ExporterSpec
+from amber.registry import ExportedFile, ExporterSpec
 
 if TYPE_CHECKING:
     from amber.export import ModelGraph
 
-__all__ = ["FILE", "export", "graph_module"]
+__all__ = ["FILE", "SPEC", "export", "graph_module"]
 
 #: The file this exporter writes.
 FILE = "model.pt2"
@@ -120,10 +120,16 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
     return [path]
 
 
+#: This exporter, as registered: the native files of torch policies (``export_model(dir)``).
+SPEC = ExporterSpec(
+    name="torch", export=export, extra=None,
+    description="model.pt2 (torch.export; loads with torch alone), the native files of torch policies",
+    files=(ExportedFile(FILE, "torch.export.load(path).module()(obs) -> dict of outputs", "torch"),),
+    native_for=("torch",),
+)
+
+
 @amber.hookimpl
 def amber_register_exporters() -> list[ExporterSpec]:
     """Register the ``torch`` exporter (the native files of torch policies)."""
-    return [ExporterSpec(
-        name="torch", export=export, extra=None,
-        description="model.pt2 (torch.export; loads with torch alone), the native files of torch policies",
-    )]
+    return [SPEC]

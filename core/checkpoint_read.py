@@ -1,0 +1,236 @@
+"""Reading whole checkpoints, verified and migrated in memory, in any registered format.
+
+:func:`read_checkpoint` reads the manifests, refuses unsafe formats before
+any state file is opened, has the format read each state through a
+:class:`amber.verified_io.Source` (every byte checked against its digest)
+and upgrades an older checkpoint through the registered migration steps. A
+directory that is another system's checkpoint is read by the plugin that
+knows it (``amber_read_foreign_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    MigrationError,
+    MissingPluginError,
+    NotACheckpointError,
+    UnknownFormatError,
+    UnknownPolicyError,
+    UnsafeContentError,
+)
+from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest
+from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
+from amber.registry import FormatRegistry, FormatSpec, get_registry
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["Checkpoint", "migrate_in_memory", "pickle_allowed_default", "read_checkpoint"]
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read into memory.
+
+    For an Algorithm checkpoint ``state`` is the algorithm's own state and
+    ``policies`` holds the policies read (all, or the subset asked for); for
+    a Policy or State checkpoint ``state`` is the whole state.
+    """
+
+    path: Path
+    type: str
+    format: str
+    checkpoint_version: str
+    state: Any
+    policies: dict[str, Checkpoint] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+    migrations_applied: list[str] = field(default_factory=list)
+
+
+def pickle_allowed_default() -> bool:
+    """Whether pickle is allowed when the caller does not say: not if ``AMBER_SAFE_LOAD`` is set."""
+    return os.environ.get("AMBER_SAFE_LOAD", "").strip().lower() in ("", "0", "false", "no")
+
+
+def _spec_for(manifest: Manifest, registry: FormatRegistry) -> FormatSpec:
+    try:
+        return registry.get(manifest.format)
+    except UnknownFormatError:
+        plugin = manifest.raw.get("format_plugin") or {}
+        dist = plugin.get("distribution") if isinstance(plugin, dict) else None
+        raise MissingPluginError(
+            f"{manifest.directory} was written in format {manifest.format!r}, which no installed "
+            f"plugin provides (known: {', '.join(registry.names())})"
+            + (f"; install the distribution {dist!r}" if dist else "; install its plugin"),
+            path=manifest.directory, format=manifest.format,
+        ) from None
+
+
+def _check_safe(manifest: Manifest, spec: FormatSpec, allow_pickle: bool, registry: FormatRegistry) -> None:
+    if not spec.capabilities.safe and not allow_pickle:
+        safe = [name for name in registry.names() if registry.get(name).capabilities.safe]
+        raise UnsafeContentError(
+            f"{manifest.directory} is in format {spec.name!r}, which can run code when read, "
+            "and safe loading is on (allow_pickle=False or AMBER_SAFE_LOAD=1). Load it only if "
+            "you trust its source: pass allow_pickle=True, or have its author convert it with "
+            f"`amber convert SRC DST --format {safe[0] if len(safe) == 1 else 'NAME'}`"
+            + (f" (safe formats: {', '.join(safe)})" if len(safe) > 1 else ""),
+            path=manifest.directory, format=spec.name,
+        )
+
+
+def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
+    stem = STATE_STEMS[manifest.type]
+    if manifest.state_file != f"{stem}{spec.extension}":
+        raise CorruptCheckpointError(
+            f"{manifest.path}: state_file {manifest.state_file!r} does not match format "
+            f"{spec.name!r} (expected {stem}{spec.extension})",
+            path=manifest.path,
+        )
+    source = Source(manifest, stem, spec.extension)
+    try:
+        return spec.read(source)
+    except CheckpointError:
+        raise
+    except ImportError as e:  # the format's own dependencies are missing, not the file damaged
+        raise MissingPluginError(
+            f"format {spec.name!r} cannot read {source.path}: {e}; {spec.install_hint}",
+            path=source.path, format=spec.name,
+        ) from e
+    except Exception as e:  # any failure of a format on bytes that passed the digest
+        raise CorruptCheckpointError(
+            f"{source.path}: cannot be read as {spec.name!r}: {type(e).__name__}: {e}",
+            path=source.path, format=spec.name,
+        ) from e
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    policy_ids: Iterable[str] | None = None,
+    allow_pickle: bool | None = None,
+    migrate: bool = True,
+    to: str | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> Checkpoint:
+    """Read and verify a checkpoint (Algorithm, Policy or State), migrated in memory.
+
+    An older checkpoint is upgraded through the registered migration steps
+    (the files are never rewritten); a directory that is another system's
+    checkpoint is read by the plugin that knows it (``amber_read_foreign_checkpoint``).
+
+    :param path: the checkpoint directory.
+    :param policy_ids: for an Algorithm checkpoint, read only these policies
+        (their files alone are opened); None reads all.
+    :param allow_pickle: allow formats that can run code; None: yes unless
+        ``AMBER_SAFE_LOAD`` is set. Checked before any state file is opened.
+    :param migrate: apply migration steps to an older checkpoint.
+    :param to: the version to migrate to (default: :data:`CHECKPOINT_VERSION`).
+    :param pm: the plugin manager (default: the process's).
+    :raises NotACheckpointError: no checkpoint there.
+    :raises CorruptCheckpointError: a file is missing, altered or malformed (named).
+    :raises UnsupportedVersionError: newer or unknown checkpoint_version.
+    :raises UnsafeContentError: pickle refused.
+    :raises UnknownPolicyError: a requested policy id is not in the checkpoint.
+    :raises MissingPluginError: the checkpoint's format is not installed.
+    :raises MigrationError: a migration step failed (named).
+    """
+    registry = get_registry(pm)
+    target = to or CHECKPOINT_VERSION
+    root = Path(path)
+    wanted = None if policy_ids is None else list(dict.fromkeys(policy_ids))
+    try:
+        manifest = read_manifest(root)
+    except NotACheckpointError:
+        ckpt = _read_foreign(root, wanted, pm)
+        if ckpt is None:
+            raise
+        plan(ckpt.checkpoint_version, target, registry.migrations, path=root)
+    else:
+        plan(manifest.checkpoint_version, target, registry.migrations, path=manifest.directory)
+        allow = pickle_allowed_default() if allow_pickle is None else allow_pickle
+        ckpt = _read_native(root, manifest, wanted, registry, allow)
+    if migrate:
+        ckpt.migrations_applied = migrate_in_memory(ckpt, target, registry)
+    return ckpt
+
+
+def _read_foreign(
+    root: Path, policy_ids: list[str] | None, pm: pluggy.PluginManager | None
+) -> Checkpoint | None:
+    from amber.plugin_manager import default_plugin_manager
+
+    if not root.is_dir():
+        return None
+    pm = pm if pm is not None else default_plugin_manager()
+    found = pm.hook.amber_read_foreign_checkpoint(path=root, policy_ids=policy_ids)
+    return found if isinstance(found, Checkpoint) else None
+
+
+def _read_native(
+    root: Path, manifest: Manifest, policy_ids: list[str] | None, registry: FormatRegistry, allow: bool
+) -> Checkpoint:
+    spec = _spec_for(manifest, registry)
+    _check_safe(manifest, spec, allow, registry)
+    wanted: list[str] = []
+    if manifest.type == "Algorithm":
+        present = manifest.policy_ids
+        wanted = present if policy_ids is None else policy_ids
+        for pid in wanted:
+            if pid not in present:
+                raise UnknownPolicyError(pid, present, path=root)
+    policy_manifests = {}
+    for pid in wanted:
+        pdir = root / "policies" / pid
+        pman = read_manifest(pdir, expected=manifest.files[f"policies/{pid}/{MANIFEST}"], root=root)
+        if pman.type != "Policy" or pman.format != manifest.format:
+            raise CorruptCheckpointError(
+                f"{pman.path}: expected a Policy checkpoint in format {manifest.format!r}",
+                path=pman.path,
+            )
+        policy_manifests[pid] = pman
+    ckpt = _make(manifest, _read_state(manifest, spec))
+    for pid, pman in policy_manifests.items():
+        ckpt.policies[pid] = _make(pman, _read_state(pman, spec))
+    return ckpt
+
+
+def _make(manifest: Manifest, state: Any) -> Checkpoint:
+    meta = manifest.raw.get("metadata") or {}
+    return Checkpoint(
+        path=manifest.directory, type=manifest.type, format=manifest.format,
+        checkpoint_version=manifest.checkpoint_version, state=state,
+        metadata=dict(meta), manifest=manifest.raw,
+    )
+
+
+def migrate_in_memory(ckpt: Checkpoint, to: str, registry: FormatRegistry) -> list[str]:
+    """Upgrade a checkpoint read into memory to version ``to``; return the steps applied.
+
+    :raises UnsupportedVersionError: no chain of steps leads there.
+    :raises MigrationError: a step failed (named).
+    """
+    chain = plan(ckpt.checkpoint_version, to, registry.migrations, path=ckpt.path)
+    if not chain:
+        return []
+    trees = CheckpointTrees(ckpt.type, dict(ckpt.manifest), ckpt.state,
+                            {pid: p.state for pid, p in ckpt.policies.items()})
+    out = apply_chain(trees, chain, path=ckpt.path)
+    if set(out.policies) != set(ckpt.policies):
+        raise MigrationError(f"migration {chain[-1].name} changed the set of policies of {ckpt.path}",
+                             path=ckpt.path)
+    ckpt.state = out.state
+    ckpt.checkpoint_version = to
+    for pid, policy in ckpt.policies.items():
+        policy.state = out.policies[pid]
+        policy.checkpoint_version = to
+    return [step.name for step in chain]

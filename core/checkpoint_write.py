@@ -1,0 +1,207 @@
+"""Writing whole checkpoints, atomically, in any registered format.
+
+:func:`write_checkpoint` lays out the levels of a checkpoint (api.md
+section 6) in a staging directory, has the format write each state through
+a :class:`amber.verified_io.Sink`, records every file in the levels'
+manifests and commits the whole directory atomically (:mod:`amber.atomic`).
+It reaches formats only through the registry built from the plugins' hooks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber import __version__
+from amber.atomic import commit, describe, fsync_on_close, staging
+from amber.digest import hash_file
+from amber.errors import CheckpointError, CheckpointWriteError, MissingPluginError
+from amber.layout import MANIFEST, STATE_STEMS, FileEntry, Sink, check_id, write_manifest
+from amber.migration import CHECKPOINT_VERSION
+from amber.names import to_names
+from amber.registry import FormatRegistry, FormatSpec, get_registry
+from amber.state import validate_tree
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["Attachment", "write_checkpoint"]
+
+#: Writes extra files (exported models) into the directory of one level of a checkpoint.
+Attachment = Callable[[Path], None]
+
+
+def _header(
+    type_: str, spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None,
+    version: str,
+) -> dict[str, Any]:
+    provider = registry.provider(spec.name)
+    return {
+        "type": type_,
+        "checkpoint_version": version,
+        "format": spec.name,
+        "amber_version": __version__,
+        "python_version": platform.python_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "format_plugin": {"name": provider.plugin, "distribution": provider.distribution},
+        "metadata": dict(metadata or {}),
+    }
+
+
+def _write_level(
+    directory: Path,
+    *,
+    type_: str,
+    state: Any,
+    spec: FormatSpec,
+    registry: FormatRegistry,
+    metadata: Mapping[str, str] | None,
+    extra: Mapping[str, Any] | None = None,
+    children: Mapping[str, FileEntry] | None = None,
+    attachment: Attachment | None = None,
+    shown: Path,
+    version: str = CHECKPOINT_VERSION,
+) -> FileEntry:
+    stem = STATE_STEMS[type_]
+    if not spec.capabilities.arbitrary_objects:
+        validate_tree(state, format=spec.name, where=str(shown / f"{stem}{spec.extension}"))
+    files: dict[str, FileEntry] = {}
+    sink = Sink(directory, stem, spec.extension, files)
+    try:
+        spec.write(state, sink)
+    except ImportError as e:  # the format's own dependencies are missing
+        raise MissingPluginError(f"format {spec.name!r} cannot write {shown}: {e}; {spec.install_hint}",
+                                 path=shown, format=spec.name) from e
+    sink.finish()
+    if attachment is not None:
+        attachment(directory)
+        _record_untracked(directory, files, children)
+    files.update(children or {})
+    content = _header(type_, spec, registry, metadata, version)
+    content.update(extra or {})
+    content["state_file"] = f"{stem}{spec.extension}"
+    content["files"] = {rel: {"size": e.size, "digest": e.digest} for rel, e in files.items()}
+    return write_manifest(directory, content)
+
+
+def _record_untracked(
+    directory: Path, files: dict[str, FileEntry], children: Mapping[str, FileEntry] | None
+) -> None:
+    """Hash files an attachment wrote (e.g. exported model files) into ``files``."""
+    skip_dirs = {"policies"} if children else set()
+    for dirpath, dirnames, filenames in os.walk(directory):
+        rel_dir = Path(dirpath).relative_to(directory)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in skip_dirs]
+        for name in filenames:
+            rel = (rel_dir / name).as_posix()
+            if rel in files or rel == MANIFEST or name == ".amber-staging":
+                continue
+            size, digest = hash_file(Path(dirpath) / name, fsync=fsync_on_close())
+            files[rel] = FileEntry(size, digest)
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    type: str,
+    state: Any,
+    format: str,
+    policies: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    attachments: Mapping[str, Attachment] | None = None,
+    placeholders: bool = False,
+    checkpoint_version: str = CHECKPOINT_VERSION,
+    pm: pluggy.PluginManager | None = None,
+) -> Path:
+    """Write a checkpoint atomically and return its path.
+
+    Classes and functions in the trees are written as their registered
+    names (:mod:`amber.names`); a format that holds any object
+    (``capabilities.arbitrary_objects``) keeps those that have none.
+
+    :param path: the checkpoint directory; an existing amber checkpoint or empty
+        directory there is replaced as a whole, in one atomic step.
+    :param type: ``"Algorithm"``, ``"Policy"`` or ``"State"``.
+    :param state: the state tree (for an Algorithm, without its policies).
+    :param format: a registered format name.
+    :param policies: for an Algorithm, each policy's state tree by policy id.
+    :param metadata: strings recorded in every checkpoint.json.
+    :param attachments: by policy id (or ``""`` for the top level), a function
+        that writes extra files (exported models) into that level's directory;
+        they are listed and verified like the rest.
+    :param placeholders: in a portable format, write a class or function that
+        has no registered name as a placeholder (the loader asks for it)
+        instead of failing.
+    :param checkpoint_version: the version to label it with (``amber migrate --to``); trees
+        of an older version are written as they are.
+    :param pm: the plugin manager (default: the process's).
+    :raises UnknownFormatError: no such format.
+    :raises UnserializableStateError: the state holds something the format cannot write.
+    :raises CheckpointWriteError: the disk is full or read-only; nothing was left behind.
+    """
+    registry = get_registry(pm)
+    spec = registry.get(format)
+    target = Path(path)
+    policies = dict(policies or {})
+    if type != "Algorithm" and policies:
+        raise ValueError("only Algorithm checkpoints hold policies")
+    for pid in policies:
+        check_id(pid, path=target)
+    if checkpoint_version == CHECKPOINT_VERSION:  # trees of an older version are written as they are
+        portable = not spec.capabilities.arbitrary_objects
+        state = to_names(state, portable=portable, placeholders=placeholders, format=format,
+                         where=str(target), pm=pm)
+        policies = {pid: to_names(p, portable=portable, placeholders=placeholders, format=format,
+                                  where=str(target / "policies" / pid), pm=pm)
+                    for pid, p in policies.items()}
+    _write_atomically(target, type, state, policies, spec, registry, metadata, attachments or {},
+                      checkpoint_version)
+    return target
+
+
+def _write_atomically(
+    target: Path, type_: str, state: Any, policies: Mapping[str, Any], spec: FormatSpec,
+    registry: FormatRegistry, metadata: Mapping[str, str] | None, attachments: Mapping[str, Attachment],
+    version: str,
+) -> None:
+    """Write the checkpoint in a staging directory and commit it onto ``target``."""
+    try:
+        with staging(target) as tmp:
+            _write_levels(tmp, target, type_, state, policies, spec, registry, metadata, attachments, version)
+            commit(tmp, target)
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"saving {target} failed: {describe(e)}; "
+            "nothing was written and any previous checkpoint there is intact",
+            path=target, format=spec.name,
+        ) from e
+
+
+def _write_levels(
+    tmp: Path, target: Path, type_: str, state: Any, policies: Mapping[str, Any], spec: FormatSpec,
+    registry: FormatRegistry, metadata: Mapping[str, str] | None, attachments: Mapping[str, Attachment],
+    version: str,
+) -> None:
+    """Write every level of a checkpoint into the staging directory ``tmp``: the policies', then the top."""
+    children: dict[str, FileEntry] = {}
+    for pid, pstate in policies.items():
+        pdir = tmp / "policies" / pid
+        pdir.mkdir(parents=True)
+        children[f"policies/{pid}/{MANIFEST}"] = _write_level(
+            pdir, type_="Policy", state=pstate, spec=spec, registry=registry,
+            metadata=metadata, extra={"policy_id": pid}, attachment=attachments.get(pid),
+            shown=target / "policies" / pid, version=version,
+        )
+    extra = {"policy_ids": list(policies)} if type_ == "Algorithm" else {}
+    _write_level(
+        tmp, type_=type_, state=state, spec=spec, registry=registry, metadata=metadata,
+        extra=extra, children=children, attachment=attachments.get(""), shown=target,
+        version=version,
+    )
