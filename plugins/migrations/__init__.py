@@ -68,7 +68,8 @@ def _v2_to_v2_1(trees: CheckpointTrees) -> CheckpointTrees:
     comps = dict(old.get("components") or {})
     progress = {key: old[key] for key in ("iteration", "counters", "recent_returns", "recent_policy_returns")
                 if key in old}
-    comps["progress"] = progress
+    if progress:
+        comps["progress"] = progress
     if old.get("torch_rng") is not None:
         comps["rng.torch"] = old["torch_rng"]
     learner = dict(old.get("learner") or {})
@@ -78,7 +79,9 @@ def _v2_to_v2_1(trees: CheckpointTrees) -> CheckpointTrees:
     if "num_updates" in learner or "update_credit" in learner:
         comps["updates"] = {"num_updates": learner.get("num_updates", 0),
                             "update_credit": learner.get("update_credit", 0.0)}
-    state = {"algorithm_class": old["algorithm_class"], "config": old["config"], "components": comps}
+    moved = {"iteration", "counters", "recent_returns", "recent_policy_returns", "torch_rng", "learner"}
+    state = {k: v for k, v in old.items() if k not in moved and k != "components"}
+    state["components"] = comps
     return trees.replace(state=state)
 
 
