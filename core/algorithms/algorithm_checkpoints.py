@@ -1,0 +1,215 @@
+"""An algorithm's checkpoints: ``save``, ``restore`` and ``from_checkpoint`` (RLlib's API).
+
+:class:`CheckpointMixin` gives :class:`~amber.algorithms.algorithm.Algorithm`
+these methods; the state they write and read is the algorithm's
+``get_state()`` (its class, config and declared components) and its
+policies' states, through :mod:`amber.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber.errors import CheckpointError, UnregisteredNameError
+from amber.state import Ref
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from amber.algorithms.algorithm_config import AlgorithmConfig
+    from amber.policy.policy import Policy
+
+__all__ = ["CheckpointMixin", "SaveResult", "TrainingCheckpoint", "config_from_state", "results_dir"]
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """Where a save wrote its checkpoint."""
+
+    path: str
+
+    def to_directory(self) -> str:
+        """The checkpoint directory."""
+        return self.path
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What :meth:`Algorithm.save` returns: ``result.checkpoint.path`` is the directory."""
+
+    checkpoint: TrainingCheckpoint
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def results_dir() -> Path:
+    """Where algorithms keep their logs and default checkpoints (``AMBER_RESULTS_DIR``)."""
+    return Path(os.environ.get("AMBER_RESULTS_DIR") or Path.home() / "amber_results")
+
+
+class CheckpointMixin:
+    """The checkpoint methods of an algorithm."""
+
+    config: AlgorithmConfig
+    pm: pluggy.PluginManager
+    policies: dict[str, Policy]
+    iteration: int
+    _logdir: Path | None
+
+    @property
+    def logdir(self) -> str:
+        """This algorithm's directory for default checkpoints (made on first use)."""
+        if self._logdir is None:
+            env = self.config.env
+            env = env if isinstance(env, str) else getattr(env, "__name__", "env")
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            root = results_dir()
+            root.mkdir(parents=True, exist_ok=True)
+            self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__}_{env}_{stamp}_", dir=root))
+        return str(self._logdir)
+
+    def save(
+        self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None
+    ) -> SaveResult:
+        """Write a checkpoint of the whole algorithm (atomically) and return where.
+
+        :param checkpoint_dir: the directory; default: ``checkpoint_<iteration>`` under :attr:`logdir`.
+        :param format: a registered format (default: ``.checkpointing(format=...)``, "pickle").
+        """
+        from amber.checkpoint import write_checkpoint
+        from amber.registry import get_registry
+
+        fmt = format or self.config.checkpoint_format
+        get_registry(self.pm).get(fmt)  # an unknown format fails before anything is captured
+        path = (Path(checkpoint_dir) if checkpoint_dir is not None
+                else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
+        state = self.get_state()
+        own = state["algorithm"]
+        attachments = {}
+        if self.config.export_native_model_files:
+            for pid, policy in self.policies.items():
+                if hasattr(policy, "export_model"):
+                    attachments[pid] = (lambda p: lambda d: p.export_model(d / "model", pm=self.pm))(policy)
+        # In a portable format, a mapping function (or env class) with no registered name is
+        # written as a placeholder, and from_checkpoint asks for it.
+        write_checkpoint(path, type="Algorithm", state=own, policies=state["policies"], format=fmt,
+                         metadata={"algorithm": type(self).__name__}, attachments=attachments,
+                         placeholders=True, pm=self.pm)
+        return SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
+
+    def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:
+        """Set this algorithm's whole state from a checkpoint; on any error it is left as it was."""
+        from amber.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle, pm=self.pm)
+        if ckpt.type != "Algorithm":
+            raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
+                                  path=checkpoint_path)
+        policies = {pid: p.state for pid, p in ckpt.policies.items()}
+        self.set_state({"algorithm": ckpt.state, "policies": policies})
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        policy_ids: Iterable[str] | None = None,
+        policy_mapping_fn: Callable[..., str] | None = None,
+        policies_to_train: Iterable[str] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        allow_pickle: bool | None = None,
+        env: Any = None,
+        pm: pluggy.PluginManager | None = None,
+    ) -> Any:
+        """A new algorithm of the checkpointed class with the checkpointed state.
+
+        :param policy_ids: build and read only these policies.
+        :param policy_mapping_fn: replaces the saved mapping (required when it was not saved).
+        :param policies_to_train: replaces the saved list.
+        :param env: replaces the saved environment (an id, a registered name or an env class),
+            e.g. when the checkpoint names an env class that is not registered here.
+        :param pm: the plugin manager to read with, kept by the algorithm for its later saves
+            (default: the process's).
+        """
+        from amber.checkpoint import read_checkpoint
+
+        target = path if path is not None else checkpoint
+        if target is None:
+            raise ValueError("from_checkpoint needs a path")
+        ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
+        if ckpt.type != "Algorithm":
+            raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
+                                  "Policy.from_checkpoint reads policy checkpoints", path=target)
+        own = dict(ckpt.state)
+        algo_cls, config = config_from_state(
+            own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
+            policies_to_train=policies_to_train, env=env)
+        from amber.models.torch_mlp import weights_will_be_loaded
+
+        with weights_will_be_loaded():  # every policy built here gets its saved weights
+            algo = algo_cls(config=config)
+        # With other policies or another mapping, running episodes would map to
+        # policies that are gone: those restart instead of continuing.
+        same_episodes = policy_ids is None and policy_mapping_fn is None
+        algo.set_state({"algorithm": own, "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
+                       restore_episodes=same_episodes, rollback=False)
+        return algo
+
+
+def config_from_state(
+    own: Mapping[str, Any],
+    *,
+    path: str | os.PathLike[str],
+    pm: pluggy.PluginManager | None,
+    policy_ids: Iterable[str] | None = None,
+    policy_mapping_fn: Callable[..., str] | None = None,
+    policies_to_train: Iterable[str] | None = None,
+    env: Any = None,
+) -> tuple[Any, AlgorithmConfig]:
+    """The algorithm class and config a checkpoint's own state names, with the caller's overrides.
+
+    :raises UnregisteredNameError: a class or function the checkpoint names is not registered
+        (or was not stored) and the caller did not pass it.
+    """
+    given = {"env": env, "policy_mapping_fn": policy_mapping_fn}
+    algo_cls = _resolve(own["algorithm_class"], "algorithm_class", path, pm)
+    raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", path, pm)
+           for k, v in own["config"].items()}
+    raw["policies"] = {
+        pid: {**spec, "policy_class": _resolve(spec["policy_class"], f"policies.{pid}", path, pm)}
+        if isinstance(spec, dict) and "policy_class" in spec else spec
+        for pid, spec in (raw.get("policies") or {}).items()
+    }
+    config = algo_cls.get_default_config().from_dict(raw)
+    config.algo_class = algo_cls
+    config.plugin_manager = pm
+    if policy_ids is not None:
+        keep = list(dict.fromkeys(policy_ids))
+        config.policies = {pid: config.policies.get(pid) for pid in keep}
+        if config.policies_to_train is not None and policies_to_train is None:
+            config.policies_to_train = [p for p in config.policies_to_train if p in keep]
+    if policies_to_train is not None:
+        config.policies_to_train = list(policies_to_train)
+    return algo_cls, config
+
+
+def _resolve(value: Any, what: str, path: str | os.PathLike[str], pm: pluggy.PluginManager | None) -> Any:
+    """A stored name's class or function, through the name registry (never an import by path).
+
+    :raises UnregisteredNameError: the name is not registered here, or was not stored
+        (a placeholder): the message says what to pass or register.
+    """
+    if not isinstance(value, Ref):
+        return value
+    if value.is_placeholder:
+        keyword = what.removeprefix("config.")
+        raise UnregisteredNameError(
+            f"{path} was saved without its {keyword} ({value.target[1:]!r} has no registered name, so a "
+            f"portable format could not store it); pass it: Algorithm.from_checkpoint(path, {keyword}=...), "
+            "or register it with amber.register_class before saving", path=path)
+    return value.resolve(what=what, path=path, pm=pm)
