@@ -46,3 +46,28 @@ def test_every_hook_and_its_signature_is_documented(pm):
         heading = re.search(rf"^## `{name}\((.*?)\)", text, re.M)
         assert heading, f"{name} is not documented"
         assert [p.split(":")[0].strip() for p in heading.group(1).split(",") if p] == params
+
+
+def test_architecture_names_only_what_exists():
+    """docs/architecture.md stays true: every module, attribute and file it names exists."""
+    import importlib
+    import importlib.util
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    names = set(re.findall(r"`(amber(?:\.\w+)+)", text))
+    assert len(names) > 20
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            module = ".".join(parts[:cut])
+            try:
+                if importlib.util.find_spec(module) is not None:
+                    break
+            except ModuleNotFoundError:  # a function's name: its parent is a module, not a package
+                continue
+        obj = importlib.import_module(module)
+        for attr in parts[cut:]:
+            assert hasattr(obj, attr), f"architecture.md names {name}, which does not exist"
+            obj = getattr(obj, attr)
+    for path in set(re.findall(r"`((?:core|plugins)/[\w/.]+)`", text)):
+        assert (ROOT / path).exists(), f"architecture.md names {path}, which does not exist"
