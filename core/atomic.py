@@ -16,7 +16,10 @@ fsync costs milliseconds, and they overlap well):
 - :func:`commit` (a checkpoint): the staging directory sits beside the target
   and is renamed onto it. Saving over an existing checkpoint swaps the two
   directories in one ``renameat2(RENAME_EXCHANGE)`` call on Linux, so at every
-  instant the path holds either the old checkpoint or the new one.
+  instant the path holds either the old checkpoint or the new one. Only an
+  empty directory or an amber checkpoint is ever replaced
+  (:func:`check_replaceable`, checked before staging and again at the commit):
+  anything else at the target fails the save and is left as it was.
 - :func:`commit_entries` (an export): the staging directory sits inside the
   target directory, which may hold other files of the user's; the named
   entries are moved into it one by one, the one marking the set complete
@@ -37,6 +40,7 @@ import functools
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +52,7 @@ from amber.errors import CheckpointError, CheckpointWriteError
 
 __all__ = [
     "MARKER_SUFFIX",
+    "check_replaceable",
     "commit",
     "commit_entries",
     "fsync_dir",
@@ -184,6 +189,7 @@ def staging(
     """Create a staging directory (and its marker) for ``target``; remove both when the block ends.
 
     Stale staging directories of crashed writers in the same directory are removed first.
+    Staging beside ``target``, what is there is checked first (:func:`check_replaceable`).
 
     :param target: what the staging directory will become (:func:`commit`) or
         be moved into (:func:`commit_entries`).
@@ -191,9 +197,17 @@ def staging(
     :param what: what is written, for the message of a failure.
     :param error: the error raised when the staging directory cannot be made,
         called as ``error(message, path=target)``.
-    :raises CheckpointWriteError: (or ``error``) the directory cannot be created or written.
+    :raises CheckpointWriteError: (or ``error``) the directory cannot be created or written;
+        ``target`` holds something that is not an amber checkpoint.
     """
+    try:
+        os.fsencode(target)
+    except UnicodeError as e:  # a lone surrogate: no file system can hold the name
+        raise error(f"{what} cannot be written to {target!r}: the name cannot be encoded for the "
+                    f"file system ({e.reason})", path=target) from e
     parent = target if inside else target.parent
+    if not inside:  # refused before anything is written; commit checks again
+        check_replaceable(target)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale(parent)
@@ -237,16 +251,48 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _check_replaceable(target: Path) -> None:
-    if target.is_symlink() or not target.is_dir():
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace ``target`` unless it is missing, an empty directory or an amber checkpoint.
+
+    An amber checkpoint is a directory whose ``checkpoint.json`` reads as an
+    amber manifest (a regular file, valid, its own digest matching) and which
+    holds nothing that manifest does not list. Another tool's
+    ``checkpoint.json``, a directory with files of its own, a file, a link, a
+    FIFO... are refused, and left as they were. So is a checkpoint of a newer
+    amber, whose manifest this one cannot verify.
+
+    :raises CheckpointWriteError: ``target`` holds something that is not ours (named).
+    """
+    from amber.layout import MANIFEST, read_manifest  # the layout sits above this module
+    from amber.verified_io import describe_mode
+
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
         raise CheckpointWriteError(
-            f"{target} exists and is not a directory; not overwriting it", path=target
+            f"{target} exists and is {describe_mode(mode)}, not a checkpoint directory; not overwriting it",
+            path=target,
         )
-    names = {p.name for p in target.iterdir()}
-    if names and "checkpoint.json" not in names:
+    names = os.listdir(target)
+    if not names:
+        return
+    try:
+        manifest = read_manifest(target)
+    except CheckpointError as e:
         raise CheckpointWriteError(
-            f"{target} is a non-empty directory that is not an amber checkpoint; "
-            "not overwriting it (choose an empty or new directory)",
+            f"{target} is neither empty nor an amber checkpoint ({e.message}); not overwriting it "
+            "(choose an empty or new directory)",
+            path=target,
+        ) from e
+    listed = {MANIFEST, *(rel.split("/", 1)[0] for rel in manifest.files)}
+    extra = sorted(n for n in names if n not in listed)
+    if extra:
+        shown = ", ".join(repr(n) for n in extra[:3]) + (", ..." if len(extra) > 3 else "")
+        raise CheckpointWriteError(
+            f"{target} is an amber checkpoint holding files that its checkpoint.json does not list "
+            f"({shown}); not overwriting it (move them, or choose an empty or new directory)",
             path=target,
         )
 
@@ -255,7 +301,8 @@ def commit(tmp: Path, target: Path) -> None:
     """Move the finished staging directory ``tmp`` to ``target`` atomically.
 
     An existing empty directory or amber checkpoint at ``target`` is replaced
-    as a whole; anything else there is left alone and the save fails.
+    as a whole; anything else there is left alone and the save fails
+    (:func:`check_replaceable`).
 
     :raises CheckpointWriteError: ``target`` holds something that is not ours.
     """
@@ -270,7 +317,7 @@ def commit(tmp: Path, target: Path) -> None:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 continue  # another saver got there first: swap with theirs
-        _check_replaceable(target)
+        check_replaceable(target)
         if _exchange(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old checkpoint
             break

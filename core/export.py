@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from amber.atomic import commit_entries, describe, is_temporary, staging
 from amber.digest import hash_file
-from amber.errors import ExportError, MissingPluginError
+from amber.errors import CorruptCheckpointError, ExportError, MissingPluginError
 from amber.model_graph import (
     ACTIVATIONS,
     OUTPUT_KINDS,
@@ -36,6 +37,7 @@ from amber.model_graph import (
     greedy_action,
     weights_digest,
 )
+from amber.verified_io import describe_mode, open_regular
 
 if TYPE_CHECKING:
     import pluggy
@@ -140,10 +142,26 @@ def _check_written(stage: Path, files: Sequence[Path], spec: ExporterSpec) -> li
         names.append(rel.parts[0])
     for dirpath, dirnames, filenames in os.walk(stage):
         for name in dirnames + filenames:
-            if (Path(dirpath) / name).is_symlink():
+            mode = os.lstat(Path(dirpath) / name).st_mode
+            if stat.S_ISLNK(mode):
                 raise ExportError(f"exporter {spec.name!r} wrote a symbolic link ({name}); refused",
                                   path=stage.parent)
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ExportError(f"exporter {spec.name!r} wrote {name}, which is {describe_mode(mode)}, "
+                                  "not a regular file; refused", path=stage.parent)
     return list(dict.fromkeys(names))
+
+
+def _hash(path: Path, stage: Path) -> tuple[int, str]:
+    """Size and digest of a file an exporter wrote, opened without following links or blocking."""
+    try:
+        fd = open_regular(path)
+    except CorruptCheckpointError as e:
+        raise ExportError(f"cannot read what the exporter wrote: {e.message}", path=stage.parent) from e
+    try:
+        return hash_file(fd)
+    finally:
+        os.close(fd)
 
 
 def _file_facts(spec: ExporterSpec, path: Path, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,11 +178,11 @@ def _file_facts(spec: ExporterSpec, path: Path, options: Mapping[str, Any]) -> d
         for dirpath, _, filenames in os.walk(path):
             for name in sorted(filenames):
                 f = Path(dirpath) / name
-                size, digest = hash_file(f)
+                size, digest = _hash(f, path.parent)
                 contents[f.relative_to(path).as_posix()] = {"size": size, "digest": digest}
         facts["contents"] = dict(sorted(contents.items()))
     else:
-        facts["size"], facts["digest"] = hash_file(path)
+        facts["size"], facts["digest"] = _hash(path, path.parent)
     return facts
 
 
@@ -188,10 +206,21 @@ def _run_exporters(
 def _previous(target: Path) -> dict[str, Any] | None:
     """The ``model.json`` an earlier export left in ``target``, if it is one of ours."""
     path = target / MODEL_JSON
-    if path.is_symlink():
-        raise ExportError(f"refusing to replace {path}: it is a symbolic link", path=path)
     try:
-        raw = json.loads(path.read_text())
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        raise ExportError(f"refusing to replace {path}: it is a symbolic link", path=path)
+    if not stat.S_ISREG(mode):  # a FIFO would block the read; a directory would be deleted
+        raise ExportError(f"refusing to replace {path}: it is {describe_mode(mode)}", path=path)
+    try:
+        fd = open_regular(path)
+    except CorruptCheckpointError as e:  # swapped for a link or a FIFO meanwhile, or unreadable
+        raise ExportError(f"refusing to replace {e.message}", path=path) from e
+    try:
+        with os.fdopen(fd, "rb") as f:
+            raw = json.loads(f.read())
     except (OSError, ValueError):
         return None
     if not isinstance(raw, dict) or (raw.get("producer") or {}).get("name") != "amber":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,6 +29,7 @@ from amber.verified_io import (
     Sink,
     Source,
     check_file,
+    describe_mode,
     open_nofollow,
     read_fd,
     read_verified,
@@ -44,6 +47,7 @@ __all__ = [
     "Source",
     "check_file",
     "check_id",
+    "hidden_characters",
     "read_manifest",
     "read_verified",
     "write_manifest",
@@ -58,10 +62,31 @@ MAX_ID_LENGTH = 128
 CHECKPOINT_TYPES = tuple(STATE_STEMS)
 
 
+#: Unicode categories refused in ids and in the file names a manifest lists, and escaped by the
+#: CLI wherever they come from a checkpoint: control characters (Cc, which holds ESC and C1),
+#: format characters (Cf: bidi overrides such as U+202E, zero-width characters), lone
+#: surrogates (Cs: no file system can encode them) and the line and paragraph separators (Zl, Zp).
+#: Spaces (Zs) are allowed: they show as what they are.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def hidden_characters(text: str) -> list[str]:
+    """The characters of ``text`` in :data:`HIDDEN_CATEGORIES`: ones that do not show as
+    themselves (or cannot be encoded), each once, in order."""
+    if text.isprintable():  # every hidden character is unprintable: the common case is quick
+        return []
+    return list(dict.fromkeys(c for c in text if unicodedata.category(c) in HIDDEN_CATEGORIES))
+
+
 def check_id(value: object, *, what: str = "policy id", path: os.PathLike[str] | str | None = None) -> str:
     """Check an id that becomes a directory name; return it.
 
-    :raises InvalidIdError: empty, too long, ``.``/``..``, a path separator or a control character.
+    Refused: empty, longer than :data:`MAX_ID_LENGTH`, ``.``/``..``, a path
+    separator, and any character in :data:`HIDDEN_CATEGORIES` (control and
+    format characters such as bidi overrides, lone surrogates, line and
+    paragraph separators), which could hide or disguise what the id is.
+
+    :raises InvalidIdError: the id is refused; the message says why (with the id escaped).
     """
     why = None
     if not isinstance(value, str):
@@ -74,8 +99,9 @@ def check_id(value: object, *, what: str = "policy id", path: os.PathLike[str] |
         why = "must not be '.' or '..'"
     elif "/" in value or "\\" in value:
         why = "must not contain a path separator"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
-        why = "must not contain control characters"
+    elif hidden := hidden_characters(value):
+        shown = ", ".join(f"U+{ord(c):04X} ({unicodedata.category(c)})" for c in hidden)
+        why = f"must not contain control, format or separator characters or lone surrogates: {shown}"
     if why:
         raise InvalidIdError(f"{what} {value!r} {why}", path=path)
     return value  # type: ignore[return-value]
@@ -126,13 +152,49 @@ def _safe_relpath(rel: object) -> bool:
     )
 
 
-def _refuse_links(root: Path, directory: Path) -> None:
-    """Refuse ``directory`` if it, or any directory between ``root`` and it, is a symlink."""
-    current = directory
-    while current != root and root in current.parents:
-        if current.is_symlink():
+def _below_root(root: Path, directory: Path) -> str:
+    """``directory`` relative to ``root`` (``""`` for the root itself); every directory from
+    ``root`` down to it must be a real directory, never a link (nor a FIFO, a file...)."""
+    rel = directory.relative_to(root)
+    current = root
+    for part in rel.parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            raise _corrupt(current, "is missing") from None
+        except (OSError, ValueError) as e:
+            raise _corrupt(current, f"cannot be read: {e}") from e
+        if stat.S_ISLNK(mode):
             raise _corrupt(current, "is a symbolic link; checkpoints may not contain links")
-        current = current.parent
+        if not stat.S_ISDIR(mode):
+            raise _corrupt(current, f"is {describe_mode(mode)}, not a directory")
+    return rel.as_posix() if rel.parts else ""
+
+
+def _no_manifest(directory: Path, inside: bool) -> None:
+    """Raise the error for a directory without checkpoint.json."""
+    path = directory / MANIFEST
+    names = [p.name for p in directory.iterdir()]
+    # another system's manifest (e.g. RLlib's): a plugin may read it (amber_read_foreign_checkpoint)
+    foreign = sorted(n for n in names if n.endswith(MANIFEST) and n != MANIFEST)
+    if inside or (not foreign and any(n.startswith(STATE_PREFIXES) or n == "policies" for n in names)):
+        raise _corrupt(path, "is missing (the directory holds checkpoint files)")
+    hint = f" (it holds {foreign[0]}: another system's checkpoint, which no installed plugin reads)" \
+        if foreign else ""
+    raise NotACheckpointError(f"{directory} is not an amber checkpoint: no {MANIFEST}{hint}", path=directory)
+
+
+def _manifest_bytes(base: Path, rel: str, path: Path, expected: FileEntry | None) -> bytes:
+    """The bytes of ``base/rel`` (a manifest), read without following links or blocking."""
+    if expected is not None:
+        return bytes(read_verified(base, rel, expected))
+    fd = open_nofollow(base, rel)
+    size = os.fstat(fd).st_size
+    if size > MAX_MANIFEST_BYTES:
+        os.close(fd)
+        raise _corrupt(path, f"is {size} bytes, more than a manifest may be")
+    return bytes(read_fd(fd, size, path))
 
 
 def read_manifest(
@@ -140,42 +202,29 @@ def read_manifest(
 ) -> Manifest:
     """Read and validate ``directory/checkpoint.json``.
 
+    The manifest is opened without following links or blocking: a link,
+    FIFO, socket or device in its place is refused before it is read.
+
     :param expected: the manifest's own entry in the parent manifest, if any.
     :param root: the top of the checkpoint, when ``directory`` is below it:
-        no directory in between may be a symlink.
+        every directory in between must be a real directory (no symlink).
     :raises NotACheckpointError: no directory, or no checkpoint.json in it.
-    :raises CorruptCheckpointError: unreadable, not JSON, duplicate keys, wrong types.
+    :raises CorruptCheckpointError: unreadable, not a regular file, not JSON,
+        duplicate keys, wrong types.
     """
     directory = Path(directory)
     path = directory / MANIFEST
-    if root is not None:
-        _refuse_links(Path(root), directory)
-    if not directory.is_dir():
+    base = directory if root is None else Path(root)
+    inner = _below_root(base, directory)
+    if not inner and not directory.is_dir():
         raise NotACheckpointError(
             f"{directory} is not a checkpoint directory"
-            + (" (it does not exist)" if not directory.exists() else ""),
+            + (" (it does not exist)" if not os.path.lexists(directory) else ""),
             path=directory,
         )
     if not os.path.lexists(path):
-        names = [p.name for p in directory.iterdir()]
-        # another system's manifest (e.g. RLlib's): a plugin may read it (amber_read_foreign_checkpoint)
-        foreign = sorted(n for n in names if n.endswith(MANIFEST) and n != MANIFEST)
-        if not foreign and any(n.startswith(STATE_PREFIXES) or n == "policies" for n in names):
-            raise _corrupt(path, "is missing (the directory holds checkpoint files)")
-        hint = f" (it holds {foreign[0]}: another system's checkpoint, which no installed plugin reads)" \
-            if foreign else ""
-        raise NotACheckpointError(
-            f"{directory} is not an amber checkpoint: no {MANIFEST}{hint}", path=directory
-        )
-    if expected is not None:
-        data = bytes(read_verified(directory, MANIFEST, expected))
-    else:
-        fd = open_nofollow(directory, MANIFEST)
-        size = os.fstat(fd).st_size
-        if size > MAX_MANIFEST_BYTES:
-            os.close(fd)
-            raise _corrupt(path, f"is {size} bytes, more than a manifest may be")
-        data = bytes(read_fd(fd, size, path)) if size else b""
+        _no_manifest(directory, inside=bool(inner))
+    data = _manifest_bytes(base, f"{inner}/{MANIFEST}" if inner else MANIFEST, path, expected)
     try:
         raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -197,6 +246,42 @@ def _self_digest(content: Mapping[str, Any]) -> str:
     return format_digest(h)
 
 
+def _validate_files(raw: dict[str, Any], path: Path) -> dict[str, FileEntry]:
+    """The ``files`` of a manifest: safe relative paths with names that show as themselves."""
+    files: dict[str, FileEntry] = {}
+    for rel, entry in raw["files"].items():
+        if not _safe_relpath(rel) or rel == MANIFEST:
+            raise _corrupt(path, f"lists a file path that leaves the checkpoint: {rel!r}")
+        if hidden_characters(rel):  # a lone surrogate cannot even be encoded as a file name
+            raise _corrupt(path, "lists a file name with control or format characters or a lone "
+                                 f"surrogate: {rel!r}")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("size"), int)
+            or isinstance(entry.get("size"), bool)
+            or entry["size"] < 0
+            or parse_digest(entry.get("digest")) is None
+        ):
+            raise _corrupt(path, f"has a malformed entry for {rel!r}")
+        files[rel] = FileEntry(entry["size"], entry["digest"])
+    return files
+
+
+def _validate_ids(raw: dict[str, Any], path: Path, files: Mapping[str, FileEntry]) -> None:
+    """An Algorithm's ``policy_ids`` (each with its manifest listed), a Policy's ``policy_id``."""
+    ids = raw.get("policy_ids", [])
+    if not isinstance(ids, list):
+        raise _corrupt(path, "'policy_ids' must be a list")
+    own = raw.get("policy_id")
+    for pid in [*ids, *([own] if raw["type"] == "Policy" and own is not None else [])]:
+        try:
+            check_id(pid, path=path)
+        except InvalidIdError as e:
+            raise _corrupt(path, e.message) from e
+        if pid in ids and f"policies/{pid}/{MANIFEST}" not in files:
+            raise _corrupt(path, f"policy {pid!r} has no checkpoint.json among its files")
+
+
 def _validate_manifest(raw: Any, path: Path) -> Manifest:
     if not isinstance(raw, dict):
         raise _corrupt(path, "must hold a JSON object")
@@ -208,31 +293,10 @@ def _validate_manifest(raw: Any, path: Path) -> Manifest:
             raise _corrupt(path, f"{key!r} must be a {kind.__name__}")
     if raw["type"] not in CHECKPOINT_TYPES:
         raise _corrupt(path, f"unknown checkpoint type {raw['type']!r}")
-    files: dict[str, FileEntry] = {}
-    for rel, entry in raw["files"].items():
-        if not _safe_relpath(rel) or rel == MANIFEST:
-            raise _corrupt(path, f"lists a file path that leaves the checkpoint: {rel!r}")
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("size"), int)
-            or isinstance(entry.get("size"), bool)
-            or entry["size"] < 0
-            or parse_digest(entry.get("digest")) is None
-        ):
-            raise _corrupt(path, f"has a malformed entry for {rel!r}")
-        files[rel] = FileEntry(entry["size"], entry["digest"])
+    files = _validate_files(raw, path)
     if raw["state_file"] not in files:
         raise _corrupt(path, f"state_file {raw['state_file']!r} is not among its files")
-    ids = raw.get("policy_ids", [])
-    if not isinstance(ids, list):
-        raise _corrupt(path, "'policy_ids' must be a list")
-    for pid in ids:
-        try:
-            check_id(pid, path=path)
-        except InvalidIdError as e:
-            raise _corrupt(path, e.message) from e
-        if f"policies/{pid}/{MANIFEST}" not in files:
-            raise _corrupt(path, f"policy {pid!r} has no checkpoint.json among its files")
+    _validate_ids(raw, path, files)
     if "metadata" in raw and not (
         isinstance(raw["metadata"], dict) and all(isinstance(v, str) for v in raw["metadata"].values())
     ):

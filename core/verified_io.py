@@ -3,12 +3,15 @@
 Writers go through :class:`HashingFile` (and a format through :class:`Sink`),
 which hashes and counts the bytes as they are written; readers go through
 :func:`read_verified` (and a format through :class:`Source`), which checks a
-file's size and digest before handing its bytes on, and never follows a
-symbolic link. :mod:`amber.layout` builds the manifests from these entries.
+file's size and digest before handing its bytes on. Readers follow no
+symbolic link and open nothing but regular files and directories, and never
+block: a FIFO, socket or device is refused before it is opened
+(:func:`open_nofollow`). :mod:`amber.layout` builds the manifests from these entries.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -34,7 +37,9 @@ __all__ = [
     "Source",
     "check_file",
     "corrupt",
+    "describe_mode",
     "open_nofollow",
+    "open_regular",
     "read_fd",
     "read_verified",
 ]
@@ -58,30 +63,100 @@ def corrupt(path: Path, why: str) -> CorruptCheckpointError:
     return CorruptCheckpointError(f"{path}: {why}", path=path)
 
 
-def open_nofollow(root: Path, rel: str) -> int:
-    """Open ``root/rel`` for reading, refusing symlinks anywhere below ``root``."""
-    current = root
-    parts = PurePosixPath(rel).parts
-    for i, part in enumerate(parts):
-        current = current / part
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            raise corrupt(current, "file is missing") from None
-        except OSError as e:
-            raise corrupt(current, f"cannot be read: {e.strerror or e}") from e
-        if stat.S_ISLNK(st.st_mode):
-            raise corrupt(current, "is a symbolic link; checkpoints may not contain links")
-        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
-            raise corrupt(current, "should be a directory")
+#: How a reader opens each directory on the way to a file and the file itself: never through a
+#: link, and never waiting (a FIFO opened for reading blocks until a writer comes).
+_DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+              | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+_FILE_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def describe_mode(mode: int) -> str:
+    """What kind of directory entry ``mode`` (from ``stat``) is, in words."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _os_error(path: Path, e: OSError | ValueError, doing: str) -> CorruptCheckpointError:
+    """The :class:`CorruptCheckpointError` for a failed ``lstat``/``open`` of ``path``."""
+    if isinstance(e, FileNotFoundError):
+        return corrupt(path, "file is missing")
+    if isinstance(e, UnicodeError):
+        return corrupt(path, "its name cannot be encoded for the file system (a lone surrogate)")
+    if isinstance(e, ValueError):
+        return corrupt(path, f"its name is not a valid file name ({e})")
+    if e.errno == errno.ELOOP:
+        return corrupt(path, "is a symbolic link; checkpoints may not contain links")
+    return corrupt(path, f"cannot be {doing}: {e.strerror or e}")
+
+
+def _step(dir_fd: int, name: str, path: Path, last: bool) -> int:
+    """Open the entry ``name`` of the directory ``dir_fd``: a directory, or with ``last`` a regular
+    file; its type is checked before it is opened and again on the open descriptor."""
     try:
-        fd = os.open(current, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as e:
-        raise corrupt(current, f"cannot be opened: {e.strerror or e}") from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except (OSError, ValueError) as e:
+        raise _os_error(path, e, "read") from e
+    if stat.S_ISLNK(mode):
+        raise corrupt(path, "is a symbolic link; checkpoints may not contain links")
+    want, check = ("a regular file", stat.S_ISREG) if last else ("a directory", stat.S_ISDIR)
+    if not check(mode):  # a FIFO, socket or device is never opened: opening one can block or act
+        raise corrupt(path, f"is {describe_mode(mode)}, not {want}; refused before reading")
+    try:
+        fd = os.open(name, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=dir_fd)
+    except (OSError, ValueError) as e:
+        raise _os_error(path, e, "opened") from e
+    mode = os.fstat(fd).st_mode
+    if not check(mode):  # replaced between the two looks
         os.close(fd)
-        raise corrupt(current, "is not a regular file")
+        raise corrupt(path, f"is {describe_mode(mode)}, not {want}; refused before reading")
     return fd
+
+
+def open_nofollow(root: Path, rel: str) -> int:
+    """Open ``root/rel`` for reading: a regular file, reached through no symlink below ``root``.
+
+    Each directory on the way is opened relative to the one before it, with
+    ``O_NOFOLLOW | O_NONBLOCK``, and every entry's type is checked before it is
+    opened: a link, FIFO, socket or device is refused and never read from (so
+    a FIFO cannot make the reader wait forever). ``root`` itself, the path the
+    caller named, may be a link.
+
+    :return: a file descriptor the caller closes.
+    :raises CorruptCheckpointError: missing, a link, not a regular file, or unreadable (named).
+    """
+    parts = PurePosixPath(rel).parts
+    try:
+        fd = os.open(root, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, ValueError) as e:
+        raise _os_error(root, e, "opened") from e
+    current = root
+    try:
+        if not parts:
+            raise corrupt(root, "is a directory, not a regular file")
+        for i, part in enumerate(parts):
+            current = current / part
+            nxt = _step(fd, part, current, i == len(parts) - 1)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(path: Path) -> int:
+    """Open one file for reading the way :func:`open_nofollow` does (the directory holding it may
+    be a link; the file may not), e.g. a ``model.json`` about to be replaced.
+
+    :raises CorruptCheckpointError: missing, a link, not a regular file, or unreadable (named).
+    """
+    return open_nofollow(path.parent, path.name)
 
 
 def read_fd(fd: int, size: int, path: Path, hasher: Hasher | None = None) -> memoryview:

@@ -10,6 +10,13 @@ ends the command with exit status 2 and one line on stderr,
 ``amber: error: <message>``, never a traceback; click's own usage errors
 exit 2 too.
 
+Whatever a command prints that comes from a checkpoint (ids, file names,
+metadata, versions, timestamps, error messages quoting them) goes through
+:func:`escape` (or :func:`echo`, :func:`plain_text`): control, format and
+separator characters and lone surrogates are shown as visible escapes
+(``\\x1b``, ``\\u202e``), so a checkpoint can neither drive the terminal
+nor disguise what is shown, and printing never fails to encode.
+
 rich and the engine are imported inside the helpers and commands, so that
 ``amber --help`` is quick and importing the package never imports torch.
 """
@@ -17,6 +24,7 @@ rich and the engine are imported inside the helpers and commands, so that
 from __future__ import annotations
 
 import errno
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +45,8 @@ __all__ = [
     "AmberGroup",
     "CliState",
     "cli",
+    "echo",
+    "escape",
     "human_size",
     "make_console",
     "plain_text",
@@ -51,6 +61,34 @@ ALLOW_PICKLE_HELP = (
 )
 
 
+#: The Unicode categories :func:`escape` escapes, the ones :func:`amber.layout.check_id` refuses:
+#: control (Cc: ESC, C1...), format (Cf: bidi overrides such as U+202E, zero-width characters),
+#: lone surrogates (Cs) and the line and paragraph separators (Zl, Zp).
+ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape_char(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def escape(value: object) -> str:
+    """``str(value)`` fit to print: each character of :data:`ESCAPED_CATEGORIES` as a visible
+    escape (``\\x1b``, ``\\u202e``, ``\\udc80``); everything else, spaces included, as it is.
+
+    Use it on everything taken from a checkpoint before printing it.
+    """
+    text = str(value)
+    if text.isprintable():  # every escaped character is unprintable: the common case is quick
+        return text
+    return "".join(_escape_char(c) if unicodedata.category(c) in ESCAPED_CATEGORIES else c for c in text)
+
+
+def echo(message: object = "", *, err: bool = False) -> None:
+    """Print one line that holds checkpoint content, through :func:`escape`."""
+    click.echo(escape(message), err=err)
+
+
 class AmberCliError(click.ClickException):
     """An error shown as one line, ``amber: error: <message>``, with exit status 2."""
 
@@ -59,7 +97,7 @@ class AmberCliError(click.ClickException):
     def show(self, file: Any = None) -> None:
         """Print the one-line message to stderr."""
         lines = (line.strip() for line in self.message.splitlines())
-        click.echo(f"amber: error: {' '.join(line for line in lines if line)}", err=True)
+        echo(f"amber: error: {' '.join(line for line in lines if line)}", err=True)
 
 
 class AmberGroup(click.Group):
@@ -115,10 +153,11 @@ def make_console(*, stderr: bool = False) -> Console:
 
 
 def plain_text(value: object, style: str = "") -> Text:
-    """Plain text that rich never reads as markup (ids and paths may hold brackets)."""
+    """Plain text that rich never reads as markup (ids and paths may hold brackets), through
+    :func:`escape`."""
     from rich.text import Text
 
-    return Text(str(value), style=style)
+    return Text(escape(value), style=style)
 
 
 def human_size(n: int) -> str:

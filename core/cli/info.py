@@ -1,7 +1,9 @@
 """``amber formats``, ``amber plugins``, ``amber inspect`` and ``amber verify``: what is there.
 
 None of them reads a checkpoint's payload: ``inspect`` and ``verify`` work
-from the manifests and file hashes alone and never unpickle.
+from the manifests and file hashes alone and never unpickle. Everything they
+print that comes from a checkpoint goes through :func:`amber.cli.base.escape`
+(``--json`` output is ASCII, every other character a JSON escape).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amber.cli.base import CliState, cli, human_size, make_console, plain_text, policy_files, total_bytes
+from amber.cli.base import (
+    CliState,
+    cli,
+    echo,
+    escape,
+    human_size,
+    make_console,
+    plain_text,
+    policy_files,
+    total_bytes,
+)
 from amber.errors import CorruptCheckpointError
 
 if TYPE_CHECKING:
@@ -106,7 +118,7 @@ def plugins(state: CliState) -> None:
 def _file_label(rel: str, entry: Mapping[str, Any]) -> Text:
     from rich.text import Text
 
-    return Text.assemble(rel, ("  " + human_size(entry["size"]), "dim"))
+    return Text.assemble(escape(rel), ("  " + human_size(entry["size"]), "dim"))
 
 
 def _add_files(root: Tree, info: Mapping[str, Any]) -> None:
@@ -126,13 +138,13 @@ def _add_files(root: Tree, info: Mapping[str, Any]) -> None:
         return
     policies = tree.add(Text("policies/", style="bold"))
     for pid in info["policies"]:
-        node = policies.add(Text(f"{pid}/", style="bold"))
+        node = policies.add(Text(f"{escape(pid)}/", style="bold"))
         for rel, entry in files.items():
             if rel.startswith(f"policies/{pid}/"):
                 node.add(_file_label(rel[len(f"policies/{pid}/"):], entry))
         own = policy_files(info, pid)
         if own is None:
-            node.add(Text(f"error: {info['policies'][pid]['error']}", style="red"))
+            node.add(Text(f"error: {escape(info['policies'][pid]['error'])}", style="red"))
             continue
         for rel, entry in own.items():
             node.add(_file_label(rel, entry))
@@ -148,7 +160,8 @@ def info_tree(info: Mapping[str, Any]) -> Tree:
     from rich.text import Text
     from rich.tree import Tree
 
-    root = Tree(Text.assemble((f"{info['type']} checkpoint ", "bold"), str(info["checkpoint_dir"])))
+    root = Tree(Text.assemble((f"{escape(info['type'])} checkpoint ", "bold"),
+                              escape(info["checkpoint_dir"])))
     written_by = (
         f"amber {info.get('amber_version') or '?'}, Python {info.get('python_version') or '?'}"
     )
@@ -159,11 +172,11 @@ def info_tree(info: Mapping[str, Any]) -> Tree:
         ("created", info.get("created") or "?"),
         ("policies", ", ".join(info["policy_ids"]) or "(none)"),
     ):
-        root.add(Text.assemble((f"{label}: ", "bold"), str(value)))
+        root.add(Text.assemble((f"{label}: ", "bold"), escape(value)))
     if info.get("metadata"):
         meta = root.add(Text("metadata", style="bold"))
         for key, value in info["metadata"].items():
-            meta.add(Text(f"{key}: {value}"))
+            meta.add(Text(f"{escape(key)}: {escape(value)}"))
     _add_files(root, info)
     return root
 
@@ -177,7 +190,7 @@ def inspect_command(path: Path, as_json: bool) -> None:
 
     info = get_checkpoint_info(path)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(info, indent=2, ensure_ascii=True))  # every non-ASCII character escaped
     else:
         make_console().print(info_tree(info))
 
@@ -200,7 +213,7 @@ def verify_command(ctx: click.Context, path: Path) -> None:
     if not problems:
         click.echo(f"ok: {len(report.checked)} files verified")
         return
-    click.echo(f"FAILED: {len(problems)} problem(s) in {path}")
+    echo(f"FAILED: {len(problems)} problem(s) in {path}")
     for problem in problems:
-        click.echo(f"  {problem}")
+        echo(f"  {problem}")
     ctx.exit(1)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from amber.atomic import is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
-from amber.errors import CheckpointError
+from amber.errors import CheckpointError, CorruptCheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest
 from amber.registry import get_registry
 
@@ -39,6 +39,10 @@ Progress = Callable[[str], None]
 
 def get_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a checkpoint is, from its manifests alone (never unpickles).
+
+    No link inside the checkpoint is followed (``path`` itself may be one): a
+    symlinked ``policies/`` or policy directory is reported as that policy's
+    error; a manifest that is a link, FIFO, socket or device is never opened.
 
     :param path: a checkpoint directory.
     :return: ``type``, ``checkpoint_version``, ``format``, ``checkpoint_dir``,
@@ -70,7 +74,7 @@ def get_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         info["policies"] = {}
         for pid in manifest.policy_ids:
             try:
-                pman = read_manifest(manifest.directory / "policies" / pid)
+                pman = read_manifest(manifest.directory / "policies" / pid, root=manifest.directory)
                 info["policies"][pid] = {
                     "files": {rel: {"size": e.size, "digest": e.digest} for rel, e in pman.files.items()}
                 }
@@ -97,15 +101,20 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     """Check every file of a checkpoint against its manifests (never deserializes).
 
     Reports, each naming the file: missing, truncated, altered or linked
-    files, malformed manifests, and files or directories no manifest lists.
+    files, FIFOs, sockets and devices (never opened), malformed manifests, and
+    files or directories no manifest lists. No link is followed.
 
     :param path: a checkpoint directory.
     :return: a :class:`VerifyReport`; ``report.ok`` is True when all is well.
     :raises NotACheckpointError: no checkpoint there.
+    :raises UnsupportedVersionError: a checkpoint of a newer amber.
     """
     root = Path(path)
     report = VerifyReport(root)
-    read_manifest(root)  # not a checkpoint at all: raise, as documented
+    try:
+        read_manifest(root)  # not a checkpoint at all: raise, as documented
+    except CorruptCheckpointError:
+        pass  # reported below, as a problem
     pending: list[tuple[Path, Any]] = [(root, None)]
     listed: set[Path] = set()
     broken: list[Path] = []
