@@ -62,7 +62,7 @@ def episode_returns(algo: Any) -> list[float]:
     ``train()``'s result holds only their mean, max and min, so this reads the
     list they are computed from.
     """
-    return list(algo._recent_returns)
+    return list(algo.progress.recent_returns)
 
 
 def run_seed(seed: int, max_steps: int, window: int, smoke: bool, quiet: bool) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def test_train_writes_checkpoints_and_progress_then_evaluate(tmp_path):
     assert [r["training_iteration"] for r in rows] == ["1", "2"]
     assert rows[0]["checkpoint"].endswith("checkpoint_000001")
     assert float(rows[1]["episode_return_mean"]) > float(rows[0]["episode_return_mean"])  # it learns
-    assert read_checkpoint(final, allow_pickle=False).state["iteration"] == 2
+    assert read_checkpoint(final, allow_pickle=False).state["components"]["progress"]["iteration"] == 2
     ev = _amber("evaluate", final, "--episodes", "2", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert "return mean" in ev.stdout

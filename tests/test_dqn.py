@@ -124,7 +124,7 @@ def test_box_action_space_is_refused_clearly():
     ({"n_step": 0}, "n_step=0"),
     ({"epsilon": [(0, 1.0), (0, 0.5)]}, "increase"),
     ({"epsilon": [(0, 1.5)]}, r"\[0, 1\]"),
-    ({"epsilon": 0.1}, "pairs"),
+    ({"epsilon": 0.1}, "'epsilon' must be list"),
     ({"replay_buffer_config": {"capacity": 100, "prioritized_replay_alpha": 0.6}}, "prioritized_replay_alpha"),
     ({"replay_buffer_config": {"type": "MultiAgentPrioritizedReplayBuffer"}}, "prioritized"),
     ({"replay_buffer_config": {"capacity": 0}}, "capacity"),
