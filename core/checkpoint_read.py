@@ -1,7 +1,8 @@
 """Reading whole checkpoints, verified and migrated in memory, in any registered format.
 
-:func:`read_checkpoint` reads the manifests, refuses unsafe formats before
-any state file is opened, has the format read each state through a
+:func:`read_checkpoint` reads the manifests, refuses formats that can run
+code (unless allowed, or signed with the user's key: :mod:`amber.signing`)
+before any state file is opened, has the format read each state through a
 :class:`amber.verified_io.Source` (every byte checked against its digest)
 and upgrades an older checkpoint through the registered migration steps. A
 directory that is another system's checkpoint is read by the plugin that
@@ -29,6 +30,7 @@ from amber.errors import (
 from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest
 from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
 from amber.registry import FormatRegistry, FormatSpec, get_registry
+from amber.signing import check_trust, containing_algorithm, weak_digest
 
 if TYPE_CHECKING:
     import pluggy
@@ -56,9 +58,10 @@ class Checkpoint:
     migrations_applied: list[str] = field(default_factory=list)
 
 
-def pickle_allowed_default() -> bool:
-    """Whether pickle is allowed when the caller does not say: not if ``AMBER_SAFE_LOAD`` is set."""
-    return os.environ.get("AMBER_SAFE_LOAD", "").strip().lower() in ("", "0", "false", "no")
+def pickle_allowed_default() -> bool | None:
+    """What ``allow_pickle=None`` means: False if ``AMBER_SAFE_LOAD`` is set, else None (signed only)."""
+    safe = os.environ.get("AMBER_SAFE_LOAD", "").strip().lower() not in ("", "0", "false", "no")
+    return False if safe else None
 
 
 def _spec_for(manifest: Manifest, registry: FormatRegistry) -> FormatSpec:
@@ -75,17 +78,42 @@ def _spec_for(manifest: Manifest, registry: FormatRegistry) -> FormatSpec:
         ) from None
 
 
-def _check_safe(manifest: Manifest, spec: FormatSpec, allow_pickle: bool, registry: FormatRegistry) -> None:
-    if not spec.capabilities.safe and not allow_pickle:
-        safe = [name for name in registry.names() if registry.get(name).capabilities.safe]
+def _ways_out(path: Path, registry: FormatRegistry, *, trust: bool = True) -> str:
+    safe = [name for name in registry.names() if registry.get(name).capabilities.safe]
+    target = containing_algorithm(path) or path
+    sign = f"run `amber trust {target}` to sign it as trusted, or " if trust else ""
+    return (f"Load it only if you trust its source: {sign}pass allow_pickle=True (CLI: --trust); "
+            f"or have its author convert it with `amber convert SRC DST --format "
+            f"{safe[0] if len(safe) == 1 else 'NAME'}`"
+            + (f" (safe formats: {', '.join(safe)})" if len(safe) > 1 else ""))
+
+
+def _check_safe(
+    manifest: Manifest, spec: FormatSpec, allow: bool | None, registry: FormatRegistry
+) -> tuple[Manifest, bool]:
+    """Refuse a format that can run code unless allowed, or signed by the user's key (``allow`` None).
+
+    :return: the manifest to read with (see :func:`amber.signing.check_trust`), and whether trust
+        rests on the signature: every manifest read below it must then list only sha256 digests.
+    """
+    if spec.capabilities.safe or allow is True:
+        return manifest, False
+    if allow is False:
         raise UnsafeContentError(
             f"{manifest.directory} is in format {spec.name!r}, which can run code when read, "
-            "and safe loading is on (allow_pickle=False or AMBER_SAFE_LOAD=1). Load it only if "
-            "you trust its source: pass allow_pickle=True, or have its author convert it with "
-            f"`amber convert SRC DST --format {safe[0] if len(safe) == 1 else 'NAME'}`"
-            + (f" (safe formats: {', '.join(safe)})" if len(safe) > 1 else ""),
+            "and safe loading is on (allow_pickle=False, --safe or AMBER_SAFE_LOAD=1). "
+            + _ways_out(manifest.directory, registry, trust=False),
             path=manifest.directory, format=spec.name,
         )
+    trusted, problem = check_trust(manifest)
+    if problem is not None:
+        raise UnsafeContentError(
+            f"{manifest.directory} is in format {spec.name!r}, which can run code when read, and "
+            f"no signature of yours vouches for it: {problem}. "
+            + _ways_out(manifest.directory, registry),
+            path=manifest.directory, format=spec.name,
+        )
+    return trusted, True
 
 
 def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
@@ -131,15 +159,17 @@ def read_checkpoint(
     :param path: the checkpoint directory.
     :param policy_ids: for an Algorithm checkpoint, read only these policies
         (their files alone are opened); None reads all.
-    :param allow_pickle: allow formats that can run code; None: yes unless
-        ``AMBER_SAFE_LOAD`` is set. Checked before any state file is opened.
+    :param allow_pickle: formats that can run code when read: True loads any,
+        False none, None (the default) only those signed with the user's key
+        (:mod:`amber.signing`), and none if ``AMBER_SAFE_LOAD`` is set. Checked
+        before any state file is opened.
     :param migrate: apply migration steps to an older checkpoint.
     :param to: the version to migrate to (default: :data:`CHECKPOINT_VERSION`).
     :param pm: the plugin manager (default: the process's).
     :raises NotACheckpointError: no checkpoint there.
     :raises CorruptCheckpointError: a file is missing, altered or malformed (named).
     :raises UnsupportedVersionError: newer or unknown checkpoint_version.
-    :raises UnsafeContentError: pickle refused.
+    :raises UnsafeContentError: a format that can run code, not allowed (named, with the ways out).
     :raises UnknownPolicyError: a requested policy id is not in the checkpoint.
     :raises MissingPluginError: the checkpoint's format is not installed.
     :raises MigrationError: a migration step failed (named).
@@ -177,10 +207,11 @@ def _read_foreign(
 
 
 def _read_native(
-    root: Path, manifest: Manifest, policy_ids: list[str] | None, registry: FormatRegistry, allow: bool
+    root: Path, manifest: Manifest, policy_ids: list[str] | None, registry: FormatRegistry,
+    allow: bool | None,
 ) -> Checkpoint:
     spec = _spec_for(manifest, registry)
-    _check_safe(manifest, spec, allow, registry)
+    manifest, signed = _check_safe(manifest, spec, allow, registry)
     wanted: list[str] = []
     if manifest.type == "Algorithm":
         present = manifest.policy_ids
@@ -197,6 +228,9 @@ def _read_native(
                 f"{pman.path}: expected a Policy checkpoint in format {manifest.format!r}",
                 path=pman.path,
             )
+        if signed and (weak := weak_digest(pman)):
+            raise UnsafeContentError(f"{root}: its signature does not pin every file: {weak}",
+                                     path=root, format=spec.name)
         policy_manifests[pid] = pman
     ckpt = _make(manifest, _read_state(manifest, spec))
     for pid, pman in policy_manifests.items():

@@ -4,6 +4,8 @@
 section 6) in a staging directory, has the format write each state through
 a :class:`amber.verified_io.Sink`, records every file in the levels'
 manifests and commits the whole directory atomically (:mod:`amber.atomic`).
+A checkpoint in a format that can run code when read is written with sha256
+digests and its top manifest signed with the user's key (:mod:`amber.signing`).
 It reaches formats only through the registry built from the plugins' hooks.
 """
 
@@ -13,17 +15,19 @@ import datetime
 import os
 import platform
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber import __version__
 from amber.atomic import commit, describe, fsync_on_close, staging
-from amber.digest import hash_file
+from amber.digest import DEFAULT_ALGORITHM, hash_file, writing_with
 from amber.errors import CheckpointError, CheckpointWriteError, MissingPluginError
 from amber.layout import MANIFEST, STATE_STEMS, FileEntry, Sink, check_id, write_manifest
 from amber.migration import CHECKPOINT_VERSION
 from amber.names import to_names
 from amber.registry import FormatRegistry, FormatSpec, get_registry
+from amber.signing import SIGNATURE, SIGNED_DIGEST, SigningKey, key_for_saving, sign
 from amber.state import validate_tree
 
 if TYPE_CHECKING:
@@ -52,44 +56,82 @@ def _header(
     }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What every level of one save shares."""
+
+    spec: FormatSpec
+    registry: FormatRegistry
+    metadata: Mapping[str, str] | None
+    version: str
+    #: sha256 for a format that can run code when read (its signature covers the files through
+    #: their digests: :mod:`amber.signing`); else the fast default.
+    digest: str = DEFAULT_ALGORITHM
+    #: The user's key, which signs the top manifest (None: unsigned).
+    key: SigningKey | None = None
+
+
+def _plan(
+    spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None, version: str
+) -> _Plan:
+    """The plan of a save: a format that can run code is hashed with sha256 and signed."""
+    if spec.capabilities.safe:
+        return _Plan(spec, registry, metadata, version)
+    return _Plan(spec, registry, metadata, version, SIGNED_DIGEST, key_for_saving())
+
+
 def _write_level(
     directory: Path,
+    plan: _Plan,
     *,
     type_: str,
     state: Any,
-    spec: FormatSpec,
-    registry: FormatRegistry,
-    metadata: Mapping[str, str] | None,
+    shown: Path,
     extra: Mapping[str, Any] | None = None,
     children: Mapping[str, FileEntry] | None = None,
     attachment: Attachment | None = None,
-    shown: Path,
-    version: str = CHECKPOINT_VERSION,
+    top: bool = False,
 ) -> FileEntry:
+    spec = plan.spec
     stem = STATE_STEMS[type_]
     if not spec.capabilities.arbitrary_objects:
         validate_tree(state, format=spec.name, where=str(shown / f"{stem}{spec.extension}"))
     files: dict[str, FileEntry] = {}
     sink = Sink(directory, stem, spec.extension, files)
-    try:
-        spec.write(state, sink)
-    except ImportError as e:  # the format's own dependencies are missing
-        raise MissingPluginError(f"format {spec.name!r} cannot write {shown}: {e}; {spec.install_hint}",
-                                 path=shown, format=spec.name) from e
-    sink.finish()
+    with writing_with(plan.digest):  # the files are hashed as they are written, with this algorithm
+        try:
+            spec.write(state, sink)
+        except ImportError as e:  # the format's own dependencies are missing
+            raise MissingPluginError(f"format {spec.name!r} cannot write {shown}: {e}; {spec.install_hint}",
+                                     path=shown, format=spec.name) from e
+        sink.finish()
+    _pin(directory, files, plan.digest)
     if attachment is not None:
         attachment(directory)
-        _record_untracked(directory, files, children)
+        _record_untracked(directory, files, children, plan.digest)
     files.update(children or {})
-    content = _header(type_, spec, registry, metadata, version)
+    content = _header(type_, spec, plan.registry, plan.metadata, plan.version)
     content.update(extra or {})
     content["state_file"] = f"{stem}{spec.extension}"
     content["files"] = {rel: {"size": e.size, "digest": e.digest} for rel, e in files.items()}
-    return write_manifest(directory, content)
+    if top and plan.key is not None:
+        content[SIGNATURE] = sign(content, plan.key)
+    entry = write_manifest(directory, content)
+    if not top and plan.digest != DEFAULT_ALGORITHM:  # the parent pins this manifest with it too
+        entry = FileEntry(*hash_file(directory / MANIFEST, algorithm=plan.digest))
+    return entry
+
+
+def _pin(directory: Path, files: dict[str, FileEntry], digest: str) -> None:
+    """Re-hash with ``digest`` any file whose digest was taken with another algorithm (a format
+    that wrote from a thread of its own, where :func:`writing_with` does not reach)."""
+    for rel, entry in files.items():
+        if not entry.digest.startswith(f"{digest}:"):
+            files[rel] = FileEntry(*hash_file(directory / rel, algorithm=digest))
 
 
 def _record_untracked(
-    directory: Path, files: dict[str, FileEntry], children: Mapping[str, FileEntry] | None
+    directory: Path, files: dict[str, FileEntry], children: Mapping[str, FileEntry] | None, digest: str
 ) -> None:
     """Hash files an attachment wrote (e.g. exported model files) into ``files``."""
     skip_dirs = {"policies"} if children else set()
@@ -101,8 +143,7 @@ def _record_untracked(
             rel = (rel_dir / name).as_posix()
             if rel in files or rel == MANIFEST or name == ".amber-staging":
                 continue
-            size, digest = hash_file(Path(dirpath) / name, fsync=fsync_on_close())
-            files[rel] = FileEntry(size, digest)
+            files[rel] = FileEntry(*hash_file(Path(dirpath) / name, fsync=fsync_on_close(), algorithm=digest))
 
 
 def write_checkpoint(
@@ -122,7 +163,10 @@ def write_checkpoint(
 
     Classes and functions in the trees are written as their registered
     names (:mod:`amber.names`); a format that holds any object
-    (``capabilities.arbitrary_objects``) keeps those that have none.
+    (``capabilities.arbitrary_objects``) keeps those that have none. A format
+    that can run code when read is written with sha256 digests and signed with
+    the user's key (:mod:`amber.signing`; unsigned, with a warning, if there
+    can be no key), so that it loads by default only for that user.
 
     :param path: the checkpoint directory; an existing amber checkpoint or empty
         directory there is replaced as a whole, in one atomic step.
@@ -159,20 +203,19 @@ def write_checkpoint(
         policies = {pid: to_names(p, portable=portable, placeholders=placeholders, format=format,
                                   where=str(target / "policies" / pid), pm=pm)
                     for pid, p in policies.items()}
-    _write_atomically(target, type, state, policies, spec, registry, metadata, attachments or {},
-                      checkpoint_version)
+    _write_atomically(target, type, state, policies, _plan(spec, registry, metadata, checkpoint_version),
+                      attachments or {})
     return target
 
 
 def _write_atomically(
-    target: Path, type_: str, state: Any, policies: Mapping[str, Any], spec: FormatSpec,
-    registry: FormatRegistry, metadata: Mapping[str, str] | None, attachments: Mapping[str, Attachment],
-    version: str,
+    target: Path, type_: str, state: Any, policies: Mapping[str, Any], plan: _Plan,
+    attachments: Mapping[str, Attachment],
 ) -> None:
     """Write the checkpoint in a staging directory and commit it onto ``target``."""
     try:
         with staging(target) as tmp:
-            _write_levels(tmp, target, type_, state, policies, spec, registry, metadata, attachments, version)
+            _write_levels(tmp, target, type_, state, policies, plan, attachments)
             commit(tmp, target)
     except CheckpointError:
         raise
@@ -180,14 +223,13 @@ def _write_atomically(
         raise CheckpointWriteError(
             f"saving {target} failed: {describe(e)}; "
             "nothing was written and any previous checkpoint there is intact",
-            path=target, format=spec.name,
+            path=target, format=plan.spec.name,
         ) from e
 
 
 def _write_levels(
-    tmp: Path, target: Path, type_: str, state: Any, policies: Mapping[str, Any], spec: FormatSpec,
-    registry: FormatRegistry, metadata: Mapping[str, str] | None, attachments: Mapping[str, Attachment],
-    version: str,
+    tmp: Path, target: Path, type_: str, state: Any, policies: Mapping[str, Any], plan: _Plan,
+    attachments: Mapping[str, Attachment],
 ) -> None:
     """Write every level of a checkpoint into the staging directory ``tmp``: the policies', then the top."""
     children: dict[str, FileEntry] = {}
@@ -195,13 +237,9 @@ def _write_levels(
         pdir = tmp / "policies" / pid
         pdir.mkdir(parents=True)
         children[f"policies/{pid}/{MANIFEST}"] = _write_level(
-            pdir, type_="Policy", state=pstate, spec=spec, registry=registry,
-            metadata=metadata, extra={"policy_id": pid}, attachment=attachments.get(pid),
-            shown=target / "policies" / pid, version=version,
+            pdir, plan, type_="Policy", state=pstate, extra={"policy_id": pid},
+            attachment=attachments.get(pid), shown=target / "policies" / pid,
         )
     extra = {"policy_ids": list(policies)} if type_ == "Algorithm" else {}
-    _write_level(
-        tmp, type_=type_, state=state, spec=spec, registry=registry, metadata=metadata,
-        extra=extra, children=children, attachment=attachments.get(""), shown=target,
-        version=version,
-    )
+    _write_level(tmp, plan, type_=type_, state=state, extra=extra, children=children,
+                 attachment=attachments.get(""), shown=target, top=True)

@@ -22,6 +22,7 @@ __all__ = [
     "MissingPluginError",
     "NotACheckpointError",
     "PluginLoadError",
+    "SigningKeyError",
     "UnknownExporterError",
     "UnknownFormatError",
     "UnknownPolicyError",
@@ -79,7 +80,12 @@ class MigrationError(CheckpointError):
 
 
 class UnsafeContentError(CheckpointError):
-    """Content that can run code (pickle) was refused because safe loading is on."""
+    """Content that can run code was refused: safe loading is on, or no signature this user trusts
+    vouches for it (see docs/security.md)."""
+
+
+class SigningKeyError(CheckpointError):
+    """The user's signing key cannot be created or read, or its file is not private to the user."""
 
 
 class ExportError(CheckpointError):

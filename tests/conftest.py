@@ -42,3 +42,13 @@ def contract_pm(npz_site, monkeypatch):
 def _results_in_tmp(tmp_path_factory, monkeypatch):
     """Default checkpoints (``algo.save()`` with no dir) go to a temporary results dir, not ~."""
     monkeypatch.setenv("AMBER_RESULTS_DIR", str(tmp_path_factory.getbasetemp() / "amber_results"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _signing_key_in_tmp(tmp_path_factory):
+    """One signing key (``AMBER_KEY_FILE``) for the test session, in a temporary directory: no test
+    reads or writes the real ~/.config/amber, and every checkpoint a test saves is signed with it.
+    Session-scoped, so that it is in place before any fixture of any scope saves a checkpoint."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBER_KEY_FILE", str(tmp_path_factory.getbasetemp() / "amber-key" / "signing.key"))
+        yield

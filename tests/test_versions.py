@@ -17,6 +17,7 @@ from amber.algorithms.algorithm import Algorithm
 from amber.checkpoint import CHECKPOINT_VERSION, read_checkpoint
 from amber.errors import CheckpointError, UnregisteredNameError, UnsupportedVersionError
 from amber.policy.policy import Policy
+from amber.trust import trust_checkpoint
 from amber.utils.checkpoints import get_checkpoint_info, migrate, verify
 from tests.fixtures.fixture_fns import policy_for_agent
 
@@ -57,6 +58,9 @@ def check_policy(policy: Policy, want: dict, obs: np.ndarray) -> None:
 @pytest.mark.parametrize("version,name,kind", CASES, ids=[f"{v}/{n}" for v, n, _ in CASES])
 def test_fixture_loads_acts_and_trains_on(version, name, kind, tmp_path):
     path = FIXTURES / version / name
+    if "pickle" in name:  # unsigned, like every pickle checkpoint of an older amber: trusted once
+        path = Path(shutil.copytree(path, tmp_path / name))
+        trust_checkpoint(path)
     before = tree_digest(path)
     want = expected(version, name)
     if want["kind"] == "State":
@@ -94,6 +98,8 @@ def test_fixture_loads_acts_and_trains_on(version, name, kind, tmp_path):
 def test_amber_migrate_upgrades_each_fixture(version, name, kind, tmp_path):
     src = tmp_path / name
     shutil.copytree(FIXTURES / version / name, src)
+    if "pickle" in name:  # unsigned, like every pickle checkpoint of an older amber: trusted once
+        trust_checkpoint(src)
     before = tree_digest(src)
     plan = migrate(src, dry_run=True)
     assert tree_digest(src) == before and not plan.written, "--dry-run must not change a byte"
@@ -126,12 +132,12 @@ def test_migrate_cli_dry_run_recursive_and_failures(tmp_path):
     shutil.copytree(FIXTURES / "1.0" / "ppo_pickle", run_dir / "nested" / "broken")
     (run_dir / "nested" / "broken" / "policies" / "default_policy" / "policy_state.pkl").write_bytes(b"junk")
     before = tree_digest(run_dir)
-    dry = CliRunner().invoke(cli, ["migrate", str(run_dir), "--recursive", "--dry-run"])
+    dry = CliRunner().invoke(cli, ["migrate", str(run_dir), "--recursive", "--dry-run", "--trust"])
     assert tree_digest(run_dir) == before
     assert dry.output.count("dry run") == 3 and "FAILED" in dry.output and "broken" in dry.output
     assert "algorithm_class" in dry.output and "amber.PPO" in dry.output
     broken_before = tree_digest(run_dir / "nested" / "broken")
-    done = CliRunner().invoke(cli, ["migrate", str(run_dir), "--recursive"])
+    done = CliRunner().invoke(cli, ["migrate", str(run_dir), "--recursive", "--trust"])
     assert done.exit_code == 1, done.output
     assert done.output.count("migrated") == 3
     for name in ("ppo_msgpack", "dqn_pickle", "state_msgpack"):

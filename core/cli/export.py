@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amber.cli.base import ALLOW_PICKLE_HELP, AmberCliError, CliState, cli
+from amber.cli.base import AmberCliError, CliState, cli
 
 if TYPE_CHECKING:
     import pluggy
 
 __all__ = ["export_command"]
+
+#: The help of ``--trust/--safe`` (alias ``--allow-pickle``), on every command that loads a checkpoint.
+TRUST_HELP = ("Pickle checkpoints run code when read: --trust (or --allow-pickle) loads any, --safe none. "
+              "Default: only those signed with your key (see `amber trust`), none if AMBER_SAFE_LOAD is set.")
 
 
 def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pickle: bool | None,
@@ -57,7 +61,7 @@ def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pic
 @click.option("--onnx", "opset", type=int, metavar="OPSET", help="Write model.onnx with this ONNX opset.")
 @click.option("-f", "--format", "format_", metavar="NAME",
               help="An exporter (see `amber formats`): keras writes saved_model/ and model.keras.")
-@click.option("--allow-pickle/--safe", "allow_pickle", default=None, help=ALLOW_PICKLE_HELP)
+@click.option("--trust/--safe", "--allow-pickle", "allow_pickle", default=None, help=TRUST_HELP)
 @click.pass_obj
 def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id: str | None,
                    opset: int | None, format_: str | None, allow_pickle: bool | None) -> None:

@@ -1,0 +1,55 @@
+"""``amber trust``: sign a checkpoint with your key, so that it loads by default.
+
+A pickle checkpoint runs code when it is loaded; amber loads one by default
+only when it is signed with the user's key (docs/security.md). This command
+signs one the user decided to trust (:func:`amber.trust.trust_checkpoint`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from amber.cli.base import CliState, cli
+
+__all__ = ["trust"]
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation: you trust its author.")
+@click.pass_obj
+def trust(state: CliState, path: Path, yes: bool) -> None:
+    """Sign the checkpoint PATH with your key, so that it loads by default.
+
+    Loading a pickle checkpoint runs whatever code its author put in it:
+    trust only a checkpoint from someone you trust, received through a
+    channel you trust. Every file is verified against its digest first; the
+    state files are kept, only the manifests are rewritten, atomically.
+    Your key is $AMBER_KEY_FILE, else ~/.config/amber/signing.key.
+    """
+    from amber.trust import trust_checkpoint, trust_state
+
+    pm = state.get_pm()
+    info = trust_state(path, pm=pm)
+    if info.safe:
+        click.echo(f"{path} is in format {info.format!r}, which never runs code when read: "
+                   "it needs no signature; nothing changed")
+        return
+    if info.problem is None:
+        click.echo(f"{path} is already signed with your key; nothing changed")
+        return
+    if not yes:
+        click.echo(f"{path}: {info.type} checkpoint in format {info.format!r}, written by amber "
+                   f"{info.amber_version!r} on {info.created!r}", err=True)
+        click.echo(f"not trusted yet: {info.problem}", err=True)
+        click.echo("Loading it runs any code its author put in it.", err=True)
+        click.confirm(f"Do you trust whoever wrote {path}, and sign it with your key?",
+                      abort=True, err=True)
+    result = trust_checkpoint(path, pm=pm)
+    if not result.changed or result.key is None:
+        click.echo(f"{path} is already signed with your key; nothing changed")
+        return
+    click.echo(f"trusted {path}: {result.verified} files verified ({result.upgraded} digests upgraded "
+               f"to sha256), signed with key {result.key.key_id} ({result.key.path})")
