@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOW_PICKLE_HELP",
+    "trust_option",
     "AmberCliError",
     "AmberGroup",
     "CliState",
@@ -54,11 +55,17 @@ __all__ = [
     "total_bytes",
 ]
 
-#: The help of ``--allow-pickle/--safe``, shared by the commands that read checkpoints.
+#: The help of ``--trust/--safe`` (alias ``--allow-pickle``), on every command that loads a checkpoint.
 ALLOW_PICKLE_HELP = (
-    "Allow reading pickle checkpoints (reading them can run code), or refuse them. "
-    "Default: allowed unless AMBER_SAFE_LOAD is set."
+    "Pickle checkpoints run code when read: --trust (or --allow-pickle) loads any, --safe none. "
+    "Default: only those signed with your key (see `amber trust`), none if AMBER_SAFE_LOAD is set."
 )
+
+
+def trust_option(command: Any) -> Any:
+    """The ``--trust/--safe`` (alias ``--allow-pickle``) option, as ``allow_pickle``: True, False or None."""
+    return click.option("--trust/--safe", "--allow-pickle", "allow_pickle", default=None,
+                        help=ALLOW_PICKLE_HELP)(command)
 
 
 #: The Unicode categories :func:`escape` escapes, the ones :func:`amber.layout.check_id` refuses:

@@ -12,13 +12,10 @@ from typing import Any
 
 import click
 
-from amber.cli.base import CliState, cli, human_size, make_console, total_bytes
+from amber.cli.base import CliState, cli, human_size, make_console, total_bytes, trust_option
 
 __all__ = ["PROGRESS_MIN_BYTES", "convert", "migrate"]
 
-#: The help of ``--trust/--safe`` (alias ``--allow-pickle``), on every command that loads a checkpoint.
-TRUST_HELP = ("Pickle checkpoints run code when read: --trust (or --allow-pickle) loads any, --safe none. "
-              "Default: only those signed with your key (see `amber trust`), none if AMBER_SAFE_LOAD is set.")
 #: ``amber convert`` shows a progress bar (on a terminal) from this many source bytes.
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
@@ -54,7 +51,7 @@ def _progress(description: str, size: int) -> Iterator[Callable[[str], None]]:
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("-f", "--format", "format_", required=True, metavar="NAME",
               help="The format to write (see `amber formats`).")
-@click.option("--trust/--safe", "--allow-pickle", "allow_pickle", default=None, help=TRUST_HELP)
+@trust_option
 @click.pass_obj
 def convert(state: CliState, src: Path, dst: Path, format_: str, allow_pickle: bool | None) -> None:
     """Rewrite a checkpoint in another format.
@@ -81,7 +78,7 @@ def convert(state: CliState, src: Path, dst: Path, format_: str, allow_pickle: b
 @click.option("--dry-run", is_flag=True, help="Print each step and what it changes; write nothing.")
 @click.option("--recursive", is_flag=True,
               help="Migrate, in place, every checkpoint under SRC (a run directory); report each.")
-@click.option("--trust/--safe", "--allow-pickle", "allow_pickle", default=None, help=TRUST_HELP)
+@trust_option
 @click.pass_obj
 def migrate(state: CliState, src: Path, dst: Path | None, to: str | None, dry_run: bool,
             recursive: bool, allow_pickle: bool | None) -> None:

@@ -7,16 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amber.cli.base import AmberCliError, CliState, cli
+from amber.cli.base import AmberCliError, CliState, cli, trust_option
 
 if TYPE_CHECKING:
     import pluggy
 
 __all__ = ["export_command"]
 
-#: The help of ``--trust/--safe`` (alias ``--allow-pickle``), on every command that loads a checkpoint.
-TRUST_HELP = ("Pickle checkpoints run code when read: --trust (or --allow-pickle) loads any, --safe none. "
-              "Default: only those signed with your key (see `amber trust`), none if AMBER_SAFE_LOAD is set.")
 
 
 def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pickle: bool | None,
@@ -61,7 +58,7 @@ def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pic
 @click.option("--onnx", "opset", type=int, metavar="OPSET", help="Write model.onnx with this ONNX opset.")
 @click.option("-f", "--format", "format_", metavar="NAME",
               help="An exporter (see `amber formats`): keras writes saved_model/ and model.keras.")
-@click.option("--trust/--safe", "--allow-pickle", "allow_pickle", default=None, help=TRUST_HELP)
+@trust_option
 @click.pass_obj
 def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id: str | None,
                    opset: int | None, format_: str | None, allow_pickle: bool | None) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amber.cli.base import AmberCliError, cli, make_console
+from amber.cli.base import AmberCliError, cli, make_console, trust_option
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 __all__ = ["ALGOS", "PROGRESS_FIELDS", "evaluate", "train"]
 
 ALGOS = {"PPO": "amber.PPOConfig", "DQN": "amber.DQNConfig", "SAC": "amber.SACConfig"}
-#: The help of ``--trust/--safe`` (alias ``--allow-pickle``), on every command that loads a checkpoint.
-TRUST_HELP = ("Pickle checkpoints run code when read: --trust (or --allow-pickle) loads any, --safe none. "
-              "Default: only those signed with your key (see `amber trust`), none if AMBER_SAFE_LOAD is set.")
 PROGRESS_FIELDS = ("training_iteration", "num_env_steps_sampled_lifetime", "episode_return_mean",
                    "time_this_iter_s", "time_total_s", "checkpoint")
 
@@ -149,7 +146,7 @@ def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bo
 @click.option("--policy", "policy_id", default=None, help="Evaluate only this policy's agents' returns.")
 @click.option("--explore/--greedy", default=False, show_default=True, help="Sample actions or act greedily.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--trust/--safe", "--allow-pickle", "allow_pickle", default=None, help=TRUST_HELP)
+@trust_option
 def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bool, seed: int,
              allow_pickle: bool | None) -> None:
     """Run episodes with a checkpoint's policies; print the mean return."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from amber.cli.base import CliState, cli
+from amber.cli.base import CliState, cli, echo
 
 __all__ = ["trust"]
 
@@ -34,22 +34,22 @@ def trust(state: CliState, path: Path, yes: bool) -> None:
     pm = state.get_pm()
     info = trust_state(path, pm=pm)
     if info.safe:
-        click.echo(f"{path} is in format {info.format!r}, which never runs code when read: "
+        echo(f"{path} is in format {info.format!r}, which never runs code when read: "
                    "it needs no signature; nothing changed")
         return
     if info.problem is None:
-        click.echo(f"{path} is already signed with your key; nothing changed")
+        echo(f"{path} is already signed with your key; nothing changed")
         return
     if not yes:
-        click.echo(f"{path}: {info.type} checkpoint in format {info.format!r}, written by amber "
+        echo(f"{path}: {info.type} checkpoint in format {info.format!r}, written by amber "
                    f"{info.amber_version!r} on {info.created!r}", err=True)
-        click.echo(f"not trusted yet: {info.problem}", err=True)
-        click.echo("Loading it runs any code its author put in it.", err=True)
+        echo(f"not trusted yet: {info.problem}", err=True)
+        echo("Loading it runs any code its author put in it.", err=True)
         click.confirm(f"Do you trust whoever wrote {path}, and sign it with your key?",
                       abort=True, err=True)
     result = trust_checkpoint(path, pm=pm)
     if not result.changed or result.key is None:
-        click.echo(f"{path} is already signed with your key; nothing changed")
+        echo(f"{path} is already signed with your key; nothing changed")
         return
-    click.echo(f"trusted {path}: {result.verified} files verified ({result.upgraded} digests upgraded "
+    echo(f"trusted {path}: {result.verified} files verified ({result.upgraded} digests upgraded "
                f"to sha256), signed with key {result.key.key_id} ({result.key.path})")
