@@ -20,9 +20,9 @@ from amber.algorithms.ppo.ppo_learner import (  # noqa: E402
 )
 from amber.models.torch_distributions import TorchCategorical, TorchDiagGaussian  # noqa: E402
 from amber.models.torch_mlp import PPOTorchModel, build_mlp, get_activation  # noqa: E402
+from amber.names import to_names  # noqa: E402
 from amber.policy.policy import Policy  # noqa: E402
 from amber.policy.torch_policy import TorchPolicy  # noqa: E402
-from amber.names import to_names  # noqa: E402
 from amber.state import validate_tree  # noqa: E402
 
 SMALL = {"fcnet_hiddens": [32, 32], "fcnet_activation": "tanh"}
@@ -533,3 +533,113 @@ def test_train_forward_matches_the_module_and_its_gradients(activation):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     xd = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: train_forward(net.double(), z), (xd,))
+
+
+# -- the shared base class and the numpy MLP ---------------------------------------------
+
+
+def test_numpy_mlp_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, amber.models.numpy_mlp; "
+            "assert not {'torch', 'gymnasium'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "linear", None])
+def test_numpy_mlp_matches_torch_from_modules_arrays_and_state_dicts(activation):
+    from amber.models.numpy_mlp import NumpyMLP
+
+    net = build_mlp(5, [16, 8], activation, 3, generator=torch.Generator().manual_seed(0))
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    arrays = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in linears]
+    state = {f"pi.{k}": v.numpy() for k, v in net.state_dict().items()}
+    for mlp in (NumpyMLP.from_torch(net), NumpyMLP.from_arrays(arrays, activation),
+                NumpyMLP.from_state_dict(state, "pi", activation)):
+        np.testing.assert_allclose(mlp(x), want, rtol=1e-5, atol=1e-6)
+    live = NumpyMLP.from_torch(net)
+    with torch.no_grad():
+        linears[-1].bias.add_(1.0)  # in place: the views see it
+    np.testing.assert_allclose(live(x), want + 1.0, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        NumpyMLP.from_arrays(arrays, "gelu")
+    with pytest.raises(KeyError):
+        NumpyMLP.from_state_dict(state, "vf", activation)
+    hooked = build_mlp(5, [4], "tanh", 2)
+    hooked[0].register_forward_hook(lambda *a: None)
+    assert NumpyMLP.from_torch(hooked) is None and NumpyMLP.from_torch(hooked.double()) is None
+
+
+def test_numpy_preprocess_matches_the_torch_preprocessor():
+    from amber.models.numpy_mlp import Preprocess
+    from amber.models.torch_mlp import ObsPreprocessor
+    from amber.policy.spaces import space_to_state
+
+    discrete, box = gym.spaces.Discrete(4, start=3), gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+    for space, obs in [(discrete, np.array([3, 6, 5], dtype=np.int64)),
+                       (box, np.random.default_rng(0).normal(size=(3, 2, 3)).astype(np.float32))]:
+        want = ObsPreprocessor(space)(torch.from_numpy(obs)).numpy()
+        for pre in (Preprocess.from_torch(ObsPreprocessor(space)), Preprocess.for_space(space),
+                    Preprocess.for_space(space_to_state(space))):
+            got = pre(obs)
+            assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(Preprocess.one_hot(4, 3)(np.array([4])), [[0.0, 1.0, 0.0, 0.0]])
+
+
+def _dqn_and_sac():
+    from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy
+    from amber.algorithms.sac.sac_torch_policy import SACTorchPolicy
+
+    dqn = DQNTorchPolicy(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2),
+                         {"model": SMALL, "seed": 0})
+    sac = SACTorchPolicy(gym.spaces.Box(-1.0, 1.0, (3,), np.float32), gym.spaces.Box(-2.0, 2.0, (1,), np.float32),
+                         {"model": SMALL, "seed": 0})
+    return dqn, sac
+
+
+def test_every_torch_policy_is_a_torch_policy_base_and_keeps_its_registered_name():
+    from amber.names import BUILTIN, resolve
+    from amber.policy.torch_policy_base import TorchPolicyBase
+
+    for pol in (cartpole_policy(), *_dqn_and_sac()):
+        assert isinstance(pol, TorchPolicyBase)
+        name = f"amber.{type(pol).__name__}"
+        assert resolve(name) is type(pol)
+        module, _, qualname = BUILTIN[name].partition(":")
+        assert (type(pol).__module__, type(pol).__qualname__) == (module, qualname)
+
+
+@pytest.mark.parametrize("which", ["ppo", "dqn", "sac"])
+def test_a_wrong_weight_shape_is_an_error_and_changes_nothing(which):
+    pol = {"ppo": cartpole_policy, "dqn": lambda: _dqn_and_sac()[0], "sac": lambda: _dqn_and_sac()[1]}[which]()
+    state = pol.get_state()
+    weights = dict(state["weights"])
+    name = sorted(weights)[-1]
+    weights[name] = np.zeros((1, *weights[name].shape), np.float32)  # would broadcast
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        pol.set_weights(weights)
+    bad = {**state, "weights": weights, "global_timestep": 99}
+    if which == "dqn":  # the target network's weights are checked before anything changes, too
+        bad = {**state, "target_weights": weights, "global_timestep": 99}
+    with pytest.raises(ValueError):
+        pol.set_state(bad)
+    after = pol.get_state()
+    assert after["global_timestep"] == state["global_timestep"]
+    for key in ("weights", "target_weights"):
+        for k, v in state.get(key, {}).items():
+            assert np.array_equal(after[key][k], v), (key, k)
+
+
+def test_optimizers_by_name():
+    ppo, (dqn, sac) = cartpole_policy(), _dqn_and_sac()
+    assert ppo.optimizer is ppo.get_optimizer("default") and dqn.optimizer is dqn.get_optimizer("default")
+    assert set(sac.optimizers) == {"actor", "critic", "alpha"}
+    assert sac.get_optimizer("alpha").param_groups[0]["params"] == [sac.model.log_alpha]
+    with pytest.raises(AttributeError, match="several optimizers"):
+        sac.optimizer  # noqa: B018
+    with pytest.raises(KeyError, match="unknown optimizer 'actor'"):
+        ppo.get_optimizer("actor")

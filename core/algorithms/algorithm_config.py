@@ -10,6 +10,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["AlgorithmConfig"]
 
 FRAMEWORKS = ("torch",)
-DEFAULT_POLICY_ID = "default_policy"
 _ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
 
 

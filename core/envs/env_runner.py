@@ -20,14 +20,13 @@ import numpy as np
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import make_env
 from amber.errors import CheckpointError
+from amber.policy.sample_batch import DEFAULT_POLICY_ID
+from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
 
 if TYPE_CHECKING:
     import pluggy
 
 __all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_spaces"]
-
-DEFAULT_POLICY_ID = "default_policy"
-_COLUMNS = ("obs", "new_obs", "actions", "rewards", "terminateds", "truncateds")
 
 
 def probe_spaces(

@@ -2,5 +2,5 @@
 
 Importing this package imports nothing heavy; import
 :mod:`amber.models.torch_mlp` or :mod:`amber.models.torch_distributions`
-for the torch ones.
+for the torch ones, :mod:`amber.models.numpy_mlp` for networks in numpy alone.
 """

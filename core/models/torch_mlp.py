@@ -27,7 +27,7 @@ __all__ = [
     "graph_preprocess",
     "sequential_to_dense",
     "get_activation",
-    "numpy_mlp_layers",
+    "linear_layers",
     "train_forward",
     "obs_input_dim",
 ]
@@ -215,55 +215,33 @@ class PPOTorchModel(nn.Module):
         return self.vf(self.preprocessor(obs)).squeeze(-1)
 
 
-_NUMPY_ACTIVATIONS: dict[type[nn.Module], str] = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+_ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.Tanh: "tanh", nn.ReLU: "relu"}
 
 
-def _numpy_sequential(net: nn.Module) -> list[tuple[np.ndarray, np.ndarray, str | None]] | None:
-    """``[(weight.T, bias, activation)]`` views of a Sequential of Linear/Tanh/ReLU, or None."""
-    if type(net) is not nn.Sequential:
-        return None
-    layers: list[tuple[np.ndarray, np.ndarray, str | None]] = []
-    for module in net:
-        if module._forward_hooks or module._forward_pre_hooks:
-            return None
-        if type(module) is nn.Linear:
-            w, b = module.weight, module.bias
-            if b is None or w.dtype != torch.float32 or b.dtype != torch.float32 or w.device.type != "cpu":
-                return None
-            layers.append((w.detach().numpy().T, b.detach().numpy(), None))
-        elif type(module) in _NUMPY_ACTIVATIONS and layers and layers[-1][2] is None:
-            w_t, b, _ = layers[-1]
-            layers[-1] = (w_t, b, _NUMPY_ACTIVATIONS[type(module)])
-        else:
-            return None
-    return layers if layers and net._forward_hooks == {} and not net._forward_pre_hooks else None
+def linear_layers(net: nn.Module) -> list[tuple[nn.Linear, str | None]] | None:
+    """``[(linear, activation after it)]`` of a plain ``nn.Sequential`` of Linear (with bias) and
+    Tanh/ReLU layers, or None: another module, an activation not right after a Linear, or any
+    forward hook (on a module or global), which only calling the module would honour.
 
-
-def numpy_mlp_layers(model: PPOTorchModel) -> tuple[Any, list[Any], list[Any]] | None:
-    """``(preprocess, pi_layers, vf_layers)`` for running ``model`` in numpy, or None when it can't be.
-
-    The layer arrays are views of the parameters (no copies): in-place
-    parameter updates are seen at once. Supports the models :func:`build_mlp`
-    builds (Linear layers with Tanh/ReLU, float32, CPU, no hooks).
+    What every shortcut past ``nn.Module.__call__`` runs: :func:`train_forward`, the numpy
+    fast path (:meth:`amber.models.numpy_mlp.NumpyMLP.from_torch`), SAC's frozen critics.
     """
     from torch.nn.modules import module as module_mod
 
-    if (model._forward_hooks or model._forward_pre_hooks or model.preprocessor._forward_hooks
-            or model.preprocessor._forward_pre_hooks or module_mod._global_forward_hooks
-            or module_mod._global_forward_pre_hooks):
+    if (type(net) is not nn.Sequential or net._forward_hooks or net._forward_pre_hooks
+            or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks):
         return None
-    pi, vf = _numpy_sequential(model.pi), _numpy_sequential(model.vf)
-    if pi is None or vf is None:
-        return None
-    if model.preprocessor.discrete:
-        categories = model.preprocessor.categories.numpy().copy()
-
-        def preprocess(obs: np.ndarray) -> np.ndarray:
-            return (obs.reshape(obs.shape[0], 1) == categories).astype(np.float32)
-    else:
-        def preprocess(obs: np.ndarray) -> np.ndarray:
-            return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
-    return preprocess, pi, vf
+    layers: list[tuple[nn.Linear, str | None]] = []
+    for module in net:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        if type(module) is nn.Linear and module.bias is not None:
+            layers.append((module, None))
+        elif type(module) in _ACTIVATION_NAMES and layers and layers[-1][1] is None:
+            layers[-1] = (layers[-1][0], _ACTIVATION_NAMES[type(module)])
+        else:
+            return None
+    return layers
 
 
 def _fast_tanh_(x: torch.Tensor) -> torch.Tensor:
@@ -312,37 +290,20 @@ class _MLPFunction(torch.autograd.Function):
         return (g if ctx.needs_input_grad[0] else None, None, *grads)
 
 
-def _train_layers(net: nn.Module) -> tuple[tuple[str | None, ...], list[torch.Tensor]] | None:
-    if type(net) is not nn.Sequential or net._forward_hooks or net._forward_pre_hooks:
-        return None
-    acts: list[str | None] = []
-    params: list[torch.Tensor] = []
-    for module in net:
-        if module._forward_hooks or module._forward_pre_hooks:
-            return None
-        if type(module) is nn.Linear and module.bias is not None:
-            acts.append(None)
-            params += [module.weight, module.bias]
-        elif type(module) in _NUMPY_ACTIVATIONS and acts and acts[-1] is None:
-            acts[-1] = _NUMPY_ACTIVATIONS[type(module)]
-        else:
-            return None
-    return (tuple(acts), params) if acts else None
-
-
 def train_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net(x)`` for training: one autograd node for a plain Linear/Tanh/ReLU Sequential, else ``net(x)``.
+    """``net(x)`` for training: one autograd node for a plain Linear/Tanh/ReLU Sequential
+    (:func:`linear_layers`), else ``net(x)``.
 
     Tanh is computed as ``2 sigmoid(2x) - 1`` (within about 2e-7 of
     ``torch.tanh``), so the result differs from ``net(x)`` by float rounding.
     """
-    from torch.nn.modules import module as module_mod
-
-    layers = _train_layers(net)
-    if layers is None or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+    layers = linear_layers(net)
+    if not layers:
         return net(x)
-    acts, params = layers
-    return _MLPFunction.apply(x, acts, *params)
+    params: list[torch.Tensor] = []
+    for linear, _ in layers:
+        params += [linear.weight, linear.bias]
+    return _MLPFunction.apply(x, tuple(act for _, act in layers), *params)
 
 
 def sequential_to_dense(net: nn.Module) -> list[Any]:
@@ -362,8 +323,8 @@ def sequential_to_dense(net: nn.Module) -> list[Any]:
                     else np.zeros(module.out_features, np.float32))
             pending = (module.weight.detach().cpu().numpy().astype(np.float32, copy=True),
                        bias.astype(np.float32, copy=True))
-        elif type(module) in _NUMPY_ACTIVATIONS and pending is not None:
-            layers.append(Dense(*pending, activation=_NUMPY_ACTIVATIONS[type(module)]))
+        elif type(module) in _ACTIVATION_NAMES and pending is not None:
+            layers.append(Dense(*pending, activation=_ACTIVATION_NAMES[type(module)]))
             pending = None
         else:
             raise ValueError(f"cannot describe {type(module).__name__} layers for export")

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from amber.policy.torch_policy import intra_op_threads
+from amber.policy import sample_batch as sb
+from amber.policy.torch_utils import intra_op_threads
 
 if TYPE_CHECKING:
     from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["REPLAY_COLUMNS", "dqn_update", "nstep_transitions"]
 
 #: The columns DQN keeps in its replay buffers.
-REPLAY_COLUMNS = ("obs", "actions", "rewards", "new_obs", "terminateds", "discounts")
+REPLAY_COLUMNS = sb.NSTEP_COLUMNS
 
 
 def nstep_transitions(fragment: Mapping[str, np.ndarray], n_step: int, gamma: float) -> dict[str, np.ndarray]:
@@ -41,8 +42,8 @@ def nstep_transitions(fragment: Mapping[str, np.ndarray], n_step: int, gamma: fl
     n_step = int(n_step)
     if n_step < 1:
         raise ValueError(f"n_step must be at least 1, got {n_step}")
-    rewards = np.asarray(fragment["rewards"], dtype=np.float64)
-    ends = np.asarray(fragment["terminateds"], dtype=bool) | np.asarray(fragment["truncateds"], dtype=bool)
+    rewards = np.asarray(fragment[sb.REWARDS], dtype=np.float64)
+    ends = np.asarray(fragment[sb.TERMINATEDS], dtype=bool) | np.asarray(fragment[sb.TRUNCATEDS], dtype=bool)
     length = len(rewards)
     rows = np.arange(length)
     ret = np.zeros(length, dtype=np.float64)
@@ -58,14 +59,14 @@ def nstep_transitions(fragment: Mapping[str, np.ndarray], n_step: int, gamma: fl
         disc[valid] *= gamma
         last[valid] = idx[valid]
         alive = valid & ~ends[np.minimum(idx, length - 1)]
-    new_obs = np.asarray(fragment["new_obs"])
+    new_obs = np.asarray(fragment[sb.NEW_OBS])
     return {
-        "obs": np.asarray(fragment["obs"]),
-        "actions": np.asarray(fragment["actions"]),
-        "rewards": ret.astype(np.float32),
-        "new_obs": new_obs if n_step == 1 else new_obs[last],
-        "terminateds": np.asarray(fragment["terminateds"], dtype=bool)[last],
-        "discounts": disc.astype(np.float32),
+        sb.OBS: np.asarray(fragment[sb.OBS]),
+        sb.ACTIONS: np.asarray(fragment[sb.ACTIONS]),
+        sb.REWARDS: ret.astype(np.float32),
+        sb.NEW_OBS: new_obs if n_step == 1 else new_obs[last],
+        sb.TERMINATEDS: np.asarray(fragment[sb.TERMINATEDS], dtype=bool)[last],
+        sb.DISCOUNTS: disc.astype(np.float32),
     }
 
 
@@ -81,12 +82,12 @@ def dqn_update(policy: DQNTorchPolicy, batch: Mapping[str, np.ndarray], *, doubl
         ``max_abs_td_error``, ``grad_gnorm`` (before clipping; 0.0 without clipping), ``cur_epsilon``.
     """
     model, target = policy.model, policy.target_model
-    obs = policy.obs_to_tensor(batch["obs"])
-    new_obs = policy.obs_to_tensor(batch["new_obs"])
-    actions = policy.actions_to_tensor(batch["actions"])
-    rewards = torch.from_numpy(np.asarray(batch["rewards"], dtype=np.float32).copy())
-    discounts = torch.from_numpy(np.asarray(batch["discounts"], dtype=np.float32).copy())
-    not_done = torch.from_numpy(~np.asarray(batch["terminateds"], dtype=bool)).to(torch.float32)
+    obs = policy.obs_to_tensor(batch[sb.OBS])
+    new_obs = policy.obs_to_tensor(batch[sb.NEW_OBS])
+    actions = policy.actions_to_tensor(batch[sb.ACTIONS])
+    rewards = torch.from_numpy(np.asarray(batch[sb.REWARDS], dtype=np.float32).copy())
+    discounts = torch.from_numpy(np.asarray(batch[sb.DISCOUNTS], dtype=np.float32).copy())
+    not_done = torch.from_numpy(~np.asarray(batch[sb.TERMINATEDS], dtype=bool)).to(torch.float32)
     n = obs.shape[0]
     flat = policy.flat_adam()  # Adam's update in a few ops over flat buffers (None: torch's own)
     optimizer = policy.optimizer

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from amber.models.numpy_mlp import NumpyMLP, Preprocess
 from amber.models.torch_mlp import (
     DEFAULT_MODEL_CONFIG,
     ObsPreprocessor,
@@ -25,7 +25,9 @@ from amber.models.torch_mlp import (
     get_activation,
     train_forward,
 )
-from amber.policy.torch_policy import SMALL_BATCH, TorchPolicy, action_info, intra_op_threads
+from amber.policy import sample_batch as sb
+from amber.policy.torch_policy_base import TorchPolicyBase
+from amber.policy.torch_utils import action_info, checked_weights, copy_weights, threads_for_batch, weights_of
 
 __all__ = ["DQNTorchModel", "DQNTorchPolicy", "epsilon_at", "validate_epsilon_schedule"]
 
@@ -132,33 +134,7 @@ class DQNTorchModel(nn.Module):
         return self.heads(train_forward(self.trunk, self.preprocessor(obs)), train=True)
 
 
-def _numpy_layers_of(net: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray, str | None]] | None:
-    """``[(weight.T, bias, activation)]`` numpy views of a Linear/Tanh/ReLU Sequential, or None."""
-    layers: list[tuple[np.ndarray, np.ndarray, str | None]] = []
-    names = {nn.Tanh: "tanh", nn.ReLU: "relu"}
-    for module in net:
-        if module._forward_hooks or module._forward_pre_hooks:
-            return None
-        if type(module) is nn.Linear and module.bias is not None and module.weight.dtype == torch.float32:
-            layers.append((module.weight.detach().numpy().T, module.bias.detach().numpy(), None))
-        elif type(module) in names and layers and layers[-1][2] is None:
-            layers[-1] = (layers[-1][0], layers[-1][1], names[type(module)])
-        else:
-            return None
-    return layers
-
-
-def _run(x: np.ndarray, layers: Sequence[tuple[np.ndarray, np.ndarray, str | None]]) -> np.ndarray:
-    for weight_t, bias, activation in layers:
-        x = x @ weight_t + bias
-        if activation == "tanh":
-            np.tanh(x, out=x)
-        elif activation == "relu":
-            np.maximum(x, 0.0, out=x)
-    return x
-
-
-class DQNTorchPolicy(TorchPolicy):
+class DQNTorchPolicy(TorchPolicyBase):
     """A DQN policy over Discrete actions (Box or Discrete observations).
 
     :param observation_space: a gymnasium Box or Discrete space.
@@ -168,9 +144,14 @@ class DQNTorchPolicy(TorchPolicy):
         ``epsilon`` (schedule); kept whole as :attr:`config`.
     :raises ValueError: an action space that is not Discrete.
 
-    It reuses :class:`~amber.policy.torch_policy.TorchPolicy`'s optimizer,
-    weights and state handling; the model, acting and export are its own.
+    Seeding, the Adam optimizer, weights and state are
+    :class:`~amber.policy.torch_policy_base.TorchPolicyBase`'s; the Q model, its
+    target copy, epsilon-greedy acting, the kept flat Adam and export are its own.
+    :attr:`global_timestep` counts the timesteps acted on with exploration: the
+    epsilon schedule's clock.
     """
+
+    model: DQNTorchModel
 
     def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
         import gymnasium as gym
@@ -178,39 +159,17 @@ class DQNTorchPolicy(TorchPolicy):
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"DQN needs a Discrete action space, not {action_space} "
                              "(for continuous actions use SAC or PPO)")
-        self.observation_space = observation_space
-        self.action_space = action_space
-        self.config = dict(config)
-        self.epsilon_schedule = validate_epsilon_schedule(self.config.get("epsilon", DEFAULT_EPSILON))
-        seed = self.config.get("seed")
-        if seed is None:
-            init_seed, sample_seed = torch.Generator().seed(), torch.Generator().seed()
-        else:
-            a, b = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
-            init_seed, sample_seed = int(a), int(b)
-        with torch.random.fork_rng(devices=[]):  # building nn.Linear draws from the global RNG
-            self.model = DQNTorchModel(observation_space, int(action_space.n), self.config.get("model") or {},
-                                       dueling=bool(self.config.get("dueling", True)),
-                                       hiddens=[int(h) for h in self.config.get("hiddens") or []],
-                                       generator=torch.Generator().manual_seed(init_seed))
+        self.epsilon_schedule = validate_epsilon_schedule(dict(config).get("epsilon", DEFAULT_EPSILON))
+        super().__init__(observation_space, action_space, config)
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
-        self.dist_class = None  # acting is epsilon-greedy over Q-values, not a distribution
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._pending_optimizer_state: Any = None
         self._flat_adam: Any = None
         self._flat_adam_modules: tuple[nn.Module | None, ...] | None = None
-        self.generator = torch.Generator()
-        self.generator.manual_seed(sample_seed)
-        #: Timesteps this policy acted on with exploration: what the epsilon schedule follows.
-        self.global_timestep = 0
-        self.num_grad_updates = 0
-        self._discrete_obs = isinstance(observation_space, gym.spaces.Discrete)
-        self._discrete_actions = True
-        self._action_offset = int(action_space.start)
-        self._action_shape = ()
-        #: Act on single observations with the numpy fast path (see :meth:`compute_actions`).
-        self.fast_inference = True
-        self._np_cache: tuple[tuple[Any, ...], Any] | None = None
+
+    def make_model(self, generator: torch.Generator) -> DQNTorchModel:
+        """:class:`DQNTorchModel` from the config's ``model``, ``dueling`` and ``hiddens``."""
+        return DQNTorchModel(self.observation_space, int(self.action_space.n), self.config.get("model") or {},
+                             dueling=bool(self.config.get("dueling", True)),
+                             hiddens=[int(h) for h in self.config.get("hiddens") or []], generator=generator)
 
     # -- acting ----------------------------------------------------------------------
 
@@ -221,18 +180,17 @@ class DQNTorchPolicy(TorchPolicy):
 
     def compute_q_values(self, obs_batch: Any) -> np.ndarray:
         """The Q network's outputs for a batch of observations, float32 ``[batch, num_actions]``."""
-        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
-        if arr.shape[:1] == (1,) and self.fast_inference:
-            layers = self._numpy_layers()
-            if layers is not None:
-                preprocess, trunk, heads = layers
-                h = _run(preprocess(arr), trunk)
-                if self.model.dueling:
-                    v, a = _run(h, heads[0]), _run(h, heads[1])
-                    return (v + a - a.mean(axis=1, keepdims=True)).astype(np.float32, copy=False)
-                return _run(h, heads[0]).astype(np.float32, copy=False)
+        arr = self.obs_array(obs_batch)
+        net = self.numpy_net(arr)
+        if net is not None:
+            preprocess, trunk, heads = net
+            h = trunk(preprocess(arr))
+            if self.model.dueling:
+                v, a = heads[0](h), heads[1](h)
+                return (v + a - a.mean(axis=1, keepdims=True)).astype(np.float32, copy=False)
+            return heads[0](h).astype(np.float32, copy=False)
         obs = self.obs_to_tensor(arr)
-        with intra_op_threads(1) if obs.shape[0] <= SMALL_BATCH else nullcontext(), torch.inference_mode():
+        with threads_for_batch(obs.shape[0]), torch.inference_mode():
             return self.model(obs).numpy()
 
     def compute_actions(
@@ -257,7 +215,7 @@ class DQNTorchPolicy(TorchPolicy):
             self.global_timestep += len(actions)
         if self._action_offset:
             actions = actions + self._action_offset
-        return actions, [], {"q_values": q, "action_dist_inputs": q}
+        return actions, [], {"q_values": q, sb.ACTION_DIST_INPUTS: q}
 
     def compute_values(self, obs_batch: Any) -> np.ndarray:
         """DQN policies have no separate value function.
@@ -266,42 +224,17 @@ class DQNTorchPolicy(TorchPolicy):
         """
         raise NotImplementedError("a DQN policy has no value function; use compute_q_values")
 
-    def _numpy_layers(self) -> Any:
-        """``(preprocess, trunk_layers, head_layers)`` as numpy views of the parameters, or None.
-
-        Views share memory with the parameters, so in-place updates are seen at
-        once; the cache is rebuilt when a module or parameter storage was replaced.
-        """
-        from torch.nn.modules import module as module_mod
-
+    def build_numpy_net(self) -> tuple[Preprocess, NumpyMLP, list[NumpyMLP]] | None:
+        """``(preprocess, trunk, heads)`` in numpy (heads: value and advantage, or Q), or None."""
         model = self.model
-        cache = self._np_cache
-        if cache is not None:
-            (modules, params, ptrs), built = cache
-            if (modules == (model, *model._modules.values())
-                    and [p.data_ptr() for p in params] == ptrs):
-                return built
-        self._np_cache = None
-        if (type(model) is not DQNTorchModel or module_mod._global_forward_hooks
-                or module_mod._global_forward_pre_hooks or model._forward_hooks or model._forward_pre_hooks):
+        if type(model) is not DQNTorchModel:
             return None
-        trunk = _numpy_layers_of(model.trunk)
-        heads = ([_numpy_layers_of(model.value), _numpy_layers_of(model.advantage)] if model.dueling
-                 else [_numpy_layers_of(model.q)])
+        trunk = NumpyMLP.from_torch(model.trunk)
+        heads = [NumpyMLP.from_torch(net) for net in
+                 ((model.value, model.advantage) if model.dueling else (model.q,))]
         if trunk is None or any(h is None for h in heads):
             return None
-        if model.preprocessor.discrete:
-            categories = model.preprocessor.categories.numpy().copy()
-
-            def preprocess(obs: np.ndarray) -> np.ndarray:
-                return (obs.reshape(obs.shape[0], 1) == categories).astype(np.float32)
-        else:
-            def preprocess(obs: np.ndarray) -> np.ndarray:
-                return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
-        built = (preprocess, trunk, heads)
-        params = list(model.parameters())
-        self._np_cache = (((model, *model._modules.values()), params, [p.data_ptr() for p in params]), built)
-        return built
+        return Preprocess.from_torch(model.preprocessor), trunk, [h for h in heads if h is not None]
 
     # -- optimizer -------------------------------------------------------------------------
 
@@ -350,20 +283,15 @@ class DQNTorchPolicy(TorchPolicy):
 
     def get_target_weights(self) -> dict[str, np.ndarray]:
         """The target network's weights as numpy copies, by parameter name."""
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.target_model.state_dict().items()}
+        return weights_of(self.target_model)
 
     def set_target_weights(self, weights: Mapping[str, Any]) -> None:
         """Copy weights into the target network (in place).
 
         :raises KeyError: weights missing.
+        :raises ValueError: a weight's shape differs (nothing is copied then).
         """
-        own = self.target_model.state_dict()
-        missing = set(own) - set(weights)
-        if missing:
-            raise KeyError(f"target weights are missing {sorted(missing)}")
-        with torch.no_grad():
-            for name, tensor in own.items():
-                tensor.copy_(torch.from_numpy(np.array(weights[name], dtype=np.float32, copy=True)))
+        copy_weights(checked_weights(self.target_model, weights, "target weights"))
 
     # -- export --------------------------------------------------------------------------
 
@@ -394,14 +322,16 @@ class DQNTorchPolicy(TorchPolicy):
     # -- state -------------------------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:
-        """:meth:`TorchPolicy.get_state` plus the target network's weights and the current epsilon."""
+        """:meth:`TorchPolicyBase.get_state` plus the target network's weights and the current epsilon."""
         state = super().get_state()
         state["target_weights"] = self.get_target_weights()
         state["cur_epsilon"] = self.cur_epsilon  # informational: global_timestep determines it
         return state
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Apply :meth:`get_state`'s output (keys that are absent are left as they are)."""
-        if "target_weights" in state:
-            self.set_target_weights(state["target_weights"])
+        """Apply :meth:`get_state`'s output (keys that are absent are left as they are); every weight
+        is checked before anything changes."""
+        target = (checked_weights(self.target_model, state["target_weights"], "target weights")
+                  if "target_weights" in state else [])
         super().set_state(state)
+        copy_weights(target)

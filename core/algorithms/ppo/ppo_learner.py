@@ -1,35 +1,47 @@
-"""PPO's learner as pure functions: GAE postprocessing and the minibatch SGD update.
+"""PPO's learner as pure functions: GAE postprocessing, the loss, and the minibatch SGD update.
 
-The loss is RLlib's (old API stack) PPO loss: the clipped surrogate on
-advantages standardized over the whole batch, the squared value error
-clipped to ``[0, vf_clip_param]``, an entropy bonus, and an adaptive KL
+The loss (:func:`ppo_loss`) is RLlib's (old API stack) PPO loss: the clipped
+surrogate on advantages standardized over the whole batch, the squared value
+error clipped to ``[0, vf_clip_param]``, an entropy bonus, and an adaptive KL
 penalty ``kl_coeff * mean KL(old || new)``.
+
+:func:`ppo_update` steps through the minibatches in one of two ways with
+bit-identical results: the plain step (one backward pass of :func:`ppo_loss`,
+one Adam step), or, by default, the overlapped step of
+:mod:`amber.algorithms.ppo.ppo_steps` (the value network on a helper thread,
+each network's Adam step right after its own backward pass). The loss itself
+is in :mod:`amber.algorithms.ppo.ppo_loss` (re-exported here).
 """
 
 from __future__ import annotations
 
-import queue
-import statistics
-import threading
-import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from amber.models.flat_adam import flat_adam
-from amber.models.torch_mlp import train_forward
+from amber.algorithms.ppo.ppo_loss import (
+    Minibatch,
+    PPOCoefficients,
+    PPOLoss,
+    ppo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from amber.algorithms.ppo.ppo_steps import Adam, OverlappedStep, Step, plain_step
 from amber.policy import sample_batch as sb
-from amber.policy.torch_policy import intra_op_threads
+from amber.policy.torch_utils import intra_op_threads
 
 if TYPE_CHECKING:
     from amber.policy.torch_policy import TorchPolicy
 
-__all__ = ["compute_gae", "discount_cumsum", "explained_variance", "postprocess_fragments", "ppo_update",
+__all__ = ["Minibatch", "PPOCoefficients", "PPOLoss", "compute_gae", "discount_cumsum", "explained_variance",
+           "postprocess_fragments", "ppo_loss", "ppo_policy_loss", "ppo_update", "ppo_value_loss",
            "update_kl_coeff"]
 
+#: The learner stats of :class:`~amber.algorithms.ppo.ppo_loss.PPOLoss`'s fields, in their order.
 _STAT_NAMES = ("total_loss", "policy_loss", "vf_loss", "kl", "entropy")
 
 
@@ -104,75 +116,20 @@ def update_kl_coeff(kl_coeff: float, kl: float, kl_target: float) -> float:
     return kl_coeff
 
 
-class _Worker:
-    """One helper thread that runs submitted calls in order (torch ops release the GIL)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="amber-ppo-value", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                self._results.put((True, job()))
-            except BaseException as e:  # handed to the caller, re-raised there
-                self._results.put((False, e))
-
-    def submit(self, job: Callable[[], Any]) -> None:
-        self._jobs.put(job)
-
-    def result(self) -> Any:
-        ok, value = self._results.get()
-        if not ok:
-            raise value
-        return value
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
+# -- the update ------------------------------------------------------------------------------
 
 
-class _ModePicker:
-    """Whether the value network runs on the helper thread: tried both ways on the first
-    minibatches, then the faster is kept. With both cores free the thread wins; when other
-    processes share the cores, the two threads only fight over one core and the GIL.
-    Either way the results are the same (the networks share nothing)."""
+def _batch_tensors(policy: TorchPolicy, batch: dict[str, np.ndarray]) -> Minibatch:
+    """The batch's columns as tensors, advantages standardized over the whole batch."""
+    adv = np.asarray(batch[sb.ADVANTAGES], dtype=np.float64)
+    adv = ((adv - adv.mean()) / max(1e-4, float(adv.std()))).astype(np.float32)
 
-    TRIALS = 6
+    def f32(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(batch[key], dtype=np.float32).copy())
 
-    def __init__(self) -> None:
-        self._times: dict[bool, list[float]] = {True: [], False: []}
-        self._choice: bool | None = None
-
-    def threaded(self) -> bool:
-        if self._choice is not None:
-            return self._choice
-        return len(self._times[True]) < self.TRIALS or len(self._times[False]) >= self.TRIALS
-
-    def record(self, threaded: bool, seconds: float) -> None:
-        if self._choice is not None:
-            return
-        self._times[threaded].append(seconds)
-        if len(self._times[True]) >= self.TRIALS and len(self._times[False]) >= self.TRIALS:
-            # the first of each is a warm-up; the median of the rest decides
-            on, off = (statistics.median(self._times[mode][1:]) for mode in (True, False))
-            self._choice = on <= off
-
-
-def _value_step(
-    vf_net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, vf_clip_param: float,
-    vf_loss_coeff: float, adam: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Value loss and its backward pass (touching the value network's gradients only), then
-    ``adam()``: the value network's own optimizer step, when given."""
-    vf = train_forward(vf_net, x).squeeze(-1)
-    vf_loss = (vf - targets).square().clamp(0.0, vf_clip_param).mean()
-    (vf_loss_coeff * vf_loss).backward()
-    if adam is not None:
-        adam()
-    return vf_loss.detach(), vf.detach()
+    return Minibatch(policy.obs_to_tensor(batch[sb.OBS]), policy.actions_to_tensor(batch[sb.ACTIONS]),
+                     f32(sb.ACTION_LOGP), f32(sb.ACTION_DIST_INPUTS), torch.from_numpy(adv),
+                     f32(sb.VALUE_TARGETS))
 
 
 def ppo_update(
@@ -189,20 +146,19 @@ def ppo_update(
     kl_target: float,
     grad_clip: float | None,
     rng: np.random.Generator,
+    overlap: bool = True,
 ) -> dict[str, Any]:
     """Run ``num_epochs`` epochs of minibatch SGD on a postprocessed batch.
 
     Each epoch shuffles the sample indices with ``rng`` and steps through
-    minibatches of ``minibatch_size`` (the last one may be smaller).
+    minibatches of ``minibatch_size`` (the last one may be smaller). Torch runs
+    single-threaded inside (many small ops: OpenMP threads cost more than they
+    give, and stall badly when other processes share the cores).
 
-    Speed: torch runs single-threaded inside the update (many small ops:
-    OpenMP threads cost more than they give, and stall badly when other
-    processes share the cores); when torch was allowed more than one
-    thread, the value network's forward and backward pass run on a helper
-    thread while the policy network's run on this one. The two networks
-    share no parameters, so the gradients, and the results, are the same
-    either way.
-
+    :param overlap: step with :class:`~amber.algorithms.ppo.ppo_steps.OverlappedStep`
+        (faster: the value network on a helper thread when torch was allowed more than
+        one thread, each network's own Adam step without gradient clipping); False:
+        :func:`~amber.algorithms.ppo.ppo_steps.plain_step`. The results are bit-identical.
     :return: learner stats averaged over all minibatch updates (``total_loss``,
         ``policy_loss``, ``vf_loss``, ``kl``, ``entropy``), ``vf_explained_var``
         of the last epoch's value predictions, ``cur_kl_coeff`` (the adapted
@@ -211,99 +167,36 @@ def ppo_update(
     n = len(batch[sb.ADVANTAGES])
     if n == 0:
         return {"cur_kl_coeff": float(kl_coeff), "num_grad_updates": 0}
-    model, optimizer, dist_class = policy.model, policy.optimizer, policy.dist_class
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    adv = np.asarray(batch[sb.ADVANTAGES], dtype=np.float64)
-    adv = ((adv - adv.mean()) / max(1e-4, float(adv.std()))).astype(np.float32)
-    columns = [
-        policy.obs_to_tensor(batch[sb.OBS]),
-        policy.actions_to_tensor(batch[sb.ACTIONS]),
-        torch.from_numpy(np.asarray(batch[sb.ACTION_LOGP], dtype=np.float32).copy()),
-        torch.from_numpy(np.asarray(batch[sb.ACTION_DIST_INPUTS], dtype=np.float32).copy()),
-        torch.from_numpy(adv),
-        torch.from_numpy(np.asarray(batch[sb.VALUE_TARGETS], dtype=np.float32).copy()),
-    ]
+    c = PPOCoefficients(clip_param, vf_clip_param, vf_loss_coeff, entropy_coeff, kl_coeff)
+    columns = _batch_tensors(policy, batch)
     mb = max(1, min(int(minibatch_size), n))
-    lo, hi = 1.0 - clip_param, 1.0 + clip_param
-    use_kl, use_entropy = kl_coeff > 0.0, entropy_coeff != 0.0
+    adam = Adam(policy.optimizer, grad_clip)
+    stepper: AbstractContextManager[Step] = (OverlappedStep(policy, adam) if overlap
+                                             else nullcontext(plain_step))
     stats: list[torch.Tensor] = []
-    last_vf = torch.empty(n)  # the last epoch's value predictions, for vf_explained_var
-    last_targets = columns[-1]
-    worker = _Worker() if torch.get_num_threads() > 1 else None
-    picker = _ModePicker()
-    flat = flat_adam(optimizer)  # the same Adam update, in a few ops over flat buffers
-    # Without gradient clipping (a global norm), each network's Adam step runs right after its
-    # own backward pass, in the thread that ran it.
-    split = None
-    pi_params, vf_params = list(model.pi.parameters()), list(model.vf.parameters())
-    if flat is not None and grad_clip is None and len(pi_params) + len(vf_params) == len(flat.params):
-        try:
-            split = flat.span(pi_params), flat.span(vf_params)
-        except ValueError:
-            split = None
+    last_vf, last_targets = torch.empty(n), columns.value_targets  # for vf_explained_var
+    with stepper as step, intra_op_threads(1), torch.enable_grad():
+        for epoch in range(int(num_epochs)):
+            perm = torch.from_numpy(rng.permutation(n))
+            shuffled = [col[perm] for col in columns]
+            final = epoch == num_epochs - 1
+            if final:
+                last_targets = shuffled[-1]
+            for start in range(0, n, mb):
+                loss, vf = step(policy, adam, Minibatch(*(col[start:start + mb] for col in shuffled)), c)
+                with torch.no_grad():
+                    stats.append(torch.stack(loss))  # in the order of _STAT_NAMES
+                    if final:
+                        last_vf[start:start + mb] = vf
+    return _results(policy, stats, last_targets, last_vf, kl_coeff, kl_target)
 
-    try:
-        with intra_op_threads(1), torch.enable_grad():
-            for epoch in range(int(num_epochs)):
-                perm = torch.from_numpy(rng.permutation(n))
-                shuffled = [c[perm] for c in columns]
-                final = epoch == num_epochs - 1
-                if final:
-                    last_targets = shuffled[-1]
-                for start in range(0, n, mb):
-                    obs, actions, old_logp, old_inputs, advantages, targets = (
-                        c[start:start + mb] for c in shuffled)
-                    x = model.preprocessor(obs)
-                    if flat is not None:
-                        flat.zero_grad()
-                    else:
-                        optimizer.zero_grad(set_to_none=True)
-                    coefficients = flat.begin_step() if split is not None else None
-                    vf_adam = partial(flat.apply, coefficients, split[1]) if split is not None else None
-                    value_job = partial(_value_step, model.vf, x, targets, vf_clip_param, vf_loss_coeff,
-                                        vf_adam)
-                    threaded = worker is not None and picker.threaded()
-                    tick = time.perf_counter()
-                    if threaded:
-                        worker.submit(value_job)
-                    dist = dist_class(train_forward(model.pi, x))
-                    ratio = torch.exp(dist.logp(actions) - old_logp)
-                    policy_loss = -torch.min(advantages * ratio, advantages * ratio.clamp(lo, hi)).mean()
-                    pi_total = policy_loss
-                    with torch.set_grad_enabled(use_entropy):  # only a stat when its coefficient is 0
-                        entropy = dist.entropy().mean()
-                    if use_entropy:
-                        pi_total = pi_total - entropy_coeff * entropy
-                    with torch.set_grad_enabled(use_kl):
-                        kl = dist_class(old_inputs).kl(dist).mean()
-                    if use_kl:
-                        pi_total = pi_total + kl_coeff * kl
-                    pi_total.backward()
-                    if split is not None:
-                        flat.apply(coefficients, split[0])
-                    vf_loss, vf = worker.result() if threaded else value_job()
-                    picker.record(threaded, time.perf_counter() - tick)
-                    if split is None and flat is not None:
-                        if grad_clip is not None:
-                            flat.clip_grad_norm_(float(grad_clip))
-                        flat.step()
-                    elif split is None:
-                        if grad_clip is not None:
-                            torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-                        optimizer.step()
-                    with torch.no_grad():
-                        total = pi_total + vf_loss_coeff * vf_loss
-                        stats.append(torch.stack([total, policy_loss, vf_loss, kl, entropy]))
-                        if final:
-                            last_vf[start:start + mb] = vf
-    finally:
-        if worker is not None:
-            worker.close()
 
+def _results(policy: TorchPolicy, stats: list[torch.Tensor], targets: torch.Tensor, vf: torch.Tensor,
+             kl_coeff: float, kl_target: float) -> dict[str, Any]:
+    """:func:`ppo_update`'s stats; counts the updates on the policy."""
     means = torch.stack(stats).mean(0).tolist()
     result: dict[str, Any] = dict(zip(_STAT_NAMES, (float(v) for v in means), strict=True))
-    result["vf_explained_var"] = explained_variance(last_targets.numpy(), last_vf.numpy())
+    result["vf_explained_var"] = explained_variance(targets.numpy(), vf.numpy())
     result["cur_kl_coeff"] = float(update_kl_coeff(float(kl_coeff), result["kl"], kl_target))
     result["num_grad_updates"] = len(stats)
     policy.num_grad_updates += len(stats)

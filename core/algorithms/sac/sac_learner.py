@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, squashed_logp
-from amber.models.torch_mlp import train_forward
-from amber.policy.torch_policy import intra_op_threads
+from amber.models.torch_mlp import linear_layers, train_forward
+from amber.policy import sample_batch as sb
+from amber.policy.torch_utils import intra_op_threads
 
 if TYPE_CHECKING:
     from amber.algorithms.sac.sac_torch_policy import SACTorchPolicy
@@ -54,20 +55,10 @@ def _frozen_forward(layers: _Layers, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-_ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Tanh: "tanh"}
-
-
-def _layers(net: nn.Sequential) -> _Layers | None:
-    """``[(weight, bias, activation after it)]`` of a Linear/ReLU/Tanh Sequential, else None."""
-    layers: _Layers = []
-    for module in net:
-        if type(module) is nn.Linear and module.bias is not None:
-            layers.append((module.weight, module.bias, None))
-        elif type(module) in _ACTIVATION_NAMES and layers and layers[-1][2] is None:
-            layers[-1] = (layers[-1][0], layers[-1][1], _ACTIVATION_NAMES[type(module)])
-        else:
-            return None
-    return layers
+def _layers(net: nn.Module) -> _Layers | None:
+    """``[(weight, bias, activation after it)]`` of a plain Linear/ReLU/Tanh Sequential, else None."""
+    found = linear_layers(net)
+    return None if found is None else [(linear.weight, linear.bias, act) for linear, act in found]
 
 
 def _sample(net: nn.Module, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +113,60 @@ def _frozen_q(parts: _Parts, i: int, xa: torch.Tensor) -> torch.Tensor:
         critic.requires_grad_(True)
 
 
+def _critic_target(policy: SACTorchPolicy, parts: _Parts, batch: dict[str, np.ndarray],
+                   alpha: torch.Tensor) -> torch.Tensor:
+    """``y = r + gamma * (1 - terminated) * (min_i Q_i_target(s', a') - alpha * logp(a'|s'))``,
+    ``a'`` sampled from the actor at ``s'`` (one draw from the learner generator)."""
+    gamma = float(policy.config.get("gamma", 0.99))
+    rewards = torch.from_numpy(np.asarray(batch[sb.REWARDS], dtype=np.float32).copy())
+    alive = 1.0 - torch.from_numpy(np.asarray(batch[sb.TERMINATEDS], dtype=np.float32).copy())
+    with torch.no_grad():
+        x_next = parts.model.preprocessor(policy.obs_to_tensor(batch[sb.NEW_OBS]))
+        next_actions, next_logp = _sample(parts.model.pi, x_next, policy.learner_generator)
+        xa_next = torch.cat([x_next, next_actions], dim=-1)
+        q_next = train_forward(parts.targets[0], xa_next)
+        for target in parts.targets[1:]:
+            q_next = torch.minimum(q_next, train_forward(target, xa_next))
+        return rewards + gamma * alive * (q_next.squeeze(-1) - alpha * next_logp)
+
+
+def _critic_loss(parts: _Parts, xa: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``sum_i 0.5 * mean((Q_i(s, a) - y)^2)`` and the critics' ``Q_i(s, a)``."""
+    qs = [train_forward(q, xa).squeeze(-1) for q in parts.critics]
+    critic_loss = 0.5 * (qs[0] - y).square().mean()
+    for q in qs[1:]:
+        critic_loss = critic_loss + 0.5 * (q - y).square().mean()
+    return critic_loss, qs
+
+
+def _actor_losses(policy: SACTorchPolicy, parts: _Parts, x: torch.Tensor, alpha: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(actor_loss, alpha_loss, logp)`` from actions ``a~`` reparameterized at ``s`` (one draw)."""
+    new_actions, logp = _sample(parts.model.pi, x, policy.learner_generator)
+    xa_new = torch.cat([x, new_actions], dim=-1)
+    q_new = _frozen_q(parts, 0, xa_new)
+    for i in range(1, len(parts.critics)):
+        q_new = torch.minimum(q_new, _frozen_q(parts, i, xa_new))
+    actor_loss = (alpha * logp - q_new.squeeze(-1)).mean()
+    alpha_loss = -(parts.model.log_alpha * (logp.detach() + policy.target_entropy)).mean()
+    return actor_loss, alpha_loss, logp
+
+
+def _apply_gradients(parts: _Parts, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+                     grad_clip: float | None, tau: float) -> None:
+    """One backward pass of the summed losses, clipping per network, each Adam step, then Polyak."""
+    for p in parts.all_params:
+        p.grad = None
+    loss.backward()
+    if grad_clip is not None:
+        for params in (parts.critic_params, parts.actor_params):
+            torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
+    for opt in optimizers:
+        opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(parts.target_params, parts.critic_params, tau)
+
+
 def sac_update(policy: SACTorchPolicy, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """One SAC update of ``policy`` from a replayed batch (its hyperparameters from ``policy.config``).
 
@@ -129,58 +174,21 @@ def sac_update(policy: SACTorchPolicy, batch: dict[str, np.ndarray]) -> dict[str
         ``new_obs`` and ``terminateds``, one row per transition.
     :return: learner stats (:data:`STAT_NAMES`, from this update) and ``num_grad_updates``.
     """
-    cfg = policy.config
-    gamma, tau = float(cfg.get("gamma", 0.99)), float(cfg.get("tau", 5e-3))
-    grad_clip = cfg.get("grad_clip")
     parts = _parts(policy)
     model = parts.model
-    gen = policy.learner_generator
-    optimizers = [policy.optimizer(n) for n in ("critic", "actor", "alpha")]
-
-    obs = policy.obs_to_tensor(batch["obs"])
-    new_obs = policy.obs_to_tensor(batch["new_obs"])
-    actions = policy.normalized_actions(batch["actions"])
-    rewards = torch.from_numpy(np.asarray(batch["rewards"], dtype=np.float32).copy())
-    alive = 1.0 - torch.from_numpy(np.asarray(batch["terminateds"], dtype=np.float32).copy())
-
+    optimizers = [policy.get_optimizer(n) for n in ("critic", "actor", "alpha")]
+    obs = policy.obs_to_tensor(batch[sb.OBS])
+    actions = policy.normalized_actions(batch[sb.ACTIONS])
     with intra_op_threads(1):
         x = model.preprocessor(obs)
         log_alpha = model.log_alpha
         alpha = log_alpha.detach().exp()
-
-        with torch.no_grad():  # the critics' target
-            x_next = model.preprocessor(new_obs)
-            next_actions, next_logp = _sample(model.pi, x_next, gen)
-            xa_next = torch.cat([x_next, next_actions], dim=-1)
-            q_next = train_forward(parts.targets[0], xa_next)
-            for target in parts.targets[1:]:
-                q_next = torch.minimum(q_next, train_forward(target, xa_next))
-            y = rewards + gamma * alive * (q_next.squeeze(-1) - alpha * next_logp)
-
-        xa = torch.cat([x, actions], dim=-1)
-        qs = [train_forward(q, xa).squeeze(-1) for q in parts.critics]
-        critic_loss = 0.5 * (qs[0] - y).square().mean()
-        for q in qs[1:]:
-            critic_loss = critic_loss + 0.5 * (q - y).square().mean()
-
-        new_actions, logp = _sample(model.pi, x, gen)
-        xa_new = torch.cat([x, new_actions], dim=-1)
-        q_new = _frozen_q(parts, 0, xa_new)
-        for i in range(1, len(parts.critics)):
-            q_new = torch.minimum(q_new, _frozen_q(parts, i, xa_new))
-        actor_loss = (alpha * logp - q_new.squeeze(-1)).mean()
-        alpha_loss = -(log_alpha * (logp.detach() + policy.target_entropy)).mean()
-
-        for p in parts.all_params:
-            p.grad = None
-        (critic_loss + actor_loss + alpha_loss).backward()
-        if grad_clip is not None:
-            for params in (parts.critic_params, parts.actor_params):
-                torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-        for opt in optimizers:
-            opt.step()
+        y = _critic_target(policy, parts, batch, alpha)
+        critic_loss, qs = _critic_loss(parts, torch.cat([x, actions], dim=-1), y)
+        actor_loss, alpha_loss, logp = _actor_losses(policy, parts, x, alpha)
+        _apply_gradients(parts, critic_loss + actor_loss + alpha_loss, optimizers,
+                         policy.config.get("grad_clip"), float(policy.config.get("tau", 5e-3)))
         with torch.no_grad():
-            torch._foreach_lerp_(parts.target_params, parts.critic_params, tau)
             q_all = qs[0].detach()
             stats = torch.stack([
                 critic_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha,
