@@ -28,6 +28,7 @@ import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.training_state import UpdateCounters
+from amber.policy.sample_batch import TRANSITION_COLUMNS
 from amber.utils.replay_buffers import ReplayBuffer
 
 __all__ = ["OffPolicyAlgorithm", "OffPolicyHyperparameters", "ReplayBuffers"]
@@ -48,8 +49,6 @@ class OffPolicyHyperparameters:
     """Env steps each env copy takes per sampling round."""
 
 
-#: The columns a transition has in the replay buffer (algorithms may add their own).
-TRANSITION_COLUMNS = ("obs", "actions", "rewards", "new_obs", "terminateds", "truncateds")
 
 
 class OffPolicyAlgorithm(Algorithm):
