@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ["digest_speed.py", "--size-mb", "1", "--repeat", "1"],
     ["checkpoint_io.py", "--size-mb", "1", "--repeat", "1"],
     ["ppo_iteration_speed.py", "--smoke"],
+    ["ppo_update_speed.py", "--epochs", "1", "--repeat", "1", "--samples", "512"],
     ["fault_injection.py", "--kills", "2", "--damages", "5", "--formats", "pickle", "msgpack"],
     ["algo_checkpoints.py", "--smoke"],
     ["ppo_learning.py", "--smoke", "--quiet"],
