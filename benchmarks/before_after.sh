@@ -2,7 +2,8 @@
 # Usage: git worktree add /tmp/amber_old <old commit>; python3 -m venv /tmp/oldvenv;
 # /tmp/oldvenv/bin/pip install torch==2.13.0 /tmp/amber_old; then run this from anywhere.
 # Before (7302593, start of this session) vs after (HEAD) in one run, alternating.
-NEW=/work/main; OLD=/tmp/amber_old
+NEW=$(cd "$(dirname "$0")/.." && pwd); OLD=${AMBER_OLD:-/tmp/amber_old}
+mkdir -p /tmp/bench
 cd /tmp/bench
 for pair in 1 2; do
   (cd $OLD && /tmp/oldvenv/bin/python benchmarks/ppo_iteration_speed.py --iters 3 --no-sb3 --no-rllib) > ppo_old_$pair.log 2>&1
