@@ -19,6 +19,7 @@ from amber.checkpoint_read import Checkpoint, migrate_in_memory, pickle_allowed_
 from amber.checkpoint_write import Attachment, write_checkpoint
 from amber.layout import STATE_STEMS
 from amber.migration import CHECKPOINT_VERSION
+from amber.registry import get_registry
 from amber.state import StateTree
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def save(
     state: StateTree,
     path: str | os.PathLike[str],
     *,
-    format: str = "msgpack",
+    format: str | None = None,
     metadata: Mapping[str, str] | None = None,
     pm: pluggy.PluginManager | None = None,
 ) -> Path:
@@ -51,7 +52,8 @@ def save(
 
     :param state: a state tree (see :mod:`amber.state`).
     :param path: the checkpoint directory to create or replace.
-    :param format: a registered format name.
+    :param format: a registered format name (default: the first registered format that is
+        portable and safe to load, :meth:`amber.registry.FormatRegistry.default_portable`).
     :param metadata: strings to record in checkpoint.json.
     :return: the checkpoint's path.
 
@@ -61,7 +63,8 @@ def save(
         amber.save({"w": np.zeros(3), "step": 7}, "/tmp/amber-example")
         assert amber.load("/tmp/amber-example")["step"] == 7
     """
-    return write_checkpoint(path, type="State", state=state, format=format, metadata=metadata, pm=pm)
+    fmt = format if format is not None else get_registry(pm).default_portable()
+    return write_checkpoint(path, type="State", state=state, format=fmt, metadata=metadata, pm=pm)
 
 
 def load(

@@ -303,8 +303,8 @@ def to_names(
         raise UnserializableStateError(
             f"cannot write {keypath or '(root)'} in format {format!r}: {shown!r} has no registered name. "
             f"Register it (amber.register_class({shown.split('.')[-1]}) before saving and loading; a "
-            "lambda needs name=...), or save with format='pickle', or pass it again when restoring "
-            "(e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
+            "lambda needs name=...), or save in a format that holds any object (`amber formats`), "
+            "or pass it again when restoring (e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
             path=where or None, format=format,
         )
 

@@ -89,6 +89,18 @@ class FormatRegistry:
         except KeyError:
             raise UnknownFormatError(name, self.formats, hint=self._hint(name, "format")) from None
 
+    def default_portable(self) -> str:
+        """The first registered format (by name) that is portable and safe to load: the default
+        of :func:`amber.save` and what another system's checkpoint is migrated into.
+
+        :raises UnknownFormatError: no such format is installed.
+        """
+        for name in self.names():
+            caps = self.formats[name].item.capabilities
+            if caps.portable and caps.safe:
+                return name
+        raise UnknownFormatError("(a portable, safe format)", self.formats, hint=None)
+
     def names(self) -> list[str]:
         """The registered format names, sorted."""
         return sorted(self.formats)

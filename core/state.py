@@ -142,7 +142,7 @@ def walk_replace(tree: Any, fn: Callable[[str, Any], Any], path: str = "", depth
         return tree if all(new[k] is v for k, v in tree.items()) else new
     if isinstance(tree, (list, tuple)):
         items = [walk_replace(v, fn, _key(path, i), depth + 1) for i, v in enumerate(tree)]
-        if all(a is b for a, b in zip(items, tree)):
+        if all(a is b for a, b in zip(items, tree, strict=True)):
             return tree
         return tuple(items) if isinstance(tree, tuple) else items
     return fn(path, tree)
@@ -198,11 +198,12 @@ def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
             raise fail(
                 keypath,
                 f"{getattr(node, '__qualname__', node)!r} has no registered name. Register it "
-                "(amber.register_class), or save with format='pickle', or pass it again "
-                "when restoring (e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
+                "(amber.register_class), or save in a format that holds any object (`amber formats`), "
+                "or pass it again when restoring (e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
             )
         raise fail(
             keypath,
             f"values of type {type(node).__module__}.{type(node).__qualname__} are not "
-            "state-tree leaves; convert it to arrays/dicts, or save with format='pickle'",
+            "state-tree leaves; convert it to arrays/dicts, or save in a format that holds any "
+            "object (`amber formats`)",
         )

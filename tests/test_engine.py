@@ -468,8 +468,6 @@ GENERIC = re.compile(
     r"allow[_-]pickle|pickle_allowed_default|unpickl\w*|convert_to_msgpack_checkpoint|amber\.plugins\.\w+")
 #: Remaining lines, each with why it may name a format (exact text, so a new one fails).
 JUSTIFIED = {
-    # amber.save's documented default (style.md 18: save(state, path, *, format="msgpack"))
-    "checkpoint.py": ['    format: str = "msgpack",'],
     # the safety docs of allow_pickle, a public parameter
     "checkpoint_read.py": ['    """Whether pickle is allowed when the caller does not say: not if ``AMBER_SAFE_LOAD`` is set."""',
                            "    :raises UnsafeContentError: pickle refused."],

@@ -326,19 +326,10 @@ def migrate(
 
     migrate_in_memory(ckpt, target, get_registry(pm))
     registry = get_registry(pm)
-    fmt = ckpt.format if ckpt.format in registry.formats else _portable_format(registry)
+    fmt = ckpt.format if ckpt.format in registry.formats else registry.default_portable()
     _rewrite(ckpt, out, format=fmt, pm=pm, version=target)
     result.written = True
     return result
-
-
-def _portable_format(registry: Any) -> str:
-    """The first registered format that is portable and safe (for another system's checkpoint)."""
-    for name in registry.names():
-        caps = registry.get(name).capabilities
-        if caps.portable and caps.safe:
-            return str(name)
-    raise CheckpointError("no installed format is portable and safe to write the migrated checkpoint in")
 
 
 def find_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
