@@ -7,7 +7,7 @@ components; :func:`capture` asks the plugins for each one's state tree and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amber.errors import CheckpointError
@@ -76,27 +76,67 @@ def restore(
 ) -> None:
     """Apply saved states to the owner's components, all or nothing.
 
-    Components absent from ``state`` are left as they are. If applying any
-    state fails, the states captured just before are put back and the error
-    is raised, so the owner is left as it was.
+    Components absent from ``state`` are left as they are. Each component's
+    state is captured first; if applying any state fails, every component
+    touched (the failing one included) gets its captured state back and the
+    error is raised, so the owner is left as it was. Whatever a plugin
+    raises, the error is a CheckpointError naming the component.
 
-    :raises CheckpointError: no plugin restores some component (named), or a restore failed.
+    :raises CheckpointError: ``state`` is not a map, no plugin captures or restores some
+        component, a restore failed, or putting the previous states back failed (each named).
     """
     pm = _pm(pm)
-    comps = {k: c for k, c in components_of(owner, own, pm=pm).items() if k in state}
-    before = _capture_each(comps, pm)
-    done: list[str] = []
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"the saved components of {type(owner).__name__} are a "
+                              f"{type(state).__name__}, not a map")
     try:
-        for key, component in comps.items():
-            if not pm.hook.amber_restore_state(component=component, state=state[key], key=key):
-                raise CheckpointError(
-                    f"no plugin restores the state of {key!r} ({type(component).__qualname__})"
-                )
-            done.append(key)
+        comps = {k: c for k, c in components_of(owner, own, pm=pm).items() if k in state}
+    except CheckpointError:
+        raise
     except Exception as e:
-        failed = key
-        for k in done:
-            pm.hook.amber_restore_state(component=comps[k], state=before[k], key=k)
-        if isinstance(e, CheckpointError):
+        raise CheckpointError(f"listing the components of {type(owner).__name__} failed: "
+                              f"{type(e).__name__}: {e}") from e
+    before = {key: _guarded(key, "capturing the current state of", _capture_each, {key: c}, pm)[key]
+              for key, c in comps.items()}
+    touched: list[str] = []
+    for key, component in comps.items():
+        touched.append(key)
+        try:
+            _guarded(key, "restoring", _restore_one, key, component, state[key], pm)
+        except CheckpointError as e:
+            _roll_back(comps, before, touched, pm, e)
             raise
-        raise CheckpointError(f"restoring {failed!r} failed: {type(e).__name__}: {e}") from e
+
+
+def _restore_one(key: str, component: object, state: Any, pm: pluggy.PluginManager) -> None:
+    if not pm.hook.amber_restore_state(component=component, state=state, key=key):
+        raise CheckpointError(f"no plugin restores the state of {key!r} ({type(component).__qualname__})")
+
+
+def _guarded(key: str, doing: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, any exception turned into a CheckpointError naming component ``key``."""
+    try:
+        return fn(*args)
+    except CheckpointError as e:
+        if key in str(e):
+            raise
+        raise CheckpointError(f"{doing} {key!r} failed: {e}", path=e.path, format=e.format,
+                              plugin=e.plugin) from e
+    except Exception as e:
+        raise CheckpointError(f"{doing} {key!r} failed: {type(e).__name__}: {e}") from e
+
+
+def _roll_back(
+    comps: Mapping[str, object], before: Mapping[str, Any], touched: list[str],
+    pm: pluggy.PluginManager, error: CheckpointError,
+) -> None:
+    """Put the captured states back on every touched component; a failure here is added to ``error``."""
+    failed = []
+    for key in reversed(touched):
+        try:
+            _restore_one(key, comps[key], before[key], pm)
+        except Exception as e:  # keep putting the others back
+            failed.append(f"{key!r} ({type(e).__name__}: {e})")
+    if failed:
+        error.message = f"{error.message}; putting back the previous state of {', '.join(failed)} failed too"
+        error.args = (error.message,)

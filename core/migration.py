@@ -211,7 +211,8 @@ def changes(before: Any, after: Any, path: str = "", limit: int = 200) -> list[s
                 else:
                     stack.append((sub, a[key], b[key]))
         elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-            stack.extend((f"{where}[{i}]", x, y) for i, x, y in reversed(list(zip(range(len(a)), a, b))))
+            pairs = list(zip(range(len(a)), a, b, strict=True))
+            stack.extend((f"{where}[{i}]", x, y) for i, x, y in reversed(pairs))
         elif not (type(a) is type(b) and _same_leaf(a, b)):
             out.append(f"{where or '(root)'}: {_short(a)} -> {_short(b)}")
     return out

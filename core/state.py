@@ -199,7 +199,8 @@ def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
                 keypath,
                 f"{getattr(node, '__qualname__', node)!r} has no registered name. Register it "
                 "(amber.register_class), or save in a format that holds any object (`amber formats`), "
-                "or pass it again when restoring (e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
+                "or pass it again when restoring "
+                "(e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
             )
         raise fail(
             keypath,

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import amber
-from amber.envs import MultiAgentCartPole
 import amber.plugins.msgpack_fmt as msgpack_fmt
 from amber.checkpoint import read_checkpoint, write_checkpoint
+from amber.envs import MultiAgentCartPole
 from amber.errors import CheckpointError, CorruptCheckpointError, UnserializableStateError
 from amber.layout import Sink
 from amber.plugins.msgpack_fmt import safetensors_io

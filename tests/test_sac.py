@@ -21,8 +21,8 @@ from amber.algorithms.sac.sac_learner import polyak_update
 from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, SACTorchPolicy, squashed_logp
 from amber.checkpoint import read_checkpoint
 from amber.envs import MultiAgentEnv
-from amber.plugins.env_state import capture_env, restore_env
 from amber.errors import CheckpointError, CorruptCheckpointError
+from amber.plugins.env_state import capture_env, restore_env
 from amber.policy.policy import Policy
 from amber.utils.checkpoints import get_checkpoint_info
 from amber.utils.replay_buffers import ReplayBuffer
