@@ -8,8 +8,9 @@ and its message names the path.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = [
     "CheckpointError",
@@ -18,6 +19,7 @@ __all__ = [
     "DuplicateFormatError",
     "ExportError",
     "InvalidIdError",
+    "InvalidStateError",
     "MigrationError",
     "MissingPluginError",
     "NotACheckpointError",
@@ -114,6 +116,23 @@ class DuplicateFormatError(PluginLoadError):
 
 class MissingPluginError(CheckpointError):
     """A checkpoint or call needs a plugin (or an extra) that is not installed."""
+
+
+class InvalidStateError(CheckpointError):
+    """A checkpoint's state is intact but does not fit what loads it (keys, types, shapes, sizes)."""
+
+
+@contextlib.contextmanager
+def state_errors(path: str | os.PathLike[str] | None, what: str = "its state") -> Iterator[None]:
+    """Turn any error raised while building or applying a checkpoint's state into an
+    :class:`InvalidStateError` naming the path (a :class:`CheckpointError` passes through)."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise InvalidStateError(f"{path}: {what} does not fit what loads it: {type(e).__name__}: {e}",
+                                path=path) from e
 
 
 class UnregisteredNameError(CheckpointError, LookupError):

@@ -272,7 +272,7 @@ def test_restore_failing_while_applying_rolls_back(tmp_path, monkeypatch):
         return real(self, state)
 
     monkeypatch.setattr(type(pol_b), "set_state", flaky)
-    with pytest.raises(RuntimeError, match="gremlin"):
+    with pytest.raises(CheckpointError, match="does not fit what loads it: RuntimeError: disk gremlin"):
         algo.restore(path)
     assert_same_weights(before, weights(algo))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import CheckpointError, UnregisteredNameError
+from amber.errors import CheckpointError, UnregisteredNameError, state_errors
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -111,7 +111,8 @@ class CheckpointMixin:
             raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
                                   path=checkpoint_path)
         policies = {pid: p.state for pid, p in ckpt.policies.items()}
-        self.set_state({"algorithm": ckpt.state, "policies": policies})
+        with state_errors(checkpoint_path):  # set_state has put everything back by then
+            self.set_state({"algorithm": ckpt.state, "policies": policies})
 
     @classmethod
     def from_checkpoint(
@@ -145,19 +146,20 @@ class CheckpointMixin:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
-        own = dict(ckpt.state)
-        algo_cls, config = config_from_state(
-            own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
-            policies_to_train=policies_to_train, env=env)
         from amber.models.torch_mlp import weights_will_be_loaded
 
-        with weights_will_be_loaded():  # every policy built here gets its saved weights
-            algo = algo_cls(config=config)
-        # With other policies or another mapping, running episodes would map to
-        # policies that are gone: those restart instead of continuing.
-        same_episodes = policy_ids is None and policy_mapping_fn is None
-        algo.set_state({"algorithm": own, "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
-                       restore_episodes=same_episodes, rollback=False)
+        with state_errors(target):
+            own = dict(ckpt.state)
+            algo_cls, config = config_from_state(
+                own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
+                policies_to_train=policies_to_train, env=env)
+            with weights_will_be_loaded():  # every policy built here gets its saved weights
+                algo = algo_cls(config=config)
+            # With other policies or another mapping, running episodes would map to
+            # policies that are gone: those restart instead of continuing.
+            same_episodes = policy_ids is None and policy_mapping_fn is None
+            algo.set_state({"algorithm": own, "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
+                           restore_episodes=same_episodes, rollback=False)
         return algo
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.errors import CheckpointError
+from amber.errors import CheckpointError, state_errors
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -182,14 +182,15 @@ class Policy:
         :raises UnregisteredNameError: the policy class's name is not registered here.
         :raises CheckpointError: the state names no Policy class.
         """
-        spec = state["policy_spec"]
-        cls = spec["policy_class"]
-        if isinstance(cls, Ref):
-            cls = cls.resolve(what="policy class", path=path, pm=pm)
-        if not (isinstance(cls, type) and issubclass(cls, Policy)):
-            raise CheckpointError(f"{path}: the policy class {cls!r} is not a Policy class", path=path)
-        policy = cls.build_from_spec(spec)
-        policy.set_state(state)
+        with state_errors(path, "its policy state"):
+            spec = state["policy_spec"]
+            cls = spec["policy_class"]
+            if isinstance(cls, Ref):
+                cls = cls.resolve(what="policy class", path=path, pm=pm)
+            if not (isinstance(cls, type) and issubclass(cls, Policy)):
+                raise CheckpointError(f"{path}: the policy class {cls!r} is not a Policy class", path=path)
+            policy = cls.build_from_spec(spec)
+            policy.set_state(state)
         return policy
 
     @classmethod

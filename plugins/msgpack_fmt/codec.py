@@ -122,6 +122,13 @@ class Encoder:
 
         :raises UnserializableStateError: a value the format cannot hold (named by key path).
         """
+        try:
+            self._write(f, state)
+        except UnicodeEncodeError as e:  # a str holding a lone surrogate has no UTF-8 form
+            raise UnserializableStateError(f"cannot write a string that is not valid Unicode: {e}",
+                                           format="msgpack") from e
+
+    def _write(self, f: BinaryIO, state: Any) -> None:
         pack, out = self._packer.pack, f.write
         stack: list[tuple[Any, int, Any]] = [(state, 0, None)]
         while stack:
