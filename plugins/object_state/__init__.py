@@ -14,8 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from amber.errors import CheckpointError
 from amber.hookspecs import hookimpl
-from amber.state import text_to_wide_ints, wide_ints_to_text
+from amber.plugins.object_state.rng import checked_bit_generator, python_random_state, random_state_tuple
+from amber.state import wide_ints_to_text
 
 
 @runtime_checkable
@@ -52,19 +54,26 @@ def amber_capture_state(component: object) -> Any:
 
 
 @hookimpl(trylast=True)
-def amber_restore_state(component: object, state: Any) -> bool | None:
-    """Restore RNGs and :class:`Stateful` components."""
+def amber_restore_state(component: object, state: Any, key: str) -> bool | None:
+    """Restore RNGs (each state checked whole first) and :class:`Stateful` components.
+
+    A generator's kind comes from :data:`~amber.plugins.object_state.rng.BIT_GENERATORS`;
+    a malformed or unknown RNG state is a CheckpointError and leaves the generator as it was.
+    """
     if isinstance(component, np.random.Generator):
-        component.bit_generator.state = text_to_wide_ints(state["bit_generator"])
+        saved = state.get("bit_generator") if isinstance(state, dict) else None
+        scratch = checked_bit_generator(saved, f"{key}.bit_generator")
+        live = component.bit_generator
+        if type(scratch) is not type(live):
+            raise CheckpointError(f"saved state {key!r} is of a {type(scratch).__name__} generator, "
+                                  f"this one is a {type(live).__name__}")
+        live.state = scratch.state
         return True
     if isinstance(component, np.random.RandomState):
-        component.set_state(
-            (state["name"], state["keys"], int(state["pos"]), int(state["has_gauss"]), float(state["gauss"]))
-        )
+        component.set_state(random_state_tuple(state, key))
         return True
     if isinstance(component, random.Random):
-        internal = tuple(int(x) for x in np.asarray(state["mt"]).tolist())
-        component.setstate((int(state["version"]), internal, state["gauss_next"]))
+        component.setstate(python_random_state(state, key))
         return True
     if isinstance(component, Stateful):
         component.set_state(state)
