@@ -375,3 +375,13 @@ def test_typed_hyperparameters_take_their_defaults_and_good_values():
     assert SACConfig().replay_buffer_config is not SACConfig().replay_buffer_config  # no shared default
     with pytest.raises(ValueError, match="did you mean minibatch_size"):
         PPOConfig().training(minibatchsize=3)
+
+
+def test_a_counter_name_from_the_file_is_refused_and_leaves_nothing_behind(tmp_path):
+    algo = single().build()
+    state = algo.get_state()
+    state["algorithm"]["components"]["progress"]["counters"]["__class__"] = 5
+    before = dict(algo.counters)
+    with pytest.raises(CheckpointError, match="unknown counter"):
+        algo.set_state(state)
+    assert algo.counters == before

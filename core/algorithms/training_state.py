@@ -73,6 +73,9 @@ class TrainingProgress:
         counters = state.get("counters")
         if not isinstance(counters, Mapping):
             raise _bad("progress.counters", counters)
+        unknown = sorted(str(k) for k in counters if k not in COUNTERS)
+        if unknown:  # only amber's counters: a name from the file must not survive a rollback
+            raise _bad("progress.counters (unknown counter)", unknown[0])
         parsed = {k: _number(v, f"progress.counters.{k}") for k, v in counters.items()}
         recent = [_number(r, "progress.recent_returns") for r in _list(state.get("recent_returns", []))]
         per_policy = state.get("recent_policy_returns", {})
