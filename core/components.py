@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import CheckpointError
+from amber.errors import CheckpointError, InvalidStateError
 
 if TYPE_CHECKING:
     import pluggy
@@ -120,10 +120,13 @@ def _guarded(key: str, doing: str, fn: Callable[..., Any], *args: Any) -> Any:
     except CheckpointError as e:
         if key in str(e):
             raise
-        raise CheckpointError(f"{doing} {key!r} failed: {e}", path=e.path, format=e.format,
-                              plugin=e.plugin) from e
+        # the same class where it takes the base class's arguments (InvalidStateError...)
+        cls = type(e) if type(e).__init__ is CheckpointError.__init__ else CheckpointError
+        raise cls(f"{doing} {key!r} failed: {e}", path=e.path, format=e.format, plugin=e.plugin) from e
     except Exception as e:
-        raise CheckpointError(f"{doing} {key!r} failed: {type(e).__name__}: {e}") from e
+        # a restore that fails on its state: the state does not fit the component
+        cls = InvalidStateError if doing == "restoring" else CheckpointError
+        raise cls(f"{doing} {key!r} failed: {type(e).__name__}: {e}") from e
 
 
 def _roll_back(

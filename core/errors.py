@@ -125,10 +125,13 @@ class InvalidStateError(CheckpointError):
 @contextlib.contextmanager
 def state_errors(path: str | os.PathLike[str] | None, what: str = "its state") -> Iterator[None]:
     """Turn any error raised while building or applying a checkpoint's state into an
-    :class:`InvalidStateError` naming the path (a :class:`CheckpointError` passes through)."""
+    :class:`InvalidStateError` naming the path (a :class:`CheckpointError` passes through,
+    given the path if it named none)."""
     try:
         yield
-    except CheckpointError:
+    except CheckpointError as e:
+        if e.path is None and path is not None:
+            e.path = os.fspath(path)
         raise
     except Exception as e:
         raise InvalidStateError(f"{path}: {what} does not fit what loads it: {type(e).__name__}: {e}",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import CheckpointError, UnregisteredNameError, state_errors
+from amber.errors import CheckpointError, InvalidStateError, UnregisteredNameError, state_errors
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -146,14 +146,15 @@ class CheckpointMixin:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
-        from amber.models.torch_mlp import weights_will_be_loaded
+        from amber.models.build_budget import state_size, weights_will_be_loaded
 
         with state_errors(target):
             own = dict(ckpt.state)
             algo_cls, config = config_from_state(
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
                 policies_to_train=policies_to_train, env=env)
-            with weights_will_be_loaded():  # every policy built here gets its saved weights
+            # every policy built here gets its saved weights, so its size is bounded by theirs
+            with weights_will_be_loaded(sum(state_size(p.state) for p in ckpt.policies.values())):
                 algo = algo_cls(config=config)
             # With other policies or another mapping, running episodes would map to
             # policies that are gone: those restart instead of continuing.
@@ -188,6 +189,7 @@ def config_from_state(
         for pid, spec in (raw.get("policies") or {}).items()
     }
     config = algo_cls.get_default_config().from_dict(raw)
+    _check_env_count(own, config.num_envs_per_env_runner, path)
     config.algo_class = algo_cls
     config.plugin_manager = pm
     if policy_ids is not None:
@@ -198,6 +200,30 @@ def config_from_state(
     if policies_to_train is not None:
         config.policies_to_train = list(policies_to_train)
     return algo_cls, config
+
+
+#: How many env copies a checkpoint that saved no environment state (another system's) may
+#: declare: each is built before anything else is read, so the count is bounded up front.
+MAX_ENVS_WITHOUT_STATE = 1024
+
+
+def _check_env_count(own: Mapping[str, Any], declared: Any, path: str | os.PathLike[str]) -> None:
+    """The declared number of env copies must be the number saved (or small when none was saved).
+
+    :raises InvalidStateError: it is not, so building them could take any time or memory.
+    """
+    runner = (own.get("components") or {}).get("env_runner")
+    slots = runner.get("slots") if isinstance(runner, Mapping) else None
+    if isinstance(slots, list):
+        if declared != len(slots):
+            raise InvalidStateError(
+                f"{path}: config.num_envs_per_env_runner is {declared!r} but the checkpoint holds the "
+                f"state of {len(slots)} env copies", path=path)
+    elif not isinstance(declared, int) or declared > MAX_ENVS_WITHOUT_STATE:
+        raise InvalidStateError(
+            f"{path}: config.num_envs_per_env_runner is {declared!r}, more than the "
+            f"{MAX_ENVS_WITHOUT_STATE} env copies a checkpoint without environment state may declare",
+            path=path)
 
 
 def _resolve(value: Any, what: str, path: str | os.PathLike[str], pm: pluggy.PluginManager | None) -> Any:

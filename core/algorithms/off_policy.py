@@ -28,6 +28,7 @@ import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.training_state import UpdateCounters
+from amber.errors import InvalidStateError
 from amber.policy.sample_batch import TRANSITION_COLUMNS
 from amber.utils.replay_buffers import ReplayBuffer
 
@@ -186,5 +187,10 @@ class ReplayBuffers(dict):  # type: ignore[type-arg]
         saved = {pid: s for pid, s in state.items() if pid in self}
         fresh = {pid: ReplayBuffer(1) for pid in saved}
         for pid, buffer_state in saved.items():  # check them all before replacing any
+            capacity = buffer_state["capacity"] if isinstance(buffer_state, Mapping) else None
+            if capacity != self[pid].capacity:  # also bounds what the restore allocates
+                raise InvalidStateError(
+                    f"the saved replay buffer of policy {pid!r} holds {capacity!r} rows, this "
+                    f"algorithm's {self[pid].capacity} (replay_buffer_config capacity)")
             fresh[pid].set_state(buffer_state)
         self.update(fresh)

@@ -19,7 +19,8 @@ import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import make_env
-from amber.errors import CheckpointError
+from amber.envs.runner_state import Episode, parse_slot
+from amber.errors import CheckpointError, InvalidStateError
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
 
@@ -46,21 +47,6 @@ def probe_spaces(
         return {0: (instance.observation_space, instance.action_space)}, False
     finally:
         instance.close()
-
-
-class Episode:
-    """What a policy mapping function is told about the episode: ``id_`` and ``env_index``."""
-
-    __slots__ = ("env_index", "id_")
-
-    def __init__(self, id_: int, env_index: int) -> None:
-        self.id_ = id_
-        self.env_index = env_index
-
-    @property
-    def episode_id(self) -> int:
-        """``id_``, under the old API's name."""
-        return self.id_
 
 
 class _Slot:
@@ -362,27 +348,31 @@ class EnvRunner:
         """Apply :meth:`get_state`'s output; envs whose state was not captured restart their episodes.
 
         Env copy ``i`` takes the saved copy ``i``'s state; copies the state lacks are left as they are.
+        Everything is checked before anything changes.
+
+        :raises InvalidStateError: a field is missing or of the wrong type.
         """
         from amber import components
 
-        envs = dict(state["envs"])
-        own = {str(s.index): s.env for s in self._slots if str(s.index) in envs}
-        components.restore(self, own, envs, pm=self.pm)
-        self._next_eps_id = int(state["next_eps_id"])
+        envs = state["envs"]
+        if not isinstance(envs, Mapping) or not isinstance(state["slots"], list):
+            raise InvalidStateError("env runner state: 'envs' must be a map and 'slots' a list")
+        next_eps_id = state["next_eps_id"]
+        if isinstance(next_eps_id, bool) or not isinstance(next_eps_id, (int, np.integer)):
+            raise InvalidStateError("env runner state: next_eps_id must be an int")
+        next_eps_id = int(next_eps_id)
         # with fewer or more env copies than saved, the common ones continue; the others start fresh
-        for slot, saved in zip(self._slots, state["slots"], strict=False):
-            slot.started, slot.frags = bool(saved["started"]), {}
-            if not saved["captured"]:
-                slot.new_episode(-1, {})
-                slot.obs = None  # restarts at the next sample (unseeded once started)
-                continue
-            slot.obs = None if saved["obs"] is None else dict(saved["obs"])
-            slot.episode = Episode(int(saved["eps_id"]), slot.index)
-            slot.mapping = {a: str(p) for a, p in saved["mapping"].items()}
-            slot.ep_return, slot.ep_len = float(saved["ep_return"]), int(saved["ep_len"])
-            slot.agent_returns = {a: float(r) for a, r in saved["agent_returns"].items()}
-            slot.pending = {a: [p["obs"], p["action"], dict(p["extra"]), float(p["reward"])]
-                            for a, p in saved["pending"].items()}
+        parsed = [parse_slot(saved, slot.index, envs)
+                  for slot, saved in zip(self._slots, state["slots"], strict=False)]
+        own = {str(s.index): s.env for s in self._slots if str(s.index) in envs}
+        components.restore(self, own, dict(envs), pm=self.pm)
+        self._next_eps_id = next_eps_id
+        for slot, values in zip(self._slots, parsed, strict=False):
+            slot.started, slot.frags = values.pop("started"), {}
+            slot.new_episode(-1, {})
+            slot.obs = None  # not captured: restarts at the next sample (unseeded once started)
+            for name, value in values.items():
+                setattr(slot, name, value)
         self.set_policies(self.policies, self.policy_mapping_fn)
 
     def stop(self) -> None:

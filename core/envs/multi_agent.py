@@ -6,6 +6,7 @@ imports it when built.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,17 +93,22 @@ class MultiAgentCartPole(MultiAgentEnv):
     its last observation once and then no longer appears; ``"__all__"`` is
     true when every agent is done. ``reset(seed=s)`` seeds game ``i`` with ``s + i``.
 
-    :param config: ``{"num_agents": N}`` (default 1).
+    :param config: ``{"num_agents": N}`` (default 1, at most :attr:`MAX_AGENTS`).
     """
+
+    #: Each agent is a gymnasium env built up front: a bound, so that a config (or a
+    #: checkpoint's) cannot ask for a million of them.
+    MAX_AGENTS = 1024
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         import gymnasium
 
         super().__init__()
         config = dict(config or {})
-        n = int(config.get("num_agents", 1))
-        if n < 1:
-            raise ValueError(f"num_agents must be at least 1, not {n}")
+        n = config.get("num_agents", 1)
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or not 1 <= n <= self.MAX_AGENTS:
+            raise ValueError(f"num_agents must be an int from 1 to {self.MAX_AGENTS}, not {n!r}")
+        n = int(n)
         self.envs = [gymnasium.make("CartPole-v1") for _ in range(n)]
         self.possible_agents = list(range(n))
         self.agents = []

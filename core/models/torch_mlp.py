@@ -8,28 +8,38 @@ happens inside the model, so an exported model keeps it.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from amber.models.build_budget import (
+    ModelSizeError,
+    charge,
+    restoring,
+    state_size,
+    weights_will_be_loaded,
+)
+
 __all__ = [
     "DEFAULT_MODEL_CONFIG",
+    "ModelSizeError",
     "ObsPreprocessor",
     "PPOTorchModel",
     "action_dist_dim",
     "build_mlp",
+    "charge",
     "graph_preprocess",
     "sequential_to_dense",
     "get_activation",
     "linear_layers",
     "train_forward",
     "obs_input_dim",
+    "state_size",
+    "weights_will_be_loaded",
 ]
 
 #: RLlib's defaults for the keys this module reads.
@@ -89,30 +99,34 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
-_WEIGHTS_WILL_BE_LOADED = contextvars.ContextVar("amber_weights_will_be_loaded", default=False)
-
-
-@contextlib.contextmanager
-def weights_will_be_loaded() -> Iterator[None]:
-    """Build models without initialising their weights, which a saved state is about to replace.
-
-    Orthogonal initialisation of a 2048x2048 layer takes seconds; a restore needs none of it.
-    """
-    token = _WEIGHTS_WILL_BE_LOADED.set(True)
-    try:
-        yield
-    finally:
-        _WEIGHTS_WILL_BE_LOADED.reset(token)
-
-
 def _linear(in_dim: int, out_dim: int) -> nn.Linear:
-    if _WEIGHTS_WILL_BE_LOADED.get():
-        return torch.nn.utils.skip_init(nn.Linear, in_dim, out_dim)
+    if in_dim < 1 or out_dim < 1:
+        raise ValueError(f"a linear layer needs positive sizes, not {in_dim} x {out_dim}")
+    if restoring():
+        charge(in_dim * out_dim + out_dim, f"{in_dim} x {out_dim} layer")
+        return _uninitialized_linear(in_dim, out_dim)
     return nn.Linear(in_dim, out_dim)
 
 
+class _UninitializedLinear(nn.Linear):
+    """An ``nn.Linear`` whose weights are left as allocated (a saved state replaces them).
+
+    Not ``torch.nn.utils.skip_init``: it goes through the meta device, whose first use imports
+    sympy and torch's symbolic shapes (a quarter of a second a cold process would pay to serve).
+    """
+
+    def reset_parameters(self) -> None:
+        """Leave the weights uninitialised."""
+
+
+def _uninitialized_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    layer = _UninitializedLinear(in_dim, out_dim)
+    layer.__class__ = nn.Linear  # a plain Linear from here on (type checks, export, fast paths)
+    return layer
+
+
 def _init_linear(layer: nn.Linear, gain: float, generator: torch.Generator | None) -> None:
-    if _WEIGHTS_WILL_BE_LOADED.get():
+    if restoring():
         return
     with torch.no_grad():
         nn.init.orthogonal_(layer.weight, gain=gain, generator=generator)
@@ -158,6 +172,7 @@ class ObsPreprocessor(nn.Module):
         super().__init__()
         self.discrete = isinstance(observation_space, gym.spaces.Discrete)
         self.out_dim = obs_input_dim(observation_space)
+        charge(self.out_dim if self.discrete else 0, "observation one-hot encoding", consume=False)
         start = int(observation_space.start) if self.discrete else 0
         # Not persistent: not a weight, and rebuilt from the space.
         self.register_buffer("categories", torch.arange(start, start + self.out_dim), persistent=False)

@@ -189,7 +189,10 @@ class Policy:
                 cls = cls.resolve(what="policy class", path=path, pm=pm)
             if not (isinstance(cls, type) and issubclass(cls, Policy)):
                 raise CheckpointError(f"{path}: the policy class {cls!r} is not a Policy class", path=path)
-            policy = cls.build_from_spec(spec)
+            from amber.models.build_budget import state_size, weights_will_be_loaded
+
+            with weights_will_be_loaded(state_size(state)):  # sizes bounded by the saved weights
+                policy = cls.build_from_spec(spec)
             policy.set_state(state)
         return policy
 

@@ -131,8 +131,15 @@ class ReplayBuffer:
 
         :raises ValueError: a state that does not describe a valid buffer.
         """
-        capacity, size, cursor = int(state["capacity"]), int(state["size"]), int(state["cursor"])
-        columns = {k: np.asarray(v) for k, v in (state.get("columns") or {}).items()}
+        capacity, size, cursor = (_count(state, "capacity"), _count(state, "size"), _count(state, "cursor"))
+        raw_columns = state.get("columns") or {}
+        if not isinstance(raw_columns, Mapping):
+            raise ValueError("replay buffer state: 'columns' must be a map of arrays")
+        columns = {}
+        for name, col in raw_columns.items():
+            if not isinstance(col, np.ndarray) or col.dtype.kind not in "biuf" or col.ndim < 1:
+                raise ValueError(f"replay buffer state: column {name!r} must be a numeric array of rows")
+            columns[name] = col
         # a buffer that is not full was filled from row 0 (add or clear), so its cursor is its size
         consistent = size in (0, capacity) or cursor == size
         if not (capacity > 0 and 0 <= size <= capacity and 0 <= cursor < capacity and consistent):
@@ -141,6 +148,9 @@ class ReplayBuffer:
         if size and (not columns or any(len(col) != size for col in columns.values())):
             raise ValueError(f"replay buffer state holds {size} rows but its columns differ: "
                              f"{ {k: len(v) for k, v in columns.items()} }")
+        num_added = _count(state, "num_added") if "num_added" in state else size
+        if not isinstance(state["rng"], Mapping):
+            raise ValueError("replay buffer state: 'rng' must be a bit generator's state map")
         rng = np.random.default_rng()
         rng.bit_generator.state = text_to_wide_ints(dict(state["rng"]))
         stores: dict[str, np.ndarray] = {}
@@ -152,6 +162,14 @@ class ReplayBuffer:
             store[:size] = col
             stores[name] = store
         self.capacity, self._size, self._cursor = capacity, size, cursor if size else 0
-        self.num_added = int(state.get("num_added", size))
+        self.num_added = num_added
         self.rng = rng
         self._columns = stores
+
+
+def _count(state: Mapping[str, Any], key: str) -> int:
+    """``state[key]`` as an int (a bool, float or string is refused, never converted)."""
+    value = state[key]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"replay buffer state: {key!r} must be an int, not {type(value).__name__}")
+    return int(value)
