@@ -11,10 +11,12 @@ block: a FIFO, socket or device is refused before it is opened
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import io
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -221,6 +223,21 @@ def check_file(root: Path, rel: str, entry: FileEntry) -> str | None:
     return None
 
 
+#: Writes of at least this many bytes are hashed on another thread, piece by piece, while written.
+_OVERLAP_BYTES = 8 << 20
+_HASHER: concurrent.futures.ThreadPoolExecutor | None = None
+_HASHER_LOCK = threading.Lock()
+
+
+def _hashing_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that hashes large writes (started on first use)."""
+    global _HASHER
+    with _HASHER_LOCK:
+        if _HASHER is None:
+            _HASHER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amber-hash")
+        return _HASHER
+
+
 class HashingFile(io.RawIOBase):
     """A new file that hashes and counts what is written to it, and fsyncs on close."""
 
@@ -240,12 +257,24 @@ class HashingFile(io.RawIOBase):
         if not mv.c_contiguous:
             raise ValueError("HashingFile.write needs a contiguous buffer")
         mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
-        self._h.update(mv)
+        if mv.nbytes < _OVERLAP_BYTES:
+            self._h.update(mv)
+            self._write_all(mv)
+        else:  # hash each piece on the hashing thread while this one writes it (both free the GIL)
+            for start in range(0, mv.nbytes, _OVERLAP_BYTES):
+                piece = mv[start:start + _OVERLAP_BYTES]
+                hashed = _hashing_thread().submit(self._h.update, piece)
+                try:
+                    self._write_all(piece)
+                finally:
+                    hashed.result()  # the caller may reuse its buffer once write returns
+        self._size += mv.nbytes
+        return mv.nbytes
+
+    def _write_all(self, mv: memoryview) -> None:
         done = 0
         while done < mv.nbytes:
             done += self._f.write(mv[done:]) or 0
-        self._size += mv.nbytes
-        return mv.nbytes
 
     def close(self) -> None:  # noqa: D102
         if self.closed:
