@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -72,7 +72,7 @@ def state_size(tree: Any) -> int:
         node = stack.pop()
         if isinstance(node, np.ndarray):
             total += int(node.size)
-        elif isinstance(node, Mapping):
+        elif isinstance(node, dict):  # a state tree's maps are dicts (no ABC check: it is slow cold)
             stack.extend(node.values())
         elif isinstance(node, (list, tuple)):
             stack.extend(node)
