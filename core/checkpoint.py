@@ -11,10 +11,11 @@ trees (:func:`save`, :func:`load`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from amber.async_save import SaveHandle, save_in_background, snapshot, wait_for_saves
 from amber.checkpoint_read import Checkpoint, migrate_in_memory, pickle_allowed_default, read_checkpoint
 from amber.checkpoint_write import Attachment, write_checkpoint
 from amber.layout import STATE_STEMS
@@ -30,6 +31,7 @@ __all__ = [
     "STATE_STEMS",
     "Attachment",
     "Checkpoint",
+    "SaveHandle",
     "detect_format",
     "load",
     "migrate_in_memory",
@@ -40,6 +42,22 @@ __all__ = [
 ]
 
 
+@overload
+def save(
+    state: StateTree, path: str | os.PathLike[str], *, format: str | None = ...,
+    metadata: Mapping[str, str] | None = ..., pm: pluggy.PluginManager | None = ...,
+    block: Literal[True] = ...,
+) -> Path: ...
+
+
+@overload
+def save(
+    state: StateTree, path: str | os.PathLike[str], *, format: str | None = ...,
+    metadata: Mapping[str, str] | None = ..., pm: pluggy.PluginManager | None = ...,
+    block: Literal[False],
+) -> SaveHandle[Path]: ...
+
+
 def save(
     state: StateTree,
     path: str | os.PathLike[str],
@@ -47,15 +65,23 @@ def save(
     format: str | None = None,
     metadata: Mapping[str, str] | None = None,
     pm: pluggy.PluginManager | None = None,
-) -> Path:
+    block: bool = True,
+) -> Path | SaveHandle[Path]:
     """Save a state tree as a checkpoint of type ``"State"``, atomically.
+
+    A background save in flight (``block=False``) is waited for first, and
+    an error of it that nobody retrieved is raised here (:mod:`amber.async_save`).
 
     :param state: a state tree (see :mod:`amber.state`).
     :param path: the checkpoint directory to create or replace.
     :param format: a registered format name (default: the first registered format that is
         portable and safe to load, :meth:`amber.registry.FormatRegistry.default_portable`).
     :param metadata: strings to record in checkpoint.json.
-    :return: the checkpoint's path.
+    :param block: False: copy the state now (:func:`amber.async_save.snapshot`), write it in
+        the background and return a :class:`~amber.async_save.SaveHandle` at once, whose
+        ``result()`` is the path (or raises what a synchronous save would have raised).
+    :return: the checkpoint's path; with ``block=False``, the save's handle.
+    :raises UnknownFormatError: no such format (raised here even with ``block=False``).
 
     Example::
 
@@ -63,8 +89,18 @@ def save(
         amber.save({"w": np.zeros(3), "step": 7}, "/tmp/amber-example")
         assert amber.load("/tmp/amber-example")["step"] == 7
     """
-    fmt = format if format is not None else get_registry(pm).default_portable()
-    return write_checkpoint(path, type="State", state=state, format=fmt, metadata=metadata, pm=pm)
+    registry = get_registry(pm)
+    fmt = format if format is not None else registry.default_portable()
+    registry.get(fmt)  # an unknown format fails here, before anything is copied or written
+    if block:
+        wait_for_saves()
+        return write_checkpoint(path, type="State", state=state, format=fmt, metadata=metadata, pm=pm)
+
+    def capture() -> Callable[[], Path]:
+        frozen, meta = snapshot(state, where=path), dict(metadata or {})
+        return lambda: write_checkpoint(path, type="State", state=frozen, format=fmt, metadata=meta, pm=pm)
+
+    return save_in_background(capture, path)
 
 
 def load(

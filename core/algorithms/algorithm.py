@@ -317,10 +317,21 @@ class Algorithm(CheckpointMixin):
         components.restore(self, self.checkpoint_components(), saved, pm=self.pm)
 
     def stop(self) -> None:
-        """Release the environments; afterwards :meth:`train` raises."""
-        if not self._stopped:
-            self.env_runner.stop()
-            self._stopped = True
+        """Release the environments; afterwards :meth:`train` raises.
+
+        A background save in flight (``save(block=False)``) is waited for first.
+
+        :raises CheckpointError: that save failed and nobody retrieved its error
+            (``handle.result()``); the environments are released all the same.
+        """
+        from amber.async_save import wait_for_saves
+
+        try:
+            wait_for_saves()
+        finally:
+            if not self._stopped:
+                self.env_runner.stop()
+                self._stopped = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(env={self.config.env!r}, policies={sorted(self.policies)})"

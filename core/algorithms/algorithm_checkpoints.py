@@ -8,13 +8,15 @@ policies' states, through :mod:`amber.checkpoint`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from amber.errors import CheckpointError, InvalidStateError, UnregisteredNameError, state_errors
 from amber.state import Ref
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     import pluggy
 
     from amber.algorithms.algorithm_config import AlgorithmConfig
+    from amber.async_save import SaveHandle
+    from amber.checkpoint_write import Attachment
     from amber.policy.policy import Policy
 
 __all__ = ["CheckpointMixin", "SaveResult", "TrainingCheckpoint", "config_from_state", "results_dir"]
@@ -61,6 +65,12 @@ class CheckpointMixin:
     iteration: int
     _logdir: Path | None
 
+    if TYPE_CHECKING:  # the algorithm's own (Algorithm.get_state, Algorithm.set_state)
+        def get_state(self) -> dict[str, Any]: ...
+
+        def set_state(self, state: Mapping[str, Any], *, restore_episodes: bool = True,
+                      rollback: bool = True) -> None: ...
+
     @property
     def logdir(self) -> str:
         """This algorithm's directory for default checkpoints (made on first use)."""
@@ -73,34 +83,105 @@ class CheckpointMixin:
             self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__}_{env}_{stamp}_", dir=root))
         return str(self._logdir)
 
+    @overload
+    def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
+             block: Literal[True] = ...) -> SaveResult: ...
+
+    @overload
+    def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
+             block: Literal[False]) -> SaveHandle[SaveResult]: ...
+
     def save(
-        self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None
-    ) -> SaveResult:
+        self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None,
+        block: bool = True,
+    ) -> SaveResult | SaveHandle[SaveResult]:
         """Write a checkpoint of the whole algorithm (atomically) and return where.
+
+        A background save in flight is waited for first, and an error of it that
+        nobody retrieved is raised here (:mod:`amber.async_save`).
 
         :param checkpoint_dir: the directory; default: ``checkpoint_<iteration>`` under :attr:`logdir`.
         :param format: a registered format (default: ``.checkpointing(format=...)``, "pickle").
+        :param block: False: take a snapshot of the state now (training may go on as soon as
+            this returns), write it in the background and return a
+            :class:`~amber.async_save.SaveHandle` whose ``result()`` is the SaveResult.
+        :raises UnknownFormatError: no such format (raised here even with ``block=False``).
         """
-        from amber.checkpoint import write_checkpoint
+        from amber.async_save import save_in_background, wait_for_saves
         from amber.registry import get_registry
 
         fmt = format or self.config.checkpoint_format
         get_registry(self.pm).get(fmt)  # an unknown format fails before anything is captured
         path = (Path(checkpoint_dir) if checkpoint_dir is not None
                 else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
+        result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
+        if block:
+            wait_for_saves()
+            self._write_checkpoint(path, fmt, self.get_state(), self._model_exports(frozen=False))
+            return result
+
+        def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
+            state, exports = self._snapshot(path), self._model_exports(frozen=True)
+
+            def write() -> SaveResult:  # in the background
+                self._write_checkpoint(path, fmt, state, exports)
+                return result
+
+            return write
+
+        return save_in_background(capture, path)
+
+    def _snapshot(self, path: Path) -> dict[str, Any]:
+        """:meth:`get_state`, independent of the live algorithm: the policies' states are
+        copies already (``Policy.get_state()``: only views in them are copied); the rest
+        (components, e.g. replay buffers' views of their storage) is copied here."""
+        from amber.async_save import snapshot
+
         state = self.get_state()
-        own = state["algorithm"]
-        attachments = {}
-        if self.config.export_native_model_files:
-            for pid, policy in self.policies.items():
-                if hasattr(policy, "export_model"):
-                    attachments[pid] = (lambda p: lambda d: p.export_model(d / "model", pm=self.pm))(policy)
+        return {"algorithm": snapshot(state["algorithm"], where=path),
+                "policies": snapshot(state["policies"], fresh_arrays=True, where=path)}
+
+    def _model_exports(self, *, frozen: bool) -> dict[str, Attachment]:
+        """With ``export_native_model_files``: what writes each policy's ``model/`` folder.
+
+        :param frozen: for a background save: take each network now (``policy.export_graph()``,
+            a copy) and export it later as ``Policy.export_model`` would have; a policy with an
+            ``export_model`` of its own exports now, into a temporary folder copied later.
+        """
+        from amber.async_save import snapshot
+        from amber.export import export_model
+        from amber.policy.policy import Policy as BasePolicy
+
+        out: dict[str, Attachment] = {}
+        if not self.config.export_native_model_files:
+            return out
+        pm = self.pm
+        for pid, policy in self.policies.items():
+            if not hasattr(policy, "export_model"):
+                continue
+            if not frozen:
+                out[pid] = (lambda p: lambda d: p.export_model(d / "model", pm=pm))(policy)
+            elif type(policy).export_model is BasePolicy.export_model:
+                graph = snapshot(policy.export_graph(), fresh_arrays=True)
+                if graph.framework is None:  # as Policy.export_model does
+                    framework = getattr(policy, "framework", None) or "torch"
+                    graph = dataclasses.replace(graph, framework=framework)
+                out[pid] = (lambda g: lambda d: export_model(g, d / "model", pm=pm))(graph)
+            else:  # removed with the folder object, once the save is over
+                done = tempfile.TemporaryDirectory(prefix="amber-export-")
+                policy.export_model(Path(done.name) / "model", pm=pm)
+                out[pid] = (lambda t: lambda d: shutil.copytree(Path(t.name) / "model", d / "model"))(done)
+        return out
+
+    def _write_checkpoint(self, path: Path, fmt: str, state: Mapping[str, Any],
+                          attachments: Mapping[str, Attachment]) -> None:
+        from amber.checkpoint import write_checkpoint
+
         # In a portable format, a mapping function (or env class) with no registered name is
         # written as a placeholder, and from_checkpoint asks for it.
-        write_checkpoint(path, type="Algorithm", state=own, policies=state["policies"], format=fmt,
-                         metadata={"algorithm": type(self).__name__}, attachments=attachments,
+        write_checkpoint(path, type="Algorithm", state=state["algorithm"], policies=state["policies"],
+                         format=fmt, metadata={"algorithm": type(self).__name__}, attachments=attachments,
                          placeholders=True, pm=self.pm)
-        return SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:
         """Set this algorithm's whole state from a checkpoint; on any error it is left as it was."""

@@ -1,0 +1,303 @@
+"""Saving in the background: the snapshot in the caller's thread, the write in another.
+
+``amber.save(..., block=False)`` and ``algo.save(..., block=False)`` go
+through :func:`save_in_background`. In the caller's thread it waits for the
+save in flight, if any, and has the saver take its snapshot: a copy of the
+state that nothing done afterwards can change (:func:`snapshot`). A
+background thread then runs the usual write path
+(:func:`amber.checkpoint_write.write_checkpoint`: encoding, digests, fsync,
+atomic commit), so the checkpoint is the one a synchronous save would have
+written at that moment. The caller gets a :class:`SaveHandle`.
+
+The process has one background writer: one save in flight at a time, in
+the order they were asked for. A synchronous save, ``algo.stop()`` and
+:func:`wait_for_saves` wait for it first, and so does interpreter exit, as
+soon as the main thread ends (a kill or ``os._exit`` does not wait: the
+atomic write leaves the previous checkpoint at that path intact).
+
+No error is lost. A failed background save raises its exception (the one a
+synchronous save would have raised, naming the path) from
+:meth:`SaveHandle.result`. If nobody asked for it (``result()`` or
+``exception()``) by the time of the next save, synchronous or not,
+``algo.stop()`` or :func:`wait_for_saves`, that call raises it, once, and the
+new save is not started. At interpreter exit an error nobody asked for is
+printed on stderr.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import concurrent.futures.thread  # its exit hook is registered before ours, so runs after ours
+import copy
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from amber.errors import UnserializableStateError
+
+__all__ = ["SaveHandle", "save_in_background", "snapshot", "wait_for_saves"]
+
+T = TypeVar("T")
+
+
+class SaveHandle(concurrent.futures.Future[T], Generic[T]):
+    """A save running in the background: a :class:`concurrent.futures.Future` of its result.
+
+    ``result()`` is what the synchronous save returns (a ``SaveResult`` for
+    ``algo.save``, the checkpoint's path for ``amber.save``) and raises what
+    it would have raised. A save cannot be cancelled: :meth:`cancel` returns False.
+
+    :ivar path: the checkpoint directory being written.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._retrieved = False
+        self._error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the save and return its result.
+
+        :param timeout: seconds to wait at most (None: until it ends).
+        :raises TimeoutError: the save is still running after ``timeout`` seconds
+            (``concurrent.futures.TimeoutError``).
+        :raises CheckpointError: the save failed (the same error as a synchronous save).
+        """
+        try:
+            return super().result(timeout)
+        finally:
+            if self.done():
+                self._retrieved = True
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the save and return its error, or None if it succeeded (the error is then
+        taken as seen: no later call raises it)."""
+        try:
+            return super().exception(timeout)
+        finally:
+            if self.done():
+                self._retrieved = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the save to end, without raising its error (:meth:`result` does).
+
+        :param timeout: seconds to wait at most (None: until it ends).
+        :return: whether it has ended.
+        """
+        concurrent.futures.wait([self], timeout=timeout)
+        return self.done()
+
+    def unretrieved_error(self) -> BaseException | None:
+        """The error of a finished save that nobody has asked for yet (None: none, or running)."""
+        return self._error if self.done() and not self._retrieved else None
+
+    def __repr__(self) -> str:
+        return f"<SaveHandle {str(self.path)!r} {'done' if self.done() else 'running'}>"
+
+
+class _Writer:
+    """The process's background writer: one thread, started on the first background save and
+    fed one save at a time; the last save handed to it; a lock that keeps one in flight.
+
+    The thread waits for work rather than being started for each save: starting a thread
+    waits for it to run, which can hold the caller up for a whole GIL switch interval.
+    It is a daemon, so that it never keeps the process alive; exit waits for its save.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last: SaveHandle[Any] | None = None
+        self.local = threading.local()
+        self.hooked = False
+        self.jobs: queue.SimpleQueue[tuple[SaveHandle[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def start(self, handle: SaveHandle[T], job: Callable[[], T]) -> None:
+        """Hand a save to the thread (started if it is not running)."""
+        self.last = handle
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=_serve, args=(self.jobs,), name="amber-save", daemon=True)
+            self.thread.start()
+        self.jobs.put((handle, job))
+
+    def settle(self) -> None:
+        """Wait for the save in flight; raise its error if nobody asked for it."""
+        last = self.last
+        if last is None:
+            return
+        last.wait()
+        error = last.unretrieved_error()
+        if error is not None:
+            last._retrieved = True
+            raise error
+
+    def in_writer(self) -> bool:
+        """Whether this is the writer's thread (a save started from a save being written)."""
+        return getattr(self.local, "writing", False)
+
+    def reset(self) -> None:
+        """Forget the save in flight (in a forked child, whose copy of the writing thread does not run)."""
+        self.lock = threading.Lock()
+        self.last = None
+        self.jobs = queue.SimpleQueue()
+        self.thread = None
+
+
+_WRITER = _Writer()
+
+
+def wait_for_saves() -> None:
+    """Wait until the background save in flight (if any) has ended.
+
+    :raises CheckpointError: that save failed and nobody has asked for its error
+        (:meth:`SaveHandle.result`): it is raised here, once.
+    """
+    if _WRITER.in_writer():  # a save being written never waits for itself
+        return
+    with _WRITER.lock:
+        _WRITER.settle()
+
+
+def save_in_background(capture: Callable[[], Callable[[], T]], path: str | os.PathLike[str]) -> SaveHandle[T]:
+    """Take a save's snapshot now and write it in the background.
+
+    In the caller's thread: wait for the save in flight (raising its error if
+    nobody asked for it: then nothing of this save is done), then call
+    ``capture()``, which snapshots the state and returns the function that
+    writes it. That function runs in a background thread; its return value or
+    exception becomes the handle's.
+
+    From the writer's own thread (a save started by code a background save
+    runs), the save is written at once, in that thread: it cannot wait for itself.
+
+    :param capture: takes the snapshot; its errors are raised here, in the caller's thread.
+    :param path: the checkpoint directory, for the handle and messages.
+    :return: the handle of the save.
+    """
+    _install_hooks()
+    if _WRITER.in_writer():
+        inline: SaveHandle[T] = SaveHandle(Path(path))
+        inline.set_running_or_notify_cancel()
+        _run(inline, capture())
+        return inline
+    with _WRITER.lock:
+        _WRITER.settle()
+        job = capture()
+        handle: SaveHandle[T] = SaveHandle(Path(path))
+        handle.set_running_or_notify_cancel()  # running from now on: it cannot be cancelled
+        _WRITER.start(handle, job)
+    return handle
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[SaveHandle[Any], Callable[[], Any]]]) -> None:
+    """The writer's thread: run each save handed to it, in order."""
+    _WRITER.local.writing = True
+    while True:
+        handle, job = jobs.get()
+        _run(handle, job)
+        del handle, job  # the snapshot is freed now, not when the next save comes
+
+
+def _run(handle: SaveHandle[T], job: Callable[[], T]) -> None:
+    """Run a save's write and settle its handle."""
+    try:
+        result = job()
+    except BaseException as e:  # noqa: BLE001 - every error goes to the handle, none is lost
+        traceback.clear_frames(e.__traceback__)  # the frames' locals would keep the snapshot alive
+        handle._error = e
+        handle.set_exception(e)
+    else:
+        handle.set_result(result)
+
+
+def _install_hooks() -> None:
+    """On the first background save: wait for the writer at exit; forget it in a forked child.
+
+    The exit hook is threading's (private, but what :mod:`concurrent.futures` itself uses): it
+    runs when the main thread ends, before thread pools refuse work (the commit's fsyncs use
+    one) and before ``atexit``; hooks registered later run first.
+    """
+    if _WRITER.hooked:
+        return
+    _WRITER.hooked = True
+    register = getattr(threading, "_register_atexit", atexit.register)
+    try:
+        register(_at_exit)
+    except RuntimeError:  # the interpreter is shutting down already: atexit still runs
+        atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_WRITER.reset)
+
+
+def _at_exit() -> None:
+    """At interpreter exit: wait for the save in flight; print its error if nobody asked for it."""
+    last = _WRITER.last
+    if last is None:
+        return
+    last.wait()
+    error = last.unretrieved_error()
+    if error is None:
+        return
+    last._retrieved = True
+    print(f"amber: warning: the background save to {last.path} failed and its error was never "
+          "retrieved (SaveHandle.result()); that checkpoint was not written:", file=sys.stderr)
+    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+def snapshot(tree: Any, *, fresh_arrays: bool = False, where: str | os.PathLike[str] | None = None) -> Any:
+    """An independent copy of a state tree: what a background save writes, whatever is done
+    to the live objects afterwards.
+
+    The tree is deep-copied (:func:`copy.deepcopy`): containers and objects
+    are copied, objects shared within the tree stay shared, classes and
+    functions are kept as they are. Each numpy array is copied once, keeping
+    its memory order, so that every format writes the copy byte for byte as
+    it would have written the original (a non-contiguous view becomes a
+    contiguous copy: the same values).
+
+    :param tree: the state tree (or any object the format writes).
+    :param fresh_arrays: the tree was built for this save, its arrays that own
+        their memory being copies made for it, as :meth:`Policy.get_state`
+        returns them: those are kept, not copied a second time. An array over
+        another's memory (a view, e.g. of a live tensor) is still copied.
+    :param where: the checkpoint's path, for messages.
+    :raises UnserializableStateError: something in the tree cannot be copied.
+    """
+    memo: dict[int, Any] = {}
+    if fresh_arrays:
+        for array in _own_arrays(tree):
+            memo[id(array)] = array  # deepcopy returns what the memo holds: the array itself
+    try:
+        return copy.deepcopy(tree, memo)
+    except Exception as e:  # an object deepcopy cannot copy (a lock, an open file...)
+        raise UnserializableStateError(
+            f"cannot snapshot the state for a background save to {where}: {type(e).__name__}: {e}; "
+            "save with block=True", path=where) from e
+
+
+def _own_arrays(tree: Any) -> list[np.ndarray]:
+    """The numpy arrays in ``tree``'s dicts, lists and tuples that own their memory."""
+    found: list[np.ndarray] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            stack.extend(node.values())
+        elif type(node) in (list, tuple):
+            stack.extend(node)
+        elif type(node) is np.ndarray and node.base is None and node.flags.owndata \
+                and not node.dtype.hasobject:
+            found.append(node)
+    return found
