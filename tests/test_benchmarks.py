@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ["sac_learning.py", "--smoke", "--quiet"],
     ["replay_buffer_io.py", "--smoke"],
     ["export_cold_start.py", "--smoke"],
+    ["serve_cold_start.py", "--smoke"],
 ], ids=lambda a: a[0])
 def test_benchmark_smoke(args, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / args[0]), *args[1:]], capture_output=True,

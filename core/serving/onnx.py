@@ -1,0 +1,123 @@
+"""Serving an ONNX export: ``model.onnx`` run with onnxruntime, acted on as ``model.json`` says.
+
+:func:`amber.serve.load_policy` hands a directory written by
+``policy.export_model(dir, onnx=OPSET)`` (or ``amber export CKPT DIR --onnx
+OPSET``) here. ``model.onnx`` is read whole and checked against the size and
+digest ``model.json`` records before onnxruntime sees a byte. The graph
+computes the outputs (``action_dist_inputs``, ``vf_preds``), observation
+preprocessing included; the spaces and the action distribution come from
+``model.json``. onnxruntime (the ``onnx`` extra) is imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amber.digest import parse_digest
+from amber.errors import CorruptCheckpointError, MissingPluginError
+from amber.models.numpy_distributions import DISTRIBUTIONS
+from amber.serving.load import UnservablePolicyError
+from amber.serving.policy import ServedPolicy, describe_space
+from amber.verified_io import FileEntry, read_verified
+
+__all__ = ["MODEL_FILE", "MODEL_JSON", "load_onnx", "read_model_json"]
+
+MODEL_JSON = "model.json"
+MODEL_FILE = "model.onnx"
+#: The newest ``model.json`` layout this reads (``format_version``).
+MODEL_JSON_VERSION = 1
+#: The action distributions an export may name.
+KNOWN_DISTRIBUTIONS = (*DISTRIBUTIONS, "q_values")
+
+
+def read_model_json(directory: Path) -> dict[str, Any]:
+    """``directory/model.json``, checked to be one amber wrote in a layout this amber reads.
+
+    :raises CorruptCheckpointError: unreadable or not a JSON object.
+    :raises UnservablePolicyError: written by a newer amber, or not by amber.
+    """
+    path = directory / MODEL_JSON
+    try:
+        meta = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path} cannot be read as JSON: {e}", path=path) from e
+    if not isinstance(meta, dict) or (meta.get("producer") or {}).get("name") != "amber":
+        raise UnservablePolicyError(f"{path} was not written by amber's export", path=path)
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > MODEL_JSON_VERSION:
+        raise UnservablePolicyError(f"{path} has format_version {version!r}; this amber reads up to "
+                                    f"{MODEL_JSON_VERSION}: upgrade amber", path=path)
+    return meta
+
+
+def _model_bytes(directory: Path, meta: Mapping[str, Any]) -> bytes:
+    """The bytes of ``model.onnx``, verified against its size and digest in ``model.json``."""
+    files = meta.get("files") or {}
+    entry = files.get(MODEL_FILE) if isinstance(files, Mapping) else None
+    if not isinstance(entry, Mapping):
+        listed = ", ".join(sorted(files)) if isinstance(files, Mapping) else "nothing"
+        raise UnservablePolicyError(
+            f"{directory} holds no {MODEL_FILE} (its {MODEL_JSON} lists {listed or 'nothing'}): export one "
+            "with policy.export_model(dir, onnx=17) or `amber export CKPT DIR --onnx 17`, or serve the "
+            "checkpoint itself", path=directory)
+    size, digest = entry.get("size"), entry.get("digest")
+    if not isinstance(size, int) or isinstance(size, bool) or parse_digest(digest) is None:
+        raise CorruptCheckpointError(f"{directory / MODEL_JSON}: no valid size and digest for {MODEL_FILE}",
+                                     path=directory / MODEL_JSON)
+    return bytes(read_verified(directory, MODEL_FILE, FileEntry(size, str(digest))))
+
+
+def _session(directory: Path, data: bytes) -> Any:
+    """An onnxruntime session over ``data`` (CPU)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise MissingPluginError(
+            f"serving {directory / MODEL_FILE} needs onnxruntime ({e}): pip install 'amber-rl[onnx]'",
+            path=directory, plugin="onnx_export") from e
+    try:
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own errors: a model it cannot load
+        raise CorruptCheckpointError(f"{directory / MODEL_FILE}: onnxruntime cannot load it: {e}",
+                                     path=directory / MODEL_FILE) from e
+
+
+def load_onnx(directory: str | Path, policy_id: str, *, seed: int | None = None) -> ServedPolicy:
+    """A :class:`~amber.serve.ServedPolicy` running ``directory/model.onnx`` with onnxruntime.
+
+    :param directory: an export directory (``model.onnx`` and ``model.json``).
+    :param policy_id: the id to give it.
+    :param seed: seeds what ``explore=True`` samples with.
+    :raises MissingPluginError: onnxruntime is not installed.
+    :raises UnservablePolicyError: no ``model.onnx``, or a ``model.json`` this amber does not read.
+    :raises CorruptCheckpointError: ``model.onnx`` differs from what ``model.json`` records, or a
+        ``model.json`` without what serving needs.
+    """
+    directory = Path(directory)
+    meta = read_model_json(directory)
+    data = _model_bytes(directory, meta)
+    try:
+        obs_space = describe_space(meta["observation_space"])
+        act_space = describe_space(meta["action_space"])
+        dist = str(meta["action_distribution"])
+        input_name = str(meta["input"]["name"])
+        input_shape = tuple(int(d) for d in meta["input"]["shape"][1:])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{directory / MODEL_JSON} lacks what serving needs: "
+                                     f"{type(e).__name__}: {e}", path=directory / MODEL_JSON) from e
+    if dist not in KNOWN_DISTRIBUTIONS:
+        raise UnservablePolicyError(f"{directory / MODEL_JSON}: unknown action_distribution {dist!r} "
+                                    f"(known: {', '.join(KNOWN_DISTRIBUTIONS)})", path=directory)
+    session = _session(directory, data)
+    names = [out.name for out in session.get_outputs()]
+
+    def network(obs: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(obs, dtype=np.float32).reshape((obs.shape[0], *input_shape))
+        return dict(zip(names, session.run(None, {input_name: x}), strict=True))
+
+    return ServedPolicy(policy_id, obs_space, act_space, dist, network, source=directory, seed=seed)

@@ -1,0 +1,168 @@
+"""A policy that acts in numpy (or onnxruntime) without torch: what :func:`amber.serve.load_policy` returns.
+
+A :class:`ServedPolicy` is a network (observations → ``action_dist_inputs``
+and, for PPO, ``vf_preds``: :mod:`amber.models.numpy_policy`'s, or an ONNX
+session's) and the action distribution that turns its outputs into actions
+(:mod:`amber.models.numpy_distributions`), with the spaces as plain dicts
+(:func:`describe_space`). Its methods return what amber's torch policies
+return. Importing this module imports numpy only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amber.errors import InvalidStateError
+from amber.models.numpy_distributions import DISTRIBUTIONS, NumpySquashedGaussian, epsilon_greedy
+from amber.policy.sample_batch import ACTION_DIST_INPUTS, ACTION_LOGP, Q_VALUES, VF_PREDS
+
+__all__ = ["Network", "ServedPolicy", "describe_space"]
+
+#: A network: observations ``[batch, ...]`` → its outputs by name (``action_dist_inputs``, ``vf_preds``).
+Network = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def describe_space(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A Discrete or Box space as a plain dict, from a policy state's description of it
+    (:func:`amber.policy.spaces.space_to_state`) or from ``model.json``'s.
+
+    Discrete: ``{"type", "n", "start"}``; Box: ``{"type", "shape", "dtype", "low", "high"}`` with
+    ``low``/``high`` arrays of ``shape`` and ``dtype`` (a numpy dtype name).
+
+    :raises ValueError: another type of space, or a malformed description.
+    """
+    kind = state.get("type")
+    if kind == "Discrete":
+        return {"type": "Discrete", "n": int(state["n"]), "start": int(state.get("start", 0))}
+    if kind == "Box":
+        dtype = np.dtype(state.get("dtype", "float32"))
+        low, high = np.asarray(state["low"], dtype=dtype), np.asarray(state["high"], dtype=dtype)
+        shape = tuple(int(d) for d in state["shape"]) if "shape" in state else low.shape
+        return {"type": "Box", "shape": shape, "dtype": dtype.name,
+                "low": np.broadcast_to(low, shape).copy(), "high": np.broadcast_to(high, shape).copy()}
+    raise ValueError(f"spaces of type {kind!r} are not supported (Box and Discrete are)")
+
+
+class ServedPolicy:
+    """A policy that acts in numpy (or onnxruntime), as :func:`amber.serve.load_policy` returns it.
+
+    :meth:`compute_actions` and :meth:`compute_single_action` return what amber's torch
+    policy's return with ``explore=False``: the greedy action (argmax; a Gaussian's mean, not
+    clipped unless ``clip_actions``; SAC's squashed mean), and the same ``info`` keys
+    (``action_dist_inputs`` always; ``action_logp`` for PPO and SAC; ``vf_preds`` for PPO;
+    ``q_values`` for DQN). ``explore=True`` samples with :attr:`rng` (not the torch policy's
+    draws): PPO and SAC from their distribution, DQN epsilon-greedy with :attr:`epsilon`.
+
+    :param network: observations → outputs by name (``action_dist_inputs``, ``vf_preds``).
+    :param action_distribution: ``categorical``, ``diag_gaussian``, ``q_values`` or ``squashed_gaussian``.
+    :raises InvalidStateError: the network's outputs do not fit the spaces.
+    """
+
+    def __init__(self, policy_id: str, observation_space: Mapping[str, Any], action_space: Mapping[str, Any],
+                 action_distribution: str, network: Network, *, source: str | os.PathLike[str],
+                 seed: int | None = None, epsilon: float = 0.0) -> None:
+        self.policy_id = policy_id
+        self.observation_space = dict(observation_space)
+        self.action_space = dict(action_space)
+        self.action_distribution = action_distribution
+        self.network = network
+        #: The checkpoint or export directory it was loaded from.
+        self.source = Path(source)
+        #: What ``explore=True`` samples with.
+        self.rng = np.random.default_rng(seed)
+        #: DQN's exploration rate with ``explore=True`` (from a checkpoint: the rate it had reached).
+        self.epsilon = float(epsilon)
+        self._check_outputs()
+
+    def __repr__(self) -> str:
+        return f"ServedPolicy({self.policy_id!r}, {self.action_distribution}, source={str(self.source)!r})"
+
+    def _check_outputs(self) -> None:
+        """Run one observation through the network: weights that do not fit fail here, named."""
+        obs_space, act_space = self.observation_space, self.action_space
+        probe = (np.full((1,), obs_space["start"]) if obs_space["type"] == "Discrete"
+                 else np.zeros((1, *obs_space["shape"]), np.float32))
+        try:
+            out = self.network(self._obs_array(probe))[ACTION_DIST_INPUTS]
+        except (KeyError, ValueError, TypeError) as e:
+            raise InvalidStateError(f"{self.source}: its network does not run: {type(e).__name__}: {e}",
+                                    path=self.source) from e
+        # logits or Q-values per action; a Gaussian's mean and log_std per action dimension
+        n = act_space["n"] if act_space["type"] == "Discrete" else 2 * int(np.prod(act_space["shape"]))
+        if out.shape != (1, n):
+            raise InvalidStateError(f"{self.source}: its network gives action_dist_inputs of shape "
+                                    f"{out.shape[1:]}, its action space needs ({n},)", path=self.source)
+        if act_space["type"] == "Box":
+            low = act_space["low"].astype(np.float32).reshape(-1)
+            high = act_space["high"].astype(np.float32).reshape(-1)
+            self._low, self._half_range = low, ((high - low) / np.float32(2.0)).astype(np.float32)
+
+    def _obs_array(self, obs_batch: Any) -> np.ndarray:
+        """A batch of observations as the network takes them: int64 (Discrete) or float32 (Box)."""
+        space = self.observation_space
+        discrete = space["type"] == "Discrete"
+        arr = np.asarray(obs_batch, dtype=np.int64 if discrete else np.float32)
+        per_obs = 1 if discrete else int(np.prod(space["shape"], dtype=np.int64))
+        if arr.ndim == 0 or arr.size != arr.shape[0] * per_obs:
+            want = "one integer" if discrete else f"shape {tuple(space['shape'])}"
+            raise ValueError(f"policy {self.policy_id!r} takes a batch of observations of {want} each, "
+                             f"not an array of shape {arr.shape}")
+        return arr
+
+    def compute_actions(
+        self, obs_batch: Any, state_batches: Any = None, *, explore: bool = False, clip_actions: bool = False
+    ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+        """Actions for a batch of observations: ``(actions, [], info)``.
+
+        :param obs_batch: observations ``[batch, *obs_shape]`` (Discrete: ``[batch]`` integers).
+        :param explore: sample with :attr:`rng` instead of acting greedily.
+        :param clip_actions: clip Box actions to the action space's bounds (as an environment runner does).
+        :return: int64 ``[batch]`` (Discrete) or float32 ``[batch, *action_shape]`` (Box) actions,
+            ``[]``, and the info columns ``[batch, ...]``.
+        :raises ValueError: observations of the wrong shape.
+        """
+        outputs = self.network(self._obs_array(obs_batch))
+        actions, info = self._act(outputs, bool(explore))
+        space = self.action_space
+        if space["type"] == "Discrete":
+            return (actions + space["start"] if space["start"] else actions), [], info
+        actions = actions.astype(np.float32, copy=False).reshape((actions.shape[0], *space["shape"]))
+        if clip_actions:
+            actions = np.clip(actions, space["low"], space["high"]).astype(np.float32, copy=False)
+        return actions, [], info
+
+    def _act(self, outputs: Mapping[str, np.ndarray], explore: bool
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Actions (indices from 0, or flat floats) and the info columns, from the network's outputs."""
+        inputs = np.asarray(outputs[ACTION_DIST_INPUTS], dtype=np.float32)
+        if self.action_distribution == "q_values":
+            greedy = inputs.argmax(-1).astype(np.int64)
+            actions = epsilon_greedy(inputs, self.epsilon, self.rng) if explore else greedy
+            return actions, {Q_VALUES: inputs, ACTION_DIST_INPUTS: inputs}
+        dist = DISTRIBUTIONS[self.action_distribution](inputs)
+        actions = dist.sample(self.rng) if explore else dist.deterministic_sample()
+        logp = dist.logp(actions)
+        if isinstance(dist, NumpySquashedGaussian):
+            actions = self._low + (dist.squash(actions) + np.float32(1.0)) * self._half_range
+            return actions, {ACTION_DIST_INPUTS: inputs, ACTION_LOGP: logp}
+        info = {ACTION_LOGP: logp, ACTION_DIST_INPUTS: inputs}
+        if VF_PREDS in outputs:
+            info[VF_PREDS] = np.asarray(outputs[VF_PREDS], dtype=np.float32)
+        return actions, info
+
+    def compute_single_action(
+        self, obs: Any = None, state: Any = None, *, explore: bool = False, clip_actions: bool = False
+    ) -> tuple[Any, list[Any], dict[str, Any]]:
+        """The action for one observation: ``(action, [], info)``, as :meth:`compute_actions` for a batch
+        of one (a Discrete action as a Python int, a Box action as a float32 array)."""
+        batch = np.asarray(obs)[None]
+        actions, _, info = self.compute_actions(batch, explore=explore, clip_actions=clip_actions)
+        action = actions[0]
+        if isinstance(action, np.generic):
+            action = action.item()
+        return action, [], {k: v[0] for k, v in info.items()}
