@@ -117,7 +117,11 @@ class CheckpointMixin:
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
         if block:
             wait_for_saves()
-            self._write_checkpoint(path, fmt, self.get_state(), self._model_exports(frozen=False))
+            from amber.policy.torch_utils import state_views
+
+            with state_views():  # written before anything can change them: views, no copies
+                state = self.get_state()
+            self._write_checkpoint(path, fmt, state, self._model_exports(frozen=False))
             return result
 
         def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
@@ -132,14 +136,15 @@ class CheckpointMixin:
         return save_in_background(capture, path)
 
     def _snapshot(self, path: Path) -> dict[str, Any]:
-        """:meth:`get_state`, independent of the live algorithm: the policies' states are
-        copies already (``Policy.get_state()``: only views in them are copied); the rest
-        (components, e.g. replay buffers' views of their storage) is copied here."""
+        """:meth:`get_state`, independent of the live algorithm: taken as views of the live
+        arrays (:func:`~amber.policy.torch_utils.state_views`), each copied once here (a policy
+        that ignores ``state_views`` hands out copies, which are copied again)."""
         from amber.async_save import snapshot
+        from amber.policy.torch_utils import state_views
 
-        state = self.get_state()
-        return {"algorithm": snapshot(state["algorithm"], where=path),
-                "policies": snapshot(state["policies"], fresh_arrays=True, where=path)}
+        with state_views():
+            state = self.get_state()
+        return snapshot(state, where=path)
 
     def _model_exports(self, *, frozen: bool) -> dict[str, Attachment]:
         """With ``export_native_model_files``: what writes each policy's ``model/`` folder.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "optimizer_state_to_tree",
     "policy_seeds",
     "portable_config",
+    "state_views",
     "threads_for_batch",
     "weights_of",
 ]
@@ -71,9 +73,33 @@ def threads_for_batch(n: int) -> AbstractContextManager[None]:
 # -- weights and optimizer states ----------------------------------------------------------
 
 
+_VIEWS: ContextVar[bool] = ContextVar("amber_state_views", default=False)
+
+
+@contextmanager
+def state_views() -> Iterator[None]:
+    """Inside the block, policies' :meth:`get_state` hands out numpy *views* of their CPU tensors
+    (weights, optimizer moments) instead of copies.
+
+    For a caller that uses the state before anything changes the policy: a synchronous save
+    writes them as they are, a background save copies them once (:mod:`amber.async_save`).
+    """
+    token = _VIEWS.set(True)
+    try:
+        yield
+    finally:
+        _VIEWS.reset(token)
+
+
+def _array_of(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy: a view inside :func:`state_views` (for a CPU tensor), else a copy."""
+    arr = tensor.detach().cpu().numpy()
+    return arr if _VIEWS.get() and tensor.device.type == "cpu" else arr.copy()
+
+
 def weights_of(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    """A module's ``state_dict()`` as numpy copies, by parameter name."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+    """A module's ``state_dict()`` as numpy copies (views inside :func:`state_views`), by name."""
+    return {k: _array_of(v) for k, v in module.state_dict().items()}
 
 
 def checked_weights(module: torch.nn.Module, weights: Mapping[str, Any],
@@ -103,9 +129,10 @@ def copy_weights(pairs: list[tuple[torch.Tensor, np.ndarray]]) -> None:
 
 
 def optimizer_state_to_tree(value: Any) -> Any:
-    """An optimizer ``state_dict()`` as a state tree: tensors become numpy copies."""
+    """An optimizer ``state_dict()`` as a state tree: tensors become numpy copies (views inside
+    :func:`state_views`)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy().copy()
+        return _array_of(value)
     if isinstance(value, Mapping):
         return {k: optimizer_state_to_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
