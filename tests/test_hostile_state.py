@@ -219,3 +219,9 @@ def test_bad_replay_buffer_states_are_refused_and_change_nothing(saved, tmp_path
     refused_quickly(live.restore, path)
     assert_tree_equal(live.get_state(), before, tuples_as_lists=False)
     live.stop()
+
+
+def test_a_million_recent_returns_are_refused_before_conversion(saved, tmp_path):
+    path = rewritten(saved["ppo"], tmp_path / "ck", lambda state, _: state["components"]["progress"].update(
+        recent_returns=np.zeros(HUGE, np.uint8)))
+    assert "recent_returns" in str(refused_quickly(Algorithm.from_checkpoint, path))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from amber.errors import CheckpointError
+from amber.errors import CheckpointError, InvalidStateError
 
 __all__ = ["PerPolicyCounts", "PerPolicyValues", "TorchGlobalRNG", "TrainingProgress", "UpdateCounters"]
 
@@ -33,7 +33,7 @@ RECENT = 100
 
 def _bad(what: str, value: Any) -> CheckpointError:
     shown = f"{type(value).__name__} {str(value)[:80]!r}"
-    return CheckpointError(f"checkpoint state {what} is malformed: {shown}")
+    return InvalidStateError(f"checkpoint state {what} is malformed: {shown}")
 
 
 def _number(value: Any, what: str) -> float:
@@ -77,12 +77,13 @@ class TrainingProgress:
         if unknown:  # only amber's counters: a name from the file must not survive a rollback
             raise _bad("progress.counters (unknown counter)", unknown[0])
         parsed = {k: _number(v, f"progress.counters.{k}") for k, v in counters.items()}
-        recent = [_number(r, "progress.recent_returns") for r in _list(state.get("recent_returns", []))]
+        what = "progress.recent_returns"
+        recent = [_number(r, what) for r in _list(state.get("recent_returns", []), what)]
         per_policy = state.get("recent_policy_returns", {})
         if not isinstance(per_policy, Mapping):
             raise _bad("progress.recent_policy_returns", per_policy)
-        policy_returns = {str(k): [_number(r, "progress.recent_policy_returns") for r in _list(v)]
-                          for k, v in per_policy.items()}
+        what = "progress.recent_policy_returns"
+        policy_returns = {str(k): [_number(r, what) for r in _list(v, what)] for k, v in per_policy.items()}
         self.iteration = int(iteration)
         for key, value in parsed.items():
             self.counters[key] = value if key == "time_total_s" else int(value)
@@ -90,9 +91,11 @@ class TrainingProgress:
         self.recent_policy_returns = {k: v[-RECENT:] for k, v in policy_returns.items()}
 
 
-def _list(value: Any) -> Iterable[Any]:
+def _list(value: Any, what: str) -> Iterable[Any]:
     if not isinstance(value, (list, tuple, np.ndarray)):
-        raise _bad("a list of returns", value)
+        raise _bad(what, value)
+    if len(value) > RECENT:  # never saved longer: refused before each is turned into a float
+        raise _bad(f"{what} (more than {RECENT} returns)", f"{len(value)} entries")
     return list(value)
 
 
