@@ -225,3 +225,9 @@ def test_a_million_recent_returns_are_refused_before_conversion(saved, tmp_path)
     path = rewritten(saved["ppo"], tmp_path / "ck", lambda state, _: state["components"]["progress"].update(
         recent_returns=np.zeros(HUGE, np.uint8)))
     assert "recent_returns" in str(refused_quickly(Algorithm.from_checkpoint, path))
+
+
+def test_a_seed_that_is_not_an_int_is_refused(saved, tmp_path):
+    path = rewritten(saved["ppo"], tmp_path / "ck",
+                     lambda state, _: state["config"].update(seed=np.zeros(HUGE, np.uint8)))
+    assert "seed" in str(refused_quickly(Algorithm.from_checkpoint, path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -252,10 +253,14 @@ class AlgorithmConfig:
     def validate(self) -> None:
         """Check the settings together.
 
-        :raises ValueError: no environment, or policies_to_train names unknown policies.
+        :raises ValueError: no environment, a seed that is not an int, or policies_to_train
+            names unknown policies.
         """
         if self.env is None:
             raise ValueError(f"{type(self).__name__} has no environment: call .environment(env=...)")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"seed must be an int or None, not {type(self.seed).__name__}")
         if self.policies_to_train is not None:
             unknown = set(self.policies_to_train) - set(self.policies)
             if unknown:
