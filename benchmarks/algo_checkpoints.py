@@ -78,6 +78,8 @@ from checkpoint_io import MB, load_average, machine_info, mem_available, prefaul
 
 SAVE_TARGET = 1.5
 ASYNC_BLOCK_TARGET = 0.10
+#: Peak memory above what a save or a restore starts with and keeps, over the state's bytes.
+MEMORY_TARGET = 0.25
 RLLIB_FROM_CHECKPOINT_S = (0.48, 0.68)  # reported by the issue's author, same model
 FROM_CHECKPOINT_TARGET_S = 0.5 * RLLIB_FROM_CHECKPOINT_S[0]
 SUBSET_TARGET = 0.05
@@ -116,20 +118,59 @@ def same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def _rss_hwm() -> tuple[int, int]:
+    """This process's resident set and its high-water mark, in bytes (Linux; zeros elsewhere)."""
+    values = {"VmRSS:": 0, "VmHWM:": 0}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(None, 1)[0]
+                if key in values:
+                    values[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return values["VmRSS:"], values["VmHWM:"]
+
+
+def _reset_peak() -> int | None:
+    """Reset the high-water mark to the current resident set (``clear_refs`` 5); the resident
+    set, or None where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _rss_hwm()[0]
+
+
 class Timer:
-    """Times operations, settling memory first (see checkpoint_io.prefault)."""
+    """Times operations, settling memory first (see checkpoint_io.prefault), and measures how much
+    the resident set peaked above what it was before and what it kept after (``last_memory``)."""
 
     def __init__(self, settle_bytes: int) -> None:
         self.settle_bytes = settle_bytes
         self.settle_s: list[float] = []
+        self.last_memory: tuple[int, int] | None = None
 
     def __call__(self, fn: Any, *a: Any, **kw: Any) -> tuple[float, Any]:
         gc.collect()
         if self.settle_bytes > 0:
             self.settle_s.append(prefault(self.settle_bytes))
+        before = _reset_peak()
         t0 = time.perf_counter()
         out = fn(*a, **kw)
-        return time.perf_counter() - t0, out
+        elapsed = time.perf_counter() - t0
+        if before is not None:
+            rss, hwm = _rss_hwm()
+            self.last_memory = (hwm - before, rss - before)
+        return elapsed, out
+
+    def extra_peak(self) -> int | None:
+        """Bytes the last operation's peak rose above both its start and what it kept."""
+        if self.last_memory is None:
+            return None
+        peak, kept = self.last_memory
+        return max(0, peak - max(kept, 0))
 
 
 def stop(algo: Any) -> None:
@@ -183,6 +224,7 @@ def part_a(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
         keys += [f"{fmt}_save", f"{fmt}_save_async_block", f"{fmt}_save_async_total",
                  f"{fmt}_read_checkpoint", f"{fmt}_algo_from_checkpoint", f"{fmt}_policy_from_checkpoint"]
     times: dict[str, list[float]] = {k: [] for k in keys}
+    memory: dict[str, list[int | None]] = {}  # extra peak bytes of each timed save and restore
     ckpt_bytes: dict[str, int] = {}
 
     failed: set[str] = set()
@@ -209,6 +251,7 @@ def part_a(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
             try:
                 t, _ = timer(algo.save, path, format=fmt)
                 rec[f"{fmt}_save"].append(t)
+                memory.setdefault(f"{fmt}_save", []).append(timer.extra_peak())
                 ckpt_bytes[fmt] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
                 time_async_save(algo, fmt, path, rec, timer, check=r == -args.warmup)
                 t, ck = timer(read_checkpoint, path)
@@ -216,6 +259,7 @@ def part_a(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
                 del ck
                 t, restored = timer(Algorithm.from_checkpoint, path)
                 rec[f"{fmt}_algo_from_checkpoint"].append(t)
+                memory.setdefault(f"{fmt}_algo_from_checkpoint", []).append(timer.extra_peak())
                 if r == -args.warmup and not same_weights(weights, restored.get_policy().get_weights()):
                     raise AssertionError("Algorithm.from_checkpoint restored other weights")
                 stop(restored)
@@ -241,6 +285,7 @@ def part_a(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
         "train_s": train_s,
         "settle_bytes": timer.settle_bytes,
         "times": {k: summary(v) for k, v in times.items() if v},
+        "extra_peak_bytes": {k: statistics.median(v) for k, v in memory.items() if v and None not in v},
     }
 
 
@@ -336,6 +381,7 @@ def part_b(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
         "save_s": save_s,
         "checkpoint_bytes": ckpt_bytes,
         "times": {k: summary(v) for k, v in times.items() if v},
+        "extra_peak_bytes": {k: statistics.median(v) for k, v in memory.items() if v and None not in v},
     }
 
 
@@ -547,6 +593,17 @@ def evaluate(res: dict[str, Any], formats: list[str]) -> list[dict[str, Any]]:
             rows.append({"part": "a", "format": fmt, "target": "save(block=False) blocks / algo.save",
                          "value": a[f"{fmt}_save_async_block"]["median_s"] / a[f"{fmt}_save"]["median_s"],
                          "limit": ASYNC_BLOCK_TARGET, "unit": "x"})
+        for key, what in ((f"{fmt}_save", "algo.save"), (f"{fmt}_algo_from_checkpoint", "from_checkpoint")):
+            extra = res["a"].get("extra_peak_bytes", {}).get(key)
+            if extra is not None:
+                rows.append({"part": "a", "format": fmt, "target": f"{what}: peak extra memory / state bytes",
+                             "value": extra / res["a"]["array_bytes"], "limit": MEMORY_TARGET, "unit": "x"})
+        if f"{fmt}_algo_from_checkpoint" in a and "raw_read_warm" in a and "build_fresh" in a:
+            floor = a["raw_read_warm"]["median_s"] + a["build_fresh"]["median_s"]
+            rows.append({"part": "a", "format": fmt,
+                         "target": "Algorithm.from_checkpoint / (raw read + config.build())",
+                         "value": a[f"{fmt}_algo_from_checkpoint"]["median_s"] / floor,
+                         "limit": SAVE_TARGET, "unit": "x"})
         if f"{fmt}_algo_from_checkpoint" in a:
             rows.append({"part": "a", "format": fmt, "target": f"Algorithm.from_checkpoint ({fc_src})",
                          "value": a[f"{fmt}_algo_from_checkpoint"]["median_s"], "limit": fc_limit,
