@@ -381,7 +381,6 @@ def part_b(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
         "save_s": save_s,
         "checkpoint_bytes": ckpt_bytes,
         "times": {k: summary(v) for k, v in times.items() if v},
-        "extra_peak_bytes": {k: statistics.median(v) for k, v in memory.items() if v and None not in v},
     }
 
 
