@@ -197,7 +197,10 @@ class CheckpointMixin:
             raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
                                   path=checkpoint_path)
         policies = {pid: p.state for pid, p in ckpt.policies.items()}
-        with state_errors(checkpoint_path):  # set_state has put everything back by then
+        from amber.models.build_budget import adopting_state
+
+        # set_state has put everything back by then; the state read is this restore's to keep
+        with state_errors(checkpoint_path), adopting_state():
             self.set_state({"algorithm": ckpt.state, "policies": policies})
 
     @classmethod
@@ -245,8 +248,12 @@ class CheckpointMixin:
             # With other policies or another mapping, running episodes would map to
             # policies that are gone: those restart instead of continuing.
             same_episodes = policy_ids is None and policy_mapping_fn is None
-            algo.set_state({"algorithm": own, "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
-                           restore_episodes=same_episodes, rollback=False)
+            from amber.models.build_budget import adopting_state
+
+            with adopting_state():  # the state read is this restore's: arrays are kept, not copied
+                algo.set_state({"algorithm": own,
+                                "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
+                               restore_episodes=same_episodes, rollback=False)
         return algo
 
 

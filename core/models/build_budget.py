@@ -1,4 +1,5 @@
-"""Models built for a restore: no weight initialisation, and sizes bounded by the saved state.
+"""Restores: models built without weight initialisation, sizes bounded by the saved state, and
+states a restore owns (kept rather than copied).
 
 Torch-free, so that any model module (and the policies' restore paths) can use it.
 """
@@ -12,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelSizeError", "charge", "restoring", "state_size", "weights_will_be_loaded"]
+__all__ = [
+    "ModelSizeError",
+    "adopting",
+    "adopting_state",
+    "charge",
+    "restoring",
+    "state_size",
+    "weights_will_be_loaded",
+]
 
 
 class ModelSizeError(ValueError):
@@ -94,3 +103,22 @@ def charge(n: int, what: str, *, consume: bool = True) -> None:
     budget = _WEIGHTS_WILL_BE_LOADED.get()
     if isinstance(budget, _Budget):
         budget.charge(int(n), what, consume)
+
+
+_ADOPT: contextvars.ContextVar[bool] = contextvars.ContextVar("amber_adopt_state", default=False)
+
+
+@contextlib.contextmanager
+def adopting_state() -> Iterator[None]:
+    """Inside the block, the states given to ``set_state`` belong to the restore (a checkpoint
+    just read, dropped afterwards): a policy may keep their arrays instead of copying them."""
+    token = _ADOPT.set(True)
+    try:
+        yield
+    finally:
+        _ADOPT.reset(token)
+
+
+def adopting() -> bool:
+    """Whether ``set_state`` runs inside :func:`adopting_state`."""
+    return _ADOPT.get()

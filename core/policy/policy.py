@@ -219,11 +219,14 @@ class Policy:
         :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
         """
         from amber.checkpoint import read_checkpoint
+        from amber.models.build_budget import adopting_state
 
         ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
-        if ckpt.type == "Policy":
-            return Policy.from_state(ckpt.state, path=checkpoint, pm=pm)
-        if ckpt.type == "Algorithm":
-            return {pid: Policy.from_state(p.state, path=p.path, pm=pm) for pid, p in ckpt.policies.items()}
+        with adopting_state():  # the state read is this restore's: arrays are kept, not copied
+            if ckpt.type == "Policy":
+                return Policy.from_state(ckpt.state, path=checkpoint, pm=pm)
+            if ckpt.type == "Algorithm":
+                return {pid: Policy.from_state(p.state, path=p.path, pm=pm)
+                        for pid, p in ckpt.policies.items()}
         raise CheckpointError(f"{Path(checkpoint)} holds a {ckpt.type} checkpoint, not a policy or algorithm",
                               path=checkpoint)

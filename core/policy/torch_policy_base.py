@@ -29,6 +29,7 @@ import torch
 from amber.policy.policy import Policy
 from amber.policy.spaces import space_to_state
 from amber.policy.torch_utils import (
+    adopting,
     build_from_spec,
     checked_weights,
     copy_weights,
@@ -141,8 +142,8 @@ class TorchPolicyBase(Policy):
     def _restore_optimizer(self, name: str, tree: Any) -> None:
         if name in self._optimizers:
             self._optimizers[name].load_state_dict(optimizer_state_from_tree(tree))
-        else:
-            self._pending_optimizer_state[name] = copy.deepcopy(tree)
+        else:  # kept until the optimizer is made: a copy, unless the restore gives it away
+            self._pending_optimizer_state[name] = tree if adopting() else copy.deepcopy(tree)
 
     # -- tensors -------------------------------------------------------------
 

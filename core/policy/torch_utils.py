@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from amber.models.build_budget import adopting, adopting_state
 from amber.models.torch_mlp import weights_will_be_loaded
 from amber.names import is_nameable, name_of
 from amber.policy.spaces import space_from_state
@@ -20,6 +21,8 @@ from amber.policy.spaces import space_from_state
 __all__ = [
     "SMALL_BATCH",
     "action_info",
+    "adopting",
+    "adopting_state",
     "build_from_spec",
     "checked_weights",
     "copy_weights",
@@ -122,10 +125,15 @@ def checked_weights(module: torch.nn.Module, weights: Mapping[str, Any],
 
 
 def copy_weights(pairs: list[tuple[torch.Tensor, np.ndarray]]) -> None:
-    """Copy :func:`checked_weights`'s values into their tensors, in place."""
+    """Copy :func:`checked_weights`'s values into their tensors, in place (one copy each: a CPU
+    tensor's memory is written by numpy directly, a read-only array is never copied first)."""
     with torch.no_grad():
         for tensor, value in pairs:
-            tensor.copy_(torch.from_numpy(value.copy()))
+            if tensor.device.type == "cpu" and tensor.is_contiguous():
+                np.copyto(tensor.detach().numpy(), value, casting="same_kind")
+            else:
+                tensor.copy_(torch.from_numpy(np.array(value, copy=not value.flags.writeable)))
+
 
 
 def optimizer_state_to_tree(value: Any) -> Any:
@@ -143,7 +151,9 @@ def optimizer_state_to_tree(value: Any) -> Any:
 def optimizer_state_from_tree(value: Any, *, _key: Any = None) -> Any:
     """The inverse of :func:`optimizer_state_to_tree`: arrays become tensors again."""
     if isinstance(value, (np.ndarray, np.generic)):
-        return torch.from_numpy(np.array(value, copy=True))
+        # torch keeps the array's memory: a copy unless this restore owns a writable array
+        own = adopting() and isinstance(value, np.ndarray) and value.flags.writeable
+        return torch.from_numpy(value if own else np.array(value, copy=True))
     if isinstance(value, Mapping):
         # msgpack may hand back the per-parameter keys as ints or str: torch wants ints.
         return {(int(k) if _key == "state" and isinstance(k, str) and k.isdigit() else k):
