@@ -1,4 +1,4 @@
-"""Throughput of the digests amber can record: sha256, blake2b and xxh3_128.
+"""Throughput of the digests amber can record: sha256, blake2b, blake3 and xxh3_128.
 
 Each algorithm hashes the same in-memory buffer of ``--size-mb`` MB (random
 bytes, 1 MB = 10**6 bytes) in a single ``update`` call, ``--repeat`` times;
@@ -9,7 +9,8 @@ table. Nothing touches the disk. Run from the repository root::
     python benchmarks/digest_speed.py --size-mb 1 --repeat 1   # smoke run
     python benchmarks/digest_speed.py --json digest.json
 
-This is the measurement behind amber's default digest (``amber.digest``).
+This is the measurement behind amber's default digest (``amber.digest``) and the
+cryptographic one signed (pickle) checkpoints record (BLAKE3, one thread).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import blake3
 import numpy as np
 import xxhash
 
 ALGORITHMS: dict[str, Callable[[], Any]] = {
     "sha256": hashlib.sha256,
     "blake2b": hashlib.blake2b,
+    "blake3": blake3.blake3,  # one thread, as amber hashes
     "xxh3_128": xxhash.xxh3_128,
 }
 

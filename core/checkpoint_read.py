@@ -94,7 +94,8 @@ def _check_safe(
     """Refuse a format that can run code unless allowed, or signed by the user's key (``allow`` None).
 
     :return: the manifest to read with (see :func:`amber.signing.check_trust`), and whether trust
-        rests on the signature: every manifest read below it must then list only sha256 digests.
+        rests on the signature: every manifest read below it must then list only cryptographic
+        digests (BLAKE3, sha256).
     """
     if spec.capabilities.safe or allow is True:
         return manifest, False

@@ -4,7 +4,7 @@
 section 6) in a staging directory, has the format write each state through
 a :class:`amber.verified_io.Sink`, records every file in the levels'
 manifests and commits the whole directory atomically (:mod:`amber.atomic`).
-A checkpoint in a format that can run code when read is written with sha256
+A checkpoint in a format that can run code when read is written with BLAKE3
 digests and its top manifest signed with the user's key (:mod:`amber.signing`).
 It reaches formats only through the registry built from the plugins' hooks.
 """
@@ -64,7 +64,7 @@ class _Plan:
     registry: FormatRegistry
     metadata: Mapping[str, str] | None
     version: str
-    #: sha256 for a format that can run code when read (its signature covers the files through
+    #: BLAKE3 for a format that can run code when read (its signature covers the files through
     #: their digests: :mod:`amber.signing`); else the fast default.
     digest: str = DEFAULT_ALGORITHM
     #: The user's key, which signs the top manifest (None: unsigned).
@@ -74,7 +74,7 @@ class _Plan:
 def _plan(
     spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None, version: str
 ) -> _Plan:
-    """The plan of a save: a format that can run code is hashed with sha256 and signed."""
+    """The plan of a save: a format that can run code is hashed with BLAKE3 and signed."""
     if spec.capabilities.safe:
         return _Plan(spec, registry, metadata, version)
     return _Plan(spec, registry, metadata, version, SIGNED_DIGEST, key_for_saving())
@@ -164,7 +164,7 @@ def write_checkpoint(
     Classes and functions in the trees are written as their registered
     names (:mod:`amber.names`); a format that holds any object
     (``capabilities.arbitrary_objects``) keeps those that have none. A format
-    that can run code when read is written with sha256 digests and signed with
+    that can run code when read is written with BLAKE3 digests and signed with
     the user's key (:mod:`amber.signing`; unsigned, with a warning, if there
     can be no key), so that it loads by default only for that user.
 

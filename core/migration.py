@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The checkpoint_version this amber writes.
-CHECKPOINT_VERSION = "2.1"
+CHECKPOINT_VERSION = "2.2"
 
 
 @dataclass(frozen=True)

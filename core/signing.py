@@ -9,14 +9,15 @@ what this user saved, or marked as trusted with ``amber trust``
 - The signature is an HMAC-SHA256, keyed with the user's key, over the top
   manifest (all of it but the signature, and its own ``manifest_digest``),
   stored in it under ``"signature"`` with the key's id.
-- Such checkpoints are written with sha256 digests (:data:`SIGNED_DIGEST`) for
-  every file at every level, the policies' manifests included, so the top
-  manifest fixes every byte; the verified read checks each file against its
-  sha256 in the same pass that reads it, so trusting costs no extra pass.
+- Such checkpoints are written with BLAKE3 digests (:data:`SIGNED_DIGEST`;
+  sha256 up to checkpoint version 2.1, still read) for every file at every
+  level, the policies' manifests included, so the top manifest fixes every
+  byte; the verified read checks each file against its digest in the same
+  pass that reads it, so trusting costs no extra pass.
   A signed manifest that lists a non-cryptographic digest is not trusted.
 - Only the top manifest changes with the key: every other file of a checkpoint
   is the same whoever saves it. Formats that cannot run code are not signed:
-  they load without trust, and hashing them with sha256 would slow every save
+  they load without trust, and a cryptographic hash would slow every save
   and load for nothing.
 - The key is 32 random bytes (:mod:`secrets`), written as 64 hex digits in a
   file only its owner may read or write (mode 0600, in a 0700 directory):
@@ -65,7 +66,7 @@ KEY_ENV = "AMBER_KEY_FILE"
 #: The key of the signature in the top checkpoint.json.
 SIGNATURE = "signature"
 #: The digest algorithm of every file of a signed checkpoint.
-SIGNED_DIGEST = "sha256"
+SIGNED_DIGEST = "blake3"
 SCHEME = "hmac-sha256"
 KEY_BYTES = 32
 _MAC_CONTEXT = b"amber checkpoint signature v1\0"
@@ -235,7 +236,7 @@ def check_trust(manifest: Manifest) -> tuple[Manifest, str | None]:
     then read again, checked against the digest that signed manifest records.
 
     :return: the manifest to read the checkpoint with, and why it is not
-        trusted (None: trusted; each file read must then match its sha256).
+        trusted (None: trusted; each file read must then match its digest).
     """
     try:
         key = load_key()

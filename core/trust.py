@@ -3,7 +3,7 @@
 A checkpoint in a format that can run code when read loads by default only
 when the user's key signs it (:mod:`amber.signing`). :func:`trust_checkpoint`
 gives one that key's signature: it checks every file of every level against
-its manifest, records each file's sha256 where a manifest held a digest that
+its manifest, records each file's BLAKE3 digest where a manifest held a digest that
 does not resist forgery (xxh3), and signs the top manifest. State files are
 never rewritten: the checkpoint is staged beside itself with hard links to
 them (copies where the file system has none), only the manifests that change
@@ -70,7 +70,7 @@ class TrustResult:
 
     :param changed: whether the checkpoint was signed now (False: it was safe or already signed).
     :param verified: how many files were checked against their digests.
-    :param upgraded: how many of them had a digest that does not resist forgery, now their sha256.
+    :param upgraded: how many of them had a digest that does not resist forgery, now their BLAKE3 digest.
     """
 
     path: Path
@@ -189,7 +189,8 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 def _verify(directory: Path, rel: str, entry: FileEntry) -> str:
-    """Check a file against its entry, in one pass that also takes its sha256; return the digest to record."""
+    """Check a file against its entry, in one pass that also takes its BLAKE3 digest; return the
+    digest to record."""
     algorithm = entry.digest.partition(":")[0]
     hashers = [new_hasher(algorithm)]
     if algorithm not in CRYPTOGRAPHIC:
@@ -235,7 +236,7 @@ def _rewrite(level: Manifest, files: dict[str, dict[str, object]], key: SigningK
 
 
 def _resign(tmp: Path, key: SigningKey) -> tuple[int, int]:
-    """Verify every level staged in ``tmp``, pin each file with its sha256, sign the top manifest."""
+    """Verify every level staged in ``tmp``, pin each file with its BLAKE3 digest, sign the top manifest."""
     top = read_manifest(tmp)
     children: dict[str, dict[str, object]] = {}
     verified = upgraded = 0

@@ -347,3 +347,11 @@ def test_kill_9_at_any_instant_leaves_a_loadable_checkpoint(contract_pm, fmt, tm
     amber.save({"x": 1}, tmp_path / "other", pm=contract_pm)  # a later save cleans up after crashes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "other"], leftovers
     assert seen, "no trial ever committed a checkpoint"
+
+
+def test_strided_arrays_of_either_byte_order_round_trip(contract_pm, fmt, tmp_path):
+    """numpy pickles a strided big-endian array with the native byte order: amber must not."""
+    tree = {"be": np.arange(6, dtype=">f4")[::2], "le": np.arange(6, dtype="<i4")[::3],
+            "fortran": np.arange(6, dtype=">f8").reshape(2, 3).T}
+    path = amber.save(tree, tmp_path / "ck", format=fmt, pm=contract_pm)
+    assert_tree_equal(amber.load(path, pm=contract_pm), tree, tuples_as_lists=_portable(contract_pm, fmt))

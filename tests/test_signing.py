@@ -110,7 +110,7 @@ def test_key_is_made_private_on_the_first_signed_save(own_key, bare_pm, tmp_path
     assert top["signature"]["key_id"] == key.key_id and top["signature"]["scheme"] == "hmac-sha256"
     assert text.strip() not in (path / "checkpoint.json").read_text()
     for raw in manifests(path):  # every file at every level, the policy's manifest too
-        assert all(e["digest"].startswith("sha256:") for e in raw["files"].values()), raw["files"]
+        assert all(e["digest"].startswith("blake3:") for e in raw["files"].values()), raw["files"]
     assert verify(path).ok, "the signature is no unlisted file"
     assert new_hasher().__class__.__name__ == "xxh3_128", "the save's digest algorithm does not leak"
 
@@ -219,7 +219,7 @@ def test_another_users_pickle_is_refused_until_trusted(own_key, bare_pm, tmp_pat
     assert "trusted" in result.stdout and load_key().key_id in result.stdout
     after = tree_bytes(path)
     assert [k for k in after if after[k] != before.get(k)] == ["checkpoint.json"], \
-        "only the top manifest changes: its files already had sha256 digests"
+        "only the top manifest changes: its files already had BLAKE3 digests"
     assert state_file.stat().st_ino == inode, "state files are linked into place, never rewritten"
     assert verify(path).ok and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert read_checkpoint(path, pm=bare_pm).state == {"iteration": 3}
@@ -264,7 +264,7 @@ def test_any_format_that_can_run_code_is_signed_and_pinned(own_key, bare_pm, tmp
     bare_pm.register(ThreadedFormat(), name="threaded")
     path = save_algo(tmp_path / "ck", bare_pm, fmt="threaded")
     for raw in manifests(path):
-        assert all(e["digest"].startswith("sha256:") for e in raw["files"].values()), raw["files"]
+        assert all(e["digest"].startswith("blake3:") for e in raw["files"].values()), raw["files"]
     assert read_checkpoint(path, pm=bare_pm).state == {"iteration": 3}
     with as_user(tmp_path / "other.key"), pytest.raises(UnsafeContentError, match="'threaded'"):
         read_checkpoint(path, pm=bare_pm)
@@ -336,9 +336,9 @@ def test_weak_digests_under_a_signature_are_not_trusted(own_key, bare_pm, tmp_pa
         read_checkpoint(path, pm=bare_pm)
     result = invoke(bare_pm, "trust", str(path), input="y\n")
     assert result.exit_code == 0, result.output
-    assert "3 files verified (3 digests upgraded to sha256)" in result.stdout
+    assert "3 files verified (3 digests upgraded to blake3)" in result.stdout
     for raw in manifests(path):
-        assert all(e["digest"].startswith("sha256:") for e in raw["files"].values())
+        assert all(e["digest"].startswith("blake3:") for e in raw["files"].values())
     assert verify(path).ok
     np.testing.assert_array_equal(read_checkpoint(path, pm=bare_pm).policies["pol"].state["w"], np.arange(4.0))
 

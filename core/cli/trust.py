@@ -51,5 +51,7 @@ def trust(state: CliState, path: Path, yes: bool) -> None:
     if not result.changed or result.key is None:
         echo(f"{path} is already signed with your key; nothing changed")
         return
+    from amber.signing import SIGNED_DIGEST
+
     echo(f"trusted {path}: {result.verified} files verified ({result.upgraded} digests upgraded "
-               f"to sha256), signed with key {result.key.key_id} ({result.key.path})")
+               f"to {SIGNED_DIGEST}), signed with key {result.key.key_id} ({result.key.path})")

@@ -9,6 +9,9 @@ function of a checkpoint's manifest and state trees.
 - ``2.0 -> 2.1``: an algorithm's own state is its class, its config and the
   states of the components it declares (``checkpoint_components``), all
   under ``components``.
+- ``2.1 -> 2.2``: no change to the state; checkpoints in a format that can
+  run code when read (pickle) record BLAKE3 digests instead of sha256 (both
+  are read), which is why older amber must refuse them by version.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from amber.migration import CheckpointTrees, Migration
 from amber.names import PLACEHOLDER, is_nameable, legacy_name, name_of
 from amber.state import Ref, walk_replace
 
-__all__ = ["V1_TO_V2", "V2_TO_V2_1"]
+__all__ = ["V1_TO_V2", "V2_1_TO_V2_2", "V2_TO_V2_1"]
 
 
 def _named(keypath: str, value: Any) -> Any:
@@ -96,7 +99,17 @@ V2_TO_V2_1 = Migration(
 )
 
 
+def _v2_1_to_v2_2(trees: CheckpointTrees) -> CheckpointTrees:
+    return trees  # what changed is how files are hashed, not what they hold
+
+
+V2_1_TO_V2_2 = Migration(
+    "2.1", "2.2", _v2_1_to_v2_2,
+    description="no change to the state: pickle checkpoints record BLAKE3 digests instead of sha256",
+)
+
+
 @amber.hookimpl
 def amber_register_migrations() -> list[Migration]:
     """amber's own steps."""
-    return [V1_TO_V2, V2_TO_V2_1]
+    return [V1_TO_V2, V2_TO_V2_1, V2_1_TO_V2_2]

@@ -13,12 +13,14 @@ A state without arrays is thus also a plain pickle file.
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import numpy as np
 
 import amber
 from amber.registry import Capabilities, FormatSpec, StateSink, StateSource
@@ -29,10 +31,23 @@ _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, with arrays that are neither C- nor Fortran-contiguous pickled as a
+    contiguous copy: numpy 2.4 pickles such an array of non-native byte order with the
+    native one (``>f4`` comes back ``<f4``)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+            return np.ascontiguousarray(obj).__reduce_ex__(5)
+        return super().reducer_override(obj)
+
+
 def write(state: Any, sink: StateSink) -> None:
     """Pickle ``state`` with its arrays' buffers out of band, in one file."""
     buffers: list[pickle.PickleBuffer] = []
-    payload = cloudpickle.dumps(state, protocol=5, buffer_callback=buffers.append)
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(state)
+    payload = out.getbuffer()
     table = []
     with sink.open() as f:
         f.write(payload)
