@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Protocol
 
@@ -83,6 +84,7 @@ _FACTORIES = {
     "blake2b": hashlib.blake2b,
 }
 _HEX_LENGTHS = {"xxh3_128": 32, "blake3": 64, "sha256": 64, "blake2b": 128}
+_HEX = re.compile("[0-9a-f]+")
 #: The algorithm of hashers made without naming one (see :func:`writing_with`).
 _CURRENT = contextvars.ContextVar("amber_digest_algorithm", default=DEFAULT_ALGORITHM)
 
@@ -128,7 +130,7 @@ def parse_digest(value: object) -> tuple[str, str] | None:
     algorithm, sep, hexpart = value.partition(":")
     if not sep or algorithm not in _FACTORIES or len(hexpart) != _HEX_LENGTHS[algorithm]:
         return None
-    if any(c not in "0123456789abcdef" for c in hexpart):
+    if _HEX.fullmatch(hexpart) is None:
         return None
     return algorithm, hexpart
 

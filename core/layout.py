@@ -16,7 +16,7 @@ import stat
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from amber.digest import format_digest, new_hasher, parse_digest
@@ -144,12 +144,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _safe_relpath(rel: object) -> bool:
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+    """A relative POSIX path in normal form: no empty, ``.`` or ``..`` part, no backslash or NUL."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel or rel.startswith("/"):
         return False
-    p = PurePosixPath(rel)
-    return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts) and (
-        p.as_posix() == rel
-    )
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
 def _below_root(root: Path, directory: Path) -> str:
