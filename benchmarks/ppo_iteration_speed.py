@@ -128,6 +128,36 @@ def time_rllib(batch: int, epochs: int, minibatch: int, iters: int,
     return {"total": statistics.median(runs), "runs": runs, "version": ray.__version__}
 
 
+def learning_flops(batch: int, epochs: int, obs_dim: int = 4, n_actions: int = 2) -> float:
+    """Multiply-adds x 2 of the learning phase: forward (x1) and backward (x2) of the policy and
+    value MLPs over every sample of every epoch (the arithmetic that matters; activations and
+    Adam are a few percent)."""
+    def mlp(out: int) -> int:
+        dims = [obs_dim, *HIDDENS, out]
+        return sum(a * b for a, b in zip(dims, dims[1:], strict=False))
+    per_sample = 2 * (mlp(n_actions) + mlp(1))  # multiply-adds of one forward pass, as flops
+    return 3.0 * per_sample * batch * epochs
+
+
+def matmul_peak(minibatch: int, seconds: float = 1.0) -> dict[str, float]:
+    """GFLOP/s this machine's torch reaches on a large square matmul, and on the shapes PPO runs
+    ([minibatch, 256] x [256, 256]), with torch's threads."""
+    import torch
+
+    def rate(m: int, k: int, n: int) -> float:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        out = torch.empty(m, n)
+        torch.mm(a, b, out=out)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(10):
+                torch.mm(a, b, out=out)
+            reps += 10
+        return 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+    return {"large_gflops": rate(1024, 1024, 1024), "ppo_shape_gflops": rate(minibatch, 256, 256)}
+
+
 def _ratio(a: float, b: dict[str, Any] | None) -> str:
     return f"{a / b['total']:.2f}" if b else "n/a"
 
@@ -169,9 +199,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"| {name} {res['version']} | {res['total']:.2f} | | | | {_ratio(amber['total'], res)} |")
         else:
             print(f"| {name} | not installed / skipped | | | | n/a |")
+    flops = learning_flops(args.batch, args.epochs)
+    peak = matmul_peak(args.minibatch, seconds=0.2 if args.smoke else 1.0)
+    achieved = flops / amber["learn"] / 1e9 if amber["learn"] > 0 else 0.0
+    print(f"\nLearning arithmetic: {flops / 1e9:.1f} GFLOP per iteration; amber's learning phase "
+          f"ran at {achieved:.1f} GFLOP/s against a measured matmul peak of "
+          f"{peak['large_gflops']:.1f} GFLOP/s (1024x1024x1024) and {peak['ppo_shape_gflops']:.1f} GFLOP/s "
+          f"on PPO's shape ([{args.minibatch}, 256] x [256, 256]): the floor for learning is about "
+          f"{flops / peak['ppo_shape_gflops'] / 1e9:.2f} s at the latter. Where amber's iteration went: "
+          f"sampling {amber['sample']:.2f} s, learning {amber['learn']:.2f} s, the rest "
+          f"{amber['other']:.2f} s.")
     results = {"config": {"train_batch_size": args.batch, "num_epochs": args.epochs,
                           "minibatch_size": args.minibatch, "iters": args.iters, "seed": seed},
                "amber": amber, "sb3": sb3, "rllib": rllib,
+               "learning_gflop": flops / 1e9, "learning_gflops_achieved": achieved, "matmul_peak": peak,
                "ratio_amber_sb3": amber["total"] / sb3["total"] if sb3 else None,
                "ratio_amber_rllib": amber["total"] / rllib["total"] if rllib else None}
     if args.json:
