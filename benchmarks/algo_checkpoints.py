@@ -593,7 +593,7 @@ def evaluate(res: dict[str, Any], formats: list[str]) -> list[dict[str, Any]]:
                          "value": a[f"{fmt}_save_async_block"]["median_s"] / a[f"{fmt}_save"]["median_s"],
                          "limit": ASYNC_BLOCK_TARGET, "unit": "x"})
         for key, what in ((f"{fmt}_save", "algo.save"), (f"{fmt}_algo_from_checkpoint", "from_checkpoint")):
-            extra = res["a"].get("extra_peak_bytes", {}).get(key)
+            extra = res.get("a", {}).get("extra_peak_bytes", {}).get(key)
             if extra is not None:
                 rows.append({"part": "a", "format": fmt, "target": f"{what}: peak extra memory / state bytes",
                              "value": extra / res["a"]["array_bytes"], "limit": MEMORY_TARGET, "unit": "x"})
