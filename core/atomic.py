@@ -65,7 +65,7 @@ __all__ = [
 
 MARKER_SUFFIX = ".marker"
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<marker>\.marker)?$")
-_ASIDE_RE = re.compile(r"^\..+\.amber-old-\d+-[0-9a-f]{8}$")
+_ASIDE_RE = re.compile(r"^\..+\.amber-(?:old|del)-\d+-[0-9a-f]{8}$")  # set aside; being deleted
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -152,8 +152,8 @@ def _marker(tmp: Path) -> Path:
 
 
 def is_temporary(name: str) -> bool:
-    """Whether a directory entry is a save's staging directory, its marker, or a set-aside old
-    checkpoint: never a checkpoint of its own."""
+    """Whether a directory entry is a save's staging directory, its marker, a set-aside old
+    checkpoint, or one being deleted (:mod:`amber.checkpoint_manager`): never a checkpoint of its own."""
     return bool(_STAGING_RE.match(name) or _ASIDE_RE.match(name))
 
 

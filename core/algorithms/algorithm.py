@@ -62,6 +62,7 @@ class Algorithm(CheckpointMixin):
         self.pm = config.plugin_manager if config.plugin_manager is not None else default_plugin_manager()
         self._stopped = False
         self._logdir: Path | None = None
+        self._last_result: dict[str, Any] | None = None  # the score of managed checkpoints
         self._seed_everything(config.seed)
         spaces, self._multi_agent_env = probe_spaces(config.env, config.env_config)
         self._agent_spaces = spaces
@@ -180,6 +181,7 @@ class Algorithm(CheckpointMixin):
             "time_this_iter_s": elapsed,
         }
         out.update(results)
+        self._last_result = out
         return out
 
     def training_step(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from amber.algorithms.algorithm_config import AlgorithmConfig
     from amber.async_save import SaveHandle
+    from amber.checkpoint_manager import CheckpointManager
     from amber.checkpoint_write import Attachment
     from amber.policy.policy import Policy
 
@@ -64,6 +65,7 @@ class CheckpointMixin:
     policies: dict[str, Policy]
     iteration: int
     _logdir: Path | None
+    _last_result: dict[str, Any] | None
 
     if TYPE_CHECKING:  # the algorithm's own (Algorithm.get_state, Algorithm.set_state)
         def get_state(self) -> dict[str, Any]: ...
@@ -85,15 +87,15 @@ class CheckpointMixin:
 
     @overload
     def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
-             block: Literal[True] = ...) -> SaveResult: ...
+             block: Literal[True] = ..., _metadata: Mapping[str, str] | None = ...) -> SaveResult: ...
 
     @overload
     def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
-             block: Literal[False]) -> SaveHandle[SaveResult]: ...
+             block: Literal[False], _metadata: Mapping[str, str] | None = ...) -> SaveHandle[SaveResult]: ...
 
     def save(
         self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None,
-        block: bool = True,
+        block: bool = True, _metadata: Mapping[str, str] | None = None,
     ) -> SaveResult | SaveHandle[SaveResult]:
         """Write a checkpoint of the whole algorithm (atomically) and return where.
 
@@ -105,30 +107,42 @@ class CheckpointMixin:
         :param block: False: take a snapshot of the state now (training may go on as soon as
             this returns), write it in the background and return a
             :class:`~amber.async_save.SaveHandle` whose ``result()`` is the SaveResult.
+        :param _metadata: extra manifest metadata (:class:`amber.CheckpointManager`'s).
         :raises UnknownFormatError: no such format (raised here even with ``block=False``).
+
+        With no directory and retention configured (``.checkpointing(num_to_keep=...)``), the
+        save goes through a :class:`amber.CheckpointManager` on :attr:`logdir`: once the
+        checkpoint is committed (in the writer thread with ``block=False``), older ones are pruned.
         """
         from amber.async_save import save_in_background, wait_for_saves
         from amber.registry import get_registry
 
         fmt = format or self.config.checkpoint_format
         get_registry(self.pm).get(fmt)  # an unknown format fails before anything is captured
+        manager = self._retention() if checkpoint_dir is None else None
+        metadata = {"algorithm": type(self).__name__, **(_metadata or {})}
+        if manager is not None:
+            metadata.update(manager.metadata_for(self))
         path = (Path(checkpoint_dir) if checkpoint_dir is not None
                 else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
+        prune = manager.prune if manager is not None else (lambda: [])
         if block:
             wait_for_saves()
             from amber.policy.torch_utils import state_views
 
             with state_views():  # written before anything can change them: views, no copies
                 state = self.get_state()
-            self._write_checkpoint(path, fmt, state, self._model_exports(frozen=False))
+            self._write_checkpoint(path, fmt, state, self._model_exports(frozen=False), metadata)
+            prune()  # only once the new checkpoint is committed
             return result
 
         def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
             state, exports = self._snapshot(path), self._model_exports(frozen=True)
 
             def write() -> SaveResult:  # in the background
-                self._write_checkpoint(path, fmt, state, exports)
+                self._write_checkpoint(path, fmt, state, exports, metadata)
+                prune()
                 return result
 
             return write
@@ -178,14 +192,24 @@ class CheckpointMixin:
                 out[pid] = (lambda t: lambda d: shutil.copytree(Path(t.name) / "model", d / "model"))(done)
         return out
 
+    def _retention(self) -> CheckpointManager | None:
+        """The manager of default checkpoints when retention is configured, else None."""
+        c = self.config
+        if c.num_to_keep is None and c.checkpoint_score_attribute is None:
+            return None
+        from amber.checkpoint_manager import CheckpointManager
+
+        return CheckpointManager(self.logdir, c.num_to_keep, c.checkpoint_score_attribute,
+                                 c.checkpoint_score_order)
+
     def _write_checkpoint(self, path: Path, fmt: str, state: Mapping[str, Any],
-                          attachments: Mapping[str, Attachment]) -> None:
+                          attachments: Mapping[str, Attachment], metadata: Mapping[str, str]) -> None:
         from amber.checkpoint import write_checkpoint
 
         # In a portable format, a mapping function (or env class) with no registered name is
         # written as a placeholder, and from_checkpoint asks for it.
         write_checkpoint(path, type="Algorithm", state=state["algorithm"], policies=state["policies"],
-                         format=fmt, metadata={"algorithm": type(self).__name__}, attachments=attachments,
+                         format=fmt, metadata=metadata, attachments=attachments,
                          placeholders=True, pm=self.pm)
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:

@@ -96,6 +96,10 @@ class AlgorithmConfig:
         self.export_native_model_files = False
         self.checkpoint_format = "pickle"
         self.store_replay_buffer = False
+        # retention of default checkpoints (amber.checkpoint_manager)
+        self.num_to_keep: int | None = None
+        self.checkpoint_score_attribute: str | None = None
+        self.checkpoint_score_order = "max"
         # the plugin manager checkpoints go through (None: the process's); never saved
         self.plugin_manager: pluggy.PluginManager | None = None
         # debugging
@@ -227,10 +231,32 @@ class AlgorithmConfig:
         format: str | None = None,
         store_replay_buffer: bool | None = None,
         plugin_manager: pluggy.PluginManager | None = None,
+        *,
+        num_to_keep: int | None = None,
+        checkpoint_score_attribute: str | None = None,
+        checkpoint_score_order: str | None = None,
     ) -> AlgorithmConfig:
-        """Set what checkpoints hold, their default format, and the plugin manager that
+        """Set what checkpoints hold, their default format, the plugin manager that
         saves, restores and exports go through (default: the process's; e.g. a private one
-        holding a third-party format)."""
+        holding a third-party format), and the retention of ``algo.save()``'s default checkpoints.
+
+        :param num_to_keep: keep this many checkpoints under the log dir (None: all); the
+            newest is always kept too (:class:`amber.CheckpointManager`).
+        :param checkpoint_score_attribute: the ``train()`` metric ranking them (None: keep the newest).
+        :param checkpoint_score_order: ``"max"`` (default) or ``"min"``.
+        :raises ValueError: ``num_to_keep`` not None or an int >= 1, or an order not "max"/"min".
+        """
+        from amber.checkpoint_manager import check_retention
+
+        check_retention(num_to_keep, checkpoint_score_order or "max")
+        if checkpoint_score_attribute is not None and not isinstance(checkpoint_score_attribute, str):
+            raise ValueError(f"checkpoint_score_attribute must be a str, not {checkpoint_score_attribute!r}")
+        if num_to_keep is not None:
+            self.num_to_keep = num_to_keep
+        if checkpoint_score_attribute is not None:
+            self.checkpoint_score_attribute = checkpoint_score_attribute
+        if checkpoint_score_order is not None:
+            self.checkpoint_score_order = checkpoint_score_order
         if export_native_model_files is not None:
             self.export_native_model_files = bool(export_native_model_files)
         if format is not None:
@@ -253,14 +279,20 @@ class AlgorithmConfig:
     def validate(self) -> None:
         """Check the settings together.
 
-        :raises ValueError: no environment, a seed that is not an int, or policies_to_train
-            names unknown policies.
+        :raises ValueError: no environment, a seed that is not an int, bad retention settings,
+            or policies_to_train names unknown policies.
         """
         if self.env is None:
             raise ValueError(f"{type(self).__name__} has no environment: call .environment(env=...)")
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"seed must be an int or None, not {type(self.seed).__name__}")
+        from amber.checkpoint_manager import check_retention
+
+        check_retention(self.num_to_keep, self.checkpoint_score_order)  # also what a checkpoint set
+        score = self.checkpoint_score_attribute
+        if score is not None and not isinstance(score, str):
+            raise ValueError("checkpoint_score_attribute must be a str or None")
         if self.policies_to_train is not None:
             unknown = set(self.policies_to_train) - set(self.policies)
             if unknown:

@@ -1,0 +1,253 @@
+"""Retention: keep the last or the best checkpoints of a run (Ray Tune's ``num_to_keep``).
+
+A :class:`CheckpointManager` saves an algorithm into ``<root>/checkpoint_<iteration:06d>``
+and records in that checkpoint's manifest metadata that it is managed
+(``amber.managed``), its iteration (``amber.iteration``) and its score
+(``amber.score``, the metric named by ``score_attribute``). Once the new
+checkpoint is committed, and never before, it keeps the ``num_to_keep`` best
+by score (the newest by iteration without a score attribute) and always the
+newest one, and deletes the others.
+
+Only a managed amber checkpoint directly under ``root`` is ever deleted: a
+directory whose ``checkpoint.json`` reads as an amber manifest carrying the
+marker, holding nothing that manifest does not list. A deletion first renames
+the directory to ``.<name>.amber-del-<pid>-<8 hex digits>``, a temporary name
+that readers ignore (:func:`amber.atomic.is_temporary`), then removes it; what a
+crash leaves of one is removed by the next save under that root.
+
+The manager receives the algorithm object; it imports no framework.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from amber.algorithms.algorithm_checkpoints import SaveResult
+
+__all__ = ["ITERATION_KEY", "MANAGED_KEY", "SCORE_KEY", "CheckpointManager", "ManagedCheckpoint",
+           "check_retention"]
+
+MANAGED_KEY = "amber.managed"
+ITERATION_KEY = "amber.iteration"
+SCORE_KEY = "amber.score"
+_ORDERS = ("max", "min")
+_DELETING_RE = re.compile(r"^\.checkpoint_.+\.amber-del-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def check_retention(num_to_keep: Any, score_order: Any) -> None:
+    """Check retention settings.
+
+    :raises ValueError: ``num_to_keep`` is not None or an int >= 1, or ``score_order``
+        is not "max" or "min".
+    """
+    if num_to_keep is not None and (isinstance(num_to_keep, bool) or not isinstance(num_to_keep, int)
+                                    or num_to_keep < 1):
+        raise ValueError(f"num_to_keep must be None or an int >= 1, not {num_to_keep!r}")
+    if score_order not in _ORDERS:
+        raise ValueError(f"checkpoint_score_order must be 'max' or 'min', not {score_order!r}")
+
+
+@dataclass(frozen=True)
+class ManagedCheckpoint:
+    """A checkpoint a :class:`CheckpointManager` wrote: where, which iteration, its score (or None)."""
+
+    path: Path
+    iteration: int
+    score: float | None
+
+
+def _score_of(metrics: Mapping[str, Any] | None, attribute: str) -> float | None:
+    """The metric ``attribute`` (``a/b`` reaches into nested dicts) as a finite float, or None."""
+    value: Any = metrics
+    if metrics is not None and attribute in metrics:
+        value = metrics[attribute]
+    else:
+        for part in attribute.split("/"):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointManager:
+    """Saves an algorithm's checkpoints under one directory and keeps the last or the best.
+
+    :param root: the directory holding ``checkpoint_<iteration:06d>`` checkpoints (a local path).
+    :param num_to_keep: how many to keep (None: all); the newest is always kept on top of them.
+    :param score_attribute: the metric that ranks checkpoints (e.g. ``"episode_return_mean"``);
+        None: the newest are kept.
+    :param score_order: ``"max"``: higher scores are better; ``"min"``: lower.
+    :raises ValueError: invalid ``num_to_keep`` or ``score_order``.
+
+    Example::
+
+        manager = amber.CheckpointManager("runs/a", num_to_keep=2, score_attribute="episode_return_mean")
+        algo.train()
+        manager.save(algo)
+        best = manager.best()
+    """
+
+    def __init__(self, root: str | os.PathLike[str], num_to_keep: int | None = None,
+                 score_attribute: str | None = None, score_order: str = "max") -> None:
+        check_retention(num_to_keep, score_order)
+        self.root = Path(root)
+        self.num_to_keep = num_to_keep
+        self.score_attribute = score_attribute
+        self.score_order = score_order
+
+    def path_for(self, iteration: int) -> Path:
+        """The directory of the checkpoint of this iteration."""
+        return self.root / f"checkpoint_{iteration:06d}"
+
+    def metadata_for(self, algo: Any, metrics: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """The manifest metadata of a managed checkpoint of ``algo`` now.
+
+        :param metrics: where the score is read (default: ``algo``'s last ``train()`` result);
+            a missing or non-finite metric records no score.
+        """
+        out = {MANAGED_KEY: "1", ITERATION_KEY: str(int(algo.iteration))}
+        if self.score_attribute is not None:
+            source = metrics if metrics is not None else getattr(algo, "_last_result", None)
+            score = _score_of(source, self.score_attribute)
+            if score is not None:
+                out[SCORE_KEY] = repr(score)
+        return out
+
+    def save(self, algo: Any, *, format: str | None = None,
+             metrics: Mapping[str, Any] | None = None) -> SaveResult:
+        """Save ``algo`` into ``root/checkpoint_<iteration:06d>`` (synchronously), then apply retention.
+
+        :param format: a registered format (default: the algorithm's).
+        :param metrics: where the score is read (default: the algorithm's last ``train()`` result).
+        :return: the algorithm's :class:`~amber.algorithms.algorithm_checkpoints.SaveResult`.
+        :raises CheckpointError: the save failed (nothing is deleted then).
+        """
+        path = self.path_for(int(algo.iteration))
+        result: SaveResult = algo.save(path, format=format, _metadata=self.metadata_for(algo, metrics))
+        self.prune()
+        return result
+
+    def checkpoints(self) -> list[ManagedCheckpoint]:
+        """The managed checkpoints under :attr:`root`, oldest first.
+
+        Anything else is skipped: temporary directories, links, files, directories
+        that are not amber checkpoints, and amber checkpoints without the marker.
+        """
+        from amber.atomic import is_temporary
+        from amber.layout import read_manifest
+
+        found = []
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError:
+            return []
+        for entry in entries:
+            if (not entry.name.startswith("checkpoint_") or is_temporary(entry.name)
+                    or not entry.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                meta = read_manifest(Path(entry.path)).raw.get("metadata", {})
+            except CheckpointError:
+                continue
+            if meta.get(MANAGED_KEY) != "1":
+                continue
+            try:
+                iteration = int(meta.get(ITERATION_KEY, ""))
+                score = float(meta[SCORE_KEY]) if SCORE_KEY in meta else None
+            except ValueError:
+                continue
+            found.append(ManagedCheckpoint(Path(entry.path), iteration,
+                                           score if score is None or math.isfinite(score) else None))
+        return sorted(found, key=lambda c: (c.iteration, c.path.name))
+
+    def latest(self) -> ManagedCheckpoint | None:
+        """The newest managed checkpoint (highest iteration), or None."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def best(self) -> ManagedCheckpoint | None:
+        """The managed checkpoint with the best score (the newer on a tie), or None when none has one."""
+        scored = [c for c in self.checkpoints() if c.score is not None]
+        return max(scored, key=self._rank) if scored else None
+
+    def _rank(self, c: ManagedCheckpoint) -> tuple[int, float, int]:
+        """Higher is better: scored before unscored, then the score in order, then newer."""
+        if c.score is None:
+            return (0, 0.0, c.iteration)
+        return (1, c.score if self.score_order == "max" else -c.score, c.iteration)
+
+    def to_keep(self, found: list[ManagedCheckpoint]) -> list[ManagedCheckpoint]:
+        """Of ``found`` (oldest first), those retention keeps: the best ``num_to_keep`` and the newest."""
+        if self.num_to_keep is None or not found:
+            return list(found)
+        by_score = self.score_attribute is not None
+        ranked = sorted(found, key=self._rank if by_score else (lambda c: c.iteration), reverse=True)
+        keep = {c.path for c in ranked[: self.num_to_keep]} | {found[-1].path}
+        return [c for c in found if c.path in keep]
+
+    def prune(self) -> list[Path]:
+        """Apply retention now: remove leftovers of interrupted deletions, then delete what
+        :meth:`to_keep` does not keep. Called by :meth:`save` after each commit.
+
+        :return: the checkpoints deleted.
+        """
+        self._remove_leftovers()
+        found = self.checkpoints()
+        kept = {c.path for c in self.to_keep(found)}
+        deleted = []
+        for c in found:
+            if c.path not in kept and self._delete(c.path):
+                deleted.append(c.path)
+        return deleted
+
+    def _delete(self, path: Path) -> bool:
+        """Rename a managed checkpoint to a temporary name, then remove it; False if left alone."""
+        from amber.atomic import check_replaceable, fsync_dir
+
+        try:
+            check_replaceable(path)  # only a checkpoint holding nothing its manifest does not list
+        except CheckpointError:
+            return False
+        doomed = path.with_name(f".{path.name}.amber-del-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, doomed)
+            fsync_dir(path.parent)
+        except OSError:
+            return False
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    def _remove_leftovers(self) -> None:
+        """Remove what crashed deletions left under :attr:`root` (their process no longer runs)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return
+        for entry in entries:
+            m = _DELETING_RE.match(entry.name)
+            if m and entry.is_dir(follow_symlinks=False) and not _pid_alive(int(m["pid"])):
+                shutil.rmtree(entry.path, ignore_errors=True)
