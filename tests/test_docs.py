@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
-#: Pages whose blocks need optional extras (amber-rl[onnx,keras]): skipped without them.
-NEEDS = {"export.md": ("onnx", "onnxruntime", "tensorflow", "keras")}
+#: Pages whose blocks need optional extras (amber-rl[onnx,keras,pettingzoo]): skipped without them.
+NEEDS = {"export.md": ("onnx", "onnxruntime", "tensorflow", "keras"), "environments.md": ("pettingzoo", "mpe2")}
 
 
 def _blocks(page: Path) -> list[str]:

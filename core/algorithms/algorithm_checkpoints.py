@@ -296,6 +296,8 @@ def config_from_state(
     :raises UnregisteredNameError: a class or function the checkpoint names is not registered
         (or was not stored) and the caller did not pass it.
     """
+    from amber.envs.registry import check_saved_env
+
     given = {"env": env, "policy_mapping_fn": policy_mapping_fn}
     algo_cls = _resolve(own["algorithm_class"], "algorithm_class", path, pm)
     raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", path, pm)
@@ -305,6 +307,8 @@ def config_from_state(
         if isinstance(spec, dict) and "policy_class" in spec else spec
         for pid, spec in (raw.get("policies") or {}).items()
     }
+    if env is None:  # a checkpoint's "module:EnvId" never imports the module
+        check_saved_env(raw.get("env"), path)
     config = algo_cls.get_default_config().from_dict(raw)
     _check_env_count(own, config.num_envs_per_env_runner, path)
     config.algo_class = algo_cls

@@ -1,13 +1,21 @@
-"""Making environments from what a config names: a registered name, a gymnasium id or a class."""
+"""Making environments from what a config names: a registered name, a gymnasium id or a class.
+
+A gymnasium ``"module:EnvId"`` id imports ``module`` (which registers ``EnvId``), as
+``gymnasium.make`` does, when the id comes from the user's code or command line. An id read
+from a checkpoint never imports anything: :func:`check_saved_env` accepts it only when the
+module is already imported and the id registered.
+"""
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["make_env", "register_env", "registered_envs"]
+__all__ = ["check_saved_env", "make_env", "register_env", "registered_envs"]
 
 _CREATORS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
@@ -36,6 +44,42 @@ def _gym_ids() -> list[str]:
     return list(gymnasium.registry.keys())
 
 
+def _module_id(env: str) -> tuple[str, str] | None:
+    """``(module, env_id)`` of a gymnasium ``"module:EnvId"`` id, else None."""
+    module, sep, env_id = env.partition(":")
+    return (module, env_id) if sep and module and env_id and ":" not in env_id else None
+
+
+def check_saved_env(env: Any, path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a checkpoint's ``"module:EnvId"`` env id unless it is usable without an import.
+
+    A checkpoint never makes amber import a module: such an id is accepted only when
+    ``module`` is already imported in this process and ``EnvId`` is in gymnasium's registry
+    (the user imported the module that registers it). Other values are left to :func:`make_env`.
+
+    :param env: the checkpoint's ``config.env``.
+    :param path: the checkpoint, for the message.
+    :raises UnregisteredNameError: a module id whose module is not imported or whose id is
+        not registered.
+    """
+    if not isinstance(env, str) or env in _CREATORS:
+        return
+    parts = _module_id(env)
+    if parts is None:
+        return
+    module, env_id = parts
+    import gymnasium
+
+    if module in sys.modules and env_id in gymnasium.registry:
+        return
+    from amber.errors import UnregisteredNameError
+
+    raise UnregisteredNameError(
+        f"{path}: the checkpoint's environment {env!r} names module {module!r}, which amber never "
+        f"imports for a checkpoint; import it first (`import {module}`, which registers {env_id!r}), "
+        "or pass the environment: Algorithm.from_checkpoint(path, env=...)", path=path)
+
+
 def _takes_config(cls: type) -> bool:
     try:
         params = inspect.signature(cls.__init__).parameters
@@ -48,7 +92,8 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
     """Build one environment instance.
 
     :param env: a name registered with :func:`register_env`, a gymnasium id
-        (``gymnasium.make(id, **env_config)``), a ``gymnasium.Env`` subclass
+        (``gymnasium.make(id, **env_config)``; a ``"module:EnvId"`` id imports
+        ``module`` first, as gymnasium does), a ``gymnasium.Env`` subclass
         (built with ``env_config`` as one positional argument if its ``__init__``
         takes ``config``/``env_config``, else as keyword arguments) or a
         :class:`~amber.envs.MultiAgentEnv` subclass (``cls(env_config)``).
@@ -63,7 +108,7 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
             return _CREATORS[env](config)
         import gymnasium
 
-        if env in gymnasium.registry:
+        if env in gymnasium.registry or _module_id(env) is not None:
             return gymnasium.make(env, **config)
         close = difflib.get_close_matches(env, [*_CREATORS, *_gym_ids()], n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
