@@ -8,7 +8,8 @@ group and imports only ``base``:
 - :mod:`amber.cli.info`: ``formats``, ``plugins``, ``inspect``, ``verify``
 - :mod:`amber.cli.convert`: ``convert``, ``migrate``
 - :mod:`amber.cli.export`: ``export``
-- :mod:`amber.cli.rl`: ``train``, ``evaluate``
+- :mod:`amber.cli.rl`: ``train``
+- :mod:`amber.cli.evaluate`: ``evaluate``
 - :mod:`amber.cli.trust`: ``trust``
 
 This package imports them all, so ``from amber.cli import cli`` is the whole
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amber.cli import convert, export, info, rl, trust  # noqa: F401 - each attaches its commands to `cli`
+from amber.cli import convert, evaluate, export, info, rl, trust  # noqa: F401 - each attaches its commands to `cli`
 from amber.cli.base import AmberCliError, CliState, cli, human_size, total_bytes
 from amber.cli.info import info_tree
 

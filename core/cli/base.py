@@ -1,9 +1,9 @@
 """The ``amber`` click group and what its commands share.
 
 The command modules (:mod:`amber.cli.info`, :mod:`amber.cli.convert`,
-:mod:`amber.cli.export`, :mod:`amber.cli.rl`) import this module and attach
-their commands to :data:`cli`; this module imports none of them, so the
-package has no import cycle.
+:mod:`amber.cli.export`, :mod:`amber.cli.rl`, :mod:`amber.cli.evaluate`,
+:mod:`amber.cli.trust`) import this module and attach their commands to
+:data:`cli`; this module imports none of them, so the package has no import cycle.
 
 Every amber error (:class:`amber.errors.CheckpointError`) and every OS error
 ends the command with exit status 2 and one line on stderr,

@@ -1,27 +1,42 @@
-"""``amber train`` and ``amber evaluate``: the RL commands of the ``amber`` CLI."""
+"""``amber train``: train an algorithm from the command line, as RL Zoo and ``rllib train`` do.
+
+Settings come from the algorithm's defaults, then ``--config FILE`` (JSON or YAML),
+then each ``-o key=value`` (dotted keys reach into nested dicts), then the dedicated
+flags (``--env``, ``--env-kwargs``, ``--seed``, ``--format``). Checkpoints go through an
+:class:`amber.CheckpointManager` on the checkpoint directory (``--num-to-keep``), one row
+per iteration goes to ``progress.csv`` there, and ``--resume RUN_DIR`` continues a run
+from its newest checkpoint exactly as if it had never stopped. SIGINT and SIGTERM end
+the run after the current iteration with a final checkpoint, exit 130 and 143.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
-import time
+import numbers
+import signal
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import Any
 
 import click
 
 from amber.cli.base import AmberCliError, cli, make_console, trust_option
 
-if TYPE_CHECKING:
-    from rich.live import Live
-    from rich.table import Table
-
-__all__ = ["ALGOS", "PROGRESS_FIELDS", "evaluate", "train"]
+__all__ = ["ALGOS", "PROGRESS_FIELDS", "train"]
 
 ALGOS = {"PPO": "amber.PPOConfig", "DQN": "amber.DQNConfig", "SAC": "amber.SACConfig"}
 PROGRESS_FIELDS = ("training_iteration", "num_env_steps_sampled_lifetime", "episode_return_mean",
                    "time_this_iter_s", "time_total_s", "checkpoint")
+#: The options ``--resume`` refuses: the run's settings are the checkpoint's.
+_NOT_WITH_RESUME = {"algo": "--algo", "env_id": "--env", "config_file": "--config", "overrides": "-o",
+                    "env_kwargs": "--env-kwargs", "seed": "--seed"}
 
+
+# -- settings ----------------------------------------------------------------------------------------
 
 def _config_class(algo: str) -> Any:
     from amber.names import resolve
@@ -33,136 +48,318 @@ def _config_class(algo: str) -> Any:
                             f"{', '.join(ALGOS)}") from None
 
 
-def _build_algorithm(algo: str, env_id: str, format_: str | None, seed: int | None) -> Any:
+def _user_settings(config_file: Path | None, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The settings of ``--config`` with each ``-o`` applied after it."""
+    from amber.algorithms.config_overrides import merge_settings, read_settings_file
+
+    try:
+        settings = read_settings_file(config_file) if config_file is not None else {}
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--config'") from e
+    try:
+        return merge_settings(settings, overrides)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'-o'") from e
+
+
+def _build_algorithm(algo: str, env_id: str | None, format_: str | None, seed: int | None, *,
+                     settings: dict[str, Any] | None = None,
+                     env_kwargs: dict[str, Any] | None = None) -> Any:
     """Build the algorithm ``amber train`` runs; an unknown format or a bad env ends it with exit 2."""
     from amber.registry import get_registry
 
     if format_ is not None:
         get_registry().get(format_)
-    config = _config_class(algo)().environment(env_id).debugging(seed=seed)
+    from amber.algorithms.config_overrides import configure
+
+    try:
+        config = configure(_config_class(algo), settings or {})
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--config' / '-o'") from e
+    if env_id is not None:
+        config.environment(env_id)
+    if env_kwargs is not None:
+        config.environment(env_config=env_kwargs)
+    if seed is not None:
+        config.debugging(seed=seed)
     if format_:
         config.checkpointing(format=format_)
+    if config.env is None:
+        raise AmberCliError("give --env (or an env setting in --config)")
     try:
         return config.build()
     except ValueError as e:
         raise AmberCliError(str(e)) from e
 
 
-def _train_until(algorithm: Any, out: Path, table: Table, live: Live, *, stop_iters: int | None,
-                 stop_reward: float | None, checkpoint_every: int) -> str:
-    """Train until a stop criterion holds, writing ``out/progress.csv`` and a table row per iteration.
+# -- resuming ----------------------------------------------------------------------------------------
 
-    :return: the path of the last checkpoint written (always one at the end).
+def _newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run: the newest managed one, else the last ``checkpoint_*``
+    directory (by name) that holds an amber manifest."""
+    from amber.atomic import is_temporary
+    from amber.checkpoint_manager import CheckpointManager
+    from amber.errors import CheckpointError
+    from amber.layout import read_manifest
+
+    latest = CheckpointManager(run_dir).latest()
+    if latest is not None:
+        return latest.path
+    for path in sorted(run_dir.glob("checkpoint_*"), reverse=True):
+        if path.is_dir() and not is_temporary(path.name):
+            try:
+                read_manifest(path)
+            except CheckpointError:
+                continue
+            return path
+    return None
+
+
+def _resume(ctx: click.Context, run_dir: Path, allow_pickle: bool | None) -> Any:
+    """The algorithm restored from ``run_dir``'s newest checkpoint (weights, optimizers, RNGs,
+    env state and counters).
+
+    :raises click.UsageError: an option that would change the run's settings was given.
+    """
+    from click.core import ParameterSource
+
+    given = [flag for name, flag in _NOT_WITH_RESUME.items()
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"--resume continues the run with its saved settings; drop {', '.join(given)}")
+    path = _newest_checkpoint(run_dir)
+    if path is None:
+        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
+    from amber.algorithms.algorithm import Algorithm
+
+    return Algorithm.from_checkpoint(path, allow_pickle=allow_pickle)
+
+
+# -- the training loop -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Stop:
+    """The stop criteria; any one reached stops the run."""
+
+    iters: int | None
+    timesteps: int | None
+    reward: float | None
+
+    def reached(self, iteration: int, steps: int, ret: float) -> bool:
+        """Whether the run is done after ``iteration`` (its lifetime env steps, its mean return)."""
+        return ((self.iters is not None and iteration >= self.iters)
+                or (self.timesteps is not None and steps >= self.timesteps)
+                or (self.reward is not None and not math.isnan(ret) and ret >= self.reward))
+
+
+class _Interrupts:
+    """Catches SIGINT and SIGTERM while training: the first asks the loop to stop after the
+    current iteration, a second one ends the process at once (exit 128 + signal)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        click.echo("amber: stopping after this iteration with a checkpoint (again: stop now)", err=True)
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _scalars(result: dict[str, Any]) -> dict[str, Any]:
+    """A ``train()`` result's top-level scalars, JSON-ready (NaN and infinities as null)."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, (bool, str)):
+            out[key] = value
+        elif isinstance(value, numbers.Integral):
+            out[key] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[key] = float(value) if math.isfinite(value) else None
+    return out
+
+
+class _Report:
+    """One line per iteration: a live table on a terminal, plain lines or JSON lines otherwise."""
+
+    def __init__(self, mode: str, title: str) -> None:
+        self.mode = mode
+        if mode == "live":
+            from rich.live import Live
+            from rich.table import Table
+
+            self.table = Table("iter", "env steps", "return (mean of 100)", "iter time", "total time",
+                               "checkpoint", title=title)
+            self.live = Live(self.table, console=make_console(stderr=True), transient=False,
+                             auto_refresh=False)
+
+    def __enter__(self) -> _Report:
+        if self.mode == "live":
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.mode == "live":
+            self.live.__exit__(*exc)
+
+    def row(self, result: dict[str, Any], ckpt: str) -> None:
+        """Show one iteration's result (and the checkpoint it wrote, if any)."""
+        if self.mode == "json":
+            click.echo(json.dumps(_scalars(result) | ({"checkpoint": ckpt} if ckpt else {})))
+            return
+        cells = (str(result["training_iteration"]), f"{result['num_env_steps_sampled_lifetime']:,}",
+                 f"{result['episode_return_mean']:.1f}", f"{result['time_this_iter_s']:.2f}s",
+                 f"{result['time_total_s']:.1f}s")
+        if self.mode == "plain":
+            names = ("iter", "env_steps", "return_mean", "iter_time", "total_time")
+            line = "  ".join(f"{n} {c}" for n, c in zip(names, cells, strict=True))
+            click.echo(line + (f"  checkpoint {ckpt}" if ckpt else ""))
+        else:
+            from amber.cli.base import plain_text
+
+            self.table.add_row(*cells, plain_text(Path(ckpt).name if ckpt else ""))
+            self.live.refresh()
+
+
+def _train_until(algorithm: Any, manager: Any, progress: Any, report: _Report, interrupts: _Interrupts,
+                 *, stop: _Stop, checkpoint_every: int, format_: str | None) -> tuple[str, int | None]:
+    """Train until a stop criterion holds or a signal came, a row per iteration in ``progress``.
+
+    :return: the last checkpoint written ("" if none) and the signal that stopped the run (or None).
     """
     last_ckpt = ""
-    with open(out / "progress.csv", "w", newline="") as f, live:
+    if stop.reached(algorithm.iteration, algorithm.counters.get("num_env_steps_sampled_lifetime", 0),
+                    math.nan):
+        return last_ckpt, None
+    if interrupts.signum is not None:  # before the first iteration: nothing to save
+        return last_ckpt, interrupts.signum
+    while True:
+        result = algorithm.train()
+        it = result["training_iteration"]
+        done = stop.reached(it, result["num_env_steps_sampled_lifetime"], result["episode_return_mean"])
+        signum = interrupts.signum
+        ckpt = ""
+        if done or signum is not None or (checkpoint_every and it % checkpoint_every == 0):
+            ckpt = str(manager.save(algorithm, format=format_).checkpoint.path)
+            last_ckpt = ckpt
+        progress.writerow({k: result.get(k, "") for k in PROGRESS_FIELDS[:-1]} | {"checkpoint": ckpt})
+        report.row(result, ckpt)
+        if done or signum is not None:
+            return last_ckpt, signum
+
+
+def _run(algorithm: Any, out: Path, *, append: bool, stop: _Stop, checkpoint_every: int,
+         num_to_keep: int | None, format_: str | None, as_json: bool,
+         interrupts: _Interrupts) -> tuple[str, int | None]:
+    """Train ``algorithm`` with its checkpoints and ``progress.csv`` in ``out``."""
+    from amber.checkpoint_manager import CheckpointManager
+
+    out.mkdir(parents=True, exist_ok=True)
+    manager = CheckpointManager(out, num_to_keep=num_to_keep)
+    mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
+    env = algorithm.config.env
+    title = f"{type(algorithm).__name__} on {env if isinstance(env, str) else getattr(env, '__name__', env)}"
+    csv_path = out / "progress.csv"
+    header = not (append and csv_path.exists() and csv_path.stat().st_size > 0)
+    with open(csv_path, "a" if append else "w", newline="") as f, _Report(mode, title) as report:
         writer = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
-        writer.writeheader()
-        while True:
-            result = algorithm.train()
-            it = result["training_iteration"]
-            ret = result["episode_return_mean"]
-            done = (stop_iters is not None and it >= stop_iters) or (
-                stop_reward is not None and not math.isnan(ret) and ret >= stop_reward)
-            ckpt = ""
-            if done or (checkpoint_every and it % checkpoint_every == 0):
-                ckpt = algorithm.save(out / f"checkpoint_{it:06d}").checkpoint.path
-                last_ckpt = ckpt
-            row = {k: result.get(k, "") for k in PROGRESS_FIELDS[:-1]} | {"checkpoint": ckpt}
-            writer.writerow(row)
-            f.flush()
-            table.add_row(str(it), f"{result['num_env_steps_sampled_lifetime']:,}", f"{ret:.1f}",
-                          f"{result['time_this_iter_s']:.2f}s", f"{result['time_total_s']:.1f}s",
-                          Path(ckpt).name if ckpt else "")
-            live.refresh()
-            if done:
-                return last_ckpt
+        if header:
+            writer.writeheader()
+        progress = _FlushingWriter(writer, f)
+        return _train_until(algorithm, manager, progress, report, interrupts, stop=stop,
+                            checkpoint_every=checkpoint_every, format_=format_)
+
+
+@dataclass
+class _FlushingWriter:
+    """A csv writer whose every row reaches the file at once."""
+
+    writer: csv.DictWriter[str]
+    file: Any
+
+    def writerow(self, row: dict[str, Any]) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"max_episode_steps\": 200}'")
+    return data
 
 
 @cli.command()
 @click.option("--algo", default="PPO", show_default=True, help="PPO, DQN or SAC.")
-@click.option("--env", "env_id", required=True, help="A gymnasium id or a registered env name.")
+@click.option("--env", "env_id", default=None, help="A gymnasium id or a registered env name.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A JSON or YAML file of settings (YAML needs PyYAML).")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Set one setting (after --config); dotted keys reach into dicts; "
+                   "VALUE is JSON, else a string.")
+@click.option("--env-kwargs", callback=_json_object, default=None, metavar="JSON",
+              help="A JSON object passed to the env as env_config.")
+@click.option("--stop-iters", type=int, default=None, help="Stop at this training iteration.")
+@click.option("--stop-timesteps", type=int, default=None, help="Stop once this many env steps were sampled.")
 @click.option("--stop-reward", type=float, default=None, help="Stop when the mean return reaches this.")
-@click.option("--stop-iters", type=int, default=None, help="Stop after this many iterations.")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
-              help="Where checkpoints and progress.csv go (default: the algorithm's log dir).")
-@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="Where checkpoints and progress.csv go (default: the algorithm's log dir; "
+                   "with --resume: RUN_DIR).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also checkpoint every N iterations (0: only at the end).")
+@click.option("--num-to-keep", type=click.IntRange(min=1), default=None,
+              help="Keep only the newest N checkpoints (default: all).")
 @click.option("--format", "format_", default=None, help="Checkpoint format (default: pickle).")
 @click.option("--seed", type=int, default=None, help="Seed everything (runs become repeatable).")
-def train(algo: str, env_id: str, stop_reward: float | None, stop_iters: int | None,
-          checkpoint_dir: Path | None, checkpoint_every: int, format_: str | None, seed: int | None) -> None:
-    """Train an algorithm with a live progress display; end with a checkpoint."""
-    from rich.live import Live
-    from rich.table import Table
-
-    if stop_reward is None and stop_iters is None:
-        raise AmberCliError("give --stop-iters and/or --stop-reward")
-    algorithm = _build_algorithm(algo, env_id, format_, seed)
-    out = Path(checkpoint_dir) if checkpoint_dir else Path(algorithm.logdir)
-    out.mkdir(parents=True, exist_ok=True)
-    console = make_console(stderr=True)
-    table = Table("iter", "env steps", "return (mean of 100)", "iter time", "total time", "checkpoint",
-                  title=f"{algo.upper()} on {env_id}")
-    live = Live(table, console=console, transient=False, auto_refresh=False)
-    last_ckpt = _train_until(algorithm, out, table, live, stop_iters=stop_iters, stop_reward=stop_reward,
-                             checkpoint_every=checkpoint_every)
-    algorithm.stop()
-    click.echo(last_ckpt)
-
-
-def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bool) -> float:
-    """Run one episode from ``env.reset(seed=seed)``; the sum of every agent's rewards."""
-    import numpy as np
-
-    obs, _ = env.reset(seed=seed)
-    multi = isinstance(obs, dict)
-    chosen: dict[Any, str] = {}
-    total, done = 0.0, False
-    while not done:
-        if multi:
-            actions = {}
-            for agent, o in obs.items():
-                if agent not in chosen:
-                    chosen[agent] = mapping(agent, None, None) if mapping else "default_policy"
-                pid = chosen[agent]
-                actions[agent] = algo.policies[pid].compute_single_action(o, explore=explore)[0]
-            obs, rew, term, trunc, _ = env.step(actions)
-            total += float(sum(rew.values()))
-            done = term.get("__all__", False) or trunc.get("__all__", False)
-        else:
-            action = algo.get_policy().compute_single_action(obs, explore=explore)[0]
-            if hasattr(env.action_space, "low"):
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, rew, term, trunc, _ = env.step(action)
-            total += float(rew)
-            done = term or trunc
-    return total
-
-
-@cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--episodes", type=int, default=10, show_default=True)
-@click.option("--policy", "policy_id", default=None, help="Evaluate only this policy's agents' returns.")
-@click.option("--explore/--greedy", default=False, show_default=True, help="Sample actions or act greedily.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              metavar="RUN_DIR", help="Continue the run in RUN_DIR from its newest checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per iteration.")
 @trust_option
-def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bool, seed: int,
-             allow_pickle: bool | None) -> None:
-    """Run episodes with a checkpoint's policies; print the mean return."""
-    import numpy as np
+@click.pass_context
+def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path | None,
+          overrides: tuple[str, ...], env_kwargs: dict[str, Any] | None, stop_iters: int | None,
+          stop_timesteps: int | None, stop_reward: float | None, checkpoint_dir: Path | None,
+          checkpoint_every: int, num_to_keep: int | None, format_: str | None, seed: int | None,
+          resume: Path | None, as_json: bool, allow_pickle: bool | None) -> None:
+    """Train an algorithm, one line per iteration; end with a checkpoint (printed last).
 
-    from amber.algorithms.algorithm import Algorithm
-    from amber.envs import make_env
-
-    algo = Algorithm.from_checkpoint(checkpoint, policy_ids=[policy_id] if policy_id else None,
-                                     policy_mapping_fn=(lambda *a, **k: policy_id) if policy_id else None,
-                                     allow_pickle=allow_pickle)
-    env = make_env(algo.config.env, algo.config.env_config)
-    mapping = algo._mapping_fn()
-    start = time.perf_counter()
-    returns = [_episode_return(algo, env, mapping, seed=seed + ep, explore=explore) for ep in range(episodes)]
-    algo.stop()
-    click.echo(f"episodes: {episodes}  return mean: {np.mean(returns):.2f}  min: {np.min(returns):.2f}  "
-               f"max: {np.max(returns):.2f}  ({time.perf_counter() - start:.1f}s)")
-
+    Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (exit 130 / 143).
+    """
+    stop = _Stop(stop_iters, stop_timesteps, stop_reward)
+    if stop == _Stop(None, None, None):
+        raise AmberCliError("give --stop-iters, --stop-timesteps and/or --stop-reward")
+    with _Interrupts() as interrupts:
+        if resume is not None:
+            algorithm = _resume(ctx, resume, allow_pickle)
+            out = checkpoint_dir or resume
+        else:
+            settings = _user_settings(config_file, overrides)
+            algorithm = _build_algorithm(algo, env_id, format_, seed, settings=settings,
+                                         env_kwargs=env_kwargs)
+            out = checkpoint_dir or Path(algorithm.logdir)
+        last_ckpt, signum = _run(algorithm, Path(out), append=resume is not None, stop=stop,
+                                 checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
+                                 format_=format_, as_json=as_json, interrupts=interrupts)
+        algorithm.stop()
+    if last_ckpt and not as_json:
+        click.echo(last_ckpt)
+    if signum is not None:
+        ctx.exit(128 + signum)

@@ -1,0 +1,70 @@
+"""``amber evaluate``: run episodes with a checkpoint's policies."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from amber.cli.base import cli, trust_option
+
+__all__ = ["evaluate"]
+
+
+def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bool) -> float:
+    """Run one episode from ``env.reset(seed=seed)``; the sum of every agent's rewards."""
+    import numpy as np
+
+    obs, _ = env.reset(seed=seed)
+    multi = isinstance(obs, dict)
+    chosen: dict[Any, str] = {}
+    total, done = 0.0, False
+    while not done:
+        if multi:
+            actions = {}
+            for agent, o in obs.items():
+                if agent not in chosen:
+                    chosen[agent] = mapping(agent, None, None) if mapping else "default_policy"
+                pid = chosen[agent]
+                actions[agent] = algo.policies[pid].compute_single_action(o, explore=explore)[0]
+            obs, rew, term, trunc, _ = env.step(actions)
+            total += float(sum(rew.values()))
+            done = term.get("__all__", False) or trunc.get("__all__", False)
+        else:
+            action = algo.get_policy().compute_single_action(obs, explore=explore)[0]
+            if hasattr(env.action_space, "low"):
+                action = np.clip(action, env.action_space.low, env.action_space.high)
+            obs, rew, term, trunc, _ = env.step(action)
+            total += float(rew)
+            done = term or trunc
+    return total
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--episodes", type=int, default=10, show_default=True)
+@click.option("--policy", "policy_id", default=None, help="Evaluate only this policy's agents' returns.")
+@click.option("--explore/--greedy", default=False, show_default=True, help="Sample actions or act greedily.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@trust_option
+def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bool, seed: int,
+             allow_pickle: bool | None) -> None:
+    """Run episodes with a checkpoint's policies; print the mean return."""
+    import numpy as np
+
+    from amber.algorithms.algorithm import Algorithm
+    from amber.envs import make_env
+
+    algo = Algorithm.from_checkpoint(checkpoint, policy_ids=[policy_id] if policy_id else None,
+                                     policy_mapping_fn=(lambda *a, **k: policy_id) if policy_id else None,
+                                     allow_pickle=allow_pickle)
+    env = make_env(algo.config.env, algo.config.env_config)
+    mapping = algo._mapping_fn()
+    start = time.perf_counter()
+    returns = [_episode_return(algo, env, mapping, seed=seed + ep, explore=explore) for ep in range(episodes)]
+    algo.stop()
+    click.echo(f"episodes: {episodes}  return mean: {np.mean(returns):.2f}  min: {np.min(returns):.2f}  "
+               f"max: {np.max(returns):.2f}  ({time.perf_counter() - start:.1f}s)")
+
