@@ -59,6 +59,8 @@ BUILTIN: Mapping[str, str] = {
     "amber.DQNTorchPolicy": "amber.algorithms.dqn.dqn_torch_policy:DQNTorchPolicy",
     "amber.SACTorchPolicy": "amber.algorithms.sac.sac_torch_policy:SACTorchPolicy",
     "amber.MultiAgentCartPole": "amber.envs.multi_agent:MultiAgentCartPole",
+    "amber.DefaultCallbacks": "amber.algorithms.callbacks:DefaultCallbacks",
+    "amber.TensorBoardLogger": "amber.algorithms.callbacks:TensorBoardLogger",
 }
 _BUILTIN_BY_PATH = {path: name for name, path in BUILTIN.items()}
 GYM_PREFIX = "gymnasium:"

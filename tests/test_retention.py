@@ -172,7 +172,8 @@ def test_algo_save_applies_the_configured_retention(tmp_path):
         a.train()
         paths.append(a.save(block=False).result().checkpoint.path)  # pruned in the writer thread
         logdir = Path(a.logdir)
-        assert sorted(p.name for p in logdir.iterdir()) == ["checkpoint_000003", "checkpoint_000004"]
+        assert sorted(p.name for p in logdir.iterdir()) == ["checkpoint_000003", "checkpoint_000004",
+                                                            "progress.csv", "result.json"]
         assert paths[-1] == str(logdir / "checkpoint_000004")
         a.save(tmp_path / "elsewhere")  # an explicit directory: no retention, no marker
         assert MANAGED_KEY not in get_checkpoint_info(tmp_path / "elsewhere")["metadata"]

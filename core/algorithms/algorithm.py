@@ -26,6 +26,8 @@ from amber.algorithms.algorithm_checkpoints import (
     results_dir,
 )
 from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig
+from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
+from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.training_state import TorchGlobalRNG, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
 
@@ -74,12 +76,21 @@ class Algorithm(CheckpointMixin):
             self._mapping_fn(), seed=config.seed, pm=self.pm,
         )
         self.progress = TrainingProgress()
+        self.results_logger = ResultLogger(lambda: self.logdir)
+        self.callbacks = self._build_callbacks()
         self.setup()
+        self.callbacks.on_algorithm_init(algorithm=self)
 
     # -- building ------------------------------------------------------------------
 
     def setup(self) -> None:
         """Algorithm-specific setup after policies and sampling exist (subclasses)."""
+
+    def _build_callbacks(self) -> DefaultCallbacks:
+        """An instance of the config's callbacks class (``callbacks_class``; default: none)."""
+        cls = getattr(self.config, "callbacks_class", None) or DefaultCallbacks
+        check_callbacks_class(cls)
+        return cls()
 
     def _seed_everything(self, seed: int | None) -> None:
         import torch
@@ -159,6 +170,10 @@ class Algorithm(CheckpointMixin):
     def train(self) -> dict[str, Any]:
         """Run one training iteration; return its results.
 
+        The result goes to the callbacks' ``on_train_result`` (which may add metrics), then
+        is appended to ``progress.csv`` and ``result.json`` in :attr:`logdir` (made on the first
+        call; :mod:`amber.algorithms.result_log`).
+
         :raises AlgorithmStoppedError: after :meth:`stop`.
         """
         self._check_running()
@@ -182,6 +197,8 @@ class Algorithm(CheckpointMixin):
         }
         out.update(results)
         self._last_result = out
+        self.callbacks.on_train_result(algorithm=self, result=out)  # which may add metrics
+        self.results_logger.log(out, list(self.policies) if self._multi_agent_env else ())
         return out
 
     def training_step(self) -> dict[str, Any]:

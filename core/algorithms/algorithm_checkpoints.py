@@ -13,6 +13,7 @@ import datetime
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     import pluggy
 
     from amber.algorithms.algorithm_config import AlgorithmConfig
+    from amber.algorithms.callbacks import DefaultCallbacks
+    from amber.algorithms.result_log import ResultLogger
     from amber.async_save import SaveHandle
     from amber.checkpoint_manager import CheckpointManager
     from amber.checkpoint_write import Attachment
@@ -66,6 +69,8 @@ class CheckpointMixin:
     iteration: int
     _logdir: Path | None
     _last_result: dict[str, Any] | None
+    callbacks: DefaultCallbacks
+    results_logger: ResultLogger
 
     if TYPE_CHECKING:  # the algorithm's own (Algorithm.get_state, Algorithm.set_state)
         def get_state(self) -> dict[str, Any]: ...
@@ -84,6 +89,12 @@ class CheckpointMixin:
             root.mkdir(parents=True, exist_ok=True)
             self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__}_{env}_{stamp}_", dir=root))
         return str(self._logdir)
+
+    @logdir.setter
+    def logdir(self, path: str | os.PathLike[str]) -> None:
+        """Use ``path`` (made if missing) for default checkpoints and learning curves."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self._logdir = Path(path)
 
     @overload
     def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
@@ -127,6 +138,7 @@ class CheckpointMixin:
                 else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
         prune = manager.prune if manager is not None else (lambda: [])
+        iteration = self.iteration
         if block:
             wait_for_saves()
             from amber.policy.torch_utils import state_views
@@ -135,6 +147,7 @@ class CheckpointMixin:
                 state = self.get_state()
             self._write_checkpoint(path, fmt, state, self._model_exports(frozen=False), metadata)
             prune()  # only once the new checkpoint is committed
+            self._checkpoint_done(path, iteration)
             return result
 
         def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
@@ -143,11 +156,17 @@ class CheckpointMixin:
             def write() -> SaveResult:  # in the background
                 self._write_checkpoint(path, fmt, state, exports, metadata)
                 prune()
+                self._checkpoint_done(path, iteration)
                 return result
 
             return write
 
         return save_in_background(capture, path)
+
+    def _checkpoint_done(self, path: Path, iteration: int) -> None:
+        """After a committed save: the checkpoint column of ``progress.csv``, then the callbacks."""
+        self.results_logger.checkpoint_written(path, iteration)
+        self.callbacks.on_checkpoint(algorithm=self, checkpoint_path=str(path))
 
     def _snapshot(self, path: Path) -> dict[str, Any]:
         """:meth:`get_state`, independent of the live algorithm: taken as views of the live
@@ -239,6 +258,7 @@ class CheckpointMixin:
         allow_pickle: bool | None = None,
         env: Any = None,
         pm: pluggy.PluginManager | None = None,
+        callbacks: type[DefaultCallbacks] | None = None,
     ) -> Any:
         """A new algorithm of the checkpointed class with the checkpointed state.
 
@@ -249,6 +269,7 @@ class CheckpointMixin:
             e.g. when the checkpoint names an env class that is not registered here.
         :param pm: the plugin manager to read with, kept by the algorithm for its later saves
             (default: the process's).
+        :param callbacks: replaces the saved callbacks class.
         """
         from amber.checkpoint import read_checkpoint
 
@@ -265,7 +286,7 @@ class CheckpointMixin:
             own = dict(ckpt.state)
             algo_cls, config = config_from_state(
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
-                policies_to_train=policies_to_train, env=env)
+                policies_to_train=policies_to_train, env=env, callbacks=callbacks)
             # every policy built here gets its saved weights, so its size is bounded by theirs
             with weights_will_be_loaded(sum(state_size(p.state) for p in ckpt.policies.values())):
                 algo = algo_cls(config=config)
@@ -290,15 +311,18 @@ def config_from_state(
     policy_mapping_fn: Callable[..., str] | None = None,
     policies_to_train: Iterable[str] | None = None,
     env: Any = None,
+    callbacks: type[DefaultCallbacks] | None = None,
 ) -> tuple[Any, AlgorithmConfig]:
     """The algorithm class and config a checkpoint's own state names, with the caller's overrides.
 
     :raises UnregisteredNameError: a class or function the checkpoint names is not registered
         (or was not stored) and the caller did not pass it.
     """
+    from amber.algorithms.callbacks import callbacks_from_state
     from amber.envs.registry import check_saved_env
 
-    given = {"env": env, "policy_mapping_fn": policy_mapping_fn}
+    chosen = callbacks_from_state(own["config"].get("callbacks_class"), callbacks, path)
+    given = {"env": env, "policy_mapping_fn": policy_mapping_fn, "callbacks_class": chosen}
     algo_cls = _resolve(own["algorithm_class"], "algorithm_class", path, pm)
     raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", path, pm)
            for k, v in own["config"].items()}
@@ -310,6 +334,12 @@ def config_from_state(
     if env is None:  # a checkpoint's "module:EnvId" never imports the module
         check_saved_env(raw.get("env"), path)
     config = algo_cls.get_default_config().from_dict(raw)
+    config.callbacks_class = chosen or raw.get("callbacks_class")
+    if config.num_env_runners:  # e.g. RLlib's remote workers: amber samples in this process
+        warnings.warn(f"{path}: the checkpoint's config.num_env_runners is {config.num_env_runners!r}; "
+                      "remote env runners are not built yet, so it is read as 0 (sampling in this "
+                      "process)", stacklevel=3)
+        config.num_env_runners = 0
     _check_env_count(own, config.num_envs_per_env_runner, path)
     config.algo_class = algo_cls
     config.plugin_manager = pm

@@ -11,6 +11,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.state import Ref
 
@@ -102,6 +103,8 @@ class AlgorithmConfig:
         self.checkpoint_score_order = "max"
         # the plugin manager checkpoints go through (None: the process's); never saved
         self.plugin_manager: pluggy.PluginManager | None = None
+        # what the algorithm calls after each train() and each committed save()
+        self.callbacks_class: type[DefaultCallbacks] = DefaultCallbacks
         # debugging
         self.seed: int | None = None
         if self.hyperparameters is not None:
@@ -172,8 +175,11 @@ class AlgorithmConfig:
     ) -> AlgorithmConfig:
         """Set sampling: environment copies per runner (sampled as one vector).
 
-        ``num_env_runners`` is accepted for compatibility; sampling runs in the
-        algorithm's own process. ``rollout_fragment_length`` (DQN, SAC) is the
+        ``num_env_runners`` must be 0 for now (sampling in the algorithm's own
+        process): remote env runners run on Ray (the ``ray`` extra) and are not
+        built yet, so a larger value is refused by :meth:`validate`, never ignored
+        (a checkpoint that says otherwise, such as RLlib's, is read with 0 and a
+        warning). ``rollout_fragment_length`` (DQN, SAC) is the
         env steps each copy takes between two rounds of updates ("auto": the
         algorithm's default).
         """
@@ -246,6 +252,7 @@ class AlgorithmConfig:
         :param checkpoint_score_order: ``"max"`` (default) or ``"min"``.
         :raises ValueError: ``num_to_keep`` not None or an int >= 1, or an order not "max"/"min".
         """
+        _check_env_runners(self.num_env_runners)
         from amber.checkpoint_manager import check_retention
 
         check_retention(num_to_keep, checkpoint_score_order or "max")
@@ -265,6 +272,16 @@ class AlgorithmConfig:
             self.store_replay_buffer = bool(store_replay_buffer)
         if plugin_manager is not None:
             self.plugin_manager = plugin_manager
+        return self
+
+    def callbacks(self, callbacks_class: type[DefaultCallbacks]) -> AlgorithmConfig:
+        """Set the callbacks class (a subclass of :class:`~amber.algorithms.callbacks.DefaultCallbacks`)
+        whose instance the algorithm calls after each ``train()`` and each committed ``save()``.
+
+        :raises ValueError: it is not such a subclass.
+        """
+        check_callbacks_class(callbacks_class)
+        self.callbacks_class = callbacks_class
         return self
 
     def debugging(self, *, seed: int | None = None) -> AlgorithmConfig:
@@ -287,6 +304,7 @@ class AlgorithmConfig:
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"seed must be an int or None, not {type(self.seed).__name__}")
+        _check_env_runners(self.num_env_runners)
         from amber.checkpoint_manager import check_retention
 
         check_retention(self.num_to_keep, self.checkpoint_score_order)  # also what a checkpoint set
@@ -357,3 +375,22 @@ def _spec_from_dict(spec: Any) -> Any:
     if isinstance(spec, dict) and set(spec) == {"policy_class", "config"}:
         return PolicySpec(spec["policy_class"], config=spec["config"])
     return spec
+
+
+def _check_env_runners(n: Any) -> None:
+    """``num_env_runners`` must be 0: remote runners (on Ray) are not built yet.
+
+    :raises ValueError: it is not, naming the extra remote runners will need.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"num_env_runners must be an int >= 0, not {n!r}")
+    if n == 0:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(f"num_env_runners={n} runs env runners as Ray actors, and ray is not installed: "
+                         "pip install 'amber-rl[ray]'; or use num_env_runners=0 (sampling in this process, "
+                         "num_envs_per_env_runner copies of the env)")
+    raise ValueError(f"num_env_runners={n}: env runners on Ray are not supported by this amber yet; "
+                     "use num_env_runners=0 (sampling in this process, num_envs_per_env_runner copies)")

@@ -1,5 +1,5 @@
 """The ``amber`` command: list formats and plugins; inspect, verify, convert, migrate,
-export and trust checkpoints; train and evaluate algorithms.
+export and trust checkpoints; train and evaluate algorithms and plot their learning curves.
 
 The group, its error handling and the helpers the commands share live in
 :mod:`amber.cli.base`; each command module attaches its commands to that
@@ -11,6 +11,7 @@ group and imports only ``base``:
 - :mod:`amber.cli.rl`: ``train``
 - :mod:`amber.cli.evaluate`: ``evaluate``
 - :mod:`amber.cli.trust`: ``trust``
+- :mod:`amber.cli.plot`: ``plot``
 
 This package imports them all, so ``from amber.cli import cli`` is the whole
 command. Every amber error (:class:`amber.errors.CheckpointError`) and every
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amber.cli import convert, evaluate, export, info, rl, trust  # noqa: F401 - each attaches its commands to `cli`
+from amber.cli import convert, evaluate, export, info, plot, rl, trust  # noqa: F401 - each attaches its commands to `cli`
 from amber.cli.base import AmberCliError, CliState, cli, human_size, total_bytes
 from amber.cli.info import info_tree
 

@@ -3,15 +3,15 @@
 Settings come from the algorithm's defaults, then ``--config FILE`` (JSON or YAML),
 then each ``-o key=value`` (dotted keys reach into nested dicts), then the dedicated
 flags (``--env``, ``--env-kwargs``, ``--seed``, ``--format``). Checkpoints go through an
-:class:`amber.CheckpointManager` on the checkpoint directory (``--num-to-keep``), one row
-per iteration goes to ``progress.csv`` there, and ``--resume RUN_DIR`` continues a run
+:class:`amber.CheckpointManager` on the checkpoint directory (``--num-to-keep``), which
+becomes the algorithm's log dir, so its learning curves (``progress.csv``, ``result.json``:
+:mod:`amber.algorithms.result_log`) go there too; ``--resume RUN_DIR`` continues a run
 from its newest checkpoint exactly as if it had never stopped. SIGINT and SIGTERM end
 the run after the current iteration with a final checkpoint, exit 130 and 143.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import numbers
@@ -26,11 +26,9 @@ import click
 
 from amber.cli.base import AmberCliError, cli, make_console, trust_option
 
-__all__ = ["ALGOS", "PROGRESS_FIELDS", "train"]
+__all__ = ["ALGOS", "train"]
 
 ALGOS = {"PPO": "amber.PPOConfig", "DQN": "amber.DQNConfig", "SAC": "amber.SACConfig"}
-PROGRESS_FIELDS = ("training_iteration", "num_env_steps_sampled_lifetime", "episode_return_mean",
-                   "time_this_iter_s", "time_total_s", "checkpoint")
 #: The options ``--resume`` refuses: the run's settings are the checkpoint's.
 _NOT_WITH_RESUME = {"algo": "--algo", "env_id": "--env", "config_file": "--config", "overrides": "-o",
                     "env_kwargs": "--env-kwargs", "seed": "--seed"}
@@ -234,9 +232,9 @@ class _Report:
             self.live.refresh()
 
 
-def _train_until(algorithm: Any, manager: Any, progress: Any, report: _Report, interrupts: _Interrupts,
+def _train_until(algorithm: Any, manager: Any, report: _Report, interrupts: _Interrupts,
                  *, stop: _Stop, checkpoint_every: int, format_: str | None) -> tuple[str, int | None]:
-    """Train until a stop criterion holds or a signal came, a row per iteration in ``progress``.
+    """Train until a stop criterion holds or a signal came (each ``train()`` logs its result).
 
     :return: the last checkpoint written ("" if none) and the signal that stopped the run (or None).
     """
@@ -255,7 +253,6 @@ def _train_until(algorithm: Any, manager: Any, progress: Any, report: _Report, i
         if done or signum is not None or (checkpoint_every and it % checkpoint_every == 0):
             ckpt = str(manager.save(algorithm, format=format_).checkpoint.path)
             last_ckpt = ckpt
-        progress.writerow({k: result.get(k, "") for k in PROGRESS_FIELDS[:-1]} | {"checkpoint": ckpt})
         report.row(result, ckpt)
         if done or signum is not None:
             return last_ckpt, signum
@@ -264,35 +261,22 @@ def _train_until(algorithm: Any, manager: Any, progress: Any, report: _Report, i
 def _run(algorithm: Any, out: Path, *, append: bool, stop: _Stop, checkpoint_every: int,
          num_to_keep: int | None, format_: str | None, as_json: bool,
          interrupts: _Interrupts) -> tuple[str, int | None]:
-    """Train ``algorithm`` with its checkpoints and ``progress.csv`` in ``out``."""
+    """Train ``algorithm`` with its checkpoints and learning curves in ``out`` (appended to
+    with ``append``, else started afresh)."""
+    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON
     from amber.checkpoint_manager import CheckpointManager
 
-    out.mkdir(parents=True, exist_ok=True)
+    algorithm.logdir = out
+    if not append:
+        for name in (PROGRESS_CSV, RESULT_JSON):
+            (out / name).unlink(missing_ok=True)
     manager = CheckpointManager(out, num_to_keep=num_to_keep)
     mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
     env = algorithm.config.env
     title = f"{type(algorithm).__name__} on {env if isinstance(env, str) else getattr(env, '__name__', env)}"
-    csv_path = out / "progress.csv"
-    header = not (append and csv_path.exists() and csv_path.stat().st_size > 0)
-    with open(csv_path, "a" if append else "w", newline="") as f, _Report(mode, title) as report:
-        writer = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
-        if header:
-            writer.writeheader()
-        progress = _FlushingWriter(writer, f)
-        return _train_until(algorithm, manager, progress, report, interrupts, stop=stop,
+    with _Report(mode, title) as report:
+        return _train_until(algorithm, manager, report, interrupts, stop=stop,
                             checkpoint_every=checkpoint_every, format_=format_)
-
-
-@dataclass
-class _FlushingWriter:
-    """A csv writer whose every row reaches the file at once."""
-
-    writer: csv.DictWriter[str]
-    file: Any
-
-    def writerow(self, row: dict[str, Any]) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:

@@ -1,0 +1,154 @@
+"""Learning curves on disk: each ``train()`` result as a row of ``progress.csv`` and a line of
+``result.json`` in the algorithm's log dir (RLlib's CSV and JSON loggers).
+
+``progress.csv`` has a header once, then a row per iteration: :data:`PROGRESS_FIELDS`, one
+``policy_return_mean/<policy id>`` column per policy of a multi-agent algorithm, and
+``checkpoint``: the checkpoint saved right after that iteration, filled in when the save
+commits (empty otherwise). A file that exists is appended to, with its own header's columns.
+``result.json`` holds each whole result as one JSON object per line (NaN and infinities as
+null). Both are flushed as they are written. :class:`ResultLogger` writes them; the algorithm
+and ``amber train`` use the same one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import numbers
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CHECKPOINT_FIELD", "PROGRESS_CSV", "PROGRESS_FIELDS", "RESULT_JSON", "ResultLogger",
+           "flat_scalars"]
+
+PROGRESS_CSV = "progress.csv"
+RESULT_JSON = "result.json"
+PROGRESS_FIELDS = ("training_iteration", "num_env_steps_sampled_lifetime", "episode_return_mean",
+                   "time_this_iter_s", "time_total_s")
+CHECKPOINT_FIELD = "checkpoint"
+
+
+def flat_scalars(result: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A result's scalars (numbers, bools, strings), nested mappings flattened to ``a/b`` keys.
+
+    :param result: a ``train()`` result.
+    :param prefix: prepended to every key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_scalars(value, name + "/"))
+        elif isinstance(value, (bool, str)):
+            out[name] = value
+        elif isinstance(value, numbers.Integral):
+            out[name] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[name] = float(value)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: non-finite floats become None, unknown objects their str."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return str(value)
+
+
+def _csv_line(fields: Iterable[str], row: Mapping[str, Any] | None = None) -> bytes:
+    """One CSV line: the header (no ``row``) or ``row`` in the columns ``fields``."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore")
+    if row is None:
+        writer.writeheader()
+    else:
+        writer.writerow(row)
+    return text.getvalue().encode()
+
+
+@dataclass
+class _LastRow:
+    """The last row written: where it starts and ends, so that its checkpoint can be filled in."""
+
+    path: Path
+    iteration: int
+    start: int
+    end: int
+    fields: list[str]
+    row: dict[str, Any]
+
+
+class ResultLogger:
+    """Appends results to ``progress.csv`` and ``result.json`` in a directory (thread-safe).
+
+    :param directory: gives the directory at each write (e.g. the algorithm's log dir,
+        made on first use).
+    """
+
+    def __init__(self, directory: Callable[[], str | Path]) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._last: _LastRow | None = None
+
+    def log(self, result: Mapping[str, Any], policy_ids: Iterable[str] = ()) -> None:
+        """Append one result.
+
+        :param result: a ``train()`` result (``training_iteration`` and the scalars to write).
+        :param policy_ids: the policies whose ``policy_return_mean`` gets a column (if the file is new).
+        """
+        root = Path(self._directory())
+        flat = flat_scalars(result)
+        with self._lock:
+            with open(root / RESULT_JSON, "a") as f:
+                f.write(json.dumps(_jsonable(result)) + "\n")
+            path = root / PROGRESS_CSV
+            with open(path, "ab") as f:
+                start = f.tell()
+                if start == 0:
+                    fields = [*PROGRESS_FIELDS, *(f"policy_return_mean/{p}" for p in policy_ids),
+                              CHECKPOINT_FIELD]
+                    f.write(_csv_line(fields))
+                    start = f.tell()
+                else:
+                    fields = self._header(path)
+                row = {k: flat.get(k, "") for k in fields}
+                f.write(_csv_line(fields, row))
+                self._last = _LastRow(path, int(result["training_iteration"]), start, f.tell(), fields, row)
+
+    def _header(self, path: Path) -> list[str]:
+        if self._last is not None and self._last.path == path:
+            return self._last.fields
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])
+
+    def checkpoint_written(self, checkpoint_path: str | Path, iteration: int) -> None:
+        """Fill in the ``checkpoint`` column of the last row, if it is ``iteration``'s and
+        nothing was written after it.
+
+        :param checkpoint_path: the checkpoint committed.
+        :param iteration: the iteration it was saved at.
+        """
+        with self._lock:
+            last = self._last
+            if (last is None or last.iteration != iteration or CHECKPOINT_FIELD not in last.fields
+                    or not last.path.exists() or last.path.stat().st_size != last.end):
+                return
+            last.row[CHECKPOINT_FIELD] = str(checkpoint_path)
+            with open(last.path, "r+b") as f:
+                f.seek(last.start)
+                f.truncate()
+                f.write(_csv_line(last.fields, last.row))
+                last.end = f.tell()

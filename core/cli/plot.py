@@ -1,0 +1,90 @@
+"""``amber plot``: learning curves of runs, one line per run, from their ``progress.csv``.
+
+Needs matplotlib (``pip install 'amber-rl[plot]'``), imported inside the command and
+drawn with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from amber.cli.base import AmberCliError, cli
+
+__all__ = ["plot", "read_curve"]
+
+#: The size of the figure: 8 x 5 inches at 100 dpi, an 800 x 500 PNG.
+FIGSIZE, DPI = (8.0, 5.0), 100
+X_AXES = ("num_env_steps_sampled_lifetime", "training_iteration")
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_curve(run_dir: Path, x: str, metric: str) -> tuple[list[float], list[float]]:
+    """The points ``(x, metric)`` of a run's ``progress.csv``, one per row.
+
+    :param run_dir: the run's directory (holding ``progress.csv``).
+    :param x: the column of the x axis.
+    :param metric: the column of the y axis.
+    :raises AmberCliError: no ``progress.csv``, or it lacks one of the columns (the message lists them).
+    """
+    import csv
+
+    path = run_dir / "progress.csv"
+    if not path.is_file():
+        raise AmberCliError(f"{run_dir} has no progress.csv (train with amber train or Algorithm.train())")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        missing = [c for c in (x, metric) if c not in columns]
+        if missing:
+            raise AmberCliError(f"{path} has no column {', '.join(map(repr, missing))}; "
+                                f"columns: {', '.join(columns)}")
+        rows = list(reader)
+    return [_number(r[x]) for r in rows], [_number(r[metric]) for r in rows]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise AmberCliError("amber plot needs matplotlib: pip install 'amber-rl[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("plot.png"),
+              show_default=True, help="The image to write (its suffix picks the format: .png, .svg, .pdf).")
+@click.option("--metric", default="episode_return_mean", show_default=True, help="The column to draw.")
+@click.option("--x", "x_axis", type=click.Choice(X_AXES), default=X_AXES[0], show_default=True,
+              help="The column of the x axis.")
+def plot(run_dirs: tuple[Path, ...], output: Path, metric: str, x_axis: str) -> None:
+    """Draw METRIC against env steps for each RUN_DIR's progress.csv; print the image's path."""
+    curves = {run: read_curve(run, x_axis, metric) for run in run_dirs}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    try:
+        for run, (xs, ys) in curves.items():
+            ax.plot(xs, ys, label=run.resolve().name)
+        ax.set_xlabel(x_axis)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=DPI)
+    finally:
+        plt.close(fig)
+    click.echo(str(output))
