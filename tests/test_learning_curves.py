@@ -202,3 +202,15 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
     assert result.exit_code == 2 and "pip install 'amber-rl[plot]'" in result.output
+
+
+def test_log_results_off_writes_nothing_in_the_logdir(tmp_path):
+    algo = _config().reporting(log_results=False).build()
+    algo.logdir = str(tmp_path / "run")  # the log dir exists only if something is written there
+    try:
+        algo.train()
+        algo.train()
+    finally:
+        algo.stop()
+    assert not (tmp_path / "run" / "progress.csv").exists()
+    assert not (tmp_path / "run" / "result.json").exists()

@@ -172,7 +172,7 @@ class Algorithm(CheckpointMixin):
 
         The result goes to the callbacks' ``on_train_result`` (which may add metrics), then
         is appended to ``progress.csv`` and ``result.json`` in :attr:`logdir` (made on the first
-        call; :mod:`amber.algorithms.result_log`).
+        call; :mod:`amber.algorithms.result_log`), unless ``.reporting(log_results=False)``.
 
         :raises AlgorithmStoppedError: after :meth:`stop`.
         """
@@ -198,7 +198,8 @@ class Algorithm(CheckpointMixin):
         out.update(results)
         self._last_result = out
         self.callbacks.on_train_result(algorithm=self, result=out)  # which may add metrics
-        self.results_logger.log(out, list(self.policies) if self._multi_agent_env else ())
+        if self.config.log_results:
+            self.results_logger.log(out, list(self.policies) if self._multi_agent_env else ())
         return out
 
     def training_step(self) -> dict[str, Any]:

@@ -103,6 +103,8 @@ class AlgorithmConfig:
         self.checkpoint_score_order = "max"
         # the plugin manager checkpoints go through (None: the process's); never saved
         self.plugin_manager: pluggy.PluginManager | None = None
+        # each train() result appended to progress.csv and result.json in the log dir
+        self.log_results = True
         # what the algorithm calls after each train() and each committed save()
         self.callbacks_class: type[DefaultCallbacks] = DefaultCallbacks
         # debugging
@@ -175,11 +177,9 @@ class AlgorithmConfig:
     ) -> AlgorithmConfig:
         """Set sampling: environment copies per runner (sampled as one vector).
 
-        ``num_env_runners`` must be 0 for now (sampling in the algorithm's own
-        process): remote env runners run on Ray (the ``ray`` extra) and are not
-        built yet, so a larger value is refused by :meth:`validate`, never ignored
-        (a checkpoint that says otherwise, such as RLlib's, is read with 0 and a
-        warning). ``rollout_fragment_length`` (DQN, SAC) is the
+        ``num_env_runners`` must be 0 for now (sampling in this process): remote runners
+        (on Ray) are not built yet, so :meth:`validate` refuses more, never ignores it (a
+        checkpoint's is read as 0, with a warning). ``rollout_fragment_length`` (DQN, SAC) is the
         env steps each copy takes between two rounds of updates ("auto": the
         algorithm's default).
         """
@@ -223,8 +223,13 @@ class AlgorithmConfig:
             self.policies_to_train = list(policies_to_train)
         return self
 
-    def reporting(self, *, min_sample_timesteps_per_iteration: int | None = None) -> AlgorithmConfig:
-        """Set how much one ``train()`` samples at least (DQN, SAC; default 1000 env steps)."""
+    def reporting(self, *, min_sample_timesteps_per_iteration: int | None = None,
+                  log_results: bool | None = None) -> AlgorithmConfig:
+        """Set how much one ``train()`` samples at least (DQN, SAC; default 1000 env steps), and
+        whether each ``train()`` result is appended to ``progress.csv`` and ``result.json`` in the
+        algorithm's log dir (``log_results``, default True; False writes nothing there)."""
+        if log_results is not None:
+            self.log_results = bool(log_results)
         if min_sample_timesteps_per_iteration is not None:
             if not hasattr(self, "min_sample_timesteps_per_iteration"):
                 raise ValueError(f"{type(self).__name__} has no min_sample_timesteps_per_iteration setting")
@@ -378,10 +383,7 @@ def _spec_from_dict(spec: Any) -> Any:
 
 
 def _check_env_runners(n: Any) -> None:
-    """``num_env_runners`` must be 0: remote runners (on Ray) are not built yet.
-
-    :raises ValueError: it is not, naming the extra remote runners will need.
-    """
+    """``num_env_runners`` must be 0 (remote runners, on Ray, are not built yet): ValueError if not."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"num_env_runners must be an int >= 0, not {n!r}")
     if n == 0:
