@@ -59,6 +59,7 @@ __all__ = [
     "fsync_on_close",
     "fsync_tree",
     "is_temporary",
+    "pid_alive",
     "remove_entry",
     "staging",
 ]
@@ -135,7 +136,8 @@ def fsync_on_close() -> bool:
     return _STAGING_DEPTH.get() == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (this one, or one we may not signal)."""
     if pid == os.getpid():
         return True
     try:
@@ -166,7 +168,7 @@ def remove_stale(parent: Path) -> list[Path]:
         return removed
     for entry in entries:
         m = _STAGING_RE.match(entry.name)
-        if not m or not m["marker"] or entry.is_dir(follow_symlinks=False) or _pid_alive(int(m["pid"])):
+        if not m or not m["marker"] or entry.is_dir(follow_symlinks=False) or pid_alive(int(m["pid"])):
             continue
         marker = Path(entry.path)
         tmp = marker.with_name(marker.name[: -len(MARKER_SUFFIX)])

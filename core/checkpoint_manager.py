@@ -81,18 +81,6 @@ def _score_of(metrics: Mapping[str, Any] | None, attribute: str) -> float | None
     return value if math.isfinite(value) else None
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CheckpointManager:
     """Saves an algorithm's checkpoints under one directory and keeps the last or the best.
 
@@ -243,11 +231,13 @@ class CheckpointManager:
 
     def _remove_leftovers(self) -> None:
         """Remove what crashed deletions left under :attr:`root` (their process no longer runs)."""
+        from amber.atomic import pid_alive
+
         try:
             entries = list(os.scandir(self.root))
         except OSError:
             return
         for entry in entries:
             m = _DELETING_RE.match(entry.name)
-            if m and entry.is_dir(follow_symlinks=False) and not _pid_alive(int(m["pid"])):
+            if m and entry.is_dir(follow_symlinks=False) and not pid_alive(int(m["pid"])):
                 shutil.rmtree(entry.path, ignore_errors=True)
