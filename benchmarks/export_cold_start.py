@@ -146,6 +146,22 @@ def export_all(hiddens: list[int], bench: Path, wanted: set[str]) -> tuple[dict[
     return paths, action, {"params": params, "export_s": times, "bytes": sizes}
 
 
+def print_case_rows(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Print one table row per case of child runs (wall median and best, peak RSS median, the
+    child's own import / load / action medians); return the same figures by case."""
+    cases: dict[str, dict[str, Any]] = {}
+    for name, rs in runs.items():
+        walls = [x["wall_s"] for x in rs]
+        rss = statistics.median(x["peak_rss_bytes"] for x in rs) / MIB
+        inside = [x["inside"] for x in rs if "inside" in x]
+        parts = " / ".join(f"{statistics.median(i[k] for i in inside):.3f}"
+                           for k in ("import_s", "load_s", "action_s")) if inside else ""
+        print(f"| {name} | {statistics.median(walls):.3f} | {min(walls):.3f} | {rss:.0f} | {parts} |")
+        cases[name] = {"wall_median_s": statistics.median(walls), "wall_best_s": min(walls),
+                                 "peak_rss_median_mib": rss, "runs": rs}
+    return cases
+
+
 def machine() -> dict[str, Any]:
     """CPU, cores and the versions of Python and each runtime."""
     import importlib.metadata
@@ -214,15 +230,7 @@ def main(argv: list[str] | None = None) -> int:
           "| inside: import / load / action (s) |")
     print("| --- | ---: | ---: | ---: | --- |")
     result: dict[str, Any] = {"hiddens": args.hiddens, "facts": facts, "machine": info, "cases": {}}
-    for name, rs in runs.items():
-        walls = [x["wall_s"] for x in rs]
-        rss = statistics.median(x["peak_rss_bytes"] for x in rs) / MIB
-        inside = [x["inside"] for x in rs if "inside" in x]
-        parts = " / ".join(f"{statistics.median(i[k] for i in inside):.3f}"
-                           for k in ("import_s", "load_s", "action_s")) if inside else ""
-        print(f"| {name} | {statistics.median(walls):.3f} | {min(walls):.3f} | {rss:.0f} | {parts} |")
-        result["cases"][name] = {"wall_median_s": statistics.median(walls), "wall_best_s": min(walls),
-                                 "peak_rss_median_mib": rss, "runs": rs}
+    result["cases"].update(print_case_rows(runs))
     for name in missing:
         print(f"| {name} | not installed | | | |")
     print(f"| RLlib: RLModule.from_checkpoint, 1 action: cited from the issue, not measured here "

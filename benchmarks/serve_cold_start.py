@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 from algo_checkpoints import run_child
 from checkpoint_io import load_average
-from export_cold_start import machine
+from export_cold_start import machine, print_case_rows
 
 MIB = 1 << 20
 OBS = [0.01, -0.02, 0.03, 0.04]
@@ -142,15 +141,7 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> d
           "| inside: import / load / action (s) |")
     print("| --- | ---: | ---: | ---: | --- |")
     result: dict[str, Any] = {"hiddens": args.hiddens, "machine": info, "cases": {}}
-    for name, rs in runs.items():
-        walls = [x["wall_s"] for x in rs]
-        rss = statistics.median(x["peak_rss_bytes"] for x in rs) / MIB
-        inside = [x["inside"] for x in rs if "inside" in x]
-        parts = " / ".join(f"{statistics.median(i[k] for i in inside):.3f}"
-                           for k in ("import_s", "load_s", "action_s")) if inside else ""
-        print(f"| {name} | {statistics.median(walls):.3f} | {min(walls):.3f} | {rss:.0f} | {parts} |")
-        result["cases"][name] = {"wall_median_s": statistics.median(walls), "wall_best_s": min(walls),
-                                 "peak_rss_median_mib": rss, "runs": rs}
+    result["cases"].update(print_case_rows(runs))
     return result
 
 
