@@ -185,7 +185,7 @@ def save_in_background(capture: Callable[[], Callable[[], T]], path: str | os.Pa
     """
     _install_hooks()
     if _WRITER.in_writer():
-        inline: SaveHandle[T] = SaveHandle(Path(path))
+        inline: SaveHandle[T] = SaveHandle(_where(path))
         inline.set_running_or_notify_cancel()
         _run(inline, capture())
         return inline
@@ -203,7 +203,7 @@ def save_in_background(capture: Callable[[], Callable[[], T]], path: str | os.Pa
             finally:  # written: the snapshot's arrays are free for the next one
                 _BUFFERS.give_back(taken)
 
-        handle: SaveHandle[T] = SaveHandle(Path(path))
+        handle: SaveHandle[T] = SaveHandle(_where(path))
         handle.set_running_or_notify_cancel()  # running from now on: it cannot be cancelled
         _WRITER.start(handle, job)
     return handle
@@ -265,6 +265,13 @@ def _at_exit() -> None:
 
 
 # -- snapshots ---------------------------------------------------------------------------
+
+
+def _where(path: str | os.PathLike[str]) -> Any:
+    """A save's path for its handle: a URL as it is (``Path`` would fold its ``//``)."""
+    from amber.storage import is_remote
+
+    return os.fspath(path) if is_remote(path) else Path(path)
 
 
 def snapshot(tree: Any, *, fresh_arrays: bool = False, where: str | os.PathLike[str] | None = None) -> Any:

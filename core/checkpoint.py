@@ -46,7 +46,7 @@ __all__ = [
 def save(
     state: StateTree, path: str | os.PathLike[str], *, format: str | None = ...,
     metadata: Mapping[str, str] | None = ..., pm: pluggy.PluginManager | None = ...,
-    block: Literal[True] = ...,
+    block: Literal[True] = ..., storage_options: Mapping[str, Any] | None = ...,
 ) -> Path: ...
 
 
@@ -54,7 +54,7 @@ def save(
 def save(
     state: StateTree, path: str | os.PathLike[str], *, format: str | None = ...,
     metadata: Mapping[str, str] | None = ..., pm: pluggy.PluginManager | None = ...,
-    block: Literal[False],
+    block: Literal[False], storage_options: Mapping[str, Any] | None = ...,
 ) -> SaveHandle[Path]: ...
 
 
@@ -66,6 +66,7 @@ def save(
     metadata: Mapping[str, str] | None = None,
     pm: pluggy.PluginManager | None = None,
     block: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Path | SaveHandle[Path]:
     """Save a state tree as a checkpoint of type ``"State"``, atomically.
 
@@ -73,10 +74,12 @@ def save(
     an error of it that nobody retrieved is raised here (:mod:`amber.async_save`).
 
     :param state: a state tree (see :mod:`amber.state`).
-    :param path: the checkpoint directory to create or replace.
+    :param path: the checkpoint directory to create or replace, or an fsspec URL
+        (``s3://bucket/run/ck``: uploaded with its manifest last, :mod:`amber.storage`).
     :param format: a registered format name (default: the first registered format that is
         portable and safe to load, :meth:`amber.registry.FormatRegistry.default_portable`).
     :param metadata: strings to record in checkpoint.json.
+    :param storage_options: for a URL, passed to its fsspec file system.
     :param block: False: copy the state now (:func:`amber.async_save.snapshot`), write it in
         the background and return a :class:`~amber.async_save.SaveHandle` at once, whose
         ``result()`` is the path (or raises what a synchronous save would have raised).
@@ -94,11 +97,13 @@ def save(
     registry.get(fmt)  # an unknown format fails here, before anything is copied or written
     if block:
         wait_for_saves()
-        return write_checkpoint(path, type="State", state=state, format=fmt, metadata=metadata, pm=pm)
+        return write_checkpoint(path, type="State", state=state, format=fmt, metadata=metadata, pm=pm,
+                                storage_options=storage_options)
 
     def capture() -> Callable[[], Path]:
         frozen, meta = snapshot(state, where=path), dict(metadata or {})
-        return lambda: write_checkpoint(path, type="State", state=frozen, format=fmt, metadata=meta, pm=pm)
+        return lambda: write_checkpoint(path, type="State", state=frozen, format=fmt, metadata=meta, pm=pm,
+                                        storage_options=storage_options)
 
     return save_in_background(capture, path)
 
@@ -108,14 +113,16 @@ def load(
     *,
     allow_pickle: bool | None = None,
     pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Load the state tree of a checkpoint written by :func:`save` (or a Policy checkpoint).
 
-    :param path: the checkpoint directory.
+    :param path: the checkpoint directory, or an fsspec URL.
     :param allow_pickle: see :func:`read_checkpoint`.
+    :param storage_options: for a URL, passed to its fsspec file system.
     :return: the state tree.
     """
-    return read_checkpoint(path, allow_pickle=allow_pickle, pm=pm).state
+    return read_checkpoint(path, allow_pickle=allow_pickle, pm=pm, storage_options=storage_options).state
 
 
 def detect_format(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None = None) -> str | None:

@@ -62,7 +62,7 @@ def check_retention(num_to_keep: Any, score_order: Any) -> None:
 class ManagedCheckpoint:
     """A checkpoint a :class:`CheckpointManager` wrote: where, which iteration, its score (or None)."""
 
-    path: Path
+    path: Path  # a str (the URL) for a checkpoint in remote storage
     iteration: int
     score: float | None
 
@@ -81,14 +81,29 @@ def _score_of(metrics: Mapping[str, Any] | None, attribute: str) -> float | None
     return value if math.isfinite(value) else None
 
 
+def _managed(path: Path | str, meta: Mapping[str, Any]) -> ManagedCheckpoint | None:
+    """The managed checkpoint a manifest's metadata describes, or None if it is not one."""
+    if meta.get(MANAGED_KEY) != "1":
+        return None
+    try:
+        iteration = int(meta.get(ITERATION_KEY, ""))
+        score = float(meta[SCORE_KEY]) if SCORE_KEY in meta else None
+    except ValueError:
+        return None
+    return ManagedCheckpoint(path, iteration, score if score is None or math.isfinite(score) else None)  # type: ignore[arg-type]
+
+
 class CheckpointManager:
     """Saves an algorithm's checkpoints under one directory and keeps the last or the best.
 
-    :param root: the directory holding ``checkpoint_<iteration:06d>`` checkpoints (a local path).
+    :param root: the directory holding ``checkpoint_<iteration:06d>`` checkpoints: a local path
+        or an fsspec URL. In remote storage a checkpoint counts once its manifest, uploaded
+        last, is there; one is deleted manifest first (:mod:`amber.storage`).
     :param num_to_keep: how many to keep (None: all); the newest is always kept on top of them.
     :param score_attribute: the metric that ranks checkpoints (e.g. ``"episode_return_mean"``);
         None: the newest are kept.
     :param score_order: ``"max"``: higher scores are better; ``"min"``: lower.
+    :param storage_options: for a URL, passed to its fsspec file system.
     :raises ValueError: invalid ``num_to_keep`` or ``score_order``.
 
     Example::
@@ -100,16 +115,22 @@ class CheckpointManager:
     """
 
     def __init__(self, root: str | os.PathLike[str], num_to_keep: int | None = None,
-                 score_attribute: str | None = None, score_order: str = "max") -> None:
+                 score_attribute: str | None = None, score_order: str = "max", *,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        from amber.storage import is_remote, local_path
+
         check_retention(num_to_keep, score_order)
-        self.root = Path(root)
+        self.root: Path | str = os.fspath(root).rstrip("/") if is_remote(root) else local_path(root)
+        self.storage_options = storage_options
         self.num_to_keep = num_to_keep
         self.score_attribute = score_attribute
         self.score_order = score_order
 
     def path_for(self, iteration: int) -> Path:
-        """The directory of the checkpoint of this iteration."""
-        return self.root / f"checkpoint_{iteration:06d}"
+        """The directory (or URL) of the checkpoint of this iteration."""
+        from amber.storage import join
+
+        return join(self.root, f"checkpoint_{iteration:06d}")  # type: ignore[return-value]
 
     def metadata_for(self, algo: Any, metrics: Mapping[str, Any] | None = None) -> dict[str, str]:
         """The manifest metadata of a managed checkpoint of ``algo`` now.
@@ -135,7 +156,8 @@ class CheckpointManager:
         :raises CheckpointError: the save failed (nothing is deleted then).
         """
         path = self.path_for(int(algo.iteration))
-        result: SaveResult = algo.save(path, format=format, _metadata=self.metadata_for(algo, metrics))
+        result: SaveResult = algo.save(path, format=format, _metadata=self.metadata_for(algo, metrics),
+                                       storage_options=self.storage_options)
         self.prune()
         return result
 
@@ -148,6 +170,8 @@ class CheckpointManager:
         from amber.atomic import is_temporary
         from amber.layout import read_manifest
 
+        if isinstance(self.root, str):
+            return self._remote_checkpoints()
         found = []
         try:
             entries = sorted(os.scandir(self.root), key=lambda e: e.name)
@@ -161,16 +185,29 @@ class CheckpointManager:
                 meta = read_manifest(Path(entry.path)).raw.get("metadata", {})
             except CheckpointError:
                 continue
-            if meta.get(MANAGED_KEY) != "1":
+            if (managed := _managed(Path(entry.path), meta)) is not None:
+                found.append(managed)
+        return sorted(found, key=lambda c: (c.iteration, str(c.path)))
+
+    def _remote_checkpoints(self) -> list[ManagedCheckpoint]:
+        """:meth:`checkpoints` in remote storage: each prefix's manifest read, uncommitted ones skipped."""
+        from amber.storage import Remote, join, reading
+
+        found = []
+        for name in Remote(self.root, self.storage_options).children():
+            if not name.startswith("checkpoint_"):
                 continue
+            url = str(join(self.root, name))
             try:
-                iteration = int(meta.get(ITERATION_KEY, ""))
-                score = float(meta[SCORE_KEY]) if SCORE_KEY in meta else None
-            except ValueError:
+                with reading(url, self.storage_options, policy_ids=()) as local:
+                    from amber.layout import read_manifest
+
+                    meta = read_manifest(local).raw.get("metadata", {})
+            except CheckpointError:
                 continue
-            found.append(ManagedCheckpoint(Path(entry.path), iteration,
-                                           score if score is None or math.isfinite(score) else None))
-        return sorted(found, key=lambda c: (c.iteration, c.path.name))
+            if (managed := _managed(url, meta)) is not None:
+                found.append(managed)
+        return sorted(found, key=lambda c: (c.iteration, str(c.path)))
 
     def latest(self) -> ManagedCheckpoint | None:
         """The newest managed checkpoint (highest iteration), or None."""
@@ -212,9 +249,19 @@ class CheckpointManager:
                 deleted.append(c.path)
         return deleted
 
-    def _delete(self, path: Path) -> bool:
-        """Rename a managed checkpoint to a temporary name, then remove it; False if left alone."""
+    def _delete(self, path: Path | str) -> bool:
+        """Rename a managed checkpoint to a temporary name, then remove it; False if left alone.
+        In remote storage: its manifest first, then the rest."""
         from amber.atomic import check_replaceable, fsync_dir
+
+        if isinstance(path, str):
+            from amber.storage import remove
+
+            try:
+                remove(path, self.storage_options)
+            except CheckpointError:
+                return False
+            return True
 
         try:
             check_replaceable(path)  # only a checkpoint holding nothing its manifest does not list
@@ -233,6 +280,8 @@ class CheckpointManager:
         """Remove what crashed deletions left under :attr:`root` (their process no longer runs)."""
         from amber.atomic import pid_alive
 
+        if isinstance(self.root, str):  # an unfinished upload is replaced by the next save there
+            return
         try:
             entries = list(os.scandir(self.root))
         except OSError:

@@ -12,7 +12,7 @@ knows it (``amber_read_foreign_checkpoint``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest
 from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
 from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.signing import check_trust, containing_algorithm, weak_digest
+from amber.storage import is_remote, reading
 
 if TYPE_CHECKING:
     import pluggy
@@ -47,7 +48,7 @@ class Checkpoint:
     a Policy or State checkpoint ``state`` is the whole state.
     """
 
-    path: Path
+    path: Path  # a str for a checkpoint read from a URL
     type: str
     format: str
     checkpoint_version: str
@@ -150,6 +151,7 @@ def read_checkpoint(
     migrate: bool = True,
     to: str | None = None,
     pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
     """Read and verify a checkpoint (Algorithm, Policy or State), migrated in memory.
 
@@ -157,7 +159,8 @@ def read_checkpoint(
     (the files are never rewritten); a directory that is another system's
     checkpoint is read by the plugin that knows it (``amber_read_foreign_checkpoint``).
 
-    :param path: the checkpoint directory.
+    :param path: the checkpoint directory, or an fsspec URL (:mod:`amber.storage`: only
+        the files read are downloaded, each verified).
     :param policy_ids: for an Algorithm checkpoint, read only these policies
         (their files alone are opened); None reads all.
     :param allow_pickle: formats that can run code when read: True loads any,
@@ -167,7 +170,8 @@ def read_checkpoint(
     :param migrate: apply migration steps to an older checkpoint.
     :param to: the version to migrate to (default: :data:`CHECKPOINT_VERSION`).
     :param pm: the plugin manager (default: the process's).
-    :raises NotACheckpointError: no checkpoint there.
+    :param storage_options: for a URL, passed to its fsspec file system.
+    :raises NotACheckpointError: no checkpoint there (or, at a URL, an upload never committed).
     :raises CorruptCheckpointError: a file is missing, altered or malformed (named).
     :raises UnsupportedVersionError: newer or unknown checkpoint_version.
     :raises UnsafeContentError: a format that can run code, not allowed (named, with the ways out).
@@ -175,6 +179,11 @@ def read_checkpoint(
     :raises MissingPluginError: the checkpoint's format is not installed.
     :raises MigrationError: a migration step failed (named).
     """
+    if is_remote(path):
+        with reading(path, storage_options, policy_ids=policy_ids) as local:
+            ckpt = read_checkpoint(local, policy_ids=policy_ids, allow_pickle=allow_pickle,
+                                   migrate=migrate, to=to, pm=pm)
+        return _relocated(ckpt, local, os.fspath(path).rstrip("/"))
     registry = get_registry(pm)
     target = to or CHECKPOINT_VERSION
     root = Path(path)
@@ -192,6 +201,15 @@ def read_checkpoint(
         ckpt = _read_native(root, manifest, wanted, registry, allow)
     if migrate:
         ckpt.migrations_applied = migrate_in_memory(ckpt, target, registry)
+    return ckpt
+
+
+def _relocated(ckpt: Checkpoint, local: Path, url: str) -> Checkpoint:
+    """``ckpt``, read from a downloaded copy at ``local``, with the paths of the URL it came from."""
+    rel = Path(ckpt.path).relative_to(local).as_posix()
+    ckpt.path = url if rel == "." else f"{url}/{rel}"  # type: ignore[assignment]
+    for child in ckpt.policies.values():
+        _relocated(child, local, url)
     return ckpt
 
 

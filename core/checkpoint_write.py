@@ -29,6 +29,8 @@ from amber.names import to_names
 from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.signing import SIGNATURE, SIGNED_DIGEST, SigningKey, key_for_saving, sign
 from amber.state import validate_tree
+from amber.storage import is_remote, local_path
+from amber.storage import writing as staged_for
 
 if TYPE_CHECKING:
     import pluggy
@@ -158,6 +160,7 @@ def write_checkpoint(
     placeholders: bool = False,
     checkpoint_version: str = CHECKPOINT_VERSION,
     pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and return its path.
 
@@ -169,7 +172,9 @@ def write_checkpoint(
     can be no key), so that it loads by default only for that user.
 
     :param path: the checkpoint directory; an existing amber checkpoint or empty
-        directory there is replaced as a whole, in one atomic step.
+        directory there is replaced as a whole, in one atomic step. Or an fsspec URL:
+        written locally, then uploaded with its manifest last (:mod:`amber.storage`);
+        the URL is returned as it was given.
     :param type: ``"Algorithm"``, ``"Policy"`` or ``"State"``.
     :param state: the state tree (for an Algorithm, without its policies).
     :param format: a registered format name.
@@ -184,13 +189,20 @@ def write_checkpoint(
     :param checkpoint_version: the version to label it with (``amber migrate --to``); trees
         of an older version are written as they are.
     :param pm: the plugin manager (default: the process's).
+    :param storage_options: for a URL, passed to its fsspec file system.
     :raises UnknownFormatError: no such format.
     :raises UnserializableStateError: the state holds something the format cannot write.
     :raises CheckpointWriteError: the disk is full or read-only; nothing was left behind.
     """
     registry = get_registry(pm)
     spec = registry.get(format)
-    target = Path(path)
+    if is_remote(path):
+        with staged_for(path, storage_options) as local:
+            write_checkpoint(local, type=type, state=state, format=format, policies=policies,
+                             metadata=metadata, attachments=attachments, placeholders=placeholders,
+                             checkpoint_version=checkpoint_version, pm=pm)
+        return os.fspath(path)  # type: ignore[return-value]
+    target = local_path(path)
     policies = dict(policies or {})
     if type != "Algorithm" and policies:
         raise ValueError("only Algorithm checkpoints hold policies")

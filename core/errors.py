@@ -22,9 +22,11 @@ __all__ = [
     "InvalidStateError",
     "MigrationError",
     "MissingPluginError",
+    "MissingStorageError",
     "NotACheckpointError",
     "PluginLoadError",
     "SigningKeyError",
+    "StorageError",
     "UnknownExporterError",
     "UnknownFormatError",
     "UnknownPolicyError",
@@ -120,6 +122,14 @@ class MissingPluginError(CheckpointError):
 
 class InvalidStateError(CheckpointError):
     """A checkpoint's state is intact but does not fit what loads it (keys, types, shapes, sizes)."""
+
+
+class StorageError(CheckpointError, OSError):
+    """Remote storage (an fsspec URL) failed: unreachable, refused, or cut off mid-transfer."""
+
+
+class MissingStorageError(MissingPluginError):
+    """A URL whose file system is not installed (``s3://`` without the ``s3`` extra) or unknown."""
 
 
 @contextlib.contextmanager

@@ -8,19 +8,18 @@ policies' states, through :mod:`amber.checkpoint`.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
-import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from amber.algorithms.model_exports import model_exports
 from amber.errors import CheckpointError, InvalidStateError, UnregisteredNameError, state_errors
 from amber.state import Ref
+from amber.storage import is_remote
 
 if TYPE_CHECKING:
     import pluggy
@@ -98,27 +97,32 @@ class CheckpointMixin:
 
     @overload
     def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
-             block: Literal[True] = ..., _metadata: Mapping[str, str] | None = ...) -> SaveResult: ...
+             block: Literal[True] = ..., _metadata: Mapping[str, str] | None = ...,
+             storage_options: Mapping[str, Any] | None = ...) -> SaveResult: ...
 
     @overload
     def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
-             block: Literal[False], _metadata: Mapping[str, str] | None = ...) -> SaveHandle[SaveResult]: ...
+             block: Literal[False], _metadata: Mapping[str, str] | None = ...,
+             storage_options: Mapping[str, Any] | None = ...) -> SaveHandle[SaveResult]: ...
 
     def save(
         self, checkpoint_dir: str | os.PathLike[str] | None = None, *, format: str | None = None,
         block: bool = True, _metadata: Mapping[str, str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> SaveResult | SaveHandle[SaveResult]:
         """Write a checkpoint of the whole algorithm (atomically) and return where.
 
         A background save in flight is waited for first, and an error of it that
         nobody retrieved is raised here (:mod:`amber.async_save`).
 
-        :param checkpoint_dir: the directory; default: ``checkpoint_<iteration>`` under :attr:`logdir`.
+        :param checkpoint_dir: the directory or fsspec URL; default: ``checkpoint_<iteration>``
+            under :meth:`checkpoint_root` (``.checkpointing(storage_path=...)``, else :attr:`logdir`).
         :param format: a registered format (default: ``.checkpointing(format=...)``, "pickle").
         :param block: False: take a snapshot of the state now (training may go on as soon as
             this returns), write it in the background and return a
             :class:`~amber.async_save.SaveHandle` whose ``result()`` is the SaveResult.
         :param _metadata: extra manifest metadata (:class:`amber.CheckpointManager`'s).
+        :param storage_options: for a URL, its fsspec options (default: ``.checkpointing``'s).
         :raises UnknownFormatError: no such format (raised here even with ``block=False``).
 
         With no directory and retention configured (``.checkpointing(num_to_keep=...)``), the
@@ -134,8 +138,11 @@ class CheckpointMixin:
         metadata = {"algorithm": type(self).__name__, **(_metadata or {})}
         if manager is not None:
             metadata.update(manager.metadata_for(self))
-        path = (Path(checkpoint_dir) if checkpoint_dir is not None
-                else Path(self.logdir) / f"checkpoint_{self.iteration:06d}")
+        from amber.storage import join, local_path
+
+        path = (join(self.checkpoint_root(), f"checkpoint_{self.iteration:06d}") if checkpoint_dir is None
+                else checkpoint_dir if is_remote(checkpoint_dir) else local_path(checkpoint_dir))
+        options = storage_options if storage_options is not None else self.config.storage_options
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
         prune = manager.prune if manager is not None else (lambda: [])
         iteration = self.iteration
@@ -145,16 +152,16 @@ class CheckpointMixin:
 
             with state_views():  # written before anything can change them: views, no copies
                 state = self.get_state()
-            self._write_checkpoint(path, fmt, state, self._model_exports(frozen=False), metadata)
+            self._write_checkpoint(path, fmt, state, model_exports(self, frozen=False), metadata, options)
             prune()  # only once the new checkpoint is committed
             self._checkpoint_done(path, iteration)
             return result
 
         def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
-            state, exports = self._snapshot(path), self._model_exports(frozen=True)
+            state, exports = self._snapshot(path), model_exports(self, frozen=True)
 
             def write() -> SaveResult:  # in the background
-                self._write_checkpoint(path, fmt, state, exports, metadata)
+                self._write_checkpoint(path, fmt, state, exports, metadata, options)
                 prune()
                 self._checkpoint_done(path, iteration)
                 return result
@@ -163,9 +170,22 @@ class CheckpointMixin:
 
         return save_in_background(capture, path)
 
-    def _checkpoint_done(self, path: Path, iteration: int) -> None:
-        """After a committed save: the checkpoint column of ``progress.csv``, then the callbacks."""
+    def checkpoint_root(self) -> str | Path:
+        """Where ``save()`` puts default checkpoints: ``<storage_path>/<log dir name>`` with a
+        ``.checkpointing(storage_path=...)``, else :attr:`logdir`."""
+        from amber.storage import join
+
+        storage = self.config.storage_path
+        return Path(self.logdir) if storage is None else join(storage, Path(self.logdir).name)
+
+    def _checkpoint_done(self, path: str | Path, iteration: int) -> None:
+        """After a committed save: the checkpoint column of ``progress.csv`` (copied beside the
+        checkpoint when that is in remote storage), then the callbacks."""
         self.results_logger.checkpoint_written(path, iteration)
+        if is_remote(path):
+            from amber.algorithms.result_log import copy_logs
+
+            copy_logs(self.logdir, os.fspath(path).rstrip("/").rsplit("/", 1)[0], self.config.storage_options)
         self.callbacks.on_checkpoint(algorithm=self, checkpoint_path=str(path))
 
     def _snapshot(self, path: Path) -> dict[str, Any]:
@@ -179,38 +199,6 @@ class CheckpointMixin:
             state = self.get_state()
         return snapshot(state, where=path)
 
-    def _model_exports(self, *, frozen: bool) -> dict[str, Attachment]:
-        """With ``export_native_model_files``: what writes each policy's ``model/`` folder.
-
-        :param frozen: for a background save: take each network now (``policy.export_graph()``,
-            a copy) and export it later as ``Policy.export_model`` would have; a policy with an
-            ``export_model`` of its own exports now, into a temporary folder copied later.
-        """
-        from amber.async_save import snapshot
-        from amber.export import export_model
-        from amber.policy.policy import Policy as BasePolicy
-
-        out: dict[str, Attachment] = {}
-        if not self.config.export_native_model_files:
-            return out
-        pm = self.pm
-        for pid, policy in self.policies.items():
-            if not hasattr(policy, "export_model"):
-                continue
-            if not frozen:
-                out[pid] = (lambda p: lambda d: p.export_model(d / "model", pm=pm))(policy)
-            elif type(policy).export_model is BasePolicy.export_model:
-                graph = snapshot(policy.export_graph(), fresh_arrays=True)
-                if graph.framework is None:  # as Policy.export_model does
-                    framework = getattr(policy, "framework", None) or "torch"
-                    graph = dataclasses.replace(graph, framework=framework)
-                out[pid] = (lambda g: lambda d: export_model(g, d / "model", pm=pm))(graph)
-            else:  # removed with the folder object, once the save is over
-                done = tempfile.TemporaryDirectory(prefix="amber-export-")
-                policy.export_model(Path(done.name) / "model", pm=pm)
-                out[pid] = (lambda t: lambda d: shutil.copytree(Path(t.name) / "model", d / "model"))(done)
-        return out
-
     def _retention(self) -> CheckpointManager | None:
         """The manager of default checkpoints when retention is configured, else None."""
         c = self.config
@@ -218,24 +206,29 @@ class CheckpointMixin:
             return None
         from amber.checkpoint_manager import CheckpointManager
 
-        return CheckpointManager(self.logdir, c.num_to_keep, c.checkpoint_score_attribute,
-                                 c.checkpoint_score_order)
+        return CheckpointManager(self.checkpoint_root(), c.num_to_keep, c.checkpoint_score_attribute,
+                                 c.checkpoint_score_order, storage_options=c.storage_options)
 
-    def _write_checkpoint(self, path: Path, fmt: str, state: Mapping[str, Any],
-                          attachments: Mapping[str, Attachment], metadata: Mapping[str, str]) -> None:
+    def _write_checkpoint(self, path: str | Path, fmt: str, state: Mapping[str, Any],
+                          attachments: Mapping[str, Attachment], metadata: Mapping[str, str],
+                          storage_options: Mapping[str, Any] | None) -> None:
         from amber.checkpoint import write_checkpoint
 
         # In a portable format, a mapping function (or env class) with no registered name is
         # written as a placeholder, and from_checkpoint asks for it.
         write_checkpoint(path, type="Algorithm", state=state["algorithm"], policies=state["policies"],
                          format=fmt, metadata=metadata, attachments=attachments,
-                         placeholders=True, pm=self.pm)
+                         placeholders=True, pm=self.pm, storage_options=storage_options)
 
-    def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None) -> None:
-        """Set this algorithm's whole state from a checkpoint; on any error it is left as it was."""
+    def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None,
+                storage_options: Mapping[str, Any] | None = None) -> None:
+        """Set this algorithm's whole state from a checkpoint (a directory or fsspec URL); on
+        any error it is left as it was."""
         from amber.checkpoint import read_checkpoint
 
-        ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle, pm=self.pm)
+        options = storage_options if storage_options is not None else self.config.storage_options
+        ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle, pm=self.pm,
+                               storage_options=options)
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
                                   path=checkpoint_path)
@@ -259,8 +252,11 @@ class CheckpointMixin:
         env: Any = None,
         pm: pluggy.PluginManager | None = None,
         callbacks: type[DefaultCallbacks] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> Any:
         """A new algorithm of the checkpointed class with the checkpointed state.
+
+        ``path`` is a directory or an fsspec URL (only the policies read are downloaded).
 
         :param policy_ids: build and read only these policies.
         :param policy_mapping_fn: replaces the saved mapping (required when it was not saved).
@@ -270,13 +266,16 @@ class CheckpointMixin:
         :param pm: the plugin manager to read with, kept by the algorithm for its later saves
             (default: the process's).
         :param callbacks: replaces the saved callbacks class.
+        :param storage_options: for a URL, passed to its fsspec file system (and kept by the
+            algorithm for its later saves).
         """
         from amber.checkpoint import read_checkpoint
 
         target = path if path is not None else checkpoint
         if target is None:
             raise ValueError("from_checkpoint needs a path")
-        ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
+        ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm,
+                               storage_options=storage_options)
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
@@ -290,6 +289,8 @@ class CheckpointMixin:
             # every policy built here gets its saved weights, so its size is bounded by theirs
             with weights_will_be_loaded(sum(state_size(p.state) for p in ckpt.policies.values())):
                 algo = algo_cls(config=config)
+            if storage_options is not None:
+                algo.config.storage_options = dict(storage_options)
             # With other policies or another mapping, running episodes would map to
             # policies that are gone: those restart instead of continuing.
             same_episodes = policy_ids is None and policy_mapping_fn is None
@@ -335,11 +336,9 @@ def config_from_state(
         check_saved_env(raw.get("env"), path)
     config = algo_cls.get_default_config().from_dict(raw)
     config.callbacks_class = chosen or raw.get("callbacks_class")
-    if config.num_env_runners:  # e.g. RLlib's remote workers: amber samples in this process
-        warnings.warn(f"{path}: the checkpoint's config.num_env_runners is {config.num_env_runners!r}; "
-                      "remote env runners are not built yet, so it is read as 0 (sampling in this "
-                      "process)", stacklevel=3)
-        config.num_env_runners = 0
+    from amber.envs.ray_runners import saved_env_runners  # N runners again when their state is saved
+
+    config.num_env_runners = saved_env_runners(own, config.num_env_runners, path)
     _check_env_count(own, config.num_envs_per_env_runner, path)
     config.algo_class = algo_cls
     config.plugin_manager = pm

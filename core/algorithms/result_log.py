@@ -152,3 +152,19 @@ class ResultLogger:
                 f.truncate()
                 f.write(_csv_line(last.fields, last.row))
                 last.end = f.tell()
+
+
+def copy_logs(logdir: str | Path, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Copy a run's ``progress.csv`` and ``result.json`` to the remote directory ``url`` (where its
+    checkpoints are), so the run can be followed and resumed from there.
+
+    :raises StorageError: the upload failed.
+    """
+    from amber.storage import Remote, transfer
+
+    remote = Remote(url, storage_options)
+    for name in (PROGRESS_CSV, RESULT_JSON):
+        local = Path(logdir) / name
+        if local.exists():
+            transfer(remote, "uploading the logs to", lambda local=local, name=name:
+                     remote.fs.put_file(str(local), remote.key(name)))

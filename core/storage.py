@@ -1,0 +1,354 @@
+"""Checkpoints at fsspec URLs (``s3://``, ``gs://``, ``memory://``, ``file://``).
+
+Object stores have no rename, so a remote checkpoint is never committed by
+one: it is written in a local staging directory as usual (atomically,
+digests and all), then uploaded file by file with the top ``checkpoint.json``
+*last*. That manifest is the commit marker: a prefix without it is an upload
+that did not finish, which every reader refuses as uncommitted and
+:class:`amber.CheckpointManager` never counts. While an upload runs, the
+prefix also holds ``.amber-uploading``; only a prefix that is empty, holds a
+committed checkpoint or carries that marker is ever written over, so
+nothing else under a URL is replaced.
+
+Reading downloads the top manifest, validates it, then only the files it
+lists (for a subset of policies, only theirs), each checked against its size
+before and its digest after the download, into a temporary directory that
+the ordinary local reader then reads. Errors name the URL, never the
+temporary directory.
+
+``storage_options`` go to the file system as they are; fsspec's own
+configuration (``FSSPEC_S3_ENDPOINT_URL``-style variables, its config files)
+applies as for any fsspec user. A URL whose file system is not installed is
+a :class:`~amber.errors.MissingStorageError` naming the package to install.
+fsspec is imported only when a URL is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from amber.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    MissingStorageError,
+    NotACheckpointError,
+    StorageError,
+)
+
+__all__ = ["UPLOAD_MARKER", "Remote", "is_remote", "join", "local_path", "open_remote", "reading", "transfer",
+           "remove", "uploading", "writing"]
+
+UPLOAD_MARKER = ".amber-uploading"
+MANIFEST = "checkpoint.json"
+_URL_RE = re.compile(r"^(?P<protocol>[A-Za-z][A-Za-z0-9+.\-]*)://")
+_LOCAL_PROTOCOLS = ("file", "local")
+#: What to install for the protocols users meet most (fsspec names the package for the rest).
+_INSTALL = {"s3": "pip install 'amber-rl[s3]'", "s3a": "pip install 'amber-rl[s3]'",
+            "gs": "pip install gcsfs", "gcs": "pip install gcsfs",
+            "az": "pip install adlfs", "abfs": "pip install adlfs", "abfss": "pip install adlfs"}
+
+
+def _protocol(path: object) -> str | None:
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        return None
+    m = _URL_RE.match(path)
+    return m["protocol"].lower() if m else None
+
+
+def is_remote(path: object) -> bool:
+    """Whether ``path`` is a URL of a file system other than the local one."""
+    protocol = _protocol(path)
+    return protocol is not None and protocol not in _LOCAL_PROTOCOLS
+
+
+def local_path(path: str | os.PathLike[str]) -> Path:
+    """A local path or ``file://`` URL as a :class:`~pathlib.Path` (a remote URL is an error)."""
+    protocol = _protocol(path)
+    if protocol is None:
+        return Path(path)
+    if protocol in _LOCAL_PROTOCOLS:
+        return Path(os.fspath(path)[len(protocol) + 3:])
+    raise ValueError(f"{path} is a remote URL, not a local path")
+
+
+def join(base: str | os.PathLike[str], name: str) -> str | Path:
+    """``base/name``: a URL stays a URL (``Path`` would fold its ``//``), a local path a Path."""
+    if is_remote(base):
+        return os.fspath(base).rstrip("/") + "/" + name
+    return local_path(base) / name
+
+
+class Remote:
+    """A URL resolved to its fsspec file system and the path within it."""
+
+    def __init__(self, url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = os.fspath(url).rstrip("/")
+        protocol = _protocol(self.url) or ""
+        try:
+            from fsspec.core import url_to_fs
+
+            self.fs, root = url_to_fs(self.url, **dict(storage_options or {}))
+        except ImportError as e:
+            how = _INSTALL.get(protocol, "install the fsspec implementation it names")
+            raise MissingStorageError(f"{self.url}: no file system for {protocol}:// is installed "
+                                      f"({e}); {how}", path=self.url) from None
+        except ValueError as e:
+            raise MissingStorageError(f"{self.url}: fsspec knows no file system for {protocol}:// ({e})",
+                                      path=self.url) from None
+        self.root = str(root).rstrip("/")
+
+    def key(self, rel: str) -> str:
+        """The file system's path of ``rel`` below this URL."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def listing(self) -> dict[str, int]:
+        """Every file below the URL: its path relative to it, and its size (empty if none)."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as e:  # any back end's own error types: a network or permission failure
+            raise StorageError(f"listing {self.url} failed: {type(e).__name__}: {e}", path=self.url) from e
+        out = {}
+        for name, info in found.items():
+            rel = str(name)[len(self.root):].lstrip("/")
+            if rel and info.get("type", "file") == "file" and _plain_relpath(rel):
+                out[rel] = int(info.get("size") or 0)
+        return out
+
+    def children(self) -> list[str]:
+        """The names directly below the URL (prefixes and files), sorted."""
+        try:
+            names = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as e:
+            raise StorageError(f"listing {self.url} failed: {type(e).__name__}: {e}", path=self.url) from e
+        return sorted({str(n).rstrip("/").rsplit("/", 1)[-1] for n in names})
+
+
+def _plain_relpath(rel: str) -> bool:
+    """A relative key that maps to a path below a local directory (no ``..``, no empty part)."""
+    parts = rel.split("/")
+    return all(p not in ("", ".", "..") and "\\" not in p for p in parts)
+
+
+@contextlib.contextmanager
+def _naming(local: Path, url: str) -> Iterator[None]:
+    """Errors raised about the staged copy name the URL instead."""
+    try:
+        yield
+    except CheckpointError as e:
+        here = str(local)
+        e.message = e.message.replace(here, url)
+        e.args = (e.message, *e.args[1:])
+        if e.path is not None:
+            e.path = e.path.replace(here, url)
+        raise
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None, *,
+            policy_ids: Iterable[str] | None = None, whole: bool = False) -> Iterator[Path]:
+    """A local directory holding the checkpoint at ``path``, for the duration of the block.
+
+    A local path is yielded as it is. A URL is downloaded (see the module's
+    docstring) into a temporary directory removed afterwards.
+
+    :param policy_ids: of an Algorithm checkpoint, download only these policies.
+    :param whole: download every file below the URL, listed or not (to rewrite it in place).
+    :raises NotACheckpointError: nothing at the URL, or an upload that never committed.
+    :raises CorruptCheckpointError: a file's size or digest differs from its manifest's.
+    :raises StorageError: the storage failed.
+    """
+    if not is_remote(path):
+        yield local_path(path)
+        return
+    remote = Remote(path, storage_options)
+    with tempfile.TemporaryDirectory(prefix="amber-download-") as tmp:
+        local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
+        with _naming(local, remote.url):
+            _download(remote, local, None if policy_ids is None else set(policy_ids), whole)
+            yield local
+
+
+def _download(remote: Remote, local: Path, policy_ids: set[str] | None, whole: bool) -> None:
+    from amber.layout import read_manifest
+
+    names = remote.listing()
+    if MANIFEST not in names:
+        if not names:
+            raise NotACheckpointError(f"{remote.url} is not a checkpoint (nothing is stored there)",
+                                      path=remote.url)
+        if UPLOAD_MARKER in names:
+            raise NotACheckpointError(f"{remote.url} is an upload that did not finish (it has no "
+                                      f"{MANIFEST}, which is written last): not a committed checkpoint",
+                                      path=remote.url)
+    local.mkdir(parents=True)
+    if whole or MANIFEST not in names:  # another system's checkpoint: its reader decides what it is
+        _fetch(remote, local, {rel: None for rel in names if rel != UPLOAD_MARKER}, names)
+        return
+    _fetch(remote, local, {MANIFEST: None}, names)
+    _fetch_level(remote, local, "", read_manifest(local).files, names, policy_ids)
+
+
+def _fetch_level(remote: Remote, local: Path, inner: str, files: Mapping[str, Any],
+                 names: Mapping[str, int], policy_ids: set[str] | None) -> None:
+    """Download one level's files (and the levels below it) as its manifest lists them."""
+    from amber.layout import read_manifest
+
+    plain, children = {}, {}
+    for rel, entry in files.items():
+        full = f"{inner}/{rel}" if inner else rel
+        if rel.endswith(f"/{MANIFEST}"):
+            pid = rel.split("/")[1] if rel.startswith("policies/") else None
+            if policy_ids is None or pid is None or pid in policy_ids:
+                children[full] = entry
+        else:
+            plain[full] = entry
+    _fetch(remote, local, {**plain, **children}, names)
+    for full, entry in children.items():
+        sub = full[: -len(MANIFEST) - 1]
+        manifest = read_manifest(local / sub, expected=entry, root=local)
+        _fetch_level(remote, local, sub, manifest.files, names, policy_ids)
+
+
+def _fetch(remote: Remote, local: Path, wanted: Mapping[str, Any], names: Mapping[str, int]) -> None:
+    """Download ``wanted`` (relative path -> manifest entry or None) and check each against its entry."""
+    from amber.layout import check_file
+
+    for rel, entry in wanted.items():
+        if rel not in names:
+            raise CorruptCheckpointError(f"{remote.url}/{rel} is missing", path=f"{remote.url}/{rel}")
+        if entry is not None and names[rel] != entry.size:
+            raise CorruptCheckpointError(f"{remote.url}/{rel} is {names[rel]} bytes, its manifest says "
+                                         f"{entry.size}", path=f"{remote.url}/{rel}")
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+    rels = list(wanted)
+    if rels:
+        transfer(remote, "downloading", lambda: remote.fs.get([remote.key(r) for r in rels],
+                                                              [str(local / r) for r in rels]))
+    for rel, entry in wanted.items():
+        why = check_file(local, rel, entry) if entry is not None else None
+        if why:
+            raise CorruptCheckpointError(f"{remote.url}/{rel} {why}", path=f"{remote.url}/{rel}")
+
+
+def transfer(remote: Remote, doing: str, action: Callable[[], Any]) -> Any:
+    """Run ``action`` (a call on ``remote``'s file system); its failure is a :class:`StorageError`
+    saying what was being done (``doing``) to the URL."""
+    try:
+        return action()
+    except CheckpointError:
+        raise
+    except Exception as e:  # each back end raises its own types (botocore, aiohttp, OSError)
+        raise StorageError(f"{doing} {remote.url} failed: {type(e).__name__}: {e}", path=remote.url) from e
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Iterator[Path]:
+    """A local path to write a checkpoint at; a URL gets a staging directory uploaded afterwards.
+
+    The block writes a whole checkpoint at the yielded path (as
+    :func:`amber.checkpoint_write.write_checkpoint` does locally). For a URL,
+    it is then uploaded with :func:`uploading`; if the block raises, nothing is uploaded.
+    """
+    if not is_remote(path):
+        yield local_path(path)
+        return
+    remote = Remote(path, storage_options)
+    _check_writable(remote, remote.listing())  # before the work of writing it locally
+    with tempfile.TemporaryDirectory(prefix="amber-upload-") as tmp:
+        local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
+        with _naming(local, remote.url):
+            yield local
+        uploading(local, remote)
+
+
+def _check_writable(remote: Remote, existing: Mapping[str, int]) -> None:
+    if existing and MANIFEST not in existing and UPLOAD_MARKER not in existing:
+        raise CheckpointWriteError(
+            f"{remote.url} holds files that are not an amber checkpoint ({len(existing)}, e.g. "
+            f"{sorted(existing)[0]}); refusing to write a checkpoint over them", path=remote.url)
+
+
+def uploading(local: Path, remote: Remote) -> None:
+    """Upload the checkpoint directory ``local`` to ``remote``, committing it with its manifest last.
+
+    Order: the upload marker; the old manifest, if any, removed (the old checkpoint is no
+    longer committed); every other file; files of the old checkpoint the new one lacks,
+    removed; sizes checked by listing; the policies' manifests; the top manifest (the
+    commit); the marker removed.
+
+    :raises CheckpointWriteError: the upload failed; the URL holds an uncommitted upload,
+        which readers refuse and the next save there replaces. No other URL is touched.
+    """
+    files = sorted(str(p.relative_to(local)).replace(os.sep, "/") for p in local.rglob("*") if p.is_file())
+    manifests = sorted((f for f in files if f.rsplit("/", 1)[-1] == MANIFEST),
+                       key=lambda f: (-f.count("/"), f))
+    data = [f for f in files if f not in manifests]
+    fs = remote.fs
+    try:
+        existing = remote.listing()
+        _check_writable(remote, existing)
+        marker = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        transfer(remote, "uploading", lambda: fs.pipe_file(remote.key(UPLOAD_MARKER), marker.encode()))
+        if MANIFEST in existing:
+            transfer(remote, "uncommitting", lambda: fs.rm_file(remote.key(MANIFEST)))
+        if data:
+            transfer(remote, "uploading", lambda: fs.put([str(local / f) for f in data],
+                                                          [remote.key(f) for f in data]))
+        stale = sorted(set(existing) - set(files) - {UPLOAD_MARKER})
+        if stale:
+            transfer(remote, "removing old files of", lambda: fs.rm([remote.key(f) for f in stale]))
+        _check_sizes(remote, local, data)
+        for f in manifests:  # the policies' first, the top one (the commit) last
+            transfer(remote, "committing", lambda f=f: fs.put_file(str(local / f), remote.key(f)))
+        transfer(remote, "uploading", lambda: fs.rm_file(remote.key(UPLOAD_MARKER)))
+    except CheckpointError as e:
+        if isinstance(e, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(
+            f"saving {remote.url} failed: {e}; what was uploaded is not committed (readers "
+            "refuse it, the next save there replaces it) and no other checkpoint was touched",
+            path=remote.url) from e
+
+
+def _check_sizes(remote: Remote, local: Path, data: Iterable[str]) -> None:
+    """Every uploaded file is listed with its local size (before anything is committed)."""
+    stored = remote.listing()
+    for f in data:
+        size = (local / f).stat().st_size
+        if stored.get(f) != size:
+            raise StorageError(f"{remote.url}/{f} holds {stored.get(f)} bytes after the upload, not "
+                               f"{size}", path=f"{remote.url}/{f}")
+
+
+def remove(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete the checkpoint at a URL: its manifest first (uncommitted from then on), then the rest."""
+    remote = Remote(path, storage_options)
+    names = remote.listing()
+    if MANIFEST in names:
+        transfer(remote, "deleting", lambda: remote.fs.rm_file(remote.key(MANIFEST)))
+    rest = [remote.key(f) for f in names if f != MANIFEST]
+    if rest:
+        transfer(remote, "deleting", lambda: remote.fs.rm(rest))
+
+
+def open_remote(path: str | os.PathLike[str], mode: str = "rb",
+                storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Open one file at a URL (a run's progress.csv, say) with fsspec."""
+    remote = Remote(path, storage_options)
+    return transfer(remote, "opening", lambda: remote.fs.open(remote.root, mode))
