@@ -196,27 +196,47 @@ def write_checkpoint(
     """
     registry = get_registry(pm)
     spec = registry.get(format)
-    if is_remote(path):
-        with staged_for(path, storage_options) as local:
-            write_checkpoint(local, type=type, state=state, format=format, policies=policies,
-                             metadata=metadata, attachments=attachments, placeholders=placeholders,
-                             checkpoint_version=checkpoint_version, pm=pm)
-        return os.fspath(path)  # type: ignore[return-value]
-    target = local_path(path)
-    policies = dict(policies or {})
-    if type != "Algorithm" and policies:
+    job = _Job(spec, registry, type, state, dict(policies or {}), metadata, attachments or {}, placeholders,
+               checkpoint_version, pm)
+    if not is_remote(path):
+        return _write_local(local_path(path), job)
+    with staged_for(path, storage_options) as local:
+        _write_local(local, job)
+    return os.fspath(path)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What :func:`write_checkpoint` was asked to write."""
+
+    spec: FormatSpec
+    registry: FormatRegistry
+    type: str
+    state: Any
+    policies: dict[str, Any]
+    metadata: Mapping[str, str] | None
+    attachments: Mapping[str, Attachment]
+    placeholders: bool
+    checkpoint_version: str
+    pm: pluggy.PluginManager | None
+
+
+def _write_local(target: Path, job: _Job) -> Path:
+    """:func:`write_checkpoint` to a local directory."""
+    state, policies, fmt = job.state, job.policies, job.spec.name
+    if job.type != "Algorithm" and policies:
         raise ValueError("only Algorithm checkpoints hold policies")
     for pid in policies:
         check_id(pid, path=target)
-    if checkpoint_version == CHECKPOINT_VERSION:  # trees of an older version are written as they are
-        portable = not spec.capabilities.arbitrary_objects
-        state = to_names(state, portable=portable, placeholders=placeholders, format=format,
-                         where=str(target), pm=pm)
-        policies = {pid: to_names(p, portable=portable, placeholders=placeholders, format=format,
-                                  where=str(target / "policies" / pid), pm=pm)
+    if job.checkpoint_version == CHECKPOINT_VERSION:  # trees of an older version are written as they are
+        portable, placeholders = not job.spec.capabilities.arbitrary_objects, job.placeholders
+        state = to_names(state, portable=portable, placeholders=placeholders, format=fmt,
+                         where=str(target), pm=job.pm)
+        policies = {pid: to_names(p, portable=portable, placeholders=placeholders, format=fmt,
+                                  where=str(target / "policies" / pid), pm=job.pm)
                     for pid, p in policies.items()}
-    _write_atomically(target, type, state, policies, _plan(spec, registry, metadata, checkpoint_version),
-                      attachments or {})
+    plan = _plan(job.spec, job.registry, job.metadata, job.checkpoint_version)
+    _write_atomically(target, job.type, state, policies, plan, job.attachments)
     return target
 
 

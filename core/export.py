@@ -280,37 +280,38 @@ def export_model(
     *,
     format: str | None = None,
     pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     **shorthands: Any,
 ) -> list[Path]:
     """Export a policy's network as files that load with their own runtime alone.
 
-    With no exporter asked for, the native files of ``graph.framework`` (the
-    exporter whose ``native_for`` names it); ``format=NAME``: what the
-    exporter ``NAME`` writes; a keyword shorthand of an exporter
-    (``KEYWORD=VALUE``) picks it with that option, and a value of None, False or
-    0 asks for nothing. ``model.json`` is always written: the architecture,
-    spaces, the outputs and how to act from them, and each file of this model
-    in the directory with its exporter, how it loads, its options and digest.
+    With no exporter asked for, the native files of ``graph.framework`` (the exporter whose
+    ``native_for`` names it); ``format=NAME``: what the exporter ``NAME`` writes; a keyword
+    shorthand of an exporter (``KEYWORD=VALUE``) picks it with that option, and a value of
+    None, False or 0 asks for nothing. ``model.json`` is always written: the architecture,
+    spaces, outputs and how to act from them, and each file with its exporter and digest.
 
-    Every file is written in a staging directory inside ``directory`` and
-    moved into place; model files of an earlier export of *other* weights
-    that this export does not replace are removed (only names an exporter
-    declares), so the directory always holds one consistent model. Nothing
+    Every file is written in a staging directory inside ``directory`` and moved into
+    place; model files of an earlier export of *other* weights that this export does not
+    replace are removed (only names an exporter declares). Nothing
     is written outside ``directory``, and a ``directory`` (or a file to
     replace in it) that is a symbolic link is refused.
 
     :param graph: the network (``policy.export_graph()``).
-    :param directory: where to write; created if missing.
+    :param directory: where to write; created if missing. An fsspec URL: exported locally, then
+        uploaded (``model.json`` last; ``storage_options`` go to its file system).
     :param format: a registered exporter's name (``amber formats`` lists them).
     :param pm: the plugin manager (default: the process's).
     :param shorthands: exporters' keyword shorthands and their values.
     :return: the paths written, ``model.json`` last.
     :raises UnknownExporterError: no exporter of that name, keyword or framework.
-    :raises MissingPluginError: the exporter's extra is not installed.
-    :raises ExportError: the directory is refused or writing failed.
+    :raises MissingPluginError, ExportError: the exporter's extra is missing; the directory is refused.
     """
     from amber.registry import get_registry
+    from amber.storage import is_remote
 
+    if is_remote(directory):
+        return _export_remote(graph, os.fspath(directory), format, pm, storage_options, shorthands)
     registry = get_registry(pm)
     jobs = plan_exports(registry, graph, format, shorthands)
     target = Path(directory).absolute()  # exporters report absolute paths
@@ -333,3 +334,21 @@ def export_model(
         raise ExportError(f"exporting into {target} failed: {describe(e)}; nothing was changed",
                           path=target) from e
     return [target / top for top in written] + [target / MODEL_JSON]
+
+
+def _export_remote(graph: ModelGraph, url: str, format: str | None, pm: pluggy.PluginManager | None,
+                   storage_options: Mapping[str, Any] | None, shorthands: Mapping[str, Any]) -> list[Path]:
+    """:func:`export_model` to a URL: exported in a temporary directory, then uploaded."""
+    import tempfile
+
+    from amber.storage import Remote, transfer
+
+    remote = Remote(url, storage_options)
+    with tempfile.TemporaryDirectory(prefix="amber-export-") as tmp:
+        written = export_model(graph, tmp, format=format, pm=pm, **shorthands)
+        rels = sorted((p.relative_to(tmp).as_posix() for p in Path(tmp).rglob("*") if p.is_file()),
+                      key=lambda rel: rel == MODEL_JSON)  # model.json, which lists the rest, last
+        for rel in rels:
+            transfer(remote, "uploading the export to",
+                     lambda rel=rel: remote.fs.put_file(str(Path(tmp) / rel), remote.key(rel)))
+        return [f"{remote.url}/{Path(p).relative_to(tmp).as_posix()}" for p in written]  # type: ignore[misc]

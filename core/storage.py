@@ -32,6 +32,7 @@ import re
 import socket
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ from amber.errors import (
     StorageError,
 )
 
-__all__ = ["UPLOAD_MARKER", "Remote", "is_remote", "join", "local_path", "open_remote", "reading", "transfer",
+__all__ = ["UPLOAD_MARKER", "Remote", "find_committed", "is_remote", "join", "local_path", "open_remote",
+           "reading", "relocated", "transfer",
            "remove", "uploading", "writing"]
 
 UPLOAD_MARKER = ".amber-uploading"
@@ -114,8 +116,10 @@ class Remote:
         return f"{self.root}/{rel}" if rel else self.root
 
     def listing(self) -> dict[str, int]:
-        """Every file below the URL: its path relative to it, and its size (empty if none)."""
+        """Every file below the URL: its path relative to it, and its size (empty if none).
+        Listed afresh: another process may have written there since."""
         try:
+            self.fs.invalidate_cache(self.root)
             found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
             return {}
@@ -131,6 +135,7 @@ class Remote:
     def children(self) -> list[str]:
         """The names directly below the URL (prefixes and files), sorted."""
         try:
+            self.fs.invalidate_cache(self.root)
             names = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return []
@@ -147,21 +152,28 @@ def _plain_relpath(rel: str) -> bool:
 
 @contextlib.contextmanager
 def _naming(local: Path, url: str) -> Iterator[None]:
-    """Errors raised about the staged copy name the URL instead."""
-    try:
-        yield
-    except CheckpointError as e:
-        here = str(local)
-        e.message = e.message.replace(here, url)
-        e.args = (e.message, *e.args[1:])
-        if e.path is not None:
-            e.path = e.path.replace(here, url)
-        raise
+    """Errors raised and warnings issued about the staged copy name the URL instead."""
+    here = str(local)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except CheckpointError as e:
+            e.message = e.message.replace(here, url)
+            e.args = (e.message, *e.args[1:])
+            if e.path is not None:
+                e.path = e.path.replace(here, url)
+            raise
+        finally:
+            pending = list(caught)
+    for w in pending:
+        warnings.warn_explicit(str(w.message).replace(here, url), w.category, w.filename, w.lineno)
 
 
 @contextlib.contextmanager
 def reading(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None, *,
-            policy_ids: Iterable[str] | None = None, whole: bool = False) -> Iterator[Path]:
+            policy_ids: Iterable[str] | None = None, whole: bool = False,
+            manifests_only: bool = False) -> Iterator[Path]:
     """A local directory holding the checkpoint at ``path``, for the duration of the block.
 
     A local path is yielded as it is. A URL is downloaded (see the module's
@@ -169,6 +181,7 @@ def reading(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | N
 
     :param policy_ids: of an Algorithm checkpoint, download only these policies.
     :param whole: download every file below the URL, listed or not (to rewrite it in place).
+    :param manifests_only: download the manifests alone (to describe the checkpoint).
     :raises NotACheckpointError: nothing at the URL, or an upload that never committed.
     :raises CorruptCheckpointError: a file's size or digest differs from its manifest's.
     :raises StorageError: the storage failed.
@@ -180,11 +193,12 @@ def reading(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | N
     with tempfile.TemporaryDirectory(prefix="amber-download-") as tmp:
         local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
         with _naming(local, remote.url):
-            _download(remote, local, None if policy_ids is None else set(policy_ids), whole)
+            _download(remote, local, None if policy_ids is None else set(policy_ids), whole, manifests_only)
             yield local
 
 
-def _download(remote: Remote, local: Path, policy_ids: set[str] | None, whole: bool) -> None:
+def _download(remote: Remote, local: Path, policy_ids: set[str] | None, whole: bool,
+              manifests_only: bool) -> None:
     from amber.layout import read_manifest
 
     names = remote.listing()
@@ -201,11 +215,11 @@ def _download(remote: Remote, local: Path, policy_ids: set[str] | None, whole: b
         _fetch(remote, local, {rel: None for rel in names if rel != UPLOAD_MARKER}, names)
         return
     _fetch(remote, local, {MANIFEST: None}, names)
-    _fetch_level(remote, local, "", read_manifest(local).files, names, policy_ids)
+    _fetch_level(remote, local, "", read_manifest(local).files, names, policy_ids, manifests_only)
 
 
 def _fetch_level(remote: Remote, local: Path, inner: str, files: Mapping[str, Any],
-                 names: Mapping[str, int], policy_ids: set[str] | None) -> None:
+                 names: Mapping[str, int], policy_ids: set[str] | None, manifests_only: bool) -> None:
     """Download one level's files (and the levels below it) as its manifest lists them."""
     from amber.layout import read_manifest
 
@@ -216,13 +230,13 @@ def _fetch_level(remote: Remote, local: Path, inner: str, files: Mapping[str, An
             pid = rel.split("/")[1] if rel.startswith("policies/") else None
             if policy_ids is None or pid is None or pid in policy_ids:
                 children[full] = entry
-        else:
+        elif not manifests_only:
             plain[full] = entry
     _fetch(remote, local, {**plain, **children}, names)
     for full, entry in children.items():
         sub = full[: -len(MANIFEST) - 1]
         manifest = read_manifest(local / sub, expected=entry, root=local)
-        _fetch_level(remote, local, sub, manifest.files, names, policy_ids)
+        _fetch_level(remote, local, sub, manifest.files, names, policy_ids, manifests_only)
 
 
 def _fetch(remote: Remote, local: Path, wanted: Mapping[str, Any], names: Mapping[str, int]) -> None:
@@ -334,6 +348,33 @@ def _check_sizes(remote: Remote, local: Path, data: Iterable[str]) -> None:
         if stored.get(f) != size:
             raise StorageError(f"{remote.url}/{f} holds {stored.get(f)} bytes after the upload, not "
                                f"{size}", path=f"{remote.url}/{f}")
+
+
+def find_committed(url: str | os.PathLike[str],
+                   storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The URLs of the committed checkpoints below ``url`` (outermost only), sorted."""
+    remote = Remote(url, storage_options)
+    dirs = sorted(rel[: -len(MANIFEST)].rstrip("/") for rel in remote.listing()
+                  if rel == MANIFEST or rel.endswith("/" + MANIFEST))
+    outer: list[str] = []
+    for d in dirs:
+        if not any(d == o or d.startswith(o + "/") or o == "" for o in outer):
+            outer.append(d)
+    return [f"{remote.url}/{d}" if d else remote.url for d in outer]
+
+
+def relocated(value: Any, local: Path, url: str) -> Any:
+    """``value`` (a report: strings, lists, dicts, paths) with the staged copy's path replaced by
+    the URL it came from."""
+    here = str(local)
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        return text.replace(here, url) if here in text else value
+    if isinstance(value, list):
+        return [relocated(v, local, url) for v in value]
+    if isinstance(value, dict):
+        return {k: relocated(v, local, url) for k, v in value.items()}
+    return value
 
 
 def remove(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:

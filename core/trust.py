@@ -14,12 +14,14 @@ it is not trusted yet, without reading any state.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amber.atomic import commit, describe, staging
 from amber.digest import CHUNK_BYTES, CRYPTOGRAPHIC, format_digest, hash_file, is_cryptographic, new_hasher
@@ -37,6 +39,7 @@ from amber.signing import (
     signature_problem,
     weak_digest,
 )
+from amber.storage import is_remote, reading
 from amber.verified_io import corrupt, open_nofollow
 
 if TYPE_CHECKING:
@@ -103,14 +106,20 @@ def _problem(root: Path, top: Manifest, key: SigningKey | None) -> str | None:
     return found
 
 
-def trust_state(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None = None) -> TrustState:
-    """Whether a checkpoint needs, and has, the user's signature; reads manifests only.
+def trust_state(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None = None,
+                storage_options: Mapping[str, Any] | None = None) -> TrustState:
+    """Whether a checkpoint needs, and has, the user's signature; reads manifests only
+    (at an fsspec URL, downloads only them).
 
     :raises NotACheckpointError: no amber checkpoint there.
     :raises CorruptCheckpointError: a manifest is malformed or altered.
     :raises UnknownFormatError: its format is not installed.
     :raises SigningKeyError: the user's key file is unreadable, malformed or not private.
     """
+    if is_remote(path):
+        with reading(path, storage_options, manifests_only=True) as local:
+            found = trust_state(local, pm=pm)
+        return dataclasses.replace(found, path=os.fspath(path))  # type: ignore[arg-type]
     root = Path(path)
     top = _top(root)
     safe = get_registry(pm).get(top.format).capabilities.safe
@@ -126,7 +135,8 @@ def trust_state(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None
 
 
 def trust_checkpoint(
-    path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None = None
+    path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> TrustResult:
     """Sign a checkpoint with the user's key (created on first use), after verifying every file.
 
@@ -135,12 +145,16 @@ def trust_checkpoint(
     atomically. A checkpoint in a safe format, or one already signed with the
     user's key, is left alone.
 
-    :param path: the checkpoint directory (an algorithm checkpoint, not one of its policies).
+    :param path: the checkpoint directory (an algorithm checkpoint, not one of its policies), or
+        an fsspec URL: downloaded whole, signed, and uploaded again with its manifest last.
+    :param storage_options: for a URL, passed to its fsspec file system.
     :raises CorruptCheckpointError: a file is missing, altered, a link, or not listed as it is;
         nothing was changed.
     :raises CheckpointWriteError: the directory cannot be written; nothing was changed.
     :raises SigningKeyError: the key cannot be created or read.
     """
+    if is_remote(path):
+        return _trust_remote(os.fspath(path), pm, storage_options)
     root = Path(path)
     top = _top(root)
     if get_registry(pm).get(top.format).capabilities.safe:
@@ -167,6 +181,18 @@ def trust_checkpoint(
         raise CheckpointWriteError(f"signing {root} failed: {describe(e)}; the checkpoint is unchanged",
                                    path=root) from e
     return TrustResult(root, key, changed=True, verified=verified, upgraded=upgraded)
+
+
+def _trust_remote(url: str, pm: pluggy.PluginManager | None,
+                  storage_options: Mapping[str, Any] | None) -> TrustResult:
+    """:func:`trust_checkpoint` of a checkpoint at a URL."""
+    from amber.storage import Remote, uploading
+
+    with reading(url, storage_options, whole=True) as local:
+        result = trust_checkpoint(local, pm=pm)
+        if result.changed:
+            uploading(local, Remote(url, storage_options))
+    return dataclasses.replace(result, path=url)  # type: ignore[arg-type]
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -481,8 +481,9 @@ JUSTIFIED = {
     "utils/checkpoints.py": [
         '    """Rewrite a checkpoint in the portable msgpack format; return ``dst``."""',
         '    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle)',
+    ],
+    "utils/rewriting.py": [
         "        # a lambda that pickle held cannot be written portably: the loader asks for it instead",
-        '    fmt = ckpt.format if ckpt.format in get_registry(pm).formats else "msgpack"',
     ],
 }
 

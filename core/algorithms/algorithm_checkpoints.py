@@ -125,9 +125,8 @@ class CheckpointMixin:
         :param storage_options: for a URL, its fsspec options (default: ``.checkpointing``'s).
         :raises UnknownFormatError: no such format (raised here even with ``block=False``).
 
-        With no directory and retention configured (``.checkpointing(num_to_keep=...)``), the
-        save goes through a :class:`amber.CheckpointManager` on :attr:`logdir`: once the
-        checkpoint is committed (in the writer thread with ``block=False``), older ones are pruned.
+        With no directory and retention configured (``.checkpointing(num_to_keep=...)``), older
+        checkpoints are pruned once this one is committed (:class:`amber.CheckpointManager`).
         """
         from amber.async_save import save_in_background, wait_for_saves
         from amber.registry import get_registry
@@ -138,10 +137,7 @@ class CheckpointMixin:
         metadata = {"algorithm": type(self).__name__, **(_metadata or {})}
         if manager is not None:
             metadata.update(manager.metadata_for(self))
-        from amber.storage import join, local_path
-
-        path = (join(self.checkpoint_root(), f"checkpoint_{self.iteration:06d}") if checkpoint_dir is None
-                else checkpoint_dir if is_remote(checkpoint_dir) else local_path(checkpoint_dir))
+        path = self._save_path(checkpoint_dir)
         options = storage_options if storage_options is not None else self.config.storage_options
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
         prune = manager.prune if manager is not None else (lambda: [])
@@ -154,7 +150,7 @@ class CheckpointMixin:
                 state = self.get_state()
             self._write_checkpoint(path, fmt, state, model_exports(self, frozen=False), metadata, options)
             prune()  # only once the new checkpoint is committed
-            self._checkpoint_done(path, iteration)
+            self._checkpoint_done(path, iteration, options)
             return result
 
         def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
@@ -163,29 +159,35 @@ class CheckpointMixin:
             def write() -> SaveResult:  # in the background
                 self._write_checkpoint(path, fmt, state, exports, metadata, options)
                 prune()
-                self._checkpoint_done(path, iteration)
+                self._checkpoint_done(path, iteration, options)
                 return result
 
             return write
 
         return save_in_background(capture, path)
 
+    def _save_path(self, checkpoint_dir: str | os.PathLike[str] | None) -> str | Path:
+        """Where a save goes: ``checkpoint_dir`` (a URL kept as it is), else the default one."""
+        from amber.storage import join, local_path
+
+        if checkpoint_dir is None:
+            return join(self.checkpoint_root(), f"checkpoint_{self.iteration:06d}")
+        return os.fspath(checkpoint_dir) if is_remote(checkpoint_dir) else local_path(checkpoint_dir)
+
     def checkpoint_root(self) -> str | Path:
-        """Where ``save()`` puts default checkpoints: ``<storage_path>/<log dir name>`` with a
-        ``.checkpointing(storage_path=...)``, else :attr:`logdir`."""
+        """Where ``save()`` puts checkpoints: ``<storage_path>/<log dir name>``, or :attr:`logdir`."""
         from amber.storage import join
 
         storage = self.config.storage_path
         return Path(self.logdir) if storage is None else join(storage, Path(self.logdir).name)
 
-    def _checkpoint_done(self, path: str | Path, iteration: int) -> None:
-        """After a committed save: the checkpoint column of ``progress.csv`` (copied beside the
-        checkpoint when that is in remote storage), then the callbacks."""
+    def _checkpoint_done(self, path: str | Path, iteration: int, options: Mapping[str, Any] | None) -> None:
+        """After a commit: ``progress.csv``'s checkpoint column (copied beside a URL's), the callbacks."""
         self.results_logger.checkpoint_written(path, iteration)
         if is_remote(path):
             from amber.algorithms.result_log import copy_logs
 
-            copy_logs(self.logdir, os.fspath(path).rstrip("/").rsplit("/", 1)[0], self.config.storage_options)
+            copy_logs(self.logdir, os.fspath(path), options)
         self.callbacks.on_checkpoint(algorithm=self, checkpoint_path=str(path))
 
     def _snapshot(self, path: Path) -> dict[str, Any]:
@@ -222,8 +224,7 @@ class CheckpointMixin:
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> None:
-        """Set this algorithm's whole state from a checkpoint (a directory or fsspec URL); on
-        any error it is left as it was."""
+        """Set the whole state from a checkpoint (a directory or URL); on error nothing changes."""
         from amber.checkpoint import read_checkpoint
 
         options = storage_options if storage_options is not None else self.config.storage_options
@@ -253,21 +254,18 @@ class CheckpointMixin:
         pm: pluggy.PluginManager | None = None,
         callbacks: type[DefaultCallbacks] | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        framework: str | None = None,
     ) -> Any:
         """A new algorithm of the checkpointed class with the checkpointed state.
 
-        ``path`` is a directory or an fsspec URL (only the policies read are downloaded).
-
+        :param path: a directory or an fsspec URL (only the policies read are downloaded).
         :param policy_ids: build and read only these policies.
-        :param policy_mapping_fn: replaces the saved mapping (required when it was not saved).
-        :param policies_to_train: replaces the saved list.
-        :param env: replaces the saved environment (an id, a registered name or an env class),
-            e.g. when the checkpoint names an env class that is not registered here.
-        :param pm: the plugin manager to read with, kept by the algorithm for its later saves
-            (default: the process's).
+        :param policy_mapping_fn, policies_to_train: replace the saved ones (a mapping not saved: required).
+        :param env: replaces the saved environment (an id, a registered name or an env class).
+        :param pm: the plugin manager to read with, kept for later saves (default: the process's).
         :param callbacks: replaces the saved callbacks class.
-        :param storage_options: for a URL, passed to its fsspec file system (and kept by the
-            algorithm for its later saves).
+        :param storage_options: for a URL, its fsspec options (kept for later saves).
+        :param framework: rebuild the policies in ``"torch"`` or ``"tf2"`` (:mod:`amber.policy.frameworks`).
         """
         from amber.checkpoint import read_checkpoint
 
@@ -282,23 +280,24 @@ class CheckpointMixin:
         from amber.models.build_budget import state_size, weights_will_be_loaded
 
         with state_errors(target):
-            own = dict(ckpt.state)
+            from amber.policy.frameworks import with_framework
+
+            states = {pid: p.state for pid, p in ckpt.policies.items()}
+            own, states = with_framework(ckpt.state, states, framework)
             algo_cls, config = config_from_state(
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
                 policies_to_train=policies_to_train, env=env, callbacks=callbacks)
+            config.storage_options = dict(storage_options or {}) or config.storage_options
             # every policy built here gets its saved weights, so its size is bounded by theirs
             with weights_will_be_loaded(sum(state_size(p.state) for p in ckpt.policies.values())):
                 algo = algo_cls(config=config)
-            if storage_options is not None:
-                algo.config.storage_options = dict(storage_options)
             # With other policies or another mapping, running episodes would map to
             # policies that are gone: those restart instead of continuing.
             same_episodes = policy_ids is None and policy_mapping_fn is None
             from amber.models.build_budget import adopting_state
 
             with adopting_state():  # the state read is this restore's: arrays are kept, not copied
-                algo.set_state({"algorithm": own,
-                                "policies": {pid: p.state for pid, p in ckpt.policies.items()}},
+                algo.set_state({"algorithm": own, "policies": states},
                                restore_episodes=same_episodes, rollback=False)
         return algo
 

@@ -6,12 +6,14 @@ import copy
 import dataclasses
 import difflib
 import numbers
-import types
+import os
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
+from amber.algorithms.config_values import _spec_from_dict, _spec_to_dict, matches_type
+from amber.envs.ray_runners import check_env_runners
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.state import Ref
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AlgorithmConfig"]
 
-FRAMEWORKS = ("torch",)
+FRAMEWORKS = ("torch", "tf2")
 _ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
 
 
@@ -30,32 +32,6 @@ _ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs"
 COMMON_HYPERPARAMETERS: dict[str, Any] = {
     "lr": float, "gamma": float, "train_batch_size": int, "grad_clip": float | None, "model": dict,
 }
-
-
-def matches_type(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits a setting's type hint (shallow: containers by kind, ints as floats)."""
-    import numpy as np
-
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(matches_type(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, (bool, np.bool_))
-    if hint in (int, float):
-        numbers = (int, np.integer) if hint is int else (int, float, np.integer, np.floating)
-        return isinstance(value, numbers) and not isinstance(value, (bool, np.bool_))
-    if hint is str:
-        return isinstance(value, str)
-    base = origin or hint
-    if base in (list, tuple, Sequence):
-        return isinstance(value, (list, tuple))
-    if base in (dict, Mapping):
-        return isinstance(value, Mapping)
-    return True
 
 
 class AlgorithmConfig:
@@ -88,6 +64,7 @@ class AlgorithmConfig:
         # env runners
         self.num_env_runners = 0
         self.num_envs_per_env_runner = 1
+        self.restart_failed_env_runners = True
         # multi-agent
         self.policies: dict[str, Any] = {DEFAULT_POLICY_ID: None}
         self.policy_mapping_fn: Callable[..., str] | None = None
@@ -101,6 +78,10 @@ class AlgorithmConfig:
         self.num_to_keep: int | None = None
         self.checkpoint_score_attribute: str | None = None
         self.checkpoint_score_order = "max"
+        # where default checkpoints go (an fsspec URL or a directory; None: the log dir), and
+        # the options of its file system (credentials, maybe: never saved)
+        self.storage_path: str | None = None
+        self.storage_options: dict[str, Any] | None = None
         # the plugin manager checkpoints go through (None: the process's); never saved
         self.plugin_manager: pluggy.PluginManager | None = None
         # each train() result appended to progress.csv and result.json in the log dir
@@ -175,13 +156,10 @@ class AlgorithmConfig:
         rollout_fragment_length: int | str | None = None,
         **kwargs: Any,
     ) -> AlgorithmConfig:
-        """Set sampling: environment copies per runner (sampled as one vector).
-
-        ``num_env_runners`` must be 0 for now (sampling in this process): remote runners
-        (on Ray) are not built yet, so :meth:`validate` refuses more, never ignores it (a
-        checkpoint's is read as 0, with a warning). ``rollout_fragment_length`` (DQN, SAC) is the
-        env steps each copy takes between two rounds of updates ("auto": the
-        algorithm's default).
+        """Set sampling: ``num_env_runners`` Ray actors (0: sampling in this process; more needs
+        ``amber-rl[ray]``, :mod:`amber.envs.ray_runners`), each with ``num_envs_per_env_runner`` env
+        copies sampled as one vector. ``rollout_fragment_length`` (DQN, SAC) is the env steps each
+        copy takes between two rounds of updates ("auto": the algorithm's default).
         """
         if rollout_fragment_length is not None and rollout_fragment_length != "auto":
             if not hasattr(self, "rollout_fragment_length"):
@@ -246,6 +224,8 @@ class AlgorithmConfig:
         num_to_keep: int | None = None,
         checkpoint_score_attribute: str | None = None,
         checkpoint_score_order: str | None = None,
+        storage_path: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> AlgorithmConfig:
         """Set what checkpoints hold, their default format, the plugin manager that
         saves, restores and exports go through (default: the process's; e.g. a private one
@@ -255,9 +235,12 @@ class AlgorithmConfig:
             newest is always kept too (:class:`amber.CheckpointManager`).
         :param checkpoint_score_attribute: the ``train()`` metric ranking them (None: keep the newest).
         :param checkpoint_score_order: ``"max"`` (default) or ``"min"``.
+        :param storage_path: where ``algo.save()`` puts its default checkpoints: a directory or an
+            fsspec URL (``s3://bucket/runs``), under which each run gets ``<log dir name>/``.
+        :param storage_options: for a URL, passed to its fsspec file system (never saved).
         :raises ValueError: ``num_to_keep`` not None or an int >= 1, or an order not "max"/"min".
         """
-        _check_env_runners(self.num_env_runners)
+        check_env_runners(self.num_env_runners)
         from amber.checkpoint_manager import check_retention
 
         check_retention(num_to_keep, checkpoint_score_order or "max")
@@ -269,6 +252,10 @@ class AlgorithmConfig:
             self.checkpoint_score_attribute = checkpoint_score_attribute
         if checkpoint_score_order is not None:
             self.checkpoint_score_order = checkpoint_score_order
+        if storage_path is not None:
+            self.storage_path = os.fspath(storage_path)
+        if storage_options is not None:
+            self.storage_options = dict(storage_options)
         if export_native_model_files is not None:
             self.export_native_model_files = bool(export_native_model_files)
         if format is not None:
@@ -287,6 +274,13 @@ class AlgorithmConfig:
         """
         check_callbacks_class(callbacks_class)
         self.callbacks_class = callbacks_class
+        return self
+
+    def fault_tolerance(self, *, restart_failed_env_runners: bool | None = None) -> AlgorithmConfig:
+        """Set whether a remote env runner whose actor died is rebuilt and its share sampled again
+        (default True; False: ``train()`` raises)."""
+        if restart_failed_env_runners is not None:
+            self.restart_failed_env_runners = bool(restart_failed_env_runners)
         return self
 
     def debugging(self, *, seed: int | None = None) -> AlgorithmConfig:
@@ -309,7 +303,7 @@ class AlgorithmConfig:
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"seed must be an int or None, not {type(self.seed).__name__}")
-        _check_env_runners(self.num_env_runners)
+        check_env_runners(self.num_env_runners)
         from amber.checkpoint_manager import check_retention
 
         check_retention(self.num_to_keep, self.checkpoint_score_order)  # also what a checkpoint set
@@ -338,7 +332,7 @@ class AlgorithmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as a plain dict (classes and functions kept as objects)."""
-        live = ("algo_class", "plugin_manager")
+        live = ("algo_class", "plugin_manager", "storage_options")
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in live}
         out["_config_class"] = type(self)
         out["policies"] = {pid: _spec_to_dict(spec) for pid, spec in self.policies.items()}
@@ -364,35 +358,3 @@ class AlgorithmConfig:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(env={self.env!r}, policies={sorted(self.policies)})"
-
-
-def _spec_to_dict(spec: Any) -> Any:
-    from amber.policy.policy import PolicySpec
-
-    if isinstance(spec, PolicySpec):
-        return {"policy_class": spec.policy_class, "config": dict(spec.config)}
-    return copy.deepcopy(spec)
-
-
-def _spec_from_dict(spec: Any) -> Any:
-    from amber.policy.policy import PolicySpec
-
-    if isinstance(spec, dict) and set(spec) == {"policy_class", "config"}:
-        return PolicySpec(spec["policy_class"], config=spec["config"])
-    return spec
-
-
-def _check_env_runners(n: Any) -> None:
-    """``num_env_runners`` must be 0 (remote runners, on Ray, are not built yet): ValueError if not."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"num_env_runners must be an int >= 0, not {n!r}")
-    if n == 0:
-        return
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise ValueError(f"num_env_runners={n} runs env runners as Ray actors, and ray is not installed: "
-                         "pip install 'amber-rl[ray]'; or use num_env_runners=0 (sampling in this process, "
-                         "num_envs_per_env_runner copies of the env)")
-    raise ValueError(f"num_env_runners={n}: env runners on Ray are not supported by this amber yet; "
-                     "use num_env_runners=0 (sampling in this process, num_envs_per_env_runner copies)")

@@ -18,6 +18,7 @@ import json
 import math
 import numbers
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,17 +155,32 @@ class ResultLogger:
                 last.end = f.tell()
 
 
-def copy_logs(logdir: str | Path, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Copy a run's ``progress.csv`` and ``result.json`` to the remote directory ``url`` (where its
-    checkpoints are), so the run can be followed and resumed from there.
+def copy_logs(logdir: str | Path, checkpoint: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Copy a run's ``progress.csv`` and ``result.json`` beside its checkpoint committed at the
+    URL ``checkpoint``, so that the run can be followed and resumed from there. A failure
+    only warns: the checkpoint is saved."""
+    from amber.errors import CheckpointError
+    from amber.storage import Remote, transfer
 
-    :raises StorageError: the upload failed.
-    """
+    try:
+        remote = Remote(checkpoint.rstrip("/").rsplit("/", 1)[0], storage_options)
+        for name in (PROGRESS_CSV, RESULT_JSON):
+            local = Path(logdir) / name
+            if local.exists():
+                transfer(remote, "uploading the logs to", lambda local=local, name=name:
+                         remote.fs.put_file(str(local), remote.key(name)))
+    except CheckpointError as e:
+        warnings.warn(f"{checkpoint} was saved, but not the learning curves beside it: {e}", stacklevel=4)
+
+
+def fetch_logs(url: str, logdir: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Copy ``progress.csv`` and ``result.json`` from the remote run directory ``url`` (as
+    :func:`copy_logs` left them) into ``logdir``, where a resumed run appends to them."""
     from amber.storage import Remote, transfer
 
     remote = Remote(url, storage_options)
+    present = remote.listing()
     for name in (PROGRESS_CSV, RESULT_JSON):
-        local = Path(logdir) / name
-        if local.exists():
-            transfer(remote, "uploading the logs to", lambda local=local, name=name:
-                     remote.fs.put_file(str(local), remote.key(name)))
+        if name in present:
+            transfer(remote, "downloading the logs of", lambda name=name:
+                     remote.fs.get_file(remote.key(name), str(Path(logdir) / name)))

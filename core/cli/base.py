@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOW_PICKLE_HELP",
+    "LOCATION",
     "trust_option",
     "AmberCliError",
     "AmberGroup",
@@ -60,6 +61,27 @@ ALLOW_PICKLE_HELP = (
     "Pickle checkpoints run code when read: --trust (or --allow-pickle) loads any, --safe none. "
     "Default: only those signed with your key (see `amber trust`), none if AMBER_SAFE_LOAD is set."
 )
+
+
+class Location(click.ParamType):
+    """A checkpoint or run location: a local path (a :class:`~pathlib.Path`) or an fsspec URL
+    (``s3://bucket/ck``, kept as the str it is: ``Path`` would fold its ``//``)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The value as a Path, or a URL's str."""
+        import os
+
+        from amber.storage import is_remote, local_path
+
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        return os.fspath(value) if is_remote(value) else local_path(value)
+
+
+#: A checkpoint or run location argument: every verb's PATH may be an fsspec URL.
+LOCATION = Location()
 
 
 def trust_option(command: Any) -> Any:

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from amber.cli.base import CliState, cli, human_size, make_console, total_bytes, trust_option
+from amber.cli.base import LOCATION, CliState, cli, human_size, make_console, total_bytes, trust_option
 
-__all__ = ["PROGRESS_MIN_BYTES", "convert", "migrate"]
+__all__ = ["PROGRESS_MIN_BYTES", "convert", "convert_framework", "migrate"]
 
 #: ``amber convert`` shows a progress bar (on a terminal) from this many source bytes.
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
@@ -47,22 +47,33 @@ def _progress(description: str, size: int) -> Iterator[Callable[[str], None]]:
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("dst", type=click.Path(path_type=Path))
-@click.option("-f", "--format", "format_", required=True, metavar="NAME",
-              help="The format to write (see `amber formats`).")
+@click.argument("src", type=LOCATION)
+@click.argument("dst", type=LOCATION)
+@click.option("-f", "--format", "format_", metavar="NAME",
+              help="The format to write (see `amber formats`; with --framework, default: SRC's).")
+@click.option("--framework", type=click.Choice(["torch", "tf2"]), default=None,
+              help="Rewrite the policies for this framework (same weights and optimizer moments).")
 @trust_option
 @click.pass_obj
-def convert(state: CliState, src: Path, dst: Path, format_: str, allow_pickle: bool | None) -> None:
-    """Rewrite a checkpoint in another format.
+def convert(state: CliState, src: Path, dst: Path, format_: str | None, framework: str | None,
+            allow_pickle: bool | None) -> None:
+    """Rewrite a checkpoint in another format, or for another framework (torch, tf2).
 
-    Writes SRC in format NAME at DST, atomically; SRC is never modified.
+    Writes SRC in format NAME, with its policies for FRAMEWORK, at DST,
+    atomically; SRC is never modified.
     """
     from amber.registry import get_registry
     from amber.utils.checkpoints import convert_checkpoint, get_checkpoint_info
 
+    if format_ is None and framework is None:
+        raise click.UsageError("give --format NAME, --framework torch|tf2, or both")
     pm = state.get_pm()
-    get_registry(pm).get(format_)  # an unknown name fails before anything is read
+    if format_ is not None:
+        get_registry(pm).get(format_)  # an unknown name fails before anything is read
+    if framework is not None:
+        fmt = convert_framework(src, dst, framework, format=format_, allow_pickle=allow_pickle, pm=pm)
+        click.echo(f"converted {src} -> {dst} ({fmt}, framework {framework})")
+        return
     info = get_checkpoint_info(src)
     size = total_bytes(info)
     description = f"converting {src} ({info['format']}, {human_size(size)}) to {format_}"
@@ -71,9 +82,39 @@ def convert(state: CliState, src: Path, dst: Path, format_: str, allow_pickle: b
     click.echo(f"converted {src} ({info['format']}) -> {dst} ({format_})")
 
 
+def convert_framework(src: Path, dst: Path, framework: str, *, format: str | None = None,
+                      allow_pickle: bool | None = None, pm: Any = None) -> str:
+    """Rewrite an algorithm or policy checkpoint with its policies for ``framework``; return the format.
+
+    The weights and optimizer moments carry over (one layout for torch and tf2,
+    :mod:`amber.policy.frameworks`); native model files (``model/``) are not
+    copied, being the other framework's: export them again from the new checkpoint.
+
+    :param format: the format to write (default: the source's).
+    :raises click.UsageError: the checkpoint holds no policies.
+    """
+    from amber.checkpoint import read_checkpoint, write_checkpoint
+    from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
+
+    ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
+    fmt = format or ckpt.format
+    if ckpt.type == "Algorithm":
+        own, policies = convert_algorithm_state(ckpt.state, {p: c.state for p, c in ckpt.policies.items()},
+                                                framework)
+        write_checkpoint(dst, type="Algorithm", state=own, policies=policies, format=fmt,
+                         metadata=ckpt.metadata, placeholders=True, pm=pm)
+    elif ckpt.type == "Policy":
+        write_checkpoint(dst, type="Policy", state=convert_policy_state(ckpt.state, framework), format=fmt,
+                         metadata=ckpt.metadata, pm=pm)
+    else:
+        raise click.UsageError(f"{src} holds a {ckpt.type} checkpoint: only algorithm and policy "
+                               "checkpoints have policies to convert")
+    return fmt
+
+
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("dst", type=click.Path(path_type=Path), required=False)
+@click.argument("src", type=LOCATION)
+@click.argument("dst", type=LOCATION, required=False)
 @click.option("--to", "to", metavar="VERSION", help="Stop at this checkpoint_version (default: the current).")
 @click.option("--dry-run", is_flag=True, help="Print each step and what it changes; write nothing.")
 @click.option("--recursive", is_flag=True,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import cli, trust_option
+from amber.cli.base import LOCATION, cli, trust_option
 
 __all__ = ["evaluate"]
 
@@ -43,7 +43,7 @@ def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bo
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=LOCATION)
 @click.option("--episodes", type=int, default=10, show_default=True)
 @click.option("--policy", "policy_id", default=None, help="Evaluate only this policy's agents' returns.")
 @click.option("--explore/--greedy", default=False, show_default=True, help="Sample actions or act greedily.")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amber.cli.base import AmberCliError, CliState, cli, trust_option
+from amber.cli.base import LOCATION, AmberCliError, CliState, cli, trust_option
 
 if TYPE_CHECKING:
     import pluggy
@@ -51,8 +51,8 @@ def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pic
 
 
 @cli.command("export")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=LOCATION)
+@click.argument("directory", type=LOCATION)
 @click.option("--policy", "policy_id", metavar="ID",
               help="The policy to export from an algorithm checkpoint (default: all of them).")
 @click.option("--onnx", "opset", type=int, metavar="OPSET", help="Write model.onnx with this ONNX opset.")

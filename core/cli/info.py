@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from amber.cli.base import (
+    LOCATION,
     CliState,
     cli,
     echo,
@@ -182,7 +183,7 @@ def info_tree(info: Mapping[str, Any]) -> Tree:
 
 
 @cli.command("inspect")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=LOCATION)
 @click.option("--json", "as_json", is_flag=True, help="Print the info as JSON on stdout.")
 def inspect_command(path: Path, as_json: bool) -> None:
     """Show what a checkpoint is, from its manifests alone (never unpickles)."""
@@ -196,7 +197,7 @@ def inspect_command(path: Path, as_json: bool) -> None:
 
 
 @cli.command("verify")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=LOCATION)
 @click.pass_context
 def verify_command(ctx: click.Context, path: Path) -> None:
     """Check every file of a checkpoint against its manifests (never unpickles).

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import AmberCliError, cli, make_console, trust_option
+from amber.cli.base import LOCATION, AmberCliError, cli, make_console, trust_option
 
 __all__ = ["ALGOS", "train"]
 
@@ -92,17 +92,21 @@ def _build_algorithm(algo: str, env_id: str | None, format_: str | None, seed: i
 
 # -- resuming ----------------------------------------------------------------------------------------
 
-def _newest_checkpoint(run_dir: Path) -> Path | None:
+def _newest_checkpoint(run_dir: Path | str) -> Path | str | None:
     """The newest checkpoint of a run: the newest managed one, else the last ``checkpoint_*``
-    directory (by name) that holds an amber manifest."""
+    directory (by name) that holds an amber manifest (in remote storage: a committed one)."""
     from amber.atomic import is_temporary
     from amber.checkpoint_manager import CheckpointManager
     from amber.errors import CheckpointError
     from amber.layout import read_manifest
+    from amber.storage import find_committed
 
     latest = CheckpointManager(run_dir).latest()
     if latest is not None:
         return latest.path
+    if isinstance(run_dir, str):
+        found = [u for u in find_committed(run_dir) if u.rsplit("/", 1)[-1].startswith("checkpoint_")]
+        return found[-1] if found else None
     for path in sorted(run_dir.glob("checkpoint_*"), reverse=True):
         if path.is_dir() and not is_temporary(path.name):
             try:
@@ -113,7 +117,7 @@ def _newest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _resume(ctx: click.Context, run_dir: Path, allow_pickle: bool | None) -> Any:
+def _resume(ctx: click.Context, run_dir: Path | str, allow_pickle: bool | None) -> Any:
     """The algorithm restored from ``run_dir``'s newest checkpoint (weights, optimizers, RNGs,
     env state and counters).
 
@@ -125,6 +129,8 @@ def _resume(ctx: click.Context, run_dir: Path, allow_pickle: bool | None) -> Any
              if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
     if given:
         raise click.UsageError(f"--resume continues the run with its saved settings; drop {', '.join(given)}")
+    if isinstance(run_dir, Path) and not run_dir.is_dir():
+        raise click.BadParameter(f"{run_dir} is not a directory", param_hint="--resume")
     path = _newest_checkpoint(run_dir)
     if path is None:
         raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
@@ -258,25 +264,41 @@ def _train_until(algorithm: Any, manager: Any, report: _Report, interrupts: _Int
             return last_ckpt, signum
 
 
-def _run(algorithm: Any, out: Path, *, append: bool, stop: _Stop, checkpoint_every: int,
-         num_to_keep: int | None, format_: str | None, as_json: bool,
+def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: _Stop,
+         checkpoint_every: int, num_to_keep: int | None, format_: str | None, as_json: bool,
          interrupts: _Interrupts) -> tuple[str, int | None]:
-    """Train ``algorithm`` with its checkpoints and learning curves in ``out`` (appended to
-    with ``append``, else started afresh)."""
-    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON
+    """Train ``algorithm`` with its learning curves in ``out`` (appended to with ``append``,
+    else started afresh) and its checkpoints in ``store`` (``out``, or a URL)."""
+    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, fetch_logs
     from amber.checkpoint_manager import CheckpointManager
 
     algorithm.logdir = out
     if not append:
         for name in (PROGRESS_CSV, RESULT_JSON):
             (out / name).unlink(missing_ok=True)
-    manager = CheckpointManager(out, num_to_keep=num_to_keep)
+    elif isinstance(store, str) and not (out / PROGRESS_CSV).exists():
+        fetch_logs(store, out)  # resumed from storage on another machine: continue its curves
+    manager = CheckpointManager(store, num_to_keep=num_to_keep)
     mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
     env = algorithm.config.env
     title = f"{type(algorithm).__name__} on {env if isinstance(env, str) else getattr(env, '__name__', env)}"
     with _Report(mode, title) as report:
         return _train_until(algorithm, manager, report, interrupts, stop=stop,
                             checkpoint_every=checkpoint_every, format_=format_)
+
+
+def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str | None,
+               resume: Path | str | None) -> tuple[Path, Path | str]:
+    """Where a run's learning curves go (a local directory) and where its checkpoints go (that
+    directory, ``<storage>/<its name>``, or the URL of a remote run being resumed)."""
+    if isinstance(resume, str):  # a run in remote storage: continued there, logged locally
+        return checkpoint_dir or Path(algorithm.logdir), resume
+    out = checkpoint_dir or resume or Path(algorithm.logdir)
+    if storage is None:
+        return out, out
+    from amber.storage import join
+
+    return out, join(storage, out.name)
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
@@ -307,22 +329,27 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="Where checkpoints and progress.csv go (default: the algorithm's log dir; "
                    "with --resume: RUN_DIR).")
+@click.option("--storage", type=LOCATION, default=None, metavar="URL",
+              help="Put the checkpoints under URL/<run dir name> (an fsspec URL such as s3://bucket/runs, "
+                   "configured as fsspec is), with copies of progress.csv and result.json.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also checkpoint every N iterations (0: only at the end).")
 @click.option("--num-to-keep", type=click.IntRange(min=1), default=None,
               help="Keep only the newest N checkpoints (default: all).")
 @click.option("--format", "format_", default=None, help="Checkpoint format (default: pickle).")
 @click.option("--seed", type=int, default=None, help="Seed everything (runs become repeatable).")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              metavar="RUN_DIR", help="Continue the run in RUN_DIR from its newest checkpoint.")
+@click.option("--resume", type=LOCATION, default=None, metavar="RUN_DIR",
+              help="Continue the run in RUN_DIR (a directory, or a --storage run's URL) from its "
+                   "newest checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per iteration.")
 @trust_option
 @click.pass_context
 def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path | None,
           overrides: tuple[str, ...], env_kwargs: dict[str, Any] | None, stop_iters: int | None,
           stop_timesteps: int | None, stop_reward: float | None, checkpoint_dir: Path | None,
-          checkpoint_every: int, num_to_keep: int | None, format_: str | None, seed: int | None,
-          resume: Path | None, as_json: bool, allow_pickle: bool | None) -> None:
+          storage: Path | str | None, checkpoint_every: int, num_to_keep: int | None,
+          format_: str | None, seed: int | None, resume: Path | str | None, as_json: bool,
+          allow_pickle: bool | None) -> None:
     """Train an algorithm, one line per iteration; end with a checkpoint (printed last).
 
     Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (exit 130 / 143).
@@ -333,13 +360,12 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
     with _Interrupts() as interrupts:
         if resume is not None:
             algorithm = _resume(ctx, resume, allow_pickle)
-            out = checkpoint_dir or resume
         else:
             settings = _user_settings(config_file, overrides)
             algorithm = _build_algorithm(algo, env_id, format_, seed, settings=settings,
                                          env_kwargs=env_kwargs)
-            out = checkpoint_dir or Path(algorithm.logdir)
-        last_ckpt, signum = _run(algorithm, Path(out), append=resume is not None, stop=stop,
+        out, store = _locations(algorithm, checkpoint_dir, storage, resume)
+        last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,
                                  checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
                                  format_=format_, as_json=as_json, interrupts=interrupts)
         algorithm.stop()

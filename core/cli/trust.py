@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
-from amber.cli.base import CliState, cli, echo
+from amber.cli.base import LOCATION, CliState, cli, echo
 
 __all__ = ["trust"]
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=LOCATION)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation: you trust its author.")
 @click.pass_obj
 def trust(state: CliState, path: Path, yes: bool) -> None:

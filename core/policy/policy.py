@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -115,6 +114,7 @@ class Policy:
         *,
         format: str | None = None,
         pm: pluggy.PluginManager | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Write this policy's network as files that load with their own runtime alone (no amber).
 
@@ -126,7 +126,9 @@ class Policy:
         ``model.json`` is always written: the architecture, the spaces, the
         outputs and how to act from them. See docs/export.md.
 
-        :param export_dir: the directory to write into (created if missing; other files there are kept).
+        :param export_dir: the directory to write into (created if missing; other files there are
+            kept), or an fsspec URL (exported locally, then uploaded).
+        :param storage_options: for a URL, passed to its fsspec file system.
         :param onnx: an ONNX opset number (the ``onnx`` exporter's keyword shorthand).
         :param format: an exporter name.
         :return: the paths written, ``model.json`` last.
@@ -141,7 +143,8 @@ class Policy:
         graph = self.export_graph()
         if graph.framework is None:  # amber's policies are torch policies; others say so (RLlib's .framework)
             graph = dataclasses.replace(graph, framework=getattr(self, "framework", None) or "torch")
-        paths = export_model(graph, export_dir, format=format, pm=pm, onnx=onnx)
+        paths = export_model(graph, export_dir, format=format, pm=pm, onnx=onnx,
+                             storage_options=storage_options)
         return [os.fspath(p) for p in paths]
 
     # -- checkpoints ---------------------------------------------------------
@@ -153,10 +156,12 @@ class Policy:
         format: str | None = None,
         policy_id: str | None = None,
         pm: pluggy.PluginManager | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> str:
         """Write this policy as a policy checkpoint (atomic, verified); return the directory.
 
-        :param export_dir: the checkpoint directory.
+        :param export_dir: the checkpoint directory, or an fsspec URL.
+        :param storage_options: for a URL, passed to its fsspec file system.
         :param format: a registered format name (default: the policy's
             ``checkpoint_format`` config, else ``"pickle"``).
         """
@@ -168,7 +173,7 @@ class Policy:
             attachments[""] = lambda d: self.export_model(d / "model", pm=pm)
         write_checkpoint(export_dir, type="Policy", state=self.get_state(), format=fmt,
                          metadata={"policy_id": policy_id} if policy_id else None,
-                         attachments=attachments, pm=pm)
+                         attachments=attachments, pm=pm, storage_options=storage_options)
         return os.fspath(export_dir)
 
     @staticmethod
@@ -208,25 +213,29 @@ class Policy:
         *,
         allow_pickle: bool | None = None,
         pm: pluggy.PluginManager | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> Policy | dict[str, Policy]:
         """Restore a policy from a policy checkpoint, or a dict of policies from an algorithm one.
 
         Builds no algorithm and no environment; from an algorithm checkpoint,
         only the policies in ``policy_ids`` are read (all when None).
 
-        :param checkpoint: a checkpoint directory.
+        :param checkpoint: a checkpoint directory, or an fsspec URL (only the policies asked
+            for are downloaded).
         :param policy_ids: for an algorithm checkpoint, the policies to restore.
         :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
+        :param storage_options: for a URL, passed to its fsspec file system.
         """
         from amber.checkpoint import read_checkpoint
         from amber.models.build_budget import adopting_state
 
-        ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm)
+        ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm,
+                               storage_options=storage_options)
         with adopting_state():  # the state read is this restore's: arrays are kept, not copied
             if ckpt.type == "Policy":
                 return Policy.from_state(ckpt.state, path=checkpoint, pm=pm)
             if ckpt.type == "Algorithm":
                 return {pid: Policy.from_state(p.state, path=p.path, pm=pm)
                         for pid, p in ckpt.policies.items()}
-        raise CheckpointError(f"{Path(checkpoint)} holds a {ckpt.type} checkpoint, not a policy or algorithm",
+        raise CheckpointError(f"{ckpt.path} holds a {ckpt.type} checkpoint, not a policy or algorithm",
                               path=checkpoint)

@@ -89,12 +89,14 @@ def load_policy(
     allow_pickle: bool | None = None,
     seed: int | None = None,
     pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ServedPolicy:
     """Load a policy to act with, in numpy (or onnxruntime), without torch.
 
     :param path: a policy checkpoint, an algorithm checkpoint, or an export directory holding
         ``model.onnx`` and ``model.json`` (or ``<policy id>/`` folders of them, as
-        ``amber export`` writes for several policies).
+        ``amber export`` writes for several policies); or any of those at an fsspec URL
+        (downloaded first, digests checked).
     :param policy_id: the policy of an algorithm checkpoint (or export directory) to serve;
         default: ``default_policy`` if present, else the only one. For a policy checkpoint, a label
         (default: the id recorded when it was written).
@@ -102,6 +104,7 @@ def load_policy(
         code, and the pickle format imports cloudpickle); None and False refuse it.
     :param seed: seeds the numpy generator that ``explore=True`` samples with.
     :param pm: a plugin manager to read the checkpoint with (default: :func:`reading_plugin_manager`).
+    :param storage_options: for a URL, passed to its fsspec file system.
     :return: the policy.
     :raises PickleCheckpointError: a pickle checkpoint, not allowed (the message says how to convert it).
     :raises PolicyChoiceError: several policies and no ``policy_id``.
@@ -117,6 +120,11 @@ def load_policy(
         policy = load_policy("runs/cartpole/checkpoint_000005")
         action, _, info = policy.compute_single_action([0.0, 0.1, 0.0, -0.1])
     """
+    from amber.storage import is_remote, reading
+
+    if is_remote(path):
+        with reading(path, storage_options) as local:
+            return load_policy(local, policy_id, allow_pickle=allow_pickle, seed=seed, pm=pm)
     root = Path(path)
     export = _export_dir(root, policy_id)
     if export is not None:

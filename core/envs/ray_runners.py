@@ -1,0 +1,360 @@
+"""Env runners as Ray actors: ``config.env_runners(num_env_runners=N)`` with N > 0.
+
+Each of the N actors holds an :class:`~amber.envs.env_runner.EnvRunner` with
+``num_envs_per_env_runner`` env copies and copies of the policies, which only act.
+:class:`RemoteEnvRunners` is what the algorithm samples with then, in place of
+its in-process runner: ``sample`` asks every actor for its share of the steps at
+once and merges the fragments in runner order, so results depend on the seed
+and N only. The learner's weights go to the object store once per training
+iteration (``sync_weights``, one ``ray.put``), and every actor reads them from there.
+
+Seeding: runner ``i`` (1..N) resets its env copy ``j`` with ``seed + i * M + j``
+(M copies per runner; the in-process runner is ``i = 0``), and draws its
+actions from generators seeded from the policy's seed and ``i``. Its state
+(envs, running episodes, those generators) is part of the algorithm's
+checkpoint, so a restore continues every runner exactly. A runner whose actor
+dies is rebuilt from its seed (its episodes restart) and its share sampled
+again, unless ``restart_failed_env_runners`` is off.
+
+Ray is imported only here, and only when N > 0.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from amber.errors import InvalidStateError
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from amber.algorithms.algorithm_config import AlgorithmConfig
+    from amber.envs.env_runner import EnvRunner
+
+__all__ = ["RemoteEnvRunners", "build_env_runners", "check_env_runners", "import_ray", "saved_env_runners"]
+
+#: What to install for remote env runners and Ray Tune.
+RAY_EXTRA = "pip install 'amber-rl[ray]'"
+#: How many times one call rebuilds a dead runner before giving up.
+MAX_RESTARTS_PER_CALL = 3
+
+
+def import_ray() -> Any:
+    """The ``ray`` module.
+
+    :raises ValueError: ray is not installed (the message names the extra).
+    """
+    try:
+        import ray
+    except ImportError as e:
+        raise ValueError(f"env runners on Ray (num_env_runners > 0) and Ray Tune need ray, which is not "
+                         f"installed: {RAY_EXTRA}; or use num_env_runners=0 (sampling in this process, "
+                         "num_envs_per_env_runner copies of the env)") from e
+    return ray
+
+
+def check_env_runners(n: Any) -> None:
+    """``num_env_runners`` must be an int >= 0, and ray installed when it is above 0.
+
+    :raises ValueError: naming the setting, or the extra to install.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"num_env_runners must be an int >= 0, not {n!r}")
+    if n > 0:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except ValueError:  # sys.modules["ray"] is None: ray is blocked
+            found = False
+        if not found:
+            raise ValueError(f"num_env_runners={n} runs env runners as Ray actors, and ray is not "
+                             f"installed: {RAY_EXTRA}; or use num_env_runners=0 (sampling in this "
+                             "process, num_envs_per_env_runner copies of the env)")
+        import_ray()
+
+
+def _is_remote_state(state: Any) -> bool:
+    return isinstance(state, Mapping) and "remote_runners" in state
+
+
+def saved_env_runners(own: Mapping[str, Any], declared: Any, path: Any) -> int:
+    """The number of remote env runners to rebuild for a checkpoint's config.
+
+    A checkpoint holding the state of N remote runners (saved by amber with N > 0)
+    gets N runners again when ray is installed; without ray it samples in this process,
+    with a warning (the runners' episodes restart). Any other checkpoint declaring
+    runners (e.g. RLlib's remote workers, whose state is not saved) is read with 0.
+    """
+    state = (own.get("components") or {}).get("env_runner")
+    if not declared:
+        return 0
+    if _is_remote_state(state):
+        runners = state["remote_runners"]
+        if not isinstance(runners, list) or len(runners) != declared:
+            raise InvalidStateError(f"{path}: config.num_env_runners is {declared!r} but the checkpoint "
+                                    f"holds the state of {len(runners) if isinstance(runners, list) else '?'} "
+                                    "env runners", path=path)
+        try:
+            check_env_runners(declared)
+            return int(declared)
+        except ValueError:
+            why = f"ray is not installed ({RAY_EXTRA} to rebuild them)"
+    else:
+        why = "their state was not saved"
+    warnings.warn(f"{path}: the checkpoint's config.num_env_runners is {declared!r}; {why}, so it is "
+                  "read as 0 (sampling in this process; the episodes restart)", stacklevel=3)
+    return 0
+
+
+def runner_state_fits(runner: Any, state: Any) -> bool:
+    """Whether a saved ``env_runner`` state is of this runner's kind and size; warns when it is not
+    (the caller then drops it, and the episodes restart)."""
+    if state is None:
+        return True
+    remote = isinstance(runner, RemoteEnvRunners)
+    fits = _is_remote_state(state) == remote
+    if fits and remote:
+        fits = isinstance(state["remote_runners"], list) and len(state["remote_runners"]) == runner.num_runners
+    if not fits:
+        saved = len(state["remote_runners"]) if _is_remote_state(state) else 0
+        warnings.warn(f"the saved env runner state is of num_env_runners={saved}, this algorithm has "
+                      f"{runner.num_runners if remote else 0}: its episodes restart", stacklevel=3)
+    return fits
+
+
+def build_env_runners(config: AlgorithmConfig, policies: Mapping[str, Any],
+                      mapping_fn: Callable[..., Any] | None,
+                      pm: pluggy.PluginManager | None) -> EnvRunner | RemoteEnvRunners:
+    """The algorithm's sampling: an in-process :class:`EnvRunner` (N = 0), else N Ray actors."""
+    from amber.envs.env_runner import EnvRunner
+
+    if not config.num_env_runners:
+        return EnvRunner(config.env, config.env_config, config.num_envs_per_env_runner, policies,
+                         mapping_fn, seed=config.seed, pm=pm)
+    return RemoteEnvRunners(config, policies, mapping_fn,
+                            restart_failed=bool(getattr(config, "restart_failed_env_runners", True)))
+
+
+def _policy_spec(policy: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    return type(policy), policy.observation_space, policy.action_space, dict(policy.config)
+
+
+def _reseed(policy: Any, index: int) -> None:
+    """Seed a runner's copy of a policy from the policy's seed and the runner index."""
+    seed = policy.config.get("seed")
+    if seed is None:
+        return
+    for k, name in enumerate(getattr(policy, "GENERATORS", ())):
+        state = np.random.SeedSequence([int(seed) % 2**63, index, k]).generate_state(1, np.uint64)[0]
+        getattr(policy, name).manual_seed(int(state))
+
+
+class RunnerWorker:
+    """The body of one remote env runner (made a Ray actor by :class:`RemoteEnvRunners`)."""
+
+    def __init__(self, env: Any, env_config: Mapping[str, Any], num_envs: int,
+                 specs: Mapping[str, Any], mapping_fn: Callable[..., Any] | None, seed: int | None,
+                 index: int, creators: Mapping[str, Callable[..., Any]]) -> None:
+        from amber.envs.env_runner import EnvRunner
+        from amber.envs.registry import register_env
+
+        for name, creator in creators.items():
+            register_env(name, creator)
+        self.index = index
+        self.policies: dict[str, Any] = {}
+        self._build(specs)
+        runner_seed = None if seed is None else int(seed) + index * int(num_envs)
+        self.runner = EnvRunner(env, env_config, num_envs, self.policies, mapping_fn, seed=runner_seed)
+        self.runner.worker_index = index
+
+    def _build(self, specs: Mapping[str, Any]) -> None:
+        for pid in [p for p in self.policies if p not in specs]:
+            del self.policies[pid]
+        for pid, (cls, obs_space, act_space, cfg) in specs.items():
+            if pid not in self.policies:
+                self.policies[pid] = policy = cls(obs_space, act_space, cfg)
+                _reseed(policy, self.index)
+
+    def ping(self) -> int:
+        """This runner's index (the actor is up)."""
+        return self.index
+
+    def set_policies(self, specs: Mapping[str, Any], mapping_fn: Callable[..., Any] | None) -> None:
+        """Build policies added since, drop those removed, use the new mapping."""
+        self._build(specs)
+        self.runner.set_policies(self.policies, mapping_fn)
+
+    def sample(self, weights: Mapping[str, Any], num_env_steps: int,
+               explore: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+        """Load the learner's weights, sample; also return each policy's timesteps acted on."""
+        for pid, w in weights.items():
+            policy = self.policies.get(pid)
+            if policy is not None:
+                policy.set_weights(w["weights"])
+                if hasattr(policy, "global_timestep"):
+                    policy.global_timestep = int(w["global_timestep"])
+        before = {pid: int(getattr(p, "global_timestep", 0)) for pid, p in self.policies.items()}
+        fragments, metrics = self.runner.sample(num_env_steps, explore=explore)
+        acted = {pid: int(getattr(p, "global_timestep", 0)) - before[pid] for pid, p in self.policies.items()}
+        return fragments, metrics, acted
+
+    def get_state(self) -> dict[str, Any]:
+        """The env runner's state (envs, running episodes) and the policies' action generators."""
+        gens = {pid: {name: getattr(p, name).get_state().numpy().copy() for name in getattr(p, "GENERATORS", ())}
+                for pid, p in self.policies.items()}
+        return {"env_runner": self.runner.get_state(), "generators": gens}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`get_state`'s output (generators of policies absent here are skipped)."""
+        import torch
+
+        gens = state["generators"]
+        if not isinstance(gens, Mapping):
+            raise InvalidStateError(f"env runner {self.index} state: 'generators' must be a map")
+        self.runner.set_state(state["env_runner"])
+        for pid, saved in gens.items():
+            policy = self.policies.get(pid)
+            for name, raw in (saved.items() if policy is not None else ()):
+                arr = np.ascontiguousarray(np.asarray(raw, dtype=np.uint8)).copy()
+                getattr(policy, name).set_state(torch.from_numpy(arr))
+
+    def stop(self) -> None:
+        """Close the env copies."""
+        self.runner.stop()
+
+
+def _ensure_ray(num_runners: int) -> Any:
+    """The ray module, started here (quietly, this machine's CPUs) when nobody started it."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_runners), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR", configure_logging=False)
+    return ray
+
+
+class RemoteEnvRunners:
+    """N env runners as Ray actors, sampled in parallel; the algorithm's ``env_runner`` when N > 0.
+
+    :param config: the algorithm's config (env, seed, ``num_env_runners``, ``num_envs_per_env_runner``).
+    :param policies: the learner's policies by id (the dict is used as given: the weights sent
+        are theirs, and the timesteps the runners act on are added to theirs).
+    :param mapping_fn: the multi-agent policy mapping function (None: single-agent).
+    :param restart_failed: rebuild a runner whose actor died and sample its share again
+        (False: raise).
+    """
+
+    def __init__(self, config: AlgorithmConfig, policies: Mapping[str, Any],
+                 mapping_fn: Callable[..., Any] | None, *, restart_failed: bool = True) -> None:
+        from amber.envs.registry import _CREATORS  # a registered env's creator goes with the actors
+
+        self.num_runners = int(config.num_env_runners)
+        self._ray = ray = _ensure_ray(self.num_runners)
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(RunnerWorker)
+        env = config.env
+        creators = {env: _CREATORS[env]} if isinstance(env, str) and env in _CREATORS else {}
+        self._args = (env, dict(config.env_config), int(config.num_envs_per_env_runner))
+        self._seed, self._creators = config.seed, creators
+        self.restart_failed = restart_failed
+        self.num_restarts = 0
+        self._weights: Any = None
+        self.policies, self.policy_mapping_fn = policies, mapping_fn
+        self.actors = [self._make(i) for i in range(1, self.num_runners + 1)]
+        self._gather(lambda i: self.actors[i].ping.remote())  # a runner that cannot be built fails here
+
+    def _make(self, index: int) -> Any:
+        specs = {pid: _policy_spec(p) for pid, p in self.policies.items()}
+        return self._actor_class.remote(*self._args, specs, self.policy_mapping_fn, self._seed, index,
+                                        self._creators)
+
+    def _gather(self, call: Callable[[int], Any]) -> list[Any]:
+        """``ray.get(call(i))`` for every runner, started together; a dead runner is rebuilt and
+        called again (up to :data:`MAX_RESTARTS_PER_CALL` times) when ``restart_failed``."""
+        from ray.exceptions import RayActorError
+
+        refs = [call(i) for i in range(self.num_runners)]
+        out = []
+        for i, ref in enumerate(refs):
+            for attempt in range(MAX_RESTARTS_PER_CALL + 1):
+                try:
+                    out.append(self._ray.get(ref))
+                    break
+                except RayActorError as e:
+                    if not self.restart_failed or attempt == MAX_RESTARTS_PER_CALL:
+                        raise RuntimeError(f"env runner {i + 1} (a Ray actor) died: {e}; with "
+                                           ".fault_tolerance(restart_failed_env_runners=True) it is "
+                                           "rebuilt and its share sampled again") from e
+                    self._ray.kill(self.actors[i])
+                    self.actors[i] = self._make(i + 1)
+                    self.num_restarts += 1
+                    ref = call(i)
+        return out
+
+    def sync_weights(self) -> None:
+        """Put the learner's weights (and timestep counters) in the object store, once, for every runner."""
+        self._weights = self._ray.put({pid: {"weights": p.get_weights(),
+                                             "global_timestep": int(getattr(p, "global_timestep", 0))}
+                                       for pid, p in self.policies.items()})
+
+    def set_policies(self, policies: Mapping[str, Any], policy_mapping_fn: Callable[..., Any] | None) -> None:
+        """Use new policies and mapping (after adding or removing a policy): on every runner too."""
+        self.policies, self.policy_mapping_fn = policies, policy_mapping_fn
+        specs = {pid: _policy_spec(p) for pid, p in policies.items()}
+        self._gather(lambda i: self.actors[i].set_policies.remote(specs, policy_mapping_fn))
+        self.sync_weights()
+
+    def sample(self, num_env_steps: int, *, explore: bool = True) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """Every runner samples ``ceil(num_env_steps / N)`` env steps at once, with the weights of the
+        last :meth:`sync_weights`; their fragments and metrics merged in runner order
+        (:meth:`EnvRunner.sample`'s form; episode ids made unique across runners)."""
+        if self._weights is None:
+            self.sync_weights()
+        share = -(-int(num_env_steps) // self.num_runners)
+        results = self._gather(lambda i: self.actors[i].sample.remote(self._weights, share, explore))
+        out: dict[str, list[Any]] = {}
+        metrics: dict[str, Any] = {"episode_returns": [], "episode_lengths": [], "agent_episode_returns": {},
+                                   "num_env_steps": 0, "num_agent_steps": 0}
+        for i, (fragments, m, acted) in enumerate(results):
+            for pid, frags in fragments.items():
+                for frag in frags:
+                    frag["eps_id"] = frag["eps_id"] * self.num_runners + i
+                out.setdefault(pid, []).extend(frags)
+            metrics["episode_returns"] += m["episode_returns"]
+            metrics["episode_lengths"] += m["episode_lengths"]
+            for pid, rets in m["agent_episode_returns"].items():
+                metrics["agent_episode_returns"].setdefault(pid, []).extend(rets)
+            metrics["num_env_steps"] += m["num_env_steps"]
+            metrics["num_agent_steps"] += m["num_agent_steps"]
+            for pid, n in acted.items():
+                if pid in self.policies and hasattr(self.policies[pid], "global_timestep"):
+                    self.policies[pid].global_timestep += n
+        return out, metrics
+
+    def get_state(self) -> dict[str, Any]:
+        """Every runner's state (envs, running episodes, action generators), in runner order."""
+        return {"remote_runners": self._gather(lambda i: self.actors[i].get_state.remote())}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Apply :meth:`get_state`'s output to the runners (runner ``i`` takes saved runner ``i``'s).
+
+        :raises InvalidStateError: the state is not of N remote runners.
+        """
+        runners = state.get("remote_runners") if isinstance(state, Mapping) else None
+        if not isinstance(runners, list) or len(runners) != self.num_runners:
+            raise InvalidStateError(f"the env runner state is not that of {self.num_runners} remote runners")
+        self._gather(lambda i: self.actors[i].set_state.remote(runners[i]))
+
+    def stop(self) -> None:
+        """Close the runners' envs and end the actors."""
+        for actor in self.actors:
+            try:
+                self._ray.get(actor.stop.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - a dead or stuck runner is ended all the same
+                pass
+            self._ray.kill(actor)

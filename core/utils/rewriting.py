@@ -1,0 +1,230 @@
+"""Rewriting checkpoints: the files a rewrite carries over, and migration to a newer
+checkpoint_version (:func:`migrate`, :func:`migrate_all`). Re-exported by
+:mod:`amber.utils.checkpoints`, RLlib's import path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amber.atomic import is_temporary
+from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
+from amber.errors import CheckpointError
+from amber.layout import MANIFEST
+from amber.registry import get_registry
+from amber.storage import find_committed, is_remote, local_path, reading, relocated
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["MigrationResult", "find_checkpoints", "migrate", "migrate_all", "migrate_checkpoint"]
+
+
+def _carried_files(ckpt: Checkpoint) -> Callable[[Path], None] | None:
+    """Copy, verified, the files of a checkpoint level that are not its state (exported ``model/``
+    folders): they do not depend on the format, so a rewrite keeps them."""
+    from amber.checkpoint import STATE_STEMS
+    from amber.layout import FileEntry, read_verified
+
+    stem = STATE_STEMS.get(ckpt.type, "")
+    files = {rel: entry for rel, entry in (ckpt.manifest.get("files") or {}).items()
+             if rel != MANIFEST and not rel.startswith("policies/")
+             and not (("/" not in rel) and rel.startswith(f"{stem}."))}
+    if not files:
+        return None
+    root = Path(ckpt.path)
+
+    def copy(directory: Path) -> None:
+        for rel, entry in files.items():
+            data = read_verified(root, rel, FileEntry(int(entry["size"]), str(entry["digest"])))
+            target = directory / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as f:
+                f.write(data)
+
+    return copy
+
+
+def _rewrite(
+    ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None,
+    version: str | None = None, storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    attachments = {pid: fn for pid, p in ckpt.policies.items() if (fn := _carried_files(p)) is not None}
+    if (own := _carried_files(ckpt)) is not None:
+        attachments[""] = own
+    write_checkpoint(
+        dst,
+        type=ckpt.type,
+        state=ckpt.state,
+        format=format,
+        policies={pid: p.state for pid, p in ckpt.policies.items()},
+        metadata=ckpt.metadata,
+        attachments=attachments,
+        # a lambda that pickle held cannot be written portably: the loader asks for it instead
+        placeholders=True,
+        checkpoint_version=version or CHECKPOINT_VERSION,
+        pm=pm,
+        storage_options=storage_options,
+    )
+
+
+@dataclass
+class MigrationResult:
+    """What :func:`migrate` did, or would do with ``dry_run``.
+
+    :param path: the checkpoint read.
+    :param dst: where the result was (or would be) written.
+    :param from_version: its checkpoint_version.
+    :param to_version: the version migrated to.
+    :param steps: each step's name (``"1.0 -> 2.0"``), description and the changes it made
+        (``"key.path: old -> new"`` lines, per state tree).
+    :param written: whether anything was written.
+    :param error: with :func:`migrate_all`, why this checkpoint failed (it was left untouched).
+    """
+
+    path: Path
+    dst: Path
+    from_version: str
+    to_version: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    written: bool = False
+    error: str | None = None
+
+
+def _planned_steps(ckpt: Checkpoint, to: str, pm: pluggy.PluginManager | None) -> list[dict[str, Any]]:
+    """Apply the chain step by step in memory, recording what each changes."""
+    from amber.migration import CheckpointTrees, apply_chain, changes, plan
+
+    chain = plan(ckpt.checkpoint_version, to, get_registry(pm).migrations, path=ckpt.path)
+    trees = CheckpointTrees(ckpt.type, dict(ckpt.manifest), ckpt.state,
+                            {pid: p.state for pid, p in ckpt.policies.items()})
+    steps = []
+    for step in chain:
+        after = apply_chain(trees, [step], path=ckpt.path)
+        changed = {"state": changes(trees.state, after.state)}
+        for pid in trees.policies:
+            changed[f"policies/{pid}"] = changes(trees.policies[pid], after.policies.get(pid))
+        steps.append({"name": step.name, "description": step.description,
+                      "changes": {k: v for k, v in changed.items() if v}})
+        trees = after
+    return steps
+
+
+def migrate(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    to: str | None = None,
+    dry_run: bool = False,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> MigrationResult:
+    """Upgrade a checkpoint to the current checkpoint_version (or ``to``), in place or into ``dst``.
+
+    The source is read and verified whole and migrated in memory; the result
+    is written atomically, in place only after it was written whole, so a
+    failure leaves the source untouched. Another system's checkpoint (RLlib)
+    needs a ``dst``: its directory is never replaced.
+
+    :param src: the checkpoint (or another system's, which a plugin reads).
+    :param dst: where to write the result (default: replace ``src``).
+    :param to: the version to stop at (default: the current one).
+    :param dry_run: only plan: read, apply the steps in memory, report each step and what it
+        changes; nothing is written.
+    :param storage_options: for URLs, passed to their fsspec file systems. In remote storage,
+        replacing ``src`` in place removes its manifest while the new files upload (object
+        stores have no atomic rename): give a ``dst`` to keep the source loadable throughout.
+    :return: a :class:`MigrationResult`.
+    :raises UnsupportedVersionError: no chain of steps leads from its version to ``to``.
+    :raises MigrationError: a step failed (named), or ``src`` cannot be replaced in place.
+
+    Example::
+
+        result = amber.migrate("old_checkpoint", dry_run=True)
+        for step in result.steps:
+            print(step["name"], step["description"])
+    """
+    from amber.errors import MigrationError
+    from amber.migration import CHECKPOINT_VERSION
+
+    target = to or CHECKPOINT_VERSION
+    out = _as_location(dst if dst is not None else src)
+    with reading(src, storage_options) as local:  # a URL's copy lasts until its model files are copied
+        ckpt = read_checkpoint(local, allow_pickle=allow_pickle, migrate=False, pm=pm)
+        result = MigrationResult(_as_location(src), out, ckpt.checkpoint_version, target,
+                                 relocated(_planned_steps(ckpt, target, pm), local, os.fspath(src)))
+        if dry_run or (dst is None and not result.steps):
+            return result
+        if dst is None and not (local / MANIFEST).is_file():
+            raise MigrationError(f"{src} is not an amber checkpoint and is never replaced in place; "
+                                 "give a destination: amber migrate SRC DST", path=src)
+        from amber.checkpoint import migrate_in_memory
+
+        migrate_in_memory(ckpt, target, get_registry(pm))
+        registry = get_registry(pm)
+        fmt = ckpt.format if ckpt.format in registry.formats else registry.default_portable()
+        _rewrite(ckpt, out, format=fmt, pm=pm, version=target, storage_options=storage_options)
+    result.written = True
+    return result
+
+
+def _as_location(path: str | os.PathLike[str]) -> Path:
+    """A local path as a Path; a URL as the str it is (``Path`` would fold its ``//``)."""
+    return os.fspath(path).rstrip("/") if is_remote(path) else local_path(path)  # type: ignore[return-value]
+
+
+def find_checkpoints(root: str | os.PathLike[str], *,
+                     storage_options: Mapping[str, Any] | None = None) -> list[Path]:
+    """Every checkpoint under ``root`` (amber's, or another system's that a plugin reads),
+    outermost only (a policy inside an algorithm checkpoint is not listed), sorted; links
+    are not followed. Under a URL: the committed amber checkpoints (their URLs)."""
+    if is_remote(root):
+        return find_committed(root, storage_options)  # type: ignore[return-value]
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if MANIFEST in filenames or "rllib_checkpoint.json" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+        else:  # an interrupted save's staging or set-aside directory is not a checkpoint
+            dirnames[:] = sorted(d for d in dirnames if not is_temporary(d))
+    return sorted(found)
+
+
+def migrate_all(
+    root: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    dry_run: bool = False,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[MigrationResult]:
+    """:func:`migrate` every amber checkpoint under a run directory, in place; one result each.
+
+    A checkpoint that fails is reported (``result.error``) and left untouched; the others go on.
+    Another system's checkpoints are listed with an error, as they cannot be replaced in place.
+    """
+    results = []
+    for path in find_checkpoints(root, storage_options=storage_options):
+        try:
+            results.append(migrate(path, to=to, dry_run=dry_run, allow_pickle=allow_pickle, pm=pm,
+                                   storage_options=storage_options))
+        except CheckpointError as e:
+            results.append(MigrationResult(path, path, "?", to or "", error=str(e)))
+    return results
+
+
+def migrate_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    allow_pickle: bool | None = None,
+    pm: pluggy.PluginManager | None = None,
+) -> list[str]:
+    """:func:`migrate`, returning the names of the steps applied (empty if none were needed);
+    with ``dst`` the checkpoint is always written there."""
+    return [step["name"] for step in migrate(src, dst, allow_pickle=allow_pickle, pm=pm).steps]
