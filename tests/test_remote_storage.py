@@ -466,3 +466,6 @@ def test_the_cli_at_s3_urls_with_fsspec_configuration(s3_server, tmp_path):
     rows = fs.cat_file(f"{bucket}/runs/run1/progress.csv").decode().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]  # the curve continues
     assert fs.exists(f"{bucket}/export/model.json") and fs.exists(f"{bucket}/converted/checkpoint.json")
+    if _has("matplotlib"):
+        image = amber_cli("plot", run, "-o", str(tmp_path / "curve.png")).stdout.strip()
+        assert Path(image).stat().st_size > 1000

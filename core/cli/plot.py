@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import AmberCliError, cli
+from amber.cli.base import LOCATION, AmberCliError, cli
 
 __all__ = ["plot", "read_curve"]
 
@@ -28,20 +28,33 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
-def read_curve(run_dir: Path, x: str, metric: str) -> tuple[list[float], list[float]]:
+def read_curve(run_dir: Path | str, x: str, metric: str) -> tuple[list[float], list[float]]:
     """The points ``(x, metric)`` of a run's ``progress.csv``, one per row.
 
-    :param run_dir: the run's directory (holding ``progress.csv``).
+    :param run_dir: the run's directory (holding ``progress.csv``), or the fsspec URL of a run
+        whose checkpoints went to remote storage (``amber train --storage``).
     :param x: the column of the x axis.
     :param metric: the column of the y axis.
     :raises AmberCliError: no ``progress.csv``, or it lacks one of the columns (the message lists them).
     """
     import csv
+    import io
 
-    path = run_dir / "progress.csv"
-    if not path.is_file():
-        raise AmberCliError(f"{run_dir} has no progress.csv (train with amber train or Algorithm.train())")
-    with open(path, newline="") as f:
+    from amber.storage import Remote, transfer
+
+    if isinstance(run_dir, str):
+        remote = Remote(run_dir)
+        path: Any = f"{remote.url}/progress.csv"
+        if "progress.csv" not in remote.listing():
+            raise AmberCliError(f"{run_dir} has no progress.csv (train with amber train --storage)")
+        text = transfer(remote, "reading", lambda: remote.fs.cat_file(remote.key("progress.csv"))).decode()
+    else:
+        path = run_dir / "progress.csv"
+        if not path.is_file():
+            raise AmberCliError(f"{run_dir} has no progress.csv (train with amber train or "
+                                "Algorithm.train())")
+        text = path.read_text()
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
         missing = [c for c in (x, metric) if c not in columns]
@@ -64,8 +77,7 @@ def _pyplot() -> Any:
 
 
 @cli.command()
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=LOCATION)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("plot.png"),
               show_default=True, help="The image to write (its suffix picks the format: .png, .svg, .pdf).")
 @click.option("--metric", default="episode_return_mean", show_default=True, help="The column to draw.")
@@ -78,7 +90,7 @@ def plot(run_dirs: tuple[Path, ...], output: Path, metric: str, x_axis: str) -> 
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     try:
         for run, (xs, ys) in curves.items():
-            ax.plot(xs, ys, label=run.resolve().name)
+            ax.plot(xs, ys, label=run.rsplit("/", 1)[-1] if isinstance(run, str) else run.resolve().name)
         ax.set_xlabel(x_axis)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
