@@ -217,6 +217,18 @@ def test_algorithm_and_policy_round_trip_at_a_url(mem):
     restored.stop()
 
 
+def test_background_saves_to_a_url(mem):
+    algo = small_ppo()
+    algo.train()
+    handle = algo.save(f"{mem}/bg", format="msgpack", block=False)
+    algo.train()  # training goes on while the upload runs
+    assert handle.result().checkpoint.path == f"{mem}/bg"
+    assert Algorithm.from_checkpoint(f"{mem}/bg").iteration == 1
+    state = amber.save({"w": np.arange(4.0)}, f"{mem}/bg-state", block=False).result()
+    assert state == f"{mem}/bg-state" and amber.load(state)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    algo.stop()
+
+
 def test_a_subset_of_policies_downloads_only_their_files(mem):
     from amber.examples.envs.classes.multi_agent import MultiAgentCartPole
 
