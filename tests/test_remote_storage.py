@@ -481,3 +481,19 @@ def test_the_cli_at_s3_urls_with_fsspec_configuration(s3_server, tmp_path):
     if _has("matplotlib"):
         image = amber_cli("plot", run, "-o", str(tmp_path / "curve.png")).stdout.strip()
         assert Path(image).stat().st_size > 1000
+
+
+def test_trusting_a_pickle_checkpoint_at_a_url(mem, tmp_path, monkeypatch):
+    from amber.errors import UnsafeContentError
+    from amber.trust import trust_checkpoint, trust_state
+
+    url = f"{mem}/theirs"
+    monkeypatch.setenv("AMBER_KEY_FILE", str(tmp_path / "their.key"))
+    amber.save({"w": np.ones(3)}, url, format="pickle")
+    monkeypatch.setenv("AMBER_KEY_FILE", str(tmp_path / "my.key"))  # another user reads it
+    with pytest.raises(UnsafeContentError, match=url):
+        amber.load(url)
+    assert trust_state(url).problem is not None
+    result = trust_checkpoint(url)
+    assert result.changed and result.path == url
+    assert amber.load(url)["w"].tolist() == [1.0, 1.0, 1.0]  # signed with my key, in storage
