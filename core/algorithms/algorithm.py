@@ -54,6 +54,7 @@ class Algorithm(CheckpointMixin):
 
     def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
         from amber.envs.env_runner import EnvRunner, probe_spaces
+        from amber.envs.ray_runners import RemoteEnvRunners, build_env_runners
         from amber.plugin_manager import default_plugin_manager
 
         config = (config or self.get_default_config()).copy()
@@ -71,10 +72,8 @@ class Algorithm(CheckpointMixin):
         self.policies: dict[str, Policy] = {}
         for index, (pid, spec) in enumerate(self.config.policies.items()):
             self.policies[pid] = self._build_policy(pid, spec, index)
-        self.env_runner = EnvRunner(
-            config.env, config.env_config, config.num_envs_per_env_runner, self.policies,
-            self._mapping_fn(), seed=config.seed, pm=self.pm,
-        )
+        self.env_runner: EnvRunner | RemoteEnvRunners = build_env_runners(
+            config, self.policies, self._mapping_fn(), self.pm)  # N > 0: N Ray actors
         self.progress = TrainingProgress()
         self.results_logger = ResultLogger(lambda: self.logdir)
         self.callbacks = self._build_callbacks()
@@ -127,7 +126,9 @@ class Algorithm(CheckpointMixin):
 
     def _build_policy(self, policy_id: str, spec: Any, index: int,
                       observation_space: Any = None, action_space: Any = None) -> Policy:
-        default = self.get_default_policy_class()
+        from amber.policy.frameworks import policy_class_for
+
+        default = policy_class_for(self.get_default_policy_class(), self.config.framework_str)
         cls, overrides = default, {}
         if isinstance(spec, PolicySpec):
             cls = spec.policy_class or default
@@ -178,6 +179,7 @@ class Algorithm(CheckpointMixin):
         """
         self._check_running()
         start = time.perf_counter()
+        self.env_runner.sync_weights()  # remote runners: the weights go out once per iteration
         results = self.training_step()
         self.iteration += 1
         elapsed = time.perf_counter() - start
@@ -332,7 +334,9 @@ class Algorithm(CheckpointMixin):
             if pid in self.policies:
                 self.policies[pid].set_state(pstate)
         saved = dict(own.get("components") or {})
-        if not restore_episodes:
+        from amber.envs.ray_runners import runner_state_fits
+
+        if not restore_episodes or not runner_state_fits(self.env_runner, saved.get("env_runner")):
             saved.pop("env_runner", None)
         components.restore(self, self.checkpoint_components(), saved, pm=self.pm)
 

@@ -65,6 +65,7 @@ class AlgorithmConfig:
         self.num_env_runners = 0
         self.num_envs_per_env_runner = 1
         self.restart_failed_env_runners = True
+        self.num_cpus_per_env_runner: float = 1.0  # the CPUs each runner actor reserves in Ray
         # multi-agent
         self.policies: dict[str, Any] = {DEFAULT_POLICY_ID: None}
         self.policy_mapping_fn: Callable[..., str] | None = None
@@ -154,12 +155,14 @@ class AlgorithmConfig:
         num_env_runners: int | None = None,
         num_envs_per_env_runner: int | None = None,
         rollout_fragment_length: int | str | None = None,
+        num_cpus_per_env_runner: float | None = None,
         **kwargs: Any,
     ) -> AlgorithmConfig:
         """Set sampling: ``num_env_runners`` Ray actors (0: sampling in this process; more needs
         ``amber-rl[ray]``, :mod:`amber.envs.ray_runners`), each with ``num_envs_per_env_runner`` env
         copies sampled as one vector. ``rollout_fragment_length`` (DQN, SAC) is the env steps each
         copy takes between two rounds of updates ("auto": the algorithm's default).
+        ``num_cpus_per_env_runner`` (default 1) is what each runner actor reserves in Ray.
         """
         if rollout_fragment_length is not None and rollout_fragment_length != "auto":
             if not hasattr(self, "rollout_fragment_length"):
@@ -175,6 +178,8 @@ class AlgorithmConfig:
             if int(num_envs_per_env_runner) < 1:
                 raise ValueError("num_envs_per_env_runner must be at least 1")
             self.num_envs_per_env_runner = int(num_envs_per_env_runner)
+        if num_cpus_per_env_runner is not None:
+            self.num_cpus_per_env_runner = float(num_cpus_per_env_runner)
         return self
 
     rollouts = env_runners  # the name before RLlib 2.10

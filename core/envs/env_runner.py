@@ -148,6 +148,9 @@ class EnvRunner:
                     del slot.mapping[agent]
                     slot.pending.pop(agent, None)
 
+    def sync_weights(self) -> None:
+        """Nothing to send: this runner acts with the learner's own policies (remote runners do)."""
+
     def _policy_for(self, slot: _Slot, agent: Any) -> str:
         pid = slot.mapping.get(agent)
         if pid is None:

@@ -41,6 +41,8 @@ __all__ = ["RemoteEnvRunners", "build_env_runners", "check_env_runners", "import
 
 #: What to install for remote env runners and Ray Tune.
 RAY_EXTRA = "pip install 'amber-rl[ray]'"
+#: The most remote runners a checkpoint may ask to rebuild (each is a process).
+MAX_SAVED_RUNNERS = 1024
 #: How many times one call rebuilds a dead runner before giving up.
 MAX_RESTARTS_PER_CALL = 3
 
@@ -59,6 +61,15 @@ def import_ray() -> Any:
     return ray
 
 
+def _ray_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except ValueError:  # sys.modules["ray"] is None: ray is blocked
+        return False
+
+
 def check_env_runners(n: Any) -> None:
     """``num_env_runners`` must be an int >= 0, and ray installed when it is above 0.
 
@@ -67,13 +78,7 @@ def check_env_runners(n: Any) -> None:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"num_env_runners must be an int >= 0, not {n!r}")
     if n > 0:
-        import importlib.util
-
-        try:
-            found = importlib.util.find_spec("ray") is not None
-        except ValueError:  # sys.modules["ray"] is None: ray is blocked
-            found = False
-        if not found:
+        if not _ray_installed():
             raise ValueError(f"num_env_runners={n} runs env runners as Ray actors, and ray is not "
                              f"installed: {RAY_EXTRA}; or use num_env_runners=0 (sampling in this "
                              "process, num_envs_per_env_runner copies of the env)")
@@ -91,23 +96,25 @@ def saved_env_runners(own: Mapping[str, Any], declared: Any, path: Any) -> int:
     gets N runners again when ray is installed; without ray it samples in this process,
     with a warning (the runners' episodes restart). Any other checkpoint declaring
     runners (e.g. RLlib's remote workers, whose state is not saved) is read with 0.
+
+    :raises InvalidStateError: the declared number is not that of the saved runner states
+        (or above :data:`MAX_SAVED_RUNNERS`).
     """
     state = (own.get("components") or {}).get("env_runner")
     if not declared:
         return 0
-    if _is_remote_state(state):
-        runners = state["remote_runners"]
-        if not isinstance(runners, list) or len(runners) != declared:
-            raise InvalidStateError(f"{path}: config.num_env_runners is {declared!r} but the checkpoint "
-                                    f"holds the state of {len(runners) if isinstance(runners, list) else '?'} "
-                                    "env runners", path=path)
-        try:
-            check_env_runners(declared)
-            return int(declared)
-        except ValueError:
-            why = f"ray is not installed ({RAY_EXTRA} to rebuild them)"
-    else:
+    if not _is_remote_state(state):
         why = "their state was not saved"
+    else:
+        runners = state["remote_runners"]
+        held = len(runners) if isinstance(runners, list) else "?"
+        if (isinstance(declared, bool) or not isinstance(declared, int) or held != declared
+                or declared > MAX_SAVED_RUNNERS):
+            raise InvalidStateError(f"{path}: config.num_env_runners is {declared!r} but the checkpoint "
+                                    f"holds the state of {held} env runners", path=path)
+        if _ray_installed():
+            return declared
+        why = f"ray is not installed ({RAY_EXTRA} to rebuild them)"
     warnings.warn(f"{path}: the checkpoint's config.num_env_runners is {declared!r}; {why}, so it is "
                   "read as 0 (sampling in this process; the episodes restart)", stacklevel=3)
     return 0
@@ -121,7 +128,8 @@ def runner_state_fits(runner: Any, state: Any) -> bool:
     remote = isinstance(runner, RemoteEnvRunners)
     fits = _is_remote_state(state) == remote
     if fits and remote:
-        fits = isinstance(state["remote_runners"], list) and len(state["remote_runners"]) == runner.num_runners
+        saved = state["remote_runners"]
+        fits = isinstance(saved, list) and len(saved) == runner.num_runners
     if not fits:
         saved = len(state["remote_runners"]) if _is_remote_state(state) else 0
         warnings.warn(f"the saved env runner state is of num_env_runners={saved}, this algorithm has "
@@ -146,14 +154,20 @@ def _policy_spec(policy: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     return type(policy), policy.observation_space, policy.action_space, dict(policy.config)
 
 
+def _generators(policy: Any) -> dict[str, Any]:
+    """The policy's torch action generators by name (other frameworks' are left alone)."""
+    gens = {name: getattr(policy, name, None) for name in getattr(policy, "GENERATORS", ())}
+    return {name: g for name, g in gens.items() if hasattr(g, "manual_seed") and hasattr(g, "get_state")}
+
+
 def _reseed(policy: Any, index: int) -> None:
     """Seed a runner's copy of a policy from the policy's seed and the runner index."""
     seed = policy.config.get("seed")
     if seed is None:
         return
-    for k, name in enumerate(getattr(policy, "GENERATORS", ())):
+    for k, (_, gen) in enumerate(sorted(_generators(policy).items())):
         state = np.random.SeedSequence([int(seed) % 2**63, index, k]).generate_state(1, np.uint64)[0]
-        getattr(policy, name).manual_seed(int(state))
+        gen.manual_seed(int(state))
 
 
 class RunnerWorker:
@@ -207,23 +221,25 @@ class RunnerWorker:
 
     def get_state(self) -> dict[str, Any]:
         """The env runner's state (envs, running episodes) and the policies' action generators."""
-        gens = {pid: {name: getattr(p, name).get_state().numpy().copy() for name in getattr(p, "GENERATORS", ())}
+        gens = {pid: {name: g.get_state().numpy().copy() for name, g in _generators(p).items()}
                 for pid, p in self.policies.items()}
         return {"env_runner": self.runner.get_state(), "generators": gens}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Apply :meth:`get_state`'s output (generators of policies absent here are skipped)."""
-        import torch
-
         gens = state["generators"]
         if not isinstance(gens, Mapping):
             raise InvalidStateError(f"env runner {self.index} state: 'generators' must be a map")
         self.runner.set_state(state["env_runner"])
         for pid, saved in gens.items():
             policy = self.policies.get(pid)
-            for name, raw in (saved.items() if policy is not None else ()):
-                arr = np.ascontiguousarray(np.asarray(raw, dtype=np.uint8)).copy()
-                getattr(policy, name).set_state(torch.from_numpy(arr))
+            own = _generators(policy) if policy is not None else {}
+            for name, raw in saved.items():
+                if name in own:
+                    import torch
+
+                    arr = np.ascontiguousarray(np.asarray(raw, dtype=np.uint8)).copy()
+                    own[name].set_state(torch.from_numpy(arr))
 
     def stop(self) -> None:
         """Close the env copies."""
@@ -256,7 +272,12 @@ class RemoteEnvRunners:
 
         self.num_runners = int(config.num_env_runners)
         self._ray = ray = _ensure_ray(self.num_runners)
-        self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(RunnerWorker)
+        cpus = float(getattr(config, "num_cpus_per_env_runner", 1.0))
+        self._actor_class = ray.remote(num_cpus=cpus, max_restarts=0)(RunnerWorker)
+        if self.num_runners * cpus > ray.cluster_resources().get("CPU", 0):
+            warnings.warn(f"{self.num_runners} env runners of {cpus} CPUs each need more CPUs than this Ray "
+                          f"cluster has ({ray.cluster_resources().get('CPU', 0)}): they wait for more "
+                          "(lower num_cpus_per_env_runner, e.g. 0.5)", stacklevel=3)
         env = config.env
         creators = {env: _CREATORS[env]} if isinstance(env, str) and env in _CREATORS else {}
         self._args = (env, dict(config.env_config), int(config.num_envs_per_env_runner))
@@ -309,7 +330,8 @@ class RemoteEnvRunners:
         self._gather(lambda i: self.actors[i].set_policies.remote(specs, policy_mapping_fn))
         self.sync_weights()
 
-    def sample(self, num_env_steps: int, *, explore: bool = True) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    def sample(self, num_env_steps: int, *,
+               explore: bool = True) -> tuple[dict[str, list[Any]], dict[str, Any]]:
         """Every runner samples ``ceil(num_env_steps / N)`` env steps at once, with the weights of the
         last :meth:`sync_weights`; their fragments and metrics merged in runner order
         (:meth:`EnvRunner.sample`'s form; episode ids made unique across runners)."""

@@ -24,8 +24,10 @@ __all__ = ["FRAMEWORK_PAIRS", "convert_algorithm_state", "convert_policy_state",
 #: (torch policy class, tf2 policy class) of each algorithm, as import paths.
 FRAMEWORK_PAIRS: tuple[tuple[str, str], ...] = (
     ("amber.policy.torch_policy:TorchPolicy", "amber.policy.tf_policy:PPOTFPolicy"),
-    ("amber.algorithms.dqn.dqn_torch_policy:DQNTorchPolicy", "amber.algorithms.dqn.dqn_tf_policy:DQNTFPolicy"),
-    ("amber.algorithms.sac.sac_torch_policy:SACTorchPolicy", "amber.algorithms.sac.sac_tf_policy:SACTFPolicy"),
+    ("amber.algorithms.dqn.dqn_torch_policy:DQNTorchPolicy",
+     "amber.algorithms.dqn.dqn_tf_policy:DQNTFPolicy"),
+    ("amber.algorithms.sac.sac_torch_policy:SACTorchPolicy",
+     "amber.algorithms.sac.sac_tf_policy:SACTFPolicy"),
 )
 _INDEX = {"torch": 0, "tf2": 1}
 
