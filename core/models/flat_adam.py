@@ -1,12 +1,14 @@
-"""Adam over one flat buffer: the update of ``torch.optim.Adam`` in a handful of vectorised ops.
+"""Adam over one flat buffer: the update of ``torch.optim.Adam`` in one kernel call.
 
 A small network's parameters are many small tensors; ``torch.optim.Adam``
 spends more time organising them than computing (about 0.7 ms a step for two
 [256, 256] MLPs on one CPU core). :class:`FlatAdam` lays a plain Adam
 optimizer's parameters, gradients and moments out in contiguous buffers and
 makes every parameter, gradient and optimizer-state tensor a *view* into
-them, so one step is six ops over the whole network, and the optimizer's
-``state_dict()`` (and so every checkpoint) stays exactly torch's.
+them, so one step is one call of torch's fused Adam kernel (the one
+``torch.optim.Adam(fused=True)`` runs, so the numbers are the same; six
+vectorised ops where torch lacks it), and the optimizer's ``state_dict()``
+(and so every checkpoint) stays exactly torch's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import torch
 __all__ = ["FlatAdam", "flat_adam"]
 
 _ALIGN = 16  # floats: 64 bytes
+
+#: torch's fused Adam kernel (reads the step count, updates parameters and moments in one pass).
+_FUSED_KERNEL = getattr(torch, "_fused_adam_", None)
 
 
 def _supported(optimizer: torch.optim.Optimizer) -> bool:
@@ -67,6 +72,7 @@ class FlatAdam:
         self.exp_avg = torch.zeros(total)
         self.exp_avg_sq = torch.zeros(total)
         self._denom = torch.empty(total)
+        self._kernel_cache: dict[tuple[int, int] | None, tuple[list[torch.Tensor], ...]] = {}
         first = optimizer.state.get(self.params[0])
         steps = float(first["step"]) if first else 0.0
         # one shared step tensor: every parameter is always stepped together
@@ -99,10 +105,11 @@ class FlatAdam:
         for p, view in zip(self.params, self._slices, strict=True):
             p.grad = self.flat_grad[view].view_as(p)
 
-    def clip_grad_norm_(self, max_norm: float) -> float:
+    def clip_grad_norm_(self, max_norm: float, *, gather: bool = True) -> float:
         """Scale the gradients so their global L2 norm is at most ``max_norm`` (as torch's
-        ``clip_grad_norm_`` does); return the norm before clipping."""
-        self._gather_grads()
+        ``clip_grad_norm_`` does); return the norm before clipping (``gather`` as in :meth:`apply`)."""
+        if gather:
+            self._gather_grads()
         norm = float(torch.linalg.vector_norm(self.flat_grad))
         coef = float(max_norm) / (norm + 1e-6)
         if coef < 1.0:
@@ -119,6 +126,17 @@ class FlatAdam:
         if len(positions) != len(params) or positions != list(range(positions[0], positions[-1] + 1)):
             raise ValueError("the parameters are not one contiguous run of this optimizer's parameters")
         return slice(self._slices[positions[0]].start, self._slices[positions[-1]].stop)
+
+    def grad_view(self, param: torch.nn.Parameter) -> torch.Tensor:
+        """``param``'s gradient in the flat buffer (shaped as ``param``), for code that writes
+        gradients itself and then calls :meth:`apply` with ``gather=False``.
+
+        :raises ValueError: ``param`` is not one of this optimizer's parameters.
+        """
+        for p, view in zip(self.params, self._slices, strict=True):
+            if p is param:
+                return self.flat_grad[view].view_as(p)
+        raise ValueError("not a parameter of this optimizer")
 
     def _gather_grads(self, span: slice | None = None) -> None:
         """Copy gradients autograd put elsewhere (when something else held the old one) into the buffer."""
@@ -141,22 +159,51 @@ class FlatAdam:
         lr, (beta1, beta2), eps = float(group["lr"]), group["betas"], float(group["eps"])
         self.step_tensor.add_(1.0)
         t = float(self.step_tensor)
-        return -lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t), float(beta1), float(beta2), eps
+        return -lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t), float(beta1), float(beta2), eps, lr
+
+    def _kernel_lists(self, span: slice | None) -> tuple[list[torch.Tensor], ...]:
+        """Per-parameter views (parameters, gradients, moments) of ``span`` for the fused kernel:
+        one tensor per parameter, as torch's fused Adam passes them, so every element is updated
+        by the same code path whichever span it is applied in (bit-identical results)."""
+        key = (span.start, span.stop) if span is not None else None
+        lists = self._kernel_cache.get(key)
+        if lists is None:
+            views = [v for v in self._slices
+                     if span is None or (span.start <= v.start and v.stop <= span.stop)]
+            lists = tuple([buf[v] for v in views]
+                          for buf in (self.flat_param, self.flat_grad, self.exp_avg, self.exp_avg_sq))
+            self._kernel_cache[key] = lists
+        return lists
 
     @torch.no_grad()
-    def apply(self, coefficients: tuple[float, ...], span: slice | None = None) -> None:
+    def apply(self, coefficients: tuple[float, ...], span: slice | None = None, *,
+              gather: bool = True) -> None:
         """The Adam update of the parameters in ``span`` (all when None), with :meth:`begin_step`'s
-        coefficients. Disjoint spans may be applied from different threads."""
-        self._gather_grads(span)
-        step_size, bias2_sqrt, beta1, beta2, eps = coefficients
+        coefficients. Disjoint spans may be applied from different threads.
+
+        One pass of torch's fused Adam kernel (what ``torch.optim.Adam(fused=True)`` runs) where this
+        torch has it, else the same update in five vectorised ops.
+
+        :param gather: first collect gradients autograd left outside the flat buffer (False:
+            the caller wrote them into it, e.g. through :meth:`grad_view`).
+        """
+        if gather:
+            self._gather_grads(span)
+        step_size, bias2_sqrt, beta1, beta2, eps, lr = coefficients
         view = span or slice(None)
-        grad, avg, avg_sq, denom = (self.flat_grad[view], self.exp_avg[view], self.exp_avg_sq[view],
-                                    self._denom[view])
+        if _FUSED_KERNEL is not None:
+            params, grads, avgs, avg_sqs = self._kernel_lists(span)
+            _FUSED_KERNEL(params, grads, avgs, avg_sqs, [], [self.step_tensor] * len(params), lr=lr,
+                          beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+            return
+        param, grad, avg, avg_sq = (self.flat_param[view], self.flat_grad[view], self.exp_avg[view],
+                                    self.exp_avg_sq[view])
+        denom = self._denom[view]
         avg.lerp_(grad, 1.0 - beta1)
         avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
         torch.sqrt(avg_sq, out=denom)
         denom.div_(bias2_sqrt).add_(eps)
-        self.flat_param[view].addcdiv_(avg, denom, value=step_size)
+        param.addcdiv_(avg, denom, value=step_size)
 
     def step(self) -> None:
         """One Adam step of every parameter: torch's update (bias-corrected moments, eps after the sqrt)."""

@@ -5,12 +5,15 @@ surrogate on advantages standardized over the whole batch, the squared value
 error clipped to ``[0, vf_clip_param]``, an entropy bonus, and an adaptive KL
 penalty ``kl_coeff * mean KL(old || new)``.
 
-:func:`ppo_update` steps through the minibatches in one of two ways with
+:func:`ppo_update` steps through the minibatches with, by default, the fused
+step of :mod:`amber.algorithms.ppo.ppo_fused` (the loss's gradients written
+out by hand, no autograd; for PPO's own MLP models with Adam on flat buffers).
+Otherwise, or with ``fused=False``, it uses autograd in one of two ways with
 bit-identical results: the plain step (one backward pass of :func:`ppo_loss`,
-one Adam step), or, by default, the overlapped step of
-:mod:`amber.algorithms.ppo.ppo_steps` (the value network on a helper thread,
-each network's Adam step right after its own backward pass). The loss itself
-is in :mod:`amber.algorithms.ppo.ppo_loss` (re-exported here).
+one Adam step), or the overlapped step of :mod:`amber.algorithms.ppo.ppo_steps`
+(the value network on a helper thread, each network's Adam step right after
+its own backward pass). The loss itself is in
+:mod:`amber.algorithms.ppo.ppo_loss` (re-exported here).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from amber.algorithms.ppo.ppo_fused import FusedStep
 from amber.algorithms.ppo.ppo_loss import (
     Minibatch,
     PPOCoefficients,
@@ -147,6 +151,7 @@ def ppo_update(
     grad_clip: float | None,
     rng: np.random.Generator,
     overlap: bool = True,
+    fused: bool = True,
 ) -> dict[str, Any]:
     """Run ``num_epochs`` epochs of minibatch SGD on a postprocessed batch.
 
@@ -155,10 +160,12 @@ def ppo_update(
     single-threaded inside (many small ops: OpenMP threads cost more than they
     give, and stall badly when other processes share the cores).
 
-    :param overlap: step with :class:`~amber.algorithms.ppo.ppo_steps.OverlappedStep`
-        (faster: the value network on a helper thread when torch was allowed more than
-        one thread, each network's own Adam step without gradient clipping); False:
-        :func:`~amber.algorithms.ppo.ppo_steps.plain_step`. The results are bit-identical.
+    :param overlap: allow the value network on a helper thread (when torch was allowed more
+        than one thread and it is faster); False: :func:`~amber.algorithms.ppo.ppo_steps.plain_step`
+        (autograd) or the fused step inline. The results are bit-identical either way.
+    :param fused: step with :class:`~amber.algorithms.ppo.ppo_fused.FusedStep` (hand-written
+        gradients, equal to autograd's up to float rounding) where the model allows it;
+        False, or another model: the autograd steps.
     :return: learner stats averaged over all minibatch updates (``total_loss``,
         ``policy_loss``, ``vf_loss``, ``kl``, ``entropy``), ``vf_explained_var``
         of the last epoch's value predictions, ``cur_kl_coeff`` (the adapted
@@ -171,24 +178,33 @@ def ppo_update(
     columns = _batch_tensors(policy, batch)
     mb = max(1, min(int(minibatch_size), n))
     adam = Adam(policy.optimizer, grad_clip)
-    stepper: AbstractContextManager[Step] = (OverlappedStep(policy, adam) if overlap
-                                             else nullcontext(plain_step))
+    stepper = _stepper(policy, adam, mb, overlap=overlap, fused=fused)
     stats: list[torch.Tensor] = []
     last_vf, last_targets = torch.empty(n), columns.value_targets  # for vf_explained_var
     with stepper as step, intra_op_threads(1), torch.enable_grad():
+        if isinstance(step, FusedStep):
+            columns = step.prepare(policy, columns)
         for epoch in range(int(num_epochs)):
             perm = torch.from_numpy(rng.permutation(n))
             shuffled = [col[perm] for col in columns]
-            final = epoch == num_epochs - 1
-            if final:
-                last_targets = shuffled[-1]
-            for start in range(0, n, mb):
-                loss, vf = step(policy, adam, Minibatch(*(col[start:start + mb] for col in shuffled)), c)
+            final, last_targets = epoch == num_epochs - 1, shuffled[-1]
+            minibatches = zip(*(col.split(mb) for col in shuffled), strict=True)
+            for start, parts in zip(range(0, n, mb), minibatches, strict=True):
+                loss, vf = step(policy, adam, Minibatch(*parts), c)
                 with torch.no_grad():
                     stats.append(torch.stack(loss))  # in the order of _STAT_NAMES
                     if final:
                         last_vf[start:start + mb] = vf
     return _results(policy, stats, last_targets, last_vf, kl_coeff, kl_target)
+
+
+def _stepper(policy: TorchPolicy, adam: Adam, minibatch_size: int, *, overlap: bool, fused: bool
+             ) -> AbstractContextManager[Step]:
+    """The minibatch step :func:`ppo_update` uses, as a context manager."""
+    step = FusedStep.build(policy, adam, minibatch_size, threads=overlap) if fused else None
+    if step is not None:
+        return step
+    return OverlappedStep(policy, adam) if overlap else nullcontext(plain_step)
 
 
 def _results(policy: TorchPolicy, stats: list[torch.Tensor], targets: torch.Tensor, vf: torch.Tensor,

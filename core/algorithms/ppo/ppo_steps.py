@@ -123,15 +123,18 @@ class _Worker:
 
 class _ModePicker:
     """Whether the value network runs on the helper thread: tried both ways on the first
-    minibatches, then the faster is kept. With both cores free the thread wins; when other
+    minibatches, then the faster is kept, and tried again every :attr:`RECHECK` minibatches
+    (the load of a shared machine changes). With both cores free the thread wins; when other
     processes share the cores, the two threads only fight over one core and the GIL.
     Either way the results are the same (the networks share nothing)."""
 
     TRIALS = 6
+    RECHECK = 300
 
     def __init__(self) -> None:
         self._times: dict[bool, list[float]] = {True: [], False: []}
         self._choice: bool | None = None
+        self._kept = 0  # minibatches since the choice
 
     def threaded(self) -> bool:
         if self._choice is not None:
@@ -140,6 +143,9 @@ class _ModePicker:
 
     def record(self, threaded: bool, seconds: float) -> None:
         if self._choice is not None:
+            self._kept += 1
+            if self._kept >= self.RECHECK:  # try both ways again
+                self._times, self._choice, self._kept = {True: [], False: []}, None, 0
             return
         self._times[threaded].append(seconds)
         if len(self._times[True]) >= self.TRIALS and len(self._times[False]) >= self.TRIALS:
