@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 #: Pages whose blocks need optional extras (amber-rl[onnx,keras,pettingzoo]): skipped without them.
-NEEDS = {"export.md": ("onnx", "onnxruntime", "tensorflow", "keras"), "environments.md": ("pettingzoo", "mpe2")}
+NEEDS = {"export.md": ("onnx", "onnxruntime", "tensorflow", "keras"), "environments.md": ("pettingzoo", "mpe2"),
+         "frameworks.md": ("tensorflow", "keras"), "scaling.md": ("ray",)}
 
 
 def _blocks(page: Path) -> list[str]:

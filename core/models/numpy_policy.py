@@ -32,6 +32,10 @@ POLICY_KINDS: dict[str, str] = {
     "amber.TorchPolicy": "ppo",
     "amber.DQNTorchPolicy": "dqn",
     "amber.SACTorchPolicy": "sac",
+    # tf2 policies keep their weights in the torch policies' names and layout (amber.policy.tf_policy_base)
+    "amber.PPOTFPolicy": "ppo",
+    "amber.DQNTFPolicy": "dqn",
+    "amber.SACTFPolicy": "sac",
 }
 #: ``fcnet_activation`` when the config's ``model`` does not say: PPO's and DQN's models take
 #: :data:`amber.models.torch_mlp.DEFAULT_MODEL_CONFIG`'s, SAC's its ``SAC_MODEL_DEFAULTS``'.

@@ -11,6 +11,12 @@ Keras operations only: no Lambda layer, no custom class), and writes:
 - ``model.keras``: the Keras model; ``keras.saving.load_model(path)`` (safe
   mode on) returns it, and calling it on ``obs`` returns the same dict.
 
+For a tf2 policy's network (``graph.framework == "tf2"``: its native files,
+as RLlib's tf policies write them) the SavedModel is written at the export
+directory itself (``saved_model.pb``, ``variables/``...), so
+``tf.saved_model.load(dir)`` loads it. Either way the loaded object is also
+callable: ``tf.saved_model.load(path)(obs)`` returns the dict of outputs.
+
 So a torch-trained policy is served by TensorFlow. Needs the ``keras`` extra
 (tensorflow and keras 3), and Keras's TensorFlow backend.
 """
@@ -40,6 +46,8 @@ __all__ = ["KERAS_FILE", "SAVED_MODEL_DIR", "SPEC", "build_model", "export"]
 KERAS_FILE = "model.keras"
 #: The SavedModel directory.
 SAVED_MODEL_DIR = "saved_model"
+#: What a SavedModel written at the export directory itself consists of (tf2 policies' native files).
+SAVED_MODEL_PARTS = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
 #: The pip extra of amber that brings tensorflow and keras 3 (``amber-rl[keras]``).
 EXTRA = "keras"
 
@@ -146,12 +154,15 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
     directory = Path(directory)
     keras_path = directory / KERAS_FILE
     model.save(keras_path)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    module = tf.Module()
+    module.model = model
     spec = tf.TensorSpec([None, *graph.obs_shape], tf.float32, name="obs")
-    archive.add_endpoint("serving_default", lambda obs: model(obs, training=False), input_signature=[spec])
-    saved = directory / SAVED_MODEL_DIR
-    archive.write_out(str(saved), verbose=False)
+    module.__call__ = tf.function(lambda obs: model(obs, training=False), input_signature=[spec])
+    at_root = graph.framework == "tf2"
+    saved = directory if at_root else directory / SAVED_MODEL_DIR
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": module.__call__})
+    if at_root:
+        return [directory / name for name in SAVED_MODEL_PARTS if (directory / name).exists()] + [keras_path]
     return [saved, keras_path]
 
 
@@ -164,6 +175,8 @@ SPEC = ExporterSpec(
         ExportedFile(SAVED_MODEL_DIR, "tf.saved_model.load(path).signatures['serving_default'](obs=obs)",
                      "tensorflow"),
         ExportedFile(KERAS_FILE, "keras.saving.load_model(path)(obs) -> dict of outputs", "keras"),
+        *(ExportedFile(name, "tf.saved_model.load(directory)(obs) -> dict of outputs (a tf2 policy's export)",
+                       "tensorflow") for name in SAVED_MODEL_PARTS),
     ),
     native_for=("tf2",),
 )

@@ -164,8 +164,11 @@ class DQN(OffPolicyAlgorithm):
         policy = self.policies[policy_id]
         cfg = policy.config
         grad_clip = cfg.get("grad_clip")
-        stats = dqn_update(policy, batch, double_q=bool(cfg.get("double_q", True)),
-                           grad_clip=None if grad_clip is None else float(grad_clip))
+        update = dqn_update
+        if getattr(policy, "framework", "torch") == "tf2":
+            from amber.algorithms.dqn.dqn_tf_learner import dqn_tf_update as update
+        stats = update(policy, batch, double_q=bool(cfg.get("double_q", True)),
+                       grad_clip=None if grad_clip is None else float(grad_clip))
         now = int(self.counters["num_env_steps_sampled_lifetime"])
         if now - self.last_target_update.get(policy_id, 0) >= int(self.config.target_network_update_freq):
             policy.update_target()

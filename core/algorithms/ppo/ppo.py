@@ -80,7 +80,10 @@ class PPO(Algorithm):
                 continue
             policy = self.policies[pid]
             batch = postprocess_fragments(policy, frags, cfg.gamma, cfg.lambda_)
-            stats = ppo_update(
+            update = ppo_update
+            if getattr(policy, "framework", "torch") == "tf2":
+                from amber.algorithms.ppo.ppo_tf_learner import ppo_tf_update as update
+            stats = update(
                 policy, batch, num_epochs=cfg.num_epochs, minibatch_size=cfg.minibatch_size,
                 clip_param=cfg.clip_param, vf_clip_param=cfg.vf_clip_param,
                 vf_loss_coeff=cfg.vf_loss_coeff, entropy_coeff=cfg.entropy_coeff,

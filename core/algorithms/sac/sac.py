@@ -130,4 +130,9 @@ class SAC(OffPolicyAlgorithm):
         """One SAC update (critics, actor, temperature, targets) of a policy from a replayed batch."""
         from amber.algorithms.sac.sac_learner import sac_update
 
-        return sac_update(self.policies[policy_id], batch)
+        policy = self.policies[policy_id]
+        if getattr(policy, "framework", "torch") == "tf2":
+            from amber.algorithms.sac.sac_tf_learner import sac_tf_update
+
+            return sac_tf_update(policy, batch)  # type: ignore[arg-type]
+        return sac_update(policy, batch)
