@@ -64,19 +64,40 @@ def test_state_layout_is_the_torch_policys(built):
         assert state["learner_generator"].shape == (40,)
 
 
-def test_exact_resume(built, tmp_path):
-    """train 3 == train 2, save, restore, train 1 (identical weights)."""
-    name, tf2, _, paths = built
-    cls = ALGOS[name][0]
+_RESUME = """
+import sys
+import numpy as np
+from amber.algorithms.algorithm import Algorithm
+algo = Algorithm.from_checkpoint(sys.argv[1])
+algo.train()
+np.savez(sys.argv[2], **algo.get_policy().get_weights())
+algo.stop()
+"""
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "pickle"])
+def test_exact_resume_in_a_new_process(built, tmp_path, fmt):
+    """train 3 == train 2, save, restore in a new process, train 1: identical weights, replay
+    buffer, generators and env included."""
+    import os
+    import subprocess
+    import sys
+
+    name = built[0]
     straight = _config(name, "tf2").build()
-    for _ in range(3):
-        straight.train()
+    straight.train()
+    straight.train()
+    ckpt = straight.save(tmp_path / "ckpt", format=fmt).checkpoint.path  # a save changes nothing
+    straight.train()
     expected = straight.get_policy().get_weights()
     straight.stop()
-    resumed = cls.from_checkpoint(paths["tf2"])
-    resumed.train()
-    got = resumed.get_policy().get_weights()
-    resumed.stop()
+    out = tmp_path / "w.npz"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _RESUME, str(ckpt), str(out)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(np.load(out))
+    assert list(got) == list(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
