@@ -7,7 +7,7 @@ imports torch when it is built.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -239,3 +239,19 @@ class Policy:
                         for pid, p in ckpt.policies.items()}
         raise CheckpointError(f"{ckpt.path} holds a {ckpt.type} checkpoint, not a policy or algorithm",
                               path=checkpoint)
+
+
+def optimizer_entries(names: Sequence[str], tree_of: Callable[[str], Any]) -> dict[str, Any]:
+    """The optimizer part of a policy's state: ``optimizer`` for one optimizer, else
+    ``optimizers`` by name (each tree from ``tree_of(name)``), in every framework's layout."""
+    if len(names) == 1:
+        return {"optimizer": tree_of(names[0])}
+    return {"optimizers": {name: tree_of(name) for name in names}}
+
+
+def saved_optimizers(state: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The optimizer trees a policy state holds (see :func:`optimizer_entries`), by name: only
+    those of ``names`` that it has."""
+    saved = {names[0]: state.get("optimizer")} if len(names) == 1 else dict(state.get("optimizers") or {})
+    return {name: tree for name, tree in saved.items() if tree is not None and name in names}
+

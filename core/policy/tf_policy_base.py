@@ -31,7 +31,7 @@ import numpy as np
 
 from amber.models.build_budget import adopting, restoring
 from amber.models.keras_mlp import tf_runtime
-from amber.policy.policy import Policy
+from amber.policy.policy import Policy, optimizer_entries, saved_optimizers
 from amber.policy.spaces import space_to_state
 
 __all__ = ["TFPolicyBase", "generator_from_bytes", "generator_to_bytes"]
@@ -301,10 +301,7 @@ class TFPolicyBase(Policy):
     def get_state(self) -> dict[str, Any]:
         """The whole state (see the module docstring): torch's layout, plus ``framework``."""
         state: dict[str, Any] = {"policy_spec": self.policy_spec_state(), "weights": self.get_weights()}
-        if len(self.OPTIMIZERS) == 1:
-            state["optimizer"] = self._optimizer_tree(self.OPTIMIZERS[0])
-        else:
-            state["optimizers"] = {name: self._optimizer_tree(name) for name in self.OPTIMIZERS}
+        state.update(optimizer_entries(self.OPTIMIZERS, self._optimizer_tree))
         for name in self.GENERATORS:
             state[name] = generator_to_bytes(getattr(self, name))
         state["global_timestep"] = int(self.global_timestep)
@@ -318,13 +315,8 @@ class TFPolicyBase(Policy):
         with a warning). The weights are checked before anything changes."""
         if "weights" in state:
             self.set_weights(state["weights"])
-        if len(self.OPTIMIZERS) == 1:
-            saved = {self.OPTIMIZERS[0]: state.get("optimizer")}
-        else:
-            saved = dict(state.get("optimizers") or {})
-        for name, tree in saved.items():
-            if tree is not None and name in self.OPTIMIZERS:
-                self._restore_optimizer(name, tree)
+        for name, tree in saved_optimizers(state, self.OPTIMIZERS).items():
+            self._restore_optimizer(name, tree)
         for name in self.GENERATORS:
             if state.get(name) is None:
                 continue

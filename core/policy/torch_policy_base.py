@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from amber.policy.policy import Policy
+from amber.policy.policy import Policy, optimizer_entries, saved_optimizers
 from amber.policy.spaces import space_to_state
 from amber.policy.torch_utils import (
     adopting,
@@ -234,10 +234,7 @@ class TorchPolicyBase(Policy):
     def get_state(self) -> dict[str, Any]:
         """The whole state: spec, weights, optimizer(s), generators, counters (see the module docstring)."""
         state: dict[str, Any] = {"policy_spec": self.policy_spec_state(), "weights": self.get_weights()}
-        if len(self.OPTIMIZERS) == 1:
-            state["optimizer"] = self._optimizer_tree(self.OPTIMIZERS[0])
-        else:
-            state["optimizers"] = {name: self._optimizer_tree(name) for name in self.OPTIMIZERS}
+        state.update(optimizer_entries(self.OPTIMIZERS, self._optimizer_tree))
         for name in self.GENERATORS:
             state[name] = getattr(self, name).get_state().numpy().copy()
         state["global_timestep"] = int(self.global_timestep)
@@ -251,13 +248,8 @@ class TorchPolicyBase(Policy):
         """
         if "weights" in state:
             self.set_weights(state["weights"])
-        if len(self.OPTIMIZERS) == 1:
-            saved = {self.OPTIMIZERS[0]: state.get("optimizer")}
-        else:
-            saved = dict(state.get("optimizers") or {})
-        for name, tree in saved.items():
-            if tree is not None and name in self.OPTIMIZERS:
-                self._restore_optimizer(name, tree)
+        for name, tree in saved_optimizers(state, self.OPTIMIZERS).items():
+            self._restore_optimizer(name, tree)
         for name in self.GENERATORS:
             if state.get(name) is not None:
                 raw = np.ascontiguousarray(np.asarray(state[name], dtype=np.uint8))
