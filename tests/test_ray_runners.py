@@ -234,3 +234,26 @@ def test_dqn_with_two_runners_counts_the_timesteps_its_epsilon_follows():
         assert results[0]["num_updates_lifetime"] > 0
     finally:
         algo.stop()
+
+
+def test_tf2_policies_on_remote_runners_draw_their_own_actions():
+    """tf2 policies (numpy action generators) on 2 runners: each runner's generator is seeded from
+    the runner's index (not the same stream twice), and a runner state restores exactly."""
+    pytest.importorskip("tensorflow")
+    algo = cartpole(seed=4).framework("tf2").build()
+    try:
+        algo.train()
+        runners = algo.env_runner.get_state()["remote_runners"]
+        first, second = (r["generators"]["default_policy"]["generator"] for r in runners)
+        assert first.shape == second.shape == (40,) and not np.array_equal(first, second)
+        saved = algo.env_runner.get_state()
+        algo.train()  # the generators move on
+        assert not np.array_equal(algo.env_runner.get_state()["remote_runners"][0]["generators"]["default_policy"]
+                                  ["generator"], first)
+        algo.env_runner.set_state(saved)
+        back = algo.env_runner.get_state()["remote_runners"]
+        for before, after in zip(saved["remote_runners"], back, strict=True):
+            assert np.array_equal(before["generators"]["default_policy"]["generator"],
+                                  after["generators"]["default_policy"]["generator"])
+    finally:
+        algo.stop()

@@ -27,8 +27,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from amber.envs.runner_generators import generator_state, policy_generators, reseed, set_generator_state
 from amber.errors import InvalidStateError
 
 if TYPE_CHECKING:
@@ -154,22 +153,6 @@ def _policy_spec(policy: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     return type(policy), policy.observation_space, policy.action_space, dict(policy.config)
 
 
-def _generators(policy: Any) -> dict[str, Any]:
-    """The policy's torch action generators by name (other frameworks' are left alone)."""
-    gens = {name: getattr(policy, name, None) for name in getattr(policy, "GENERATORS", ())}
-    return {name: g for name, g in gens.items() if hasattr(g, "manual_seed") and hasattr(g, "get_state")}
-
-
-def _reseed(policy: Any, index: int) -> None:
-    """Seed a runner's copy of a policy from the policy's seed and the runner index."""
-    seed = policy.config.get("seed")
-    if seed is None:
-        return
-    for k, (_, gen) in enumerate(sorted(_generators(policy).items())):
-        state = np.random.SeedSequence([int(seed) % 2**63, index, k]).generate_state(1, np.uint64)[0]
-        gen.manual_seed(int(state))
-
-
 class RunnerWorker:
     """The body of one remote env runner (made a Ray actor by :class:`RemoteEnvRunners`)."""
 
@@ -194,7 +177,7 @@ class RunnerWorker:
         for pid, (cls, obs_space, act_space, cfg) in specs.items():
             if pid not in self.policies:
                 self.policies[pid] = policy = cls(obs_space, act_space, cfg)
-                _reseed(policy, self.index)
+                reseed(policy, self.index)
 
     def ping(self) -> int:
         """This runner's index (the actor is up)."""
@@ -221,7 +204,7 @@ class RunnerWorker:
 
     def get_state(self) -> dict[str, Any]:
         """The env runner's state (envs, running episodes) and the policies' action generators."""
-        gens = {pid: {name: g.get_state().numpy().copy() for name, g in _generators(p).items()}
+        gens = {pid: {name: generator_state(g) for name, g in policy_generators(p).items()}
                 for pid, p in self.policies.items()}
         return {"env_runner": self.runner.get_state(), "generators": gens}
 
@@ -233,13 +216,10 @@ class RunnerWorker:
         self.runner.set_state(state["env_runner"])
         for pid, saved in gens.items():
             policy = self.policies.get(pid)
-            own = _generators(policy) if policy is not None else {}
+            own = policy_generators(policy) if policy is not None else {}
             for name, raw in saved.items():
                 if name in own:
-                    import torch
-
-                    arr = np.ascontiguousarray(np.asarray(raw, dtype=np.uint8)).copy()
-                    own[name].set_state(torch.from_numpy(arr))
+                    set_generator_state(own[name], raw, f"env runner {self.index}, policy {pid}, {name}")
 
     def stop(self) -> None:
         """Close the env copies."""
