@@ -255,3 +255,17 @@ def saved_optimizers(state: Mapping[str, Any], names: Sequence[str]) -> dict[str
     saved = {names[0]: state.get("optimizer")} if len(names) == 1 else dict(state.get("optimizers") or {})
     return {name: tree for name, tree in saved.items() if tree is not None and name in names}
 
+
+def init_action_facts(policy: Any, observation_space: Any, action_space: Any) -> None:
+    """Set what every framework's policy keeps about its spaces and counters: ``global_timestep``,
+    ``num_grad_updates``, whether observations and actions are Discrete, the Discrete actions'
+    ``start`` (``_action_offset``) and the actions' shape."""
+    import gymnasium as gym
+
+    policy.global_timestep = 0
+    policy.num_grad_updates = 0
+    policy._discrete_obs = isinstance(observation_space, gym.spaces.Discrete)
+    policy._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
+    policy._action_offset = int(action_space.start) if policy._discrete_actions else 0
+    policy._action_shape = tuple(action_space.shape or ())
+

@@ -32,7 +32,7 @@ import numpy as np
 from amber.models.build_budget import adopting, restoring
 from amber.models.keras_mlp import tf_runtime
 from amber.policy.numpy_generators import generator_from_bytes, generator_to_bytes
-from amber.policy.policy import Policy, optimizer_entries, saved_optimizers
+from amber.policy.policy import Policy, init_action_facts, optimizer_entries, saved_optimizers
 from amber.policy.spaces import space_to_state
 
 __all__ = ["TFPolicyBase", "generator_from_bytes", "generator_to_bytes"]
@@ -57,7 +57,6 @@ class TFPolicyBase(Policy):
     SEED_SALT: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
-        import gymnasium as gym
 
         from amber.policy.torch_utils import policy_seeds
 
@@ -77,12 +76,7 @@ class TFPolicyBase(Policy):
         self._optimizers: dict[str, Any] = {}
         self._pending_optimizer_state: dict[str, Any] = {}
         self._exact_lr: dict[str, float] = {}  # each optimizer's restored learning rate (Keras keeps float32)
-        self.global_timestep = 0
-        self.num_grad_updates = 0
-        self._discrete_obs = isinstance(observation_space, gym.spaces.Discrete)
-        self._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
-        self._action_offset = int(action_space.start) if self._discrete_actions else 0
-        self._action_shape = tuple(action_space.shape or ())
+        init_action_facts(self, observation_space, action_space)
         #: Act on single observations in numpy (the weights' copy, refreshed when they change).
         self.fast_inference = True
         self._weights_version = 0

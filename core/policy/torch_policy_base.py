@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from amber.policy.policy import Policy, optimizer_entries, saved_optimizers
+from amber.policy.policy import Policy, init_action_facts, optimizer_entries, saved_optimizers
 from amber.policy.spaces import space_to_state
 from amber.policy.torch_utils import (
     adopting,
@@ -66,7 +66,6 @@ class TorchPolicyBase(Policy):
     generator: torch.Generator
 
     def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
-        import gymnasium as gym
 
         self.observation_space = observation_space
         self.action_space = action_space
@@ -79,13 +78,8 @@ class TorchPolicyBase(Policy):
             setattr(self, name, torch.Generator().manual_seed(seed))
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._pending_optimizer_state: dict[str, Any] = {}  # restored before the optimizer was made
-        #: Timesteps acted on (DQN: with exploration, its epsilon schedule's clock).
-        self.global_timestep = 0
-        self.num_grad_updates = 0
-        self._discrete_obs = isinstance(observation_space, gym.spaces.Discrete)
-        self._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
-        self._action_offset = int(action_space.start) if self._discrete_actions else 0
-        self._action_shape = tuple(action_space.shape or ())
+        #: global_timestep: timesteps acted on (DQN: with exploration, its epsilon schedule's clock).
+        init_action_facts(self, observation_space, action_space)
         #: Act on single observations with the numpy fast path (see :meth:`numpy_net`).
         self.fast_inference = True
         self._np_cache: tuple[tuple[Any, ...], list[torch.Tensor], list[int], Any] | None = None

@@ -14,10 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from amber.algorithms.dqn.dqn_torch_policy import DEFAULT_EPSILON, epsilon_at, validate_epsilon_schedule
+from amber.algorithms.dqn.dqn_torch_policy import (
+    DEFAULT_EPSILON,
+    epsilon_at,
+    epsilon_greedy,
+    q_actions_result,
+    validate_epsilon_schedule,
+)
 from amber.models.keras_mlp import DEFAULT_MODEL_CONFIG, KerasTower, activation_of, build_tower, obs_input_dim
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
-from amber.policy import sample_batch as sb
 from amber.policy.tf_policy_base import TFPolicyBase
 
 __all__ = ["DQNKerasModel", "DQNTFPolicy"]
@@ -158,14 +163,8 @@ class DQNTFPolicy(TFPolicyBase):
         q = self.compute_q_values(obs_batch)
         actions = q.argmax(axis=-1).astype(np.int64)
         if explore is None or explore:
-            u = self.generator.random((len(actions), 2))
-            n = int(self.action_space.n)
-            random_actions = np.minimum((u[:, 1] * n).astype(np.int64), n - 1)
-            actions = np.where(u[:, 0] < self.cur_epsilon, random_actions, actions)
-            self.global_timestep += len(actions)
-        if self._action_offset:
-            actions = actions + self._action_offset
-        return actions, [], {"q_values": q, sb.ACTION_DIST_INPUTS: q}
+            actions = epsilon_greedy(self, actions, self.generator.random((len(actions), 2)))
+        return q_actions_result(self, actions, q)
 
     def compute_values(self, obs_batch: Any) -> np.ndarray:
         """DQN policies have no separate value function.

@@ -54,6 +54,26 @@ def validate_epsilon_schedule(schedule: Any) -> list[tuple[float, float]]:
     return points
 
 
+def epsilon_greedy(policy: Any, greedy: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Epsilon-greedy actions from the greedy ones and two uniform draws per observation (one
+    deciding whether to act at random with the policy's current epsilon, one picking the random
+    action); advances the policy's ``global_timestep`` (the epsilon schedule's clock)."""
+    n = int(policy.action_space.n)
+    random_actions = np.minimum((uniforms[:, 1] * n).astype(np.int64), n - 1)
+    actions = np.where(uniforms[:, 0] < policy.cur_epsilon, random_actions, greedy)
+    policy.global_timestep += len(actions)
+    return actions
+
+
+def q_actions_result(policy: Any, actions: np.ndarray,
+                     q: np.ndarray) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+    """``compute_actions``' result: the actions in the action space's numbering (its ``start``
+    added), no RNN state, and the Q-values as ``q_values`` and ``action_dist_inputs``."""
+    if policy._action_offset:
+        actions = actions + policy._action_offset
+    return actions, [], {"q_values": q, sb.ACTION_DIST_INPUTS: q}
+
+
 def epsilon_at(schedule: Sequence[tuple[float, float]], timestep: int) -> float:
     """Epsilon at ``timestep``, linear between points (the first value before them, the last after)."""
     t0, e0 = schedule[0]
@@ -207,15 +227,9 @@ class DQNTorchPolicy(TorchPolicyBase):
         q = self.compute_q_values(obs_batch)
         actions = q.argmax(axis=-1).astype(np.int64)
         if explore is None or explore:
-            eps = self.cur_epsilon
             u = torch.rand((len(actions), 2), generator=self.generator, dtype=torch.float64).numpy()
-            n = int(self.action_space.n)
-            random_actions = np.minimum((u[:, 1] * n).astype(np.int64), n - 1)
-            actions = np.where(u[:, 0] < eps, random_actions, actions)
-            self.global_timestep += len(actions)
-        if self._action_offset:
-            actions = actions + self._action_offset
-        return actions, [], {"q_values": q, sb.ACTION_DIST_INPUTS: q}
+            actions = epsilon_greedy(self, actions, u)
+        return q_actions_result(self, actions, q)
 
     def compute_values(self, obs_batch: Any) -> np.ndarray:
         """DQN policies have no separate value function.
