@@ -199,7 +199,7 @@ class CheckpointManager:
                 continue
             url = str(join(self.root, name))
             try:
-                with reading(url, self.storage_options, policy_ids=()) as local:
+                with reading(url, self.storage_options, policy_ids=(), manifests_only=True) as local:
                     from amber.layout import read_manifest
 
                     meta = read_manifest(local).raw.get("metadata", {})
