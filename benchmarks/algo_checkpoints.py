@@ -21,7 +21,11 @@ a. *A big PPO* (issue "algorithm checkpoints"): PPO on CartPole-v1 with
    blocks the caller (the snapshot: ``get_state()`` and the copies it
    needs), against the synchronous save, and the time until its
    ``result()``; its state files are checked byte for byte against the
-   synchronous save's.
+   synchronous save's. The weights and optimizer moments are copied in the
+   save's writer thread, and an update of them waits for that copy; so, for
+   scale, the worst case too: ``save(block=False)`` followed at once by what
+   an update does first, ``wait_for_snapshot()`` (training does not update
+   the moment a save returns: PPO samples first).
 b. *Subset restore*: a multi-agent PPO on MultiAgentCartPole (2 agents) with
    ``--policies`` policies p0..p{N-1} (model [64, 64], agent i → f"p{i}"),
    untrained, saved once; ``Algorithm.from_checkpoint(path)`` (all N) against
@@ -221,7 +225,7 @@ def part_a(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
 
     keys = ["raw_write", "raw_read_warm", "get_state", "build_fresh"]
     for fmt in args.formats:
-        keys += [f"{fmt}_save", f"{fmt}_save_async_block", f"{fmt}_save_async_total",
+        keys += [f"{fmt}_save", f"{fmt}_save_async_block", f"{fmt}_save_async_total", f"{fmt}_save_async_update",
                  f"{fmt}_read_checkpoint", f"{fmt}_algo_from_checkpoint", f"{fmt}_policy_from_checkpoint"]
     times: dict[str, list[float]] = {k: [] for k in keys}
     memory: dict[str, list[int | None]] = {}  # extra peak bytes of each timed save and restore
@@ -293,6 +297,8 @@ def time_async_save(algo: Any, fmt: str, sync_path: Path, rec: dict[str, list[fl
                     check: bool) -> None:
     """``algo.save(block=False)``: the time it blocks the caller, and until its ``result()``; with
     ``check``, its state files must be those of the synchronous save at ``sync_path``."""
+    from amber.async_save import wait_for_snapshot
+
     path = sync_path.with_name(sync_path.name + "-async")
     try:
         t, handle = timer(algo.save, path, format=fmt, block=False)
@@ -300,6 +306,16 @@ def time_async_save(algo: Any, fmt: str, sync_path: Path, rec: dict[str, list[fl
         handle.result()
         rec[f"{fmt}_save_async_block"].append(t)
         rec[f"{fmt}_save_async_total"].append(t + time.perf_counter() - t0)
+        shutil.rmtree(path)
+
+        def save_then_update() -> Any:
+            handle = algo.save(path, format=fmt, block=False)
+            wait_for_snapshot()
+            return handle
+
+        t, handle = timer(save_then_update)
+        handle.result()
+        rec[f"{fmt}_save_async_update"].append(t)
         if check:
             for rel in (p.relative_to(sync_path) for p in sync_path.rglob("*") if p.is_file()):
                 same = (sync_path / rel).read_bytes() == (path / rel).read_bytes()
@@ -667,6 +683,8 @@ def report(res: dict[str, Any], args: argparse.Namespace, rows: list[dict[str, A
                  f"{fmt}_save", "algo.save (durable)")
             line("algo.save(block=False): until result()", fmt, f"{fmt}_save_async_total", f"{fmt}_save",
                  "algo.save (durable)")
+            line("algo.save(block=False) and an update at once (waits for the copy)", fmt,
+                 f"{fmt}_save_async_update", f"{fmt}_save", "algo.save (durable)")
             line("read_checkpoint (verified read + decode)", fmt, f"{fmt}_read_checkpoint", "raw_read_warm",
                  "raw read (warm)")
             line("Algorithm.from_checkpoint", fmt, f"{fmt}_algo_from_checkpoint", "raw_read_warm",

@@ -3,8 +3,11 @@
 ``amber.save(..., block=False)`` and ``algo.save(..., block=False)`` go
 through :func:`save_in_background`. In the caller's thread it waits for the
 save in flight, if any, and has the saver take its snapshot: a copy of the
-state that nothing done afterwards can change (:func:`snapshot`). A
-background thread then runs the usual write path
+state that nothing done afterwards can change (:func:`amber.snapshots.snapshot`).
+The weights and optimizer moments of an algorithm's policies, most of its
+bytes, are copied first thing in the background thread instead; until they
+are, amber's in-place updates of them wait (:func:`wait_for_snapshot`, see
+:mod:`amber.snapshots`). The background thread then runs the usual write path
 (:func:`amber.checkpoint_write.write_checkpoint`: encoding, digests, fsync,
 atomic commit), so the checkpoint is the one a synchronous save would have
 written at that moment. The caller gets a :class:`SaveHandle`.
@@ -29,7 +32,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import concurrent.futures.thread  # its exit hook is registered before ours, so runs after ours
-import copy
 import os
 import queue
 import sys
@@ -39,11 +41,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import numpy as np
+from amber.snapshots import _BUFFERS, deferring, forget_pending, hold, snapshot, wait_for_snapshot
 
-from amber.errors import UnserializableStateError
-
-__all__ = ["SaveHandle", "save_in_background", "snapshot", "wait_for_saves"]
+__all__ = ["SaveHandle", "save_in_background", "snapshot", "wait_for_saves", "wait_for_snapshot"]
 
 T = TypeVar("T")
 
@@ -146,6 +146,7 @@ class _Writer:
 
     def reset(self) -> None:
         """Forget the save in flight (in a forked child, whose copy of the writing thread does not run)."""
+        forget_pending()
         self.lock = threading.Lock()
         self.last = None
         self.jobs = queue.SimpleQueue()
@@ -193,12 +194,14 @@ def save_in_background(capture: Callable[[], Callable[[], T]], path: str | os.Pa
         _WRITER.settle()
         taken = _BUFFERS.collect()
         try:
-            write = capture()
+            with deferring(path) as later:
+                write = capture()
         finally:
             _BUFFERS.local.taken = None
 
         def job() -> T:
             try:
+                later.run()  # first: until it is done, in-place changes of the state wait
                 return write()
             finally:  # written: the snapshot's arrays are free for the next one
                 _BUFFERS.give_back(taken)
@@ -206,6 +209,7 @@ def save_in_background(capture: Callable[[], Callable[[], T]], path: str | os.Pa
         handle: SaveHandle[T] = SaveHandle(_where(path))
         handle.set_running_or_notify_cancel()  # running from now on: it cannot be cancelled
         _WRITER.start(handle, job)
+        hold(later)
     return handle
 
 
@@ -264,135 +268,8 @@ def _at_exit() -> None:
     traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
 
 
-# -- snapshots ---------------------------------------------------------------------------
-
-
 def _where(path: str | os.PathLike[str]) -> Any:
     """A save's path for its handle: a URL as it is (``Path`` would fold its ``//``)."""
     from amber.storage import is_remote
 
     return os.fspath(path) if is_remote(path) else Path(path)
-
-
-def snapshot(tree: Any, *, fresh_arrays: bool = False, where: str | os.PathLike[str] | None = None) -> Any:
-    """An independent copy of a state tree: what a background save writes, whatever is done
-    to the live objects afterwards.
-
-    The tree is deep-copied (:func:`copy.deepcopy`): containers and objects
-    are copied, objects shared within the tree stay shared, classes and
-    functions are kept as they are. Each numpy array is copied once, keeping
-    its memory order, so that every format writes the copy byte for byte as
-    it would have written the original (a non-contiguous view becomes a
-    contiguous copy: the same values).
-
-    :param tree: the state tree (or any object the format writes).
-    :param fresh_arrays: the tree was built for this save, its arrays that own
-        their memory being copies made for it, as :meth:`Policy.get_state`
-        returns them: those are kept, not copied a second time. An array over
-        another's memory (a view, e.g. of a live tensor) is still copied.
-    :param where: the checkpoint's path, for messages.
-    :raises UnserializableStateError: something in the tree cannot be copied.
-    """
-    memo: dict[int, Any] = {}
-    arrays = _arrays(tree)
-    if fresh_arrays:
-        for array in arrays:
-            if array.base is None and array.flags.owndata:
-                memo[id(array)] = array  # deepcopy returns what the memo holds: the array itself
-    _copy_arrays([a for a in arrays if id(a) not in memo], memo)
-    try:
-        return copy.deepcopy(tree, memo)
-    except Exception as e:  # an object deepcopy cannot copy (a lock, an open file...)
-        raise UnserializableStateError(
-            f"cannot snapshot the state for a background save to {where}: {type(e).__name__}: {e}; "
-            "save with block=True", path=where) from e
-
-
-class _Buffers:
-    """The arrays of the last written snapshot, reused by the next one: copying into memory
-    already touched is about twice as fast as into fresh pages. Holds one snapshot's worth at
-    most; what a snapshot takes is handed back once its save has been written."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.free: dict[tuple[Any, ...], list[np.ndarray]] = {}
-        self.local = threading.local()
-
-    @staticmethod
-    def key(array: np.ndarray) -> tuple[Any, ...]:
-        return array.shape, array.dtype.str, array.flags.f_contiguous and not array.flags.c_contiguous
-
-    def take(self, like: np.ndarray) -> np.ndarray:
-        with self.lock:
-            found = self.free.get(self.key(like))
-            out = found.pop() if found else np.empty_like(like)
-        taken = getattr(self.local, "taken", None)
-        if taken is not None:
-            taken.append(out)
-        return out
-
-    def collect(self) -> list[np.ndarray]:
-        """Start recording what this thread's snapshots take; the list is handed to :meth:`give_back`."""
-        self.local.taken = []
-        return self.local.taken
-
-    def give_back(self, arrays: list[np.ndarray]) -> None:
-        """A written snapshot's arrays, free for the next one (older ones are dropped)."""
-        free: dict[tuple[Any, ...], list[np.ndarray]] = {}
-        for a in arrays:
-            free.setdefault(self.key(a), []).append(a)
-        with self.lock:
-            self.free = free
-
-
-_BUFFERS = _Buffers()
-#: Below this many bytes a snapshot copies in the caller's thread alone.
-_PARALLEL_BYTES = 16 << 20
-_COPIER: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _copy_arrays(arrays: list[np.ndarray], memo: dict[int, Any]) -> None:
-    """Copy each array once (same shape, dtype and memory order) into ``memo`` by id; large
-    snapshots are copied by two threads (numpy frees the GIL while it copies)."""
-    global _COPIER
-    pairs, seen = [], set()
-    for a in arrays:
-        if id(a) not in seen and not a.dtype.hasobject:
-            seen.add(id(a))
-            out = _BUFFERS.take(a)
-            memo[id(a)] = out
-            pairs.append((out, a))
-    if sum(a.nbytes for _, a in pairs) < _PARALLEL_BYTES:
-        for out, a in pairs:
-            np.copyto(out, a)
-        return
-    mine: list[tuple[np.ndarray, np.ndarray]] = []
-    theirs: list[tuple[np.ndarray, np.ndarray]] = []
-    loads = [0, 0]
-    for pair in sorted(pairs, key=lambda p: -p[1].nbytes):  # each to the lighter side
-        side = 0 if loads[0] <= loads[1] else 1
-        (mine, theirs)[side].append(pair)
-        loads[side] += pair[1].nbytes
-    if _COPIER is None:
-        _COPIER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amber-snapshot")
-    other = _COPIER.submit(lambda: [np.copyto(out, a) for out, a in theirs])
-    try:
-        for out, a in mine:
-            np.copyto(out, a)
-    finally:
-        other.result()
-
-
-def _arrays(tree: Any) -> list[np.ndarray]:
-    """Every numpy array in ``tree``'s dicts, lists and tuples."""
-    found: list[np.ndarray] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            stack.extend(node.values())
-        elif type(node) in (list, tuple):
-            stack.extend(node)
-        elif type(node) is np.ndarray and not node.dtype.hasobject:
-            found.append(node)
-    return found

@@ -26,6 +26,7 @@ __all__ = [
     "NotACheckpointError",
     "PluginLoadError",
     "SigningKeyError",
+    "StateChangedError",
     "StorageError",
     "UnknownExporterError",
     "UnknownFormatError",
@@ -106,6 +107,12 @@ class InvalidIdError(CheckpointError, ValueError):
 
 class CheckpointWriteError(CheckpointError, OSError):
     """Writing a checkpoint failed (disk full, read-only directory...); nothing was left behind."""
+
+
+class StateChangedError(CheckpointWriteError):
+    """A background save's state was changed in place before the save had copied it (code that
+    writes weights itself must call :func:`amber.async_save.wait_for_snapshot` first); nothing
+    was written."""
 
 
 class PluginLoadError(CheckpointError):

@@ -192,14 +192,15 @@ class CheckpointMixin:
 
     def _snapshot(self, path: Path) -> dict[str, Any]:
         """:meth:`get_state`, independent of the live algorithm: taken as views of the live
-        arrays (:func:`~amber.policy.torch_utils.state_views`), each copied once here (a policy
-        that ignores ``state_views`` hands out copies, which are copied again)."""
-        from amber.async_save import snapshot
+        arrays (:func:`~amber.policy.torch_utils.state_views`), each copied once (a policy that
+        ignores ``state_views`` hands out copies, which are copied again). In a background save,
+        the views of weights and optimizer moments are copied by its writer (:mod:`amber.snapshots`)."""
         from amber.policy.torch_utils import state_views
+        from amber.snapshots import recording_live_views, snapshot
 
-        with state_views():
+        with state_views(), recording_live_views() as live:
             state = self.get_state()
-        return snapshot(state, where=path)
+        return snapshot(state, where=path, live=live)
 
     def _retention(self) -> CheckpointManager | None:
         """The manager of default checkpoints when retention is configured, else None."""

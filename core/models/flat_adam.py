@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from amber.snapshots import wait_for_snapshot
+
 __all__ = ["FlatAdam", "flat_adam"]
 
 _ALIGN = 16  # floats: 64 bytes
@@ -157,6 +159,7 @@ class FlatAdam:
         """Count one step; return the coefficients :meth:`apply` needs for it."""
         group = self.optimizer.param_groups[0]
         lr, (beta1, beta2), eps = float(group["lr"]), group["betas"], float(group["eps"])
+        wait_for_snapshot()  # the step count, parameters and moments change from here on
         self.step_tensor.add_(1.0)
         t = float(self.step_tensor)
         return -lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t), float(beta1), float(beta2), eps, lr
@@ -187,6 +190,7 @@ class FlatAdam:
         :param gather: first collect gradients autograd left outside the flat buffer (False:
             the caller wrote them into it, e.g. through :meth:`grad_view`).
         """
+        wait_for_snapshot()  # (returns at once: begin_step waited)
         if gather:
             self._gather_grads(span)
         step_size, bias2_sqrt, beta1, beta2, eps, lr = coefficients

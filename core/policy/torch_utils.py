@@ -17,6 +17,7 @@ from amber.models.build_budget import adopting, adopting_state
 from amber.models.torch_mlp import weights_will_be_loaded
 from amber.names import is_nameable, name_of
 from amber.policy.spaces import space_from_state
+from amber.snapshots import live_view, wait_for_snapshot
 
 __all__ = [
     "SMALL_BATCH",
@@ -95,9 +96,29 @@ def state_views() -> Iterator[None]:
 
 
 def _array_of(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor as numpy: a view inside :func:`state_views` (for a CPU tensor), else a copy."""
+    """A tensor as numpy: a view inside :func:`state_views` (for a CPU tensor), else a copy.
+
+    A view is noted as live memory (:func:`amber.snapshots.live_view`, with the tensor's version
+    counter), so that a background save may copy it after its caller has gone on.
+    """
     arr = tensor.detach().cpu().numpy()
-    return arr if _VIEWS.get() and tensor.device.type == "cpu" else arr.copy()
+    if not (_VIEWS.get() and tensor.device.type == "cpu"):
+        return arr.copy()
+    _wait_before_optimizer_steps()
+    live_view(arr, lambda: tensor._version)
+    return arr
+
+
+_STEP_HOOK: list[Any] = []
+
+
+def _wait_before_optimizer_steps() -> None:
+    """Have every torch optimizer's ``step()`` (amber's and the user's) wait for a background
+    save's copy first (:func:`amber.snapshots.wait_for_snapshot`); installed once."""
+    if not _STEP_HOOK:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _STEP_HOOK.append(register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: wait_for_snapshot()))
 
 
 def weights_of(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -127,6 +148,7 @@ def checked_weights(module: torch.nn.Module, weights: Mapping[str, Any],
 def copy_weights(pairs: list[tuple[torch.Tensor, np.ndarray]]) -> None:
     """Copy :func:`checked_weights`'s values into their tensors, in place (one copy each: a CPU
     tensor's memory is written by numpy directly, a read-only array is never copied first)."""
+    wait_for_snapshot()  # a background save may not have copied the old values yet
     with torch.no_grad():
         for tensor, value in pairs:
             if tensor.device.type == "cpu" and tensor.is_contiguous():

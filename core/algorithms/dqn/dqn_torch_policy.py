@@ -28,6 +28,7 @@ from amber.models.torch_mlp import (
 from amber.policy import sample_batch as sb
 from amber.policy.torch_policy_base import TorchPolicyBase
 from amber.policy.torch_utils import action_info, checked_weights, copy_weights, threads_for_batch, weights_of
+from amber.snapshots import wait_for_snapshot
 
 __all__ = ["DQNTorchModel", "DQNTorchPolicy", "epsilon_at", "validate_epsilon_schedule"]
 
@@ -291,6 +292,7 @@ class DQNTorchPolicy(TorchPolicyBase):
 
     def update_target(self) -> None:
         """Copy the Q network's weights into the target network."""
+        wait_for_snapshot()
         with torch.no_grad():
             for target, source in zip(self.target_model.parameters(), self.model.parameters(), strict=True):
                 target.copy_(source)

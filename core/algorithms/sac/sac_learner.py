@@ -29,6 +29,7 @@ from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, squa
 from amber.models.torch_mlp import linear_layers, train_forward
 from amber.policy import sample_batch as sb
 from amber.policy.torch_utils import intra_op_threads
+from amber.snapshots import wait_for_snapshot
 
 if TYPE_CHECKING:
     from amber.algorithms.sac.sac_torch_policy import SACTorchPolicy
@@ -74,6 +75,7 @@ def polyak_update(targets: list[nn.Module], sources: list[nn.Module], tau: float
     """``target = (1 - tau) * target + tau * source`` for every parameter, in place."""
     t: list[torch.Tensor] = [p for m in targets for p in m.parameters()]
     s: list[torch.Tensor] = [p for m in sources for p in m.parameters()]
+    wait_for_snapshot()
     with torch.no_grad():
         torch._foreach_lerp_(t, s, float(tau))
 
@@ -161,6 +163,7 @@ def _apply_gradients(parts: _Parts, loss: torch.Tensor, optimizers: list[torch.o
     if grad_clip is not None:
         for params in (parts.critic_params, parts.actor_params):
             torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
+    wait_for_snapshot()  # (the optimizers' steps wait too: a hook)
     for opt in optimizers:
         opt.step()
     with torch.no_grad():
