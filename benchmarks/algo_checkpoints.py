@@ -225,7 +225,8 @@ def part_a(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
 
     keys = ["raw_write", "raw_read_warm", "get_state", "build_fresh"]
     for fmt in args.formats:
-        keys += [f"{fmt}_save", f"{fmt}_save_async_block", f"{fmt}_save_async_total", f"{fmt}_save_async_update",
+        keys += [f"{fmt}_save", f"{fmt}_save_async_block", f"{fmt}_save_async_total",
+                 f"{fmt}_save_async_update",
                  f"{fmt}_read_checkpoint", f"{fmt}_algo_from_checkpoint", f"{fmt}_policy_from_checkpoint"]
     times: dict[str, list[float]] = {k: [] for k in keys}
     memory: dict[str, list[int | None]] = {}  # extra peak bytes of each timed save and restore

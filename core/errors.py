@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import warnings
 from collections.abc import Iterable, Iterator
 
 __all__ = [
+    "warn",
     "CheckpointError",
     "CheckpointWriteError",
     "CorruptCheckpointError",
@@ -212,3 +215,16 @@ class UnknownPolicyError(CheckpointError, _KeyErrorMixin):
             f"{', '.join(self.present) or '(none)'}",
             path=path,
         )
+
+
+#: Modules whose frames a warning skips to reach the caller's code: amber's own, and what calls it.
+_INNER = ("amber", "pluggy", "contextlib", "functools", "threading", "concurrent")
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Issue ``message`` as a warning attributed to the first frame of the caller's code, outside
+    amber (and the hook and context-manager machinery between them), whatever the depth of the call."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INNER:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)

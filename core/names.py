@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import importlib
 import types
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import DuplicateNameError, UnregisteredNameError
+from amber.errors import DuplicateNameError, UnregisteredNameError, warn
 
 if TYPE_CHECKING:
     import os
@@ -316,7 +315,6 @@ def to_names(
     left_out: list[str] = []
     named = walk_replace(tree, leaf)
     if left_out:
-        warnings.warn(
-            f"{where}: {', '.join(left_out)} has no registered name, so format {format!r} cannot store it: "
-            "loading will ask for it again (amber.register_class stores it by name)", stacklevel=3)
+        warn(f"{where}: {', '.join(left_out)} has no registered name, so format {format!r} cannot store it: "
+             "loading will ask for it again (amber.register_class stores it by name)")
     return named

@@ -35,7 +35,6 @@ import os
 import secrets
 import stat
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 
 from amber.atomic import describe, fsync_dir
 from amber.digest import is_cryptographic, parse_digest
-from amber.errors import CheckpointError, SigningKeyError
+from amber.errors import CheckpointError, SigningKeyError, warn
 from amber.layout import MANIFEST, SELF_DIGEST, Manifest, read_manifest
 
 __all__ = [
@@ -182,8 +181,8 @@ def key_for_saving() -> SigningKey | None:
     try:
         return load_key(create=True)
     except SigningKeyError as e:
-        warnings.warn(f"{e.message}; the checkpoint is saved unsigned, so loading it will need "
-                      "allow_pickle=True or `amber trust`", stacklevel=4)
+        warn(f"{e.message}; the checkpoint is saved unsigned, so loading it will need "
+             "allow_pickle=True or `amber trust`")
         return None
 
 

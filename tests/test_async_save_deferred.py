@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import amber.snapshots as snapshots
-from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.dqn import DQNConfig
 from amber.algorithms.ppo import PPOConfig
 from amber.algorithms.sac import SACConfig

@@ -92,13 +92,15 @@ def test_the_callbacks_class_is_stored_by_name_and_restored(tmp_path):
 def test_an_unregistered_callbacks_class_becomes_a_placeholder_and_restores_as_default(tmp_path):
     algo = _config(Unregistered).build()
     try:
-        with pytest.warns(UserWarning, match="no registered name"):
+        with pytest.warns(UserWarning, match="no registered name") as saving:
             algo.save(tmp_path / "ckpt", format="msgpack")
     finally:
         algo.stop()
-    with pytest.warns(UserWarning, match="using DefaultCallbacks"):
+    with pytest.warns(UserWarning, match="using DefaultCallbacks") as loading:
         restored = Algorithm.from_checkpoint(tmp_path / "ckpt")
     restored.stop()
+    # each warning names the line of the user's call, not one inside amber
+    assert {w.filename for w in [*saving, *loading]} == {__file__}
     assert type(restored.callbacks) is DefaultCallbacks
     with warnings.catch_warnings():
         warnings.simplefilter("error")

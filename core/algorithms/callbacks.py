@@ -20,11 +20,11 @@ given ``callbacks=``.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from amber.algorithms.result_log import flat_scalars
+from amber.errors import warn
 
 __all__ = ["DefaultCallbacks", "TensorBoardLogger", "callbacks_from_state", "check_callbacks_class",
            "make_multi_callbacks"]
@@ -110,9 +110,9 @@ def callbacks_from_state(value: Any, given: type[DefaultCallbacks] | None,
     if given is not None:
         return given
     if isinstance(value, Ref) and value.is_placeholder:
-        warnings.warn(f"{path} was saved without its callbacks class ({value.target[1:]!r} has no "
-                      "registered name); using DefaultCallbacks: pass from_checkpoint(path, callbacks=...) "
-                      "or register it with amber.register_class before saving", stacklevel=4)
+        warn(f"{path} was saved without its callbacks class ({value.target[1:]!r} has no "
+             "registered name); using DefaultCallbacks: pass from_checkpoint(path, callbacks=...) "
+             "or register it with amber.register_class before saving")
         return DefaultCallbacks
     return None
 

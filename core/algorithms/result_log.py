@@ -18,11 +18,12 @@ import json
 import math
 import numbers
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from amber.errors import warn
 
 __all__ = ["CHECKPOINT_FIELD", "PROGRESS_CSV", "PROGRESS_FIELDS", "RESULT_JSON", "ResultLogger",
            "flat_scalars"]
@@ -170,7 +171,7 @@ def copy_logs(logdir: str | Path, checkpoint: str, storage_options: Mapping[str,
                 transfer(remote, "uploading the logs to", lambda local=local, name=name:
                          remote.fs.put_file(str(local), remote.key(name)))
     except CheckpointError as e:
-        warnings.warn(f"{checkpoint} was saved, but not the learning curves beside it: {e}", stacklevel=4)
+        warn(f"{checkpoint} was saved, but not the learning curves beside it: {e}")
 
 
 def fetch_logs(url: str, logdir: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:

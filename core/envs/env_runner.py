@@ -11,7 +11,6 @@ episodes, so sampling continues bit-exactly after a restore.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import make_env
 from amber.envs.runner_state import Episode, parse_slot
-from amber.errors import CheckpointError, InvalidStateError
+from amber.errors import CheckpointError, InvalidStateError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
 
@@ -326,9 +325,9 @@ class EnvRunner:
                 self._warned = True
                 env = own[bad[0]]
                 name = type(getattr(env, "unwrapped", env)).__qualname__
-                warnings.warn(f"no plugin captures the state of env {name}: its running episodes are "
-                              "not saved and restart on restore (give the env get_state()/set_state() "
-                              "or implement amber_capture_state)", stacklevel=3)
+                warn(f"no plugin captures the state of env {name}: its running episodes are "
+                     "not saved and restart on restore (give the env get_state()/set_state() "
+                     "or implement amber_capture_state)")
             return components.capture(self, {k: e for k, e in own.items() if k not in bad}, pm=self.pm)
 
     def get_state(self) -> dict[str, Any]:

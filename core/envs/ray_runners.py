@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amber.envs.runner_generators import generator_state, policy_generators, reseed, set_generator_state
-from amber.errors import InvalidStateError
+from amber.errors import InvalidStateError, warn
 
 if TYPE_CHECKING:
     import pluggy
@@ -114,8 +113,8 @@ def saved_env_runners(own: Mapping[str, Any], declared: Any, path: Any) -> int:
         if _ray_installed():
             return declared
         why = f"ray is not installed ({RAY_EXTRA} to rebuild them)"
-    warnings.warn(f"{path}: the checkpoint's config.num_env_runners is {declared!r}; {why}, so it is "
-                  "read as 0 (sampling in this process; the episodes restart)", stacklevel=3)
+    warn(f"{path}: the checkpoint's config.num_env_runners is {declared!r}; {why}, so it is "
+         "read as 0 (sampling in this process; the episodes restart)")
     return 0
 
 
@@ -131,8 +130,8 @@ def runner_state_fits(runner: Any, state: Any) -> bool:
         fits = isinstance(saved, list) and len(saved) == runner.num_runners
     if not fits:
         saved = len(state["remote_runners"]) if _is_remote_state(state) else 0
-        warnings.warn(f"the saved env runner state is of num_env_runners={saved}, this algorithm has "
-                      f"{runner.num_runners if remote else 0}: its episodes restart", stacklevel=3)
+        warn(f"the saved env runner state is of num_env_runners={saved}, this algorithm has "
+             f"{runner.num_runners if remote else 0}: its episodes restart")
     return fits
 
 
@@ -255,9 +254,9 @@ class RemoteEnvRunners:
         cpus = float(getattr(config, "num_cpus_per_env_runner", 1.0))
         self._actor_class = ray.remote(num_cpus=cpus, max_restarts=0)(RunnerWorker)
         if self.num_runners * cpus > ray.cluster_resources().get("CPU", 0):
-            warnings.warn(f"{self.num_runners} env runners of {cpus} CPUs each need more CPUs than this Ray "
-                          f"cluster has ({ray.cluster_resources().get('CPU', 0)}): they wait for more "
-                          "(lower num_cpus_per_env_runner, e.g. 0.5)", stacklevel=3)
+            warn(f"{self.num_runners} env runners of {cpus} CPUs each need more CPUs than this Ray "
+                 f"cluster has ({ray.cluster_resources().get('CPU', 0)}): they wait for more "
+                 "(lower num_cpus_per_env_runner, e.g. 0.5)")
         env = config.env
         creators = {env: _CREATORS[env]} if isinstance(env, str) and env in _CREATORS else {}
         self._args = (env, dict(config.env_config), int(config.num_envs_per_env_runner))

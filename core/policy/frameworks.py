@@ -12,10 +12,10 @@ says so. Importing this module imports neither torch nor tensorflow.
 from __future__ import annotations
 
 import importlib
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from amber.errors import warn
 from amber.state import Ref
 
 __all__ = ["FRAMEWORK_PAIRS", "convert_algorithm_state", "convert_policy_state", "framework_of",
@@ -87,9 +87,9 @@ def convert_policy_state(state: Mapping[str, Any], framework: str, *, policy_id:
     spec["policy_class"] = target
     out["policy_spec"] = spec
     if [out.pop(name) for name in ("generator", "learner_generator") if out.get(name) is not None]:
-        warnings.warn(f"policy {policy_id or '?'}: {framework_of(cls)} → {framework}: the weights and "
-                      "optimizer moments carry over; the action generator is reseeded from the policy's "
-                      "seed (generator states differ between frameworks)", stacklevel=2)
+        warn(f"policy {policy_id or '?'}: {framework_of(cls)} → {framework}: the weights and "
+             "optimizer moments carry over; the action generator is reseeded from the policy's "
+             "seed (generator states differ between frameworks)")
     out.pop("framework", None)
     if framework != "torch":
         out["framework"] = framework

@@ -23,12 +23,12 @@ tensorflow and keras (:func:`amber.models.keras_mlp.tf_runtime`).
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from amber.errors import warn
 from amber.models.build_budget import adopting, restoring
 from amber.models.keras_mlp import tf_runtime
 from amber.policy.numpy_generators import generator_from_bytes, generator_to_bytes
@@ -174,8 +174,8 @@ class TFPolicyBase(Policy):
         saved = {int(k): v for k, v in dict(tree.get("state") or {}).items()}
         values = self._moments(opt, self.optimizer_variables(name), saved) if saved else None
         if saved and values is None:
-            warnings.warn(f"{type(self).__name__}: the saved state of optimizer {name!r} does not fit its "
-                          "parameters (another layout); its moments start again from zero", stacklevel=3)
+            warn(f"{type(self).__name__}: the saved state of optimizer {name!r} does not fit its "
+                 "parameters (another layout); its moments start again from zero")
         for k in range(len(opt._momentums)):
             m, v = values[k] if values is not None else (None, None)
             opt._momentums[k].assign(m if m is not None else np.zeros(opt._momentums[k].shape, np.float32))
@@ -293,9 +293,8 @@ class TFPolicyBase(Policy):
                 continue
             rng = generator_from_bytes(state[name])
             if rng is None:
-                warnings.warn(f"{type(self).__name__}: the saved {name} state is another framework's; "
-                              "this policy keeps its own (its draws differ from the saved run's)",
-                              stacklevel=2)
+                warn(f"{type(self).__name__}: the saved {name} state is another framework's; "
+                     "this policy keeps its own (its draws differ from the saved run's)")
             else:
                 setattr(self, name, rng)
         if "global_timestep" in state:

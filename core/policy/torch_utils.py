@@ -118,7 +118,7 @@ def _wait_before_optimizer_steps() -> None:
     if not _STEP_HOOK:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-        _STEP_HOOK.append(register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: wait_for_snapshot()))
+        _STEP_HOOK.append(register_optimizer_step_pre_hook(lambda opt, args, kwargs: wait_for_snapshot()))
 
 
 def weights_of(module: torch.nn.Module) -> dict[str, np.ndarray]:
