@@ -104,8 +104,9 @@ def _array_of(tensor: torch.Tensor) -> np.ndarray:
     arr = tensor.detach().cpu().numpy()
     if not (_VIEWS.get() and tensor.device.type == "cpu"):
         return arr.copy()
-    _wait_before_optimizer_steps()
-    live_view(arr, lambda: tensor._version)
+    if not tensor.is_inference():  # an inference tensor counts no versions: copied at the save
+        _wait_before_optimizer_steps()
+        live_view(arr, lambda: tensor._version)
     return arr
 
 
