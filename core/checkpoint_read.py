@@ -235,8 +235,9 @@ def _read_native(
     if manifest.type == "Algorithm":
         present = manifest.policy_ids
         wanted = present if policy_ids is None else policy_ids
+        listed = set(present)
         for pid in wanted:
-            if pid not in present:
+            if pid not in listed:
                 raise UnknownPolicyError(pid, present, path=root)
     policy_manifests = {}
     for pid in wanted:

@@ -73,6 +73,7 @@ def restore(
     state: Mapping[str, Any],
     *,
     pm: pluggy.PluginManager | None = None,
+    rollback: bool = True,
 ) -> None:
     """Apply saved states to the owner's components, all or nothing.
 
@@ -82,6 +83,8 @@ def restore(
     error is raised, so the owner is left as it was. Whatever a plugin
     raises, the error is a CheckpointError naming the component.
 
+    :param rollback: False: capture nothing first and put nothing back, for an owner that is
+        discarded when a restore fails (one just built to restore a checkpoint into).
     :raises CheckpointError: ``state`` is not a map, no plugin captures or restores some
         component, a restore failed, or putting the previous states back failed (each named).
     """
@@ -97,14 +100,15 @@ def restore(
         raise CheckpointError(f"listing the components of {type(owner).__name__} failed: "
                               f"{type(e).__name__}: {e}") from e
     before = {key: _guarded(key, "capturing the current state of", _capture_each, {key: c}, pm)[key]
-              for key, c in comps.items()}
+              for key, c in comps.items() if rollback}
     touched: list[str] = []
     for key, component in comps.items():
         touched.append(key)
         try:
             _guarded(key, "restoring", _restore_one, key, component, state[key], pm)
         except CheckpointError as e:
-            _roll_back(comps, before, touched, pm, e)
+            if rollback:
+                _roll_back(comps, before, touched, pm, e)
             raise
 
 

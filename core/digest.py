@@ -24,7 +24,7 @@ import contextvars
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, BinaryIO, Protocol
 
 import blake3
@@ -34,6 +34,7 @@ __all__ = [
     "CRYPTOGRAPHIC",
     "DEFAULT_ALGORITHM",
     "Hasher",
+    "all_well_formed",
     "format_digest",
     "hash_file",
     "is_cryptographic",
@@ -85,6 +86,17 @@ _FACTORIES = {
 }
 _HEX_LENGTHS = {"xxh3_128": 32, "blake3": 64, "sha256": 64, "blake2b": 128}
 _HEX = re.compile("[0-9a-f]+")
+
+
+def _lines_of(algorithms: Collection[str]) -> re.Pattern[str]:
+    """Lines ``<algorithm>:<hex>``, each a digest of ``algorithms`` that :func:`parse_digest` accepts."""
+    one = "|".join(f"{re.escape(a)}:[0-9a-f]{{{_HEX_LENGTHS[a]}}}" for a in sorted(algorithms))
+    return re.compile(f"(?:(?:{one})\n)*")
+
+
+#: Every digest, or every cryptographic one, one per line (what :func:`all_well_formed` matches).
+_WELL_FORMED_LINES = _lines_of(_FACTORIES)
+_CRYPTOGRAPHIC_LINES = _lines_of(CRYPTOGRAPHIC & _FACTORIES.keys())
 #: The algorithm of hashers made without naming one (see :func:`writing_with`).
 _CURRENT = contextvars.ContextVar("amber_digest_algorithm", default=DEFAULT_ALGORITHM)
 
@@ -121,6 +133,23 @@ def is_cryptographic(digest: object) -> bool:
     """Whether a recorded digest is well formed and of an algorithm that resists forgery."""
     parsed = parse_digest(digest)
     return parsed is not None and parsed[0] in CRYPTOGRAPHIC
+
+
+def all_well_formed(digests: Collection[object], *, cryptographic: bool = False) -> bool:
+    """Whether :func:`parse_digest` accepts every one of ``digests`` (and, with ``cryptographic``,
+    :func:`is_cryptographic` too): the answer of checking each, in a few passes over one string.
+
+    A manifest lists a digest per file; this checks a whole manifest's at once.
+    """
+    if not digests:
+        return True
+    if not all(isinstance(d, str) for d in digests):
+        return False
+    joined = "\n".join(digests) + "\n"  # type: ignore[arg-type]
+    if joined.count("\n") != len(digests):  # a digest holding a newline would pass as two lines
+        return False
+    lines = _CRYPTOGRAPHIC_LINES if cryptographic else _WELL_FORMED_LINES
+    return lines.fullmatch(joined) is not None
 
 
 def parse_digest(value: object) -> tuple[str, str] | None:

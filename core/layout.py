@@ -16,10 +16,11 @@ import stat
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from amber.digest import format_digest, new_hasher, parse_digest
+from amber.digest import all_well_formed, format_digest, is_cryptographic, new_hasher, parse_digest
 from amber.errors import InvalidIdError, NotACheckpointError
 from amber.migration import check_not_newer
 from amber.verified_io import (
@@ -117,6 +118,9 @@ class Manifest:
     format: str
     files: dict[str, FileEntry]
     raw: dict[str, Any] = field(repr=False)
+    #: True: every file's digest was found cryptographic when the manifest was read, all at once
+    #: (False: not known; :func:`amber.signing.weak_digest` then looks at each).
+    all_cryptographic: bool = field(default=False, repr=False)
 
     @property
     def directory(self) -> Path:
@@ -135,11 +139,13 @@ class Manifest:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a key came twice: name the first one repeated
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {k!r}")
+            seen.add(k)
     return out
 
 
@@ -244,8 +250,50 @@ def _self_digest(content: Mapping[str, Any]) -> str:
     return format_digest(h)
 
 
-def _validate_files(raw: dict[str, Any], path: Path) -> dict[str, FileEntry]:
-    """The ``files`` of a manifest: safe relative paths with names that show as themselves."""
+#: Substrings of the paths joined and surrounded by newlines (paths without hidden characters, so
+#: without a newline or NUL of their own) that only a path :func:`_safe_relpath` refuses makes: a
+#: backslash, a leading or trailing slash, an empty path or part, a ``.`` or ``..`` part.
+_UNSAFE_IN_JOINED = ("\\", "\n/", "/\n", "//", "\n\n", "/./", "/.\n", "\n./", "\n.\n",
+                     "/../", "/..\n", "\n../", "\n..\n")
+
+
+#: From how many entries checking them all at once is quicker than one by one.
+_AT_ONCE = 8
+
+
+def _all_files_valid(listed: Mapping[str, Any]) -> tuple[dict[str, FileEntry], bool] | None:
+    """:func:`_validate_files`'s answer for a manifest every entry of which it accepts, found in a
+    few passes over all of them at once (a manifest lists two files per policy), and whether every
+    digest is cryptographic; None when some entry may be refused, which the entry-by-entry check
+    then names."""
+    rels, entries = list(listed), list(listed.values())
+    if not rels or MANIFEST in listed or not all(type(r) is str for r in rels):
+        return None
+    if not "".join(rels).isprintable():  # no hidden character, and so no newline, in any path
+        return None
+    joined = "\n" + "\n".join(rels) + "\n"
+    if any(bad in joined for bad in _UNSAFE_IN_JOINED):
+        return None
+    if not all(type(e) is dict for e in entries):
+        return None
+    try:
+        sizes = list(map(itemgetter("size"), entries))
+        digests = list(map(itemgetter("digest"), entries))
+    except KeyError:
+        return None
+    if not all(type(n) is int for n in sizes) or min(sizes) < 0:
+        return None
+    crypto = is_cryptographic(digests[0]) and all_well_formed(digests, cryptographic=True)  # one pass
+    if not crypto and not all_well_formed(digests):
+        return None
+    return dict(zip(rels, map(FileEntry, sizes, digests), strict=True)), crypto
+
+
+def _validate_files(raw: dict[str, Any], path: Path) -> tuple[dict[str, FileEntry], bool]:
+    """The ``files`` of a manifest: safe relative paths with names that show as themselves; and
+    True if every digest was found cryptographic (False: not known)."""
+    if len(raw["files"]) >= _AT_ONCE and (valid := _all_files_valid(raw["files"])) is not None:
+        return valid
     files: dict[str, FileEntry] = {}
     for rel, entry in raw["files"].items():
         if not _safe_relpath(rel) or rel == MANIFEST:
@@ -262,7 +310,7 @@ def _validate_files(raw: dict[str, Any], path: Path) -> dict[str, FileEntry]:
         ):
             raise _corrupt(path, f"has a malformed entry for {rel!r}")
         files[rel] = FileEntry(entry["size"], entry["digest"])
-    return files
+    return files, False
 
 
 def _validate_ids(raw: dict[str, Any], path: Path, files: Mapping[str, FileEntry]) -> None:
@@ -271,13 +319,29 @@ def _validate_ids(raw: dict[str, Any], path: Path, files: Mapping[str, FileEntry
     if not isinstance(ids, list):
         raise _corrupt(path, "'policy_ids' must be a list")
     own = raw.get("policy_id")
-    for pid in [*ids, *([own] if raw["type"] == "Policy" and own is not None else [])]:
+    checked = [*ids, *([own] if raw["type"] == "Policy" and own is not None else [])]
+    if len(checked) >= _AT_ONCE and _all_ids_valid(checked) and all(
+        f"policies/{pid}/{MANIFEST}" in files for pid in ids
+    ):
+        return
+    for pid in checked:
         try:
             check_id(pid, path=path)
         except InvalidIdError as e:
             raise _corrupt(path, e.message) from e
         if pid in ids and f"policies/{pid}/{MANIFEST}" not in files:
             raise _corrupt(path, f"policy {pid!r} has no checkpoint.json among its files")
+
+
+def _all_ids_valid(ids: list[Any]) -> bool:
+    """Whether :func:`check_id` accepts every one of ``ids``, found in a few passes over all at once
+    (False: some id may be refused, and checking each one names it)."""
+    if not ids:
+        return True
+    if not all(type(i) is str for i in ids) or min(map(len, ids)) < 1 or max(map(len, ids)) > MAX_ID_LENGTH:
+        return False
+    joined = "".join(ids)
+    return joined.isprintable() and "/" not in joined and "\\" not in joined and not {".", ".."} & set(ids)
 
 
 def _validate_manifest(raw: Any, path: Path) -> Manifest:
@@ -291,7 +355,7 @@ def _validate_manifest(raw: Any, path: Path) -> Manifest:
             raise _corrupt(path, f"{key!r} must be a {kind.__name__}")
     if raw["type"] not in CHECKPOINT_TYPES:
         raise _corrupt(path, f"unknown checkpoint type {raw['type']!r}")
-    files = _validate_files(raw, path)
+    files, all_cryptographic = _validate_files(raw, path)
     if raw["state_file"] not in files:
         raise _corrupt(path, f"state_file {raw['state_file']!r} is not among its files")
     _validate_ids(raw, path, files)
@@ -299,7 +363,8 @@ def _validate_manifest(raw: Any, path: Path) -> Manifest:
         isinstance(raw["metadata"], dict) and all(isinstance(v, str) for v in raw["metadata"].values())
     ):
         raise _corrupt(path, "'metadata' must map strings to strings")
-    return Manifest(path, raw["type"], raw["checkpoint_version"], raw["format"], files, raw)
+    return Manifest(path, raw["type"], raw["checkpoint_version"], raw["format"], files, raw,
+                    all_cryptographic)
 
 
 def write_manifest(directory: Path, content: Mapping[str, Any]) -> FileEntry:

@@ -215,6 +215,8 @@ def signature_problem(raw: Mapping[str, Any], key: SigningKey) -> str | None:
 
 def weak_digest(manifest: Manifest) -> str | None:
     """Why a manifest's digests do not pin its files' content (one is not cryptographic), or None."""
+    if manifest.all_cryptographic:  # found so when it was read, for all its files at once
+        return None
     for rel, entry in manifest.files.items():
         if not is_cryptographic(entry.digest):
             algorithm = (parse_digest(entry.digest) or ("unknown",))[0]

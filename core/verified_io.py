@@ -17,6 +17,7 @@ import io
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -97,27 +98,36 @@ def _os_error(path: Path, e: OSError | ValueError, doing: str) -> CorruptCheckpo
     return corrupt(path, f"cannot be {doing}: {e.strerror or e}")
 
 
-def _step(dir_fd: int, name: str, path: Path, last: bool) -> int:
+def _step(dir_fd: int, name: str, where: Callable[[], Path], last: bool) -> int:
     """Open the entry ``name`` of the directory ``dir_fd``: a directory, or with ``last`` a regular
-    file; its type is checked before it is opened and again on the open descriptor."""
+    file; its type is checked before it is opened and again on the open descriptor. ``where()``
+    is its path, made only for an error's message."""
     try:
         mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except (OSError, ValueError) as e:
-        raise _os_error(path, e, "read") from e
+        raise _os_error(where(), e, "read") from e
     if stat.S_ISLNK(mode):
-        raise corrupt(path, "is a symbolic link; checkpoints may not contain links")
+        raise corrupt(where(), "is a symbolic link; checkpoints may not contain links")
     want, check = ("a regular file", stat.S_ISREG) if last else ("a directory", stat.S_ISDIR)
     if not check(mode):  # a FIFO, socket or device is never opened: opening one can block or act
-        raise corrupt(path, f"is {describe_mode(mode)}, not {want}; refused before reading")
+        raise corrupt(where(), f"is {describe_mode(mode)}, not {want}; refused before reading")
     try:
         fd = os.open(name, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=dir_fd)
     except (OSError, ValueError) as e:
-        raise _os_error(path, e, "opened") from e
+        raise _os_error(where(), e, "opened") from e
     mode = os.fstat(fd).st_mode
     if not check(mode):  # replaced between the two looks
         os.close(fd)
-        raise corrupt(path, f"is {describe_mode(mode)}, not {want}; refused before reading")
+        raise corrupt(where(), f"is {describe_mode(mode)}, not {want}; refused before reading")
     return fd
+
+
+def _parts(rel: str) -> tuple[str, ...]:
+    """``PurePosixPath(rel).parts``, quickly for a path in normal form (as a manifest lists)."""
+    parts = rel.split("/")
+    if "" in parts or "." in parts:  # pathlib drops these (and keeps a leading "/")
+        return PurePosixPath(rel).parts
+    return tuple(parts)
 
 
 def open_nofollow(root: Path, rel: str) -> int:
@@ -132,18 +142,16 @@ def open_nofollow(root: Path, rel: str) -> int:
     :return: a file descriptor the caller closes.
     :raises CorruptCheckpointError: missing, a link, not a regular file, or unreadable (named).
     """
-    parts = PurePosixPath(rel).parts
+    parts = _parts(rel)
     try:
         fd = os.open(root, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
     except (OSError, ValueError) as e:
         raise _os_error(root, e, "opened") from e
-    current = root
     try:
         if not parts:
             raise corrupt(root, "is a directory, not a regular file")
         for i, part in enumerate(parts):
-            current = current / part
-            nxt = _step(fd, part, current, i == len(parts) - 1)
+            nxt = _step(fd, part, lambda n=i + 1: root.joinpath(*parts[:n]), i == len(parts) - 1)
             os.close(fd)
             fd = nxt
     except BaseException:

@@ -317,7 +317,7 @@ class Algorithm(CheckpointMixin):
             (False for a freshly built algorithm, which is discarded on failure anyway).
         """
         if not rollback:
-            self._apply_state(state, restore_episodes)
+            self._apply_state(state, restore_episodes, rollback=False)
             return
         before = self.get_state()
         try:
@@ -326,9 +326,9 @@ class Algorithm(CheckpointMixin):
             self._apply_state(before, True)
             raise
 
-    def _apply_state(self, state: Mapping[str, Any], restore_episodes: bool) -> None:
+    def _apply_state(self, state: Mapping[str, Any], restore_episodes: bool, rollback: bool = True) -> None:
         """Apply a state; components it lacks (another system's checkpoint has no RNG or env
-        state) keep their current values."""
+        state) keep their current values (``rollback``: see :func:`amber.components.restore`)."""
         own = state["algorithm"]
         for pid, pstate in state["policies"].items():
             if pid in self.policies:
@@ -338,7 +338,7 @@ class Algorithm(CheckpointMixin):
 
         if not restore_episodes or not runner_state_fits(self.env_runner, saved.get("env_runner")):
             saved.pop("env_runner", None)
-        components.restore(self, self.checkpoint_components(), saved, pm=self.pm)
+        components.restore(self, self.checkpoint_components(), saved, pm=self.pm, rollback=rollback)
 
     def stop(self) -> None:
         """Release the environments; afterwards :meth:`train` raises.

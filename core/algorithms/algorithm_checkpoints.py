@@ -327,6 +327,9 @@ def config_from_state(
     algo_cls = _resolve(own["algorithm_class"], "algorithm_class", path, pm)
     raw = {k: given[k] if given.get(k) is not None else _resolve(v, f"config.{k}", path, pm)
            for k, v in own["config"].items()}
+    keep = None if policy_ids is None else list(dict.fromkeys(policy_ids))
+    if keep is not None and isinstance(raw.get("policies"), Mapping):  # only these are built
+        raw["policies"] = {pid: raw["policies"][pid] for pid in keep if pid in raw["policies"]}
     raw["policies"] = {
         pid: {**spec, "policy_class": _resolve(spec["policy_class"], f"policies.{pid}", path, pm)}
         if isinstance(spec, dict) and "policy_class" in spec else spec
@@ -342,8 +345,7 @@ def config_from_state(
     _check_env_count(own, config.num_envs_per_env_runner, path)
     config.algo_class = algo_cls
     config.plugin_manager = pm
-    if policy_ids is not None:
-        keep = list(dict.fromkeys(policy_ids))
+    if keep is not None:
         config.policies = {pid: config.policies.get(pid) for pid in keep}
         if config.policies_to_train is not None and policies_to_train is None:
             config.policies_to_train = [p for p in config.policies_to_train if p in keep]

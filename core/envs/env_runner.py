@@ -140,7 +140,7 @@ class EnvRunner:
         agents whose policy is gone are mapped again.
         """
         self.policies, self.policy_mapping_fn = policies, policy_mapping_fn
-        self._call_mapping = _mapping_caller(policy_mapping_fn, self)
+        self._call_mapping: Callable[[Any, Episode], Any] | None = None  # made when first needed
         for slot in self._slots:
             for agent, pid in list(slot.mapping.items()):
                 if pid not in policies:
@@ -154,7 +154,10 @@ class EnvRunner:
         pid = slot.mapping.get(agent)
         if pid is None:
             fn = self.policy_mapping_fn if self.is_multi_agent else None
-            pid = DEFAULT_POLICY_ID if fn is None else self._call_mapping(agent, slot.episode)
+            call = self._call_mapping
+            if fn is not None and call is None:  # fn's signature is read once, when first called
+                call = self._call_mapping = _mapping_caller(fn, self)
+            pid = DEFAULT_POLICY_ID if call is None else call(agent, slot.episode)
             if pid not in self.policies:
                 raise ValueError(f"agent {agent!r} is mapped to policy {pid!r}, which does not exist "
                                  f"(policies: {sorted(self.policies)})")
