@@ -53,7 +53,7 @@ class Algorithm(CheckpointMixin):
         return cls._default_config_class(algo_class=cls)
 
     def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
-        from amber.envs.env_runner import EnvRunner, probe_spaces
+        from amber.envs.env_runner import EnvRunner, probe_env
         from amber.envs.ray_runners import RemoteEnvRunners, build_env_runners
         from amber.plugin_manager import default_plugin_manager
 
@@ -67,13 +67,17 @@ class Algorithm(CheckpointMixin):
         self._logdir: Path | None = None
         self._last_result: dict[str, Any] | None = None  # the score of managed checkpoints
         self._seed_everything(config.seed)
-        spaces, self._multi_agent_env = probe_spaces(config.env, config.env_config)
+        first_env, spaces, self._multi_agent_env = probe_env(config.env, config.env_config)
         self._agent_spaces = spaces
         self.policies: dict[str, Policy] = {}
-        for index, (pid, spec) in enumerate(self.config.policies.items()):
-            self.policies[pid] = self._build_policy(pid, spec, index)
-        self.env_runner: EnvRunner | RemoteEnvRunners = build_env_runners(
-            config, self.policies, self._mapping_fn(), self.pm)  # N > 0: N Ray actors
+        try:
+            for index, (pid, spec) in enumerate(self.config.policies.items()):
+                self.policies[pid] = self._build_policy(pid, spec, index)
+        except BaseException:
+            first_env.close()
+            raise
+        self.env_runner: EnvRunner | RemoteEnvRunners = build_env_runners(  # N > 0: N Ray actors
+            config, self.policies, self._mapping_fn(), self.pm, first_env)  # the probed env: copy 0
         self.progress = TrainingProgress()
         self.results_logger = ResultLogger(lambda: self.logdir)
         self.callbacks = self._build_callbacks()
@@ -97,7 +101,10 @@ class Algorithm(CheckpointMixin):
         self.np_rng = np.random.default_rng(seed)
         self.py_rng = random.Random(seed)
         if seed is not None:
-            torch.manual_seed(seed)
+            if torch.accelerator.is_available():
+                torch.manual_seed(seed)  # every device's generator
+            else:  # the CPU's alone: torch.manual_seed queues seeds for absent devices (about 1 ms)
+                torch.default_generator.manual_seed(seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
 
     def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_spaces"]
+__all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_env", "probe_spaces"]
 
 
 def probe_spaces(
@@ -37,15 +37,28 @@ def probe_spaces(
     :return: ``({agent_id: (observation_space, action_space)}, is_multi_agent)``;
         a single-agent env has the one agent ``0``.
     """
+    instance, spaces, multi_agent = probe_env(env, env_config)
+    instance.close()
+    return spaces, multi_agent
+
+
+def probe_env(env: Any, env_config: Mapping[str, Any] | None = None
+              ) -> tuple[Any, dict[Any, tuple[Any, Any]], bool]:
+    """Build the env and read its spaces, as :func:`probe_spaces` does, keeping the env (never
+    reset: an :class:`EnvRunner` may take it as its first copy, ``first_env``).
+
+    :return: ``(env, {agent_id: (observation_space, action_space)}, is_multi_agent)``.
+    """
     instance = make_env(env, env_config)
     try:
         if isinstance(instance, MultiAgentEnv):
             agents = list(instance.possible_agents) or list(instance.observation_spaces)
             spaces = {a: (instance.get_observation_space(a), instance.get_action_space(a)) for a in agents}
-            return spaces, True
-        return {0: (instance.observation_space, instance.action_space)}, False
-    finally:
+            return instance, spaces, True
+        return instance, {0: (instance.observation_space, instance.action_space)}, False
+    except BaseException:
         instance.close()
+        raise
 
 
 class _Slot:
@@ -109,17 +122,22 @@ class EnvRunner:
         multi-agent envs, called once per agent per episode (None: ``"default_policy"``);
         single-agent envs always use ``"default_policy"``.
     :param seed: env copy ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
+    :param first_env: an instance of the env, built with ``env_config`` and never reset, to use as
+        copy 0 (:func:`probe_env`'s) instead of building one more.
     """
 
     def __init__(self, env: Any, env_config: Mapping[str, Any] | None, num_envs: int,
                  policies: Mapping[str, Any], policy_mapping_fn: Callable[..., Any] | None = None,
-                 seed: int | None = None, pm: pluggy.PluginManager | None = None) -> None:
+                 seed: int | None = None, pm: pluggy.PluginManager | None = None, *,
+                 first_env: Any = None) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be at least 1, not {num_envs}")
         self.env_spec, self.env_config, self.seed = env, dict(env_config or {}), seed
         self.pm = pm
         self.worker_index = 0
-        self._slots = [_Slot(make_env(env, self.env_config), i) for i in range(int(num_envs))]
+        made = [first_env] if first_env is not None else []
+        made += [make_env(env, self.env_config) for _ in range(int(num_envs) - len(made))]
+        self._slots = [_Slot(instance, i) for i, instance in enumerate(made)]
         self.is_multi_agent = isinstance(self._slots[0].env, MultiAgentEnv)
         self._next_eps_id = 0
         self._bounds: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}

@@ -137,13 +137,19 @@ def runner_state_fits(runner: Any, state: Any) -> bool:
 
 def build_env_runners(config: AlgorithmConfig, policies: Mapping[str, Any],
                       mapping_fn: Callable[..., Any] | None,
-                      pm: pluggy.PluginManager | None) -> EnvRunner | RemoteEnvRunners:
-    """The algorithm's sampling: an in-process :class:`EnvRunner` (N = 0), else N Ray actors."""
+                      pm: pluggy.PluginManager | None, first_env: Any = None) -> EnvRunner | RemoteEnvRunners:
+    """The algorithm's sampling: an in-process :class:`EnvRunner` (N = 0), else N Ray actors.
+
+    :param first_env: an env built for the config and never reset, that an in-process runner
+        uses as its first copy (closed here otherwise).
+    """
     from amber.envs.env_runner import EnvRunner
 
     if not config.num_env_runners:
         return EnvRunner(config.env, config.env_config, config.num_envs_per_env_runner, policies,
-                         mapping_fn, seed=config.seed, pm=pm)
+                         mapping_fn, seed=config.seed, pm=pm, first_env=first_env)
+    if first_env is not None:
+        first_env.close()
     return RemoteEnvRunners(config, policies, mapping_fn,
                             restart_failed=bool(getattr(config, "restart_failed_env_runners", True)))
 
