@@ -33,6 +33,12 @@ class Stateful(Protocol):
         ...
 
 
+def _stateful(component: object) -> bool:
+    """``isinstance(component, Stateful)``, without a runtime protocol check's cost (it looks up
+    every protocol member's attributes each time)."""
+    return callable(getattr(component, "get_state", None)) and callable(getattr(component, "set_state", None))
+
+
 def _python_random_state(rng: random.Random) -> dict[str, Any]:
     version, internal, gauss_next = rng.getstate()
     return {"version": version, "mt": np.asarray(internal, dtype=np.uint32), "gauss_next": gauss_next}
@@ -48,7 +54,7 @@ def amber_capture_state(component: object) -> Any:
         return {"name": name, "keys": keys, "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
     if isinstance(component, random.Random):
         return _python_random_state(component)
-    if isinstance(component, Stateful):
+    if _stateful(component):
         return component.get_state()
     return None
 
@@ -75,7 +81,7 @@ def amber_restore_state(component: object, state: Any, key: str) -> bool | None:
     if isinstance(component, random.Random):
         component.setstate(python_random_state(state, key))
         return True
-    if isinstance(component, Stateful):
+    if _stateful(component):
         component.set_state(state)
         return True
     return None

@@ -139,7 +139,7 @@ def python_random_state(saved: Any, key: str) -> tuple[int, tuple[int, ...], flo
     if not isinstance(saved, Mapping) or set(saved) != {"version", "mt", "gauss_next"}:
         raise bad(key, "expected a map with the keys gauss_next, mt, version", saved)
     checked_int(saved["version"], f"{key}.version", 3, 4)
-    internal = tuple(int(x) for x in _uint_array(saved["mt"], f"{key}.mt", "u32", (625,)).tolist())
+    internal = tuple(_uint_array(saved["mt"], f"{key}.mt", "u32", (625,)).tolist())  # Python ints
     if internal[-1] > 624:
         raise bad(f"{key}.mt", f"its last entry (the position) is {internal[-1]}, at most 624")
     gauss = saved["gauss_next"]
