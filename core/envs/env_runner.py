@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
-from amber.envs.registry import make_env
+from amber.envs.registry import make_env, probe_env, probe_spaces
 from amber.envs.runner_state import Episode, parse_slot
 from amber.errors import CheckpointError, InvalidStateError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
@@ -27,38 +27,6 @@ if TYPE_CHECKING:
     import pluggy
 
 __all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_env", "probe_spaces"]
-
-
-def probe_spaces(
-    env: Any, env_config: Mapping[str, Any] | None = None
-) -> tuple[dict[Any, tuple[Any, Any]], bool]:
-    """Build the env once and read its spaces.
-
-    :return: ``({agent_id: (observation_space, action_space)}, is_multi_agent)``;
-        a single-agent env has the one agent ``0``.
-    """
-    instance, spaces, multi_agent = probe_env(env, env_config)
-    instance.close()
-    return spaces, multi_agent
-
-
-def probe_env(env: Any, env_config: Mapping[str, Any] | None = None
-              ) -> tuple[Any, dict[Any, tuple[Any, Any]], bool]:
-    """Build the env and read its spaces, as :func:`probe_spaces` does, keeping the env (never
-    reset: an :class:`EnvRunner` may take it as its first copy, ``first_env``).
-
-    :return: ``(env, {agent_id: (observation_space, action_space)}, is_multi_agent)``.
-    """
-    instance = make_env(env, env_config)
-    try:
-        if isinstance(instance, MultiAgentEnv):
-            agents = list(instance.possible_agents) or list(instance.observation_spaces)
-            spaces = {a: (instance.get_observation_space(a), instance.get_action_space(a)) for a in agents}
-            return instance, spaces, True
-        return instance, {0: (instance.observation_space, instance.action_space)}, False
-    except BaseException:
-        instance.close()
-        raise
 
 
 class _Slot:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["check_saved_env", "make_env", "register_env", "registered_envs"]
+__all__ = ["check_saved_env", "make_env", "probe_env", "probe_spaces", "register_env", "registered_envs"]
 
 _CREATORS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
@@ -130,3 +130,37 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
         f"amber.envs.register_env (registered: {registered_envs() or 'none'}), a gymnasium id "
         "such as 'CartPole-v1', a gymnasium.Env subclass or a MultiAgentEnv subclass"
     )
+
+
+def probe_spaces(
+    env: Any, env_config: Mapping[str, Any] | None = None
+) -> tuple[dict[Any, tuple[Any, Any]], bool]:
+    """Build the env once and read its spaces.
+
+    :return: ``({agent_id: (observation_space, action_space)}, is_multi_agent)``;
+        a single-agent env has the one agent ``0``.
+    """
+    instance, spaces, multi_agent = probe_env(env, env_config)
+    instance.close()
+    return spaces, multi_agent
+
+
+def probe_env(env: Any, env_config: Mapping[str, Any] | None = None
+              ) -> tuple[Any, dict[Any, tuple[Any, Any]], bool]:
+    """Build the env and read its spaces, as :func:`probe_spaces` does, keeping the env (never
+    reset: an :class:`EnvRunner` may take it as its first copy, ``first_env``).
+
+    :return: ``(env, {agent_id: (observation_space, action_space)}, is_multi_agent)``.
+    """
+    from amber.envs.multi_agent import MultiAgentEnv
+
+    instance = make_env(env, env_config)
+    try:
+        if isinstance(instance, MultiAgentEnv):
+            agents = list(instance.possible_agents) or list(instance.observation_spaces)
+            spaces = {a: (instance.get_observation_space(a), instance.get_action_space(a)) for a in agents}
+            return instance, spaces, True
+        return instance, {0: (instance.observation_space, instance.action_space)}, False
+    except BaseException:
+        instance.close()
+        raise
