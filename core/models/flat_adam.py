@@ -190,7 +190,6 @@ class FlatAdam:
         :param gather: first collect gradients autograd left outside the flat buffer (False:
             the caller wrote them into it, e.g. through :meth:`grad_view`).
         """
-        wait_for_snapshot()  # (returns at once: begin_step waited)
         if gather:
             self._gather_grads(span)
         step_size, bias2_sqrt, beta1, beta2, eps, lr = coefficients

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from amber.policy.spaces import action_dist_dim, obs_input_dim
+
 __all__ = [
     "DEFAULT_MODEL_CONFIG",
     "KerasTower",
@@ -77,34 +79,6 @@ def activation_of(name: str | None) -> str | None:
     if key not in _ACTIVATIONS:
         raise ValueError(f"unknown fcnet_activation {name!r} (known: 'tanh', 'relu', 'linear', None)")
     return _ACTIVATIONS[key]
-
-
-def obs_input_dim(observation_space: Any) -> int:
-    """The model's input width: one-hot width for Discrete, the flat size for Box.
-
-    :raises ValueError: other spaces.
-    """
-    import gymnasium as gym
-
-    if isinstance(observation_space, gym.spaces.Discrete):
-        return int(observation_space.n)
-    if isinstance(observation_space, gym.spaces.Box):
-        return int(np.prod(observation_space.shape, dtype=np.int64))
-    raise ValueError(f"observation spaces of type {type(observation_space).__name__} are not supported")
-
-
-def action_dist_dim(action_space: Any) -> int:
-    """Width of ``action_dist_inputs``: n logits (Discrete) or mean and log_std (Box).
-
-    :raises ValueError: other spaces.
-    """
-    import gymnasium as gym
-
-    if isinstance(action_space, gym.spaces.Discrete):
-        return int(action_space.n)
-    if isinstance(action_space, gym.spaces.Box):
-        return 2 * int(np.prod(action_space.shape, dtype=np.int64))
-    raise ValueError(f"action spaces of type {type(action_space).__name__} are not supported")
 
 
 def orthogonal(rng: np.random.Generator, out_dim: int, in_dim: int, gain: float) -> np.ndarray:

@@ -23,6 +23,7 @@ from amber.models.build_budget import (
     state_size,
     weights_will_be_loaded,
 )
+from amber.policy.spaces import action_dist_dim, obs_input_dim
 
 __all__ = [
     "DEFAULT_MODEL_CONFIG",
@@ -131,34 +132,6 @@ def _init_linear(layer: nn.Linear, gain: float, generator: torch.Generator | Non
     with torch.no_grad():
         nn.init.orthogonal_(layer.weight, gain=gain, generator=generator)
         layer.bias.zero_()
-
-
-def obs_input_dim(observation_space: Any) -> int:
-    """The model's input width for an observation space (one-hot width for Discrete).
-
-    :raises ValueError: spaces other than Box and Discrete.
-    """
-    import gymnasium as gym
-
-    if isinstance(observation_space, gym.spaces.Discrete):
-        return int(observation_space.n)
-    if isinstance(observation_space, gym.spaces.Box):
-        return int(np.prod(observation_space.shape, dtype=np.int64))
-    raise ValueError(f"observation spaces of type {type(observation_space).__name__} are not supported")
-
-
-def action_dist_dim(action_space: Any) -> int:
-    """Width of ``action_dist_inputs``: n logits (Discrete) or mean and log_std (Box).
-
-    :raises ValueError: spaces other than Box and Discrete.
-    """
-    import gymnasium as gym
-
-    if isinstance(action_space, gym.spaces.Discrete):
-        return int(action_space.n)
-    if isinstance(action_space, gym.spaces.Box):
-        return 2 * int(np.prod(action_space.shape, dtype=np.int64))
-    raise ValueError(f"action spaces of type {type(action_space).__name__} are not supported")
 
 
 class ObsPreprocessor(nn.Module):

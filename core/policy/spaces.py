@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["space_from_state", "space_to_state"]
+__all__ = ["action_dist_dim", "obs_input_dim", "space_from_state", "space_to_state"]
 
 
 def space_to_state(space: Any) -> dict[str, Any]:
@@ -38,3 +38,31 @@ def space_from_state(state: dict[str, Any]) -> Any:
         low, high = np.asarray(state["low"]), np.asarray(state["high"])
         return gym.spaces.Box(low=low, high=high, shape=low.shape, dtype=np.dtype(state["dtype"]))
     raise ValueError(f"unknown space description {kind!r}")
+
+
+def obs_input_dim(observation_space: Any) -> int:
+    """The model's input width for an observation space (one-hot width for Discrete).
+
+    :raises ValueError: spaces other than Box and Discrete.
+    """
+    import gymnasium as gym
+
+    if isinstance(observation_space, gym.spaces.Discrete):
+        return int(observation_space.n)
+    if isinstance(observation_space, gym.spaces.Box):
+        return int(np.prod(observation_space.shape, dtype=np.int64))
+    raise ValueError(f"observation spaces of type {type(observation_space).__name__} are not supported")
+
+
+def action_dist_dim(action_space: Any) -> int:
+    """Width of ``action_dist_inputs``: n logits (Discrete) or mean and log_std (Box).
+
+    :raises ValueError: spaces other than Box and Discrete.
+    """
+    import gymnasium as gym
+
+    if isinstance(action_space, gym.spaces.Discrete):
+        return int(action_space.n)
+    if isinstance(action_space, gym.spaces.Box):
+        return 2 * int(np.prod(action_space.shape, dtype=np.int64))
+    raise ValueError(f"action spaces of type {type(action_space).__name__} are not supported")

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from amber.algorithms.dqn.dqn_torch_policy import (
-    DEFAULT_EPSILON,
+    dqn_epsilon_schedule,
     epsilon_at,
     epsilon_greedy,
     q_actions_result,
-    validate_epsilon_schedule,
 )
 from amber.models.keras_mlp import DEFAULT_MODEL_CONFIG, KerasTower, activation_of, build_tower, obs_input_dim
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
@@ -99,12 +98,7 @@ class DQNTFPolicy(TFPolicyBase):
     model: DQNKerasModel
 
     def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
-        import gymnasium as gym
-
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise ValueError(f"DQN needs a Discrete action space, not {action_space} "
-                             "(for continuous actions use SAC or PPO)")
-        self.epsilon_schedule = validate_epsilon_schedule(dict(config).get("epsilon", DEFAULT_EPSILON))
+        self.epsilon_schedule = dqn_epsilon_schedule(action_space, config)
         super().__init__(observation_space, action_space, config)
         self.target_model = self.make_model(None)
         self.update_target()

@@ -30,10 +30,24 @@ from amber.policy.torch_policy_base import TorchPolicyBase
 from amber.policy.torch_utils import action_info, checked_weights, copy_weights, threads_for_batch, weights_of
 from amber.snapshots import wait_for_snapshot
 
-__all__ = ["DQNTorchModel", "DQNTorchPolicy", "epsilon_at", "validate_epsilon_schedule"]
+__all__ = ["DQNTorchModel", "DQNTorchPolicy", "dqn_epsilon_schedule", "epsilon_at",
+           "validate_epsilon_schedule"]
 
 #: RLlib's default epsilon schedule: from 1.0 to 0.05 over the first 10,000 sampled timesteps.
 DEFAULT_EPSILON: list[tuple[int, float]] = [(0, 1.0), (10_000, 0.05)]
+
+
+def dqn_epsilon_schedule(action_space: Any, config: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """A DQN policy's epsilon schedule (``config["epsilon"]``, checked), for any framework.
+
+    :raises ValueError: an action space that is not Discrete, or a malformed schedule.
+    """
+    import gymnasium as gym
+
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(f"DQN needs a Discrete action space, not {action_space} "
+                         "(for continuous actions use SAC or PPO)")
+    return validate_epsilon_schedule(dict(config).get("epsilon", DEFAULT_EPSILON))
 
 
 def validate_epsilon_schedule(schedule: Any) -> list[tuple[float, float]]:
@@ -175,12 +189,7 @@ class DQNTorchPolicy(TorchPolicyBase):
     model: DQNTorchModel
 
     def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
-        import gymnasium as gym
-
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise ValueError(f"DQN needs a Discrete action space, not {action_space} "
-                             "(for continuous actions use SAC or PPO)")
-        self.epsilon_schedule = validate_epsilon_schedule(dict(config).get("epsilon", DEFAULT_EPSILON))
+        self.epsilon_schedule = dqn_epsilon_schedule(action_space, config)
         super().__init__(observation_space, action_space, config)
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self._flat_adam: Any = None

@@ -163,8 +163,7 @@ def _apply_gradients(parts: _Parts, loss: torch.Tensor, optimizers: list[torch.o
     if grad_clip is not None:
         for params in (parts.critic_params, parts.actor_params):
             torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-    wait_for_snapshot()  # (the optimizers' steps wait too: a hook)
-    for opt in optimizers:
+    for opt in optimizers:  # each step waits for a background save's copy (a pre-step hook)
         opt.step()
     with torch.no_grad():
         torch._foreach_lerp_(parts.target_params, parts.critic_params, tau)
