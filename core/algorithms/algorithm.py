@@ -30,6 +30,7 @@ from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.training_state import TorchGlobalRNG, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
+from amber.policy.spaces import saved_policy_spaces
 
 if TYPE_CHECKING:
     pass
@@ -53,8 +54,9 @@ class Algorithm(CheckpointMixin):
         return cls._default_config_class(algo_class=cls)
 
     def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
-        from amber.envs.env_runner import EnvRunner, probe_env
+        from amber.envs.env_runner import EnvRunner
         from amber.envs.ray_runners import RemoteEnvRunners, build_env_runners
+        from amber.envs.registry import EnvProbe
         from amber.plugin_manager import default_plugin_manager
 
         config = (config or self.get_default_config()).copy()
@@ -67,17 +69,17 @@ class Algorithm(CheckpointMixin):
         self._logdir: Path | None = None
         self._last_result: dict[str, Any] | None = None  # the score of managed checkpoints
         self._seed_everything(config.seed)
-        first_env, spaces, self._multi_agent_env = probe_env(config.env, config.env_config)
-        self._agent_spaces = spaces
+        self._env_probe = EnvProbe(config.env, config.env_config)  # built only if spaces are needed
         self.policies: dict[str, Policy] = {}
         try:
             for index, (pid, spec) in enumerate(self.config.policies.items()):
                 self.policies[pid] = self._build_policy(pid, spec, index)
+            mapping_fn = self._mapping_fn()
         except BaseException:
-            first_env.close()
+            self._env_probe.close()
             raise
         self.env_runner: EnvRunner | RemoteEnvRunners = build_env_runners(  # N > 0: N Ray actors
-            config, self.policies, self._mapping_fn(), self.pm, first_env)  # the probed env: copy 0
+            config, self.policies, mapping_fn, self.pm, self._env_probe.take_env())  # probed: copy 0
         self.progress = TrainingProgress()
         self.results_logger = ResultLogger(lambda: self.logdir)
         self.callbacks = self._build_callbacks()
@@ -116,7 +118,18 @@ class Algorithm(CheckpointMixin):
         cfg.update(overrides)
         return cfg
 
+    @property
+    def _multi_agent_env(self) -> bool:
+        return self._env_probe.multi_agent
+
+    @property
+    def _agent_spaces(self) -> dict[Any, tuple[Any, Any]]:
+        return self._env_probe.spaces
+
     def _spaces_for(self, policy_id: str) -> tuple[Any, Any]:
+        saved = saved_policy_spaces().get(policy_id)
+        if saved is not None:  # restoring: the spaces the saved weights were trained on
+            return saved
         if not self._multi_agent_env:
             return next(iter(self._agent_spaces.values()))
         fn = self._mapping_fn()

@@ -278,8 +278,6 @@ class CheckpointMixin:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
-        from amber.models.build_budget import state_size, weights_will_be_loaded
-
         with state_errors(target):
             from amber.policy.frameworks import with_framework
 
@@ -289,18 +287,26 @@ class CheckpointMixin:
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
                 policies_to_train=policies_to_train, env=env, callbacks=callbacks)
             config.storage_options = dict(storage_options or {}) or config.storage_options
-            # every policy built here gets its saved weights, so its size is bounded by theirs
-            with weights_will_be_loaded(sum(state_size(p.state) for p in ckpt.policies.values())):
-                algo = algo_cls(config=config)
             # With other policies or another mapping, running episodes would map to
             # policies that are gone: those restart instead of continuing.
             same_episodes = policy_ids is None and policy_mapping_fn is None
-            from amber.models.build_budget import adopting_state
+            return _restored(algo_cls, config, own, states, restore_episodes=same_episodes)
 
-            with adopting_state():  # the state read is this restore's: arrays are kept, not copied
-                algo.set_state({"algorithm": own, "policies": states},
-                               restore_episodes=same_episodes, rollback=False)
-        return algo
+
+def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], states: Mapping[str, Any],
+              *, restore_episodes: bool) -> Any:
+    """A new ``algo_cls`` algorithm with these policies' states and its own state ``own``."""
+    from amber.models.build_budget import adopting_state, state_size, weights_will_be_loaded
+    from amber.policy.spaces import using_saved_spaces
+
+    # every policy built here gets its saved weights, so its size is bounded by theirs; its
+    # spaces are those saved, so the env is not built until sampling needs it
+    with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states):
+        algo = algo_cls(config=config)
+    with adopting_state():  # the state read is this restore's: arrays are kept, not copied
+        algo.set_state({"algorithm": own, "policies": states}, restore_episodes=restore_episodes,
+                       rollback=False)
+    return algo
 
 
 def config_from_state(
@@ -340,9 +346,10 @@ def config_from_state(
     config = algo_cls.get_default_config().from_dict(raw)
     config.callbacks_class = chosen or raw.get("callbacks_class")
     from amber.envs.ray_runners import saved_env_runners  # N runners again when their state is saved
+    from amber.envs.runner_state import check_env_count
 
     config.num_env_runners = saved_env_runners(own, config.num_env_runners, path)
-    _check_env_count(own, config.num_envs_per_env_runner, path)
+    check_env_count(own, config.num_envs_per_env_runner, path)
     config.algo_class = algo_cls
     config.plugin_manager = pm
     if keep is not None:
@@ -352,30 +359,6 @@ def config_from_state(
     if policies_to_train is not None:
         config.policies_to_train = list(policies_to_train)
     return algo_cls, config
-
-
-#: How many env copies a checkpoint that saved no environment state (another system's) may
-#: declare: each is built before anything else is read, so the count is bounded up front.
-MAX_ENVS_WITHOUT_STATE = 1024
-
-
-def _check_env_count(own: Mapping[str, Any], declared: Any, path: str | os.PathLike[str]) -> None:
-    """The declared number of env copies must be the number saved (or small when none was saved).
-
-    :raises InvalidStateError: it is not, so building them could take any time or memory.
-    """
-    runner = (own.get("components") or {}).get("env_runner")
-    slots = runner.get("slots") if isinstance(runner, Mapping) else None
-    if isinstance(slots, list):
-        if declared != len(slots):
-            raise InvalidStateError(
-                f"{path}: config.num_envs_per_env_runner is {declared!r} but the checkpoint holds the "
-                f"state of {len(slots)} env copies", path=path)
-    elif not isinstance(declared, int) or declared > MAX_ENVS_WITHOUT_STATE:
-        raise InvalidStateError(
-            f"{path}: config.num_envs_per_env_runner is {declared!r}, more than the "
-            f"{MAX_ENVS_WITHOUT_STATE} env copies a checkpoint without environment state may declare",
-            path=path)
 
 
 def _resolve(value: Any, what: str, path: str | os.PathLike[str], pm: pluggy.PluginManager | None) -> Any:

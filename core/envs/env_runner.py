@@ -10,7 +10,6 @@ episodes, so sampling continues bit-exactly after a restore.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import make_env, probe_env, probe_spaces
-from amber.envs.runner_state import Episode, parse_slot
+from amber.envs.runner_state import Episode, mapping_caller, parse_slot
 from amber.errors import CheckpointError, InvalidStateError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
@@ -58,27 +57,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _mapping_caller(fn: Callable[..., Any] | None, worker: Any) -> Callable[[Any, Episode], Any]:
-    """Call ``fn`` as its signature allows: ``(agent_id, episode, worker)``, with ``worker=`` or without."""
-    if fn is None:
-        return lambda agent, episode: DEFAULT_POLICY_ID
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return lambda agent, episode: fn(agent, episode, worker)
-    for args, kwargs in (((0, 1, 2), {}), ((0, 1), {"worker": 2}), ((0, 1), {})):
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError:
-            continue
-        if len(args) == 3:
-            return lambda agent, episode: fn(agent, episode, worker)
-        if kwargs:
-            return lambda agent, episode: fn(agent, episode, worker=worker)
-        return lambda agent, episode: fn(agent, episode)
-    return lambda agent, episode: fn(agent, episode, worker)
-
-
 class EnvRunner:
     """Steps ``num_envs`` copies of an environment, in turn, with the given policies.
 
@@ -92,6 +70,9 @@ class EnvRunner:
     :param seed: env copy ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
     :param first_env: an instance of the env, built with ``env_config`` and never reset, to use as
         copy 0 (:func:`probe_env`'s) instead of building one more.
+
+    The env copies are built when first needed (sampling, :meth:`get_state`, restoring
+    episodes, :attr:`envs`), not here: a restored algorithm that only acts never builds one.
     """
 
     def __init__(self, env: Any, env_config: Mapping[str, Any] | None, num_envs: int,
@@ -103,14 +84,39 @@ class EnvRunner:
         self.env_spec, self.env_config, self.seed = env, dict(env_config or {}), seed
         self.pm = pm
         self.worker_index = 0
-        made = [first_env] if first_env is not None else []
-        made += [make_env(env, self.env_config) for _ in range(int(num_envs) - len(made))]
-        self._slots = [_Slot(instance, i) for i, instance in enumerate(made)]
-        self.is_multi_agent = isinstance(self._slots[0].env, MultiAgentEnv)
+        self.num_envs = int(num_envs)
+        self._first_env = first_env
+        self._built: list[_Slot] | None = None
+        self._multi_agent = False
         self._next_eps_id = 0
         self._bounds: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}
         self._warned = False
         self.set_policies(policies, policy_mapping_fn)
+
+    @property
+    def _slots(self) -> list[_Slot]:
+        """The env copies and their episodes, built on first use."""
+        return self._built if self._built is not None else self._build()
+
+    def _build(self) -> list[_Slot]:
+        made = [self._first_env] if self._first_env is not None else []
+        self._first_env = None
+        try:
+            made += [make_env(self.env_spec, self.env_config) for _ in range(self.num_envs - len(made))]
+        except BaseException:
+            for instance in made:
+                instance.close()
+            raise
+        self._multi_agent = isinstance(made[0], MultiAgentEnv)
+        self._built = [_Slot(instance, i) for i, instance in enumerate(made)]
+        return self._built
+
+    @property
+    def is_multi_agent(self) -> bool:
+        """Whether the env is a :class:`~amber.envs.MultiAgentEnv` (building the copies if not yet)."""
+        if self._built is None:
+            self._build()
+        return self._multi_agent
 
     @property
     def envs(self) -> list[Any]:
@@ -127,7 +133,7 @@ class EnvRunner:
         """
         self.policies, self.policy_mapping_fn = policies, policy_mapping_fn
         self._call_mapping: Callable[[Any, Episode], Any] | None = None  # made when first needed
-        for slot in self._slots:
+        for slot in self._built or ():
             for agent, pid in list(slot.mapping.items()):
                 if pid not in policies:
                     del slot.mapping[agent]
@@ -142,7 +148,7 @@ class EnvRunner:
             fn = self.policy_mapping_fn if self.is_multi_agent else None
             call = self._call_mapping
             if fn is not None and call is None:  # fn's signature is read once, when first called
-                call = self._call_mapping = _mapping_caller(fn, self)
+                call = self._call_mapping = mapping_caller(fn, self)
             pid = DEFAULT_POLICY_ID if call is None else call(agent, slot.episode)
             if pid not in self.policies:
                 raise ValueError(f"agent {agent!r} is mapped to policy {pid!r}, which does not exist "
@@ -367,6 +373,7 @@ class EnvRunner:
         self.set_policies(self.policies, self.policy_mapping_fn)
 
     def stop(self) -> None:
-        """Close every env copy."""
-        for slot in self._slots:
-            slot.env.close()
+        """Close every env copy (those built: see the class)."""
+        first, self._first_env = self._first_env, None
+        for env in [s.env for s in self._built or ()] + ([first] if first is not None else []):
+            env.close()

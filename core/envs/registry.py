@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["check_saved_env", "make_env", "probe_env", "probe_spaces", "register_env", "registered_envs"]
+__all__ = ["EnvProbe", "check_saved_env", "declared_multi_agent", "make_env", "probe_env", "probe_spaces",
+           "register_env", "registered_envs"]
 
 _CREATORS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
@@ -164,3 +165,65 @@ def probe_env(env: Any, env_config: Mapping[str, Any] | None = None
     except BaseException:
         instance.close()
         raise
+
+
+def declared_multi_agent(env: Any) -> bool | None:
+    """Whether ``env`` makes a :class:`~amber.envs.MultiAgentEnv`, when that is known without building
+    it: for a class, and for a gymnasium id (never multi-agent); None for a registered name (its
+    creator decides) and anything else."""
+    from amber.envs.multi_agent import MultiAgentEnv
+
+    if isinstance(env, type):
+        if issubclass(env, MultiAgentEnv):
+            return True
+        import gymnasium
+
+        return False if issubclass(env, gymnasium.Env) else None
+    if isinstance(env, str) and env not in _CREATORS and _module_id(env) is None:
+        import gymnasium
+
+        return False if env in gymnasium.registry else None
+    return None
+
+
+class EnvProbe:
+    """The env a config names, built once and only when something needs it: its spaces, or whether
+    it is multi-agent when :func:`declared_multi_agent` cannot tell.
+
+    An algorithm restored from a checkpoint knows its policies' spaces, so unless the env is
+    only known by a registered name nothing is built until sampling starts.
+    """
+
+    def __init__(self, env: Any, env_config: Mapping[str, Any] | None) -> None:
+        self.env, self.env_config = env, env_config
+        self._declared = declared_multi_agent(env)
+        self._probed: tuple[Any, dict[Any, tuple[Any, Any]], bool] | None = None
+
+    def _probe(self) -> tuple[Any, dict[Any, tuple[Any, Any]], bool]:
+        if self._probed is None:
+            self._probed = probe_env(self.env, self.env_config)
+        return self._probed
+
+    @property
+    def multi_agent(self) -> bool:
+        """Whether the env is multi-agent (built to find out only when not declared)."""
+        return self._declared if self._declared is not None else self._probe()[2]
+
+    @property
+    def spaces(self) -> dict[Any, tuple[Any, Any]]:
+        """``{agent_id: (observation_space, action_space)}`` (:func:`probe_env`'s), building the env."""
+        return self._probe()[1]
+
+    def take_env(self) -> Any:
+        """The env built to probe, never reset, now the caller's to use and close; None if none was built."""
+        if self._probed is None or self._probed[0] is None:
+            return None
+        instance, spaces, multi = self._probed
+        self._probed = (None, spaces, multi)
+        return instance
+
+    def close(self) -> None:
+        """Close the env built to probe unless it was taken."""
+        instance = self.take_env()
+        if instance is not None:
+            instance.close()

@@ -1,16 +1,19 @@
-"""The env runner's saved episodes, checked before any is applied (a restore changes nothing
-until every slot has been read)."""
+"""The env runner's episodes: how a policy mapping function is called on them, and their saved
+state, checked before any is applied (a restore changes nothing until every slot has been read)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from amber.errors import InvalidStateError
+from amber.policy.sample_batch import DEFAULT_POLICY_ID
 
-__all__ = ["Episode", "parse_slot"]
+__all__ = ["MAX_ENVS_WITHOUT_STATE", "Episode", "check_env_count", "mapping_caller", "parse_slot"]
 
 
 class Episode:
@@ -85,3 +88,48 @@ def _policy_id(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidStateError(f"env runner state: a policy id must be a str, not {type(value).__name__}")
     return value
+
+
+def mapping_caller(fn: Callable[..., Any] | None, worker: Any) -> Callable[[Any, Episode], Any]:
+    """Call ``fn`` as its signature allows: ``(agent_id, episode, worker)``, with ``worker=`` or without."""
+    if fn is None:
+        return lambda agent, episode: DEFAULT_POLICY_ID
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return lambda agent, episode: fn(agent, episode, worker)
+    for args, kwargs in (((0, 1, 2), {}), ((0, 1), {"worker": 2}), ((0, 1), {})):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError:
+            continue
+        if len(args) == 3:
+            return lambda agent, episode: fn(agent, episode, worker)
+        if kwargs:
+            return lambda agent, episode: fn(agent, episode, worker=worker)
+        return lambda agent, episode: fn(agent, episode)
+    return lambda agent, episode: fn(agent, episode, worker)
+
+
+#: How many env copies a checkpoint that saved no environment state (another system's) may
+#: declare: each is built when sampling starts, so the count is bounded up front.
+MAX_ENVS_WITHOUT_STATE = 1024
+
+
+def check_env_count(own: Mapping[str, Any], declared: Any, path: str | os.PathLike[str]) -> None:
+    """The declared number of env copies must be the number saved (or small when none was saved).
+
+    :raises InvalidStateError: it is not, so building them could take any time or memory.
+    """
+    runner = (own.get("components") or {}).get("env_runner")
+    slots = runner.get("slots") if isinstance(runner, Mapping) else None
+    if isinstance(slots, list):
+        if declared != len(slots):
+            raise InvalidStateError(
+                f"{path}: config.num_envs_per_env_runner is {declared!r} but the checkpoint holds the "
+                f"state of {len(slots)} env copies", path=path)
+    elif not isinstance(declared, int) or declared > MAX_ENVS_WITHOUT_STATE:
+        raise InvalidStateError(
+            f"{path}: config.num_envs_per_env_runner is {declared!r}, more than the "
+            f"{MAX_ENVS_WITHOUT_STATE} env copies a checkpoint without environment state may declare",
+            path=path)

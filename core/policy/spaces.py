@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
-__all__ = ["action_dist_dim", "obs_input_dim", "space_from_state", "space_to_state"]
+__all__ = ["action_dist_dim", "obs_input_dim", "saved_policy_spaces", "space_from_state", "space_to_state",
+           "using_saved_spaces"]
+
+_SAVED: ContextVar[Mapping[str, tuple[Any, Any]]] = ContextVar("amber_saved_policy_spaces", default={})
 
 
 def space_to_state(space: Any) -> dict[str, Any]:
@@ -66,3 +72,45 @@ def action_dist_dim(action_space: Any) -> int:
     if isinstance(action_space, gym.spaces.Box):
         return 2 * int(np.prod(action_space.shape, dtype=np.int64))
     raise ValueError(f"action spaces of type {type(action_space).__name__} are not supported")
+
+
+@contextmanager
+def using_saved_spaces(states: Mapping[str, Any]) -> Iterator[None]:
+    """While an algorithm is built to restore ``states`` (policy states by id): each policy's
+    spaces as its saved ``policy_spec`` describes them (:func:`saved_policy_spaces`), so that the
+    env need not be built to find them. A state without a readable description is left out.
+
+    Equal descriptions give the same space objects, as an env's agents share theirs.
+    """
+    made: dict[tuple[Any, ...], Any] = {}
+    spaces = {}
+    for pid, state in states.items():
+        try:
+            spec = state["policy_spec"]
+            spaces[pid] = (_shared(spec["observation_space"], made), _shared(spec["action_space"], made))
+        except (KeyError, TypeError, ValueError):
+            continue
+    token = _SAVED.set(spaces)
+    try:
+        yield
+    finally:
+        _SAVED.reset(token)
+
+
+def saved_policy_spaces() -> Mapping[str, tuple[Any, Any]]:
+    """The spaces :func:`using_saved_spaces` read, by policy id (empty outside it)."""
+    return _SAVED.get()
+
+
+def _shared(description: Any, made: dict[tuple[Any, ...], Any]) -> Any:
+    if not isinstance(description, Mapping):
+        raise ValueError("not a space description")
+    d = dict(description)
+    if d.get("type") == "Box":
+        low, high = np.asarray(d["low"]), np.asarray(d["high"])
+        key: tuple[Any, ...] = ("Box", low.shape, low.dtype.str, low.tobytes(), high.tobytes(), str(d["dtype"]))
+    else:
+        key = (d.get("type"), d.get("n"), d.get("start", 0))
+    if key not in made:
+        made[key] = space_from_state(d)
+    return made[key]
