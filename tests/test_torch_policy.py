@@ -643,3 +643,26 @@ def test_optimizers_by_name():
         sac.optimizer  # noqa: B018
     with pytest.raises(KeyError, match="unknown optimizer 'actor'"):
         ppo.get_optimizer("actor")
+
+
+def test_a_decoded_space_is_a_new_equal_space_every_time():
+    from amber.policy import spaces as sp
+
+    cases = [gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Box(0, 255, (2, 3), np.uint8),
+             gym.spaces.Box(-1.0, 1.0, (2,), np.float64), gym.spaces.Discrete(5, start=-2)]
+    for space in cases:
+        desc = sp.space_to_state(space)
+        a, b = sp.space_from_state(desc), sp.space_from_state(desc)
+        assert a == space and b == space and a is not b and type(a) is type(space)
+        a.seed(7)
+        first = a.sample()
+        b.seed(7)
+        a.sample()  # drawing from one leaves the other's generator alone
+        assert np.array_equal(b.sample(), first)
+    # descriptions that differ only in dtype give different spaces, also once many were decoded
+    for i in range(sp.MAX_DECODED + 3):
+        sp.space_from_state({"type": "Discrete", "n": i + 1, "start": 0})
+    f32 = {"type": "Box", "low": np.zeros(2, np.float32), "high": np.ones(2, np.float32), "dtype": "<f4"}
+    assert sp.space_from_state(f32).dtype == np.float32
+    assert sp.space_from_state({**f32, "dtype": "<f8"}).dtype == np.float64
+    assert len(sp._DECODED) <= sp.MAX_DECODED

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,10 +33,45 @@ def space_to_state(space: Any) -> dict[str, Any]:
 
 
 def space_from_state(state: dict[str, Any]) -> Any:
-    """The space :func:`space_to_state` described.
+    """The space :func:`space_to_state` described (a new object each time).
+
+    A description is decoded once per process (at most :data:`MAX_DECODED` kept): later calls get
+    a deep copy, which is several times quicker than building a gymnasium ``Box``.
 
     :raises ValueError: an unknown or malformed description.
     """
+    key = _key(state)
+    if key is None:
+        return _decode(state)
+    decoded = _DECODED.get(key)
+    if decoded is None:
+        decoded = _decode(state)
+        if len(_DECODED) >= MAX_DECODED:
+            _DECODED.pop(next(iter(_DECODED)), None)
+        _DECODED[key] = decoded
+    return copy.deepcopy(decoded)
+
+
+#: How many decoded space descriptions :func:`space_from_state` keeps, the oldest dropped first.
+MAX_DECODED = 64
+_DECODED: dict[tuple[Any, ...], Any] = {}  # never handed out: callers get copies
+
+
+def _key(state: Any) -> tuple[Any, ...] | None:
+    """What determines the space a well-formed description gives; None for any other."""
+    try:
+        if state.get("type") == "Discrete":
+            return ("Discrete", operator.index(state["n"]), operator.index(state.get("start", 0)))
+        if state.get("type") == "Box":
+            low, high = np.asarray(state["low"]), np.asarray(state["high"])
+            return ("Box", low.dtype.str, low.shape, low.tobytes(), high.dtype.str, high.shape, high.tobytes(),
+                    np.dtype(state["dtype"]).str)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _decode(state: dict[str, Any]) -> Any:
     import gymnasium as gym
 
     kind = state.get("type") if isinstance(state, dict) else None
@@ -106,11 +143,9 @@ def _shared(description: Any, made: dict[tuple[Any, ...], Any]) -> Any:
     if not isinstance(description, Mapping):
         raise ValueError("not a space description")
     d = dict(description)
-    if d.get("type") == "Box":
-        low, high = np.asarray(d["low"]), np.asarray(d["high"])
-        key: tuple[Any, ...] = ("Box", low.shape, low.dtype.str, low.tobytes(), high.tobytes(), str(d["dtype"]))
-    else:
-        key = (d.get("type"), d.get("n"), d.get("start", 0))
+    key = _key(d)
+    if key is None:
+        return space_from_state(d)
     if key not in made:
         made[key] = space_from_state(d)
     return made[key]
