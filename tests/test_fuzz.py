@@ -84,6 +84,26 @@ def test_bad_generator_state_is_refused_and_changes_nothing(case, bare_pm, monke
     assert live.bit_generator.state == before and not called
 
 
+def test_restores_after_a_refused_state_and_in_threads_are_exact(bare_pm):
+    """States are checked on a scratch generator kept per kind and thread: a refused state
+    leaves nothing behind for the next restore, and threads do not mix their states."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = _edit(copy.deepcopy(_np_state()), ["bit_generator", "state", "state"], "int:" + "9" * 60)
+    with pytest.raises(CheckpointError):
+        components.restore(None, {"rng": np.random.default_rng(5)}, {"rng": bad}, pm=bare_pm)
+
+    def restored(seed: int) -> list[float]:
+        live = np.random.default_rng(5)
+        for _ in range(50):
+            components.restore(None, {"rng": live}, {"rng": _np_state(seed=seed)}, pm=bare_pm)
+        return live.random(3).tolist()
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(restored, range(8)))
+    assert got == [np.random.Generator(np.random.PCG64(seed)).random(3).tolist() for seed in range(8)]
+
+
 @pytest.mark.parametrize("kind,path,value", [
     ("MT19937", ["bit_generator", "state", "key"], np.zeros(623, np.uint32)),
     ("MT19937", ["bit_generator", "state", "key"], np.zeros(624, np.float64)),

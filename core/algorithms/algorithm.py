@@ -107,7 +107,9 @@ class Algorithm(CheckpointMixin):
                 torch.manual_seed(seed)  # every device's generator
             else:  # the CPU's alone: torch.manual_seed queues seeds for absent devices (about 1 ms)
                 torch.default_generator.manual_seed(seed)
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            if not (torch.are_deterministic_algorithms_enabled()  # checking is quicker than setting
+                    and torch.is_deterministic_algorithms_warn_only_enabled()):
+                torch.use_deterministic_algorithms(True, warn_only=True)
 
     def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
         """The config a policy is built with (subclasses add their own keys)."""

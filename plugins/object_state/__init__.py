@@ -16,7 +16,7 @@ import numpy as np
 
 from amber.errors import CheckpointError
 from amber.hookspecs import hookimpl
-from amber.plugins.object_state.rng import checked_bit_generator, python_random_state, random_state_tuple
+from amber.plugins.object_state.rng import checked_bit_generator_state, python_random_state, random_state_tuple
 from amber.state import wide_ints_to_text
 
 
@@ -68,12 +68,12 @@ def amber_restore_state(component: object, state: Any, key: str) -> bool | None:
     """
     if isinstance(component, np.random.Generator):
         saved = state.get("bit_generator") if isinstance(state, dict) else None
-        scratch = checked_bit_generator(saved, f"{key}.bit_generator")
+        kind, checked = checked_bit_generator_state(saved, f"{key}.bit_generator")
         live = component.bit_generator
-        if type(scratch) is not type(live):
-            raise CheckpointError(f"saved state {key!r} is of a {type(scratch).__name__} generator, "
+        if kind is not type(live):
+            raise CheckpointError(f"saved state {key!r} is of a {kind.__name__} generator, "
                                   f"this one is a {type(live).__name__}")
-        live.state = scratch.state
+        live.state = checked
         return True
     if isinstance(component, np.random.RandomState):
         component.set_state(random_state_tuple(state, key))

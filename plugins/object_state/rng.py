@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -20,7 +21,8 @@ import numpy as np
 from amber.errors import CheckpointError
 from amber.state import WIDE_INT_PREFIX
 
-__all__ = ["BIT_GENERATORS", "checked_bit_generator", "python_random_state", "random_state_tuple"]
+__all__ = ["BIT_GENERATORS", "checked_bit_generator", "checked_bit_generator_state", "python_random_state",
+           "random_state_tuple"]
 
 #: The bit generators a checkpoint may name: numpy's, by the name their ``state`` carries.
 BIT_GENERATORS: Mapping[str, type[np.random.BitGenerator]] = MappingProxyType({
@@ -103,6 +105,29 @@ def checked_bit_generator(saved: Any, key: str) -> np.random.BitGenerator:
     :param key: where it is in the checkpoint, for messages.
     :raises CheckpointError: an unknown kind, a missing, extra or wrong-typed field (named).
     """
+    kind, state = _checked_fields(saved, key)
+    return _set(BIT_GENERATORS[kind](0), kind, state, key)
+
+
+def checked_bit_generator_state(saved: Any, key: str) -> tuple[type[np.random.BitGenerator], dict[str, Any]]:
+    """The saved bit generator's class and its state as numpy gives it, once numpy accepted it on
+    a scratch generator of that kind (one per kind and thread, kept: building a generator costs
+    more than checking a state), for a live generator of that class to take.
+
+    :raises CheckpointError: as :func:`checked_bit_generator`.
+    """
+    kind, state = _checked_fields(saved, key)
+    scratch = getattr(_SCRATCH, kind, None)
+    if scratch is None:
+        scratch = BIT_GENERATORS[kind](0)
+        setattr(_SCRATCH, kind, scratch)
+    return BIT_GENERATORS[kind], _set(scratch, kind, state, key).state
+
+
+_SCRATCH = threading.local()
+
+
+def _checked_fields(saved: Any, key: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(saved, Mapping):
         raise bad(key, "expected a bit generator state map", saved)
     kind = saved.get("bit_generator")
@@ -111,9 +136,11 @@ def checked_bit_generator(saved: Any, key: str) -> np.random.BitGenerator:
                               f"{str(kind)[:60]!r}; known: {', '.join(BIT_GENERATORS)}")
     inner, beside = _FIELDS[kind]
     rest = {k: v for k, v in saved.items() if k not in ("bit_generator", "state")}
-    state = {"bit_generator": kind, "state": _fields(saved.get("state"), inner, f"{key}.state"),
-             **_fields(rest, beside, key)}
-    generator = BIT_GENERATORS[kind](0)
+    return kind, {"bit_generator": kind, "state": _fields(saved.get("state"), inner, f"{key}.state"),
+                  **_fields(rest, beside, key)}
+
+
+def _set(generator: np.random.BitGenerator, kind: str, state: dict[str, Any], key: str) -> np.random.BitGenerator:
     try:
         generator.state = state
     except (ValueError, TypeError, OverflowError) as e:
