@@ -241,7 +241,7 @@ def _read_native(
                 raise UnknownPolicyError(pid, present, path=root)
     policy_manifests = {}
     for pid in wanted:
-        pdir = root / "policies" / pid
+        pdir = root.joinpath("policies", pid)
         pman = read_manifest(pdir, expected=manifest.files[f"policies/{pid}/{MANIFEST}"], root=root)
         if pman.type != "Policy" or pman.format != manifest.format:
             raise CorruptCheckpointError(

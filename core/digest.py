@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import json
 import os
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, BinaryIO, Protocol
 
 import blake3
@@ -35,9 +37,13 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "Hasher",
     "all_well_formed",
+    "canonical_members",
     "format_digest",
     "hash_file",
     "is_cryptographic",
+    "json_digest",
+    "load_json",
+    "members_digest",
     "new_hasher",
     "parse_digest",
     "writing_with",
@@ -143,9 +149,10 @@ def all_well_formed(digests: Collection[object], *, cryptographic: bool = False)
     """
     if not digests:
         return True
-    if not all(isinstance(d, str) for d in digests):
+    try:
+        joined = "\n".join(digests) + "\n"  # type: ignore[arg-type]
+    except TypeError:  # one is not a str
         return False
-    joined = "\n".join(digests) + "\n"  # type: ignore[arg-type]
     if joined.count("\n") != len(digests):  # a digest holding a newline would pass as two lines
         return False
     lines = _CRYPTOGRAPHIC_LINES if cryptographic else _WELL_FORMED_LINES
@@ -193,3 +200,65 @@ def hash_file(
     if fsync:
         os.fsync(file.fileno())
     return size, format_digest(h, algorithm)
+
+
+# -- The digest of a JSON document (a checkpoint.json's own: amber.layout) -----------------------
+
+#: Serialises as :func:`json_digest` does (JSON read from a file holds no cycle to look for).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
+
+
+def json_digest(content: Mapping[str, Any]) -> str:
+    """The digest of ``content`` serialised with sorted keys, no spaces, non-ASCII escaped (in the
+    algorithm of :func:`new_hasher`): what a manifest records of itself."""
+    h = new_hasher()
+    h.update(json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    return format_digest(h)
+
+
+def canonical_members(content: Mapping[str, Any]) -> dict[str, str]:
+    """Each member of ``content`` (a JSON object: str keys) as the text ``"key":value`` that
+    :func:`json_digest` serialises it to, in key order: joined by commas inside braces, they are
+    that serialisation, from which a signature's MAC (:mod:`amber.signing`) leaves some out."""
+    encode = _CANONICAL.encode
+    return {key: f"{encode_basestring_ascii(key)}:{encode(content[key])}" for key in sorted(content)}
+
+
+def members_digest(members: Mapping[str, str]) -> str:
+    """:func:`json_digest` of the content whose :func:`canonical_members` are ``members``."""
+    h = new_hasher()
+    h.update(("{" + ",".join(members.values()) + "}").encode("ascii"))
+    return format_digest(h)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a key came twice: name the first one repeated
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {k!r}")
+            seen.add(k)
+    return out
+
+
+def load_json(text: str) -> tuple[Any, dict[str, str] | None]:
+    """The JSON value of ``text``, refusing duplicate keys (``ValueError`` naming the first), and,
+    for an object, its :func:`canonical_members` (None: not made here).
+
+    ``json.loads`` alone keeps the last of duplicate keys; the members show whether it dropped
+    any. In a text without a backslash every string holds the characters written, and the
+    members hold every key and value kept, each string's colons as written: the text holds
+    more colons than the members exactly when some member was dropped (each held a colon of
+    its own). Any other text is parsed again, each object checked as it is read: a duplicate
+    or any other error is then raised just as a single checked parse raises it.
+    """
+    try:
+        value = json.loads(text)
+        if type(value) is dict and "\\" not in text:
+            members = canonical_members(value)
+            if text.count(":") == sum(member.count(":") for member in members.values()):
+                return value, members
+    except (ValueError, RecursionError):
+        pass  # the checked parse below raises the error a checked parse raises
+    return json.loads(text, object_pairs_hook=_no_duplicates), None

@@ -16,15 +16,25 @@ import stat
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from amber.digest import all_well_formed, format_digest, is_cryptographic, new_hasher, parse_digest
-from amber.errors import InvalidIdError, NotACheckpointError
+from amber.digest import (
+    all_well_formed,
+    canonical_members,
+    is_cryptographic,
+    json_digest,
+    load_json,
+    members_digest,
+    parse_digest,
+)
+from amber.errors import CorruptCheckpointError, InvalidIdError, NotACheckpointError
 from amber.migration import check_not_newer
 from amber.verified_io import (
     MANIFEST,
+    FileEntries,
     FileEntry,
     HashingFile,
     Sink,
@@ -41,6 +51,7 @@ __all__ = [
     "MANIFEST",
     "MAX_MANIFEST_BYTES",
     "STATE_STEMS",
+    "FileEntries",
     "FileEntry",
     "HashingFile",
     "Manifest",
@@ -116,13 +127,16 @@ class Manifest:
     type: str
     checkpoint_version: str
     format: str
-    files: dict[str, FileEntry]
+    files: Mapping[str, FileEntry]
     raw: dict[str, Any] = field(repr=False)
     #: True: every file's digest was found cryptographic when the manifest was read, all at once
     #: (False: not known; :func:`amber.signing.weak_digest` then looks at each).
     all_cryptographic: bool = field(default=False, repr=False)
+    #: :func:`canonical_members` of ``raw`` as read and checked against its own digest (None: not
+    #: known); :mod:`amber.signing` computes the signature's MAC from them.
+    members: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
-    @property
+    @cached_property
     def directory(self) -> Path:
         """The directory this manifest describes."""
         return self.path.parent
@@ -136,17 +150,6 @@ class Manifest:
     def policy_ids(self) -> list[str]:
         """The policies an Algorithm checkpoint holds (empty for other types)."""
         return list(self.raw.get("policy_ids", []))
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):  # a key came twice: name the first one repeated
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise ValueError(f"duplicate key {k!r}")
-            seen.add(k)
-    return out
 
 
 def _safe_relpath(rel: object) -> bool:
@@ -176,6 +179,20 @@ def _below_root(root: Path, directory: Path) -> str:
     return rel.as_posix() if rel.parts else ""
 
 
+def _check_place(base: Path, directory: Path) -> None:
+    """Raise the error that says why ``directory/checkpoint.json`` cannot be read, if ``directory``
+    (below ``base``) is not a real directory or holds no manifest; return if neither."""
+    inner = _below_root(base, directory)
+    if not inner and not directory.is_dir():
+        raise NotACheckpointError(
+            f"{directory} is not a checkpoint directory"
+            + (" (it does not exist)" if not os.path.lexists(directory) else ""),
+            path=directory,
+        )
+    if not os.path.lexists(directory / MANIFEST):
+        _no_manifest(directory, inside=bool(inner))
+
+
 def _no_manifest(directory: Path, inside: bool) -> None:
     """Raise the error for a directory without checkpoint.json."""
     path = directory / MANIFEST
@@ -192,13 +209,13 @@ def _no_manifest(directory: Path, inside: bool) -> None:
 def _manifest_bytes(base: Path, rel: str, path: Path, expected: FileEntry | None) -> bytes:
     """The bytes of ``base/rel`` (a manifest), read without following links or blocking."""
     if expected is not None:
-        return bytes(read_verified(base, rel, expected))
+        return bytes(read_verified(base, rel, expected, aligned=False))
     fd = open_nofollow(base, rel)
     size = os.fstat(fd).st_size
     if size > MAX_MANIFEST_BYTES:
         os.close(fd)
         raise _corrupt(path, f"is {size} bytes, more than a manifest may be")
-    return bytes(read_fd(fd, size, path))
+    return bytes(read_fd(fd, size, path, aligned=False))
 
 
 def read_manifest(
@@ -216,21 +233,18 @@ def read_manifest(
     :raises CorruptCheckpointError: unreadable, not a regular file, not JSON,
         duplicate keys, wrong types.
     """
-    directory = Path(directory)
+    directory = directory if isinstance(directory, Path) else Path(directory)
     path = directory / MANIFEST
-    base = directory if root is None else Path(root)
-    inner = _below_root(base, directory)
-    if not inner and not directory.is_dir():
-        raise NotACheckpointError(
-            f"{directory} is not a checkpoint directory"
-            + (" (it does not exist)" if not os.path.lexists(directory) else ""),
-            path=directory,
-        )
-    if not os.path.lexists(path):
-        _no_manifest(directory, inside=bool(inner))
-    data = _manifest_bytes(base, f"{inner}/{MANIFEST}" if inner else MANIFEST, path, expected)
+    base = directory if root is None else root if isinstance(root, Path) else Path(root)
+    inner = "" if base is directory else directory.relative_to(base).as_posix()
+    inner = "" if inner == "." else inner  # (root given, and the directory itself)
+    try:  # opening checks every directory on the way: only a failure needs the checks that name it
+        data = _manifest_bytes(base, f"{inner}/{MANIFEST}" if inner else MANIFEST, path, expected)
+    except CorruptCheckpointError:
+        _check_place(base, directory)
+        raise
     try:
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        raw, members = load_json(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _corrupt(path, f"is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
@@ -239,57 +253,53 @@ def read_manifest(
     recorded = raw.pop(SELF_DIGEST, None)
     if recorded is None:
         raise _corrupt(path, f"lacks the key {SELF_DIGEST!r}")
-    if recorded != _self_digest(raw):
+    members = members if members is not None else canonical_members(raw)
+    members.pop(SELF_DIGEST, None)
+    if recorded != members_digest(members):
         raise _corrupt(path, "content does not match its own digest (edited or damaged)")
-    return _validate_manifest(raw, path)
+    manifest = _validate_manifest(raw, path)
+    manifest.members = members
+    return manifest
 
 
 def _self_digest(content: Mapping[str, Any]) -> str:
-    h = new_hasher()
-    h.update(json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-    return format_digest(h)
-
-
-#: Substrings of the paths joined and surrounded by newlines (paths without hidden characters, so
-#: without a newline or NUL of their own) that only a path :func:`_safe_relpath` refuses makes: a
-#: backslash, a leading or trailing slash, an empty path or part, a ``.`` or ``..`` part.
-_UNSAFE_IN_JOINED = ("\\", "\n/", "/\n", "//", "\n\n", "/./", "/.\n", "\n./", "\n.\n",
-                     "/../", "/..\n", "\n../", "\n..\n")
+    """The digest a manifest records of itself (``content``: all of it but that digest)."""
+    return json_digest(content)
 
 
 #: From how many entries checking them all at once is quicker than one by one.
 _AT_ONCE = 8
+#: In the paths each put between slashes (``/a/b/`` then ``:`` then ``/c/``...), what only a path
+#: :func:`_safe_relpath` refuses makes: a backslash, an empty, ``.`` or ``..`` part (a leading or
+#: trailing slash, or an empty path, makes an empty part).
+_UNSAFE_IN_WRAPPED = ("\\", "//", "/./", "/../")
 
 
-def _all_files_valid(listed: Mapping[str, Any]) -> tuple[dict[str, FileEntry], bool] | None:
+def _all_files_valid(listed: dict[str, Any]) -> tuple[FileEntries, bool] | None:
     """:func:`_validate_files`'s answer for a manifest every entry of which it accepts, found in a
     few passes over all of them at once (a manifest lists two files per policy), and whether every
     digest is cryptographic; None when some entry may be refused, which the entry-by-entry check
     then names."""
-    rels, entries = list(listed), list(listed.values())
-    if not rels or MANIFEST in listed or not all(type(r) is str for r in rels):
+    if not listed or MANIFEST in listed:
         return None
-    if not "".join(rels).isprintable():  # no hidden character, and so no newline, in any path
+    try:  # fails for a path that is not a str, an entry that is not an object or lacks a key
+        wrapped = "/" + "/:/".join(listed) + "/"
+        sizes = list(map(itemgetter("size"), listed.values()))
+        digests = list(map(itemgetter("digest"), listed.values()))
+    except (TypeError, KeyError):
         return None
-    joined = "\n" + "\n".join(rels) + "\n"
-    if any(bad in joined for bad in _UNSAFE_IN_JOINED):
+    # printable: no hidden character, NUL or newline in any path (the slashes and colons are)
+    if not wrapped.isprintable() or any(bad in wrapped for bad in _UNSAFE_IN_WRAPPED):
         return None
-    if not all(type(e) is dict for e in entries):
-        return None
-    try:
-        sizes = list(map(itemgetter("size"), entries))
-        digests = list(map(itemgetter("digest"), entries))
-    except KeyError:
-        return None
-    if not all(type(n) is int for n in sizes) or min(sizes) < 0:
+    if set(map(type, sizes)) != {int} or min(sizes) < 0:  # (a bool is no int here)
         return None
     crypto = is_cryptographic(digests[0]) and all_well_formed(digests, cryptographic=True)  # one pass
     if not crypto and not all_well_formed(digests):
         return None
-    return dict(zip(rels, map(FileEntry, sizes, digests), strict=True)), crypto
+    return FileEntries(listed), crypto
 
 
-def _validate_files(raw: dict[str, Any], path: Path) -> tuple[dict[str, FileEntry], bool]:
+def _validate_files(raw: dict[str, Any], path: Path) -> tuple[Mapping[str, FileEntry], bool]:
     """The ``files`` of a manifest: safe relative paths with names that show as themselves; and
     True if every digest was found cryptographic (False: not known)."""
     if len(raw["files"]) >= _AT_ONCE and (valid := _all_files_valid(raw["files"])) is not None:
@@ -313,7 +323,7 @@ def _validate_files(raw: dict[str, Any], path: Path) -> tuple[dict[str, FileEntr
     return files, False
 
 
-def _validate_ids(raw: dict[str, Any], path: Path, files: Mapping[str, FileEntry]) -> None:
+def _validate_ids(raw: dict[str, Any], path: Path, files: Mapping[str, Any]) -> None:
     """An Algorithm's ``policy_ids`` (each with its manifest listed), a Policy's ``policy_id``."""
     ids = raw.get("policy_ids", [])
     if not isinstance(ids, list):
@@ -338,9 +348,12 @@ def _all_ids_valid(ids: list[Any]) -> bool:
     (False: some id may be refused, and checking each one names it)."""
     if not ids:
         return True
-    if not all(type(i) is str for i in ids) or min(map(len, ids)) < 1 or max(map(len, ids)) > MAX_ID_LENGTH:
+    try:
+        joined = "".join(ids)
+    except TypeError:  # one is not a str
         return False
-    joined = "".join(ids)
+    if min(map(len, ids)) < 1 or max(map(len, ids)) > MAX_ID_LENGTH:
+        return False
     return joined.isprintable() and "/" not in joined and "\\" not in joined and not {".", ".."} & set(ids)
 
 
@@ -356,9 +369,9 @@ def _validate_manifest(raw: Any, path: Path) -> Manifest:
     if raw["type"] not in CHECKPOINT_TYPES:
         raise _corrupt(path, f"unknown checkpoint type {raw['type']!r}")
     files, all_cryptographic = _validate_files(raw, path)
-    if raw["state_file"] not in files:
+    if raw["state_file"] not in raw["files"]:
         raise _corrupt(path, f"state_file {raw['state_file']!r} is not among its files")
-    _validate_ids(raw, path, files)
+    _validate_ids(raw, path, raw["files"])  # (the same keys, in a dict)
     if "metadata" in raw and not (
         isinstance(raw["metadata"], dict) and all(isinstance(v, str) for v in raw["metadata"].values())
     ):

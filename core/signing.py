@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -71,6 +72,8 @@ KEY_BYTES = 32
 _MAC_CONTEXT = b"amber checkpoint signature v1\0"
 _ID_CONTEXT = b"amber key id v1"
 _MAX_KEY_FILE = 4096
+#: What a key file holds, less white space around it.
+_KEY_TEXT = re.compile(f"[0-9a-fA-F]{{{2 * KEY_BYTES}}}")
 
 
 @dataclass(frozen=True)
@@ -123,17 +126,21 @@ def _read_key(path: Path) -> SigningKey:
         raise
     except OSError as e:
         raise SigningKeyError(f"cannot read the signing key {path}: {describe(e)}", path=path) from e
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SigningKeyError(f"the signing key {path} is not a regular file", path=path)
         if os.name == "posix" and st.st_mode & 0o077:
             raise SigningKeyError(
                 f"the signing key {path} may be read or changed by other users (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}); make it private: chmod 600 {path}", path=path)
-        data = f.read(_MAX_KEY_FILE + 1)
+        data = b""
+        while len(data) <= _MAX_KEY_FILE and (chunk := os.read(fd, _MAX_KEY_FILE + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
     text = data.decode("ascii", errors="replace").strip()
-    if len(text) != 2 * KEY_BYTES or any(c not in "0123456789abcdefABCDEF" for c in text):
+    if _KEY_TEXT.fullmatch(text) is None:
         raise SigningKeyError(f"the signing key {path} is malformed: it must hold {2 * KEY_BYTES} hex "
                               "digits", path=path)
     return SigningKey(path, bytes.fromhex(text))
@@ -188,7 +195,11 @@ def key_for_saving() -> SigningKey | None:
 
 def _mac(content: Mapping[str, Any], key: SigningKey) -> str:
     body = {k: v for k, v in content.items() if k not in (SIGNATURE, SELF_DIGEST)}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _mac_of(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True), key)
+
+
+def _mac_of(text: str, key: SigningKey) -> str:
+    """The MAC of a manifest's body serialised as ``text`` (sorted keys, no spaces, ASCII)."""
     return hmac.new(key.secret, _MAC_CONTEXT + text.encode("ascii"), hashlib.sha256).hexdigest()
 
 
@@ -197,8 +208,14 @@ def sign(content: Mapping[str, Any], key: SigningKey) -> dict[str, str]:
     return {"scheme": SCHEME, "key_id": key.key_id, "mac": _mac(content, key)}
 
 
-def signature_problem(raw: Mapping[str, Any], key: SigningKey) -> str | None:
-    """Why a manifest's signature does not vouch for it with ``key``, or None if it does."""
+def signature_problem(
+    raw: Mapping[str, Any], key: SigningKey, *, members: Mapping[str, str] | None = None
+) -> str | None:
+    """Why a manifest's signature does not vouch for it with ``key``, or None if it does.
+
+    :param members: ``raw``'s :func:`amber.layout.canonical_members` (:attr:`Manifest.members`),
+        if already made: the MAC is then computed from them, without serialising ``raw`` again.
+    """
     sig = raw.get(SIGNATURE)
     if sig is None:
         return "it carries no signature"
@@ -208,7 +225,12 @@ def signature_problem(raw: Mapping[str, Any], key: SigningKey) -> str | None:
     if sig["key_id"] != key.key_id:
         return (f"it is signed with another key (key id {sig['key_id']!r}; yours, {key.path}, "
                 f"is {key.key_id!r})")
-    if not hmac.compare_digest(sig["mac"].encode("ascii", "replace"), _mac(raw, key).encode("ascii")):
+    if members is None:
+        mac = _mac(raw, key)
+    else:  # the same text: the members, less these two, in the same order
+        mac = _mac_of("{" + ",".join(text for k, text in members.items()
+                                     if k not in (SIGNATURE, SELF_DIGEST)) + "}", key)
+    if not hmac.compare_digest(sig["mac"].encode("ascii", "replace"), mac.encode("ascii")):
         return "its signature does not match its content (it was changed after it was signed)"
     return None
 
@@ -226,7 +248,7 @@ def weak_digest(manifest: Manifest) -> str | None:
 
 
 def _problem(manifest: Manifest, key: SigningKey) -> str | None:
-    return signature_problem(manifest.raw, key) or weak_digest(manifest)
+    return signature_problem(manifest.raw, key, members=manifest.members) or weak_digest(manifest)
 
 
 def check_trust(manifest: Manifest) -> tuple[Manifest, str | None]:

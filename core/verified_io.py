@@ -17,7 +17,7 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGN",
     "MANIFEST",
+    "FileEntries",
     "FileEntry",
     "HashingFile",
     "Sink",
@@ -49,7 +50,7 @@ __all__ = [
 
 #: The manifest's file name, in every directory level of a checkpoint (see :mod:`amber.layout`).
 MANIFEST = "checkpoint.json"
-#: Buffers returned by :func:`read_verified` start at a multiple of this many bytes.
+#: Buffers returned by :func:`read_verified` start at a multiple of this many bytes (unless asked not to).
 ALIGN = 64
 
 
@@ -59,6 +60,29 @@ class FileEntry:
 
     size: int
     digest: str
+
+
+class FileEntries(Mapping[str, FileEntry]):
+    """A manifest's ``files`` (read-only) over its JSON object, once checked: an entry becomes a
+    :class:`FileEntry` when it is looked up (a subset restore looks up a few of hundreds)."""
+
+    __slots__ = ("_listed",)
+
+    def __init__(self, listed: Mapping[str, Mapping[str, Any]]) -> None:
+        self._listed = listed
+
+    def __getitem__(self, rel: str) -> FileEntry:
+        entry = self._listed[rel]
+        return FileEntry(entry["size"], entry["digest"])
+
+    def __contains__(self, rel: object) -> bool:
+        return rel in self._listed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._listed)
+
+    def __len__(self) -> int:
+        return len(self._listed)
 
 
 def corrupt(path: Path, why: str) -> CorruptCheckpointError:
@@ -169,45 +193,60 @@ def open_regular(path: Path) -> int:
     return open_nofollow(path.parent, path.name)
 
 
-def read_fd(fd: int, size: int, path: Path, hasher: Hasher | None = None) -> memoryview:
-    """Read exactly ``size`` bytes into a fresh 64-byte-aligned writable buffer.
+def read_fd(fd: int, size: int, path: Path, hasher: Hasher | None = None, *,
+            aligned: bool = True) -> memoryview:
+    """Read exactly ``size`` bytes into a fresh writable buffer, and close ``fd``.
 
     With ``hasher``, each chunk is hashed right after it is read, while it is
     still in the CPU cache (measurably faster than a second pass).
+
+    :param aligned: the buffer starts at a multiple of :data:`ALIGN` bytes (False: wherever; for a
+        small file decoded whole, such as a manifest, a plain buffer is quicker to make).
     """
-    raw = np.empty(size + ALIGN, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % ALIGN
-    buf = memoryview(raw[offset : offset + size])
-    with os.fdopen(fd, "rb", buffering=0, closefd=True) as f:
+    return _read_exactly(fd, size, lambda: path, hasher, aligned)
+
+
+def _read_exactly(fd: int, size: int, where: Callable[[], Path], hasher: Hasher | None,
+                  aligned: bool) -> memoryview:
+    """:func:`read_fd`, with ``where()`` the file's path, made only for an error's message."""
+    if aligned:
+        raw = np.empty(size + ALIGN, dtype=np.uint8)
+        offset = (-raw.ctypes.data) % ALIGN
+        buf = memoryview(raw[offset : offset + size])
+    else:
+        buf = memoryview(bytearray(size))
+    try:
         got = 0
         while got < size:
-            n = f.readinto(buf[got : got + CHUNK_BYTES])
+            n = os.readv(fd, [buf[got : got + CHUNK_BYTES]])
             if not n:
-                raise corrupt(path, f"is truncated: {got} bytes, expected {size}")
+                raise corrupt(where(), f"is truncated: {got} bytes, expected {size}")
             if hasher is not None:
                 hasher.update(buf[got : got + n])
             got += n
-        if f.read(1):
-            raise corrupt(path, f"is longer than the {size} bytes recorded")
+        if os.read(fd, 1):
+            raise corrupt(where(), f"is longer than the {size} bytes recorded")
+    finally:
+        os.close(fd)
     return buf
 
 
-def read_verified(root: Path, rel: str, entry: FileEntry) -> memoryview:
+def read_verified(root: Path, rel: str, entry: FileEntry, *, aligned: bool = True) -> memoryview:
     """The bytes of ``root/rel``, checked against its manifest entry.
 
+    :param aligned: as for :func:`read_fd`.
     :raises CorruptCheckpointError: missing, a link, wrong size or wrong digest.
     """
-    path = root / rel
     fd = open_nofollow(root, rel)
     actual = os.fstat(fd).st_size
     if actual != entry.size:
         os.close(fd)
-        raise corrupt(path, f"has {actual} bytes, checkpoint.json records {entry.size}")
+        raise corrupt(root / rel, f"has {actual} bytes, checkpoint.json records {entry.size}")
     algorithm, expected = parse_digest(entry.digest)  # type: ignore[misc]
     h = new_hasher(algorithm)
-    buf = read_fd(fd, entry.size, path, h)
+    buf = _read_exactly(fd, entry.size, lambda: root / rel, h, aligned)
     if h.hexdigest() != expected:
-        raise corrupt(path, "content does not match its digest in checkpoint.json")
+        raise corrupt(root / rel, "content does not match its digest in checkpoint.json")
     return buf
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
@@ -215,10 +216,14 @@ class _Decoder:
 
     def __init__(self, source: StateSource) -> None:
         self.source = source
-        self.sidecar_path = source.path.with_suffix(SIDECAR)
         self._sidecar: SafetensorsFile | None = None
         self._used: set[str] = set()
         self._height: dict[int, int] = {}  # id -> levels of containers, when more than 1
+
+    @property
+    def sidecar_path(self) -> Path:
+        """The sidecar's path (for error messages)."""
+        return self.source.path.with_suffix(SIDECAR)
 
     def on_map(self, pairs: list[tuple[Any, Any]]) -> Any:
         out = dict(pairs)
