@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from amber.algorithms.model_exports import model_exports
-from amber.errors import CheckpointError, InvalidStateError, UnregisteredNameError, state_errors
+from amber.errors import CheckpointError, UnregisteredNameError, state_errors
 from amber.state import Ref
 from amber.storage import is_remote
 

@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["action_dist_dim", "obs_input_dim", "saved_policy_spaces", "space_from_state", "space_to_state",
            "using_saved_spaces"]
 
-_SAVED: ContextVar[Mapping[str, tuple[Any, Any]]] = ContextVar("amber_saved_policy_spaces", default={})
+_SAVED: ContextVar[Mapping[str, tuple[Any, Any]] | None] = ContextVar("amber_saved_spaces", default=None)
 
 
 def space_to_state(space: Any) -> dict[str, Any]:
@@ -64,8 +64,8 @@ def _key(state: Any) -> tuple[Any, ...] | None:
             return ("Discrete", operator.index(state["n"]), operator.index(state.get("start", 0)))
         if state.get("type") == "Box":
             low, high = np.asarray(state["low"]), np.asarray(state["high"])
-            return ("Box", low.dtype.str, low.shape, low.tobytes(), high.dtype.str, high.shape, high.tobytes(),
-                    np.dtype(state["dtype"]).str)
+            return ("Box", low.dtype.str, low.shape, low.tobytes(), high.dtype.str, high.shape,
+                    high.tobytes(), np.dtype(state["dtype"]).str)
     except (AttributeError, KeyError, TypeError, ValueError):
         pass
     return None
@@ -136,7 +136,7 @@ def using_saved_spaces(states: Mapping[str, Any]) -> Iterator[None]:
 
 def saved_policy_spaces() -> Mapping[str, tuple[Any, Any]]:
     """The spaces :func:`using_saved_spaces` read, by policy id (empty outside it)."""
-    return _SAVED.get()
+    return _SAVED.get() or {}
 
 
 def _shared(description: Any, made: dict[tuple[Any, ...], Any]) -> Any:

@@ -16,7 +16,11 @@ import numpy as np
 
 from amber.errors import CheckpointError
 from amber.hookspecs import hookimpl
-from amber.plugins.object_state.rng import checked_bit_generator_state, python_random_state, random_state_tuple
+from amber.plugins.object_state.rng import (
+    checked_bit_generator_state,
+    python_random_state,
+    random_state_tuple,
+)
 from amber.state import wide_ints_to_text
 
 

@@ -140,7 +140,8 @@ def _checked_fields(saved: Any, key: str) -> tuple[str, dict[str, Any]]:
                   **_fields(rest, beside, key)}
 
 
-def _set(generator: np.random.BitGenerator, kind: str, state: dict[str, Any], key: str) -> np.random.BitGenerator:
+def _set(generator: np.random.BitGenerator, kind: str, state: dict[str, Any],
+         key: str) -> np.random.BitGenerator:
     try:
         generator.state = state
     except (ValueError, TypeError, OverflowError) as e:
