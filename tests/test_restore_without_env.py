@@ -172,3 +172,24 @@ def test_a_restore_that_continues_the_episodes_builds_the_envs_to_restore_them(t
     restored = Algorithm.from_checkpoint(path)
     assert [s.env.unwrapped.state.tolist() for s in restored.env_runner._built] == [s.tolist() for s in live]
     restored.stop()
+
+
+def test_saving_a_restored_algorithm_that_never_sampled_builds_no_env(tmp_path):
+    algo = _config(CountingPair).build()
+    algo.train()
+    path = algo.save(tmp_path / "ck").checkpoint.path
+    algo.stop()
+    restored = Algorithm.from_checkpoint(path, policy_ids=["p0", "p1"], policy_mapping_fn=by_agent)
+    BUILT.clear()
+    again = restored.save(tmp_path / "again").checkpoint.path
+    assert BUILT == []
+    # its episodes are those of fresh env copies, as a built runner that never sampled saves them
+    fresh = _config(CountingPair).build()
+    assert len(fresh.env_runner.envs) == 1  # built, never sampled
+    unbuilt = restored.get_state()["algorithm"]["components"]["env_runner"]
+    assert unbuilt == fresh.get_state()["algorithm"]["components"]["env_runner"]
+    fresh.stop()
+    resumed = Algorithm.from_checkpoint(again, policy_mapping_fn=by_agent)
+    assert np.isfinite(resumed.train()["episode_return_mean"])
+    resumed.stop()
+    restored.stop()

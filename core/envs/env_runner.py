@@ -326,10 +326,12 @@ class EnvRunner:
             return components.capture(self, {k: e for k, e in own.items() if k not in bad}, pm=self.pm)
 
     def get_state(self) -> dict[str, Any]:
-        """Every env's state and the running episodes, as a portable state tree."""
-        envs = self._capture_envs()
+        """Every env's state and the running episodes, as a portable state tree (copies not yet
+        built are saved as the fresh copies they will be, without building them)."""
+        built = self._built is not None
+        envs = self._capture_envs() if built else {}
         slots = []
-        for s in self._slots:
+        for s in self._slots if built else [_Slot(None, i) for i in range(self.num_envs)]:
             slots.append({
                 "started": s.started, "captured": str(s.index) in envs,
                 "obs": None if s.obs is None else {a: _plain(o) for a, o in s.obs.items()},
@@ -339,7 +341,7 @@ class EnvRunner:
                                 "extra": {k: _plain(v) for k, v in p[2].items()}, "reward": p[3]}
                             for a, p in s.pending.items()},
             })
-        return {"num_envs": len(self._slots), "next_eps_id": self._next_eps_id, "envs": envs, "slots": slots}
+        return {"num_envs": len(slots), "next_eps_id": self._next_eps_id, "envs": envs, "slots": slots}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Apply :meth:`get_state`'s output; envs whose state was not captured restart their episodes.
