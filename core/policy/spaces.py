@@ -40,7 +40,11 @@ def space_from_state(state: dict[str, Any]) -> Any:
 
     :raises ValueError: an unknown or malformed description.
     """
-    key = _key(state)
+    return _from_key(state, _key(state))
+
+
+def _from_key(state: dict[str, Any], key: tuple[Any, ...] | None) -> Any:
+    """:func:`space_from_state` of ``state``, whose :func:`_key` is ``key``."""
     if key is None:
         return _decode(state)
     decoded = _DECODED.get(key)
@@ -145,7 +149,7 @@ def _shared(description: Any, made: dict[tuple[Any, ...], Any]) -> Any:
     d = dict(description)
     key = _key(d)
     if key is None:
-        return space_from_state(d)
+        return _decode(d)
     if key not in made:
-        made[key] = space_from_state(d)
+        made[key] = _from_key(d, key)
     return made[key]
