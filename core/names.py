@@ -160,11 +160,17 @@ def _plugin_names(pm: pluggy.PluginManager | None) -> Mapping[str, Any]:
 
 
 def _load_builtin(name: str) -> Any:
-    module, _, qualname = BUILTIN[name].partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    obj = _loaded_builtins.get(name)
+    if obj is None:
+        module, _, qualname = BUILTIN[name].partition(":")
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        _loaded_builtins[name] = obj
     return obj
+
+
+_loaded_builtins: dict[str, Any] = {}  # amber's own classes and functions, once imported
 
 
 def _gym_entry(env_id: str) -> Any:

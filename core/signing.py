@@ -28,7 +28,7 @@ what this user saved, or marked as trusted with ``amber trust``
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import json
 import os
@@ -83,23 +83,26 @@ class SigningKey:
     path: Path
     secret: bytes = field(repr=False)
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         """A public name of the key (16 hex digits), recorded in each signature; reveals nothing of it."""
-        return hmac.new(self.secret, _ID_CONTEXT, hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self.secret, _ID_CONTEXT, "sha256").hex()[:16]
+
+
+def _config_home() -> str:
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    return xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".config")
 
 
 def _default_dir() -> Path:
-    xdg = os.environ.get("XDG_CONFIG_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
-    return base / "amber"
+    return Path(_config_home(), "amber")
 
 
 def key_path() -> Path:
     """Where the user's key is: ``$AMBER_KEY_FILE``, else ``$XDG_CONFIG_HOME/amber/signing.key``,
     else ``~/.config/amber/signing.key``."""
     override = os.environ.get(KEY_ENV, "").strip()
-    return Path(override).expanduser() if override else _default_dir() / "signing.key"
+    return Path(override).expanduser() if override else Path(_config_home(), "amber", "signing.key")
 
 
 def load_key(*, create: bool = False) -> SigningKey | None:
@@ -200,7 +203,7 @@ def _mac(content: Mapping[str, Any], key: SigningKey) -> str:
 
 def _mac_of(text: str, key: SigningKey) -> str:
     """The MAC of a manifest's body serialised as ``text`` (sorted keys, no spaces, ASCII)."""
-    return hmac.new(key.secret, _MAC_CONTEXT + text.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(key.secret, _MAC_CONTEXT + text.encode("ascii"), "sha256").hex()
 
 
 def sign(content: Mapping[str, Any], key: SigningKey) -> dict[str, str]:

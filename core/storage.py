@@ -34,7 +34,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from amber.errors import (
@@ -61,9 +61,11 @@ _INSTALL = {"s3": "pip install 'amber-rl[s3]'", "s3a": "pip install 'amber-rl[s3
 
 
 def _protocol(path: object) -> str | None:
+    if isinstance(path, PurePath):  # never a URL: a Path folds "://" into ":/"
+        return None
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
-    if not isinstance(path, str):
+    if not isinstance(path, str) or "://" not in path:
         return None
     m = _URL_RE.match(path)
     return m["protocol"].lower() if m else None

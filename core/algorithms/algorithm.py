@@ -25,7 +25,7 @@ from amber.algorithms.algorithm_checkpoints import (
     TrainingCheckpoint,
     results_dir,
 )
-from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig
+from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig, copy_unless_adopted
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.training_state import TorchGlobalRNG, TrainingProgress
@@ -40,6 +40,19 @@ __all__ = ["Algorithm", "AlgorithmStoppedError", "SaveResult", "TrainingCheckpoi
 
 class AlgorithmStoppedError(RuntimeError):
     """The algorithm was stopped; build a new one (or restore from a checkpoint)."""
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees an accelerator (asked once: the answer does not change in a process)."""
+    global _accelerator
+    if _accelerator is None:
+        import torch
+
+        _accelerator = bool(torch.accelerator.is_available())
+    return _accelerator
+
+
+_accelerator: bool | None = None
 
 
 class Algorithm(CheckpointMixin):
@@ -59,7 +72,7 @@ class Algorithm(CheckpointMixin):
         from amber.envs.registry import EnvProbe
         from amber.plugin_manager import default_plugin_manager
 
-        config = (config or self.get_default_config()).copy()
+        config = copy_unless_adopted(config or self.get_default_config())
         if env is not None:
             config.environment(env)
         config.validate()
@@ -103,7 +116,7 @@ class Algorithm(CheckpointMixin):
         self.np_rng = np.random.default_rng(seed)
         self.py_rng = random.Random(seed)
         if seed is not None:
-            if torch.accelerator.is_available():
+            if _has_accelerator():
                 torch.manual_seed(seed)  # every device's generator
             else:  # the CPU's alone: torch.manual_seed queues seeds for absent devices (about 1 ms)
                 torch.default_generator.manual_seed(seed)

@@ -296,12 +296,14 @@ class CheckpointMixin:
 def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], states: Mapping[str, Any],
               *, restore_episodes: bool) -> Any:
     """A new ``algo_cls`` algorithm with these policies' states and its own state ``own``."""
+    from amber.algorithms.algorithm_config import adopting_config
     from amber.models.build_budget import adopting_state, state_size, weights_will_be_loaded
     from amber.policy.spaces import using_saved_spaces
 
     # every policy built here gets its saved weights, so its size is bounded by theirs; its
     # spaces are those saved, so the env is not built until sampling needs it
-    with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states):
+    with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states), \
+            adopting_config(config):  # made for this algorithm alone: not copied
         algo = algo_cls(config=config)
     with adopting_state():  # the state read is this restore's: arrays are kept, not copied
         algo.set_state({"algorithm": own, "policies": states}, restore_episodes=restore_episodes,

@@ -8,7 +8,9 @@ import difflib
 import numbers
 import os
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
@@ -22,10 +24,29 @@ if TYPE_CHECKING:
 
     from amber.algorithms.algorithm import Algorithm
 
-__all__ = ["AlgorithmConfig"]
+__all__ = ["AlgorithmConfig", "adopting_config", "copy_unless_adopted"]
 
 FRAMEWORKS = ("torch", "tf2")
 _ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
+
+
+_ADOPTED: ContextVar[AlgorithmConfig | None] = ContextVar("amber_adopted_config", default=None)
+
+
+@contextmanager
+def adopting_config(config: AlgorithmConfig) -> Iterator[None]:
+    """Inside the block, an algorithm built with ``config`` keeps it instead of copying it: for a
+    config made only to build that algorithm (a restore's), which nobody else holds."""
+    token = _ADOPTED.set(config)
+    try:
+        yield
+    finally:
+        _ADOPTED.reset(token)
+
+
+def copy_unless_adopted(config: AlgorithmConfig) -> AlgorithmConfig:
+    """``config.copy()``, or ``config`` itself inside :func:`adopting_config` of it."""
+    return config if _ADOPTED.get() is config else config.copy()
 
 
 #: The hyperparameters every algorithm has, with their types (``.training()`` checks values).
@@ -91,9 +112,10 @@ class AlgorithmConfig:
         self.callbacks_class: type[DefaultCallbacks] = DefaultCallbacks
         # debugging
         self.seed: int | None = None
-        if self.hyperparameters is not None:
-            for key, value in dataclasses.asdict(self.hyperparameters()).items():
-                setattr(self, key, value)
+        if self.hyperparameters is not None:  # a fresh instance: its mutable defaults are its own
+            defaults = self.hyperparameters()
+            for f in dataclasses.fields(defaults):
+                setattr(self, f.name, getattr(defaults, f.name))
 
     # -- hyperparameters ---------------------------------------------------------
 

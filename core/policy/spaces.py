@@ -53,7 +53,22 @@ def _from_key(state: dict[str, Any], key: tuple[Any, ...] | None) -> Any:
         if len(_DECODED) >= MAX_DECODED:
             _DECODED.pop(next(iter(_DECODED)), None)
         _DECODED[key] = decoded
-    return copy.deepcopy(decoded)
+    return _copied(decoded)
+
+
+#: What a decoded space holds that is never changed in place, so that its copy may share it.
+_IMMUTABLE = (type(None), bool, int, float, str, tuple, np.generic, np.dtype)
+
+
+def _copied(space: Any) -> Any:
+    """A deep copy of a decoded space: its arrays copied, its immutable attributes shared, anything
+    else deep-copied (a quarter of :func:`copy.deepcopy`'s time for a ``Box``)."""
+    new = object.__new__(type(space))
+    new.__dict__.update({
+        k: v.copy() if type(v) is np.ndarray else v if isinstance(v, _IMMUTABLE) else copy.deepcopy(v)
+        for k, v in vars(space).items()
+    })
+    return new
 
 
 #: How many decoded space descriptions :func:`space_from_state` keeps, the oldest dropped first.
