@@ -144,6 +144,30 @@ def test_all_well_formed_answers_as_parse_digest_does():
     assert not all_well_formed([XXH + "\n" + XXH])  # two digests in one string are not one digest
 
 
+def test_many_digests_of_one_algorithm_are_each_checked():
+    # the usual manifest: many digests of one algorithm, checked at once; a character moved from
+    # one digest to another, or a second prefix inside one, is still found
+    rng = random.Random(1)
+    for algorithm, width in (("blake3", 64), ("xxh3_128", 32)):
+        for _ in range(300):
+            digests = [f"{algorithm}:" + "".join(rng.choices("0123456789abcdef", k=width))
+                       for _ in range(rng.randint(1, 6))]
+            i, j = rng.randrange(len(digests)), rng.randrange(len(digests))
+            how = rng.randrange(5)
+            if how == 0:  # one character changed
+                k = rng.randrange(len(digests[i]))
+                digests[i] = digests[i][:k] + rng.choice("0123456789abcdefABX:\n _") + digests[i][k + 1:]
+            elif how == 1:  # one character moved from one digest to another
+                digests[i], digests[j] = digests[i][:-1], digests[j] + digests[i][-1]
+            elif how == 2:  # a prefix inside a digest, its length kept
+                digests[i] = digests[i][:-(len(algorithm) + 1)] + f"{algorithm}:"
+            elif how == 3:  # another algorithm's digest among them
+                digests[i] = B3 if algorithm != "blake3" else XXH
+            expected = all(parse_digest(d) is not None for d in digests)
+            assert all_well_formed(digests) == expected, digests
+            assert all_well_formed(digests, cryptographic=True) == all(map(is_cryptographic, digests)), digests
+
+
 class _Counter:
     def __init__(self) -> None:
         self.value = 0

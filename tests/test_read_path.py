@@ -38,6 +38,29 @@ def test_members_join_into_the_serialisation_the_digest_is_defined_on(content):
     assert members_digest(members) == json_digest(content)
 
 
+# File lists as a manifest holds them, and near misses: other keys, a bool or float size, a
+# non-str digest, paths and digests with characters JSON escapes.
+ENTRY = st.one_of(
+    st.fixed_dictionaries({"digest": TEXT | st.just("blake3:" + "0" * 64), "size": st.integers(0, 2**40)}),
+    st.fixed_dictionaries({"digest": SCALARS, "size": SCALARS}),
+    st.dictionaries(st.sampled_from(["digest", "size", "path"]), SCALARS, max_size=3),
+    SCALARS,
+)
+PLAIN = st.text(alphabet="abz09/._-:~ ", min_size=1, max_size=12)
+REGULAR = st.dictionaries(PLAIN, st.fixed_dictionaries({"digest": PLAIN, "size": st.integers(0, 2**70)}),
+                          min_size=1, max_size=6)
+FILE_LISTS = REGULAR | st.builds(lambda regular, odd: {**regular, **odd}, REGULAR,
+                                 st.dictionaries(TEXT | PLAIN, ENTRY, max_size=2))
+
+
+@given(FILE_LISTS)
+@settings(max_examples=300, deadline=None)
+def test_a_file_list_written_directly_is_what_the_encoder_writes(files):
+    # the manifest's file list skips the JSON encoder when nothing in it needs escaping
+    members = canonical_members({"files": files, "type": "Algorithm"})
+    assert members["files"] == '"files":' + json.dumps(files, sort_keys=True, separators=(",", ":"))
+
+
 # Objects as lists of pairs, written as they are: a key may come twice, at any depth.
 PAIRS = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4).map(lambda items: ("list", items)),
