@@ -10,7 +10,6 @@ lays them out, atomically and verified, in any registered format.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,7 +27,7 @@ from amber.algorithms.algorithm_checkpoints import (
 from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig, copy_unless_adopted
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.result_log import ResultLogger
-from amber.algorithms.training_state import TorchGlobalRNG, TrainingProgress
+from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
 from amber.policy.spaces import saved_policy_spaces
 
@@ -55,9 +54,10 @@ def _has_accelerator() -> bool:
 _accelerator: bool | None = None
 
 
-class Algorithm(CheckpointMixin):
+class Algorithm(CheckpointMixin, RNGMixin):
     """Base of PPO, DQN and SAC: builds policies and sampling from a config, trains, saves
-    (the checkpoint methods: :class:`~amber.algorithms.algorithm_checkpoints.CheckpointMixin`)."""
+    (the checkpoint methods: :class:`~amber.algorithms.algorithm_checkpoints.CheckpointMixin`;
+    its numpy and Python generators: :class:`~amber.algorithms.training_state.RNGMixin`)."""
 
     _default_config_class: type[AlgorithmConfig] = AlgorithmConfig
 
@@ -113,8 +113,7 @@ class Algorithm(CheckpointMixin):
     def _seed_everything(self, seed: int | None) -> None:
         import torch
 
-        self.np_rng = np.random.default_rng(seed)
-        self.py_rng = random.Random(seed)
+        self._seed_rngs(seed)  # the numpy and Python generators, made on first use
         if seed is not None:
             if _has_accelerator():
                 torch.manual_seed(seed)  # every device's generator
@@ -328,7 +327,7 @@ class Algorithm(CheckpointMixin):
         the numpy, Python and torch RNGs, and ``env_runner`` (the environments
         and their running episodes).
         """
-        return {"progress": self.progress, "rng.numpy": self.np_rng, "rng.python": self.py_rng,
+        return {"progress": self.progress, "rng.numpy": self._np_rng, "rng.python": self._py_rng,
                 "rng.torch": TorchGlobalRNG(), "env_runner": self.env_runner}
 
     def get_state(self) -> dict[str, Any]:

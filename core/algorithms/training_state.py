@@ -11,14 +11,17 @@ Each ``set_state`` checks the whole incoming state before it changes anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import random
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from amber.errors import CheckpointError, InvalidStateError
 
-__all__ = ["PerPolicyCounts", "PerPolicyValues", "TorchGlobalRNG", "TrainingProgress", "UpdateCounters"]
+__all__ = ["LazyRNG", "PerPolicyCounts", "PerPolicyValues", "RNGMixin", "TorchGlobalRNG", "TrainingProgress",
+           "UpdateCounters"]
 
 #: The step counters every algorithm keeps, and their start values.
 COUNTERS: dict[str, int | float] = {
@@ -29,6 +32,7 @@ COUNTERS: dict[str, int | float] = {
 }
 #: How many finished episodes' returns are kept for ``episode_return_mean``.
 RECENT = 100
+_G = TypeVar("_G")
 
 
 def _bad(what: str, value: Any) -> CheckpointError:
@@ -157,3 +161,79 @@ class UpdateCounters:
         updates = _number(state.get("num_updates", 0), "updates.num_updates")
         credit = _number(state.get("update_credit", 0.0), "updates.update_credit")
         self.num_updates, self.update_credit = int(updates), credit
+
+
+class LazyRNG(Generic[_G]):
+    """One of an algorithm's random generators, made on first use.
+
+    Building a generator costs more than an algorithm that only serves its
+    policies ever needs (it never draws from it), so the generator is made by
+    :meth:`live`. A restore before then keeps the saved state (:meth:`defer`)
+    and it is applied when the generator is made: its draws are those of a
+    generator built at once and restored.
+
+    :param kind: the class of what ``make`` builds, for a restore to check a saved state
+        against before anything is made: a numpy bit generator class (``make`` builds a
+        ``numpy.random.Generator`` over one, e.g. ``np.random.PCG64`` for ``default_rng``)
+        or ``random.Random``.
+    :param make: builds the generator, seeded (no arguments).
+    """
+
+    __slots__ = ("_generator", "_make", "_pending", "kind")
+
+    def __init__(self, kind: type, make: Callable[[], _G]) -> None:
+        self.kind = kind
+        self._make = make
+        self._generator: _G | None = None
+        self._pending: Callable[[_G], None] | None = None
+
+    @property
+    def made(self) -> bool:
+        """Whether the generator exists yet."""
+        return self._generator is not None
+
+    def live(self) -> _G:
+        """The generator, made now if it is not yet (with any deferred state applied)."""
+        generator = self._generator
+        if generator is None:
+            generator = self._make()
+            if self._pending is not None:
+                self._pending(generator)
+                self._pending = None
+            self._generator = generator
+        return generator
+
+    def defer(self, apply: Callable[[_G], None]) -> None:
+        """Apply a restored state: ``apply(generator)`` now if it is made, else when it is
+        (a later call replaces an earlier one still waiting).
+
+        :param apply: sets the generator's state; the state must be checked already.
+        """
+        if self._generator is not None:
+            apply(self._generator)
+        else:
+            self._pending = apply
+
+
+class RNGMixin:
+    """An algorithm's numpy and Python generators (:attr:`np_rng`, :attr:`py_rng`), each made on
+    first use from the algorithm's seed; the checkpoint components ``rng.numpy`` and
+    ``rng.python`` are their :class:`LazyRNG` holders."""
+
+    _np_rng: LazyRNG[np.random.Generator]
+    _py_rng: LazyRNG[random.Random]
+
+    def _seed_rngs(self, seed: int | None) -> None:
+        """Hold new generators seeded with ``seed`` (None: fresh entropy), not made yet."""
+        self._np_rng = LazyRNG(np.random.PCG64, partial(np.random.default_rng, seed))  # default_rng's
+        self._py_rng = LazyRNG(random.Random, partial(random.Random, seed))
+
+    @property
+    def np_rng(self) -> np.random.Generator:
+        """The algorithm's numpy generator (``np.random.default_rng(seed)``)."""
+        return self._np_rng.live()
+
+    @property
+    def py_rng(self) -> random.Random:
+        """The algorithm's Python generator (``random.Random(seed)``)."""
+        return self._py_rng.live()

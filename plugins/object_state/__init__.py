@@ -14,10 +14,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from amber.algorithms.training_state import LazyRNG
 from amber.errors import CheckpointError
 from amber.hookspecs import hookimpl
 from amber.plugins.object_state.rng import (
     checked_bit_generator_state,
+    deferred_restore,
     python_random_state,
     random_state_tuple,
 )
@@ -50,7 +52,10 @@ def _python_random_state(rng: random.Random) -> dict[str, Any]:
 
 @hookimpl(trylast=True)
 def amber_capture_state(component: object) -> Any:
-    """Capture RNGs and :class:`Stateful` components."""
+    """Capture RNGs (a :class:`~amber.algorithms.training_state.LazyRNG` as its generator,
+    made now if it is not yet) and :class:`Stateful` components."""
+    if isinstance(component, LazyRNG):
+        component = component.live()
     if isinstance(component, np.random.Generator):
         return {"bit_generator": wide_ints_to_text(component.bit_generator.state)}
     if isinstance(component, np.random.RandomState):
@@ -69,7 +74,14 @@ def amber_restore_state(component: object, state: Any, key: str) -> bool | None:
 
     A generator's kind comes from :data:`~amber.plugins.object_state.rng.BIT_GENERATORS`;
     a malformed or unknown RNG state is a CheckpointError and leaves the generator as it was.
+    A :class:`~amber.algorithms.training_state.LazyRNG` not made yet gets the state, checked
+    now, when it is made; one made is restored as its generator.
     """
+    if isinstance(component, LazyRNG):
+        if not component.made:
+            component.defer(deferred_restore(component.kind, state, key))
+            return True
+        component = component.live()
     if isinstance(component, np.random.Generator):
         saved = state.get("bit_generator") if isinstance(state, dict) else None
         kind, checked = checked_bit_generator_state(saved, f"{key}.bit_generator")

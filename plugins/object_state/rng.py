@@ -10,9 +10,10 @@ failure is a :class:`~amber.errors.CheckpointError` naming the key.
 from __future__ import annotations
 
 import math
+import random
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -21,8 +22,8 @@ import numpy as np
 from amber.errors import CheckpointError
 from amber.state import WIDE_INT_PREFIX
 
-__all__ = ["BIT_GENERATORS", "checked_bit_generator", "checked_bit_generator_state", "python_random_state",
-           "random_state_tuple"]
+__all__ = ["BIT_GENERATORS", "checked_bit_generator", "checked_bit_generator_state", "deferred_restore",
+           "python_random_state", "random_state_tuple"]
 
 #: The bit generators a checkpoint may name: numpy's, by the name their ``state`` carries.
 BIT_GENERATORS: Mapping[str, type[np.random.BitGenerator]] = MappingProxyType({
@@ -172,3 +173,28 @@ def python_random_state(saved: Any, key: str) -> tuple[int, tuple[int, ...], flo
         raise bad(f"{key}.mt", f"its last entry (the position) is {internal[-1]}, at most 624")
     gauss = saved["gauss_next"]
     return 3, internal, None if gauss is None else checked_float(gauss, f"{key}.gauss_next")
+
+
+def deferred_restore(kind: type, saved: Any, key: str) -> Callable[[Any], None]:
+    """What applies a saved state to a generator not made yet, the state checked whole now
+    without making any generator (the check numpy or ``random`` would do, done in Python).
+
+    :param kind: what the generator will be: a numpy bit generator class (for a
+        ``numpy.random.Generator`` over one) or ``random.Random``.
+    :param saved: the saved state, as the generator's capture gives it.
+    :param key: where it is in the checkpoint, for messages.
+    :return: a function setting a made generator's state to ``saved``.
+    :raises CheckpointError: the state is malformed or of another kind of generator (named).
+    """
+    if issubclass(kind, random.Random):
+        internal = python_random_state(saved, key)
+        return lambda generator: generator.setstate(internal)
+    bits = saved.get("bit_generator") if isinstance(saved, dict) else None
+    name, state = _checked_fields(bits, f"{key}.bit_generator")
+    if BIT_GENERATORS[name] is not kind:
+        raise CheckpointError(f"saved state {key!r} is of a {name} generator, this one is a {kind.__name__}")
+
+    def apply(generator: np.random.Generator) -> None:
+        generator.bit_generator.state = state
+
+    return apply
