@@ -33,7 +33,8 @@ def components_of(
     """
     pm = _pm(pm)
     found = dict(own)
-    for extra in pm.hook.amber_register_components(owner=owner):
+    hook = pm.hook.amber_register_components
+    for extra in hook(owner=owner) if hook.get_hookimpls() else ():  # (a call costs, even to none)
         for key, component in (extra or {}).items():
             if key in found:
                 raise CheckpointError(f"component name {key!r} of {type(owner).__name__} is used twice")
