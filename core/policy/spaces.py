@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -112,7 +113,7 @@ def obs_input_dim(observation_space: Any) -> int:
     if isinstance(observation_space, gym.spaces.Discrete):
         return int(observation_space.n)
     if isinstance(observation_space, gym.spaces.Box):
-        return int(np.prod(observation_space.shape, dtype=np.int64))
+        return math.prod(map(int, observation_space.shape))  # (exact: no int64 wrap-around)
     raise ValueError(f"observation spaces of type {type(observation_space).__name__} are not supported")
 
 
@@ -126,7 +127,7 @@ def action_dist_dim(action_space: Any) -> int:
     if isinstance(action_space, gym.spaces.Discrete):
         return int(action_space.n)
     if isinstance(action_space, gym.spaces.Box):
-        return 2 * int(np.prod(action_space.shape, dtype=np.int64))
+        return 2 * math.prod(map(int, action_space.shape))
     raise ValueError(f"action spaces of type {type(action_space).__name__} are not supported")
 
 

@@ -81,6 +81,8 @@ def _uint_array(value: Any, key: str, kind: str, shape: tuple[int, ...]) -> np.n
         return np.array([checked_int(v, f"{key}[{i}]", 0, high) for i, v in enumerate(value)], dtype)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "iu" or value.shape != shape:
         raise bad(key, f"expected an unsigned integer array of shape {shape}", value)
+    if value.dtype == dtype:  # as saved: every value of the type is in range
+        return value
     if value.size and (int(value.min()) < 0 or int(value.max()) >= high):
         raise bad(key, f"array values out of range for {np.dtype(dtype).name}")
     return value.astype(dtype)
