@@ -19,19 +19,21 @@ cryptographic one. BLAKE3 was picked by measurement (benchmarks/digest_speed.py)
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import hashlib
 import json
 import os
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
+from contextlib import AbstractContextManager
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from operator import itemgetter
 from typing import Any, BinaryIO, Protocol
 
 import blake3
 import xxhash
+
+from amber.scoped import scoped
 
 __all__ = [
     "CRYPTOGRAPHIC",
@@ -108,16 +110,11 @@ _CRYPTOGRAPHIC_LINES = _lines_of(CRYPTOGRAPHIC & _FACTORIES.keys())
 _CURRENT = contextvars.ContextVar("amber_digest_algorithm", default=DEFAULT_ALGORITHM)
 
 
-@contextlib.contextmanager
-def writing_with(algorithm: str) -> Iterator[None]:
+def writing_with(algorithm: str) -> AbstractContextManager[None]:
     """Inside the block, hashers made without naming an algorithm (a :class:`Sink`'s files) use
     ``algorithm``; ``KeyError`` if unknown."""
     _FACTORIES[algorithm]  # noqa: B018 - an unknown name fails here, not in the block
-    token = _CURRENT.set(algorithm)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
+    return scoped(_CURRENT, algorithm)
 
 
 def new_hasher(algorithm: str | None = None) -> Hasher:

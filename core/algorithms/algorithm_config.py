@@ -8,8 +8,8 @@ import difflib
 import numbers
 import os
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,6 +17,7 @@ from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.config_values import _spec_from_dict, _spec_to_dict, matches_type
 from amber.envs.ray_runners import check_env_runners
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
+from amber.scoped import scoped
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -33,15 +34,10 @@ _ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs"
 _ADOPTED: ContextVar[AlgorithmConfig | None] = ContextVar("amber_adopted_config", default=None)
 
 
-@contextmanager
-def adopting_config(config: AlgorithmConfig) -> Iterator[None]:
+def adopting_config(config: AlgorithmConfig) -> AbstractContextManager[None]:
     """Inside the block, an algorithm built with ``config`` keeps it instead of copying it: for a
     config made only to build that algorithm (a restore's), which nobody else holds."""
-    token = _ADOPTED.set(config)
-    try:
-        yield
-    finally:
-        _ADOPTED.reset(token)
+    return scoped(_ADOPTED, config)
 
 
 def copy_unless_adopted(config: AlgorithmConfig) -> AlgorithmConfig:

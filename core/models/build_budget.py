@@ -6,12 +6,13 @@ Torch-free, so that any model module (and the policies' restore paths) can use i
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
+
+from amber.scoped import scoped
 
 __all__ = [
     "ModelSizeError",
@@ -50,8 +51,7 @@ _WEIGHTS_WILL_BE_LOADED: contextvars.ContextVar[_Budget | bool] = contextvars.Co
     "amber_weights_will_be_loaded", default=False)
 
 
-@contextlib.contextmanager
-def weights_will_be_loaded(budget: int | None = None) -> Iterator[None]:
+def weights_will_be_loaded(budget: int | None = None) -> AbstractContextManager[None]:
     """Build models without initialising their weights, which a saved state is about to replace.
 
     Orthogonal initialisation of a 2048x2048 layer takes seconds; a restore needs none of it.
@@ -66,11 +66,7 @@ def weights_will_be_loaded(budget: int | None = None) -> Iterator[None]:
         current = _Budget(budget)
     elif not isinstance(current, _Budget):  # an inner block keeps an outer budget
         current = True
-    token = _WEIGHTS_WILL_BE_LOADED.set(current)
-    try:
-        yield
-    finally:
-        _WEIGHTS_WILL_BE_LOADED.reset(token)
+    return scoped(_WEIGHTS_WILL_BE_LOADED, current)
 
 
 def state_size(tree: Any) -> int:
@@ -108,15 +104,10 @@ def charge(n: int, what: str, *, consume: bool = True) -> None:
 _ADOPT: contextvars.ContextVar[bool] = contextvars.ContextVar("amber_adopt_state", default=False)
 
 
-@contextlib.contextmanager
-def adopting_state() -> Iterator[None]:
+def adopting_state() -> AbstractContextManager[None]:
     """Inside the block, the states given to ``set_state`` belong to the restore (a checkpoint
     just read, dropped afterwards): a policy may keep their arrays instead of copying them."""
-    token = _ADOPT.set(True)
-    try:
-        yield
-    finally:
-        _ADOPT.reset(token)
+    return scoped(_ADOPT, True)
 
 
 def adopting() -> bool:

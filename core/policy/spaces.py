@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
+
+from amber.scoped import scoped
 
 __all__ = ["action_dist_dim", "obs_input_dim", "saved_policy_spaces", "space_from_state", "space_to_state",
            "using_saved_spaces"]
@@ -131,8 +133,7 @@ def action_dist_dim(action_space: Any) -> int:
     raise ValueError(f"action spaces of type {type(action_space).__name__} are not supported")
 
 
-@contextmanager
-def using_saved_spaces(states: Mapping[str, Any]) -> Iterator[None]:
+def using_saved_spaces(states: Mapping[str, Any]) -> AbstractContextManager[None]:
     """While an algorithm is built to restore ``states`` (policy states by id): each policy's
     spaces as its saved ``policy_spec`` describes them (:func:`saved_policy_spaces`), so that the
     env need not be built to find them. A state without a readable description is left out.
@@ -147,11 +148,7 @@ def using_saved_spaces(states: Mapping[str, Any]) -> Iterator[None]:
             spaces[pid] = (_shared(spec["observation_space"], made), _shared(spec["action_space"], made))
         except (KeyError, TypeError, ValueError):
             continue
-    token = _SAVED.set(spaces)
-    try:
-        yield
-    finally:
-        _SAVED.reset(token)
+    return scoped(_SAVED, spaces)
 
 
 def saved_policy_spaces() -> Mapping[str, tuple[Any, Any]]:

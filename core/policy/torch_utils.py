@@ -17,6 +17,7 @@ from amber.models.build_budget import adopting, adopting_state
 from amber.models.torch_mlp import weights_will_be_loaded
 from amber.names import is_nameable, name_of
 from amber.policy.spaces import space_from_state
+from amber.scoped import scoped
 from amber.snapshots import live_view, wait_for_snapshot
 
 __all__ = [
@@ -80,19 +81,14 @@ def threads_for_batch(n: int) -> AbstractContextManager[None]:
 _VIEWS: ContextVar[bool] = ContextVar("amber_state_views", default=False)
 
 
-@contextmanager
-def state_views() -> Iterator[None]:
+def state_views() -> AbstractContextManager[None]:
     """Inside the block, policies' :meth:`get_state` hands out numpy *views* of their CPU tensors
     (weights, optimizer moments) instead of copies.
 
     For a caller that uses the state before anything changes the policy: a synchronous save
     writes them as they are, a background save copies them once (:mod:`amber.async_save`).
     """
-    token = _VIEWS.set(True)
-    try:
-        yield
-    finally:
-        _VIEWS.reset(token)
+    return scoped(_VIEWS, True)
 
 
 def _array_of(tensor: torch.Tensor) -> np.ndarray:
