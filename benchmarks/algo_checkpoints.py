@@ -372,8 +372,14 @@ def part_b(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
     want = {pid: algo.get_policy(pid).get_weights() for pid in subset}
     stop(algo)
     del algo
+    # for information: the same restore from a checkpoint that holds only the subset's policies
+    small = bench / "b-only-subset"
+    alone = config.copy().multi_agent(policies=set(subset)).build()
+    alone.save(small)
+    stop(alone)
     timer = Timer(0)
-    keys = ("algo_all", "algo_subset", "policy_all", "policy_subset", "algo_none", "algo_subset_warm")
+    keys = ("algo_all", "algo_subset", "policy_all", "policy_subset", "algo_none", "algo_subset_warm",
+            "algo_subset_alone")
     times: dict[str, list[float]] = {k: [] for k in keys}
     try:
         for r in range(-args.warmup, args.repeat):
@@ -400,6 +406,11 @@ def part_b(args: argparse.Namespace, bench: Path, errors: dict[str, str]) -> dic
             del a
             t, a = _after_warm_up(Algorithm.from_checkpoint, path, ids[2:4], subset, agent_to_policy)
             rec["algo_subset_warm"].append(t)
+            stop(a)
+            del a
+            t, a = timer(Algorithm.from_checkpoint, small, policy_ids=subset,
+                         policy_mapping_fn=agent_to_policy)
+            rec["algo_subset_alone"].append(t)
             stop(a)
             del a
             t, ps = timer(Policy.from_checkpoint, path)
@@ -745,7 +756,9 @@ def report(res: dict[str, Any], args: argparse.Namespace, rows: list[dict[str, A
             print(f"| {label} | {n} | {_t(t[key_all]['median_s'])} | {_t(t[key_all]['best_s'])} | 1.00x |")
             extra = (("algo_none", "policy_ids=[] (for information: the fixed cost)", 0),
                      ("algo_subset_warm", f"policy_ids={b['subset']} right after an untimed one of "
-                      "two others (for information: CPU caches warm)", len(b["subset"]))) \
+                      "two others (for information: CPU caches warm)", len(b["subset"])),
+                     ("algo_subset_alone", f"policy_ids={b['subset']} of a checkpoint that holds only "
+                      "them (for information: what the other policies add)", len(b["subset"]))) \
                 if key_all == "algo_all" else ()
             for key, what, count in ((key_sub, f"policy_ids={b['subset']}", len(b["subset"])), *extra):
                 if key in t:
