@@ -20,7 +20,7 @@ import pytest
 import amber
 from amber import components
 from amber.errors import CheckpointError
-from amber.plugins.object_state.rng import BIT_GENERATORS
+from amber.rng_state import BIT_GENERATORS
 
 ROOT = Path(__file__).resolve().parent.parent
 

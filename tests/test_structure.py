@@ -85,3 +85,30 @@ def test_no_import_cycle_among_amber_modules():
             visit(module, [])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
     assert graph["amber.checkpoint"] and graph["amber.cli"], "the import graph was not read"
+
+
+def _imported_anywhere(module: str) -> set[str]:
+    """Every module ``module`` names in an import statement, at any depth (a function's own included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _plugin_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[2] if parts[:2] == ["amber", "plugins"] and len(parts) > 2 else None
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_plugins_import_no_other_plugin_and_the_core_imports_none(module):
+    """A plugin is replaceable on its own: no other plugin imports it, and the core reaches it only
+    through pluggy hooks (``plugin_manager`` loads the in-tree ones by name)."""
+    own = _plugin_of(module)
+    crossing = sorted(name for name in _imported_anywhere(module)
+                      if (plugin := _plugin_of(name)) is not None and plugin != own)
+    assert not crossing, f"{module} imports {crossing}"

@@ -20,7 +20,7 @@ import numpy as np
 
 from amber.errors import CheckpointError
 from amber.plugins.env_state.kinds import CONFIG_ATTRS, INT64, classic, is_multi_agent_cartpole, wrappers
-from amber.plugins.object_state.rng import bad, checked_bit_generator, checked_int
+from amber.rng_state import bad, checked_bit_generator, checked_int
 
 __all__ = ["Assignment", "plan_env"]
 

@@ -17,7 +17,7 @@ import numpy as np
 from amber.algorithms.training_state import LazyRNG
 from amber.errors import CheckpointError
 from amber.hookspecs import hookimpl
-from amber.plugins.object_state.rng import (
+from amber.rng_state import (
     checked_bit_generator_state,
     deferred_restore,
     python_random_state,
@@ -72,7 +72,7 @@ def amber_capture_state(component: object) -> Any:
 def amber_restore_state(component: object, state: Any, key: str) -> bool | None:
     """Restore RNGs (each state checked whole first) and :class:`Stateful` components.
 
-    A generator's kind comes from :data:`~amber.plugins.object_state.rng.BIT_GENERATORS`;
+    A generator's kind comes from :data:`~amber.rng_state.BIT_GENERATORS`;
     a malformed or unknown RNG state is a CheckpointError and leaves the generator as it was.
     A :class:`~amber.algorithms.training_state.LazyRNG` not made yet gets the state, checked
     now, when it is made; one made is restored as its generator.

@@ -5,6 +5,9 @@ looked up in :data:`BIT_GENERATORS`, never by the name in the file, and
 every field of the saved state is checked (type, range, array dtype and
 shape) on a scratch generator before any live generator is touched. Each
 failure is a :class:`~amber.errors.CheckpointError` naming the key.
+
+It lives in the core because two plugins check generators with it (object_state for the
+algorithm's, env_state for an environment's) and plugins never import one another.
 """
 
 from __future__ import annotations
