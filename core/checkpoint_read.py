@@ -27,7 +27,7 @@ from amber.errors import (
     UnknownPolicyError,
     UnsafeContentError,
 )
-from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest
+from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest, unread_foreign
 from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
 from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.signing import check_trust, containing_algorithm, weak_digest
@@ -36,7 +36,7 @@ from amber.storage import is_remote, reading
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["Checkpoint", "migrate_in_memory", "pickle_allowed_default", "read_checkpoint"]
+__all__ = ["Checkpoint", "describe_foreign", "migrate_in_memory", "pickle_allowed_default", "read_checkpoint"]
 
 
 @dataclass
@@ -190,10 +190,8 @@ def read_checkpoint(
     wanted = None if policy_ids is None else list(dict.fromkeys(policy_ids))
     try:
         manifest = read_manifest(root)
-    except NotACheckpointError:
-        ckpt = _read_foreign(root, wanted, pm)
-        if ckpt is None:
-            raise
+    except NotACheckpointError as e:
+        ckpt = _read_foreign(root, wanted, pm, e)
         plan(ckpt.checkpoint_version, target, registry.migrations, path=root)
     else:
         plan(manifest.checkpoint_version, target, registry.migrations, path=manifest.directory)
@@ -214,15 +212,58 @@ def _relocated(ckpt: Checkpoint, local: Path, url: str) -> Checkpoint:
 
 
 def _read_foreign(
-    root: Path, policy_ids: list[str] | None, pm: pluggy.PluginManager | None
-) -> Checkpoint | None:
+    root: Path, policy_ids: list[str] | None, pm: pluggy.PluginManager | None, error: NotACheckpointError
+) -> Checkpoint:
+    """Another system's checkpoint at ``root``, read by the plugin that knows it.
+
+    :raises NotACheckpointError: no plugin reads it: ``error`` (why ``root`` is no amber
+        checkpoint), or, when ``root`` holds another system's manifest, an error that says so.
+    """
+    from amber.plugin_manager import default_plugin_manager
+
+    found = None
+    if root.is_dir():
+        pm = pm if pm is not None else default_plugin_manager()
+        found = pm.hook.amber_read_foreign_checkpoint(path=root, policy_ids=policy_ids)
+    if isinstance(found, Checkpoint):
+        return found
+    unread = unread_foreign(root)
+    if unread is not None:
+        raise unread from None
+    raise error
+
+
+def describe_foreign(root: Path, pm: pluggy.PluginManager | None = None) -> dict[str, Any] | None:
+    """What a plugin says the directory ``root``, another system's checkpoint, is
+    (``amber_describe_foreign_checkpoint``), checked; None when no plugin recognises it.
+
+    :raises CheckpointError: the plugin's description is malformed (the plugin's answer, named).
+    """
     from amber.plugin_manager import default_plugin_manager
 
     if not root.is_dir():
         return None
     pm = pm if pm is not None else default_plugin_manager()
-    found = pm.hook.amber_read_foreign_checkpoint(path=root, policy_ids=policy_ids)
-    return found if isinstance(found, Checkpoint) else None
+    found = pm.hook.amber_describe_foreign_checkpoint(path=root)
+    if found is None:
+        return None
+    return _checked_description(found, root)
+
+
+def _checked_description(found: Any, root: Path) -> dict[str, Any]:
+    where = f"a plugin's description of {root} (amber_describe_foreign_checkpoint)"
+    if not isinstance(found, Mapping):
+        raise CheckpointError(f"{where} is a {type(found).__name__}, not a map", path=root)
+    for key, kind in (("system", str), ("type", str), ("checkpoint_version", str), ("format", str),
+                      ("state_file", str), ("policy_ids", list), ("files", Mapping)):
+        if not isinstance(found.get(key), kind):
+            raise CheckpointError(f"{where}: {key!r} must be a {kind.__name__}", path=root)
+    files = found["files"]
+    if not all(isinstance(rel, str) and isinstance(e, Mapping) and type(e.get("size")) is int
+               for rel, e in files.items()) or not all(isinstance(p, str) for p in found["policy_ids"]):
+        raise CheckpointError(f"{where}: malformed 'files' or 'policy_ids'", path=root)
+    checked = {rel: {"size": e["size"], "digest": e.get("digest")} for rel, e in files.items()}
+    return {**found, "files": checked}
 
 
 def _read_native(

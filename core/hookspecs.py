@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -165,6 +165,32 @@ def amber_read_foreign_checkpoint(path: Path, policy_ids: Sequence[str] | None) 
     :param path: the directory.
     :param policy_ids: for an algorithm checkpoint, the policies to read (None: all).
     :return: the checkpoint read, or None if this plugin does not recognise the directory.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec(firstresult=True)
+def amber_describe_foreign_checkpoint(path: Path) -> Mapping[str, Any] | None:
+    """Say what another system's checkpoint directory is, from its own manifests alone.
+
+    Called by ``get_checkpoint_info`` (``amber inspect``, ``amber convert``,
+    ``amber export``) and ``verify`` when ``path`` is a directory without a
+    checkpoint.json. Read only that system's metadata: never a state file,
+    never anything that could run code (a format that can is described, not
+    refused). Stops at first non-None result.
+
+    :param path: the directory.
+    :return: None if this plugin does not recognise the directory; else a map
+        with ``system`` (who wrote it, for people: ``"RLlib 2.10 (Ray 2.10.0)"``),
+        ``type`` (``"Algorithm"`` or ``"Policy"``), ``checkpoint_version`` (as
+        :func:`amber_read_foreign_checkpoint` names it: ``"rllib-1.1"``),
+        ``format``, ``state_file`` (relative to ``path``), ``policy_ids``, and
+        ``files``: each file the plugin would read, by path relative to
+        ``path``, to ``{"size": int, "digest": None}`` (the other system
+        records no digest).
+    :raises amber.errors.CheckpointError: the directory is that system's, but
+        its manifest is malformed (named).
 
     .. versionadded:: 0.2
     """

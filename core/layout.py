@@ -64,6 +64,7 @@ __all__ = [
     "hidden_characters",
     "read_manifest",
     "read_verified",
+    "unread_foreign",
     "write_manifest",
 ]
 
@@ -106,17 +107,35 @@ def _check_place(base: Path, directory: Path) -> None:
         _no_manifest(directory, inside=bool(inner))
 
 
+def _foreign(names: list[str]) -> str | None:
+    """Among a directory's ``names``, another system's manifest (``rllib_checkpoint.json``), if any."""
+    return min((n for n in names if n.endswith(MANIFEST) and n != MANIFEST), default=None)
+
+
 def _no_manifest(directory: Path, inside: bool) -> None:
     """Raise the error for a directory without checkpoint.json."""
     path = directory / MANIFEST
     names = [p.name for p in directory.iterdir()]
     # another system's manifest (e.g. RLlib's): a plugin may read it (amber_read_foreign_checkpoint)
-    foreign = sorted(n for n in names if n.endswith(MANIFEST) and n != MANIFEST)
+    foreign = _foreign(names)
     if inside or (not foreign and any(n.startswith(STATE_PREFIXES) or n == "policies" for n in names)):
         raise _corrupt(path, "is missing (the directory holds checkpoint files)")
-    hint = f" (it holds {foreign[0]}: another system's checkpoint, which no installed plugin reads)" \
-        if foreign else ""
+    hint = f" (it holds {foreign}: another system's checkpoint)" if foreign else ""
     raise NotACheckpointError(f"{directory} is not an amber checkpoint: no {MANIFEST}{hint}", path=directory)
+
+
+def unread_foreign(directory: Path) -> NotACheckpointError | None:
+    """The error for ``directory`` when it holds another system's checkpoint and no installed plugin
+    reads it (None: it holds none; a link or an unreadable directory counts as none)."""
+    try:
+        foreign = _foreign(os.listdir(directory)) if not os.path.islink(directory) else None
+    except (OSError, ValueError):  # (a name the file system cannot encode is a ValueError)
+        foreign = None
+    if foreign is None:
+        return None
+    return NotACheckpointError(f"{directory} is not an amber checkpoint: no {MANIFEST} (it holds {foreign}: "
+                               "another system's checkpoint, which no installed plugin reads)",
+                               path=directory)
 
 
 def _manifest_bytes(base: Path, rel: str, path: Path, expected: FileEntry | None) -> bytes:

@@ -163,7 +163,7 @@ def info_tree(info: Mapping[str, Any]) -> Tree:
 
     root = Tree(Text.assemble((f"{escape(info['type'])} checkpoint ", "bold"),
                               escape(info["checkpoint_dir"])))
-    written_by = (
+    written_by = info.get("system") or (  # (another system's checkpoint names that system)
         f"amber {info.get('amber_version') or '?'}, Python {info.get('python_version') or '?'}"
     )
     for label, value in (

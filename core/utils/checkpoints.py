@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber.checkpoint import read_checkpoint
-from amber.errors import CheckpointError, CorruptCheckpointError
-from amber.layout import MANIFEST, check_file, read_manifest
+from amber.checkpoint_read import describe_foreign
+from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
+from amber.layout import MANIFEST, check_file, read_manifest, unread_foreign
 from amber.registry import get_registry
 from amber.storage import is_remote, reading, relocated
 from amber.utils.rewriting import (
@@ -60,13 +61,20 @@ def get_checkpoint_info(path: str | os.PathLike[str], *,
         ``created``, ``metadata``, ``files`` (relative path → size and digest)
         and, for an Algorithm, ``policies``: by id, ``{"files": ...}`` or
         ``{"error": message}`` when that policy's manifest cannot be read.
-    :raises NotACheckpointError: no checkpoint there.
+        Another system's checkpoint that a plugin knows (RLlib 2.10's) is
+        described from its own manifests: its ``checkpoint_version`` as amber
+        names it (``"rllib-1.1"``), ``system`` (who wrote it), the amber and
+        Python versions None, and each file it has with its size and no digest.
+    :raises NotACheckpointError: no checkpoint there (nor another system's that a plugin knows).
     :raises CorruptCheckpointError: a manifest is malformed.
     """
     if is_remote(path):
         with reading(path, storage_options, manifests_only=True) as local:
             return relocated(get_checkpoint_info(local), local, os.fspath(path).rstrip("/"))
-    manifest = read_manifest(Path(path))
+    try:
+        manifest = read_manifest(Path(path))
+    except NotACheckpointError as e:
+        return _foreign_info(Path(path), e)
     raw = manifest.raw
     info: dict[str, Any] = {
         "type": manifest.type,
@@ -94,6 +102,37 @@ def get_checkpoint_info(path: str | os.PathLike[str], *,
             except CheckpointError as e:
                 info["policies"][pid] = {"error": str(e)}
     return info
+
+
+def _foreign_info(root: Path, error: NotACheckpointError) -> dict[str, Any]:
+    """:func:`get_checkpoint_info` of another system's checkpoint, as a plugin describes it
+    (``error``: why ``root`` is no amber checkpoint, raised when no plugin knows it either)."""
+    found = describe_foreign(root)
+    if found is None:
+        raise unread_foreign(root) or error from None
+    files = found["files"]
+    policies = {pid: {"files": {rel.removeprefix(f"policies/{pid}/"): e for rel, e in files.items()
+                                if rel.startswith(f"policies/{pid}/")}} for pid in found["policy_ids"]}
+    return {
+        "type": found["type"], "checkpoint_version": found["checkpoint_version"], "format": found["format"],
+        "checkpoint_dir": str(root), "state_file": str(root / found["state_file"]),
+        "policy_ids": list(found["policy_ids"]), "system": found["system"], "amber_version": None,
+        "python_version": None, "created": None, "metadata": {},
+        "files": {rel: e for rel, e in files.items() if not rel.startswith("policies/")},
+        **({"policies": policies} if found["type"] == "Algorithm" else {}),
+    }
+
+
+def _nothing_to_verify(root: Path) -> NotACheckpointError | None:
+    """The error for another system's checkpoint that a plugin knows (None: ``root`` is none)."""
+    found = describe_foreign(root)
+    if found is None:
+        return None
+    return NotACheckpointError(
+        f"{root} is another system's {found['type']} checkpoint ({found['system']}, version "
+        f"{found['checkpoint_version']}), which records no sizes or digests: there is nothing to "
+        f"verify it against. `amber migrate {root} DST` writes an amber checkpoint of it, which "
+        "records them", path=root)
 
 
 @dataclass
@@ -135,6 +174,10 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
         read_manifest(root)  # not a checkpoint at all: raise, as documented
     except CorruptCheckpointError:
         pass  # reported below, as a problem
+    except NotACheckpointError:
+        if (foreign := _nothing_to_verify(root)) is None:
+            raise
+        raise foreign from None
     pending: list[tuple[Path, Any]] = [(root, None)]
     listed: set[Path] = set()
     broken: list[Path] = []
@@ -157,18 +200,26 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
             report.checked.append(directory / rel)
             if problem:
                 report.problems.append(problem)
+    report.problems += _unlisted(root, listed, broken)
+    return report
+
+
+def _unlisted(root: Path, listed: set[Path], broken: list[Path]) -> list[str]:
+    """A problem for each file, link or directory below ``root`` that no manifest lists (below a
+    ``broken`` manifest's directory, nothing: that manifest was reported)."""
+    problems = []
     for dirpath, dirnames, filenames in os.walk(root):
         if any(Path(dirpath) == b or b in Path(dirpath).parents for b in broken):
             continue  # already reported through its manifest
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             p = Path(dirpath) / name
             if p not in listed:
-                report.problems.append(f"{p}: is not listed in any checkpoint.json")
+                problems.append(f"{p}: is not listed in any checkpoint.json")
         for d in dirnames:
             p = Path(dirpath) / d
             if not any(q == p or p in q.parents for q in listed):
-                report.problems.append(f"{p}: directory is not part of the checkpoint")
-    return report
+                problems.append(f"{p}: directory is not part of the checkpoint")
+    return problems
 
 
 def convert_checkpoint(

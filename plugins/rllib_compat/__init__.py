@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import amber
 
 from .hyper import NotCarriedOverWarning
-from .reader import FORMAT, MalformedRLlibCheckpointError, read_rllib_checkpoint
+from .reader import FORMAT, MalformedRLlibCheckpointError, describe_rllib_checkpoint, read_rllib_checkpoint
 from .steps import RLLIB_1_0_TO_1_1, RLLIB_1_1_TO_AMBER_1_0
 
 if TYPE_CHECKING:
@@ -39,6 +39,16 @@ def amber_read_foreign_checkpoint(path: Path, policy_ids: Sequence[str] | None) 
     :return: the checkpoint, version ``"rllib-1.x"``, or None for any other directory.
     """
     return read_rllib_checkpoint(path, policy_ids)
+
+
+@amber.hookimpl
+def amber_describe_foreign_checkpoint(path: Path) -> dict[str, Any] | None:
+    """Describe ``path`` if it is an RLlib checkpoint, from its ``rllib_checkpoint.json`` alone.
+
+    :param path: the directory.
+    :return: what it is (see the hook's spec), or None for any other directory.
+    """
+    return describe_rllib_checkpoint(path)
 
 
 @amber.hookimpl

@@ -11,6 +11,7 @@ classes and can run code.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from amber.layout import check_id
 
 from .decode import decode_msgpack, read_json
 
-__all__ = ["FORMAT", "MANIFEST", "MalformedRLlibCheckpointError", "read_rllib_checkpoint"]
+__all__ = ["FORMAT", "MANIFEST", "MalformedRLlibCheckpointError", "describe_rllib_checkpoint",
+           "read_rllib_checkpoint"]
 
 MANIFEST = "rllib_checkpoint.json"
 #: The format name of the checkpoints this plugin reads (not a writable format).
@@ -78,8 +80,10 @@ def _format(raw: Mapping[str, Any], directory: Path, type_: str, path: Path) -> 
     return str(fmt)
 
 
-def _manifest(directory: Path, expected_type: str | None = None) -> dict[str, Any]:
-    """The checked content of ``directory/rllib_checkpoint.json`` (type, version, format normalised)."""
+def _manifest(directory: Path, expected_type: str | None = None, *,
+              refuse_pickle: bool = True) -> dict[str, Any]:
+    """The checked content of ``directory/rllib_checkpoint.json`` (type, version, format normalised;
+    ``refuse_pickle`` False: a cloudpickle checkpoint is described, its ``state_file`` the ``.pkl``)."""
     path = directory / MANIFEST
     raw = read_json(path)
     type_ = raw.get("type")
@@ -95,14 +99,15 @@ def _manifest(directory: Path, expected_type: str | None = None) -> dict[str, An
             f"stack checkpoints of versions {', '.join(_VERSIONS)} (Ray 2.1 to 2.10)",
             path=path, format=FORMAT)
     fmt = _format(raw, directory, type_, path)
-    if fmt == "cloudpickle":
+    if fmt == "cloudpickle" and refuse_pickle:
         raise _pickle_refused(directory, type_)
-    state_file = raw.get("state_file", f"{_STEMS[type_]}.msgpck")
+    name = f"{_STEMS[type_]}.{'pkl' if fmt == 'cloudpickle' else 'msgpck'}"
+    state_file = raw.get("state_file", name)
     # RLlib writes the algorithm's state_file as an absolute path of the machine that saved it.
-    if not isinstance(state_file, str) or Path(state_file).name != f"{_STEMS[type_]}.msgpck":
-        raise _malformed(path, f"state_file {state_file!r} is not {_STEMS[type_]}.msgpck")
+    if not isinstance(state_file, str) or Path(state_file).name != name:
+        raise _malformed(path, f"state_file {state_file!r} is not {name}")
     out = dict(raw)
-    out.update({"format": fmt, "checkpoint_dir": str(directory), "state_file": f"{_STEMS[type_]}.msgpck"})
+    out.update({"format": fmt, "checkpoint_dir": str(directory), "state_file": name})
     return out
 
 
@@ -200,3 +205,45 @@ def read_rllib_checkpoint(path: Path, policy_ids: Sequence[str] | None) -> Check
         return Checkpoint(path=directory, type="Policy", format=FORMAT, state=state,
                           checkpoint_version=f"rllib-{raw['checkpoint_version']}", manifest=raw)
     return _read_algorithm(directory, raw, policy_ids)
+
+
+def _sizes(directory: Path, rels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{rel: {"size": bytes, "digest": None}}`` for each of ``rels`` that is a regular file (no link
+    followed); the others are left out."""
+    out = {}
+    for rel in rels:
+        try:
+            st = os.lstat(directory / rel)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out[rel] = {"size": st.st_size, "digest": None}
+    return out
+
+
+def describe_rllib_checkpoint(path: Path) -> dict[str, Any] | None:
+    """What an RLlib checkpoint directory is, from its ``rllib_checkpoint.json`` alone (no state file
+    is read, so a pickle checkpoint is described too); None if ``path`` is not one.
+
+    :raises CorruptCheckpointError: a malformed manifest (named).
+    :raises UnsupportedVersionError: an RLlib checkpoint_version other than 1.0 and 1.1.
+    """
+    directory = Path(path)
+    if not os.path.lexists(directory / MANIFEST):
+        return None
+    raw = _manifest(directory, refuse_pickle=False)
+    ray = raw.get("ray_version")
+    rels = [MANIFEST, raw["state_file"]]
+    ids = _policy_ids(raw, directory) if raw["type"] == "Algorithm" else []
+    leaf = raw["state_file"].replace(_STEMS["Algorithm"], _STEMS["Policy"])
+    for pid in ids:
+        rels += [f"policies/{pid}/{MANIFEST}", f"policies/{pid}/{leaf}"]
+    return {
+        "system": f"RLlib (Ray {ray})" if isinstance(ray, str) and len(ray) <= 64 else "RLlib",
+        "type": raw["type"],
+        "checkpoint_version": f"rllib-{raw['checkpoint_version']}",
+        "format": raw["format"],
+        "state_file": raw["state_file"],
+        "policy_ids": ids,
+        "files": _sizes(directory, rels),
+    }
