@@ -192,9 +192,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: From how many keys of one map a step removes, they are listed on one line.
+_GROUPED = 4
+
+
 def changes(before: Any, after: Any, path: str = "", limit: int = 200) -> list[str]:
     """What a step changed, as ``"key.path: old -> new"`` lines (steps rebuild only what they change,
-    so unchanged subtrees are the very same objects and are skipped)."""
+    so unchanged subtrees are the very same objects and are skipped); :data:`_GROUPED` or more keys
+    removed from one map make one line, ``"key.path: removed N keys: a, b, ..."``."""
     out: list[str] = []
     stack: list[tuple[str, Any, Any]] = [(path, before, after)]
     while stack and len(out) < limit:
@@ -202,10 +207,14 @@ def changes(before: Any, after: Any, path: str = "", limit: int = 200) -> list[s
         if a is b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
+            removed = [str(key) for key in a if key not in b]
+            if len(removed) >= _GROUPED:
+                out.append(f"{where or '(root)'}: removed {len(removed)} keys: {', '.join(removed)}")
             for key in reversed([*a, *(k for k in b if k not in a)]):
                 sub = f"{where}.{key}" if where else str(key)
                 if key not in b:
-                    out.append(f"{sub}: removed")
+                    if len(removed) < _GROUPED:
+                        out.append(f"{sub}: removed")
                 elif key not in a:
                     out.append(f"{sub}: added {_short(b[key])}")
                 else:

@@ -129,3 +129,21 @@ def test_a_plugins_malformed_description_is_a_checkpoint_error(tmp_path):
     (target / "rllib_checkpoint.json").unlink()  # only the garbled plugin claims it now
     with pytest.raises(CheckpointError, match="'policy_ids' must be a list"):
         describe_foreign(target, pm)
+
+
+def test_migrate_dry_run_lists_the_many_settings_it_drops_on_one_line_each_map(tmp_path):
+    result = invoke("migrate", str(PPO), str(tmp_path / "x"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    dropped = [line for line in lines if line.strip().startswith("state: config: removed ")]
+    assert len(dropped) == 1 and "num_workers" in dropped[0] and "sgd_minibatch_size" in dropped[0]
+    assert not any(line.strip().startswith("state: config.num_workers") for line in lines)
+    assert len(lines) < 150 and not (tmp_path / "x").exists()
+
+
+def test_a_few_removed_keys_keep_a_line_each():
+    from amber.migration import changes
+
+    assert sorted(changes({"a": 1, "b": 2, "c": 3}, {"c": 3})) == ["a: removed", "b: removed"]
+    many = changes({"m": {"k1": 1, "k2": 2, "k3": 3, "k4": 4, "kept": 5}}, {"m": {"kept": 5, "new": 6}})
+    assert sorted(many) == ["m.new: added 6", "m: removed 4 keys: k1, k2, k3, k4"]
