@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -146,6 +147,18 @@ def test_checkpoint_every_with_num_to_keep_and_json_lines(tmp_path):
     assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000003", "checkpoint_000004"]
 
 
+def test_the_configs_retention_ranks_by_its_score_attribute(tmp_path):
+    run = tmp_path / "run"
+    result = _invoke(*BASE, "-o", "num_to_keep=1", "-o", "checkpoint_score_attribute=episode_return_mean",
+                     "--stop-iters", "4", "--checkpoint-every", "1", "--checkpoint-dir", str(run))
+    assert result.exit_code == 0, result.output
+    returns = {int(r["training_iteration"]): float(r["episode_return_mean"]) for r in _rows(run)}
+    scored = {it: ret for it, ret in returns.items() if math.isfinite(ret)}  # (no episode ended: unscored)
+    best = max(scored, key=lambda it: (scored[it], it)) if scored else 4  # ties: the newer
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == sorted(
+        {f"checkpoint_{best:06d}", "checkpoint_000004"})
+
+
 # -- --resume --------------------------------------------------------------------------------------------
 
 def test_resume_in_a_new_process_is_exact_and_appends_progress(tmp_path):
@@ -164,6 +177,16 @@ def test_resume_in_a_new_process_is_exact_and_appends_progress(tmp_path):
     assert [r["num_env_steps_sampled_lifetime"] for r in rows] == [
         r["num_env_steps_sampled_lifetime"] for r in _rows(whole)]
     assert (split / "progress.csv").read_text().count("training_iteration") == 1  # one header
+
+
+def test_resume_keeps_the_runs_retention(tmp_path):
+    run = tmp_path / "run"
+    first = _invoke(*BASE, "--stop-iters", "3", "--checkpoint-every", "1", "--num-to-keep", "2",
+                    "--checkpoint-dir", str(run))
+    assert first.exit_code == 0, first.output
+    resumed = _invoke("train", "--resume", str(run), "--stop-iters", "5", "--checkpoint-every", "1")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000004", "checkpoint_000005"]
 
 
 def test_resume_refuses_new_settings_and_needs_a_checkpoint(tmp_path):
