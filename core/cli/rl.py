@@ -265,11 +265,12 @@ def _train_until(algorithm: Any, manager: Any, report: _Report, interrupts: _Int
 
 
 def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: _Stop,
-         checkpoint_every: int, format_: str | None, as_json: bool,
+         checkpoint_every: int, num_to_keep: int | None, format_: str | None, as_json: bool,
          interrupts: _Interrupts) -> tuple[str, int | None]:
     """Train ``algorithm`` with its learning curves in ``out`` (appended to with ``append``,
     else started afresh) and its checkpoints in ``store`` (``out``, or a URL), kept as its
-    config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``)."""
+    config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``),
+    ``num_to_keep`` (not None) set there first: each checkpoint records it, so a resume keeps it."""
     from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, fetch_logs
     from amber.checkpoint_manager import CheckpointManager
 
@@ -280,6 +281,8 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: _S
     elif isinstance(store, str) and not (out / PROGRESS_CSV).exists():
         fetch_logs(store, out)  # resumed from storage on another machine: continue its curves
     c = algorithm.config
+    if num_to_keep is not None:
+        c.checkpointing(num_to_keep=num_to_keep)
     manager = CheckpointManager(store, c.num_to_keep, c.checkpoint_score_attribute, c.checkpoint_score_order)
     mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
     env = algorithm.config.env
@@ -337,9 +340,8 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also checkpoint every N iterations (0: only at the end).")
 @click.option("--num-to-keep", type=click.IntRange(min=1), default=None,
-              help="Keep N checkpoints: the newest (or the best by the config's "
-                   "checkpoint_score_attribute, and the newest); recorded in each checkpoint, so "
-                   "--resume keeps it (default: the config's num_to_keep, else all).")
+              help="Keep N checkpoints: the newest (with the config's checkpoint_score_attribute, the "
+                   "best and the newest); saved with them, so --resume keeps it (default: the config's).")
 @click.option("--format", "format_", default=None, help="Checkpoint format (default: pickle).")
 @click.option("--seed", type=int, default=None, help="Seed everything (runs become repeatable).")
 @click.option("--resume", type=LOCATION, default=None, metavar="RUN_DIR",
@@ -365,15 +367,12 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
         if resume is not None:
             algorithm = _resume(ctx, resume, allow_pickle)
         else:
-            settings = _user_settings(config_file, overrides)
-            algorithm = _build_algorithm(algo, env_id, format_, seed, settings=settings,
-                                         env_kwargs=env_kwargs)
-        if num_to_keep is not None:  # recorded in each checkpoint's config: --resume keeps it
-            algorithm.config.checkpointing(num_to_keep=num_to_keep)
+            algorithm = _build_algorithm(algo, env_id, format_, seed, env_kwargs=env_kwargs,
+                                         settings=_user_settings(config_file, overrides))
         out, store = _locations(algorithm, checkpoint_dir, storage, resume)
         last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,
-                                 checkpoint_every=checkpoint_every, format_=format_, as_json=as_json,
-                                 interrupts=interrupts)
+                                 checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
+                                 format_=format_, as_json=as_json, interrupts=interrupts)
         algorithm.stop()
     if last_ckpt and not as_json:
         click.echo(last_ckpt)
