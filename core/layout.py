@@ -35,8 +35,6 @@ from amber.verified_io import (
     MANIFEST,
     FileEntries,
     FileEntry,
-    HashingFile,
-    Sink,
     Source,
     check_file,
     describe_mode,
@@ -45,6 +43,7 @@ from amber.verified_io import (
     read_verified,
 )
 from amber.verified_io import corrupt as _corrupt
+from amber.verified_write import HashingFile, Sink
 
 __all__ = [
     "CHECKPOINT_TYPES",

@@ -1,7 +1,8 @@
 """Verified file I/O: every file of a checkpoint is written and read with its size and digest.
 
-Writers go through :class:`HashingFile` (and a format through :class:`Sink`),
-which hashes and counts the bytes as they are written; readers go through
+Writers go through :class:`amber.verified_write.HashingFile` (and a format through
+:class:`amber.verified_write.Sink`), which hashes and counts the bytes as they are
+written; readers go through
 :func:`read_verified` (and a format through :class:`Source`), which checks a
 file's size and digest before handing its bytes on. Readers follow no
 symbolic link and open nothing but regular files and directories, and never
@@ -11,21 +12,17 @@ block: a FIFO, socket or device is refused before it is opened
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
-import io
 import os
 import stat
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.atomic import fsync_on_close
-from amber.digest import CHUNK_BYTES, Hasher, format_digest, hash_file, new_hasher, parse_digest
+from amber.digest import CHUNK_BYTES, Hasher, hash_file, new_hasher, parse_digest
 from amber.errors import CorruptCheckpointError
 
 if TYPE_CHECKING:
@@ -36,8 +33,6 @@ __all__ = [
     "MANIFEST",
     "FileEntries",
     "FileEntry",
-    "HashingFile",
-    "Sink",
     "Source",
     "check_file",
     "corrupt",
@@ -268,105 +263,6 @@ def check_file(root: Path, rel: str, entry: FileEntry) -> str | None:
     if digest != entry.digest:
         return f"{path}: content does not match its digest in checkpoint.json"
     return None
-
-
-#: Writes of at least this many bytes are hashed on another thread, piece by piece, while written.
-_OVERLAP_BYTES = 8 << 20
-_HASHER: concurrent.futures.ThreadPoolExecutor | None = None
-_HASHER_LOCK = threading.Lock()
-
-
-def _hashing_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread that hashes large writes (started on first use)."""
-    global _HASHER
-    with _HASHER_LOCK:
-        if _HASHER is None:
-            _HASHER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amber-hash")
-        return _HASHER
-
-
-class HashingFile(io.RawIOBase):
-    """A new file that hashes and counts what is written to it, and fsyncs on close."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self._f = open(path, "xb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._h = new_hasher()
-        self._size = 0
-        self.entry: FileEntry | None = None  # type: ignore[assignment]
-
-    def writable(self) -> bool:  # noqa: D102
-        return True
-
-    def write(self, b: Any) -> int:  # noqa: D102
-        mv = memoryview(b)
-        if not mv.c_contiguous:
-            raise ValueError("HashingFile.write needs a contiguous buffer")
-        mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
-        if mv.nbytes < _OVERLAP_BYTES:
-            self._h.update(mv)
-            self._write_all(mv)
-        else:  # hash each piece on the hashing thread while this one writes it (both free the GIL)
-            for start in range(0, mv.nbytes, _OVERLAP_BYTES):
-                piece = mv[start:start + _OVERLAP_BYTES]
-                hashed = _hashing_thread().submit(self._h.update, piece)
-                try:
-                    self._write_all(piece)
-                finally:
-                    hashed.result()  # the caller may reuse its buffer once write returns
-        self._size += mv.nbytes
-        return mv.nbytes
-
-    def _write_all(self, mv: memoryview) -> None:
-        done = 0
-        while done < mv.nbytes:
-            done += self._f.write(mv[done:]) or 0
-
-    def close(self) -> None:  # noqa: D102
-        if self.closed:
-            return
-        try:
-            if fsync_on_close():  # inside a staging directory, its commit fsyncs every file at once
-                os.fsync(self._f.fileno())
-        finally:
-            self._f.close()
-            super().close()
-        self.entry = FileEntry(self._size, format_digest(self._h))
-
-
-class Sink:
-    """The engine's :class:`amber.registry.StateSink`: files of one state, recorded in ``files``."""
-
-    def __init__(self, directory: Path, stem: str, extension: str, files: dict[str, FileEntry]) -> None:
-        self._directory = directory
-        self._stem = stem
-        self._extension = extension
-        self._files = files
-        self._open: list[HashingFile] = []
-
-    @property
-    def path(self) -> Path:
-        """The main file's path."""
-        return self._directory / f"{self._stem}{self._extension}"
-
-    def open(self, suffix: str = "") -> BinaryIO:
-        """Open the main file, or the sibling ``<stem><suffix>``, for writing."""
-        name = f"{self._stem}{suffix or self._extension}"
-        if "/" in name or name in self._files or name == MANIFEST:
-            raise ValueError(f"cannot open {name!r} twice or outside the checkpoint")
-        f = HashingFile(self._directory / name)
-        self._open.append(f)
-        self._files[name] = FileEntry(0, "")  # placeholder keeps the order
-        return io.BufferedWriter(f, buffer_size=1 << 20)  # type: ignore[return-value]
-
-    def finish(self) -> None:
-        """Record every file written (all must be closed)."""
-        for f in self._open:
-            if not f.closed:
-                f.close()
-            assert f.entry is not None
-            self._files[f.path.name] = f.entry
 
 
 class Source:
