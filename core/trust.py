@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from amber.atomic import commit, describe, staging
 from amber.digest import CHUNK_BYTES, CRYPTOGRAPHIC, format_digest, hash_file, is_cryptographic, new_hasher
-from amber.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError
+from amber.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError, NotACheckpointError
 from amber.layout import MANIFEST, FileEntry, Manifest, read_manifest, write_manifest
 from amber.registry import get_registry
 from amber.signing import (
@@ -89,7 +89,17 @@ def _top(root: Path) -> Manifest:
     if outer is not None:
         raise CheckpointError(f"{root} is a policy of the algorithm checkpoint {outer}, whose signature "
                               f"covers its policies: trust that one (amber trust {outer})", path=root)
-    return read_manifest(root)
+    try:
+        return read_manifest(root)
+    except NotACheckpointError:
+        from amber.checkpoint_read import describe_foreign
+
+        if (found := describe_foreign(root)) is None:
+            raise
+        raise NotACheckpointError(
+            f"{root} is another system's {found['type']} checkpoint ({found['system']}, format "
+            f"{found['format']}): a signature vouches for amber checkpoints only; `amber migrate "
+            f"{root} DST` writes an amber checkpoint of it", path=root) from None
 
 
 def _problem(root: Path, top: Manifest, key: SigningKey | None) -> str | None:

@@ -110,8 +110,10 @@ def test_a_system_no_plugin_knows_is_named_as_such(tmp_path):
             call(other)
     # a tool that works on amber checkpoints alone does not claim that no plugin reads RLlib's
     result = invoke("trust", str(PPO), "--yes")
-    assert result.exit_code == 2 and "another system's checkpoint" in result.output
-    assert "no installed plugin reads" not in result.output
+    assert result.exit_code == 2 and "another system's Algorithm checkpoint (RLlib" in result.output
+    assert "amber migrate" in result.output and "no installed plugin reads" not in result.output
+    result = invoke("trust", str(other), "--yes")
+    assert result.exit_code == 2 and "other_checkpoint.json: another system's checkpoint)" in result.output
 
 
 class _Garbled:
