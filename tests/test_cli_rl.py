@@ -38,3 +38,41 @@ def test_train_needs_a_stop_condition_and_a_known_algorithm(tmp_path):
     assert proc.returncode == 2 and "stop" in proc.stderr and "Traceback" not in proc.stderr
     proc = _amber("train", "--algo", "A3C", "--env", "CartPole-v1", "--stop-iters", "1", cwd=tmp_path)
     assert proc.returncode == 2 and "PPO" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_a_multi_agent_checkpoint_whose_agents_end_at_different_steps(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from amber.algorithms.ppo import PPOConfig
+    from amber.cli import cli
+    from amber.envs import MultiAgentCartPole
+
+    config = (PPOConfig().environment(MultiAgentCartPole, env_config={"num_agents": 2})
+              .training(train_batch_size=64, minibatch_size=32, num_epochs=1, model={"fcnet_hiddens": [8]})
+              .multi_agent(policies={"pol0", "pol1"}, policy_mapping_fn=_two_policies)
+              .debugging(seed=0))  # pickle: it stores the mapping function
+    algo = config.build()
+    algo.save(tmp_path / "ck")
+    lengths = []  # each agent's game played alone, greedily, from the seed evaluate gives it
+    for ep in range(3):
+        env = MultiAgentCartPole({"num_agents": 2})
+        per_agent = []
+        for agent in range(2):
+            obs, _ = env.envs[agent].reset(seed=ep + agent)
+            steps, done = 0, False
+            while not done:
+                action = algo.get_policy(f"pol{agent}").compute_single_action(obs, explore=False)[0]
+                obs, _, term, trunc, _ = env.envs[agent].step(action)
+                steps, done = steps + 1, term or trunc
+            per_agent.append(steps)
+        lengths.append(per_agent)
+    algo.stop()
+    assert any(a != b for a, b in lengths), "the agents' games should end at different steps"
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "ck"), "--episodes", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"return mean: {np.mean([sum(x) for x in lengths]):.2f}" in result.output
+
+
+def _two_policies(agent_id, episode, worker, **kw):
+    return f"pol{agent_id}"

@@ -32,6 +32,8 @@ def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bo
             obs, rew, term, trunc, _ = env.step(actions)
             total += float(sum(rew.values()))
             done = term.get("__all__", False) or trunc.get("__all__", False)
+            # an agent whose game ended gets its last observation, and no more actions
+            obs = {a: o for a, o in obs.items() if not (term.get(a, False) or trunc.get(a, False))}
         else:
             action = algo.get_policy().compute_single_action(obs, explore=explore)[0]
             if hasattr(env.action_space, "low"):
