@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,27 @@ def test_trace_hooks_prints_hook_calls():
     result = CliRunner().invoke(cli, ["--trace-hooks", "formats"])
     assert result.exit_code == 0, result.output
     assert "amber_register_formats" in result.stderr
+
+
+class _Warns:
+    """A plugin whose format registration warns with text a hostile checkpoint could hold."""
+
+    @amber.hookimpl
+    def amber_register_formats(self):
+        warnings.warn("odd name \x1b[2J\u202egnp.exe", UserWarning, stacklevel=1)
+        warnings.warn("old setting", DeprecationWarning, stacklevel=1)
+        return []
+
+
+def test_warnings_are_one_escaped_line_on_stderr(pm):
+    pm.register(_Warns(), name="warns")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # (DeprecationWarning is shown only when asked)
+        result = invoke(pm, "formats")
+    assert result.exit_code == 0, result.output
+    assert "amber: warning: odd name \\x1b[2J\\u202egnp.exe\n" in result.stderr
+    assert "amber: warning: old setting (DeprecationWarning)" in result.stderr
+    assert "\x1b" not in result.stderr and ".py:" not in result.stderr  # no raw escape, no source line
 
 
 # --------------------------------------------------------------------------

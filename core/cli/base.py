@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import unicodedata
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ __all__ = [
     "make_console",
     "plain_text",
     "policy_files",
+    "show_warning",
     "total_bytes",
 ]
 
@@ -129,11 +131,27 @@ class AmberCliError(click.ClickException):
         echo(f"amber: error: {' '.join(line for line in lines if line)}", err=True)
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """Print a warning as the CLI prints its errors: one line on stderr, ``amber: warning: ...``,
+    escaped (a warning may quote a checkpoint), the category named unless it is a plain
+    UserWarning; no source line (it would be amber's or click's, not the user's)."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    lines = (part.strip() for part in str(message).splitlines())
+    echo(f"amber: warning: {' '.join(part for part in lines if part)}{kind}", err=True)
+
+
 class AmberGroup(click.Group):
-    """A group that turns amber's errors into :class:`AmberCliError`."""
+    """A group that turns amber's errors into :class:`AmberCliError` and shows warnings with
+    :func:`show_warning`."""
 
     def invoke(self, ctx: click.Context) -> Any:
         """Invoke the command; map :class:`CheckpointError` and :class:`OSError` to one line, exit 2."""
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CheckpointError as e:
