@@ -255,6 +255,31 @@ def test_failed_restore_leaves_the_algorithm_as_it_was(tmp_path):
     assert algo.iteration == it
 
 
+class _MyPPO(PPO):
+    """A user's own PPO: it restores PPO checkpoints, and PPO restores its."""
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "pickle"])
+def test_restore_refuses_another_kind_of_algorithm_and_names_both(tmp_path, fmt):
+    from amber.algorithms.dqn import DQNConfig
+    from amber.errors import InvalidStateError
+
+    dqn = DQNConfig().environment("CartPole-v1").debugging(seed=0).build()
+    path = dqn.save(tmp_path / "dqn", format=fmt).checkpoint.path
+    dqn.stop()
+    ppo = PPOConfig().environment("CartPole-v1").debugging(seed=0).build()
+    before = weights(ppo)
+    with pytest.raises(InvalidStateError, match=r"holds a DQN checkpoint and this algorithm is a PPO: "
+                                                r"`Algorithm.from_checkpoint\(path\)`"):
+        ppo.restore(path)
+    assert_same_weights(before, weights(ppo))
+    own = _MyPPO(config=PPOConfig().environment("CartPole-v1").debugging(seed=1))
+    own.restore(ppo.save(tmp_path / "ppo", format=fmt).checkpoint.path)  # a subclass: restored
+    assert_same_weights(before, weights(own))
+    for algo in (ppo, own):
+        algo.stop()
+
+
 def test_restore_failing_while_applying_rolls_back(tmp_path, monkeypatch):
     donor = multi(seed=1).build()
     donor.train()

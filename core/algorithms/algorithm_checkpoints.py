@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from amber.algorithms.model_exports import model_exports
-from amber.errors import CheckpointError, UnregisteredNameError, state_errors
+from amber.errors import CheckpointError, InvalidStateError, UnregisteredNameError, state_errors
 from amber.state import Ref
 from amber.storage import is_remote
 
@@ -234,6 +234,7 @@ class CheckpointMixin:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{checkpoint_path} is a {ckpt.type} checkpoint, not an Algorithm one",
                                   path=checkpoint_path)
+        _check_same_kind(type(self), ckpt.state, checkpoint_path, self.pm)
         policies = {pid: p.state for pid, p in ckpt.policies.items()}
         from amber.models.build_budget import adopting_state
 
@@ -361,6 +362,23 @@ def config_from_state(
     if policies_to_train is not None:
         config.policies_to_train = list(policies_to_train)
     return algo_cls, config
+
+
+def _check_same_kind(live: type, own: Mapping[str, Any], path: str | os.PathLike[str],
+                     pm: pluggy.PluginManager | None) -> None:
+    """Refuse to restore a checkpoint of another kind of algorithm (a DQN's into a PPO): neither
+    class derives from the other. A saved class not registered here is left to the state checks.
+
+    :raises InvalidStateError: the kinds differ; the message names both and the way out.
+    """
+    try:
+        saved = _resolve(own.get("algorithm_class"), "algorithm_class", path, pm)
+    except CheckpointError:
+        return
+    if isinstance(saved, type) and not (issubclass(live, saved) or issubclass(saved, live)):
+        raise InvalidStateError(
+            f"{path} holds a {saved.__name__} checkpoint and this algorithm is a {live.__name__}: "
+            f"`Algorithm.from_checkpoint(path)` builds the {saved.__name__} it holds", path=path)
 
 
 def _resolve(value: Any, what: str, path: str | os.PathLike[str], pm: pluggy.PluginManager | None) -> Any:
