@@ -36,7 +36,8 @@ from amber.storage import is_remote, reading
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["Checkpoint", "describe_foreign", "migrate_in_memory", "pickle_allowed_default", "read_checkpoint"]
+__all__ = ["Checkpoint", "amber_only", "describe_foreign", "migrate_in_memory", "pickle_allowed_default",
+           "read_checkpoint"]
 
 
 @dataclass
@@ -248,6 +249,19 @@ def describe_foreign(root: Path, pm: pluggy.PluginManager | None = None) -> dict
     if found is None:
         return None
     return _checked_description(found, root)
+
+
+def amber_only(root: Path, why: str) -> NotACheckpointError | None:
+    """The error of a command that works on amber checkpoints alone, when ``root`` is another
+    system's checkpoint that a plugin knows: it names that checkpoint, says ``why``, and how to get
+    an amber one; None when ``root`` is none."""
+    found = describe_foreign(root)
+    if found is None:
+        return None
+    return NotACheckpointError(
+        f"{root} is another system's {found['type']} checkpoint ({found['system']}, version "
+        f"{found['checkpoint_version']}, format {found['format']}): {why}; `amber migrate {root} DST` "
+        "writes an amber checkpoint of it", path=root)
 
 
 def _checked_description(found: Any, root: Path) -> dict[str, Any]:

@@ -92,14 +92,11 @@ def _top(root: Path) -> Manifest:
     try:
         return read_manifest(root)
     except NotACheckpointError:
-        from amber.checkpoint_read import describe_foreign
+        from amber.checkpoint_read import amber_only
 
-        if (found := describe_foreign(root)) is None:
+        if (foreign := amber_only(root, "a signature vouches for amber checkpoints only")) is None:
             raise
-        raise NotACheckpointError(
-            f"{root} is another system's {found['type']} checkpoint ({found['system']}, format "
-            f"{found['format']}): a signature vouches for amber checkpoints only; `amber migrate "
-            f"{root} DST` writes an amber checkpoint of it", path=root) from None
+        raise foreign from None
 
 
 def _problem(root: Path, top: Manifest, key: SigningKey | None) -> str | None:

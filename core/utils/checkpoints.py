@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber.checkpoint import read_checkpoint
-from amber.checkpoint_read import describe_foreign
+from amber.checkpoint_read import amber_only, describe_foreign
 from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest, unread_foreign
 from amber.registry import get_registry
@@ -123,18 +123,6 @@ def _foreign_info(root: Path, error: NotACheckpointError) -> dict[str, Any]:
     }
 
 
-def _nothing_to_verify(root: Path) -> NotACheckpointError | None:
-    """The error for another system's checkpoint that a plugin knows (None: ``root`` is none)."""
-    found = describe_foreign(root)
-    if found is None:
-        return None
-    return NotACheckpointError(
-        f"{root} is another system's {found['type']} checkpoint ({found['system']}, version "
-        f"{found['checkpoint_version']}), which records no sizes or digests: there is nothing to "
-        f"verify it against. `amber migrate {root} DST` writes an amber checkpoint of it, which "
-        "records them", path=root)
-
-
 @dataclass
 class VerifyReport:
     """What :func:`verify` found."""
@@ -175,7 +163,8 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
     except CorruptCheckpointError:
         pass  # reported below, as a problem
     except NotACheckpointError:
-        if (foreign := _nothing_to_verify(root)) is None:
+        if (foreign := amber_only(root, "it records no sizes or digests of its files, so there is "
+                                        "nothing to verify it against")) is None:
             raise
         raise foreign from None
     pending: list[tuple[Path, Any]] = [(root, None)]

@@ -235,7 +235,7 @@ def describe_rllib_checkpoint(path: Path) -> dict[str, Any] | None:
     ray = raw.get("ray_version")
     rels = [MANIFEST, raw["state_file"]]
     ids = _policy_ids(raw, directory) if raw["type"] == "Algorithm" else []
-    leaf = raw["state_file"].replace(_STEMS["Algorithm"], _STEMS["Policy"])
+    leaf = _STEMS["Policy"] + Path(raw["state_file"]).suffix  # each policy's state, in the same format
     for pid in ids:
         rels += [f"policies/{pid}/{MANIFEST}", f"policies/{pid}/{leaf}"]
     return {
