@@ -30,7 +30,7 @@ from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.signing import SIGNATURE, SIGNED_DIGEST, SigningKey, key_for_saving, sign
 from amber.state import validate_tree
 from amber.storage import is_remote, local_path
-from amber.storage import writing as staged_for
+from amber.storage_upload import writing as staged_for
 
 if TYPE_CHECKING:
     import pluggy

@@ -5,8 +5,8 @@ one: it is written in a local staging directory as usual (atomically,
 digests and all), then uploaded file by file with the top ``checkpoint.json``
 *last*. That manifest is the commit marker: a prefix without it is an upload
 that did not finish, which every reader refuses as uncommitted and
-:class:`amber.CheckpointManager` never counts. While an upload runs, the
-prefix also holds ``.amber-uploading``; only a prefix that is empty, holds a
+:class:`amber.CheckpointManager` never counts (the writing side: :mod:`amber.storage_upload`).
+While an upload runs, the prefix also holds ``.amber-uploading``; only a prefix that is empty, holds a
 committed checkpoint or carries that marker is ever written over, so
 nothing else under a URL is replaced.
 
@@ -26,12 +26,9 @@ fsspec is imported only when a URL is used.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import socket
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePath
@@ -39,7 +36,6 @@ from typing import Any
 
 from amber.errors import (
     CheckpointError,
-    CheckpointWriteError,
     CorruptCheckpointError,
     MissingStorageError,
     NotACheckpointError,
@@ -47,8 +43,7 @@ from amber.errors import (
 )
 
 __all__ = ["UPLOAD_MARKER", "Remote", "find_committed", "is_remote", "join", "local_path", "open_remote",
-           "reading", "relocated", "transfer",
-           "remove", "uploading", "writing"]
+           "naming", "reading", "relocated", "remove", "transfer"]
 
 UPLOAD_MARKER = ".amber-uploading"
 MANIFEST = "checkpoint.json"
@@ -153,7 +148,7 @@ def _plain_relpath(rel: str) -> bool:
 
 
 @contextlib.contextmanager
-def _naming(local: Path, url: str) -> Iterator[None]:
+def naming(local: Path, url: str) -> Iterator[None]:
     """Errors raised and warnings issued about the staged copy name the URL instead."""
     here = str(local)
     with warnings.catch_warnings(record=True) as caught:
@@ -194,7 +189,7 @@ def reading(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | N
     remote = Remote(path, storage_options)
     with tempfile.TemporaryDirectory(prefix="amber-download-") as tmp:
         local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
-        with _naming(local, remote.url):
+        with naming(local, remote.url):
             _download(remote, local, None if policy_ids is None else set(policy_ids), whole, manifests_only)
             yield local
 
@@ -271,85 +266,6 @@ def transfer(remote: Remote, doing: str, action: Callable[[], Any]) -> Any:
         raise
     except Exception as e:  # each back end raises its own types (botocore, aiohttp, OSError)
         raise StorageError(f"{doing} {remote.url} failed: {type(e).__name__}: {e}", path=remote.url) from e
-
-
-@contextlib.contextmanager
-def writing(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Iterator[Path]:
-    """A local path to write a checkpoint at; a URL gets a staging directory uploaded afterwards.
-
-    The block writes a whole checkpoint at the yielded path (as
-    :func:`amber.checkpoint_write.write_checkpoint` does locally). For a URL,
-    it is then uploaded with :func:`uploading`; if the block raises, nothing is uploaded.
-    """
-    if not is_remote(path):
-        yield local_path(path)
-        return
-    remote = Remote(path, storage_options)
-    _check_writable(remote, remote.listing())  # before the work of writing it locally
-    with tempfile.TemporaryDirectory(prefix="amber-upload-") as tmp:
-        local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
-        with _naming(local, remote.url):
-            yield local
-        uploading(local, remote)
-
-
-def _check_writable(remote: Remote, existing: Mapping[str, int]) -> None:
-    if existing and MANIFEST not in existing and UPLOAD_MARKER not in existing:
-        raise CheckpointWriteError(
-            f"{remote.url} holds files that are not an amber checkpoint ({len(existing)}, e.g. "
-            f"{sorted(existing)[0]}); refusing to write a checkpoint over them", path=remote.url)
-
-
-def uploading(local: Path, remote: Remote) -> None:
-    """Upload the checkpoint directory ``local`` to ``remote``, committing it with its manifest last.
-
-    Order: the upload marker; the old manifest, if any, removed (the old checkpoint is no
-    longer committed); every other file; files of the old checkpoint the new one lacks,
-    removed; sizes checked by listing; the policies' manifests; the top manifest (the
-    commit); the marker removed.
-
-    :raises CheckpointWriteError: the upload failed; the URL holds an uncommitted upload,
-        which readers refuse and the next save there replaces. No other URL is touched.
-    """
-    files = sorted(str(p.relative_to(local)).replace(os.sep, "/") for p in local.rglob("*") if p.is_file())
-    manifests = sorted((f for f in files if f.rsplit("/", 1)[-1] == MANIFEST),
-                       key=lambda f: (-f.count("/"), f))
-    data = [f for f in files if f not in manifests]
-    fs = remote.fs
-    try:
-        existing = remote.listing()
-        _check_writable(remote, existing)
-        marker = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
-        transfer(remote, "uploading", lambda: fs.pipe_file(remote.key(UPLOAD_MARKER), marker.encode()))
-        if MANIFEST in existing:
-            transfer(remote, "uncommitting", lambda: fs.rm_file(remote.key(MANIFEST)))
-        if data:
-            transfer(remote, "uploading", lambda: fs.put([str(local / f) for f in data],
-                                                          [remote.key(f) for f in data]))
-        stale = sorted(set(existing) - set(files) - {UPLOAD_MARKER})
-        if stale:
-            transfer(remote, "removing old files of", lambda: fs.rm([remote.key(f) for f in stale]))
-        _check_sizes(remote, local, data)
-        for f in manifests:  # the policies' first, the top one (the commit) last
-            transfer(remote, "committing", lambda f=f: fs.put_file(str(local / f), remote.key(f)))
-        transfer(remote, "uploading", lambda: fs.rm_file(remote.key(UPLOAD_MARKER)))
-    except CheckpointError as e:
-        if isinstance(e, CheckpointWriteError):
-            raise
-        raise CheckpointWriteError(
-            f"saving {remote.url} failed: {e}; what was uploaded is not committed (readers "
-            "refuse it, the next save there replaces it) and no other checkpoint was touched",
-            path=remote.url) from e
-
-
-def _check_sizes(remote: Remote, local: Path, data: Iterable[str]) -> None:
-    """Every uploaded file is listed with its local size (before anything is committed)."""
-    stored = remote.listing()
-    for f in data:
-        size = (local / f).stat().st_size
-        if stored.get(f) != size:
-            raise StorageError(f"{remote.url}/{f} holds {stored.get(f)} bytes after the upload, not "
-                               f"{size}", path=f"{remote.url}/{f}")
 
 
 def find_committed(url: str | os.PathLike[str],

@@ -193,7 +193,8 @@ def trust_checkpoint(
 def _trust_remote(url: str, pm: pluggy.PluginManager | None,
                   storage_options: Mapping[str, Any] | None) -> TrustResult:
     """:func:`trust_checkpoint` of a checkpoint at a URL."""
-    from amber.storage import Remote, uploading
+    from amber.storage import Remote
+    from amber.storage_upload import uploading
 
     with reading(url, storage_options, whole=True) as local:
         result = trust_checkpoint(local, pm=pm)

@@ -1,0 +1,98 @@
+"""Writing a checkpoint to an fsspec URL: staged locally, then uploaded with its top manifest last
+(the commit), as :mod:`amber.storage` describes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from amber.errors import CheckpointError, CheckpointWriteError, StorageError
+from amber.storage import MANIFEST, UPLOAD_MARKER, Remote, is_remote, local_path, naming, transfer
+
+__all__ = ["uploading", "writing"]
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Iterator[Path]:
+    """A local path to write a checkpoint at; a URL gets a staging directory uploaded afterwards.
+
+    The block writes a whole checkpoint at the yielded path (as
+    :func:`amber.checkpoint_write.write_checkpoint` does locally). For a URL,
+    it is then uploaded with :func:`uploading`; if the block raises, nothing is uploaded.
+    """
+    if not is_remote(path):
+        yield local_path(path)
+        return
+    remote = Remote(path, storage_options)
+    _check_writable(remote, remote.listing())  # before the work of writing it locally
+    with tempfile.TemporaryDirectory(prefix="amber-upload-") as tmp:
+        local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
+        with naming(local, remote.url):
+            yield local
+        uploading(local, remote)
+
+
+def _check_writable(remote: Remote, existing: Mapping[str, int]) -> None:
+    if existing and MANIFEST not in existing and UPLOAD_MARKER not in existing:
+        raise CheckpointWriteError(
+            f"{remote.url} holds files that are not an amber checkpoint ({len(existing)}, e.g. "
+            f"{sorted(existing)[0]}); refusing to write a checkpoint over them", path=remote.url)
+
+
+def uploading(local: Path, remote: Remote) -> None:
+    """Upload the checkpoint directory ``local`` to ``remote``, committing it with its manifest last.
+
+    Order: the upload marker; the old manifest, if any, removed (the old checkpoint is no
+    longer committed); every other file; files of the old checkpoint the new one lacks,
+    removed; sizes checked by listing; the policies' manifests; the top manifest (the
+    commit); the marker removed.
+
+    :raises CheckpointWriteError: the upload failed; the URL holds an uncommitted upload,
+        which readers refuse and the next save there replaces. No other URL is touched.
+    """
+    files = sorted(str(p.relative_to(local)).replace(os.sep, "/") for p in local.rglob("*") if p.is_file())
+    manifests = sorted((f for f in files if f.rsplit("/", 1)[-1] == MANIFEST),
+                       key=lambda f: (-f.count("/"), f))
+    data = [f for f in files if f not in manifests]
+    fs = remote.fs
+    try:
+        existing = remote.listing()
+        _check_writable(remote, existing)
+        marker = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        transfer(remote, "uploading", lambda: fs.pipe_file(remote.key(UPLOAD_MARKER), marker.encode()))
+        if MANIFEST in existing:
+            transfer(remote, "uncommitting", lambda: fs.rm_file(remote.key(MANIFEST)))
+        if data:
+            transfer(remote, "uploading", lambda: fs.put([str(local / f) for f in data],
+                                                          [remote.key(f) for f in data]))
+        stale = sorted(set(existing) - set(files) - {UPLOAD_MARKER})
+        if stale:
+            transfer(remote, "removing old files of", lambda: fs.rm([remote.key(f) for f in stale]))
+        _check_sizes(remote, local, data)
+        for f in manifests:  # the policies' first, the top one (the commit) last
+            transfer(remote, "committing", lambda f=f: fs.put_file(str(local / f), remote.key(f)))
+        transfer(remote, "uploading", lambda: fs.rm_file(remote.key(UPLOAD_MARKER)))
+    except CheckpointError as e:
+        if isinstance(e, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(
+            f"saving {remote.url} failed: {e}; what was uploaded is not committed (readers "
+            "refuse it, the next save there replaces it) and no other checkpoint was touched",
+            path=remote.url) from e
+
+
+def _check_sizes(remote: Remote, local: Path, data: Iterable[str]) -> None:
+    """Every uploaded file is listed with its local size (before anything is committed)."""
+    stored = remote.listing()
+    for f in data:
+        size = (local / f).stat().st_size
+        if stored.get(f) != size:
+            raise StorageError(f"{remote.url}/{f} holds {stored.get(f)} bytes after the upload, not "
+                               f"{size}", path=f"{remote.url}/{f}")
