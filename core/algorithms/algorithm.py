@@ -11,9 +11,9 @@ lays them out, atomically and verified, in any registered format.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,15 +24,13 @@ from amber.algorithms.algorithm_checkpoints import (
     TrainingCheckpoint,
     results_dir,
 )
-from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID, AlgorithmConfig, copy_unless_adopted
+from amber.algorithms.algorithm_config import AlgorithmConfig, copy_unless_adopted
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
+from amber.algorithms.policy_map import PolicyMapMixin
 from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
 from amber.policy.spaces import saved_policy_spaces
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Algorithm", "AlgorithmStoppedError", "SaveResult", "TrainingCheckpoint", "results_dir"]
 
@@ -54,9 +52,10 @@ def _has_accelerator() -> bool:
 _accelerator: bool | None = None
 
 
-class Algorithm(CheckpointMixin, RNGMixin):
+class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
     """Base of PPO, DQN and SAC: builds policies and sampling from a config, trains, saves
     (the checkpoint methods: :class:`~amber.algorithms.algorithm_checkpoints.CheckpointMixin`;
+    adding and removing policies: :class:`~amber.algorithms.policy_map.PolicyMapMixin`;
     its numpy and Python generators: :class:`~amber.algorithms.training_state.RNGMixin`)."""
 
     _default_config_class: type[AlgorithmConfig] = AlgorithmConfig
@@ -259,62 +258,6 @@ class Algorithm(CheckpointMixin, RNGMixin):
     def counters(self) -> dict[str, Any]:
         """Lifetime step counters and total training time (``num_env_steps_sampled_lifetime``...)."""
         return self.progress.counters
-
-    # -- policies ------------------------------------------------------------------
-
-    def get_policy(self, policy_id: str = DEFAULT_POLICY_ID) -> Policy | None:
-        """The policy with this id, or None."""
-        return self.policies.get(policy_id)
-
-    def add_policy(
-        self,
-        policy_id: str,
-        policy_cls: type | None = None,
-        *,
-        observation_space: Any = None,
-        action_space: Any = None,
-        config: Mapping[str, Any] | None = None,
-        policy_state: Mapping[str, Any] | None = None,
-        policy_mapping_fn: Callable[..., str] | None = None,
-        policies_to_train: Iterable[str] | None = None,
-        policy: Policy | None = None,
-    ) -> Policy:
-        """Add a policy (built, or given), optionally with a new mapping and training set."""
-        from amber.layout import check_id
-
-        check_id(policy_id)
-        if policy_id in self.policies:
-            raise ValueError(f"policy {policy_id!r} already exists")
-        if policy is None:
-            spec = PolicySpec(policy_cls, observation_space, action_space, config)
-            policy = self._build_policy(policy_id, spec, len(self.policies), observation_space, action_space)
-        if policy_state is not None:
-            policy.set_state(policy_state)
-        self.policies[policy_id] = policy
-        self.config.policies[policy_id] = PolicySpec(type(policy), config=config)
-        self._update_mapping(policy_mapping_fn, policies_to_train)
-        return policy
-
-    def remove_policy(
-        self,
-        policy_id: str = DEFAULT_POLICY_ID,
-        *,
-        policy_mapping_fn: Callable[..., str] | None = None,
-        policies_to_train: Iterable[str] | None = None,
-    ) -> None:
-        """Remove a policy, optionally with a new mapping and training set."""
-        self.policies.pop(policy_id)
-        self.config.policies.pop(policy_id, None)
-        if self.config.policies_to_train is not None and policies_to_train is None:
-            policies_to_train = [p for p in self.config.policies_to_train if p != policy_id]
-        self._update_mapping(policy_mapping_fn, policies_to_train)
-
-    def _update_mapping(self, fn: Callable[..., str] | None, train: Iterable[str] | None) -> None:
-        if fn is not None:
-            self.config.policy_mapping_fn = fn
-        if train is not None:
-            self.config.policies_to_train = list(train)
-        self.env_runner.set_policies(self.policies, self._mapping_fn())
 
     # -- state -----------------------------------------------------------------------
 
