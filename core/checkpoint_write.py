@@ -23,7 +23,15 @@ from amber import __version__
 from amber.atomic import commit, describe, fsync_on_close, staging
 from amber.digest import DEFAULT_ALGORITHM, hash_file, writing_with
 from amber.errors import CheckpointError, CheckpointWriteError, MissingPluginError
-from amber.layout import MANIFEST, STATE_STEMS, FileEntry, Sink, check_id, write_manifest
+from amber.layout import (
+    MANIFEST,
+    STATE_STEMS,
+    FileEntry,
+    Sink,
+    check_id,
+    enclosing_checkpoint,
+    write_manifest,
+)
 from amber.migration import CHECKPOINT_VERSION
 from amber.names import to_names
 from amber.registry import FormatRegistry, FormatSpec, get_registry
@@ -199,10 +207,25 @@ def write_checkpoint(
     job = _Job(spec, registry, type, state, dict(policies or {}), metadata, attachments or {}, placeholders,
                checkpoint_version, pm)
     if not is_remote(path):
+        _check_not_inside_a_checkpoint(local_path(path))
         return _write_local(local_path(path), job)
     with staged_for(path, storage_options) as local:
         _write_local(local, job)
     return os.fspath(path)  # type: ignore[return-value]
+
+
+def _check_not_inside_a_checkpoint(target: Path) -> None:
+    """Refuse a target inside another checkpoint (``SRC/converted``, ``ALGO/policies/x-copy``):
+    that checkpoint's manifest would not list it, and ``amber verify`` would then fail on it.
+
+    :raises CheckpointWriteError: naming both.
+    """
+    outer = enclosing_checkpoint(target)
+    if outer is not None:
+        raise CheckpointWriteError(
+            f"refusing to write a checkpoint at {target}: it is inside the checkpoint {outer}, whose "
+            "checkpoint.json would not list it (`amber verify` would then fail on it); choose a "
+            "directory outside it", path=target)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ __all__ = [
     "export_model",
     "greedy_action",
     "plan_exports",
+    "strict_json",
     "weights_digest",
 ]
 
@@ -108,18 +109,32 @@ def plan_exports(
     return list(jobs.values())
 
 
-def _prepare_dir(target: Path) -> None:
+def _prepare_dir(target: Path) -> list[Path]:
+    """Make ``target`` (and missing parents) a plain directory; return those this call created,
+    outermost first, for :func:`_remove_created` to take back if the export fails."""
     if target.is_symlink():
         raise ExportError(f"refusing to export into {target}: it is a symbolic link", path=target)
+    created = [d for d in (*reversed(target.parents), target) if not os.path.lexists(d)]
     try:
         target.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise ExportError(f"cannot export into {target}: it exists and is not a directory",
                           path=target) from None
     except OSError as e:
+        _remove_created(created)
         raise ExportError(f"cannot create {target}: {describe(e)}", path=target) from e
     if target.is_symlink() or not target.is_dir():
         raise ExportError(f"refusing to export into {target}: not a plain directory", path=target)
+    return created
+
+
+def _remove_created(created: Sequence[Path]) -> None:
+    """Remove the directories a failed export created, innermost first, each only if still empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            return  # not empty (or gone): what holds something else stays, and so do its parents
 
 
 def _check_written(stage: Path, files: Sequence[Path], spec: ExporterSpec) -> list[str]:
@@ -257,6 +272,24 @@ def _carry_over(
     return kept, stale
 
 
+#: How model.json writes a number JSON has no literal for (a space's infinite bound): as a string
+#: that Python's ``float``, numpy and JavaScript's ``Number`` all read back.
+_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` (JSON data) with each infinite or NaN float replaced by the string ``"Infinity"``,
+    ``"-Infinity"`` or ``"NaN"``: plain JSON, which every parser reads (``json.dump`` would
+    write the non-standard ``Infinity``, which strict parsers refuse)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else _NON_FINITE.get(value, "NaN")
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _model_json(graph: ModelGraph, digest: str, files: Mapping[str, Any]) -> dict[str, Any]:
     from amber import __version__
 
@@ -315,7 +348,17 @@ def export_model(
     registry = get_registry(pm)
     jobs = plan_exports(registry, graph, format, shorthands)
     target = Path(directory).absolute()  # exporters report absolute paths
-    _prepare_dir(target)
+    created = _prepare_dir(target)
+    try:
+        return _export_into(target, graph, jobs, registry)
+    except BaseException:
+        _remove_created(created)  # a failed export leaves no directory behind it either
+        raise
+
+
+def _export_into(target: Path, graph: ModelGraph, jobs: Sequence[Job],
+                 registry: FormatRegistry) -> list[Path]:
+    """:func:`export_model` into the existing directory ``target``: all of it, or nothing."""
     previous = _previous(target)
     digest = weights_digest(graph)
     try:
@@ -327,7 +370,8 @@ def export_model(
                     raise ExportError(f"refusing to replace {target / top}: it is a symbolic link",
                                       path=target / top)
             with open(stage / MODEL_JSON, "w") as f:
-                json.dump(_model_json(graph, digest, {**kept, **written}), f, indent=2)
+                json.dump(strict_json(_model_json(graph, digest, {**kept, **written})), f, indent=2,
+                          allow_nan=False)
                 f.write("\n")
             commit_entries(stage, target, [*written, MODEL_JSON], remove=stale)
     except OSError as e:

@@ -60,6 +60,7 @@ __all__ = [
     "Source",
     "check_file",
     "check_id",
+    "enclosing_checkpoint",
     "hidden_characters",
     "read_manifest",
     "read_verified",
@@ -135,6 +136,16 @@ def unread_foreign(directory: Path) -> NotACheckpointError | None:
     return NotACheckpointError(f"{directory} is not an amber checkpoint: no {MANIFEST} (it holds {foreign}: "
                                "another system's checkpoint, which no installed plugin reads)",
                                path=directory)
+
+
+def enclosing_checkpoint(path: str | os.PathLike[str]) -> Path | None:
+    """The nearest directory strictly above ``path`` that holds a ``checkpoint.json``: the
+    checkpoint that ``path`` lies inside (``ALGO/policies/ID``, ``SRC/converted``), or None.
+    Something written there is a file that checkpoint's manifest does not list."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if (parent / MANIFEST).is_file():
+            return parent
+    return None
 
 
 def _manifest_bytes(base: Path, rel: str, path: Path, expected: FileEntry | None) -> bytes:

@@ -252,6 +252,26 @@ def test_convert_round_trip(pm, ckpt, tmp_path, target):
     assert invoke(pm, "verify", str(dst)).exit_code == 0
 
 
+@pytest.mark.parametrize("args", [["convert", "{ckpt}", "{ckpt}/converted", "--format", "msgpack"],
+                                  ["migrate", "{ckpt}", "{ckpt}/migrated"],
+                                  ["convert", "{ckpt}/policies/p1", "{ckpt}/policies/p1-copy", "--format", "msgpack"]],
+                         ids=["convert", "migrate", "policy-beside-itself"])
+def test_a_destination_inside_a_checkpoint_is_refused(pm, ckpt, args):
+    """The checkpoint's manifest would not list it: `amber verify` would then fail on that checkpoint."""
+    before = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*"))
+    result = invoke(pm, *[a.format(ckpt=ckpt) for a in args], "--trust")
+    assert result.exit_code == 2
+    assert f"inside the checkpoint {ckpt}, whose checkpoint.json would not list it" in one_error_line(result)
+    assert sorted(p.relative_to(ckpt) for p in ckpt.rglob("*")) == before
+    assert invoke(pm, "verify", str(ckpt)).exit_code == 0
+
+
+def test_a_checkpoint_converted_in_place_is_still_allowed(pm, ckpt):
+    result = invoke(pm, "convert", str(ckpt), str(ckpt), "--format", "msgpack", "--trust")
+    assert result.exit_code == 0, result.output
+    assert get_checkpoint_info(ckpt)["format"] == "msgpack" and invoke(pm, "verify", str(ckpt)).exit_code == 0
+
+
 def test_convert_safe_refuses_pickle(pm, ckpt, tmp_path):
     result = invoke(pm, "convert", str(ckpt), str(tmp_path / "out"), "--format", "pickle", "--safe")
     assert result.exit_code == 2
@@ -414,13 +434,19 @@ def _amber_cli_imports(path: Path) -> set[str]:
 
 
 def test_cli_command_modules_import_only_base():
-    """base imports no module of the package; a command module imports only base; none imports
-    the package itself (only ``__main__``, which the package never imports, does)."""
+    """base imports no module of the package; a command module imports only base and helper
+    modules (which register no command and import only base); none imports the package itself
+    (only ``__main__``, which the package never imports, does)."""
+    helpers = {f"amber.cli.{p.stem}" for p in CLI_PACKAGE.glob("*.py")
+               if p.stem not in ("__init__", "__main__", "base") and "@cli.command" not in p.read_text()}
+    assert "amber.cli.train_loop" in helpers
     for path in CLI_PACKAGE.glob("*.py"):
         imported = _amber_cli_imports(path)
         if path.stem == "base":
             assert imported == set(), imported
         elif path.stem == "__main__":
             assert imported <= {"amber.cli", "amber.cli.main"}, imported
-        elif path.stem != "__init__":
+        elif f"amber.cli.{path.stem}" in helpers:
             assert imported == {"amber.cli.base"}, (path.name, imported)
+        elif path.stem != "__init__":
+            assert imported - helpers == {"amber.cli.base"}, (path.name, imported)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from amber.cli import CliState, cli
 from amber.export import weights_digest
+from amber.utils.checkpoints import verify
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -106,9 +107,14 @@ def test_keras(pm, checkpoints, tmp_path):
     (["{policy}", "{tmp}/out", "--policy", "p7"], "--policy picks a policy of an algorithm checkpoint"),
     (["{algo}", "{tmp}/out", "--format", "tflite"], "unknown exporter 'tflite'; known exporters: keras, onnx, torch"),
     (["{algo}", "{tmp}/out", "--onnx", "3"], "opset 3 is not supported"),
+    (["{multi}", "{tmp}/out", "--onnx", "3"], "opset 3 is not supported"),
     (["{algo}", "{tmp}/link"], "symbolic link"),
+    (["{algo}", "{algo}"], "refusing to export into {algo}: it is a checkpoint"),
+    (["{algo}", "{multi}/policies/p0"], "refusing to export into {multi}/policies/p0: it is a checkpoint"),
+    (["{algo}", "{algo}/model"], "it is inside the checkpoint {algo}, whose checkpoint.json would not list"),
 ], ids=["not-a-checkpoint", "unknown-policy", "policy-option-on-policy-checkpoint", "unknown-format",
-        "bad-opset", "symlinked-dir"])
+        "bad-opset", "bad-opset-of-several-policies", "symlinked-dir", "into-the-checkpoint",
+        "into-another-checkpoint", "inside-the-checkpoint"])
 def test_bad_input_is_one_line_exit_2(pm, checkpoints, tmp_path, args, message):
     if "--onnx" in args:
         pytest.importorskip("onnx")
@@ -116,9 +122,17 @@ def test_bad_input_is_one_line_exit_2(pm, checkpoints, tmp_path, args, message):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     paths = {k: v for k, v in checkpoints.items() if k != "digests"}
     result = invoke(pm, "export", *[a.format(tmp=tmp_path, **paths) for a in args])
-    assert message in one_error_line(result)
-    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+    assert message.format(**paths) in one_error_line(result)
+    assert not (tmp_path / "out").exists()  # a failed export leaves no directory behind
     assert os.listdir(tmp_path / "real") == []
+    assert all(verify(paths[k]).ok for k in ("algo", "multi", "policy"))  # no checkpoint was touched
+
+
+def test_opset_zero_is_refused(pm, checkpoints, tmp_path):
+    """``--onnx 0`` is no opset (the Python API's onnx=0 means the native files)."""
+    result = invoke(pm, "export", checkpoints["algo"], tmp_path / "out", "--onnx", "0")
+    assert result.exit_code == 2 and "0 is not in the range x>=1" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_formats_lists_the_exporters(pm):

@@ -113,6 +113,9 @@ def test_yaml_config_or_a_clear_error_without_pyyaml(tmp_path):
     (["-o", "lr=fast"], "'lr' must be float"),
     (["-o", "lr"], "not key=value"),
     (["--env-kwargs", "[1]"], "JSON object"),
+    (["--env-kwargs", '{"nosuch": 1}'], "cannot build PPO on 'CartPole-v1' with env_config {'nosuch': 1}"),
+    (["--stop-iters", "0"], "'--stop-iters': 0 is not in the range x>=1"),
+    (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
 ])
 def test_bad_settings_are_click_errors_naming_them(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["train", "--env", "CartPole-v1", "--stop-iters", "1", *args,
@@ -202,6 +205,23 @@ def test_resume_past_the_stop_trains_nothing(tmp_path):
     assert _invoke(*BASE, "--stop-iters", "1", "--checkpoint-dir", str(run)).exit_code == 0
     result = _invoke("train", "--resume", str(run), "--stop-iters", "1")
     assert result.exit_code == 0 and len(_rows(run)) == 1
+    assert "nothing to train: the run is at iteration 1" in result.stderr
+
+
+def test_a_new_run_never_mixes_with_an_earlier_ones_checkpoints(tmp_path):
+    """Another run's checkpoints would mix with this one's (and its retention would delete them)."""
+    run = tmp_path / "run"
+    assert _invoke(*BASE, "--stop-iters", "2", "--checkpoint-every", "1", "--checkpoint-dir", str(run)).exit_code == 0
+    before = sorted(p.name for p in run.iterdir()), (run / "progress.csv").read_text()
+    result = CliRunner().invoke(cli, [*BASE, "--stop-iters", "1", "--num-to-keep", "1", "--checkpoint-dir", str(run)])
+    assert result.exit_code == 2, result.output
+    assert f"{run} already holds a run's checkpoints (checkpoint_000001, checkpoint_000002): continue " \
+           f"that run with `amber train --resume {run} ...`" in result.stderr
+    assert (sorted(p.name for p in run.iterdir()), (run / "progress.csv").read_text()) == before
+    for inside in (run / "checkpoint_000002", run / "checkpoint_000002" / "runs"):
+        result = CliRunner().invoke(cli, [*BASE, "--stop-iters", "1", "--checkpoint-dir", str(inside)])
+        assert result.exit_code == 2 and "give --checkpoint-dir a directory of its own" in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == before[0]
 
 
 # -- signals --------------------------------------------------------------------------------------------

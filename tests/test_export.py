@@ -408,6 +408,28 @@ def test_model_json_describes_the_export(exported):
     assert action_rule(case["graph"].info) == meta["act"]
 
 
+def _strict(constant: str) -> None:
+    raise ValueError(f"{constant} is no JSON")
+
+
+def test_model_json_is_plain_json_with_infinite_bounds(tmp_path):
+    """CartPole's observation bounds are infinite: model.json writes them as strings every JSON
+    parser reads (not Python's Infinity), and serving from the export reads them back."""
+    policy = ppo_policy(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Box(-np.inf, np.inf, (2,)))
+    policy.export_model(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text(), parse_constant=_strict)
+    assert meta["observation_space"]["low"] == ["-Infinity"] * 4
+    assert meta["act"]["high"] == ["Infinity"] * 2
+    assert json.loads(json.dumps(meta, allow_nan=False)) == meta  # nothing non-standard left
+    from amber.serving.policy import describe_space
+
+    space = describe_space(meta["observation_space"])
+    assert np.isneginf(space["low"]).all() and space["low"].dtype == np.float32
+    obs = np.array([[0.5, -1.0, 2.0, 0.1]], np.float32)
+    out = {"action_dist_inputs": policy.compute_actions(obs, explore=False)[2]["action_dist_inputs"]}
+    np.testing.assert_allclose(greedy_action(meta["act"], out), out["action_dist_inputs"][:, :2])
+
+
 def test_reexport_of_other_weights_removes_the_stale_model_files(tmp_path):
     pytest.importorskip("onnx")
     policy = ppo_policy(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2))
@@ -449,7 +471,7 @@ def test_missing_onnx_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     with pytest.raises(MissingPluginError, match=r"pip install 'amber-rl\[onnx\]'"):
         export_model(dueling_graph(), tmp_path / "out", onnx=17)
-    assert os.listdir(tmp_path / "out") == []  # nothing left behind
+    assert os.listdir(tmp_path) == []  # nothing left behind, not even the directory it made
 
 
 def test_missing_tensorflow_names_the_extra(tmp_path, monkeypatch):
@@ -457,7 +479,7 @@ def test_missing_tensorflow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "keras", None)
     with pytest.raises(MissingPluginError, match=r"pip install 'amber-rl\[keras\]'"):
         export_model(dueling_graph(), tmp_path / "out", format="keras")
-    assert os.listdir(tmp_path / "out") == []
+    assert os.listdir(tmp_path) == []
 
 
 def test_unknown_exporter_lists_the_known_ones(tmp_path):
@@ -472,6 +494,14 @@ def test_unsupported_opset(tmp_path, opset):
     with pytest.raises(ExportError, match=f"opset {opset} is not supported"):
         export_model(dueling_graph(), tmp_path, onnx=opset)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_export_leaves_no_directory_it_made(tmp_path):
+    pytest.importorskip("onnx")
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ExportError, match="opset 99 is not supported"):
+        export_model(dueling_graph(), tmp_path / "kept" / "a" / "b", onnx=99)
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []  # as it was
 
 
 def test_symlinked_directory_is_refused(tmp_path):

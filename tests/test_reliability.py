@@ -159,3 +159,20 @@ def test_every_file_and_directory_is_fsynced_before_the_rename(bare_pm, tmp_path
         expected.update(os.path.join(base, n) for n in names)
     assert expected <= staged, sorted(expected - staged)
     assert len(expected) >= 3 * 3 + 3  # files of three policies, the top level and the directories
+
+
+def test_an_export_onto_a_full_disk_is_a_clean_error(small_tmpfs, tmp_path):
+    """torch's own writer aborts the whole process on a full disk (a C++ exception in its cleanup);
+    `amber export` ends with one error line and leaves nothing behind instead."""
+    import gymnasium as gym
+
+    from amber.policy.torch_policy import TorchPolicy
+
+    policy = TorchPolicy(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2),
+                         {"model": {"fcnet_hiddens": [512, 512]}, "seed": 0})  # model.pt2 > 1 MiB
+    ckpt = policy.export_checkpoint(tmp_path / "policy", format="msgpack")
+    done = subprocess.run([sys.executable, "-m", "amber.cli", "export", ckpt, str(small_tmpfs / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("amber: error: exporting into") and "the disk is full" in done.stderr
+    assert os.listdir(small_tmpfs) == []

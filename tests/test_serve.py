@@ -337,6 +337,28 @@ def test_a_pickle_checkpoint_is_refused_with_the_way_to_convert_it(zoo, tmp_path
     assert_acts_like(policy, load_policy(path, allow_pickle=True))  # for one's own checkpoint
 
 
+def test_the_way_to_convert_a_policy_of_a_pickle_algorithm_checkpoint_leaves_it_intact(tmp_path):
+    """The advice for ALGO/policies/ID converts the whole algorithm checkpoint beside it: a copy
+    written inside ALGO would be a folder its manifest does not list."""
+    import re
+
+    from amber.utils.checkpoints import convert_checkpoint
+
+    algo = tmp_path / "algo"
+    shutil.copytree(FIXTURES / "checkpoints/2.1/ppo_pickle", algo)
+    with pytest.raises(PickleCheckpointError) as info:
+        load_policy(algo / "policies" / "default_policy")
+    src, dst, served = re.search(r"`amber convert (\S+) (\S+) --format msgpack`, and serve (\S+) ",
+                                 str(info.value)).groups()
+    assert Path(src) == algo and Path(dst) == tmp_path / "algo-msgpack"
+    convert_checkpoint(src, dst, format="msgpack", allow_pickle=True)
+    from amber.utils.checkpoints import verify
+
+    assert verify(algo).ok and sorted(p.name for p in tmp_path.iterdir()) == ["algo", "algo-msgpack"]
+    restored = Policy.from_checkpoint(algo / "policies" / "default_policy", allow_pickle=True)
+    assert_acts_like(restored, load_policy(served))
+
+
 def test_a_third_party_format_is_served_and_pickle_refused_through_any_plugin_manager(zoo, contract_pm,
                                                                                      tmp_path):
     policy, _ = zoo["sac_pendulum"]

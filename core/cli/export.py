@@ -15,6 +15,25 @@ if TYPE_CHECKING:
 __all__ = ["export_command"]
 
 
+def _check_outside_checkpoints(directory: Path | str) -> None:
+    """Refuse to export into a checkpoint (or a folder inside one): its manifest would not list
+    the model files, and ``amber verify`` would then fail on it.
+
+    :raises AmberCliError: naming the checkpoint.
+    """
+    from amber.layout import MANIFEST, enclosing_checkpoint
+    from amber.storage import is_remote
+
+    if is_remote(directory):
+        return
+    directory = Path(directory)
+    holder = directory if (directory / MANIFEST).is_file() else enclosing_checkpoint(directory)
+    if holder is not None:
+        where = "a checkpoint" if holder == directory else f"inside the checkpoint {holder}"
+        raise AmberCliError(f"refusing to export into {directory}: it is {where}, whose checkpoint.json "
+                            "would not list the model files (`amber verify` would then fail on it); "
+                            "choose a directory outside it")
+
 
 def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pickle: bool | None,
              pm: pluggy.PluginManager) -> list[tuple[str, Any, Path]]:
@@ -55,7 +74,8 @@ def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pic
 @click.argument("directory", type=LOCATION)
 @click.option("--policy", "policy_id", metavar="ID",
               help="The policy to export from an algorithm checkpoint (default: all of them).")
-@click.option("--onnx", "opset", type=int, metavar="OPSET", help="Write model.onnx with this ONNX opset.")
+@click.option("--onnx", "opset", type=click.IntRange(min=1), metavar="OPSET",
+              help="Write model.onnx with this ONNX opset.")
 @click.option("-f", "--format", "format_", metavar="NAME",
               help="An exporter (see `amber formats`): keras writes saved_model/ and model.keras.")
 @trust_option
@@ -72,6 +92,7 @@ def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id
     from amber.registry import get_registry
 
     pm = state.get_pm()
+    _check_outside_checkpoints(directory)
     if format_ is not None:
         get_registry(pm).exporter(format_)  # an unknown name fails before anything is read
     for pid, policy, target in _targets(checkpoint, directory, policy_id, allow_pickle, pm):

@@ -13,18 +13,14 @@ the run after the current iteration with a final checkpoint, exit 130 and 143.
 from __future__ import annotations
 
 import json
-import math
-import numbers
-import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, AmberCliError, cli, make_console, trust_option
+from amber.cli.base import LOCATION, AmberCliError, cli, trust_option
+from amber.cli.train_loop import Interrupts, Report, Stop, train_until
 
 __all__ = ["ALGOS", "train"]
 
@@ -88,6 +84,9 @@ def _build_algorithm(algo: str, env_id: str | None, format_: str | None, seed: i
         return config.build()
     except ValueError as e:
         raise AmberCliError(str(e)) from e
+    except TypeError as e:  # the env's constructor refused env_config (--env-kwargs, env_config)
+        raise AmberCliError(f"cannot build {algo} on {config.env!r} with env_config {config.env_config}: "
+                            f"{e}") from e
 
 
 # -- resuming ----------------------------------------------------------------------------------------
@@ -139,134 +138,9 @@ def _resume(ctx: click.Context, run_dir: Path | str, allow_pickle: bool | None) 
     return Algorithm.from_checkpoint(path, allow_pickle=allow_pickle)
 
 
-# -- the training loop -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Stop:
-    """The stop criteria; any one reached stops the run."""
-
-    iters: int | None
-    timesteps: int | None
-    reward: float | None
-
-    def reached(self, iteration: int, steps: int, ret: float) -> bool:
-        """Whether the run is done after ``iteration`` (its lifetime env steps, its mean return)."""
-        return ((self.iters is not None and iteration >= self.iters)
-                or (self.timesteps is not None and steps >= self.timesteps)
-                or (self.reward is not None and not math.isnan(ret) and ret >= self.reward))
-
-
-class _Interrupts:
-    """Catches SIGINT and SIGTERM while training: the first asks the loop to stop after the
-    current iteration, a second one ends the process at once (exit 128 + signal)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            raise SystemExit(128 + signum)
-        self.signum = signum
-        click.echo("amber: stopping after this iteration with a checkpoint (again: stop now)", err=True)
-
-    def __enter__(self) -> _Interrupts:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handler
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _scalars(result: dict[str, Any]) -> dict[str, Any]:
-    """A ``train()`` result's top-level scalars, JSON-ready (NaN and infinities as null)."""
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if isinstance(value, (bool, str)):
-            out[key] = value
-        elif isinstance(value, numbers.Integral):
-            out[key] = int(value)
-        elif isinstance(value, numbers.Real):
-            out[key] = float(value) if math.isfinite(value) else None
-    return out
-
-
-class _Report:
-    """One line per iteration: a live table on a terminal, plain lines or JSON lines otherwise."""
-
-    def __init__(self, mode: str, title: str) -> None:
-        self.mode = mode
-        if mode == "live":
-            from rich.live import Live
-            from rich.table import Table
-
-            self.table = Table("iter", "env steps", "return (mean of 100)", "iter time", "total time",
-                               "checkpoint", title=title)
-            self.live = Live(self.table, console=make_console(stderr=True), transient=False,
-                             auto_refresh=False)
-
-    def __enter__(self) -> _Report:
-        if self.mode == "live":
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.mode == "live":
-            self.live.__exit__(*exc)
-
-    def row(self, result: dict[str, Any], ckpt: str) -> None:
-        """Show one iteration's result (and the checkpoint it wrote, if any)."""
-        if self.mode == "json":
-            click.echo(json.dumps(_scalars(result) | ({"checkpoint": ckpt} if ckpt else {})))
-            return
-        cells = (str(result["training_iteration"]), f"{result['num_env_steps_sampled_lifetime']:,}",
-                 f"{result['episode_return_mean']:.1f}", f"{result['time_this_iter_s']:.2f}s",
-                 f"{result['time_total_s']:.1f}s")
-        if self.mode == "plain":
-            names = ("iter", "env_steps", "return_mean", "iter_time", "total_time")
-            line = "  ".join(f"{n} {c}" for n, c in zip(names, cells, strict=True))
-            click.echo(line + (f"  checkpoint {ckpt}" if ckpt else ""))
-        else:
-            from amber.cli.base import plain_text
-
-            self.table.add_row(*cells, plain_text(Path(ckpt).name if ckpt else ""))
-            self.live.refresh()
-
-
-def _train_until(algorithm: Any, manager: Any, report: _Report, interrupts: _Interrupts,
-                 *, stop: _Stop, checkpoint_every: int, format_: str | None) -> tuple[str, int | None]:
-    """Train until a stop criterion holds or a signal came (each ``train()`` logs its result).
-
-    :return: the last checkpoint written ("" if none) and the signal that stopped the run (or None).
-    """
-    last_ckpt = ""
-    if stop.reached(algorithm.iteration, algorithm.counters.get("num_env_steps_sampled_lifetime", 0),
-                    math.nan):
-        return last_ckpt, None
-    if interrupts.signum is not None:  # before the first iteration: nothing to save
-        return last_ckpt, interrupts.signum
-    while True:
-        result = algorithm.train()
-        it = result["training_iteration"]
-        done = stop.reached(it, result["num_env_steps_sampled_lifetime"], result["episode_return_mean"])
-        signum = interrupts.signum
-        ckpt = ""
-        if done or signum is not None or (checkpoint_every and it % checkpoint_every == 0):
-            ckpt = str(manager.save(algorithm, format=format_).checkpoint.path)
-            last_ckpt = ckpt
-        report.row(result, ckpt)
-        if done or signum is not None:
-            return last_ckpt, signum
-
-
-def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: _Stop,
+def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: Stop,
          checkpoint_every: int, num_to_keep: int | None, format_: str | None, as_json: bool,
-         interrupts: _Interrupts) -> tuple[str, int | None]:
+         interrupts: Interrupts) -> tuple[str, int | None]:
     """Train ``algorithm`` with its learning curves in ``out`` (appended to with ``append``,
     else started afresh) and its checkpoints in ``store`` (``out``, or a URL), kept as its
     config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``),
@@ -287,8 +161,8 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: _S
     mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
     env = algorithm.config.env
     title = f"{type(algorithm).__name__} on {env if isinstance(env, str) else getattr(env, '__name__', env)}"
-    with _Report(mode, title) as report:
-        return _train_until(algorithm, manager, report, interrupts, stop=stop,
+    with Report(mode, title) as report:
+        return train_until(algorithm, manager, report, interrupts, stop=stop,
                             checkpoint_every=checkpoint_every, format_=format_)
 
 
@@ -304,6 +178,30 @@ def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str 
     from amber.storage import join
 
     return out, join(storage, out.name)
+
+
+def _check_new_run(out: Path) -> None:
+    """Refuse to start a run in a directory that holds another's checkpoints (they would mix,
+    and its retention would delete them) or that is, or lies in, a checkpoint."""
+    from amber.layout import MANIFEST, enclosing_checkpoint
+
+    inside = out if (out / MANIFEST).is_file() else enclosing_checkpoint(out)
+    if inside is not None:
+        where = "a checkpoint" if inside == out else f"inside the checkpoint {inside}"
+        raise AmberCliError(f"{out} is {where}: give --checkpoint-dir a directory of its own")
+    runs = sorted(p.name for p in out.glob("checkpoint_*")) if out.is_dir() else []
+    if runs:
+        raise AmberCliError(f"{out} already holds a run's checkpoints ({', '.join(runs[-3:])}): continue "
+                            f"that run with `amber train --resume {out} ...`, or give a new --checkpoint-dir")
+
+
+def _say_where_it_ended(algorithm: Any, last_ckpt: str, signum: int | None, as_json: bool) -> None:
+    """Print the run's last checkpoint (its last line), or why nothing was trained."""
+    if last_ckpt and not as_json:
+        click.echo(last_ckpt)
+    elif not last_ckpt and signum is None:  # the stop held before any iteration (a resumed run's)
+        click.echo(f"amber: nothing to train: the run is at iteration {algorithm.iteration}, which meets "
+                   "the stop; give a later --stop-iters (or --stop-timesteps)", err=True)
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
@@ -328,8 +226,8 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "VALUE is JSON, else a string.")
 @click.option("--env-kwargs", callback=_json_object, default=None, metavar="JSON",
               help="A JSON object passed to the env as env_config.")
-@click.option("--stop-iters", type=int, default=None, help="Stop at this training iteration.")
-@click.option("--stop-timesteps", type=int, default=None, help="Stop once this many env steps were sampled.")
+@click.option("--stop-iters", type=click.IntRange(min=1), help="Stop at this training iteration.")
+@click.option("--stop-timesteps", type=click.IntRange(min=1), help="Stop after this many env steps.")
 @click.option("--stop-reward", type=float, default=None, help="Stop when the mean return reaches this.")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="Where checkpoints and progress.csv go (default: the algorithm's log dir; "
@@ -343,7 +241,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Keep N checkpoints: the newest (with the config's checkpoint_score_attribute, the "
                    "best and the newest); saved with them, so --resume keeps it (default: the config's).")
 @click.option("--format", "format_", default=None, help="Checkpoint format (default: pickle).")
-@click.option("--seed", type=int, default=None, help="Seed everything (runs become repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed everything (runs become repeatable).")
 @click.option("--resume", type=LOCATION, default=None, metavar="RUN_DIR",
               help="Continue the run in RUN_DIR (a directory, or a --storage run's URL) from its "
                    "newest checkpoint.")
@@ -360,21 +258,20 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
 
     Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (exit 130 / 143).
     """
-    stop = _Stop(stop_iters, stop_timesteps, stop_reward)
-    if stop == _Stop(None, None, None):
+    stop = Stop(stop_iters, stop_timesteps, stop_reward)
+    if stop == Stop(None, None, None):
         raise AmberCliError("give --stop-iters, --stop-timesteps and/or --stop-reward")
-    with _Interrupts() as interrupts:
-        if resume is not None:
-            algorithm = _resume(ctx, resume, allow_pickle)
-        else:
-            algorithm = _build_algorithm(algo, env_id, format_, seed, env_kwargs=env_kwargs,
-                                         settings=_user_settings(config_file, overrides))
+    if resume is None and checkpoint_dir is not None:
+        _check_new_run(checkpoint_dir)  # before the work of building the algorithm
+    with Interrupts() as interrupts:
+        algorithm = _resume(ctx, resume, allow_pickle) if resume is not None else _build_algorithm(
+            algo, env_id, format_, seed, env_kwargs=env_kwargs,
+            settings=_user_settings(config_file, overrides))
         out, store = _locations(algorithm, checkpoint_dir, storage, resume)
         last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,
                                  checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
                                  format_=format_, as_json=as_json, interrupts=interrupts)
         algorithm.stop()
-    if last_ckpt and not as_json:
-        click.echo(last_ckpt)
+    _say_where_it_ended(algorithm, last_ckpt, signum, as_json)
     if signum is not None:
         ctx.exit(128 + signum)

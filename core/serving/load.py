@@ -159,10 +159,19 @@ def reading_plugin_manager(foreign: bool = False) -> pluggy.PluginManager:
 
 
 def _pickle_refused(root: Path, fmt: str) -> PickleCheckpointError:
+    from amber.layout import enclosing_checkpoint
+
+    outer = enclosing_checkpoint(root)  # a policy of an algorithm checkpoint: convert all of it,
+    if outer is None:                   # beside it (a copy written inside it would damage it)
+        how, serve = f"`amber convert {root} {root}-msgpack --format msgpack`", "the copy"
+    else:
+        copy = f"{outer}-msgpack"
+        how = f"`amber convert {outer} {copy} --format msgpack`"
+        serve = f"{copy}/{Path(os.path.abspath(root)).relative_to(outer).as_posix()}"
     return PickleCheckpointError(
         f"{root} is a {fmt!r} checkpoint, which can run code when read: amber.serve never reads one. "
-        f"Convert it once, where you trust it: `amber convert {root} {root}-msgpack --format msgpack`, "
-        "and serve the copy (or pass allow_pickle=True for a checkpoint you trust)",
+        f"Convert it once, where you trust it: {how}, and serve {serve} (or pass allow_pickle=True "
+        "for a checkpoint you trust)",
         path=root, format=fmt,
     )
 

@@ -1,0 +1,142 @@
+"""The loop of ``amber train`` (:mod:`amber.cli.rl`): train until a stop criterion holds or a
+signal comes, report each iteration (a live table, plain lines or JSON), checkpoint as asked."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from amber.cli.base import make_console
+
+__all__ = ["Interrupts", "Report", "Stop", "train_until"]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The stop criteria; any one reached stops the run."""
+
+    iters: int | None
+    timesteps: int | None
+    reward: float | None
+
+    def reached(self, iteration: int, steps: int, ret: float) -> bool:
+        """Whether the run is done after ``iteration`` (its lifetime env steps, its mean return)."""
+        return ((self.iters is not None and iteration >= self.iters)
+                or (self.timesteps is not None and steps >= self.timesteps)
+                or (self.reward is not None and not math.isnan(ret) and ret >= self.reward))
+
+
+class Interrupts:
+    """Catches SIGINT and SIGTERM while training: the first asks the loop to stop after the
+    current iteration, a second one ends the process at once (exit 128 + signal)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        click.echo("amber: stopping after this iteration with a checkpoint (again: stop now)", err=True)
+
+    def __enter__(self) -> Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _scalars(result: dict[str, Any]) -> dict[str, Any]:
+    """A ``train()`` result's top-level scalars, JSON-ready (NaN and infinities as null)."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, (bool, str)):
+            out[key] = value
+        elif isinstance(value, numbers.Integral):
+            out[key] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[key] = float(value) if math.isfinite(value) else None
+    return out
+
+
+class Report:
+    """One line per iteration: a live table on a terminal, plain lines or JSON lines otherwise."""
+
+    def __init__(self, mode: str, title: str) -> None:
+        self.mode = mode
+        if mode == "live":
+            from rich.live import Live
+            from rich.table import Table
+
+            self.table = Table("iter", "env steps", "return (mean of 100)", "iter time", "total time",
+                               "checkpoint", title=title)
+            self.live = Live(self.table, console=make_console(stderr=True), transient=False,
+                             auto_refresh=False)
+
+    def __enter__(self) -> Report:
+        if self.mode == "live":
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.mode == "live":
+            self.live.__exit__(*exc)
+
+    def row(self, result: dict[str, Any], ckpt: str) -> None:
+        """Show one iteration's result (and the checkpoint it wrote, if any)."""
+        if self.mode == "json":
+            click.echo(json.dumps(_scalars(result) | ({"checkpoint": ckpt} if ckpt else {})))
+            return
+        cells = (str(result["training_iteration"]), f"{result['num_env_steps_sampled_lifetime']:,}",
+                 f"{result['episode_return_mean']:.1f}", f"{result['time_this_iter_s']:.2f}s",
+                 f"{result['time_total_s']:.1f}s")
+        if self.mode == "plain":
+            names = ("iter", "env_steps", "return_mean", "iter_time", "total_time")
+            line = "  ".join(f"{n} {c}" for n, c in zip(names, cells, strict=True))
+            click.echo(line + (f"  checkpoint {ckpt}" if ckpt else ""))
+        else:
+            from amber.cli.base import plain_text
+
+            self.table.add_row(*cells, plain_text(Path(ckpt).name if ckpt else ""))
+            self.live.refresh()
+
+
+def train_until(algorithm: Any, manager: Any, report: Report, interrupts: Interrupts,
+                 *, stop: Stop, checkpoint_every: int, format_: str | None) -> tuple[str, int | None]:
+    """Train until a stop criterion holds or a signal came (each ``train()`` logs its result).
+
+    :return: the last checkpoint written ("" if none) and the signal that stopped the run (or None).
+    """
+    last_ckpt = ""
+    if stop.reached(algorithm.iteration, algorithm.counters.get("num_env_steps_sampled_lifetime", 0),
+                    math.nan):
+        return last_ckpt, None
+    if interrupts.signum is not None:  # before the first iteration: nothing to save
+        return last_ckpt, interrupts.signum
+    while True:
+        result = algorithm.train()
+        it = result["training_iteration"]
+        done = stop.reached(it, result["num_env_steps_sampled_lifetime"], result["episode_return_mean"])
+        signum = interrupts.signum
+        ckpt = ""
+        if done or signum is not None or (checkpoint_every and it % checkpoint_every == 0):
+            ckpt = str(manager.save(algorithm, format=format_).checkpoint.path)
+            last_ckpt = ckpt
+        report.row(result, ckpt)
+        if done or signum is not None:
+            return last_ckpt, signum
