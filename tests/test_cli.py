@@ -272,6 +272,17 @@ def test_a_checkpoint_converted_in_place_is_still_allowed(pm, ckpt):
     assert get_checkpoint_info(ckpt)["format"] == "msgpack" and invoke(pm, "verify", str(ckpt)).exit_code == 0
 
 
+def test_migrate_recursive_of_a_missing_root_or_an_empty_path_is_an_error(pm, tmp_path, monkeypatch):
+    """Not "no checkpoint under ..." with exit 0; and "" ("$UNSET" in a script) is not the current
+    directory, which `migrate --recursive` would migrate in place."""
+    result = invoke(pm, "migrate", "--recursive", str(tmp_path / "no" / "such"))
+    assert result.exit_code == 2 and "is not a directory (does not exist)" in one_error_line(result)
+    monkeypatch.chdir(tmp_path)
+    for args in (["migrate", "--recursive", ""], ["inspect", ""], ["verify", ""]):
+        result = invoke(pm, *args)
+        assert result.exit_code == 2 and "an empty path" in result.output, args
+
+
 def test_convert_safe_refuses_pickle(pm, ckpt, tmp_path):
     result = invoke(pm, "convert", str(ckpt), str(tmp_path / "out"), "--format", "pickle", "--safe")
     assert result.exit_code == 2

@@ -76,3 +76,23 @@ def test_evaluate_a_multi_agent_checkpoint_whose_agents_end_at_different_steps(t
 
 def _two_policies(agent_id, episode, worker, **kw):
     return f"pol{agent_id}"
+
+
+def test_evaluate_of_a_checkpoint_without_its_mapping_says_to_give_a_policy(tmp_path):
+    """RLlib's multi-agent checkpoint records no mapping function: evaluate names the option that
+    helps (not the Python keyword the CLI has no way to pass), and --policy plays every agent."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from amber.cli import cli
+
+    ma = str(Path(__file__).parent / "fixtures" / "rllib-2.10" / "ma_msgpack")
+    result = CliRunner().invoke(cli, ["evaluate", ma, "--episodes", "1"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "saved without its policy_mapping_fn" in result.stderr and "give --policy ID" in result.stderr
+    result = CliRunner().invoke(cli, ["evaluate", ma, "--episodes", "1", "--policy", "pol0"])
+    assert result.exit_code == 0 and "return mean" in result.output, result.output
+    for bad in (["--episodes", "0"], ["--seed", "-5"]):
+        result = CliRunner().invoke(cli, ["evaluate", ma, *bad])
+        assert result.exit_code == 2 and "is not in the range" in result.output

@@ -216,3 +216,15 @@ def test_log_results_off_writes_nothing_in_the_logdir(tmp_path):
         algo.stop()
     assert not (tmp_path / "run" / "progress.csv").exists()
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_plot_refuses_an_unknown_image_suffix_and_a_csv_that_is_not_text(tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "progress.csv").write_text("training_iteration,num_env_steps_sampled_lifetime,"
+                                           "episode_return_mean\n1,64,10.0\n")
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path), "-o", str(tmp_path / "curve.txt")])
+    assert result.exit_code == 2 and result.stderr.startswith("amber: error: cannot write")
+    assert ".png" in result.stderr and not (tmp_path / "curve.txt").exists()
+    (tmp_path / "progress.csv").write_bytes(b"\xff\xfe\x00training_iteration")
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path), "-o", str(tmp_path / "curve.png")])
+    assert result.exit_code == 2 and "is not a progress.csv amber wrote (not UTF-8 text" in result.stderr

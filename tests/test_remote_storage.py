@@ -497,3 +497,20 @@ def test_trusting_a_pickle_checkpoint_at_a_url(mem, tmp_path, monkeypatch):
     result = trust_checkpoint(url)
     assert result.changed and result.path == url
     assert amber.load(url)["w"].tolist() == [1.0, 1.0, 1.0]  # signed with my key, in storage
+
+
+def test_train_with_storage_names_the_run_after_its_directory_given_as_a_dot(mem, tmp_path, monkeypatch):
+    """`--checkpoint-dir .` (or `..`) names the run after the directory, not after the dots (which
+    put the checkpoints at the storage's root, or above it)."""
+    from click.testing import CliRunner
+
+    from amber.cli import cli
+
+    (tmp_path / "myrun").mkdir()
+    monkeypatch.chdir(tmp_path / "myrun")
+    result = CliRunner().invoke(cli, ["train", "--algo", "PPO", "--env", "CartPole-v1", "-o", "train_batch_size=64",
+                                      "-o", "minibatch_size=32", "-o", "num_epochs=1", "--format", "msgpack",
+                                      "--stop-iters", "1", "--checkpoint-dir", ".", "--storage", f"{mem}/runs"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"{mem}/runs/myrun/checkpoint_000001"
+    assert get_checkpoint_info(f"{mem}/runs/myrun/checkpoint_000001")["type"] == "Algorithm"

@@ -79,6 +79,8 @@ class Location(click.ParamType):
 
         if not isinstance(value, (str, os.PathLike)):
             return value
+        if not os.fspath(value):  # "" would be the current directory ("$UNSET" in a script)
+            self.fail("an empty path", param, ctx)
         return os.fspath(value) if is_remote(value) else local_path(value)
 
 

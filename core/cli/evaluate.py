@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, cli, trust_option
+from amber.cli.base import LOCATION, AmberCliError, cli, trust_option
 
 __all__ = ["evaluate"]
 
@@ -46,10 +46,12 @@ def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bo
 
 @cli.command()
 @click.argument("checkpoint", type=LOCATION)
-@click.option("--episodes", type=int, default=10, show_default=True)
-@click.option("--policy", "policy_id", default=None, help="Evaluate only this policy's agents' returns.")
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--policy", "policy_id", default=None,
+              help="Play every agent with this policy (only it is read); returns sum all agents' rewards.")
 @click.option("--explore/--greedy", default=False, show_default=True, help="Sample actions or act greedily.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Episode i starts from env.reset(seed=SEED + i).")
 @trust_option
 def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bool, seed: int,
              allow_pickle: bool | None) -> None:
@@ -58,10 +60,18 @@ def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bo
 
     from amber.algorithms.algorithm import Algorithm
     from amber.envs import make_env
+    from amber.errors import UnregisteredNameError
 
-    algo = Algorithm.from_checkpoint(checkpoint, policy_ids=[policy_id] if policy_id else None,
-                                     policy_mapping_fn=(lambda *a, **k: policy_id) if policy_id else None,
-                                     allow_pickle=allow_pickle)
+    try:
+        algo = Algorithm.from_checkpoint(checkpoint, policy_ids=[policy_id] if policy_id else None,
+                                         policy_mapping_fn=(lambda *a, **k: policy_id) if policy_id else None,
+                                         allow_pickle=allow_pickle)
+    except UnregisteredNameError as e:
+        if "policy_mapping_fn" not in e.message:
+            raise
+        raise AmberCliError(f"{checkpoint} was saved without its policy_mapping_fn, so which policy plays "
+                            "which agent is not known: give --policy ID to play every agent with one "
+                            "policy") from e
     env = make_env(algo.config.env, algo.config.env_config)
     mapping = algo._mapping_fn()
     start = time.perf_counter()

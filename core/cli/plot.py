@@ -53,7 +53,10 @@ def read_curve(run_dir: Path | str, x: str, metric: str) -> tuple[list[float], l
         if not path.is_file():
             raise AmberCliError(f"{run_dir} has no progress.csv (train with amber train or "
                                 "Algorithm.train())")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise AmberCliError(f"{path} is not a progress.csv amber wrote (not UTF-8 text: {e})") from None
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
@@ -85,8 +88,14 @@ def _pyplot() -> Any:
               help="The column of the x axis.")
 def plot(run_dirs: tuple[Path, ...], output: Path, metric: str, x_axis: str) -> None:
     """Draw METRIC against env steps for each RUN_DIR's progress.csv; print the image's path."""
-    curves = {run: read_curve(run, x_axis, metric) for run in run_dirs}
     plt = _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix.lstrip(".").lower() not in known:
+        raise AmberCliError(f"cannot write {output}: its suffix picks the image format, one of "
+                            f"{', '.join('.' + k for k in sorted(known))}")
+    curves = {run: read_curve(run, x_axis, metric) for run in run_dirs}
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     try:
         for run, (xs, ys) in curves.items():

@@ -177,7 +177,7 @@ def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str 
         return out, out
     from amber.storage import join
 
-    return out, join(storage, out.name)
+    return out, join(storage, out.absolute().resolve().name)  # the name of "." or "..", not the dots
 
 
 def _check_new_run(out: Path) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from amber.atomic import is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
-from amber.errors import CheckpointError
+from amber.errors import CheckpointError, NotACheckpointError
 from amber.layout import MANIFEST
 from amber.registry import get_registry
 from amber.storage import find_committed, is_remote, local_path, reading, relocated
@@ -184,6 +184,9 @@ def find_checkpoints(root: str | os.PathLike[str], *,
     are not followed. Under a URL: the committed amber checkpoints (their URLs)."""
     if is_remote(root):
         return find_committed(root, storage_options)  # type: ignore[return-value]
+    if not os.path.isdir(root):  # os.walk would find nothing, and "nothing to migrate" is wrong
+        what = "is a file" if os.path.lexists(root) else "does not exist"
+        raise NotACheckpointError(f"{root} is not a directory ({what})", path=root)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         if MANIFEST in filenames or "rllib_checkpoint.json" in filenames:
