@@ -218,6 +218,9 @@ def test_a_new_run_never_mixes_with_an_earlier_ones_checkpoints(tmp_path):
     assert f"{run} already holds a run's checkpoints (checkpoint_000001, checkpoint_000002): continue " \
            f"that run with `amber train --resume {run} ...`" in result.stderr
     assert (sorted(p.name for p in run.iterdir()), (run / "progress.csv").read_text()) == before
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run / "checkpoint_000002"), "--stop-iters", "3"])
+    assert result.exit_code == 2 and f"it is a checkpoint itself: give its run's directory, --resume {run}" \
+        in result.stderr
     for inside in (run / "checkpoint_000002", run / "checkpoint_000002" / "runs"):
         result = CliRunner().invoke(cli, [*BASE, "--stop-iters", "1", "--checkpoint-dir", str(inside)])
         assert result.exit_code == 2 and "give --checkpoint-dir a directory of its own" in result.stderr

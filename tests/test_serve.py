@@ -295,6 +295,9 @@ def test_policy_id_picks_a_policy_of_a_multi_agent_checkpoint(multi):
     assert info.value.path == str(path) and "policy_id=" in str(info.value)
     with pytest.raises(UnknownPolicyError, match=r"'p9'.*p0, p1"):
         load_policy(path, "p9")
+    for pid in ("p0", "p1"):  # one of its policies' folders, served alone, is named by its place
+        assert load_policy(path / "policies" / pid).policy_id == pid
+    assert load_policy(FIXTURES / "rllib-2.10" / "ma_msgpack" / "policies" / "pol1").policy_id == "pol1"
 
 
 def test_only_the_chosen_policy_is_read(multi, tmp_path):

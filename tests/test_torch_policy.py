@@ -87,6 +87,18 @@ def test_box_compute_actions_shapes_dtypes_unclipped():
     assert np.all(actions > 2.0)
 
 
+def test_compute_single_action_clips_to_the_bounds_when_asked():
+    """RLlib's clip_actions=True: the action an environment runner would send (it was ignored)."""
+    pol = pendulum_policy()
+    with torch.no_grad():
+        pol.model.pi[-1].bias[0] = 50.0
+    obs = obs_for(pol, 1)[0]
+    assert pol.compute_single_action(obs, explore=False)[0][0] > 2.0  # unclipped by default
+    action = pol.compute_single_action(obs, explore=False, clip_actions=True)[0]
+    assert action.tolist() == [2.0] and action.dtype == np.float32
+    assert cartpole_policy().compute_single_action(obs_for(cartpole_policy(), 1)[0], clip_actions=True)[0] in (0, 1)
+
+
 def test_explore_false_is_deterministic_and_leaves_the_generator_alone():
     for pol in (cartpole_policy(), pendulum_policy()):
         obs = obs_for(pol, 6)

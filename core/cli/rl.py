@@ -132,7 +132,9 @@ def _resume(ctx: click.Context, run_dir: Path | str, allow_pickle: bool | None) 
         raise click.BadParameter(f"{run_dir} is not a directory", param_hint="--resume")
     path = _newest_checkpoint(run_dir)
     if path is None:
-        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
+        hint = (f"; it is a checkpoint itself: give its run's directory, --resume {run_dir.parent}"
+                if isinstance(run_dir, Path) and (run_dir / "checkpoint.json").is_file() else "")
+        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from{hint}")
     from amber.algorithms.algorithm import Algorithm
 
     return Algorithm.from_checkpoint(path, allow_pickle=allow_pickle)

@@ -66,15 +66,22 @@ class Policy:
         raise NotImplementedError
 
     def compute_single_action(
-        self, obs: Any = None, state: Any = None, *, explore: bool | None = None, **kwargs: Any
+        self, obs: Any = None, state: Any = None, *, explore: bool | None = None, clip_actions: bool = False,
+        **kwargs: Any,
     ) -> tuple[Any, list[Any], dict[str, Any]]:
         """The action for one observation: ``(action, state_outs, extra_fetches)``.
 
         :param obs: one observation (not batched).
         :param explore: sample (True) or act greedily (False); None: the policy's default.
+        :param clip_actions: clip a Box action to the action space's bounds (as an environment
+            runner does; a Gaussian's sample or mean may lie outside them).
+        :param kwargs: RLlib's other arguments (``prev_action``, ``episode``...), accepted and unused.
         """
         actions, state_outs, extra = self.compute_actions(np.asarray(obs)[None], explore=explore)
         action = actions[0]
+        if clip_actions and hasattr(self.action_space, "low") and hasattr(self.action_space, "high"):
+            action = np.clip(action, self.action_space.low, self.action_space.high).astype(
+                np.asarray(action).dtype, copy=False)
         if isinstance(action, np.generic):
             action = action.item()
         return action, state_outs, {k: v[0] for k, v in extra.items()}

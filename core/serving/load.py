@@ -243,12 +243,19 @@ def _read_policy_state(
         return pid, sub[1], sub[2]
     ckpt = read_checkpoint(root, policy_ids=wanted, allow_pickle=allow_pickle is True, pm=pm)
     if ckpt.type == "Policy":
-        return policy_id or ckpt.metadata.get("policy_id") or DEFAULT_POLICY_ID, ckpt.state, ckpt.path
+        return policy_id or ckpt.metadata.get("policy_id") or _id_by_place(root), ckpt.state, ckpt.path
     if ckpt.type == "Algorithm":
         pid = _choose(list(ckpt.policies), policy_id, root)
         return pid, ckpt.policies[pid].state, ckpt.policies[pid].path
     raise UnservablePolicyError(f"{root} holds a {ckpt.type} checkpoint, not a policy or an algorithm",
                                 path=root)
+
+
+def _id_by_place(root: Path) -> str:
+    """A policy checkpoint's id when it records none: its folder's name for ``.../policies/ID``
+    (an algorithm's policies, amber's or RLlib's, record theirs by place), else the default one."""
+    where = Path(os.path.abspath(root))
+    return where.name if where.parent.name == "policies" else DEFAULT_POLICY_ID
 
 
 def _export_dir(root: Path, policy_id: str | None) -> tuple[Path, str] | None:
