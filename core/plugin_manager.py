@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 
 import pluggy
@@ -83,8 +84,13 @@ def get_plugin_manager(
         autoload = not _env_flag("AMBER_DISABLE_PLUGIN_AUTOLOAD")
     if autoload:
         names = list(allow) if allow is not None else _env_list("AMBER_PLUGINS")
+        installed = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
         if names is None:
-            names = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+            names = installed
+        elif unknown := [n for n in names if n not in installed]:  # a typo would load nothing, silently
+            where = "allow" if allow is not None else "AMBER_PLUGINS"
+            warnings.warn(f"{where} names {', '.join(unknown)}, which no installed plugin is called "
+                          f"(installed: {', '.join(installed) or 'none'})", stacklevel=2)
         for name in names:
             try:
                 pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)

@@ -98,10 +98,12 @@ def test_autoload_env_switch(monkeypatch):
     assert calls == []
     monkeypatch.delenv("AMBER_DISABLE_PLUGIN_AUTOLOAD")
     monkeypatch.setenv("AMBER_PLUGINS", "a, b")
-    get_plugin_manager()
+    with pytest.warns(UserWarning, match="AMBER_PLUGINS names a, b, which no installed plugin is called"):
+        get_plugin_manager()
     assert calls == [("amber", "a"), ("amber", "b")]
     calls.clear()
-    get_plugin_manager(allow=["c"])
+    with pytest.warns(UserWarning, match="allow names c"):
+        get_plugin_manager(allow=["c"])
     assert calls == [("amber", "c")]
 
 

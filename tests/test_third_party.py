@@ -534,10 +534,20 @@ def test_allow_list(
     allow: list[str] | None, env: str | None, present: bool,
     npz_installed: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import warnings
+
     if env is not None:
         monkeypatch.setenv("AMBER_PLUGINS", env)
-    pm = get_plugin_manager(allow=allow)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = get_plugin_manager(allow=allow)
     assert ("npz" in get_registry(pm).names()) is present
+    # a name no installed plugin has (a typo) is said, not silently ignored
+    named = allow if allow is not None else [n.strip() for n in env.split(",")] if env else []
+    unknown = [n for n in named if n != "npz"]
+    said = [str(w.message) for w in caught if "which no installed plugin is called" in str(w.message)]
+    assert said == ([f"{'allow' if allow is not None else 'AMBER_PLUGINS'} names {', '.join(unknown)}, which no "
+                     f"installed plugin is called (installed: npz)"] if unknown else [])
     assert "pickle" in get_registry(pm).names()
 
 
