@@ -258,14 +258,14 @@ def check_replaceable(target: Path) -> None:
 
     An amber checkpoint is a directory whose ``checkpoint.json`` reads as an
     amber manifest (a regular file, valid, its own digest matching) and which
-    holds nothing that manifest does not list. Another tool's
+    holds nothing that manifest (or, in a policy's folder, that policy's) does not list. Another tool's
     ``checkpoint.json``, a directory with files of its own, a file, a link, a
     FIFO... are refused, and left as they were. So is a checkpoint of a newer
     amber, whose manifest this one cannot verify.
 
     :raises CheckpointWriteError: ``target`` holds something that is not ours (named).
     """
-    from amber.layout import MANIFEST, read_manifest  # the layout sits above this module
+    from amber.layout import manifest_changed, read_manifest, unlisted_entries  # (the layout is above)
     from amber.verified_io import describe_mode
 
     try:
@@ -280,17 +280,19 @@ def check_replaceable(target: Path) -> None:
     names = os.listdir(target)
     if not names:
         return
+    manifest = None
     try:
         manifest = read_manifest(target)
+        extra = unlisted_entries(target, manifest)  # its policies' folders too
     except CheckpointError as e:
+        if manifest is not None and manifest_changed(target, manifest):
+            return  # another amber save committed there while we looked: an amber checkpoint
         raise CheckpointWriteError(
             f"{target} is neither empty nor an amber checkpoint ({e.message}); not overwriting it "
             "(choose an empty or new directory)",
             path=target,
         ) from e
-    listed = {MANIFEST, *(rel.split("/", 1)[0] for rel in manifest.files)}
-    extra = sorted(n for n in names if n not in listed)
-    if extra:
+    if extra and not manifest_changed(target, manifest):  # (a save committing meanwhile: ours)
         shown = ", ".join(repr(n) for n in extra[:3]) + (", ..." if len(extra) > 3 else "")
         raise CheckpointWriteError(
             f"{target} is an amber checkpoint holding files that its checkpoint.json does not list "

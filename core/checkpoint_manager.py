@@ -6,11 +6,14 @@ and records in that checkpoint's manifest metadata that it is managed
 (``amber.score``, the metric named by ``score_attribute``). Once the new
 checkpoint is committed, and never before, it keeps the ``num_to_keep`` best
 by score (the newest by iteration without a score attribute) and always the
-newest one, and deletes the others.
+one it has just saved (the newest, even when older runs left higher
+iterations under ``root``), and deletes the others. Without ``num_to_keep``
+no checkpoint is read or deleted after a save.
 
 Only a managed amber checkpoint directly under ``root`` is ever deleted: a
 directory whose ``checkpoint.json`` reads as an amber manifest carrying the
-marker, holding nothing that manifest does not list. A deletion first renames
+marker, holding nothing that manifest (or its policies' manifests) does
+not list; one holding more is left alone. A deletion first renames
 the directory to ``.<name>.amber-del-<pid>-<8 hex digits>``, a temporary name
 that readers ignore (:func:`amber.atomic.is_temporary`), then removes it; what a
 crash leaves of one is removed by the next save under that root.
@@ -21,6 +24,7 @@ The manager receives the algorithm object; it imports no framework.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import shutil
@@ -68,14 +72,15 @@ class ManagedCheckpoint:
 
 
 def _score_of(metrics: Mapping[str, Any] | None, attribute: str) -> float | None:
-    """The metric ``attribute`` (``a/b`` reaches into nested dicts) as a finite float, or None."""
+    """The metric ``attribute`` (``a/b`` reaches into nested dicts) as a finite float, or None.
+    Any real number counts (a numpy ``float32`` or ``int64`` too), a bool does not."""
     value: Any = metrics
     if metrics is not None and attribute in metrics:
         value = metrics[attribute]
     else:
         for part in attribute.split("/"):
             value = value.get(part) if isinstance(value, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's bool_ is not Real
         return None
     value = float(value)
     return value if math.isfinite(value) else None
@@ -99,7 +104,8 @@ class CheckpointManager:
     :param root: the directory holding ``checkpoint_<iteration:06d>`` checkpoints: a local path
         or an fsspec URL. In remote storage a checkpoint counts once its manifest, uploaded
         last, is there; one is deleted manifest first (:mod:`amber.storage`).
-    :param num_to_keep: how many to keep (None: all); the newest is always kept on top of them.
+    :param num_to_keep: how many to keep (None: all, and no checkpoint is read after a save); the
+        checkpoint just saved is always kept on top of them.
     :param score_attribute: the metric that ranks checkpoints (e.g. ``"episode_return_mean"``);
         None: the newest are kept.
     :param score_order: ``"max"``: higher scores are better; ``"min"``: lower.
@@ -158,7 +164,7 @@ class CheckpointManager:
         path = self.path_for(int(algo.iteration))
         result: SaveResult = algo.save(path, format=format, _metadata=self.metadata_for(algo, metrics),
                                        storage_options=self.storage_options)
-        self.prune()
+        self.prune(saved=path)
         return result
 
     def checkpoints(self) -> list[ManagedCheckpoint]:
@@ -225,24 +231,38 @@ class CheckpointManager:
             return (0, 0.0, c.iteration)
         return (1, c.score if self.score_order == "max" else -c.score, c.iteration)
 
-    def to_keep(self, found: list[ManagedCheckpoint]) -> list[ManagedCheckpoint]:
-        """Of ``found`` (oldest first), those retention keeps: the best ``num_to_keep`` and the newest."""
+    def to_keep(self, found: list[ManagedCheckpoint], *,
+                saved: Path | str | None = None) -> list[ManagedCheckpoint]:
+        """Of ``found`` (oldest first), those retention keeps: the best ``num_to_keep`` and the newest.
+
+        :param saved: the checkpoint just saved: it is the newest, whatever its iteration
+            (default: the highest iteration).
+        """
         if self.num_to_keep is None or not found:
             return list(found)
         by_score = self.score_attribute is not None
         ranked = sorted(found, key=self._rank if by_score else (lambda c: c.iteration), reverse=True)
-        keep = {c.path for c in ranked[: self.num_to_keep]} | {found[-1].path}
+        newest = found[-1].path if saved is None else self._same_kind(saved)
+        keep = {c.path for c in ranked[: self.num_to_keep]} | {newest}
         return [c for c in found if c.path in keep]
 
-    def prune(self) -> list[Path]:
-        """Apply retention now: remove leftovers of interrupted deletions, then delete what
-        :meth:`to_keep` does not keep. Called by :meth:`save` after each commit.
+    def _same_kind(self, path: Path | str) -> Path | str:
+        """``path`` as :meth:`checkpoints` names it: a URL as a str, a local path as a Path."""
+        return os.fspath(path).rstrip("/") if isinstance(self.root, str) else Path(path)
 
+    def prune(self, saved: Path | str | None = None) -> list[Path]:
+        """Apply retention now: remove leftovers of interrupted deletions, then delete what
+        :meth:`to_keep` does not keep. Called by :meth:`save` after each commit; without
+        ``num_to_keep`` no checkpoint is read (all are kept).
+
+        :param saved: the checkpoint just saved, always kept (see :meth:`to_keep`).
         :return: the checkpoints deleted.
         """
         self._remove_leftovers()
+        if self.num_to_keep is None:
+            return []
         found = self.checkpoints()
-        kept = {c.path for c in self.to_keep(found)}
+        kept = {c.path for c in self.to_keep(found, saved=saved)}
         deleted = []
         for c in found:
             if c.path not in kept and self._delete(c.path):

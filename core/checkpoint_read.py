@@ -179,7 +179,9 @@ def read_checkpoint(
     :raises UnknownPolicyError: a requested policy id is not in the checkpoint.
     :raises MissingPluginError: the checkpoint's format is not installed.
     :raises MigrationError: a migration step failed (named).
+    :raises TypeError: ``policy_ids`` is a str (pass a list: ``["p1"]``).
     """
+    wanted = _wanted(policy_ids)
     if is_remote(path):
         with reading(path, storage_options, policy_ids=policy_ids) as local:
             ckpt = read_checkpoint(local, policy_ids=policy_ids, allow_pickle=allow_pickle,
@@ -188,7 +190,6 @@ def read_checkpoint(
     registry = get_registry(pm)
     target = to or CHECKPOINT_VERSION
     root = Path(path)
-    wanted = None if policy_ids is None else list(dict.fromkeys(policy_ids))
     try:
         manifest = read_manifest(root)
     except NotACheckpointError as e:
@@ -210,6 +211,14 @@ def _relocated(ckpt: Checkpoint, local: Path, url: str) -> Checkpoint:
     for child in ckpt.policies.values():
         _relocated(child, local, url)
     return ckpt
+
+
+def _wanted(policy_ids: Iterable[str] | None) -> list[str] | None:
+    """The policy ids asked for, once each (None: all); a str is refused, not read letter by letter."""
+    if isinstance(policy_ids, (str, bytes)):
+        raise TypeError(f"policy_ids must be a list of policy ids, not a {type(policy_ids).__name__}: "
+                        f"pass [{policy_ids!r}]")
+    return None if policy_ids is None else list(dict.fromkeys(policy_ids))
 
 
 def _read_foreign(

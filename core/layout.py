@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from amber.digest import canonical_members, json_digest, load_json, members_digest
-from amber.errors import CorruptCheckpointError, NotACheckpointError
+from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
 from amber.manifest import (
     CHECKPOINT_TYPES,
     HIDDEN_CATEGORIES,
@@ -61,6 +61,8 @@ __all__ = [
     "check_file",
     "check_id",
     "enclosing_checkpoint",
+    "manifest_changed",
+    "unlisted_entries",
     "hidden_characters",
     "read_manifest",
     "read_verified",
@@ -146,6 +148,47 @@ def enclosing_checkpoint(path: str | os.PathLike[str]) -> Path | None:
         if (parent / MANIFEST).is_file():
             return parent
     return None
+
+
+def unlisted_entries(directory: Path, manifest: Manifest) -> list[str]:
+    """What the checkpoint at ``directory`` (whose manifest is ``manifest``) holds that neither its
+    manifest nor its policies' manifests list: each such file, link or directory (not what is
+    below it), relative, sorted. Links are not followed.
+
+    :raises CheckpointError: a policy's manifest cannot be read (so what it lists is unknown).
+    """
+    listed = set()
+    for rel, entry in manifest.files.items():
+        listed.add(rel)
+        if rel.endswith(f"/{MANIFEST}"):
+            inner = rel[: -len(MANIFEST)]
+            sub = read_manifest(directory / inner, expected=entry, root=directory)
+            listed |= {inner + r for r in sub.files}
+    folders = {p for rel in listed for p in _ancestors(rel)}
+    extra = []
+    for here, dirnames, filenames in os.walk(directory):
+        base = Path(here).relative_to(directory).as_posix()
+        prefix = "" if base == "." else f"{base}/"
+        for name in [*dirnames]:
+            if prefix + name not in folders or os.path.islink(os.path.join(here, name)):
+                extra.append(prefix + name)
+                dirnames.remove(name)  # nothing below it is listed: it is named alone
+        extra += [prefix + n for n in filenames if prefix + n not in listed and prefix + n != MANIFEST]
+    return sorted(extra)
+
+
+def manifest_changed(directory: Path, manifest: Manifest) -> bool:
+    """Whether ``directory``'s manifest is no longer ``manifest`` (or is gone): another save
+    committed there since it was read, so what was seen of the folder may mix two checkpoints."""
+    try:
+        return read_manifest(directory).raw != manifest.raw
+    except CheckpointError:
+        return True
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _manifest_bytes(base: Path, rel: str, path: Path, expected: FileEntry | None) -> bytes:

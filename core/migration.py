@@ -133,24 +133,44 @@ def plan(
 ) -> list[Migration]:
     """The steps leading from ``from_version`` to ``to_version`` (empty when equal).
 
-    :raises UnsupportedVersionError: no chain leads there.
+    :raises UnsupportedVersionError: ``to_version`` is unknown, older than ``from_version``
+        (migrations only upgrade), or no chain leads there.
     """
+    migrations = list(migrations)
     steps = _steps(migrations)
     chain: list[Migration] = []
     version = from_version
     while version != to_version:
         found = steps.get(version)
         if found is None or len(chain) > len(steps):
-            known = supported_versions(migrations, to_version)
-            raise UnsupportedVersionError(
-                f"{path} has checkpoint_version {from_version!r}; this amber reads "
-                f"{', '.join(repr(v) for v in known)} into {to_version!r}"
-                + (" - upgrade amber to read it" if is_newer(from_version, to_version) else ""),
-                path=path,
-            )
+            raise _no_chain(from_version, to_version, migrations, steps, path)
         chain.append(found[0])
         version = found[0].to_version
     return chain
+
+
+def _no_chain(from_version: str, to_version: str, migrations: list[Provided],
+              steps: Mapping[str, tuple[Migration, str]], path: Any) -> UnsupportedVersionError:
+    """Why no chain of steps leads from ``from_version`` to ``to_version``: an unknown target,
+    a target older than the source, or a source this amber does not read."""
+    targets = sorted({CHECKPOINT_VERSION, *(step.to_version for step, _ in steps.values())})
+    if to_version not in targets:
+        return UnsupportedVersionError(
+            f"unknown target version {to_version!r}; known: {', '.join(targets)}", path=path)
+    version, seen = to_version, 0  # the source is reached from the target: backwards
+    while version in steps and version != from_version and seen <= len(steps):
+        version, seen = steps[version][0].to_version, seen + 1
+    if version == from_version:
+        return UnsupportedVersionError(
+            f"cannot migrate backwards from {from_version} to {to_version} (migrations only upgrade)",
+            path=path)
+    known = supported_versions(migrations, to_version)
+    return UnsupportedVersionError(
+        f"{path} has checkpoint_version {from_version!r}; this amber reads "
+        f"{', '.join(repr(v) for v in known)} into {to_version!r}"
+        + (" - upgrade amber to read it" if is_newer(from_version, to_version) else ""),
+        path=path,
+    )
 
 
 def supported_versions(migrations: Iterable[Provided], to_version: str = CHECKPOINT_VERSION) -> list[str]:

@@ -6,9 +6,10 @@ digests and all), then uploaded file by file with the top ``checkpoint.json``
 *last*. That manifest is the commit marker: a prefix without it is an upload
 that did not finish, which every reader refuses as uncommitted and
 :class:`amber.CheckpointManager` never counts (the writing side: :mod:`amber.storage_upload`).
-While an upload runs, the prefix also holds ``.amber-uploading``; only a prefix that is empty, holds a
-committed checkpoint or carries that marker is ever written over, so
-nothing else under a URL is replaced.
+While an upload runs, the prefix also holds ``.amber-uploading``; only a prefix that is empty,
+holds a committed checkpoint with nothing its manifests do not list, or carries that marker
+is ever written over or deleted (:func:`check_replaceable`), so nothing else under a URL is
+replaced.
 
 Reading downloads the top manifest, validates it, then only the files it
 lists (for a subset of policies, only theirs), each checked against its size
@@ -36,14 +37,15 @@ from typing import Any
 
 from amber.errors import (
     CheckpointError,
+    CheckpointWriteError,
     CorruptCheckpointError,
     MissingStorageError,
     NotACheckpointError,
     StorageError,
 )
 
-__all__ = ["UPLOAD_MARKER", "Remote", "find_committed", "is_remote", "join", "local_path", "open_remote",
-           "naming", "reading", "relocated", "remove", "transfer"]
+__all__ = ["UPLOAD_MARKER", "Remote", "check_replaceable", "find_committed", "is_remote", "join",
+           "local_path", "open_remote", "naming", "reading", "relocated", "remove", "transfer"]
 
 UPLOAD_MARKER = ".amber-uploading"
 MANIFEST = "checkpoint.json"
@@ -295,10 +297,65 @@ def relocated(value: Any, local: Path, url: str) -> Any:
     return value
 
 
+def check_replaceable(remote: Remote, names: Mapping[str, int]) -> None:
+    """Refuse to write over or delete what ``remote`` holds (``names``, its listing) unless it is
+    nothing, an upload that did not finish, or an amber checkpoint holding nothing that its
+    manifest or its policies' manifests do not list (:func:`amber.atomic.check_replaceable`
+    at a URL; only the manifests are downloaded).
+
+    :raises CheckpointWriteError: it holds something that is not ours (named).
+    :raises StorageError: the storage failed.
+    """
+    if MANIFEST not in names:
+        if names and UPLOAD_MARKER not in names:
+            raise CheckpointWriteError(
+                f"{remote.url} holds files that are not an amber checkpoint ({len(names)}, e.g. "
+                f"{sorted(names)[0]}); refusing to write a checkpoint over them", path=remote.url)
+        return
+    with tempfile.TemporaryDirectory(prefix="amber-download-") as tmp:
+        local = Path(tmp) / "checkpoint"
+        try:
+            with naming(local, remote.url):
+                _download(remote, local, None, False, True)
+                listed = _listed(local, "")
+        except StorageError:
+            raise
+        except CheckpointError as e:
+            raise CheckpointWriteError(
+                f"{remote.url} is neither empty nor an amber checkpoint ({e.message}); not overwriting it "
+                "(choose an empty or new directory)", path=remote.url) from e
+    extra = sorted(set(names) - listed - {UPLOAD_MARKER})
+    if extra:
+        shown = ", ".join(repr(n) for n in extra[:3]) + (", ..." if len(extra) > 3 else "")
+        raise CheckpointWriteError(
+            f"{remote.url} is an amber checkpoint holding files that its checkpoint.json does not list "
+            f"({shown}); not overwriting it (move them, or choose an empty or new directory)",
+            path=remote.url)
+
+
+def _listed(local: Path, inner: str) -> set[str]:
+    """The paths the manifest at ``local/inner`` lists (itself and those below, as downloaded)."""
+    from amber.layout import read_manifest
+
+    prefix = f"{inner}/" if inner else ""
+    out = {prefix + MANIFEST}
+    for rel in read_manifest(local / inner if inner else local, root=local).files:
+        if rel.endswith(f"/{MANIFEST}"):
+            out |= _listed(local, prefix + rel[: -len(MANIFEST) - 1])
+        else:
+            out.add(prefix + rel)
+    return out
+
+
 def remove(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
-    """Delete the checkpoint at a URL: its manifest first (uncommitted from then on), then the rest."""
+    """Delete the checkpoint at a URL: its manifest first (uncommitted from then on), then the rest.
+
+    :raises CheckpointWriteError: it holds files its manifests do not list (:func:`check_replaceable`):
+        nothing is deleted.
+    """
     remote = Remote(path, storage_options)
     names = remote.listing()
+    check_replaceable(remote, names)
     if MANIFEST in names:
         transfer(remote, "deleting", lambda: remote.fs.rm_file(remote.key(MANIFEST)))
     rest = [remote.key(f) for f in names if f != MANIFEST]

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from amber.errors import CheckpointError, CheckpointWriteError, StorageError
-from amber.storage import MANIFEST, UPLOAD_MARKER, Remote, is_remote, local_path, naming, transfer
+from amber.storage import (
+    MANIFEST,
+    UPLOAD_MARKER,
+    Remote,
+    check_replaceable,
+    is_remote,
+    local_path,
+    naming,
+    transfer,
+)
 
 __all__ = ["uploading", "writing"]
 
@@ -31,19 +40,12 @@ def writing(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | N
         yield local_path(path)
         return
     remote = Remote(path, storage_options)
-    _check_writable(remote, remote.listing())  # before the work of writing it locally
+    check_replaceable(remote, remote.listing())  # before the work of writing it locally
     with tempfile.TemporaryDirectory(prefix="amber-upload-") as tmp:
         local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
         with naming(local, remote.url):
             yield local
         uploading(local, remote)
-
-
-def _check_writable(remote: Remote, existing: Mapping[str, int]) -> None:
-    if existing and MANIFEST not in existing and UPLOAD_MARKER not in existing:
-        raise CheckpointWriteError(
-            f"{remote.url} holds files that are not an amber checkpoint ({len(existing)}, e.g. "
-            f"{sorted(existing)[0]}); refusing to write a checkpoint over them", path=remote.url)
 
 
 def uploading(local: Path, remote: Remote) -> None:
@@ -64,7 +66,7 @@ def uploading(local: Path, remote: Remote) -> None:
     fs = remote.fs
     try:
         existing = remote.listing()
-        _check_writable(remote, existing)
+        check_replaceable(remote, existing)
         marker = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
         transfer(remote, "uploading", lambda: fs.pipe_file(remote.key(UPLOAD_MARKER), marker.encode()))
         if MANIFEST in existing:

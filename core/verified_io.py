@@ -226,22 +226,24 @@ def _read_exactly(fd: int, size: int, where: Callable[[], Path], hasher: Hasher 
     return buf
 
 
-def read_verified(root: Path, rel: str, entry: FileEntry, *, aligned: bool = True) -> memoryview:
+def read_verified(root: Path, rel: str, entry: FileEntry, *, aligned: bool = True,
+                  listed_in: str = "checkpoint.json") -> memoryview:
     """The bytes of ``root/rel``, checked against its manifest entry.
 
     :param aligned: as for :func:`read_fd`.
+    :param listed_in: the file that records ``entry`` (``model.json`` for an export), for messages.
     :raises CorruptCheckpointError: missing, a link, wrong size or wrong digest.
     """
     fd = open_nofollow(root, rel)
     actual = os.fstat(fd).st_size
     if actual != entry.size:
         os.close(fd)
-        raise corrupt(root / rel, f"has {actual} bytes, checkpoint.json records {entry.size}")
+        raise corrupt(root / rel, f"has {actual} bytes, {listed_in} records {entry.size}")
     algorithm, expected = parse_digest(entry.digest)  # type: ignore[misc]
     h = new_hasher(algorithm)
     buf = _read_exactly(fd, entry.size, lambda: root / rel, h, aligned)
     if h.hexdigest() != expected:
-        raise corrupt(root / rel, "content does not match its digest in checkpoint.json")
+        raise corrupt(root / rel, f"content does not match its digest in {listed_in}")
     return buf
 
 

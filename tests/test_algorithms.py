@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,10 +15,11 @@ import pytest
 
 import amber
 from amber.algorithms.algorithm import Algorithm, AlgorithmStoppedError
+from amber.algorithms.dqn import DQNConfig
 from amber.algorithms.ppo import PPO, PPOConfig
 from amber.errors import CheckpointError, CorruptCheckpointError
 from amber.examples.envs.classes.multi_agent import MultiAgentCartPole
-from amber.policy.policy import Policy
+from amber.policy.policy import Policy, PolicySpec
 
 FORMATS = ["pickle", "msgpack"]
 SMALL = {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 2,
@@ -161,6 +163,18 @@ def test_default_save_dir_is_under_the_results_dir(tmp_path):
     assert path.startswith(str(tmp_path / "results")) and os.path.isdir(path)
 
 
+@pytest.mark.parametrize("url", ["s3://bucket/logs", "memory://bucket/logs"])
+def test_a_url_logdir_is_refused_with_the_option_to_use(tmp_path, monkeypatch, url):
+    """The logdir is local: a URL never becomes a local directory named 's3:' (docs/storage.md)."""
+    monkeypatch.chdir(tmp_path)
+    algo = single().build()
+    with pytest.raises(ValueError, match=r"checkpointing\(storage_path="):
+        algo.logdir = url
+    assert not any(p.name.endswith(":") for p in tmp_path.iterdir())
+    algo.logdir = f"file://{tmp_path}/logs"  # a file:// URL is its local path
+    assert algo.logdir == str(tmp_path / "logs") and (tmp_path / "logs").is_dir()
+
+
 # -- multi-agent ---------------------------------------------------------------------------------
 
 
@@ -235,6 +249,25 @@ def test_policy_from_policy_and_algorithm_checkpoints(tmp_path, fmt):
     assert sorted(both) == ["pol_a", "pol_b"]
     assert list(Policy.from_checkpoint(path, policy_ids=["pol_b"])) == ["pol_b"]
     assert_same_weights({"pol_b": weights(algo)["pol_b"]}, {"pol_b": both["pol_b"].get_weights()})
+
+
+@pytest.mark.parametrize("framework", ["jax", "TF2", "tf"])
+def test_from_checkpoint_refuses_an_unknown_framework_before_reading(tmp_path, framework):
+    """A bad argument is a ValueError naming the choices (as config.framework), not a bad checkpoint:
+    checked before reading (the path need not exist)."""
+    with pytest.raises(ValueError, match="choices: torch, tf2") as info:
+        Algorithm.from_checkpoint(tmp_path / "nothing_here", framework=framework)
+    assert not isinstance(info.value, CheckpointError)
+
+
+def test_policy_ids_as_a_str_is_refused_with_the_list_to_pass(tmp_path):
+    path = multi().build().save(tmp_path / "ck", format="msgpack").checkpoint.path
+    with pytest.raises(TypeError, match=r"pass \['pol_a'\]"):
+        Algorithm.from_checkpoint(path, policy_ids="pol_a")
+    with pytest.raises(TypeError, match=r"pass \['pol_a'\]"):
+        Policy.from_checkpoint(path, policy_ids="pol_a")
+    with pytest.raises(TypeError, match="list of policy ids"):
+        amber.checkpoint.read_checkpoint(path, policy_ids="pol_a")
 
 
 # -- failed restore -----------------------------------------------------------------------------------
@@ -410,3 +443,34 @@ def test_a_counter_name_from_the_file_is_refused_and_leaves_nothing_behind(tmp_p
     with pytest.raises(CheckpointError, match="unknown counter"):
         algo.set_state(state)
     assert algo.counters == before
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (lambda: PPOConfig().training(model={"fcnet_hiddenz": [8]}), "unknown model key 'fcnet_hiddenz'"),
+    (lambda: PPOConfig().training(model={"fcnet_hiddens": "64"}), "fcnet_hiddens must be a list of layer sizes"),
+    (lambda: PPOConfig().training(model={"fcnet_activation": "gelu"}), "fcnet_activation must be one of"),
+    (lambda: PPOConfig().training(model={"vf_share_layers": True}), "vf_share_layers=True is not supported"),
+    (lambda: PPOConfig().multi_agent(policies={"a": PolicySpec(config={"model": {"fcnet_hiddens": [0]}})},
+                                     policy_mapping_fn=lambda *a, **k: "a"), "policies['a'] model fcnet_hiddens"),
+    (lambda: PPOConfig().training(num_epochs=0), "num_epochs must be a positive integer, got 0"),
+    (lambda: PPOConfig().training(train_batch_size=0), "train_batch_size must be a positive integer"),
+    (lambda: PPOConfig().training(grad_clip=-1.0), "grad_clip must be None or a positive number, got -1.0"),
+    (lambda: PPOConfig().training(gamma=5.0), "gamma must be in [0, 1], got 5.0"),
+    (lambda: DQNConfig().training(lr=-1.0), "DQNConfig: lr must be a positive number"),
+], ids=["model-typo", "hiddens-str", "activation", "rllib-option-on", "policy-model", "num-epochs",
+        "batch", "grad-clip", "gamma", "dqn-lr"])
+def test_a_setting_amber_would_not_build_as_written_is_refused_when_built(config, message):
+    """Not a failure in the first train(), a run that never ends, or the default network built
+    in silence (api.md: unknown keys are a clear error naming the key)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config().environment("CartPole-v1").build()
+
+
+def test_rllib_model_options_at_what_amber_builds_port_unchanged():
+    algo = PPOConfig().environment("CartPole-v1").training(model={
+        "fcnet_hiddens": [8], "fcnet_activation": "ReLU", "vf_share_layers": False, "use_lstm": False,
+        "post_fcnet_hiddens": [], "conv_filters": None}).build()
+    try:
+        assert [m.out_features for m in algo.get_policy().model.pi if hasattr(m, "out_features")] == [8, 2]
+    finally:
+        algo.stop()

@@ -116,6 +116,10 @@ def test_yaml_config_or_a_clear_error_without_pyyaml(tmp_path):
     (["--env-kwargs", '{"nosuch": 1}'], "cannot build PPO on 'CartPole-v1' with env_config {'nosuch': 1}"),
     (["--stop-iters", "0"], "'--stop-iters': 0 is not in the range x>=1"),
     (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
+    (["-o", "model.fcnet_hiddenz=[8]"], "unknown model key 'fcnet_hiddenz'; did you mean fcnet_hiddens?"),
+    (["-o", "model.fcnet_hiddens=64"], "model fcnet_hiddens must be a list of layer sizes"),
+    (["-o", "num_epochs=0"], "num_epochs must be a positive integer, got 0"),
+    (["-o", "lr=-1"], "lr must be a positive number, got -1"),
 ])
 def test_bad_settings_are_click_errors_naming_them(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["train", "--env", "CartPole-v1", "--stop-iters", "1", *args,
@@ -250,3 +254,18 @@ def test_a_signal_saves_a_final_checkpoint(tmp_path, signum, status):
     assert last["checkpoint"] == str(final) and final.name == f"checkpoint_{int(last['training_iteration']):06d}"
     state = read_checkpoint(final, allow_pickle=False).state
     assert state["components"]["progress"]["iteration"] == int(last["training_iteration"])
+
+
+def test_a_local_storage_gets_the_curves_beside_the_checkpoints(tmp_path):
+    """`--storage DIR` (or a file:// URL) is storage like any other: the curves are copied beside
+    the checkpoints, so the run resumes from there with its whole curve."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    result = _invoke(*BASE, "--stop-iters", "2", "--checkpoint-every", "1", "--checkpoint-dir", str(run),
+                     "--storage", store.as_uri())
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == str(store / "run" / "checkpoint_000002")
+    assert (store / "run" / "progress.csv").read_text() == (run / "progress.csv").read_text()
+    assert [r["training_iteration"] for r in _rows(store / "run")] == ["1", "2"]
+    result = _invoke("train", "--resume", str(store / "run"), "--stop-iters", "3")
+    assert result.exit_code == 0, result.output
+    assert [r["training_iteration"] for r in _rows(store / "run")] == ["1", "2", "3"]

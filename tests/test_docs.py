@@ -72,3 +72,13 @@ def test_architecture_names_only_what_exists():
             obj = getattr(obj, attr)
     for path in set(re.findall(r"`((?:core|plugins)/[\w/.]+)`", text)):
         assert (ROOT / path).exists(), f"architecture.md names {path}, which does not exist"
+
+
+def test_the_built_in_names_table_is_the_registry():
+    """format.md's table of built-in names is what `amber.names.BUILTIN` holds, row for row."""
+    from amber.names import BUILTIN
+
+    text = (ROOT / "docs" / "format.md").read_text()
+    table = text.split("amber's built-in table (`amber.names.BUILTIN`)", 1)[1].split("\n\n", 2)[1]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]+)` \|$", table, flags=re.M))
+    assert rows == BUILTIN

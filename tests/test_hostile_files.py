@@ -226,6 +226,36 @@ def _foreign_dir(target: Path) -> None:
     (target / "weights.bin").write_bytes(b"\x00\x01precious")
 
 
+@pytest.mark.parametrize("extra", ["policies/p0/notes.txt", "policies/p0/model/", "policies/mine/", "policies/p0/link"])
+def test_a_save_never_replaces_an_algorithm_checkpoint_with_files_in_a_policys_folder(tmp_path, extra):
+    """Files a user put in a policy's folder are not the checkpoint's: a save over it, or
+    retention, would have deleted them with it."""
+    target = tmp_path / "target"
+
+    def save(v):
+        write_checkpoint(target, type="Algorithm", state={"v": v}, policies={"p0": {"w": v}, "p1": {"w": v}},
+                         format="msgpack")
+    save(1)
+    save(2)  # an amber checkpoint and nothing else: replaced
+    where = target / extra.rstrip("/")
+    if extra.endswith("/"):
+        where.mkdir()
+        (where / "mine.bin").write_bytes(b"precious")
+    elif extra.endswith("link"):
+        where.symlink_to(tmp_path)
+    else:
+        where.write_text("mine")
+    before = snapshot(tmp_path / "target")
+    with pytest.raises(CheckpointWriteError, match=f"holding files that its checkpoint.json does not list "
+                                                   f"\\('{extra.rstrip('/')}'\\)"):
+        save(3)
+    assert snapshot(tmp_path / "target") == before
+    from amber.checkpoint_manager import CheckpointManager
+
+    assert CheckpointManager(tmp_path, num_to_keep=1)._delete(target) is False  # retention leaves it too
+    assert target.exists()
+
+
 @pytest.mark.parametrize("kind", ["foreign-manifest", "other-files", "amber-plus-extra", "file", "symlink",
                                   "bad-digest", "newer-amber"])
 def test_a_save_never_replaces_what_is_not_an_amber_checkpoint(tmp_path, kind):
@@ -278,8 +308,8 @@ def test_a_save_replaces_an_amber_checkpoint_or_an_empty_dir(tmp_path):
     amber.save({"x": 1}, empty)
     amber.save({"x": 2}, empty)
     assert amber.load(empty) == {"x": 2}
-    amber.save({"x": 3}, empty / "nested")  # a missing directory is made
-    assert amber.load(empty / "nested") == {"x": 3}
+    amber.save({"x": 3}, tmp_path / "a" / "nested")  # missing directories are made
+    assert amber.load(tmp_path / "a" / "nested") == {"x": 3}
 
 
 # --- ids and names that hide what they are ----------------------------------------------------

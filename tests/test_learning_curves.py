@@ -6,17 +6,20 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import threading
 import warnings
 from pathlib import Path
 
+import fsspec
 import pytest
 from click.testing import CliRunner
+from fsspec.implementations.memory import MemoryFileSystem
 
 import amber
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.callbacks import DefaultCallbacks, TensorBoardLogger, make_multi_callbacks
 from amber.algorithms.ppo import PPOConfig
-from amber.algorithms.result_log import CHECKPOINT_FIELD, PROGRESS_FIELDS
+from amber.algorithms.result_log import CHECKPOINT_FIELD, PROGRESS_FIELDS, ResultLogger
 from amber.cli import cli
 from amber.examples.envs.classes.multi_agent import MultiAgentCartPole
 
@@ -133,6 +136,58 @@ def test_train_writes_progress_csv_and_result_json_in_the_logdir_with_the_checkp
     lines = [json.loads(line) for line in (Path(logdir) / "result.json").read_text().splitlines()]
     assert [d["training_iteration"] for d in lines] == [1, 2] and lines[0]["custom_metric"] == 7
     assert [c[0] for c in Recorder.calls] == ["init", "train", "checkpoint", "train"]
+
+
+class HeldStorage(MemoryFileSystem):
+    """fsspec's in-memory file system whose uploads wait until :attr:`gate` is set: a slow storage."""
+
+    protocol = "heldmem"
+    store: dict = {}
+    pseudo_dirs = [""]
+    gate = threading.Event()
+
+    def put_file(self, lpath, rpath, *args, **kwargs):
+        assert HeldStorage.gate.wait(timeout=120), "the test never let the upload go on"
+        return super().put_file(lpath, rpath, *args, **kwargs)
+
+
+def test_a_background_save_committing_after_the_next_train_fills_in_its_row(tmp_path):
+    fsspec.register_implementation("heldmem", HeldStorage, clobber=True)
+    HeldStorage.gate.clear()
+    algo = _config().checkpointing(storage_path="heldmem://runs", format="msgpack").build()
+    algo.logdir = tmp_path / "run"
+    try:
+        algo.train()
+        handle = algo.save(block=False)  # its upload waits for the gate
+        algo.train()
+        assert not handle.done()  # so the next iteration's row is written before it commits
+        HeldStorage.gate.set()
+        ckpt = handle.result().checkpoint.path
+        algo.train()
+    finally:
+        HeldStorage.gate.set()
+        algo.stop()
+    assert ckpt == "heldmem://runs/run/checkpoint_000001"
+    assert [(r["training_iteration"], r[CHECKPOINT_FIELD]) for r in _rows(tmp_path / "run")] == [
+        ("1", ckpt), ("2", ""), ("3", "")]
+    with fsspec.open("heldmem://runs/run/progress.csv", "rt", newline="") as f:  # the copy beside it
+        copied = list(csv.DictReader(f))
+    assert [(r["training_iteration"], r[CHECKPOINT_FIELD]) for r in copied] == [("1", ckpt), ("2", "")]
+
+
+def test_checkpoints_committing_in_any_order_fill_in_their_own_rows(tmp_path):
+    logger = ResultLogger(lambda: tmp_path)
+    for i in range(1, 5):
+        logger.log({"training_iteration": i, "episode_return_mean": i / 3})
+    for i in (3, 1, 4):
+        logger.checkpoint_written(tmp_path / f"checkpoint_00000{i}", i)
+    logger.log({"training_iteration": 5})
+    logger.checkpoint_written(tmp_path / "checkpoint_000002", 2)
+    rows = _rows(tmp_path)
+    assert [r[CHECKPOINT_FIELD] for r in rows] == [
+        str(tmp_path / f"checkpoint_00000{i}") if i != 5 else "" for i in range(1, 6)]
+    assert [float(r["episode_return_mean"]) for r in rows[:4]] == [i / 3 for i in range(1, 5)]
+    assert [r["training_iteration"] for r in rows] == ["1", "2", "3", "4", "5"]
 
 
 def test_multi_agent_progress_has_a_return_column_per_policy(tmp_path):

@@ -88,14 +88,15 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 class MotoServer:
     """``python -m moto.server`` on a loopback port, killable and restartable."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict | None = None) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.env = {**os.environ, **(env or {})}
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
         wait_for_port(self.port)
 
     def kill(self) -> None:
@@ -378,6 +379,69 @@ def test_s3_round_trip_and_partial_restore(s3_server):
                                    storage_options=opts).latest().path == path
     algo.stop()
     restored.stop()
+
+
+def test_files_a_user_put_in_a_checkpoint_at_a_url_are_never_deleted(s3_server):
+    opts = options(s3_server.endpoint)
+    bucket = make_bucket(s3_server.endpoint)
+    fs = fsspec.filesystem("s3", **opts)
+    manager = amber.CheckpointManager(f"s3://{bucket}/run", num_to_keep=1, storage_options=opts)
+    algo = small_ppo(format="msgpack")
+    saved = []
+    for _ in range(4):
+        algo.train()
+        saved.append(manager.save(algo).checkpoint.path)
+        if len(saved) == 1:
+            fs.pipe_file(f"{saved[0]}/my_eval_video.txt", b"mine")
+        elif len(saved) == 2:  # inside a policy: its manifest does not list it either
+            fs.pipe_file(f"{saved[1]}/policies/default_policy/notes.txt", b"mine too")
+    assert [c.iteration for c in manager.checkpoints()] == [1, 2, 4]  # 3 deleted; 1 and 2 left alone
+    assert fs.cat_file(f"{saved[0]}/my_eval_video.txt") == b"mine"
+    for path, extra in zip(saved, ["my_eval_video.txt", "policies/default_policy/notes.txt"], strict=False):
+        problems = verify(path, storage_options=opts).problems  # whole: the extra file is all it reports
+        assert problems == [f"{path}/{extra}: is not listed in any checkpoint.json"]
+    with pytest.raises(CheckpointWriteError, match=r"checkpoint_000001 is an amber checkpoint holding files "
+                       r"that its checkpoint.json does not list \('my_eval_video.txt'\); not overwriting it"):
+        algo.save(saved[0], storage_options=opts)  # in place: refused as a local save refuses it
+    assert get_checkpoint_info(saved[0], storage_options=opts)["metadata"]["amber.iteration"] == "1"
+    with pytest.raises(CheckpointWriteError, match="policies/default_policy/notes.txt"):
+        amber.save({"a": 1}, saved[1], storage_options=opts)
+    algo.stop()
+
+
+def _recorded(text: str) -> list[dict]:
+    """The requests in moto's recording: JSON objects, one a line, but the server's threads may
+    write two of them before their newlines."""
+    decoder, out, at = json.JSONDecoder(), [], 0
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        entry, at = decoder.raw_decode(text, at)
+        out.append(entry)
+    return out
+
+
+def test_without_num_to_keep_a_save_reads_no_other_checkpoint(tmp_path):
+    """Requests counted by the S3 server itself (moto's recorder): each save's are the same
+    few, and none touches an earlier checkpoint (no listing, no manifest downloaded)."""
+    recording = tmp_path / "requests.jsonl"
+    server = MotoServer({"MOTO_ENABLE_RECORDING": "1", "MOTO_RECORDER_FILEPATH": str(recording)})
+    try:
+        opts = options(server.endpoint)
+        bucket = make_bucket(server.endpoint)
+        manager = amber.CheckpointManager(f"s3://{bucket}/run", storage_options=opts)
+        algo = small_ppo(format="msgpack")
+        counts = []
+        for i in range(1, 5):
+            algo.train()
+            recording.write_text("")
+            manager.save(algo)
+            urls = [entry["url"] for entry in _recorded(recording.read_text())]
+            assert not [u for u in urls if any(f"checkpoint_{j:06d}" in u for j in range(1, i))], urls
+            counts.append(len(urls))
+        assert len(set(counts)) == 1, counts
+        assert [c.iteration for c in manager.checkpoints()] == [1, 2, 3, 4]
+        algo.stop()
+    finally:
+        server.kill()
 
 
 def test_a_connection_cut_mid_upload_leaves_the_previous_checkpoint(s3_server):

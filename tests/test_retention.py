@@ -86,6 +86,40 @@ def test_a_missing_or_nan_score_ranks_last(algo, tmp_path):
     assert SCORE_KEY not in get_checkpoint_info(tmp_path / "checkpoint_000003")["metadata"]
 
 
+def test_numpy_scores_count_and_bools_do_not(algo, tmp_path):
+    manager = amber.CheckpointManager(tmp_path, num_to_keep=1, score_attribute="score")
+    for i, score in enumerate([np.float32(9.0), np.float32(1.0), np.int64(2), np.bool_(True)], 1):
+        algo.iteration = i
+        manager.save(algo, metrics={"score": score})
+    assert [(c.iteration, c.score) for c in manager.checkpoints()] == [(1, 9.0), (4, None)]
+    assert manager.best().iteration == 1  # np.float32(9.0): the best, kept
+
+
+def test_the_checkpoint_just_saved_is_kept_among_higher_iterations(algo, tmp_path):
+    earlier = amber.CheckpointManager(tmp_path, num_to_keep=2)  # an earlier run left 4 and 5
+    for i in (4, 5):
+        algo.iteration = i
+        earlier.save(algo)
+    manager = amber.CheckpointManager(tmp_path, num_to_keep=2)
+    for i in (2, 3):  # a new run, or one restored from an older checkpoint, goes on
+        algo.iteration = i
+        path = manager.save(algo).checkpoint.path
+        assert verify(path).ok
+        assert _iters(manager) == [i, 4, 5]  # the best two (the highest iterations) and the one just saved
+
+
+def test_algo_save_with_retention_keeps_the_checkpoint_it_just_saved(algo, tmp_path):
+    """The same through ``algo.save()`` with ``.checkpointing(num_to_keep=...)``."""
+    algo.logdir = tmp_path / "run"
+    algo.config.checkpointing(num_to_keep=1)
+    for i in (5, 2):  # a later iteration is there already (an earlier run, or a restore from the past)
+        algo.iteration = i
+        path = algo.save().checkpoint.path
+        assert verify(path).ok
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == [
+        "checkpoint_000002", "checkpoint_000005"]
+
+
 def test_the_score_defaults_to_the_last_train_result(tmp_path):
     a = _config().build()
     try:

@@ -231,6 +231,22 @@ def test_migrate_writes_a_current_amber_checkpoint(name, tmp_path):
     algo.stop()
 
 
+@pytest.mark.parametrize("name", ["ppo", "dqn", "ma", "sac"])
+def test_migrate_to_1_0_writes_a_1_0_checkpoint_amber_reads(name, tmp_path):
+    """--to 1.0 stops after the RLlib step: amber's default classes (callbacks_class) are written
+    as 1.0 import paths, and the checkpoint reads back as the RLlib one does."""
+    src = {"ppo": PPO, "dqn": DQN, "ma": MA, "sac": SAC}[name]
+    dst = tmp_path / "v10"
+    migrate(src, dst, to="1.0")
+    assert get_checkpoint_info(dst)["checkpoint_version"] == "1.0"
+    algo = Algorithm.from_checkpoint(dst, policy_mapping_fn=mapping if name == "ma" else None)
+    try:
+        assert type(algo.callbacks).__name__ == "DefaultCallbacks"
+        _counters(algo, EXPECTED[name])
+    finally:
+        algo.stop()
+
+
 def test_migrate_dry_run_describes_each_step_and_writes_nothing(tmp_path):
     result = migrate(PPO, tmp_path / "x", dry_run=True)
     assert [s["name"] for s in result.steps][:2] == ["rllib-1.1 -> 1.0", "1.0 -> 2.0"]

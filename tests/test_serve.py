@@ -401,7 +401,10 @@ def test_a_damaged_or_missing_onnx_model_is_refused(zoo, tmp_path, monkeypatch):
     data = bytearray((export / "model.onnx").read_bytes())
     data[-10] ^= 0xFF
     (export / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(CorruptCheckpointError, match="model.onnx"):
+    with pytest.raises(CorruptCheckpointError, match="model.onnx: content does not match its digest in model.json"):
+        load_policy(export)  # (an export has no checkpoint.json to blame)
+    (export / "model.onnx").write_bytes(bytes(data[:-1]))
+    with pytest.raises(CorruptCheckpointError, match=r"model.onnx: has \d+ bytes, model.json records"):
         load_policy(export)
     native = tmp_path / "native"
     zoo["ppo_cartpole"][0].export_model(native)  # model.pt2 only

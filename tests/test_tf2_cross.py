@@ -75,6 +75,38 @@ def test_from_checkpoint_in_the_other_framework(checkpoints, source, target):
         algo.stop()
 
 
+@pytest.mark.parametrize(("source", "target"), [("torch", "tf2"), ("tf2", "torch")])
+def test_restore_and_set_state_from_the_other_framework(checkpoints, source, target):
+    """algo.restore of the other framework's checkpoint works both ways: its weights are taken, its
+    generator state (another framework's) is left with a warning, not a raw torch error."""
+    path, saved = checkpoints[source]
+    algo = _config(target).build()
+    try:
+        with pytest.warns(UserWarning, match="generator state is another framework's"):
+            algo.restore(path)
+        assert algo.iteration == 1
+        for name, value in algo.get_policy().get_weights().items():
+            np.testing.assert_allclose(value, saved["weights"][name], atol=1e-6)
+        policy = _config(target).build().get_policy()
+        with pytest.warns(UserWarning, match="generator state is another framework's"):
+            policy.set_state(saved)
+        assert policy.num_grad_updates == saved["num_grad_updates"]
+    finally:
+        algo.stop()
+
+
+def test_a_bad_generator_state_changes_nothing_in_a_torch_policy(checkpoints):
+    """A generator state of torch's size that torch refuses fails before the weights change."""
+    _, saved = checkpoints["torch"]
+    policy = _config("torch").build().get_policy()
+    before, generator = policy.get_weights(), policy.generator.get_state().clone()
+    bad = {**saved, "generator": np.zeros_like(saved["generator"])}
+    with pytest.raises(ValueError, match="not a valid torch generator state"):
+        policy.set_state(bad)
+    assert all(np.array_equal(v, before[k]) for k, v in policy.get_weights().items())
+    assert bool((policy.generator.get_state() == generator).all())
+
+
 def test_amber_convert_framework_both_ways(checkpoints, tmp_path, pm):
     from click.testing import CliRunner
 
@@ -117,6 +149,34 @@ def test_amber_convert_framework_both_ways(checkpoints, tmp_path, pm):
     _same_policy(converted, original)
     r3 = runner.invoke(cli, ["convert", str(path), str(tmp_path / "x")], obj=CliState(plugin_manager=pm))
     assert r3.exit_code != 0 and "--framework" in r3.output
+
+
+def test_convert_framework_of_an_rllib_checkpoint_and_a_policy_names_what_it_writes(checkpoints, tmp_path, pm):
+    """--framework without -f: an RLlib checkpoint (a format amber only reads) is written in msgpack,
+    as migrate does; a policy checkpoint's warning names the policy (its directory's name)."""
+    from click.testing import CliRunner
+
+    from amber.cli import cli
+    from amber.cli.base import CliState
+    from amber.policy.policy import Policy
+    from amber.policy.tf_policy import PPOTFPolicy
+    from amber.utils.checkpoints import get_checkpoint_info
+
+    rllib = REPO / "tests" / "fixtures" / "rllib-2.10" / "ppo_msgpack"
+    runner = CliRunner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        r = runner.invoke(cli, ["convert", str(rllib), str(tmp_path / "rl"), "--framework", "tf2"],
+                          obj=CliState(plugin_manager=pm))
+    assert r.exit_code == 0, r.output
+    assert "(msgpack, framework tf2)" in r.output and get_checkpoint_info(tmp_path / "rl")["format"] == "msgpack"
+    Policy.from_checkpoint(checkpoints["torch"][0])["default_policy"].export_checkpoint(
+        tmp_path / "learner", format="msgpack")
+    r2 = runner.invoke(cli, ["convert", str(tmp_path / "learner"), str(tmp_path / "learner_tf2"),
+                             "--framework", "tf2"], obj=CliState(plugin_manager=pm))
+    assert r2.exit_code == 0, r2.output
+    assert "policy learner: torch → tf2" in r2.output
+    assert isinstance(Policy.from_checkpoint(tmp_path / "learner_tf2"), PPOTFPolicy)
 
 
 def test_a_tf2_checkpoint_is_served_without_tensorflow(checkpoints):

@@ -214,6 +214,17 @@ def test_discrete_observations_and_box_actions(tmp_path):
                                extra["action_dist_inputs"], atol=1e-5)
 
 
+def test_observations_of_the_wrong_shape_are_a_clear_value_error(trained):
+    """As the torch policy's: a ValueError naming the expected shape, not a TF or numpy error."""
+    policy = trained.get_policy()
+    with pytest.raises(ValueError, match=r"shape \(4,\) each, not an array of shape \(4,\); .*compute_single_action"):
+        policy.compute_actions(np.zeros(4))
+    with pytest.raises(ValueError, match=r"not an array of shape \(2, 5\)"):
+        policy.compute_actions(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"not an array of shape \(1, 3\)"):
+        policy.compute_single_action(np.zeros(3))
+
+
 def test_the_learning_benchmark_smoke(tmp_path):
     """benchmarks/tf2_learning.py at its smoke size (its numbers live in docs/frameworks.md)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -87,6 +87,25 @@ def test_box_compute_actions_shapes_dtypes_unclipped():
     assert np.all(actions > 2.0)
 
 
+def test_observations_of_the_wrong_shape_are_a_clear_value_error():
+    """As amber.serve's policies: a ValueError naming the expected shape, not a torch or numpy error
+    from inside the network; one observation passed as a batch is told what to do."""
+    pol = cartpole_policy()
+    with pytest.raises(ValueError, match=r"shape \(4,\) each, not an array of shape \(4,\); .*compute_single_action"):
+        pol.compute_actions(np.zeros(4))
+    with pytest.raises(ValueError, match=r"shape \(4,\) each, not an array of shape \(2, 5\)$"):
+        pol.compute_actions(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"not an array of shape \(1, 3\)"):
+        pol.compute_single_action(np.zeros(3))
+    lake = TorchPolicy(gym.spaces.Discrete(16), gym.spaces.Discrete(4), {"model": SMALL, "seed": 0})
+    with pytest.raises(ValueError, match=r"one integer each, not an array of shape \(2, 5\)"):
+        lake.compute_actions(np.zeros((2, 5), np.int64))
+    with pytest.raises(ValueError, match=r"one integer each, not an array of shape \(\); .*batch axis"):
+        lake.compute_actions(np.int64(3))
+    assert lake.compute_actions(np.array([0, 5, 15]))[0].shape == (3,)
+    assert pol.global_timestep == 0
+
+
 def test_compute_single_action_clips_to_the_bounds_when_asked():
     """RLlib's clip_actions=True: the action an environment runner would send (it was ignored)."""
     pol = pendulum_policy()

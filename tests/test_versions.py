@@ -158,6 +158,26 @@ def test_migrate_to_dst_and_to_version(tmp_path):
         migrate(src, tmp_path / "x", to="0.5")
 
 
+@pytest.mark.parametrize(("to", "match"), [
+    ("banana", r"unknown target version 'banana'; known: 1\.0, 2\.0, 2\.1"),
+    ("99.0", r"unknown target version '99\.0'"),
+    ("1.0", r"cannot migrate backwards from 2\.1 to 1\.0 \(migrations only upgrade\)"),
+])
+def test_migrate_to_an_unknown_or_older_version_says_so(tmp_path, to, match):
+    """The target is what is wrong, not the source's version: a clean error (CLI exit 2), nothing written."""
+    from click.testing import CliRunner
+
+    from amber.cli import cli
+
+    src = FIXTURES / "2.1" / "ppo_msgpack"
+    with pytest.raises(UnsupportedVersionError, match=match):
+        migrate(src, tmp_path / "x", to=to)
+    r = CliRunner().invoke(cli, ["migrate", str(src), str(tmp_path / "y"), "--to", to])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "upgrade amber" not in r.output and "this amber reads" not in r.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def _new_checkpoints(tmp_path):
     from amber.algorithms.dqn import DQNConfig
     from amber.algorithms.ppo import PPOConfig

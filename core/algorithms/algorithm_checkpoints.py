@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from amber.algorithms.model_exports import model_exports
 from amber.algorithms.saved_config import check_same_kind, config_from_state
 from amber.errors import CheckpointError, state_errors
-from amber.storage import is_remote
+from amber.storage import is_remote, local_path
 
 if TYPE_CHECKING:
     import pluggy
@@ -91,9 +91,19 @@ class CheckpointMixin:
 
     @logdir.setter
     def logdir(self, path: str | os.PathLike[str]) -> None:
-        """Use ``path`` (made if missing) for default checkpoints and learning curves."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self._logdir = Path(path)
+        """Use the local directory ``path`` (made if missing; a ``file://`` URL is its path) for
+        default checkpoints and learning curves.
+
+        :raises ValueError: a remote URL (``s3://``, ``memory://``...): the logdir is local; save
+            checkpoints there with ``.checkpointing(storage_path=URL)``.
+        """
+        if is_remote(path):
+            raise ValueError(f"logdir {os.fspath(path)!r} is a URL; the logdir is a local directory. "
+                             "To save checkpoints at a URL, use .checkpointing(storage_path=...) "
+                             "(or algo.save(URL))")
+        local = local_path(path)
+        local.mkdir(parents=True, exist_ok=True)
+        self._logdir = local
 
     @overload
     def save(self, checkpoint_dir: str | os.PathLike[str] | None = ..., *, format: str | None = ...,
@@ -140,7 +150,7 @@ class CheckpointMixin:
         path = self._save_path(checkpoint_dir)
         options = storage_options if storage_options is not None else self.config.storage_options
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
-        prune = manager.prune if manager is not None else (lambda: [])
+        prune = (lambda: manager.prune(saved=path)) if manager is not None else (lambda: [])  # keeps this one
         iteration = self.iteration
         if block:
             wait_for_saves()
@@ -268,12 +278,17 @@ class CheckpointMixin:
         :param callbacks: replaces the saved callbacks class.
         :param storage_options: for a URL, its fsspec options (kept for later saves).
         :param framework: rebuild the policies in ``"torch"`` or ``"tf2"`` (:mod:`amber.policy.frameworks`).
+        :raises ValueError: no path, or an unknown framework (before anything is read).
+        :raises TypeError: ``policy_ids`` is a str (pass a list).
         """
+        from amber.algorithms.algorithm_config import FRAMEWORKS
         from amber.checkpoint import read_checkpoint
 
         target = path if path is not None else checkpoint
         if target is None:
             raise ValueError("from_checkpoint needs a path")
+        if framework is not None and framework not in FRAMEWORKS:
+            raise ValueError(f"framework {framework!r} is not supported; choices: {', '.join(FRAMEWORKS)}")
         ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm,
                                storage_options=storage_options)
         if ckpt.type != "Algorithm":

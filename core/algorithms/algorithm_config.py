@@ -264,7 +264,10 @@ class AlgorithmConfig:
         :raises ValueError: ``num_to_keep`` not None or an int >= 1, or an order not "max"/"min".
         """
         check_env_runners(self.num_env_runners)
+        from amber.algorithms.config_checks import check_common
         from amber.checkpoint_manager import check_retention
+
+        check_common(self)  # lr, gamma, train_batch_size, grad_clip; the model's keys and sizes
 
         check_retention(num_to_keep, checkpoint_score_order or "max")
         if checkpoint_score_attribute is not None and not isinstance(checkpoint_score_attribute, str):
@@ -318,8 +321,9 @@ class AlgorithmConfig:
     def validate(self) -> None:
         """Check the settings together.
 
-        :raises ValueError: no environment, a seed that is not an int, bad retention settings,
-            or policies_to_train names unknown policies.
+        :raises ValueError: no environment, a seed that is not an int, a hyperparameter out of range,
+            a model key amber does not know, bad retention settings, or policies_to_train names
+            unknown policies.
         """
         if self.env is None:
             raise ValueError(f"{type(self).__name__} has no environment: call .environment(env=...)")
@@ -327,7 +331,10 @@ class AlgorithmConfig:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"seed must be an int or None, not {type(self.seed).__name__}")
         check_env_runners(self.num_env_runners)
+        from amber.algorithms.config_checks import check_common
         from amber.checkpoint_manager import check_retention
+
+        check_common(self)  # lr, gamma, train_batch_size, grad_clip; the model's keys and sizes
 
         check_retention(self.num_to_keep, self.checkpoint_score_order)  # also what a checkpoint set
         score = self.checkpoint_score_attribute

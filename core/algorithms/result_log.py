@@ -4,7 +4,10 @@
 ``progress.csv`` has a header once, then a row per iteration: :data:`PROGRESS_FIELDS`, one
 ``policy_return_mean/<policy id>`` column per policy of a multi-agent algorithm, and
 ``checkpoint``: the checkpoint saved right after that iteration, filled in when the save
-commits (empty otherwise). A file that exists is appended to, with its own header's columns.
+commits (empty otherwise), also when later rows were written meanwhile (a ``save(block=False)``
+committing during the next ``train()``): that row and those after it are rewritten in place,
+in one write, under the logger's lock.
+A file that exists is appended to, with its own header's columns.
 ``result.json`` holds each whole result as one JSON object per line (NaN and infinities as
 null). Both are flushed as they are written. :class:`ResultLogger` writes them; the algorithm
 and ``amber train`` use the same one.
@@ -17,6 +20,7 @@ import io
 import json
 import math
 import numbers
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -82,15 +86,14 @@ def _csv_line(fields: Iterable[str], row: Mapping[str, Any] | None = None) -> by
 
 
 @dataclass
-class _LastRow:
-    """The last row written: where it starts and ends, so that its checkpoint can be filled in."""
+class _Written:
+    """The rows this logger wrote in its current ``progress.csv``: each iteration's latest row's
+    offsets, so that its checkpoint can be filled in later; ``size``: the file's size after them."""
 
     path: Path
-    iteration: int
-    start: int
-    end: int
     fields: list[str]
-    row: dict[str, Any]
+    rows: dict[int, tuple[int, int]]
+    size: int
 
 
 class ResultLogger:
@@ -103,7 +106,7 @@ class ResultLogger:
     def __init__(self, directory: Callable[[], str | Path]) -> None:
         self._directory = directory
         self._lock = threading.Lock()
-        self._last: _LastRow | None = None
+        self._written: _Written | None = None
 
     def log(self, result: Mapping[str, Any], policy_ids: Iterable[str] = ()) -> None:
         """Append one result.
@@ -119,41 +122,59 @@ class ResultLogger:
             path = root / PROGRESS_CSV
             with open(path, "ab") as f:
                 start = f.tell()
-                if start == 0:
+                new = start == 0
+                if new:
                     fields = [*PROGRESS_FIELDS, *(f"policy_return_mean/{p}" for p in policy_ids),
                               CHECKPOINT_FIELD]
                     f.write(_csv_line(fields))
                     start = f.tell()
                 else:
-                    fields = self._header(path)
-                row = {k: flat.get(k, "") for k in fields}
-                f.write(_csv_line(fields, row))
-                self._last = _LastRow(path, int(result["training_iteration"]), start, f.tell(), fields, row)
+                    fields = self._header(path, start)
+                f.write(_csv_line(fields, {k: flat.get(k, "") for k in fields}))
+                end = f.tell()
+            w = self._written
+            if new or w is None or w.path != path or w.size != start:  # a new file, or another's rows
+                w = self._written = _Written(path, fields, {}, start)
+            w.rows[int(result["training_iteration"])] = (start, end)
+            w.size = end
 
-    def _header(self, path: Path) -> list[str]:
-        if self._last is not None and self._last.path == path:
-            return self._last.fields
+    def _header(self, path: Path, size: int) -> list[str]:
+        """The columns of the existing ``path`` (``size`` bytes long)."""
+        w = self._written
+        if w is not None and w.path == path and w.size == size:
+            return w.fields
         with open(path, newline="") as f:
             return next(csv.reader(f), [])
 
     def checkpoint_written(self, checkpoint_path: str | Path, iteration: int) -> None:
-        """Fill in the ``checkpoint`` column of the last row, if it is ``iteration``'s and
-        nothing was written after it.
+        """Fill in the ``checkpoint`` column of ``iteration``'s row (its latest), wherever it is
+        in the file, if this logger wrote it and nothing else wrote to the file since.
 
         :param checkpoint_path: the checkpoint committed.
         :param iteration: the iteration it was saved at.
         """
         with self._lock:
-            last = self._last
-            if (last is None or last.iteration != iteration or CHECKPOINT_FIELD not in last.fields
-                    or not last.path.exists() or last.path.stat().st_size != last.end):
+            w = self._written
+            if w is None or iteration not in w.rows or CHECKPOINT_FIELD not in w.fields:
                 return
-            last.row[CHECKPOINT_FIELD] = str(checkpoint_path)
-            with open(last.path, "r+b") as f:
-                f.seek(last.start)
-                f.truncate()
-                f.write(_csv_line(last.fields, last.row))
-                last.end = f.tell()
+            start, end = w.rows[iteration]
+            try:
+                with open(w.path, "r+b", buffering=0) as f:
+                    if os.fstat(f.fileno()).st_size != w.size:  # replaced, or written to by another
+                        return
+                    tail = os.pread(f.fileno(), w.size - start, start)  # this row and those after it
+                    old = next(csv.reader(io.StringIO(tail[: end - start].decode(), newline="")), [])
+                    row = {**dict(zip(w.fields, old, strict=False)), CHECKPOINT_FIELD: str(checkpoint_path)}
+                    line = _csv_line(w.fields, row)
+                    os.pwrite(f.fileno(), line + tail[end - start:], start)  # one write: never half done
+                    shift = len(line) - (end - start)
+                    if shift < 0:
+                        os.ftruncate(f.fileno(), w.size + shift)
+            except OSError:
+                return
+            w.rows = {i: (a, b) if a < start else (a + shift, b + shift) for i, (a, b) in w.rows.items()}
+            w.rows[iteration] = (start, end + shift)
+            w.size += shift
 
 
 def copy_logs(logdir: str | Path, checkpoint: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -172,6 +193,23 @@ def copy_logs(logdir: str | Path, checkpoint: str, storage_options: Mapping[str,
                          remote.fs.put_file(str(local), remote.key(name)))
     except CheckpointError as e:
         warn(f"{checkpoint} was saved, but not the learning curves beside it: {e}")
+
+
+def copy_logs_to(logdir: str | Path, directory: str | Path) -> None:
+    """Copy a run's ``progress.csv`` and ``result.json`` into the local ``directory`` (a run's
+    checkpoints kept apart from its log directory: ``amber train --storage DIR``), each replaced
+    whole (written beside, then renamed). A failure only warns: the checkpoint is saved."""
+    import shutil
+
+    try:
+        for name in (PROGRESS_CSV, RESULT_JSON):
+            src, dst = Path(logdir) / name, Path(directory) / name
+            if src.exists():
+                tmp = dst.with_name(f".{name}.amber-tmp-{os.getpid()}")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+    except OSError as e:
+        warn(f"{directory} holds the checkpoints, but not the learning curves beside them: {e}")
 
 
 def fetch_logs(url: str, logdir: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:

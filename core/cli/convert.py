@@ -6,6 +6,7 @@ Both write atomically and never modify their source on failure.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def convert(state: CliState, src: Path, dst: Path, format_: str | None, framewor
     """Rewrite a checkpoint in another format, or for another framework (torch, tf2).
 
     Writes SRC in format NAME, with its policies for FRAMEWORK, at DST,
-    atomically; SRC is never modified.
+    atomically; SRC is never modified (unless DST is SRC: converted in place).
     """
     from amber.registry import get_registry
     from amber.utils.checkpoints import convert_checkpoint, get_checkpoint_info
@@ -90,22 +91,26 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
     :mod:`amber.policy.frameworks`); native model files (``model/``) are not
     copied, being the other framework's: export them again from the new checkpoint.
 
-    :param format: the format to write (default: the source's).
+    :param format: the format to write (default: the source's, or the default portable format
+        (msgpack) for another system's checkpoint, whose format amber only reads, as ``migrate``).
     :raises click.UsageError: the checkpoint holds no policies.
     """
     from amber.checkpoint import read_checkpoint, write_checkpoint
     from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
+    from amber.registry import get_registry
 
     ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
-    fmt = format or ckpt.format
+    registry = get_registry(pm)
+    fmt = format or (ckpt.format if ckpt.format in registry.formats else registry.default_portable())
     if ckpt.type == "Algorithm":
         own, policies = convert_algorithm_state(ckpt.state, {p: c.state for p, c in ckpt.policies.items()},
                                                 framework)
         write_checkpoint(dst, type="Algorithm", state=own, policies=policies, format=fmt,
                          metadata=ckpt.metadata, placeholders=True, pm=pm)
     elif ckpt.type == "Policy":
-        write_checkpoint(dst, type="Policy", state=convert_policy_state(ckpt.state, framework), format=fmt,
-                         metadata=ckpt.metadata, pm=pm)
+        policy_id = ckpt.manifest.get("policy_id") or os.fspath(src).rstrip("/").rsplit("/", 1)[-1]
+        state = convert_policy_state(ckpt.state, framework, policy_id=policy_id)
+        write_checkpoint(dst, type="Policy", state=state, format=fmt, metadata=ckpt.metadata, pm=pm)
     else:
         raise click.UsageError(f"{src} holds a {ckpt.type} checkpoint: only algorithm and policy "
                                "checkpoints have policies to convert")

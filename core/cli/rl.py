@@ -85,8 +85,8 @@ def _build_algorithm(algo: str, env_id: str | None, format_: str | None, seed: i
     except ValueError as e:
         raise AmberCliError(str(e)) from e
     except TypeError as e:  # the env's constructor refused env_config (--env-kwargs, env_config)
-        raise AmberCliError(f"cannot build {algo} on {config.env!r} with env_config {config.env_config}: "
-                            f"{e}") from e
+        given = f" with env_config {config.env_config}" if config.env_config else ""
+        raise AmberCliError(f"cannot build {algo} on {config.env!r}{given}: {e}") from e
 
 
 # -- resuming ----------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     else started afresh) and its checkpoints in ``store`` (``out``, or a URL), kept as its
     config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``),
     ``num_to_keep`` (not None) set there first: each checkpoint records it, so a resume keeps it."""
-    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, fetch_logs
+    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, copy_logs_to, fetch_logs
     from amber.checkpoint_manager import CheckpointManager
 
     algorithm.logdir = out
@@ -164,8 +164,10 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     env = algorithm.config.env
     title = f"{type(algorithm).__name__} on {env if isinstance(env, str) else getattr(env, '__name__', env)}"
     with Report(mode, title) as report:
-        return train_until(algorithm, manager, report, interrupts, stop=stop,
-                            checkpoint_every=checkpoint_every, format_=format_)
+        local_store = not isinstance(store, str) and Path(store).absolute() != out.absolute()
+        return train_until(algorithm, manager, report, interrupts, stop=stop,  # --storage DIR: the
+                            checkpoint_every=checkpoint_every, format_=format_,  # curves beside too
+                            after_save=(lambda _: copy_logs_to(out, store)) if local_store else None)
 
 
 def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str | None,

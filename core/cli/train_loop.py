@@ -7,6 +7,7 @@ import json
 import math
 import numbers
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -117,8 +118,10 @@ class Report:
 
 
 def train_until(algorithm: Any, manager: Any, report: Report, interrupts: Interrupts,
-                 *, stop: Stop, checkpoint_every: int, format_: str | None) -> tuple[str, int | None]:
-    """Train until a stop criterion holds or a signal came (each ``train()`` logs its result).
+                 *, stop: Stop, checkpoint_every: int, format_: str | None,
+                 after_save: Callable[[str], None] | None = None) -> tuple[str, int | None]:
+    """Train until a stop criterion holds or a signal came (each ``train()`` logs its result);
+    ``after_save`` is called with each checkpoint's path once it is saved.
 
     :return: the last checkpoint written ("" if none) and the signal that stopped the run (or None).
     """
@@ -137,6 +140,8 @@ def train_until(algorithm: Any, manager: Any, report: Report, interrupts: Interr
         if done or signum is not None or (checkpoint_every and it % checkpoint_every == 0):
             ckpt = str(manager.save(algorithm, format=format_).checkpoint.path)
             last_ckpt = ckpt
+            if after_save is not None:
+                after_save(ckpt)
         report.row(result, ckpt)
         if done or signum is not None:
             return last_ckpt, signum

@@ -275,4 +275,17 @@ def init_action_facts(policy: Any, observation_space: Any, action_space: Any) ->
     policy._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
     policy._action_offset = int(action_space.start) if policy._discrete_actions else 0
     policy._action_shape = tuple(action_space.shape or ())
+    #: Numbers per observation (Discrete: one), for the cheap shape check of ``obs_array``.
+    policy._obs_size = 1 if policy._discrete_obs else int(np.prod(observation_space.shape, dtype=np.int64))
 
+
+def obs_batch_error(policy: Any, arr: np.ndarray) -> ValueError:
+    """The error for a batch of observations ``arr`` whose shape is not ``[batch, *obs_shape]``
+    (one observation passed as a batch: use ``compute_single_action``, or add a batch axis)."""
+    space = policy.observation_space
+    want = "one integer" if policy._discrete_obs else f"shape {tuple(space.shape)}"
+    single = arr.ndim == 0 if policy._discrete_obs else arr.shape == tuple(space.shape)
+    hint = ("; for one observation use compute_single_action(obs), or add a batch axis (obs[None])"
+            if single else "")
+    return ValueError(f"{type(policy).__name__} takes a batch of observations of {want} each, "
+                      f"not an array of shape {arr.shape}{hint}")

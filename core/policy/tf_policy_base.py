@@ -32,7 +32,13 @@ from amber.errors import warn
 from amber.models.build_budget import adopting, restoring
 from amber.models.keras_mlp import tf_runtime
 from amber.policy.numpy_generators import generator_from_bytes, generator_to_bytes
-from amber.policy.policy import Policy, init_action_facts, optimizer_entries, saved_optimizers
+from amber.policy.policy import (
+    Policy,
+    init_action_facts,
+    obs_batch_error,
+    optimizer_entries,
+    saved_optimizers,
+)
 from amber.policy.spaces import space_to_state
 
 __all__ = ["TFPolicyBase", "generator_from_bytes", "generator_to_bytes"]
@@ -215,8 +221,15 @@ class TFPolicyBase(Policy):
     # -- arrays ------------------------------------------------------------------
 
     def obs_array(self, obs_batch: Any) -> np.ndarray:
-        """A batch of observations as the model takes them: int64 (Discrete) or float32 (Box)."""
-        return np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        """A batch of observations as the model takes them: int64 (Discrete) or float32 (Box).
+
+        :raises ValueError: not ``[batch, *obs_shape]`` (Discrete: ``[batch]``), e.g. one
+            observation without its batch axis.
+        """
+        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        if arr.ndim == 0 or arr.size != arr.shape[0] * self._obs_size:
+            raise obs_batch_error(self, arr)
+        return arr
 
     def actions_array(self, actions: Any) -> np.ndarray:
         """Env actions as the model's: int64 indices from 0, or float32 ``[batch, d]``."""

@@ -26,7 +26,14 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from amber.policy.policy import Policy, init_action_facts, optimizer_entries, saved_optimizers
+from amber.errors import warn
+from amber.policy.policy import (
+    Policy,
+    init_action_facts,
+    obs_batch_error,
+    optimizer_entries,
+    saved_optimizers,
+)
 from amber.policy.spaces import space_to_state
 from amber.policy.torch_utils import (
     adopting,
@@ -142,8 +149,15 @@ class TorchPolicyBase(Policy):
     # -- tensors -------------------------------------------------------------
 
     def obs_array(self, obs_batch: Any) -> np.ndarray:
-        """A batch of observations as the model takes them: int64 (Discrete) or float32 (Box)."""
-        return np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        """A batch of observations as the model takes them: int64 (Discrete) or float32 (Box).
+
+        :raises ValueError: not ``[batch, *obs_shape]`` (Discrete: ``[batch]``), e.g. one
+            observation without its batch axis.
+        """
+        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
+        if arr.ndim == 0 or arr.size != arr.shape[0] * self._obs_size:
+            raise obs_batch_error(self, arr)
+        return arr
 
     def obs_to_tensor(self, obs_batch: Any) -> torch.Tensor:
         """A batch of observations as the model's input tensor (int64 for Discrete, else float32)."""
@@ -238,20 +252,39 @@ class TorchPolicyBase(Policy):
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Apply a state from :meth:`get_state` (keys that are absent are left as they are).
 
-        The weights are checked before anything changes.
+        The weights and generator states are checked before anything changes. A generator state
+        of another framework (a tf2 policy's: not torch's size) is left, with a warning: this policy
+        keeps its own generator.
+
+        :raises ValueError: a weight's shape differs, or a generator state of torch's size is not valid.
         """
-        if "weights" in state:
-            self.set_weights(state["weights"])
+        weights = checked_weights(self.model, state["weights"]) if "weights" in state else []
+        generators = {name: self._saved_generator(name, state[name])
+                      for name in self.GENERATORS if state.get(name) is not None}
+        copy_weights(weights)
         for name, tree in saved_optimizers(state, self.OPTIMIZERS).items():
             self._restore_optimizer(name, tree)
-        for name in self.GENERATORS:
-            if state.get(name) is not None:
-                raw = np.ascontiguousarray(np.asarray(state[name], dtype=np.uint8))
-                getattr(self, name).set_state(torch.from_numpy(raw.copy()))
+        for name, raw in generators.items():
+            if raw is not None:
+                getattr(self, name).set_state(raw)
         if "global_timestep" in state:
             self.global_timestep = int(state["global_timestep"])
         if "num_grad_updates" in state:
             self.num_grad_updates = int(state["num_grad_updates"])
+
+    def _saved_generator(self, name: str, value: Any) -> torch.Tensor | None:
+        """Generator ``name``'s saved state as the tensor torch restores, checked on a scratch
+        generator; None (with a warning) when it is another framework's (not torch's size)."""
+        raw = torch.from_numpy(np.array(np.asarray(value, dtype=np.uint8).ravel(), copy=True))
+        if raw.numel() != getattr(self, name).get_state().numel():
+            warn(f"{type(self).__name__}: the saved {name} state is another framework's; "
+                 "this policy keeps its own (its draws differ from the saved run's)")
+            return None
+        try:
+            torch.Generator().set_state(raw)
+        except RuntimeError as e:
+            raise ValueError(f"the saved {name} state is not a valid torch generator state: {e}") from e
+        return raw
 
     @classmethod
     def build_from_spec(cls: type[P], spec: Mapping[str, Any]) -> P:

@@ -69,7 +69,7 @@ def _model_bytes(directory: Path, meta: Mapping[str, Any]) -> bytes:
     if not isinstance(size, int) or isinstance(size, bool) or parse_digest(digest) is None:
         raise CorruptCheckpointError(f"{directory / MODEL_JSON}: no valid size and digest for {MODEL_FILE}",
                                      path=directory / MODEL_JSON)
-    return bytes(read_verified(directory, MODEL_FILE, FileEntry(size, str(digest))))
+    return bytes(read_verified(directory, MODEL_FILE, FileEntry(size, str(digest)), listed_in=MODEL_JSON))
 
 
 def _session(directory: Path, data: bytes) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from amber.errors import MigrationError
-from amber.state import Ref
+from amber.state import Ref, is_reference_type
 
 from .hyper import NotCarriedOverWarning, get, training_settings, warn_unsupported
 
@@ -198,7 +198,7 @@ def amber_config(cfg: Mapping[str, Any], kind: str, policy_ids: list[str], *, mu
 
     warn_unsupported(cfg, kind, where)
     _, _, config_path, policy_path = ALGORITHMS[kind]
-    out = {"PPO": PPOConfig, "DQN": DQNConfig, "SAC": SACConfig}[kind]().to_dict()
+    out = _with_refs({"PPO": PPOConfig, "DQN": DQNConfig, "SAC": SACConfig}[kind]().to_dict())
     env, env_missing = _env(cfg.get("env"), multi_agent_cartpole)
     multi_agent = policy_ids != ["default_policy"] or env == Ref(_MULTI_AGENT_CARTPOLE)
     env_config = cfg.get("env_config")
@@ -222,6 +222,18 @@ def amber_config(cfg: Mapping[str, Any], kind: str, policy_ids: list[str], *, mu
     missing = ["policy_mapping_fn"] if multi_agent and len(policy_ids) > 1 else []
     missing += ["env"] if env_missing else []
     return out, missing
+
+
+def _with_refs(value: Any) -> Any:
+    """``value`` with every class or function in it as its 1.0 Ref (``"module:qualname"``): amber's
+    defaults hold live ones (``callbacks_class``), which a 1.0 checkpoint holds as import paths."""
+    if is_reference_type(value):
+        return Ref.of(value)
+    if isinstance(value, Mapping):
+        return {k: _with_refs(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_refs(v) for v in value)
+    return value
 
 
 def _policies_to_train(value: Any) -> list[str] | None:

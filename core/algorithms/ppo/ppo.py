@@ -51,6 +51,26 @@ class PPOConfig(AlgorithmConfig):
         super().__init__(algo_class=algo_class or PPO)
         self.lr = 3e-4
 
+    def validate(self) -> None:
+        """Check the settings together.
+
+        :raises ValueError: naming the setting and its value when it is out of range.
+        """
+        from amber.algorithms.config_checks import check_numbers, positive_int
+
+        super().validate()
+        check_numbers(self, {
+            "minibatch_size": (positive_int, "a positive integer"),
+            "num_epochs": (positive_int, "a positive integer"),
+            "lambda_": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "clip_param": (lambda v: v > 0, "a positive number"),
+            "vf_clip_param": (lambda v: v > 0, "a positive number"),
+            "vf_loss_coeff": (lambda v: v >= 0, "a non-negative number"),
+            "entropy_coeff": (lambda v: v >= 0, "a non-negative number"),
+            "kl_coeff": (lambda v: v >= 0, "a non-negative number"),
+            "kl_target": (lambda v: v > 0, "a positive number"),
+        })
+
 
 class PPO(Algorithm):
     """PPO on one process: vectorised sampling, then minibatch SGD per trained policy."""

@@ -18,7 +18,6 @@ only with ``.checkpointing(store_replay_buffer=True)`` (see
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,27 +79,19 @@ class SACConfig(AlgorithmConfig):
 
         :raises ValueError: naming the setting and the value that is out of range.
         """
-        super().validate()
+        from amber.algorithms.config_checks import check_numbers
 
-        def number(key: str, ok: Any, what: str) -> None:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-                    or not math.isfinite(float(value)) or not ok(float(value)):
-                raise ValueError(f"SACConfig: {key} must be {what}, got {value!r}")
-
-        for key in ("actor_lr", "critic_lr", "alpha_lr", "initial_alpha"):
-            number(key, lambda v: v > 0, "a positive number")
-        number("tau", lambda v: 0 < v <= 1, "in (0, 1]")
-        number("gamma", lambda v: 0 <= v <= 1, "in [0, 1]")
-        number("train_batch_size", lambda v: v >= 1 and v == int(v), "a positive integer")
-        number("num_steps_sampled_before_learning_starts", lambda v: v >= 0 and v == int(v),
-               "a non-negative integer")
+        super().validate()  # lr, gamma, train_batch_size, grad_clip, the model
+        positive = (lambda v: v > 0, "a positive number")
+        check_numbers(self, {
+            "actor_lr": positive, "critic_lr": positive, "alpha_lr": positive, "initial_alpha": positive,
+            "tau": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "num_steps_sampled_before_learning_starts": (lambda v: v >= 0 and v == int(v),
+                                                         "a non-negative integer"),
+            "training_intensity": (lambda v: v > 0, "None or a positive number"),
+        })
         if self.target_entropy not in (None, "auto"):
-            number("target_entropy", lambda v: True, '"auto" or a finite number')
-        if self.training_intensity is not None:
-            number("training_intensity", lambda v: v > 0, "None or a positive number")
-        if self.grad_clip is not None:
-            number("grad_clip", lambda v: v > 0, "None or a positive number")
+            check_numbers(self, {"target_entropy": (lambda v: True, '"auto" or a finite number')})
         if not isinstance(self.twin_q, bool):
             raise ValueError(f"SACConfig: twin_q must be True or False, got {self.twin_q!r}")
         buffer = self.replay_buffer_config

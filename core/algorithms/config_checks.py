@@ -1,0 +1,111 @@
+"""Range checks of hyperparameters and of the ``model`` config, for the configs' ``validate()``.
+
+A value out of range is a ``ValueError`` naming the setting and the value (``amber train``
+turns it into a usage error, exit 2), raised when the algorithm is built: not a failure deep
+in the first ``train()`` (``num_epochs=0``), a run that never ends (``train_batch_size=0``) or
+a silent wrong result (a negative ``grad_clip`` flips the gradients; a typo in a ``model``
+key builds the default network). Imports no framework.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["COMMON_RULES", "MODEL_KEYS", "check_common", "check_model", "check_number", "check_numbers",
+           "positive_int"]
+
+#: The ``model`` keys amber's networks read: fully connected layers, and their activation.
+MODEL_KEYS = ("fcnet_hiddens", "fcnet_activation")
+#: RLlib model options amber's networks do not have, accepted only off or empty (RLlib's defaults:
+#: a separate value network, no LSTM...), so that RLlib configs that spell them out port unchanged.
+_RLLIB_OFF = ("vf_share_layers", "free_log_std", "use_lstm", "use_attention", "post_fcnet_hiddens",
+              "conv_filters", "custom_model")
+_ACTIVATIONS = ("tanh", "relu", "linear", None)
+
+
+def check_number(owner: str, key: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
+    """Refuse ``value`` of setting ``key`` unless it is a finite real number (not a bool) that
+    ``ok`` accepts.
+
+    :param owner: the config's class name, for the message.
+    :param what: what the value must be ("a positive number"), for the message.
+    :raises ValueError: ``"<owner>: <key> must be <what>, got <value>"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not ok(float(value)):
+        raise ValueError(f"{owner}: {key} must be {what}, got {value!r}")
+
+
+def positive_int(v: float) -> bool:
+    """Whether ``v`` is a whole number >= 1."""
+    return v >= 1 and v == int(v)
+
+
+def check_numbers(config: Any, rules: Mapping[str, tuple[Callable[[float], bool], str]]) -> None:
+    """:func:`check_number` for each setting of ``config`` that ``rules`` names (None is skipped
+    where the rule's text allows it: ``"None or ..."``)."""
+    owner = type(config).__name__
+    for key, (ok, what) in rules.items():
+        value = getattr(config, key)
+        if value is None and what.startswith("None or"):
+            continue
+        check_number(owner, key, value, ok, what)
+
+
+#: The settings every algorithm has, and what each must be.
+COMMON_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "a positive number"),
+    "gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train_batch_size": (positive_int, "a positive integer"),
+    "grad_clip": (lambda v: v > 0, "None or a positive number"),
+}
+
+
+def check_model(model: Any, owner: str, where: str = "model") -> None:
+    """Refuse a ``model`` config amber would not build as written: an unknown key (named, with
+    the closest known ones), ``fcnet_hiddens`` that is not a list of positive ints, an unknown
+    ``fcnet_activation``, or an RLlib option at a value amber's networks do not have.
+
+    :param where: the setting, for the message (``model``, ``policies['p0'] model``).
+    :raises ValueError: naming the key and its value.
+    """
+    if not isinstance(model, Mapping):
+        raise ValueError(f"{owner}: {where} must be a dict, not {type(model).__name__} {model!r}")
+    for key, value in model.items():
+        if key in _RLLIB_OFF:
+            if value:
+                raise ValueError(f"{owner}: {where} option {key}={value!r} is not supported: amber's "
+                                 "networks are fully connected, with a separate value network (it may only "
+                                 "be off)")
+        elif key not in MODEL_KEYS:
+            close = difflib.get_close_matches(str(key), MODEL_KEYS, n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"{owner}: unknown {where} key {key!r}{hint} (known: {', '.join(MODEL_KEYS)})")
+    hiddens = model.get("fcnet_hiddens", [])
+    if not isinstance(hiddens, (list, tuple)) or not all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hiddens):
+        raise ValueError(f"{owner}: {where} fcnet_hiddens must be a list of layer sizes (positive ints), "
+                         f"e.g. [64, 64], not {hiddens!r}")
+    activation = model.get("fcnet_activation")
+    if (activation.lower() if isinstance(activation, str) else activation) not in _ACTIVATIONS:
+        raise ValueError(f"{owner}: {where} fcnet_activation must be one of 'tanh', 'relu', 'linear' or "
+                         f"None, not {activation!r}")
+
+
+def check_common(config: Any) -> None:
+    """The checks every algorithm's config passes: :data:`COMMON_RULES`, and the ``model`` of
+    the config and of each policy that has its own (it replaces the config's).
+
+    :raises ValueError: naming the setting and its value.
+    """
+    owner = type(config).__name__
+    check_numbers(config, COMMON_RULES)
+    check_model(config.model, owner)
+    for pid, spec in (config.policies or {}).items():
+        own = getattr(spec, "config", spec) if spec is not None else None
+        if isinstance(own, Mapping) and "model" in own:
+            check_model(own["model"], owner, f"policies[{pid!r}] model")
