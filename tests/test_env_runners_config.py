@@ -5,6 +5,7 @@ The runners themselves, on a real Ray: tests/test_ray_runners.py."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,19 @@ def test_num_env_runners_must_be_a_count(bad):
     config.num_env_runners = bad
     with pytest.raises(ValueError, match="num_env_runners"):
         config.build()
+    with pytest.raises(ValueError, match="num_env_runners"):  # through the method too: not rounded
+        _config(num_env_runners=bad).build()
+
+
+@pytest.mark.parametrize(("runners", "message"), [
+    ({"num_envs_per_env_runner": 1.5}, "num_envs_per_env_runner must be a positive integer, got 1.5"),
+    ({"num_envs_per_env_runner": 0}, "num_envs_per_env_runner must be a positive integer, got 0"),
+    ({"num_cpus_per_env_runner": -0.5}, "num_cpus_per_env_runner must be a non-negative number, got -0.5"),
+    ({"num_cpus_per_env_runner": "x"}, "num_cpus_per_env_runner must be a non-negative number, got 'x'"),
+])
+def test_runner_settings_out_of_range_are_named(runners, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _config(**runners)
 
 
 def test_zero_env_runners_sample_in_process():

@@ -190,13 +190,18 @@ class AlgorithmConfig:
             self.rollout_fragment_length = int(rollout_fragment_length)
         if kwargs:
             raise ValueError(f"unknown env_runners setting(s): {', '.join(sorted(kwargs))}")
-        if num_env_runners is not None:
-            self.num_env_runners = int(num_env_runners)
+        from amber.algorithms.config_checks import check_number, positive_int
+
+        if num_env_runners is not None:  # not rounded: validate() refuses 1.5, "2" or True
+            self.num_env_runners = num_env_runners
+        name = type(self).__name__
         if num_envs_per_env_runner is not None:
-            if int(num_envs_per_env_runner) < 1:
-                raise ValueError("num_envs_per_env_runner must be at least 1")
+            check_number(name, "num_envs_per_env_runner", num_envs_per_env_runner, positive_int,
+                         "a positive integer")
             self.num_envs_per_env_runner = int(num_envs_per_env_runner)
         if num_cpus_per_env_runner is not None:
+            check_number(name, "num_cpus_per_env_runner", num_cpus_per_env_runner, lambda v: v >= 0,
+                         "a non-negative number")
             self.num_cpus_per_env_runner = float(num_cpus_per_env_runner)
         return self
 
