@@ -108,7 +108,7 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
         write_checkpoint(dst, type="Algorithm", state=own, policies=policies, format=fmt,
                          metadata=ckpt.metadata, placeholders=True, pm=pm)
     elif ckpt.type == "Policy":
-        policy_id = ckpt.manifest.get("policy_id") or os.fspath(src).rstrip("/").rsplit("/", 1)[-1]
+        policy_id = ckpt.metadata.get("policy_id") or os.fspath(src).rstrip("/").rsplit("/", 1)[-1]
         state = convert_policy_state(ckpt.state, framework, policy_id=policy_id)
         write_checkpoint(dst, type="Policy", state=state, format=fmt, metadata=ckpt.metadata, pm=pm)
     else:
