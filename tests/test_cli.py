@@ -283,6 +283,14 @@ def test_migrate_recursive_of_a_missing_root_or_an_empty_path_is_an_error(pm, tm
         assert result.exit_code == 2 and "an empty path" in result.output, args
 
 
+def test_convert_framework_of_a_state_checkpoint_is_one_error_line(pm, tmp_path):
+    state = amber.save({"x": np.arange(3)}, tmp_path / "state", format="msgpack", pm=pm)
+    result = invoke(pm, "convert", str(state), str(tmp_path / "out"), "--framework", "tf2")
+    assert result.exit_code == 2
+    assert "holds a State checkpoint: only algorithm and policy" in one_error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
 def test_convert_safe_refuses_pickle(pm, ckpt, tmp_path):
     result = invoke(pm, "convert", str(ckpt), str(tmp_path / "out"), "--format", "pickle", "--safe")
     assert result.exit_code == 2

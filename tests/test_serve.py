@@ -261,6 +261,19 @@ def test_observations_of_the_wrong_shape_are_refused(zoo):
         load_policy(zoo["dqn_plain"][1]["policy"]).compute_actions(np.zeros((3, 2)))
 
 
+@pytest.mark.parametrize("bad", [-3, 4])
+def test_a_discrete_observation_outside_its_space_is_refused(zoo, bad):
+    """Discrete(6, start=-2) holds -2..3: another value one-hot encodes to zeros, and the network
+    acted on that in silence (the torch policy as the served one)."""
+    policy, sources = zoo["ppo_onehot"]
+    served = load_policy(sources["policy"])
+    assert served.compute_single_action(3)[0].shape == (2, 3)  # the last value is in the space
+    for acting in (served, policy):
+        with pytest.raises(ValueError, match=rf"observation {bad} is not in the observation space "
+                                             r"\(Discrete: -2 to 3\)"):
+            acting.compute_actions(np.array([0, bad, 1]))
+
+
 # --------------------------------------------------------------------------
 # multi-agent: picking a policy
 # --------------------------------------------------------------------------

@@ -13,7 +13,16 @@ from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, CliState, cli, human_size, make_console, total_bytes, trust_option
+from amber.cli.base import (
+    LOCATION,
+    AmberCliError,
+    CliState,
+    cli,
+    human_size,
+    make_console,
+    total_bytes,
+    trust_option,
+)
 
 __all__ = ["PROGRESS_MIN_BYTES", "convert", "convert_framework", "migrate"]
 
@@ -93,7 +102,7 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
 
     :param format: the format to write (default: the source's, or the default portable format
         (msgpack) for another system's checkpoint, whose format amber only reads, as ``migrate``).
-    :raises click.UsageError: the checkpoint holds no policies.
+    :raises AmberCliError: the checkpoint holds no policies.
     """
     from amber.checkpoint import read_checkpoint, write_checkpoint
     from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
@@ -112,7 +121,7 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
         state = convert_policy_state(ckpt.state, framework, policy_id=policy_id)
         write_checkpoint(dst, type="Policy", state=state, format=fmt, metadata=ckpt.metadata, pm=pm)
     else:
-        raise click.UsageError(f"{src} holds a {ckpt.type} checkpoint: only algorithm and policy "
+        raise AmberCliError(f"{src} holds a {ckpt.type} checkpoint: only algorithm and policy "
                                "checkpoints have policies to convert")
     return fmt
 

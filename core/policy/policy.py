@@ -277,6 +277,21 @@ def init_action_facts(policy: Any, observation_space: Any, action_space: Any) ->
     policy._action_shape = tuple(action_space.shape or ())
     #: Numbers per observation (Discrete: one), for the cheap shape check of ``obs_array``.
     policy._obs_size = 1 if policy._discrete_obs else int(np.prod(observation_space.shape, dtype=np.int64))
+    #: A Discrete observation space's values, [low, high) (None for a Box).
+    start = int(observation_space.start) if policy._discrete_obs else 0
+    policy._obs_range = (start, start + int(observation_space.n)) if policy._discrete_obs else None
+
+
+def check_obs_range(owner: str, arr: np.ndarray, obs_range: tuple[int, int] | None) -> None:
+    """Refuse a Discrete observation outside its space (it would one-hot encode to all zeros, and
+    the network would act on that without a word).
+
+    :raises ValueError: naming the first value out of range and the space's values.
+    """
+    if obs_range is not None and arr.size and (arr.min() < obs_range[0] or arr.max() >= obs_range[1]):
+        bad = arr[(arr < obs_range[0]) | (arr >= obs_range[1])].flat[0]
+        raise ValueError(f"{owner}: observation {int(bad)} is not in the observation space "
+                         f"(Discrete: {obs_range[0]} to {obs_range[1] - 1})")
 
 
 def obs_batch_error(policy: Any, arr: np.ndarray) -> ValueError:

@@ -34,6 +34,7 @@ from amber.models.keras_mlp import tf_runtime
 from amber.policy.numpy_generators import generator_from_bytes, generator_to_bytes
 from amber.policy.policy import (
     Policy,
+    check_obs_range,
     init_action_facts,
     obs_batch_error,
     optimizer_entries,
@@ -229,6 +230,7 @@ class TFPolicyBase(Policy):
         arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
         if arr.ndim == 0 or arr.size != arr.shape[0] * self._obs_size:
             raise obs_batch_error(self, arr)
+        check_obs_range(type(self).__name__, arr, self._obs_range)
         return arr
 
     def actions_array(self, actions: Any) -> np.ndarray:

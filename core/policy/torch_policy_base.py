@@ -29,6 +29,7 @@ import torch
 from amber.errors import warn
 from amber.policy.policy import (
     Policy,
+    check_obs_range,
     init_action_facts,
     obs_batch_error,
     optimizer_entries,
@@ -157,6 +158,7 @@ class TorchPolicyBase(Policy):
         arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
         if arr.ndim == 0 or arr.size != arr.shape[0] * self._obs_size:
             raise obs_batch_error(self, arr)
+        check_obs_range(type(self).__name__, arr, self._obs_range)
         return arr
 
     def obs_to_tensor(self, obs_batch: Any) -> torch.Tensor:

@@ -112,6 +112,12 @@ class ServedPolicy:
             want = "one integer" if discrete else f"shape {tuple(space['shape'])}"
             raise ValueError(f"policy {self.policy_id!r} takes a batch of observations of {want} each, "
                              f"not an array of shape {arr.shape}")
+        if discrete and arr.size:  # out of range would one-hot encode to zeros, acted on silently
+            low, high = space["start"], space["start"] + space["n"]
+            if arr.min() < low or arr.max() >= high:
+                bad = int(arr[(arr < low) | (arr >= high)].flat[0])
+                raise ValueError(f"policy {self.policy_id!r}: observation {bad} is not in the observation "
+                                 f"space (Discrete: {low} to {high - 1})")
         return arr
 
     def compute_actions(
