@@ -282,6 +282,20 @@ def init_action_facts(policy: Any, observation_space: Any, action_space: Any) ->
     policy._obs_range = (start, start + int(observation_space.n)) if policy._discrete_obs else None
 
 
+def checked_obs_batch(policy: Any, obs_batch: Any) -> np.ndarray:
+    """``obs_batch`` as a policy's model takes it (int64 for a Discrete space, else float32), for a
+    policy that :func:`init_action_facts` set up.
+
+    :raises ValueError: not ``[batch, *obs_shape]`` (:func:`obs_batch_error`), or a Discrete value
+        outside the space (:func:`check_obs_range`).
+    """
+    arr = np.asarray(obs_batch, dtype=np.int64 if policy._discrete_obs else np.float32)
+    if arr.ndim == 0 or arr.size != arr.shape[0] * policy._obs_size:
+        raise obs_batch_error(policy, arr)
+    check_obs_range(type(policy).__name__, arr, policy._obs_range)
+    return arr
+
+
 def check_obs_range(owner: str, arr: np.ndarray, obs_range: tuple[int, int] | None) -> None:
     """Refuse a Discrete observation outside its space (it would one-hot encode to all zeros, and
     the network would act on that without a word).

@@ -34,9 +34,8 @@ from amber.models.keras_mlp import tf_runtime
 from amber.policy.numpy_generators import generator_from_bytes, generator_to_bytes
 from amber.policy.policy import (
     Policy,
-    check_obs_range,
+    checked_obs_batch,
     init_action_facts,
-    obs_batch_error,
     optimizer_entries,
     saved_optimizers,
 )
@@ -227,11 +226,7 @@ class TFPolicyBase(Policy):
         :raises ValueError: not ``[batch, *obs_shape]`` (Discrete: ``[batch]``), e.g. one
             observation without its batch axis.
         """
-        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
-        if arr.ndim == 0 or arr.size != arr.shape[0] * self._obs_size:
-            raise obs_batch_error(self, arr)
-        check_obs_range(type(self).__name__, arr, self._obs_range)
-        return arr
+        return checked_obs_batch(self, obs_batch)
 
     def actions_array(self, actions: Any) -> np.ndarray:
         """Env actions as the model's: int64 indices from 0, or float32 ``[batch, d]``."""

@@ -29,9 +29,8 @@ import torch
 from amber.errors import warn
 from amber.policy.policy import (
     Policy,
-    check_obs_range,
+    checked_obs_batch,
     init_action_facts,
-    obs_batch_error,
     optimizer_entries,
     saved_optimizers,
 )
@@ -155,11 +154,7 @@ class TorchPolicyBase(Policy):
         :raises ValueError: not ``[batch, *obs_shape]`` (Discrete: ``[batch]``), e.g. one
             observation without its batch axis.
         """
-        arr = np.asarray(obs_batch, dtype=np.int64 if self._discrete_obs else np.float32)
-        if arr.ndim == 0 or arr.size != arr.shape[0] * self._obs_size:
-            raise obs_batch_error(self, arr)
-        check_obs_range(type(self).__name__, arr, self._obs_range)
-        return arr
+        return checked_obs_batch(self, obs_batch)
 
     def obs_to_tensor(self, obs_batch: Any) -> torch.Tensor:
         """A batch of observations as the model's input tensor (int64 for Discrete, else float32)."""
