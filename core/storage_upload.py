@@ -40,16 +40,20 @@ def writing(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | N
         yield local_path(path)
         return
     remote = Remote(path, storage_options)
-    check_replaceable(remote, remote.listing())  # before the work of writing it locally
+    checked = remote.listing()
+    check_replaceable(remote, checked)  # before the work of writing it locally
     with tempfile.TemporaryDirectory(prefix="amber-upload-") as tmp:
         local = Path(tmp) / (remote.root.rsplit("/", 1)[-1] or "checkpoint")
         with naming(local, remote.url):
             yield local
-        uploading(local, remote)
+        uploading(local, remote, checked=checked)
 
 
-def uploading(local: Path, remote: Remote) -> None:
+def uploading(local: Path, remote: Remote, *, checked: Mapping[str, int] | None = None) -> None:
     """Upload the checkpoint directory ``local`` to ``remote``, committing it with its manifest last.
+
+    :param checked: a listing of ``remote`` that :func:`check_replaceable` passed: when the
+        prefix still lists exactly that, its manifests are not downloaded and checked again.
 
     Order: the upload marker; the old manifest, if any, removed (the old checkpoint is no
     longer committed); every other file; files of the old checkpoint the new one lacks,
@@ -66,7 +70,8 @@ def uploading(local: Path, remote: Remote) -> None:
     fs = remote.fs
     try:
         existing = remote.listing()
-        check_replaceable(remote, existing)
+        if existing != checked:  # (changed since, or never checked)
+            check_replaceable(remote, existing)
         marker = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
         transfer(remote, "uploading", lambda: fs.pipe_file(remote.key(UPLOAD_MARKER), marker.encode()))
         if MANIFEST in existing:

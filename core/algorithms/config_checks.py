@@ -24,7 +24,6 @@ MODEL_KEYS = ("fcnet_hiddens", "fcnet_activation")
 #: a separate value network, no LSTM...), so that RLlib configs that spell them out port unchanged.
 _RLLIB_OFF = ("vf_share_layers", "free_log_std", "use_lstm", "use_attention", "post_fcnet_hiddens",
               "conv_filters", "custom_model")
-_ACTIVATIONS = ("tanh", "relu", "linear", None)
 
 
 def check_number(owner: str, key: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
@@ -90,10 +89,14 @@ def check_model(model: Any, owner: str, where: str = "model") -> None:
             isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hiddens):
         raise ValueError(f"{owner}: {where} fcnet_hiddens must be a list of layer sizes (positive ints), "
                          f"e.g. [64, 64], not {hiddens!r}")
+    from amber.models.numpy_mlp import activation_name  # numpy only: the names every framework takes
+
     activation = model.get("fcnet_activation")
-    if (activation.lower() if isinstance(activation, str) else activation) not in _ACTIVATIONS:
+    try:
+        activation_name(activation)
+    except ValueError:
         raise ValueError(f"{owner}: {where} fcnet_activation must be one of 'tanh', 'relu', 'linear' or "
-                         f"None, not {activation!r}")
+                         f"None, not {activation!r}") from None
 
 
 def check_common(config: Any) -> None:

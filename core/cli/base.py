@@ -28,6 +28,7 @@ import unicodedata
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -47,6 +48,7 @@ __all__ = [
     "AmberCliError",
     "AmberGroup",
     "CliState",
+    "checkpoint_place",
     "cli",
     "echo",
     "escape",
@@ -249,3 +251,14 @@ def cli(ctx: click.Context, trace_hooks: bool) -> None:
     """
     state = ctx.ensure_object(CliState)
     state.trace_hooks = state.trace_hooks or trace_hooks
+
+
+def checkpoint_place(path: Path) -> str | None:
+    """Where ``path`` stands with respect to checkpoints, for a refusal: ``"a checkpoint"`` (it
+    holds a checkpoint.json), ``"inside the checkpoint <dir>"``, or None (neither)."""
+    from amber.layout import MANIFEST, enclosing_checkpoint
+
+    if (path / MANIFEST).is_file():
+        return "a checkpoint"
+    outer = enclosing_checkpoint(path)
+    return None if outer is None else f"inside the checkpoint {outer}"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amber.cli.base import LOCATION, AmberCliError, CliState, cli, trust_option
+from amber.cli.base import LOCATION, AmberCliError, CliState, checkpoint_place, cli, trust_option
 
 if TYPE_CHECKING:
     import pluggy
@@ -21,15 +21,12 @@ def _check_outside_checkpoints(directory: Path | str) -> None:
 
     :raises AmberCliError: naming the checkpoint.
     """
-    from amber.layout import MANIFEST, enclosing_checkpoint
     from amber.storage import is_remote
 
     if is_remote(directory):
         return
-    directory = Path(directory)
-    holder = directory if (directory / MANIFEST).is_file() else enclosing_checkpoint(directory)
-    if holder is not None:
-        where = "a checkpoint" if holder == directory else f"inside the checkpoint {holder}"
+    where = checkpoint_place(Path(directory))
+    if where is not None:
         raise AmberCliError(f"refusing to export into {directory}: it is {where}, whose checkpoint.json "
                             "would not list the model files (`amber verify` would then fail on it); "
                             "choose a directory outside it")

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, AmberCliError, cli, trust_option
+from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
 from amber.cli.train_loop import Interrupts, Report, Stop, train_until
 
 __all__ = ["ALGOS", "train"]
@@ -187,11 +187,9 @@ def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str 
 def _check_new_run(out: Path) -> None:
     """Refuse to start a run in a directory that holds another's checkpoints (they would mix,
     and its retention would delete them) or that is, or lies in, a checkpoint."""
-    from amber.layout import MANIFEST, enclosing_checkpoint
 
-    inside = out if (out / MANIFEST).is_file() else enclosing_checkpoint(out)
-    if inside is not None:
-        where = "a checkpoint" if inside == out else f"inside the checkpoint {inside}"
+    where = checkpoint_place(out)
+    if where is not None:
         raise AmberCliError(f"{out} is {where}: give --checkpoint-dir a directory of its own")
     runs = sorted(p.name for p in out.glob("checkpoint_*")) if out.is_dir() else []
     if runs:

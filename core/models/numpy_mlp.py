@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "Layer", "NumpyMLP", "Preprocess", "activation_name", "forward"]
+__all__ = ["ACTIVATIONS", "Layer", "NumpyMLP", "Preprocess", "activation_name", "check_obs_range", "forward"]
 
 #: One layer: ``(weight_t [in, out], bias [out], activation after it)``.
 Layer = tuple[np.ndarray, np.ndarray, "str | None"]
@@ -159,3 +159,15 @@ class Preprocess:
         if preprocessor.discrete:
             return cls(preprocessor.categories.numpy().copy())
         return cls()
+
+
+def check_obs_range(owner: str, arr: np.ndarray, obs_range: tuple[int, int] | None) -> None:
+    """Refuse a Discrete observation outside its space, ``obs_range`` = [low, high) (None: a Box):
+    one-hot encoded it would be all zeros, and a network would act on that without a word.
+
+    :raises ValueError: naming the first value out of range and the space's values.
+    """
+    if obs_range is not None and arr.size and (arr.min() < obs_range[0] or arr.max() >= obs_range[1]):
+        bad = arr[(arr < obs_range[0]) | (arr >= obs_range[1])].flat[0]
+        raise ValueError(f"{owner}: observation {int(bad)} is not in the observation space "
+                         f"(Discrete: {obs_range[0]} to {obs_range[1] - 1})")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amber.errors import CheckpointError, state_errors
+from amber.models.numpy_mlp import check_obs_range
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -287,25 +288,13 @@ def checked_obs_batch(policy: Any, obs_batch: Any) -> np.ndarray:
     policy that :func:`init_action_facts` set up.
 
     :raises ValueError: not ``[batch, *obs_shape]`` (:func:`obs_batch_error`), or a Discrete value
-        outside the space (:func:`check_obs_range`).
+        outside the space (:func:`amber.models.numpy_mlp.check_obs_range`).
     """
     arr = np.asarray(obs_batch, dtype=np.int64 if policy._discrete_obs else np.float32)
     if arr.ndim == 0 or arr.size != arr.shape[0] * policy._obs_size:
         raise obs_batch_error(policy, arr)
     check_obs_range(type(policy).__name__, arr, policy._obs_range)
     return arr
-
-
-def check_obs_range(owner: str, arr: np.ndarray, obs_range: tuple[int, int] | None) -> None:
-    """Refuse a Discrete observation outside its space (it would one-hot encode to all zeros, and
-    the network would act on that without a word).
-
-    :raises ValueError: naming the first value out of range and the space's values.
-    """
-    if obs_range is not None and arr.size and (arr.min() < obs_range[0] or arr.max() >= obs_range[1]):
-        bad = arr[(arr < obs_range[0]) | (arr >= obs_range[1])].flat[0]
-        raise ValueError(f"{owner}: observation {int(bad)} is not in the observation space "
-                         f"(Discrete: {obs_range[0]} to {obs_range[1] - 1})")
 
 
 def obs_batch_error(policy: Any, arr: np.ndarray) -> ValueError:

@@ -19,6 +19,7 @@ import numpy as np
 
 from amber.errors import InvalidStateError
 from amber.models.numpy_distributions import DISTRIBUTIONS, NumpySquashedGaussian, epsilon_greedy
+from amber.models.numpy_mlp import check_obs_range
 from amber.policy.sample_batch import ACTION_DIST_INPUTS, ACTION_LOGP, Q_VALUES, VF_PREDS
 
 __all__ = ["Network", "ServedPolicy", "describe_space"]
@@ -112,12 +113,8 @@ class ServedPolicy:
             want = "one integer" if discrete else f"shape {tuple(space['shape'])}"
             raise ValueError(f"policy {self.policy_id!r} takes a batch of observations of {want} each, "
                              f"not an array of shape {arr.shape}")
-        if discrete and arr.size:  # out of range would one-hot encode to zeros, acted on silently
-            low, high = space["start"], space["start"] + space["n"]
-            if arr.min() < low or arr.max() >= high:
-                bad = int(arr[(arr < low) | (arr >= high)].flat[0])
-                raise ValueError(f"policy {self.policy_id!r}: observation {bad} is not in the observation "
-                                 f"space (Discrete: {low} to {high - 1})")
+        if discrete:
+            check_obs_range(f"policy {self.policy_id!r}", arr, (space["start"], space["start"] + space["n"]))
         return arr
 
     def compute_actions(
