@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from amber.atomic import fsync_dir
+from amber.durable import fsync_dir
 
 N_ARRAYS = 20
 N_SMALL = 1000

@@ -44,10 +44,10 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from amber.durable import describe, fsync_dir, fsync_tree
 from amber.errors import CheckpointError, CheckpointWriteError
 
 __all__ = [
@@ -55,9 +55,7 @@ __all__ = [
     "check_replaceable",
     "commit",
     "commit_entries",
-    "fsync_dir",
     "fsync_on_close",
-    "fsync_tree",
     "is_temporary",
     "pid_alive",
     "remove_entry",
@@ -69,61 +67,6 @@ _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}(?
 _ASIDE_RE = re.compile(r"^\..+\.amber-(?:old|del)-\d+-[0-9a-f]{8}$")  # set aside; being deleted
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-_WHY = {
-    errno.ENOSPC: "the disk is full",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EDQUOT: "the disk quota is exceeded",
-}
-
-
-def describe(e: OSError) -> str:
-    """A short reason for a failed write, in words."""
-    return _WHY.get(e.errno or 0, e.strerror or str(e))
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that the entries made in it are durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_path(path: str) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-#: The most fsyncs issued at once.
-_FSYNC_THREADS = 8
-
-
-def fsync_tree(root: Path, *, files: bool = False) -> None:
-    """fsync every directory under ``root``, and with ``files`` every file too.
-
-    Several at once, from a few threads: each must be durable before the
-    tree is renamed into place, and their order does not matter.
-    """
-    jobs: list[str] = []
-    for d, _, names in os.walk(root):
-        if files:
-            jobs.extend(os.path.join(d, n) for n in names)
-        jobs.append(d)
-    if len(jobs) <= 2:
-        for job in jobs:
-            _fsync_path(job)
-        return
-    with ThreadPoolExecutor(min(_FSYNC_THREADS, len(jobs)), thread_name_prefix="amber-fsync") as pool:
-        for _ in pool.map(_fsync_path, jobs):  # re-raises the first failure
-            pass
 
 
 #: How many :func:`staging` blocks the current context is inside.

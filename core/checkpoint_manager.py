@@ -272,7 +272,8 @@ class CheckpointManager:
     def _delete(self, path: Path | str) -> bool:
         """Rename a managed checkpoint to a temporary name, then remove it; False if left alone.
         In remote storage: its manifest first, then the rest."""
-        from amber.atomic import check_replaceable, fsync_dir
+        from amber.atomic import check_replaceable
+        from amber.durable import fsync_dir
 
         if isinstance(path, str):
             from amber.storage import remove

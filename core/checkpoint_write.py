@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber import __version__
-from amber.atomic import commit, describe, fsync_on_close, staging
+from amber.atomic import commit, fsync_on_close, staging
 from amber.digest import DEFAULT_ALGORITHM, hash_file, writing_with
+from amber.durable import describe
 from amber.errors import CheckpointError, CheckpointWriteError, MissingPluginError
 from amber.layout import (
     MANIFEST,

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.atomic import commit_entries, describe, is_temporary, staging
+from amber.atomic import commit_entries, is_temporary, staging
 from amber.digest import hash_file
+from amber.durable import describe
 from amber.errors import CorruptCheckpointError, ExportError, MissingPluginError
 from amber.model_graph import (
     ACTIVATIONS,

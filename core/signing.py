@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amber.atomic import describe, fsync_dir
 from amber.digest import is_cryptographic, parse_digest
+from amber.durable import describe, fsync_dir
 from amber.errors import CheckpointError, SigningKeyError, warn
 from amber.layout import MANIFEST, SELF_DIGEST, Manifest, read_manifest
 

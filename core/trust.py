@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amber.atomic import commit, describe, staging
+from amber.atomic import commit, staging
 from amber.digest import CHUNK_BYTES, CRYPTOGRAPHIC, format_digest, hash_file, is_cryptographic, new_hasher
+from amber.durable import describe
 from amber.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError, NotACheckpointError
 from amber.layout import MANIFEST, FileEntry, Manifest, read_manifest, write_manifest
 from amber.registry import get_registry
