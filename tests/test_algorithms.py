@@ -466,6 +466,15 @@ def test_a_setting_amber_would_not_build_as_written_is_refused_when_built(config
         config().environment("CartPole-v1").build()
 
 
+def test_settings_are_checked_together_when_built_not_by_an_unrelated_setter():
+    """A fluent chain may pass through a value it corrects later: .checkpointing() or
+    .env_runners() does not judge the training settings (validate() does, at build)."""
+    config = (PPOConfig().environment("CartPole-v1").training(lr=0.0)
+              .checkpointing(num_to_keep=2, format="msgpack").training(lr=1e-3))
+    config.validate()
+    assert (config.lr, config.num_to_keep, config.checkpoint_format) == (1e-3, 2, "msgpack")
+
+
 def test_rllib_model_options_at_what_amber_builds_port_unchanged():
     algo = PPOConfig().environment("CartPole-v1").training(model={
         "fcnet_hiddens": [8], "fcnet_activation": "ReLU", "vf_share_layers": False, "use_lstm": False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import numbers
 import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.config_values import _spec_from_dict, _spec_to_dict, matches_type
-from amber.envs.ray_runners import check_env_runners
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.scoped import scoped
 from amber.state import Ref
@@ -268,11 +266,7 @@ class AlgorithmConfig:
         :param storage_options: for a URL, passed to its fsspec file system (never saved).
         :raises ValueError: ``num_to_keep`` not None or an int >= 1, or an order not "max"/"min".
         """
-        check_env_runners(self.num_env_runners)
-        from amber.algorithms.config_checks import check_common
         from amber.checkpoint_manager import check_retention
-
-        check_common(self)  # lr, gamma, train_batch_size, grad_clip; the model's keys and sizes
 
         check_retention(num_to_keep, checkpoint_score_order or "max")
         if checkpoint_score_attribute is not None and not isinstance(checkpoint_score_attribute, str):
@@ -330,28 +324,9 @@ class AlgorithmConfig:
             a model key amber does not know, bad retention settings, or policies_to_train names
             unknown policies.
         """
-        if self.env is None:
-            raise ValueError(f"{type(self).__name__} has no environment: call .environment(env=...)")
-        seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ValueError(f"seed must be an int or None, not {type(self.seed).__name__}")
-        check_env_runners(self.num_env_runners)
-        from amber.algorithms.config_checks import check_common
-        from amber.checkpoint_manager import check_retention
+        from amber.algorithms.config_checks import check_config
 
-        check_common(self)  # lr, gamma, train_batch_size, grad_clip; the model's keys and sizes
-
-        check_retention(self.num_to_keep, self.checkpoint_score_order)  # also what a checkpoint set
-        score = self.checkpoint_score_attribute
-        if score is not None and not isinstance(score, str):
-            raise ValueError("checkpoint_score_attribute must be a str or None")
-        if self.policies_to_train is not None:
-            unknown = set(self.policies_to_train) - set(self.policies)
-            if unknown:
-                raise ValueError(
-                    f"policies_to_train names unknown policies {sorted(unknown)}; "
-                    f"policies: {sorted(self.policies)}"
-                )
+        check_config(self)
 
     def build(self, env: Any = None) -> Algorithm:
         """Build the algorithm."""

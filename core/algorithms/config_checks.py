@@ -15,8 +15,8 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["COMMON_RULES", "MODEL_KEYS", "check_common", "check_model", "check_number", "check_numbers",
-           "positive_int"]
+__all__ = ["COMMON_RULES", "MODEL_KEYS", "check_common", "check_config", "check_model", "check_number",
+           "check_numbers", "positive_int"]
 
 #: The ``model`` keys amber's networks read: fully connected layers, and their activation.
 MODEL_KEYS = ("fcnet_hiddens", "fcnet_activation")
@@ -112,3 +112,34 @@ def check_common(config: Any) -> None:
         own = getattr(spec, "config", spec) if spec is not None else None
         if isinstance(own, Mapping) and "model" in own:
             check_model(own["model"], owner, f"policies[{pid!r}] model")
+
+
+def check_config(config: Any) -> None:
+    """Check an algorithm config's settings together (its ``validate()``).
+
+    :raises ValueError: no environment, a seed that is not an int, a hyperparameter out of range,
+        a model key amber does not know, bad retention settings, or policies_to_train names
+        unknown policies.
+    """
+    if config.env is None:
+        raise ValueError(f"{type(config).__name__} has no environment: call .environment(env=...)")
+    seed = config.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed must be an int or None, not {type(config.seed).__name__}")
+    from amber.checkpoint_manager import check_retention
+    from amber.envs.ray_runners import check_env_runners
+
+    check_env_runners(config.num_env_runners)
+    check_common(config)  # lr, gamma, train_batch_size, grad_clip; the model's keys and sizes
+
+    check_retention(config.num_to_keep, config.checkpoint_score_order)  # also what a checkpoint set
+    score = config.checkpoint_score_attribute
+    if score is not None and not isinstance(score, str):
+        raise ValueError("checkpoint_score_attribute must be a str or None")
+    if config.policies_to_train is not None:
+        unknown = set(config.policies_to_train) - set(config.policies)
+        if unknown:
+            raise ValueError(
+                f"policies_to_train names unknown policies {sorted(unknown)}; "
+                f"policies: {sorted(config.policies)}"
+            )
