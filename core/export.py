@@ -36,6 +36,7 @@ from amber.model_graph import (
     Preprocess,
     action_rule,
     greedy_action,
+    strict_json,
     weights_digest,
 )
 from amber.verified_io import describe_mode, open_regular
@@ -273,30 +274,14 @@ def _carry_over(
     return kept, stale
 
 
-#: How model.json writes a number JSON has no literal for (a space's infinite bound): as a string
-#: that Python's ``float``, numpy and JavaScript's ``Number`` all read back.
-_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` (JSON data) with each infinite or NaN float replaced by the string ``"Infinity"``,
-    ``"-Infinity"`` or ``"NaN"``: plain JSON, which every parser reads (``json.dump`` would
-    write the non-standard ``Infinity``, which strict parsers refuse)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else _NON_FINITE.get(value, "NaN")
-    if isinstance(value, Mapping):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
-def _model_json(graph: ModelGraph, digest: str, files: Mapping[str, Any]) -> dict[str, Any]:
+def _model_json(graph: ModelGraph, digest: str, files: Mapping[str, Any], policy_id: str | None
+                ) -> dict[str, Any]:
     from amber import __version__
 
-    content = {
+    content: dict[str, Any] = {
         "format_version": MODEL_JSON_VERSION,
         "producer": {"name": "amber", "version": __version__},
+        **({"policy_id": policy_id} if policy_id is not None else {}),
         "files": dict(files),
         "weights_digest": digest,
         **graph.describe(),
@@ -315,6 +300,7 @@ def export_model(
     format: str | None = None,
     pm: pluggy.PluginManager | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    policy_id: str | None = None,
     **shorthands: Any,
 ) -> list[Path]:
     """Export a policy's network as files that load with their own runtime alone.
@@ -336,6 +322,8 @@ def export_model(
         uploaded (``model.json`` last; ``storage_options`` go to its file system).
     :param format: a registered exporter's name (``amber formats`` lists them).
     :param pm: the plugin manager (default: the process's).
+    :param policy_id: the id of the policy exported, recorded in ``model.json`` (``load_policy``
+        of the export gives it that id); None records none.
     :param shorthands: exporters' keyword shorthands and their values.
     :return: the paths written, ``model.json`` last.
     :raises UnknownExporterError: no exporter of that name, keyword or framework.
@@ -345,20 +333,23 @@ def export_model(
     from amber.storage import is_remote
 
     if is_remote(directory):
-        return _export_remote(graph, os.fspath(directory), format, pm, storage_options, shorthands)
+        return _export_remote(graph, os.fspath(directory), format, pm, storage_options,
+                              {**shorthands, "policy_id": policy_id})
     registry = get_registry(pm)
     jobs = plan_exports(registry, graph, format, shorthands)
     target = Path(directory).absolute()  # exporters report absolute paths
+    if policy_id is not None and not isinstance(policy_id, str):
+        raise TypeError(f"policy_id must be a str or None, not {type(policy_id).__name__}")
     created = _prepare_dir(target)
     try:
-        return _export_into(target, graph, jobs, registry)
+        return _export_into(target, graph, jobs, registry, policy_id)
     except BaseException:
         _remove_created(created)  # a failed export leaves no directory behind it either
         raise
 
 
-def _export_into(target: Path, graph: ModelGraph, jobs: Sequence[Job],
-                 registry: FormatRegistry) -> list[Path]:
+def _export_into(target: Path, graph: ModelGraph, jobs: Sequence[Job], registry: FormatRegistry,
+                 policy_id: str | None) -> list[Path]:
     """:func:`export_model` into the existing directory ``target``: all of it, or nothing."""
     previous = _previous(target)
     digest = weights_digest(graph)
@@ -371,8 +362,8 @@ def _export_into(target: Path, graph: ModelGraph, jobs: Sequence[Job],
                     raise ExportError(f"refusing to replace {target / top}: it is a symbolic link",
                                       path=target / top)
             with open(stage / MODEL_JSON, "w") as f:
-                json.dump(strict_json(_model_json(graph, digest, {**kept, **written})), f, indent=2,
-                          allow_nan=False)
+                json.dump(strict_json(_model_json(graph, digest, {**kept, **written}, policy_id)), f,
+                          indent=2, allow_nan=False)
                 f.write("\n")
             commit_entries(stage, target, [*written, MODEL_JSON], remove=stale)
     except OSError as e:

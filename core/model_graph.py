@@ -7,7 +7,8 @@ preprocessed observation, and the named outputs computed from them
 Exporter plugins rebuild the network from this graph alone, so none of them
 needs to know amber's policy classes, and :meth:`ModelGraph.forward_numpy`
 is the reference they are tested against. :func:`action_rule` and
-:func:`greedy_action` say how to act from the outputs.
+:func:`greedy_action` say how to act from the outputs, and :func:`strict_json` how
+``model.json`` writes a number JSON has no literal for.
 
 This module imports numpy only; :mod:`amber.export` writes exports from a
 graph and re-exports every name here.
@@ -32,6 +33,7 @@ __all__ = [
     "Preprocess",
     "action_rule",
     "greedy_action",
+    "strict_json",
     "weights_digest",
 ]
 
@@ -257,6 +259,24 @@ def greedy_action(rule: Mapping[str, Any], outputs: Mapping[str, Any]) -> np.nda
     else:
         raise ValueError(f"unknown action rule {rule['op']!r}")
     return act.astype(np.float32).reshape((out.shape[0], *rule["shape"]))
+
+
+#: How model.json writes a number JSON has no literal for (a space's infinite bound): as a string
+#: that Python's ``float``, numpy and JavaScript's ``Number`` all read back.
+_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` (JSON data) with each infinite or NaN float replaced by the string ``"Infinity"``,
+    ``"-Infinity"`` or ``"NaN"``: plain JSON, which every parser reads (``json.dump`` would
+    write the non-standard ``Infinity``, which strict parsers refuse)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else _NON_FINITE.get(value, "NaN")
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def weights_digest(graph: ModelGraph) -> str:

@@ -407,6 +407,7 @@ def test_model_json_describes_the_export(exported):
     assert meta["output_names"] == ["action_dist_inputs", "vf_preds"]
     assert meta["input"] == {"name": "obs", "dtype": "float32", "shape": ["batch", 3]}
     assert meta["weights_digest"] == weights_digest(case["graph"])
+    assert "policy_id" not in meta  # export_model(dir) of a policy that was given no id
     expected = {"model.pt2"} | ({"model.onnx"} if "onnxruntime" in exported["runtimes"] else set()) | (
         {"saved_model", "model.keras"} if "tensorflow" in exported["runtimes"] else set())
     assert set(meta["files"]) == expected
@@ -794,15 +795,20 @@ def test_native_model_files_in_every_policy_checkpoint(tmp_path):
             .training(model={"fcnet_hiddens": [16]})
             .checkpointing(export_native_model_files=True, format="msgpack").build())
     path = Path(algo.save(tmp_path / "algo").checkpoint.path)
+    algo.save(tmp_path / "background", block=False).result(timeout=120)  # exports a copy of the graph
     for pid in ("p0", "p1"):
+        meta = json.loads((tmp_path / "background" / "policies" / pid / "model" / "model.json").read_text())
+        assert meta["policy_id"] == pid
         model_dir = path / "policies" / pid / "model"
         assert sorted(os.listdir(model_dir)) == ["model.json", "model.pt2"]
         meta = json.loads((model_dir / "model.json").read_text())
         assert meta["weights_digest"] == weights_digest(algo.get_policy(pid).export_graph())
+        assert meta["policy_id"] == pid
         manifest = json.loads((path / "policies" / pid / "checkpoint.json").read_text())
         assert {"model/model.pt2", "model/model.json"} <= set(manifest["files"])
-    policy_ckpt = Path(algo.get_policy("p0").export_checkpoint(tmp_path / "policy"))
+    policy_ckpt = Path(algo.get_policy("p0").export_checkpoint(tmp_path / "policy", policy_id="p0"))
     assert sorted(os.listdir(policy_ckpt / "model")) == ["model.json", "model.pt2"]
+    assert json.loads((policy_ckpt / "model" / "model.json").read_text())["policy_id"] == "p0"
     for ckpt in (path, policy_ckpt):
         report = verify(ckpt)
         assert not report.problems, report.problems

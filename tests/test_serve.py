@@ -264,14 +264,68 @@ def test_observations_of_the_wrong_shape_are_refused(zoo):
 @pytest.mark.parametrize("bad", [-3, 4])
 def test_a_discrete_observation_outside_its_space_is_refused(zoo, bad):
     """Discrete(6, start=-2) holds -2..3: another value one-hot encodes to zeros, and the network
-    acted on that in silence (the torch policy as the served one)."""
+    acted on that in silence (the torch policy as the served ones, from a checkpoint and from an
+    ONNX export, whose graph itself cannot refuse it)."""
     policy, sources = zoo["ppo_onehot"]
     served = load_policy(sources["policy"])
     assert served.compute_single_action(3)[0].shape == (2, 3)  # the last value is in the space
-    for acting in (served, policy):
+    onnx = [load_policy(sources["onnx"])] if HAVE_ONNX else []
+    for acting in (served, policy, *onnx):
         with pytest.raises(ValueError, match=rf"observation {bad} is not in the observation space "
                                              r"\(Discrete: -2 to 3\)"):
             acting.compute_actions(np.array([0, bad, 1]))
+
+
+@pytest.mark.parametrize("source", ["policy", "onnx"])
+def test_explore_none_is_the_algorithms_default_exploration(zoo, source):
+    """As for the torch policy, explore=None explores as the algorithm does by default: for PPO,
+    DQN and SAC, as explore=True (same seed, same actions); the default stays greedy."""
+    if source == "onnx" and not HAVE_ONNX:
+        pytest.skip("the onnx extra is not installed")
+    for case in ("ppo_cartpole", "ppo_pendulum", "sac_pendulum"):
+        policy, paths = zoo[case]
+        obs = observations(policy, 200, 4)
+        sampled, _, info = load_policy(paths[source], seed=5).compute_actions(obs, explore=True)
+        default, _, default_info = load_policy(paths[source], seed=5).compute_actions(obs, explore=None)
+        np.testing.assert_array_equal(default, sampled)
+        assert_same_info(info, default_info)
+        greedy, _, _ = load_policy(paths[source], seed=5).compute_actions(obs)
+        assert not np.array_equal(default, greedy), case
+        singles = load_policy(paths[source], seed=5)
+        firsts = [singles.compute_single_action(one, explore=None)[0] for one in obs[:20]]
+        again = load_policy(paths[source], seed=5)
+        np.testing.assert_array_equal(firsts, [again.compute_single_action(one, explore=True)[0]
+                                               for one in obs[:20]])
+    dqn = load_policy(zoo["dqn_plain"][1][source], seed=0)
+    dqn.epsilon = 1.0  # epsilon-greedy with its epsilon, as explore=True
+    assert set(dqn.compute_actions(np.zeros(300, np.int64), explore=None)[0].tolist()) == {1, 2, 3}
+    assert set(dqn.compute_actions(np.zeros(300, np.int64))[0].tolist()) == {
+        dqn.compute_single_action(0)[0]}
+
+
+@pytest.mark.parametrize("source", ["policy", "onnx"])
+@pytest.mark.parametrize("case", CASES)
+def test_an_empty_batch_gives_empty_actions_and_info(zoo, case, source):
+    """[0, *obs_shape] observations: [0, *action_shape] actions and [0, ...] info columns with the
+    keys and dtypes of a batch of one, greedy or exploring (a network of an ONNX export cannot
+    take an empty batch itself)."""
+    if source == "onnx" and not HAVE_ONNX:
+        pytest.skip("the onnx extra is not installed")
+    policy, paths = zoo[case]
+    served = load_policy(paths[source], seed=0)
+    one = observations(policy, 1, 5)
+    one_actions, _, one_info = served.compute_actions(one)
+    for explore in (False, True, None):
+        actions, state_outs, info = served.compute_actions(one[:0], explore=explore)
+        assert state_outs == []
+        assert actions.shape == (0, *one_actions.shape[1:]) and actions.dtype == one_actions.dtype
+        assert list(info) == list(one_info)
+        for key, column in info.items():
+            assert column.shape == (0, *one_info[key].shape[1:]) and column.dtype == one_info[key].dtype, key
+    if isinstance(policy.observation_space, gym.spaces.Discrete):  # the torch policy takes these too
+        want, _, want_info = policy.compute_actions(one[:0], explore=False)
+        assert actions.shape == want.shape and {k: v.shape for k, v in info.items()} == {
+            k: np.shape(v) for k, v in want_info.items()}
 
 
 # --------------------------------------------------------------------------
@@ -331,6 +385,31 @@ def test_policy_id_picks_an_export_of_several(multi):
     with pytest.raises(PolicyChoiceError, match="p0, p1"):
         load_policy(exports)
     assert load_policy(exports / "p0" / "model.onnx").source == exports / "p0"
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason="the onnx extra is not installed")
+def test_an_export_of_one_policy_is_served_under_its_id(multi, pm, tmp_path):
+    """model.json records the policy id: `amber export CKPT DIR --policy p1` serves as p1 (a label
+    given to load_policy still wins; an export that records none is default_policy)."""
+    from click.testing import CliRunner
+
+    from amber.cli import CliState, cli
+
+    path, exports, policies = multi
+    out = tmp_path / "p1-export"
+    result = CliRunner().invoke(cli, ["export", str(path), str(out), "--policy", "p1", "--onnx", "17"],
+                                obj=CliState(plugin_manager=pm))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "model.json").read_text())["policy_id"] == "p1"
+    served = load_policy(out)
+    assert served.policy_id == "p1"
+    assert_acts_like(policies["p1"], served)
+    assert load_policy(out / "model.onnx").policy_id == "p1"
+    assert load_policy(out, "served-as").policy_id == "served-as"
+    policies["p0"].export_model(tmp_path / "p0-export", onnx=17, policy_id="p0")
+    assert load_policy(tmp_path / "p0-export").policy_id == "p0"
+    assert "policy_id" not in json.loads((exports / "p0" / "model.json").read_text())
+    assert load_policy(exports / "p0" / "model.onnx").policy_id == "default_policy"
 
 
 # --------------------------------------------------------------------------

@@ -35,13 +35,13 @@ def model_exports(algo: Any, *, frozen: bool) -> dict[str, Attachment]:
         if not hasattr(policy, "export_model"):
             continue
         if not frozen:
-            out[pid] = (lambda p: lambda d: p.export_model(d / "model", pm=pm))(policy)
+            out[pid] = (lambda p, i: lambda d: p.export_model(d / "model", pm=pm, policy_id=i))(policy, pid)
         elif type(policy).export_model is BasePolicy.export_model:
             graph = snapshot(policy.export_graph(), fresh_arrays=True)
             if graph.framework is None:  # as Policy.export_model does
                 framework = getattr(policy, "framework", None) or "torch"
                 graph = dataclasses.replace(graph, framework=framework)
-            out[pid] = (lambda g: lambda d: export_model(g, d / "model", pm=pm))(graph)
+            out[pid] = (lambda g, i: lambda d: export_model(g, d / "model", pm=pm, policy_id=i))(graph, pid)
         else:  # removed with the folder object, once the save is over
             done = tempfile.TemporaryDirectory(prefix="amber-export-")
             policy.export_model(Path(done.name) / "model", pm=pm)

@@ -33,8 +33,9 @@ def _check_outside_checkpoints(directory: Path | str) -> None:
 
 
 def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pickle: bool | None,
-             pm: pluggy.PluginManager) -> list[tuple[str, Any, Path]]:
-    """The policies to export, each with its id and the directory it goes to.
+             pm: pluggy.PluginManager) -> list[tuple[str | None, Any, Path]]:
+    """The policies to export, each with its id (None: a policy checkpoint that records none) and the
+    directory it goes to.
 
     :raises AmberCliError: the checkpoint holds no policy, or ``--policy`` does not fit it.
     :raises UnknownPolicyError: ``policy_id`` is not one of the algorithm's policies.
@@ -49,7 +50,7 @@ def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pic
             raise AmberCliError(f"{checkpoint} is a policy checkpoint (of one policy): --policy picks "
                                 "a policy of an algorithm checkpoint")
         policy = Policy.from_checkpoint(checkpoint, allow_pickle=allow_pickle, pm=pm)
-        return [(info["policy_ids"][0] if info["policy_ids"] else "policy", policy, directory)]
+        return [(info["policy_ids"][0] if info["policy_ids"] else None, policy, directory)]
     if info["type"] != "Algorithm":
         raise AmberCliError(f"{checkpoint} is a {info['type']} checkpoint: it holds no policy to export")
     ids = list(info["policy_ids"])
@@ -93,6 +94,6 @@ def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id
     if format_ is not None:
         get_registry(pm).exporter(format_)  # an unknown name fails before anything is read
     for pid, policy, target in _targets(checkpoint, directory, policy_id, allow_pickle, pm):
-        paths = policy.export_model(target, onnx=opset, format=format_, pm=pm)
+        paths = policy.export_model(target, onnx=opset, format=format_, pm=pm, policy_id=pid)
         names = ", ".join(Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths)
-        click.echo(f"exported {pid} -> {target}: {names}")
+        click.echo(f"exported {pid or 'policy'} -> {target}: {names}")

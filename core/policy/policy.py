@@ -123,6 +123,7 @@ class Policy:
         format: str | None = None,
         pm: pluggy.PluginManager | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        policy_id: str | None = None,
     ) -> list[str]:
         """Write this policy's network as files that load with their own runtime alone (no amber).
 
@@ -139,6 +140,7 @@ class Policy:
         :param storage_options: for a URL, passed to its fsspec file system.
         :param onnx: an ONNX opset number (the ``onnx`` exporter's keyword shorthand).
         :param format: an exporter name.
+        :param policy_id: the policy's id, recorded in ``model.json`` (``load_policy`` of the export uses it).
         :return: the paths written, ``model.json`` last.
         :raises MissingPluginError: the exporter's extra (``amber-rl[onnx]``, ``[keras]``) is missing.
         :raises UnknownExporterError: no exporter of that name.
@@ -152,7 +154,7 @@ class Policy:
         if graph.framework is None:  # amber's policies are torch policies; others say so (RLlib's .framework)
             graph = dataclasses.replace(graph, framework=getattr(self, "framework", None) or "torch")
         paths = export_model(graph, export_dir, format=format, pm=pm, onnx=onnx,
-                             storage_options=storage_options)
+                             storage_options=storage_options, policy_id=policy_id)
         return [os.fspath(p) for p in paths]
 
     # -- checkpoints ---------------------------------------------------------
@@ -178,7 +180,7 @@ class Policy:
         fmt = format or self.config.get("checkpoint_format") or "pickle"
         attachments = {}
         if self.config.get("export_native_model_files"):
-            attachments[""] = lambda d: self.export_model(d / "model", pm=pm)
+            attachments[""] = lambda d: self.export_model(d / "model", pm=pm, policy_id=policy_id)
         write_checkpoint(export_dir, type="Policy", state=self.get_state(), format=fmt,
                          metadata={"policy_id": policy_id} if policy_id else None,
                          attachments=attachments, pm=pm, storage_options=storage_options)

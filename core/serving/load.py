@@ -98,8 +98,8 @@ def load_policy(
         ``amber export`` writes for several policies); or any of those at an fsspec URL
         (downloaded first, digests checked).
     :param policy_id: the policy of an algorithm checkpoint (or export directory) to serve;
-        default: ``default_policy`` if present, else the only one. For a policy checkpoint, a label
-        (default: the id recorded when it was written).
+        default: ``default_policy`` if present, else the only one. For a policy checkpoint or one
+        export, a label (default: the id recorded when it was written, else ``default_policy``).
     :param allow_pickle: True reads a pickle checkpoint anyway (only one you trust: unpickling runs
         code, and the pickle format imports cloudpickle); None and False refuse it.
     :param seed: seeds the numpy generator that ``explore=True`` samples with.
@@ -258,14 +258,15 @@ def _id_by_place(root: Path) -> str:
     return where.name if where.parent.name == "policies" else DEFAULT_POLICY_ID
 
 
-def _export_dir(root: Path, policy_id: str | None) -> tuple[Path, str] | None:
-    """``(directory, policy id)`` when ``root`` is an export (``model.json``, not a checkpoint), else None."""
+def _export_dir(root: Path, policy_id: str | None) -> tuple[Path, str | None] | None:
+    """``(directory, policy id)`` when ``root`` is an export (``model.json``, not a checkpoint), else None;
+    the id is None for one export and no ``policy_id``: its ``model.json``'s then."""
     if root.suffix == ".onnx" and root.is_file():
         root = root.parent
     if not root.is_dir() or (root / "checkpoint.json").exists():
         return None
     if (root / "model.json").is_file():
-        return root, policy_id or DEFAULT_POLICY_ID
+        return root, policy_id
     exported = sorted(p.name for p in root.iterdir() if (p / "model.json").is_file())
     if not exported:
         return None

@@ -21,6 +21,7 @@ import numpy as np
 from amber.digest import parse_digest
 from amber.errors import CorruptCheckpointError, MissingPluginError
 from amber.models.numpy_distributions import DISTRIBUTIONS
+from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.serving.load import UnservablePolicyError
 from amber.serving.policy import ServedPolicy, describe_space
 from amber.verified_io import FileEntry, read_verified
@@ -87,11 +88,12 @@ def _session(directory: Path, data: bytes) -> Any:
                                      path=directory / MODEL_FILE) from e
 
 
-def load_onnx(directory: str | Path, policy_id: str, *, seed: int | None = None) -> ServedPolicy:
+def load_onnx(directory: str | Path, policy_id: str | None = None, *,
+              seed: int | None = None) -> ServedPolicy:
     """A :class:`~amber.serve.ServedPolicy` running ``directory/model.onnx`` with onnxruntime.
 
     :param directory: an export directory (``model.onnx`` and ``model.json``).
-    :param policy_id: the id to give it.
+    :param policy_id: the id to give it (default: the one ``model.json`` records, else ``default_policy``).
     :param seed: seeds what ``explore=True`` samples with.
     :raises MissingPluginError: onnxruntime is not installed.
     :raises UnservablePolicyError: no ``model.onnx``, or a ``model.json`` this amber does not read.
@@ -107,6 +109,9 @@ def load_onnx(directory: str | Path, policy_id: str, *, seed: int | None = None)
         dist = str(meta["action_distribution"])
         input_name = str(meta["input"]["name"])
         input_shape = tuple(int(d) for d in meta["input"]["shape"][1:])
+        recorded = meta.get("policy_id")  # an older model.json records none
+        if policy_id is None and recorded is not None and not isinstance(recorded, str):
+            raise TypeError(f"policy_id is {type(recorded).__name__}, not a string")
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptCheckpointError(f"{directory / MODEL_JSON} lacks what serving needs: "
                                      f"{type(e).__name__}: {e}", path=directory / MODEL_JSON) from e
@@ -120,4 +125,5 @@ def load_onnx(directory: str | Path, policy_id: str, *, seed: int | None = None)
         x = np.ascontiguousarray(obs, dtype=np.float32).reshape((obs.shape[0], *input_shape))
         return dict(zip(names, session.run(None, {input_name: x}), strict=True))
 
-    return ServedPolicy(policy_id, obs_space, act_space, dist, network, source=directory, seed=seed)
+    pid = policy_id or recorded or DEFAULT_POLICY_ID
+    return ServedPolicy(pid, obs_space, act_space, dist, network, source=directory, seed=seed)

@@ -58,6 +58,9 @@ class ServedPolicy:
     (``action_dist_inputs`` always; ``action_logp`` for PPO and SAC; ``vf_preds`` for PPO;
     ``q_values`` for DQN). ``explore=True`` samples with :attr:`rng` (not the torch policy's
     draws): PPO and SAC from their distribution, DQN epsilon-greedy with :attr:`epsilon`.
+    ``explore=None`` means what it means to the torch policy, the algorithm's default
+    exploration, which for PPO, DQN and SAC is ``explore=True``. An empty batch gives empty
+    actions and info columns.
 
     :param network: observations → outputs by name (``action_dist_inputs``, ``vf_preds``).
     :param action_distribution: ``categorical``, ``diag_gaussian``, ``q_values`` or ``squashed_gaussian``.
@@ -83,13 +86,18 @@ class ServedPolicy:
     def __repr__(self) -> str:
         return f"ServedPolicy({self.policy_id!r}, {self.action_distribution}, source={str(self.source)!r})"
 
+    def _probe(self) -> dict[str, np.ndarray]:
+        """The network's outputs for one observation of the space (its first value, or zeros)."""
+        space = self.observation_space
+        probe = (np.full((1,), space["start"]) if space["type"] == "Discrete"
+                 else np.zeros((1, *space["shape"]), np.float32))
+        return self.network(self._obs_array(probe))
+
     def _check_outputs(self) -> None:
         """Run one observation through the network: weights that do not fit fail here, named."""
-        obs_space, act_space = self.observation_space, self.action_space
-        probe = (np.full((1,), obs_space["start"]) if obs_space["type"] == "Discrete"
-                 else np.zeros((1, *obs_space["shape"]), np.float32))
+        act_space = self.action_space
         try:
-            out = self.network(self._obs_array(probe))[ACTION_DIST_INPUTS]
+            out = self._probe()[ACTION_DIST_INPUTS]
         except (KeyError, ValueError, TypeError) as e:
             raise InvalidStateError(f"{self.source}: its network does not run: {type(e).__name__}: {e}",
                                     path=self.source) from e
@@ -118,19 +126,26 @@ class ServedPolicy:
         return arr
 
     def compute_actions(
-        self, obs_batch: Any, state_batches: Any = None, *, explore: bool = False, clip_actions: bool = False
+        self, obs_batch: Any, state_batches: Any = None, *, explore: bool | None = False,
+        clip_actions: bool = False,
     ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
         """Actions for a batch of observations: ``(actions, [], info)``.
 
-        :param obs_batch: observations ``[batch, *obs_shape]`` (Discrete: ``[batch]`` integers).
-        :param explore: sample with :attr:`rng` instead of acting greedily.
+        :param obs_batch: observations ``[batch, *obs_shape]`` (Discrete: ``[batch]`` integers); an
+            empty batch gives empty actions and info columns.
+        :param explore: True samples with :attr:`rng` (DQN: epsilon-greedy) instead of acting
+            greedily (False); None is the algorithm's default exploration, as for the torch
+            policy: for PPO, DQN and SAC, the same as True.
         :param clip_actions: clip Box actions to the action space's bounds (as an environment runner does).
         :return: int64 ``[batch]`` (Discrete) or float32 ``[batch, *action_shape]`` (Box) actions,
             ``[]``, and the info columns ``[batch, ...]``.
-        :raises ValueError: observations of the wrong shape.
+        :raises ValueError: observations of the wrong shape, or a Discrete one outside its space.
         """
-        outputs = self.network(self._obs_array(obs_batch))
-        actions, info = self._act(outputs, bool(explore))
+        arr = self._obs_array(obs_batch)
+        # a network may not take an empty batch (an ONNX graph's reshape fails on it): one
+        # observation's outputs, cut to none, give the columns their shapes and dtypes
+        outputs = self.network(arr) if len(arr) else {k: v[:0] for k, v in self._probe().items()}
+        actions, info = self._act(outputs, True if explore is None else bool(explore))
         space = self.action_space
         if space["type"] == "Discrete":
             return (actions + space["start"] if space["start"] else actions), [], info
@@ -159,10 +174,11 @@ class ServedPolicy:
         return actions, info
 
     def compute_single_action(
-        self, obs: Any = None, state: Any = None, *, explore: bool = False, clip_actions: bool = False
+        self, obs: Any = None, state: Any = None, *, explore: bool | None = False, clip_actions: bool = False
     ) -> tuple[Any, list[Any], dict[str, Any]]:
         """The action for one observation: ``(action, [], info)``, as :meth:`compute_actions` for a batch
-        of one (a Discrete action as a Python int, a Box action as a float32 array)."""
+        of one (a Discrete action as a Python int, a Box action as a float32 array; ``explore=None``
+        as True, the algorithm's default exploration)."""
         batch = np.asarray(obs)[None]
         actions, _, info = self.compute_actions(batch, explore=explore, clip_actions=clip_actions)
         action = actions[0]
