@@ -697,3 +697,26 @@ def test_a_decoded_space_is_a_new_equal_space_every_time():
     assert sp.space_from_state(f32).dtype == np.float32
     assert sp.space_from_state({**f32, "dtype": "<f8"}).dtype == np.float64
     assert len(sp._DECODED) <= sp.MAX_DECODED
+
+
+@pytest.mark.parametrize(("algo", "env"), [("PPO", "Pendulum-v1"), ("PPO", "CartPole-v1"),
+                                           ("SAC", "Pendulum-v1"), ("DQN", "CartPole-v1")])
+def test_an_empty_batch_gives_empty_actions_and_info(algo, env):
+    """A server batching requests may find none: actions [0, *shape] and every info column with
+    no rows, as for a batch of one (the Box observation's flattening failed on zero rows)."""
+    import importlib
+
+    module = importlib.import_module(f"amber.algorithms.{algo.lower()}")
+    built = getattr(module, f"{algo}Config")().environment(env).build()
+    try:
+        policy = built.get_policy()
+        obs = policy.observation_space.sample()[None]
+        one, _, one_info = policy.compute_actions(obs, explore=False)
+        for explore in (False, True):
+            actions, _, info = policy.compute_actions(obs[:0], explore=explore)
+            assert actions.shape == (0, *one.shape[1:]) and actions.dtype == one.dtype
+            assert {k: (v.shape[1:], v.dtype) for k, v in info.items()} == {
+                k: (v.shape[1:], v.dtype) for k, v in one_info.items()}
+            assert all(len(v) == 0 for v in info.values())
+    finally:
+        built.stop()

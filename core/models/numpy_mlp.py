@@ -16,6 +16,7 @@ Example, serving a PPO policy's greedy action from its weights alone::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -126,7 +127,8 @@ class Preprocess:
         """Preprocess a batch of observations."""
         if self.categories is not None:
             return (obs.reshape(obs.shape[0], 1) == self.categories).astype(np.float32)
-        return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+        # (not -1, which an empty batch leaves undetermined)
+        return obs.reshape(obs.shape[0], math.prod(obs.shape[1:])).astype(np.float32, copy=False)
 
     @classmethod
     def one_hot(cls, n: int, start: int = 0) -> Preprocess:

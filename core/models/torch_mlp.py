@@ -155,7 +155,7 @@ class ObsPreprocessor(nn.Module):
         if self.discrete:
             idx = obs.reshape(obs.shape[0], 1).to(torch.int64)
             return (idx == self.categories).to(torch.float32)
-        return obs.reshape(obs.shape[0], -1).to(torch.float32)
+        return obs.reshape(obs.shape[0], self.out_dim).to(torch.float32)  # (-1 fails on an empty batch)
 
 
 class PPOTorchModel(nn.Module):
