@@ -106,6 +106,42 @@ def test_seeded_runs_are_identical():
     assert_same_weights(weights(a), weights(b))
 
 
+@pytest.mark.parametrize(("kind", "num_envs", "batch"), [
+    ("single", 3, 1000), ("single", 4, 1001), ("single", 4, 2), ("multi", 3, 1000),
+])
+def test_one_train_samples_exactly_train_batch_size(kind, num_envs, batch):
+    """api.md: one PPO train() samples train_batch_size env steps, with any number of env copies
+    (env steps, not agent steps, in multi-agent); the rows learned from are the agent steps."""
+    config = (single(seed=1) if kind == "single" else multi(seed=1)).training(train_batch_size=batch)
+    algo = config.env_runners(num_envs_per_env_runner=num_envs).build()
+    try:
+        for i in (1, 2):
+            result = algo.train()
+            assert result["num_env_steps_sampled_lifetime"] == i * batch
+            assert algo.counters["num_env_steps_trained_lifetime"] == result["num_agent_steps_sampled_lifetime"]
+        if kind == "multi":
+            assert result["num_agent_steps_sampled_lifetime"] > 2 * batch
+    finally:
+        algo.stop()
+
+
+def test_resume_with_env_copies_out_of_step_is_exact(tmp_path):
+    """3 env copies, 1000 steps a train(): the copies stop at different steps, and a restore still
+    continues each exactly (the same weights as training on)."""
+    config = single(seed=5).training(train_batch_size=1000).env_runners(num_envs_per_env_runner=3)
+    algo = config.build()
+    algo.train()
+    path = algo.save(tmp_path / "ck").checkpoint.path
+    algo.train()
+    again = config.build()
+    again.restore(path)
+    again.train()
+    assert_same_weights(weights(algo), weights(again))
+    assert again.counters["num_env_steps_sampled_lifetime"] == 2000
+    algo.stop()
+    again.stop()
+
+
 # -- round trips ------------------------------------------------------------------------------
 
 

@@ -97,6 +97,8 @@ WITHOUT_RAY = textwrap.dedent("""
         warnings.simplefilter("always")
         restored = Algorithm.from_checkpoint(sys.argv[1])
     assert any("amber-rl[ray]" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    runner_warnings = [str(w.message) for w in caught if "num_env_runners" in str(w.message)]
+    assert runner_warnings and all(sys.argv[1] in m for m in runner_warnings), runner_warnings
     assert restored.config.num_env_runners == 0
     restored.train()
     restored.stop()
@@ -121,6 +123,24 @@ def test_without_ray_remote_runners_name_the_extra_and_their_checkpoints_load_in
     proc = subprocess.run([sys.executable, "-c", WITHOUT_RAY, str(tmp_path / "ck")], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_restore_into_another_number_of_runners_names_the_checkpoint(tmp_path):
+    """Restoring the state of 2 remote runners into an algorithm sampling in process warns that the
+    episodes restart, and names the checkpoint; the algorithm then trains."""
+    algo = _config().build()
+    algo.save(tmp_path / "src", format="msgpack")
+    algo.stop()
+    _fake_remote_checkpoint(tmp_path / "src", tmp_path / "ck", 2)
+    local = _config(num_envs_per_env_runner=2).build()
+    try:
+        with pytest.warns(UserWarning, match="num_env_runners=2") as caught:
+            local.restore(tmp_path / "ck")
+        runner_warnings = [str(w.message) for w in caught if "num_env_runners=2" in str(w.message)]
+        assert all(str(tmp_path / "ck") in m for m in runner_warnings), runner_warnings
+        assert local.train()["num_env_steps_sampled_lifetime"] == 64
+    finally:
+        local.stop()
 
 
 def test_importing_amber_imports_no_ray():

@@ -479,6 +479,29 @@ def test_runner_sample_counts_and_fragments():
         np.testing.assert_array_equal(f["obs"][0], open_ends[int(f["eps_id"][0])])
 
 
+@pytest.mark.parametrize("env,env_config,num_envs", [
+    ("CartPole-v1", {}, 3), ("CartPole-v1", {}, 4), (MultiAgentCartPole, {"num_agents": 3}, 3),
+])
+def test_runner_exact_sample_takes_exactly_the_steps_asked(env, env_config, num_envs):
+    """``exact=True`` (PPO's): exactly the env steps asked (env steps, not agent steps), the first
+    copies taking the remainder; the copies' episodes go on at the next call, from where they stopped."""
+    pols = policies_for(env, env_config, ids=("p",) if env is MultiAgentCartPole else ("default_policy",))
+    mapping = (lambda a, e, w, **k: "p") if env is MultiAgentCartPole else None
+    runner = EnvRunner(env, env_config, num_envs, pols, mapping, seed=0)
+    open_ends: set[tuple[int, bytes]] = set()
+    for n in (1001, 998, 1, 2):
+        batches, m = runner.sample(n, exact=True)
+        assert m["num_env_steps"] == n
+        frags = next(iter(batches.values()))
+        assert sum(len(f["obs"]) for f in frags) == m["num_agent_steps"] >= n
+        starts = {(int(f["eps_id"][0]), f["obs"][0].tobytes()) for f in frags}
+        if n >= num_envs:  # every copy stepped: each open episode continued where it stopped
+            assert open_ends <= starts
+        open_ends = {(int(f["eps_id"][-1]), f["new_obs"][-1].tobytes()) for f in frags
+                     if not (f["terminateds"][-1] or f["truncateds"][-1])}
+    assert runner.sample(1001)[1]["num_env_steps"] > 1001  # not exact: whole rounds of every copy
+
+
 def test_runner_seeds_env_i_with_seed_plus_i():
     pols = policies_for("CartPole-v1")
     runner = EnvRunner("CartPole-v1", {}, 3, pols, None, seed=40)

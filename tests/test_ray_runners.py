@@ -94,6 +94,23 @@ def test_two_runners_train_multi_agent_cartpole():
         algo.stop()
 
 
+@pytest.mark.parametrize(("runners", "envs", "multi"), [(2, 3, False), (3, 1, True)])
+def test_runners_sample_exactly_train_batch_size(runners, envs, multi):
+    """One train() samples exactly train_batch_size env steps, shared out over the runners and their
+    env copies (env steps, not agent steps, in multi-agent)."""
+    config = cartpole(runners=runners, envs=envs).training(train_batch_size=1001)
+    if multi:
+        config = (config.environment(MultiAgentCartPole, env_config={"num_agents": 2})
+                  .multi_agent(policies={"pol_a", "pol_b"}, policy_mapping_fn=pol_a_b))
+    algo, results = _train(config, 2)
+    try:
+        assert [r["num_env_steps_sampled_lifetime"] for r in results] == [1001, 2002]
+        if multi:
+            assert results[-1]["num_agent_steps_sampled_lifetime"] > 2002
+    finally:
+        algo.stop()
+
+
 RESUME = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {tests!r})

@@ -246,10 +246,11 @@ class CheckpointMixin:
                                   path=checkpoint_path)
         check_same_kind(type(self), ckpt.state, checkpoint_path, self.pm)
         policies = {pid: p.state for pid, p in ckpt.policies.items()}
+        from amber.envs.ray_runners import restoring_from
         from amber.models.build_budget import adopting_state
 
         # set_state has put everything back by then; the state read is this restore's to keep
-        with state_errors(checkpoint_path), adopting_state():
+        with state_errors(checkpoint_path), adopting_state(), restoring_from(checkpoint_path):
             self.set_state({"algorithm": ckpt.state, "policies": policies})
 
     @classmethod
@@ -294,7 +295,9 @@ class CheckpointMixin:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
-        with state_errors(target):
+        from amber.envs.ray_runners import restoring_from
+
+        with state_errors(target), restoring_from(target):
             from amber.policy.frameworks import with_framework
 
             states = {pid: p.state for pid, p in ckpt.policies.items()}

@@ -184,9 +184,11 @@ class EnvRunner:
     # -- sampling ----------------------------------------------------------------
 
     def sample(
-        self, num_env_steps: int, *, explore: bool = True
+        self, num_env_steps: int, *, explore: bool = True, exact: bool = False
     ) -> tuple[dict[str, list[dict[str, np.ndarray]]], dict[str, Any]]:
-        """Step all env copies until at least ``num_env_steps`` env steps were taken.
+        """Step all env copies together until at least ``num_env_steps`` env steps were taken
+        (``exact``: exactly that many; the last round steps only the first copies, and the
+        others' episodes go on at the next call).
 
         :return: ``(fragments, metrics)``: per policy id, a list of trajectory
             fragments (dicts of equal-length columns ``obs``, ``new_obs``,
@@ -201,22 +203,24 @@ class EnvRunner:
         metrics: dict[str, Any] = {"episode_returns": [], "episode_lengths": [], "agent_episode_returns": {},
                                    "num_env_steps": 0, "num_agent_steps": 0}
         while metrics["num_env_steps"] < num_env_steps:
-            self._vector_step(explore, out, metrics)
+            left = num_env_steps - metrics["num_env_steps"]
+            self._vector_step(self._slots[:left] if exact else self._slots, explore, out, metrics)
         for slot in self._slots:
             for agent in list(slot.frags):
                 self._flush(slot, agent, out)
         return out, metrics
 
-    def _vector_step(self, explore: bool, out: dict, metrics: dict) -> None:
+    def _vector_step(self, slots: list[_Slot], explore: bool, out: dict, metrics: dict) -> None:
+        """One env step of each of ``slots``, their actions computed in one batch per policy."""
         groups: dict[str, tuple[list[tuple[_Slot, Any]], list[Any]]] = {}
-        for slot in self._slots:
+        for slot in slots:
             if slot.obs is None:
                 self._reset(slot)
             for agent, ob in slot.obs.items():  # type: ignore[union-attr]
                 members, obs = groups.setdefault(self._policy_for(slot, agent), ([], []))
                 members.append((slot, agent))
                 obs.append(ob)
-        actions: dict[int, dict[Any, Any]] = {slot.index: {} for slot in self._slots}
+        actions: dict[int, dict[Any, Any]] = {slot.index: {} for slot in slots}
         for pid, (members, obs) in groups.items():
             batch = np.asarray(obs[0])[None] if len(obs) == 1 else np.stack(obs)
             acts, _, extra = self.policies[pid].compute_actions(batch, explore=explore)
@@ -226,7 +230,7 @@ class EnvRunner:
                 act = acts[j]
                 slot.pending[agent] = [obs[j], act, {k: v[j] for k, v in extra.items()}, 0.0]
                 actions[slot.index][agent] = self._env_action(slot, agent, act)
-        for slot in self._slots:
+        for slot in slots:
             self._advance(slot, actions[slot.index], out, metrics)
 
     def _advance(self, slot: _Slot, actions: dict[Any, Any], out: dict, metrics: dict) -> None:

@@ -24,10 +24,13 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from amber.envs.runner_generators import generator_state, policy_generators, reseed, set_generator_state
 from amber.errors import InvalidStateError, warn
+from amber.scoped import scoped
 
 if TYPE_CHECKING:
     import pluggy
@@ -35,7 +38,8 @@ if TYPE_CHECKING:
     from amber.algorithms.algorithm_config import AlgorithmConfig
     from amber.envs.env_runner import EnvRunner
 
-__all__ = ["RemoteEnvRunners", "build_env_runners", "check_env_runners", "import_ray", "saved_env_runners"]
+__all__ = ["RemoteEnvRunners", "build_env_runners", "check_env_runners", "import_ray", "restoring_from",
+           "saved_env_runners"]
 
 #: What to install for remote env runners and Ray Tune.
 RAY_EXTRA = "pip install 'amber-rl[ray]'"
@@ -118,9 +122,18 @@ def saved_env_runners(own: Mapping[str, Any], declared: Any, path: Any) -> int:
     return 0
 
 
+_RESTORING: ContextVar[str | None] = ContextVar("amber_restoring_checkpoint", default=None)
+
+
+def restoring_from(path: str | os.PathLike[str]) -> AbstractContextManager[None]:
+    """Inside the block, states applied come from the checkpoint ``path`` (that warnings name)."""
+    return scoped(_RESTORING, os.fspath(path))
+
+
 def runner_state_fits(runner: Any, state: Any) -> bool:
     """Whether a saved ``env_runner`` state is of this runner's kind and size; warns when it is not
-    (the caller then drops it, and the episodes restart)."""
+    (the caller then drops it, and the episodes restart), naming the checkpoint inside
+    :func:`restoring_from`."""
     if state is None:
         return True
     remote = isinstance(runner, RemoteEnvRunners)
@@ -130,8 +143,10 @@ def runner_state_fits(runner: Any, state: Any) -> bool:
         fits = isinstance(saved, list) and len(saved) == runner.num_runners
     if not fits:
         saved = len(state["remote_runners"]) if _is_remote_state(state) else 0
-        warn(f"the saved env runner state is of num_env_runners={saved}, this algorithm has "
-             f"{runner.num_runners if remote else 0}: its episodes restart")
+        path = _RESTORING.get()
+        warn(f"{'' if path is None else f'{path}: '}the saved env runner state is of "
+             f"num_env_runners={saved}, this algorithm has {runner.num_runners if remote else 0}: "
+             "its episodes restart")
     return fits
 
 
@@ -193,9 +208,10 @@ class RunnerWorker:
         self._build(specs)
         self.runner.set_policies(self.policies, mapping_fn)
 
-    def sample(self, weights: Mapping[str, Any], num_env_steps: int,
-               explore: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
-        """Load the learner's weights, sample; also return each policy's timesteps acted on."""
+    def sample(self, weights: Mapping[str, Any], num_env_steps: int, explore: bool,
+               exact: bool = False) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+        """Load the learner's weights, sample (:meth:`EnvRunner.sample`); also return each policy's
+        timesteps acted on."""
         for pid, w in weights.items():
             policy = self.policies.get(pid)
             if policy is not None:
@@ -203,7 +219,7 @@ class RunnerWorker:
                 if hasattr(policy, "global_timestep"):
                     policy.global_timestep = int(w["global_timestep"])
         before = {pid: int(getattr(p, "global_timestep", 0)) for pid, p in self.policies.items()}
-        fragments, metrics = self.runner.sample(num_env_steps, explore=explore)
+        fragments, metrics = self.runner.sample(num_env_steps, explore=explore, exact=exact)
         acted = {pid: int(getattr(p, "global_timestep", 0)) - before[pid] for pid, p in self.policies.items()}
         return fragments, metrics, acted
 
@@ -229,6 +245,14 @@ class RunnerWorker:
     def stop(self) -> None:
         """Close the env copies."""
         self.runner.stop()
+
+
+def _shares(num_env_steps: int, num_runners: int, exact: bool) -> list[int]:
+    """The env steps each runner samples (see :meth:`RemoteEnvRunners.sample`)."""
+    if not exact:
+        return [-(-num_env_steps // num_runners)] * num_runners
+    base, extra = divmod(max(num_env_steps, 0), num_runners)
+    return [base + (i < extra) for i in range(num_runners)]
 
 
 def _ensure_ray(num_runners: int) -> Any:
@@ -315,15 +339,20 @@ class RemoteEnvRunners:
         self._gather(lambda i: self.actors[i].set_policies.remote(specs, policy_mapping_fn))
         self.sync_weights()
 
-    def sample(self, num_env_steps: int, *,
-               explore: bool = True) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-        """Every runner samples ``ceil(num_env_steps / N)`` env steps at once, with the weights of the
-        last :meth:`sync_weights`; their fragments and metrics merged in runner order
-        (:meth:`EnvRunner.sample`'s form; episode ids made unique across runners)."""
+    def sample(self, num_env_steps: int, *, explore: bool = True,
+               exact: bool = False) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """Every runner samples its share at once, with the weights of the last :meth:`sync_weights`;
+        their fragments and metrics merged in runner order (:meth:`EnvRunner.sample`'s form; episode
+        ids made unique across runners).
+
+        :param exact: sample exactly ``num_env_steps`` env steps: runner ``i`` (1..N) samples exactly
+            ``num_env_steps // N``, plus one for the first ``num_env_steps % N`` runners (False: each
+            samples at least ``ceil(num_env_steps / N)``).
+        """
         if self._weights is None:
             self.sync_weights()
-        share = -(-int(num_env_steps) // self.num_runners)
-        results = self._gather(lambda i: self.actors[i].sample.remote(self._weights, share, explore))
+        weights, shares = self._weights, _shares(int(num_env_steps), self.num_runners, exact)
+        results = self._gather(lambda i: self.actors[i].sample.remote(weights, shares[i], explore, exact))
         out: dict[str, list[Any]] = {}
         metrics: dict[str, Any] = {"episode_returns": [], "episode_lengths": [], "agent_episode_returns": {},
                                    "num_env_steps": 0, "num_agent_steps": 0}

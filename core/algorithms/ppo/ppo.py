@@ -91,7 +91,9 @@ class PPO(Algorithm):
         from amber.algorithms.ppo.ppo_learner import postprocess_fragments, ppo_update
 
         cfg = self.config
-        fragments, metrics = self.env_runner.sample(cfg.train_batch_size, explore=True)
+        # exactly train_batch_size: env copies and runners share out the remainder, and an episode
+        # a copy did not step on goes on in the next iteration
+        fragments, metrics = self.env_runner.sample(cfg.train_batch_size, explore=True, exact=True)
         self._record(metrics)
         learner: dict[str, Any] = {}
         for pid in self.policies_to_train:
