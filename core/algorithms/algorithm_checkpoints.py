@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from amber.algorithms.model_exports import model_exports
 from amber.algorithms.saved_config import check_same_kind, config_from_state
 from amber.errors import CheckpointError, state_errors
+from amber.state import Ref
 from amber.storage import is_remote, local_path
 
 if TYPE_CHECKING:
@@ -288,6 +289,8 @@ class CheckpointMixin:
         target = path if path is not None else checkpoint
         if target is None:
             raise ValueError("from_checkpoint needs a path")
+        if policy_ids is not None and not isinstance(policy_ids, (str, bytes)):
+            policy_ids = list(policy_ids)  # read more than once (an iterator would be empty the second time)
         if framework is not None and framework not in FRAMEWORKS:
             raise ValueError(f"framework {framework!r} is not supported; choices: {', '.join(FRAMEWORKS)}")
         ckpt = read_checkpoint(target, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm,
@@ -307,8 +310,11 @@ class CheckpointMixin:
                 policies_to_train=policies_to_train, env=env, callbacks=callbacks)
             config.storage_options = dict(storage_options or {}) or config.storage_options
             # With other policies or another mapping, running episodes would map to
-            # policies that are gone: those restart instead of continuing.
-            same_episodes = policy_ids is None and policy_mapping_fn is None
+            # policies that are gone: those restart instead of continuing. A mapping given for
+            # one the checkpoint could not store (a placeholder) is the saved one given again.
+            saved_mapping = own["config"].get("policy_mapping_fn")
+            given_again = isinstance(saved_mapping, Ref) and saved_mapping.is_placeholder
+            same_episodes = policy_ids is None and (policy_mapping_fn is None or given_again)
             return _restored(algo_cls, config, own, states, restore_episodes=same_episodes)
 
 
