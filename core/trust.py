@@ -27,7 +27,7 @@ from amber.atomic import commit, staging
 from amber.digest import CHUNK_BYTES, CRYPTOGRAPHIC, format_digest, hash_file, is_cryptographic, new_hasher
 from amber.durable import describe
 from amber.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError, NotACheckpointError
-from amber.layout import MANIFEST, FileEntry, Manifest, read_manifest, write_manifest
+from amber.layout import MANIFEST, FileEntry, Manifest, read_manifest, unlisted_entries, write_manifest
 from amber.registry import get_registry
 from amber.signing import (
     SIGNATURE,
@@ -153,7 +153,8 @@ def trust_checkpoint(
     atomically. A checkpoint in a safe format, or one already signed with the
     user's key, is left alone.
 
-    :param path: the checkpoint directory (an algorithm checkpoint, not one of its policies), or
+    :param path: the checkpoint directory (an algorithm checkpoint, not one of its policies; a link
+        to one signs the checkpoint it points to), or
         an fsspec URL: downloaded whole, signed, and uploaded again with its manifest last.
     :param storage_options: for a URL, passed to its fsspec file system.
     :raises CorruptCheckpointError: a file is missing, altered, a link, or not listed as it is;
@@ -163,7 +164,9 @@ def trust_checkpoint(
     """
     if is_remote(path):
         return _trust_remote(os.fspath(path), pm, storage_options)
-    root = Path(path)
+    named = Path(path)
+    # a link the user named (runs/latest) is followed: the checkpoint it points to is signed
+    root = Path(os.path.realpath(named)) if named.is_symlink() else named
     top = _top(root)
     if get_registry(pm).get(top.format).capabilities.safe:
         return TrustResult(root, None, changed=False)
@@ -171,6 +174,7 @@ def trust_checkpoint(
     assert key is not None  # created above
     if _problem(root, top, key) is None:
         return TrustResult(root, key, changed=False)
+    _check_complete(root, top)
     try:
         with staging(root, what="a signed copy of the checkpoint") as tmp:
             _link_tree(root, tmp)
@@ -189,6 +193,24 @@ def trust_checkpoint(
         raise CheckpointWriteError(f"signing {root} failed: {describe(e)}; the checkpoint is unchanged",
                                    path=root) from e
     return TrustResult(root, key, changed=True, verified=verified, upgraded=upgraded)
+
+
+def _check_complete(root: Path, top: Manifest) -> None:
+    """Refuse a checkpoint holding what its manifests do not list, or missing a policy's manifest:
+    a signature vouches for what they list, and the signed copy replaces the checkpoint whole.
+
+    :raises CorruptCheckpointError: naming the files; nothing was changed.
+    """
+    try:
+        extra = unlisted_entries(root, top)  # reads each policy's manifest: a missing one is named
+    except CorruptCheckpointError as e:
+        raise CorruptCheckpointError(f"{e.message}; nothing was changed", path=root) from e
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise CorruptCheckpointError(
+            f"{root} holds what its manifests do not list ({shown}), which a signature would not "
+            "cover: move it out of the checkpoint (amber verify names it), then trust it again; "
+            "nothing was changed", path=root)
 
 
 def _trust_remote(url: str, pm: pluggy.PluginManager | None,

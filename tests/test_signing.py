@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import amber
+import amber.trust
 import amber.verified_io
 from amber.checkpoint import read_checkpoint, write_checkpoint
 from amber.cli import CliState, cli
@@ -224,6 +226,42 @@ def test_another_users_pickle_is_refused_until_trusted(own_key, bare_pm, tmp_pat
     assert verify(path).ok and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert read_checkpoint(path, pm=bare_pm).state == {"iteration": 3}
     assert marker.exists()
+
+
+def test_trust_through_a_link_signs_the_checkpoint_it_points_to(own_key, bare_pm, tmp_path):
+    """The refusal of runs/latest says `amber trust runs/latest`: that command works (it refused
+    the link as 'not a checkpoint directory'), and the link stays a link."""
+    with as_user(tmp_path / "other.key"):
+        real = save_algo(tmp_path / "checkpoint_000001", bare_pm)
+    link = tmp_path / "latest"
+    link.symlink_to(real)
+    with pytest.raises(UnsafeContentError, match=f"amber trust {link}"):
+        read_checkpoint(link, pm=bare_pm)
+    result = invoke(bare_pm, "trust", "--yes", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == real.resolve() and verify(real).ok
+    assert read_checkpoint(link, pm=bare_pm).state == {"iteration": 3}
+
+
+@pytest.mark.parametrize("damage", ["policy folder gone", "unlisted file"])
+def test_trust_of_an_incomplete_checkpoint_names_what_is_wrong_and_changes_nothing(
+        own_key, bare_pm, tmp_path, damage):
+    """It failed with a save's 'not overwriting it (choose an empty or new directory)'."""
+    with as_user(tmp_path / "other.key"):
+        path = save_algo(tmp_path / "ck", bare_pm)
+    if damage == "policy folder gone":
+        shutil.rmtree(path / "policies" / "pol")
+        named = str(path / "policies" / "pol")
+    else:
+        (path / "notes.txt").write_text("mine")
+        named = "notes.txt"
+    before = tree_bytes(path)
+    result = invoke(bare_pm, "trust", "--yes", str(path))
+    assert result.exit_code == 2 and named in result.stderr and "nothing was changed" in result.stderr
+    assert "not overwriting" not in result.stderr
+    with pytest.raises(CorruptCheckpointError, match="nothing was changed"):
+        amber.trust.trust_checkpoint(path, pm=bare_pm)
+    assert tree_bytes(path) == before
 
 
 def test_signatures_leave_every_other_byte_as_it_was(own_key, bare_pm, tmp_path):

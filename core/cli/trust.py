@@ -27,7 +27,8 @@ def trust(state: CliState, path: Path, yes: bool) -> None:
     trust only a checkpoint from someone you trust, received through a
     channel you trust. Every file is verified against its digest first; the
     state files are kept, only the manifests are rewritten, atomically.
-    Your key is $AMBER_KEY_FILE, else ~/.config/amber/signing.key.
+    Your key is $AMBER_KEY_FILE, else $XDG_CONFIG_HOME/amber/signing.key, else
+    ~/.config/amber/signing.key. A link (runs/latest) signs the checkpoint it points to.
     """
     from amber.trust import trust_checkpoint, trust_state
 
