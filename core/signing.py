@@ -272,9 +272,10 @@ def check_trust(manifest: Manifest) -> tuple[Manifest, str | None]:
         return manifest, f"this user has no signing key yet ({key_path()}), so no signature to trust"
     problem = _problem(manifest, key)
     if problem and SIGNATURE not in manifest.raw and manifest.type == "Policy":
-        inherited = _via_algorithm(manifest, key)
+        inherited, why = _via_algorithm(manifest, key)
         if inherited is not None:
             return inherited, weak_digest(inherited)
+        problem = why or problem  # the algorithm's own reason, not "it carries no signature"
     return manifest, problem
 
 
@@ -287,19 +288,22 @@ def containing_algorithm(directory: Path) -> Path | None:
     return top
 
 
-def _via_algorithm(manifest: Manifest, key: SigningKey) -> Manifest | None:
-    """The policy manifest again, verified against its signed algorithm checkpoint; None if there is none."""
+def _via_algorithm(manifest: Manifest, key: SigningKey) -> tuple[Manifest | None, str | None]:
+    """The policy manifest again, verified against its signed algorithm checkpoint; else None and
+    why that checkpoint does not vouch for it (None: the policy is in no algorithm checkpoint)."""
     directory = manifest.directory.absolute()
     top_dir = containing_algorithm(directory)
     if top_dir is None:
-        return None
+        return None, None
     try:
         top = read_manifest(top_dir)
         entry = top.files.get(f"policies/{directory.name}/{MANIFEST}")
         if top.type != "Algorithm" or directory.name not in top.policy_ids or entry is None:
-            return None
-        if _problem(top, key) is not None:
-            return None
-        return read_manifest(directory, expected=entry, root=top_dir)
-    except CheckpointError:
-        return None
+            return None, f"the algorithm checkpoint {top_dir} around it does not list it"
+        problem = _problem(top, key)
+        if problem is not None:
+            return None, (f"the algorithm checkpoint {top_dir} whose signature would cover it is not "
+                          f"trusted: {problem}")
+        return read_manifest(directory, expected=entry, root=top_dir), None
+    except CheckpointError as e:
+        return None, f"the algorithm checkpoint {top_dir} around it cannot be read: {e.message}"

@@ -228,6 +228,18 @@ def test_another_users_pickle_is_refused_until_trusted(own_key, bare_pm, tmp_pat
     assert marker.exists()
 
 
+def test_a_policy_folder_refused_alone_gives_its_algorithms_reason(own_key, bare_pm, tmp_path):
+    """A policy of an algorithm checkpoint is vouched for by the algorithm's signature: when that
+    is another user's, the refusal says so (it said the policy 'carries no signature')."""
+    with as_user(tmp_path / "other.key"):
+        path = save_algo(tmp_path / "theirs", bare_pm)
+    save_algo(tmp_path / "mine", bare_pm)  # this user's key exists now
+    with pytest.raises(UnsafeContentError) as e:
+        read_checkpoint(path / "policies" / "pol", pm=bare_pm)
+    assert f"the algorithm checkpoint {path}" in str(e.value) and "signed with another key" in str(e.value)
+    assert "carries no signature" not in str(e.value) and f"amber trust {path}" in str(e.value)
+
+
 def test_trust_through_a_link_signs_the_checkpoint_it_points_to(own_key, bare_pm, tmp_path):
     """The refusal of runs/latest says `amber trust runs/latest`: that command works (it refused
     the link as 'not a checkpoint directory'), and the link stays a link."""
