@@ -11,6 +11,7 @@ knows it (``amber_read_foreign_checkpoint``).
 
 from __future__ import annotations
 
+import dis
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from amber.errors import (
     NotACheckpointError,
     UnknownFormatError,
     UnknownPolicyError,
+    UnregisteredNameError,
     UnsafeContentError,
+    warn,
 )
 from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest, unread_foreign
 from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
@@ -60,10 +63,24 @@ class Checkpoint:
     migrations_applied: list[str] = field(default_factory=list)
 
 
+#: ``AMBER_SAFE_LOAD`` values (any case) that turn safe loading off, and on (anything else: on, warned).
+_SAFE_LOAD_OFF = frozenset({"", "0", "false", "no", "off"})
+_SAFE_LOAD_ON = frozenset({"1", "true", "yes", "on"})
+
+
 def pickle_allowed_default() -> bool | None:
-    """What ``allow_pickle=None`` means: False if ``AMBER_SAFE_LOAD`` is set, else None (signed only)."""
-    safe = os.environ.get("AMBER_SAFE_LOAD", "").strip().lower() not in ("", "0", "false", "no")
-    return False if safe else None
+    """What ``allow_pickle=None`` means: False if ``AMBER_SAFE_LOAD`` is on, else None (signed only).
+
+    Off: unset, empty, ``0``, ``false``, ``no``, ``off``; on: ``1``, ``true``, ``yes``, ``on``;
+    anything else is taken as on (the safe reading of a typo), with a warning.
+    """
+    value = (raw := os.environ.get("AMBER_SAFE_LOAD", "")).strip().lower()
+    if value in _SAFE_LOAD_OFF:
+        return None
+    if value not in _SAFE_LOAD_ON:
+        warn(f"AMBER_SAFE_LOAD={raw!r} is neither on (1, true, yes, on) nor off (0, false, no, off): "
+             "taken as on, so checkpoints in a format that can run code are refused")
+    return False
 
 
 def _spec_for(manifest: Manifest, registry: FormatRegistry) -> FormatSpec:
@@ -132,8 +149,16 @@ def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
         return spec.read(source)
     except CheckpointError:
         raise
-    except ImportError as e:  # the format's own dependencies are missing, not the file damaged
-        raise MissingPluginError(
+    except ImportError as e:
+        if _named_by_content(e, spec):
+            raise UnregisteredNameError(
+                f"{source.path} holds a class, function or object defined in the module {e.name!r}, "
+                f"which cannot be imported here ({e}): make that module importable (install it, or put "
+                "its directory on sys.path) and load again. A checkpoint saved after amber.register_class "
+                "of those classes and functions refers to them by registered name instead",
+                path=source.path, format=spec.name,
+            ) from e
+        raise MissingPluginError(  # the format's own dependencies are missing, not the file damaged
             f"format {spec.name!r} cannot read {source.path}: {e}; {spec.install_hint}",
             path=source.path, format=spec.name,
         ) from e
@@ -142,6 +167,25 @@ def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
             f"{source.path}: cannot be read as {spec.name!r}: {type(e).__name__}: {e}",
             path=source.path, format=spec.name,
         ) from e
+
+
+def _named_by_content(error: ImportError, spec: FormatSpec) -> bool:
+    """Whether ``error`` is the import of a module the state file names (a format that holds any
+    object imports the module of each class or function in it) rather than of the format's own
+    dependency: not an import statement of the format's plugin itself."""
+    if not spec.capabilities.arbitrary_objects or not error.name:
+        return False
+    own = spec.read.__module__
+    package = (own.rpartition(".")[0] or own) + "."
+    tb = error.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == own or module.startswith(package):
+            at = next((i for i in dis.get_instructions(tb.tb_frame.f_code) if i.offset == tb.tb_lasti), None)
+            if at is not None and at.opname in ("IMPORT_NAME", "IMPORT_FROM"):  # the plugin's own
+                return False
+        tb = tb.tb_next
+    return True
 
 
 def read_checkpoint(

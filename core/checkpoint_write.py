@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +115,10 @@ def _write_level(
         except ImportError as e:  # the format's own dependencies are missing
             raise MissingPluginError(f"format {spec.name!r} cannot write {shown}: {e}; {spec.install_hint}",
                                      path=shown, format=spec.name) from e
+        except CheckpointError as e:  # name the checkpoint's own file, not its staging copy
+            if e.path is not None and Path(e.path).is_relative_to(directory):
+                e.path = str(shown / Path(e.path).relative_to(directory))
+            raise
         sink.finish()
     _pin(directory, files, plan.digest)
     if attachment is not None:
@@ -166,7 +170,7 @@ def write_checkpoint(
     policies: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     attachments: Mapping[str, Attachment] | None = None,
-    placeholders: bool = False,
+    placeholders: bool | Collection[str] = False,
     checkpoint_version: str = CHECKPOINT_VERSION,
     pm: pluggy.PluginManager | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -192,9 +196,12 @@ def write_checkpoint(
     :param attachments: by policy id (or ``""`` for the top level), a function
         that writes extra files (exported models) into that level's directory;
         they are listed and verified like the rest.
-    :param placeholders: in a portable format, write a class or function that
-        has no registered name as a placeholder (the loader asks for it)
-        instead of failing.
+    :param placeholders: in a portable format, write a class or function of
+        the (top) state that has no registered name as a placeholder (the loader
+        asks for it) instead of failing: True anywhere in it, or only at these key
+        paths (``config.policy_mapping_fn``: those a loader can be given again).
+        A policy's state never holds one; anything else still fails, before
+        anything is written.
     :param checkpoint_version: the version to label it with (``amber migrate --to``); trees
         of an older version are written as they are.
     :param pm: the plugin manager (default: the process's).
@@ -240,7 +247,7 @@ class _Job:
     policies: dict[str, Any]
     metadata: Mapping[str, str] | None
     attachments: Mapping[str, Attachment]
-    placeholders: bool
+    placeholders: bool | Collection[str]
     checkpoint_version: str
     pm: pluggy.PluginManager | None
 
@@ -253,10 +260,12 @@ def _write_local(target: Path, job: _Job) -> Path:
     for pid in policies:
         check_id(pid, path=target)
     if job.checkpoint_version == CHECKPOINT_VERSION:  # trees of an older version are written as they are
-        portable, placeholders = not job.spec.capabilities.arbitrary_objects, job.placeholders
+        portable = not job.spec.capabilities.arbitrary_objects
+        # a placeholder only where a loader can be given the object again (none in a policy's tree)
+        placeholders = job.placeholders if isinstance(job.placeholders, bool) else set(job.placeholders)
         state = to_names(state, portable=portable, placeholders=placeholders, format=fmt,
                          where=str(target), pm=job.pm)
-        policies = {pid: to_names(p, portable=portable, placeholders=placeholders, format=fmt,
+        policies = {pid: to_names(p, portable=portable, format=fmt,
                                   where=str(target / "policies" / pid), pm=job.pm)
                     for pid, p in policies.items()}
     plan = _plan(job.spec, job.registry, job.metadata, job.checkpoint_version)

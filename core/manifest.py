@@ -23,13 +23,16 @@ from amber.errors import InvalidIdError
 from amber.verified_io import MANIFEST, FileEntries, FileEntry
 from amber.verified_io import corrupt as _corrupt
 
-__all__ = ["CHECKPOINT_TYPES", "HIDDEN_CATEGORIES", "MAX_ID_LENGTH", "STATE_STEMS", "Manifest", "check_id",
-           "hidden_characters", "validate_manifest"]
+__all__ = ["CHECKPOINT_TYPES", "HIDDEN_CATEGORIES", "MAX_ID_BYTES", "MAX_ID_LENGTH", "STATE_STEMS",
+           "Manifest", "check_id", "hidden_characters", "validate_manifest"]
 
 #: Each checkpoint type's main state file, without its format's extension.
 STATE_STEMS = {"Algorithm": "algorithm_state", "Policy": "policy_state", "State": "state"}
 CHECKPOINT_TYPES = tuple(STATE_STEMS)
 MAX_ID_LENGTH = 128
+#: The most bytes an id takes in UTF-8: a file name's limit on common file systems (ext4, APFS,
+#: NTFS...), which 128 non-ASCII characters can exceed.
+MAX_ID_BYTES = 255
 
 
 #: Unicode categories refused in ids and in the file names a manifest lists, and escaped by the
@@ -48,10 +51,16 @@ def hidden_characters(text: str) -> list[str]:
     return list(dict.fromkeys(c for c in text if unicodedata.category(c) in HIDDEN_CATEGORIES))
 
 
+def _utf8_size(text: str) -> int:
+    """How many bytes ``text`` takes in UTF-8 (a lone surrogate counted as the 3 it would take)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def check_id(value: object, *, what: str = "policy id", path: os.PathLike[str] | str | None = None) -> str:
     """Check an id that becomes a directory name; return it.
 
-    Refused: empty, longer than :data:`MAX_ID_LENGTH`, ``.``/``..``, a path
+    Refused: empty, longer than :data:`MAX_ID_LENGTH` characters or :data:`MAX_ID_BYTES`
+    bytes in UTF-8 (a file name's limit), ``.``/``..``, a path
     separator, and any character in :data:`HIDDEN_CATEGORIES` (control and
     format characters such as bidi overrides, lone surrogates, line and
     paragraph separators), which could hide or disguise what the id is.
@@ -65,6 +74,8 @@ def check_id(value: object, *, what: str = "policy id", path: os.PathLike[str] |
         why = "must not be empty"
     elif len(value) > MAX_ID_LENGTH:
         why = f"is longer than {MAX_ID_LENGTH} characters"
+    elif _utf8_size(value) > MAX_ID_BYTES:
+        why = f"is longer than {MAX_ID_BYTES} bytes in UTF-8 ({_utf8_size(value)}), a file name's limit"
     elif value in (".", ".."):
         why = "must not be '.' or '..'"
     elif "/" in value or "\\" in value:
@@ -203,6 +214,8 @@ def _all_ids_valid(ids: list[Any]) -> bool:
     except TypeError:  # one is not a str
         return False
     if min(map(len, ids)) < 1 or max(map(len, ids)) > MAX_ID_LENGTH:
+        return False
+    if max(map(len, ids)) * 4 > MAX_ID_BYTES and max(map(_utf8_size, ids)) > MAX_ID_BYTES:
         return False
     return joined.isprintable() and "/" not in joined and "\\" not in joined and not {".", ".."} & set(ids)
 

@@ -190,7 +190,8 @@ def supported_versions(migrations: Iterable[Provided], to_version: str = CHECKPO
 def apply_chain(trees: CheckpointTrees, chain: Iterable[Migration], *, path: Path | str) -> CheckpointTrees:
     """Apply ``chain`` in order; each step gets the previous step's output.
 
-    :raises MigrationError: a step failed or returned something else (named).
+    :raises MigrationError: a step failed, returned something else, or added or dropped
+        policies (named).
     """
     for step in chain:
         try:
@@ -203,6 +204,13 @@ def apply_chain(trees: CheckpointTrees, chain: Iterable[Migration], *, path: Pat
             raise MigrationError(
                 f"migration {step.name} returned {type(out).__name__}, not CheckpointTrees", path=path
             )
+        if set(out.policies) != set(trees.policies):
+            raise MigrationError(
+                f"migration {step.name} changed the set of policies of {path}"
+                + "".join(f"; {what} {', '.join(map(repr, sorted(ids, key=str)))}" for what, ids in (
+                    ("dropped", set(trees.policies) - set(out.policies)),
+                    ("added", set(out.policies) - set(trees.policies))) if ids)
+                + ": a step may change each policy's state, never which policies there are", path=path)
         trees = out
     return trees
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amber.errors import DuplicateNameError, UnregisteredNameError, warn
@@ -252,8 +252,10 @@ def resolve(
     where = f" ({what})" if what else ""
     if name.startswith(PLACEHOLDER):
         raise UnregisteredNameError(
-            f"{path}: the checkpoint's {what or 'reference'} {name[1:]!r} was not stored (a lambda or "
-            "unregistered function cannot be written in a portable format); pass it again when loading",
+            f"{path}: the checkpoint's {what or 'reference'} {name[1:]!r} was not stored (it had no "
+            "registered name, so a portable format could not write it) and no argument can give it "
+            "again: save the checkpoint again after amber.register_class(...) of it (registered before "
+            "loading too), or in a format that holds any object (`amber formats`)",
             path=path,
         )
     if name in BUILTIN:
@@ -281,7 +283,7 @@ def to_names(
     tree: Any,
     *,
     portable: bool,
-    placeholders: bool = False,
+    placeholders: bool | Collection[str] = False,
     format: str = "",
     where: str = "",
     pm: pluggy.PluginManager | None = None,
@@ -291,11 +293,13 @@ def to_names(
     Containers are copied only where something changed. An object with no
     registered name is kept as it is for a format that holds any object
     (pickle); for a portable one it becomes a placeholder (``placeholders``)
-    or is an error.
+    or is an error. ``placeholders`` is True (anywhere) or the key paths where a loader can be
+    given the object again (only there).
 
     :raises UnserializableStateError: an unregistered class or function, in a portable format.
     """
     from amber.errors import UnserializableStateError
+    from amber.registry import get_registry
     from amber.state import Ref, walk_replace
 
     def leaf(keypath: str, value: Any) -> Any:
@@ -307,14 +311,17 @@ def to_names(
         if not portable:
             return value
         shown = str(getattr(value, "__qualname__", None) or type(value).__name__)[:MAX_NAME_LENGTH]
-        if placeholders:
+        if placeholders is True or (not isinstance(placeholders, bool) and keypath in placeholders):
             left_out.append(f"{keypath} ({shown})")
             return Ref(PLACEHOLDER + shown)
+        registry = get_registry(pm)
+        holders = [f"format={n!r}" for n in registry.names()
+                   if registry.get(n).capabilities.arbitrary_objects]
         raise UnserializableStateError(
-            f"cannot write {keypath or '(root)'} in format {format!r}: {shown!r} has no registered name. "
-            f"Register it (amber.register_class({shown.split('.')[-1]}) before saving and loading; a "
-            "lambda needs name=...), or save in a format that holds any object (`amber formats`), "
-            "or pass it again when restoring (e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
+            f"cannot write {keypath or '(root)'} in format {format!r}: {shown!r} has no registered name, "
+            f"so a loader could not find it again; nothing was written. Register it before saving (and "
+            f"before loading): amber.register_class({shown.split('.')[-1]}) (a lambda needs name=...), "
+            f"or save in a format that holds any object ({', '.join(holders) or '`amber formats`'})",
             path=where or None, format=format,
         )
 

@@ -24,6 +24,7 @@ from amber.errors import (
     UnknownFormatError,
 )
 from amber.migration import Migration
+from amber.plugin_manager import DEFAULT_PLUGINS
 from amber.specs import (
     DISTRIBUTION,
     Capabilities,
@@ -90,15 +91,18 @@ class FormatRegistry:
             raise UnknownFormatError(name, self.formats, hint=self._hint(name, "format")) from None
 
     def default_portable(self) -> str:
-        """The first registered format (by name) that is portable and safe to load: the default
-        of :func:`amber.save` and what another system's checkpoint is migrated into.
+        """The default of :func:`amber.save`, and what another system's checkpoint is migrated
+        into: amber's own format (an in-tree plugin's) that is portable and safe to load, so
+        installing a format never changes it; where that plugin was unregistered, the first
+        portable and safe format by name.
 
         :raises UnknownFormatError: no such format is installed.
         """
-        for name in self.names():
-            caps = self.formats[name].item.capabilities
-            if caps.portable and caps.safe:
-                return name
+        own = {module.rsplit(".", 1)[-1] for module in DEFAULT_PLUGINS}  # in-tree plugins' names
+        candidates = [name for name, provided in sorted(self.formats.items())
+                      if provided.item.capabilities.portable and provided.item.capabilities.safe]
+        for name in sorted(candidates, key=lambda name: self.formats[name].plugin not in own):
+            return name  # amber's own first, then by name (the sort is stable)
         raise UnknownFormatError("(a portable, safe format)", self.formats, hint=None)
 
     def names(self) -> list[str]:

@@ -279,13 +279,15 @@ def _copy_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
 def _arrays(tree: Any) -> list[np.ndarray]:
     """Every numpy array in ``tree``'s dicts, lists and tuples."""
     found: list[np.ndarray] = []
+    seen: set[int] = set()  # containers already walked: a tree may contain itself
     stack = [tree]
     while stack:
         node = stack.pop()
-        if type(node) is dict:
-            stack.extend(node.values())
-        elif type(node) in (list, tuple):
-            stack.extend(node)
+        if type(node) in (dict, list, tuple):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.extend(node.values() if type(node) is dict else node)
         elif type(node) is np.ndarray and not node.dtype.hasobject:
             found.append(node)
     return found

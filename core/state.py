@@ -134,22 +134,98 @@ def text_to_wide_ints(tree: Any) -> Any:
 
 def walk_replace(tree: Any, fn: Callable[[str, Any], Any], path: str = "", depth: int = 0) -> Any:
     """``tree`` with each leaf replaced by ``fn(key_path, leaf)``; containers are
-    rebuilt only where a leaf changed (tuples come back as tuples)."""
+    rebuilt only where a leaf below them changed (tuples come back as tuples).
+
+    Each container is walked once, whatever the number of paths to it: a
+    container shared within the tree is replaced by one shared container, a
+    cycle stays a cycle, and the time is linear in the number of containers
+    and leaves. ``fn`` sees a leaf of a shared container at the first key
+    path found to it. Containers nested deeper than :data:`MAX_DEPTH` are kept
+    as they are.
+    """
     if depth > MAX_DEPTH:
         return tree
-    if isinstance(tree, dict):
-        new = {k: walk_replace(v, fn, _key(path, k), depth + 1) for k, v in tree.items()}
-        return tree if all(new[k] is v for k, v in tree.items()) else new
-    if isinstance(tree, (list, tuple)):
-        items = [walk_replace(v, fn, _key(path, i), depth + 1) for i, v in enumerate(tree)]
-        if all(a is b for a, b in zip(items, tree, strict=True)):
-            return tree
-        return tuple(items) if isinstance(tree, tuple) else items
-    return fn(path, tree)
+    if not isinstance(tree, (dict, list, tuple)):
+        return fn(path, tree)
+    return _Replacement(fn).run(tree, path, depth)
+
+
+class _Replacement:
+    """One :func:`walk_replace`: walk every container once, find those a changed leaf lies below
+    (through any path, cycles included), then rebuild those only, all pointing at each other."""
+
+    def __init__(self, fn: Callable[[str, Any], Any]) -> None:
+        self.fn = fn
+        self.walked: dict[int, Any] = {}  # id -> container: each is walked once
+        self.leaves: dict[tuple[int, Any], Any] = {}  # (id(container), key) -> its new leaf
+        self.parents: dict[int, list[int]] = {}  # id -> ids of the containers holding it
+        self.changed: set[int] = set()  # ids of the containers to rebuild
+        self.new: dict[int, Any] = {}  # id -> its rebuilt container
+
+    def run(self, tree: Any, path: str, depth: int) -> Any:
+        self._walk(tree, path, depth)
+        todo = list(self.changed)
+        while todo:  # a container holding a changed one changes too
+            for parent_id in self.parents.get(todo.pop(), ()):
+                if parent_id not in self.changed:
+                    self.changed.add(parent_id)
+                    todo.append(parent_id)
+        return self._rebuild(tree)
+
+    def _walk(self, node: Any, path: str, depth: int) -> None:
+        """Walk ``node`` (a container not walked yet), depth first in key order, as the tree reads."""
+        if depth >= MAX_DEPTH:
+            return  # what it holds is kept as it is
+        self.walked[id(node)] = node
+        for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(v, (dict, list, tuple)):
+                self.parents.setdefault(id(v), []).append(id(node))
+                if id(v) not in self.walked:
+                    self._walk(v, _key(path, k), depth + 1)
+                continue
+            new = self.fn(_key(path, k), v)
+            if new is not v:
+                self.leaves[id(node), k] = new
+                self.changed.add(id(node))
+
+    def _rebuild(self, tree: Any) -> Any:
+        changed = [self.walked[i] for i in self.changed]
+        for node in changed:  # dicts and lists first, empty, so that anything can point at them
+            if not isinstance(node, tuple):
+                self.new[id(node)] = {} if isinstance(node, dict) else []
+        for node in changed:  # a tuple after the tuples inside it (a cycle passes through a list or dict)
+            todo = [node]
+            while todo:
+                top = todo[-1]
+                inner = [v for v in top if isinstance(v, tuple) and id(v) in self.changed
+                         and id(v) not in self.new] if isinstance(top, tuple) else []
+                if inner:
+                    todo.extend(inner)
+                    continue
+                todo.pop()
+                if isinstance(top, tuple) and id(top) not in self.new:
+                    self.new[id(top)] = tuple(self._item(top, i, v) for i, v in enumerate(top))
+        for node in changed:
+            if isinstance(node, dict):
+                self.new[id(node)].update((k, self._item(node, k, v)) for k, v in node.items())
+            elif isinstance(node, list):
+                self.new[id(node)].extend(self._item(node, i, v) for i, v in enumerate(node))
+        return self.new.get(id(tree), tree)
+
+    def _item(self, container: Any, key: Any, value: Any) -> Any:
+        """What ``container[key]`` becomes: its new leaf, the rebuilt container, or itself."""
+        found = self.leaves.get((id(container), key), value)
+        if found is value and isinstance(value, (dict, list, tuple)):
+            return self.new.get(id(value), value)
+        return found
 
 
 def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
     """Check that ``tree`` holds only what a portable format can write.
+
+    A container shared within the tree is checked once (unless it also sits
+    deeper); a container that contains itself is refused, naming where the
+    cycle leads back to.
 
     :param tree: the state tree.
     :param format: the format's name, for the message.
@@ -164,47 +240,68 @@ def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
             format=format,
         )
 
-    stack: list[tuple[str, Any, int]] = [("", tree, 0)]
-    while stack:
-        keypath, node, depth = stack.pop()
+    inside: dict[int, str] = {}  # the containers being checked (the current node's own) -> key path
+    checked: dict[int, int] = {}  # containers checked whole -> the deepest level they were checked at
+
+    def check(parent: str, key: Any, node: Any, depth: int) -> None:  # key path: parent + key
+        if not isinstance(node, (dict, list, tuple)):
+            why = f"nested deeper than {MAX_DEPTH} levels" if depth > MAX_DEPTH else _leaf_problem(node)
+            if why is not None:
+                raise fail(_key(parent, key) if depth else "", why)
+            return
+        keypath = _key(parent, key) if depth else ""
+        if id(node) in inside:
+            raise fail(keypath, f"it contains itself (a cycle back to {inside[id(node)] or '(root)'}); "
+                                "this format cannot store cycles: break the cycle, or save in a format "
+                                "that holds any object (`amber formats`)")
         if depth > MAX_DEPTH:
-            raise fail(keypath, f"nested deeper than {MAX_DEPTH} levels (or contains itself)")
-        if isinstance(node, (dict, list, tuple)):
-            if isinstance(node, dict):
-                for k, v in node.items():
-                    if isinstance(k, bool) or not isinstance(k, (str, int)):
-                        raise fail(keypath, f"dict key {k!r} is neither str nor int")
-                    if isinstance(k, int) and not _INT_MIN <= k <= _INT_MAX:
-                        raise fail(keypath, f"int key {k} does not fit in 64 bits")
-                    stack.append((_key(keypath, k), v, depth + 1))
-            else:
-                stack.extend((_key(keypath, i), v, depth + 1) for i, v in enumerate(node))
-            continue
-        if node is None or isinstance(node, (bool, float, str, bytes, Ref)):
-            continue
-        if isinstance(node, int):
-            if not _INT_MIN <= node <= _INT_MAX:
-                raise fail(keypath, f"int {node} does not fit in 64 bits")
-            continue
-        if isinstance(node, (np.ndarray, np.generic)):
-            if node.dtype.kind not in ARRAY_KINDS:
-                raise fail(
-                    keypath,
-                    f"numpy dtype {node.dtype} is not numeric or bool (object and "
-                    "structured dtypes can run code or lose data when read)",
-                )
-            continue
-        if is_reference_type(node):
-            raise fail(
-                keypath,
-                f"{getattr(node, '__qualname__', node)!r} has no registered name. Register it "
-                "(amber.register_class), or save in a format that holds any object (`amber formats`), "
-                "or pass it again when restoring "
-                "(e.g. Algorithm.from_checkpoint(path, policy_mapping_fn=...))",
-            )
-        raise fail(
-            keypath,
-            f"values of type {type(node).__module__}.{type(node).__qualname__} are not "
+            raise fail(keypath, f"nested deeper than {MAX_DEPTH} levels")
+        if checked.get(id(node), -1) >= depth:
+            return
+        inside[id(node)] = keypath
+        if isinstance(node, dict):
+            for k, v in node.items():
+                why = _key_problem(k)
+                if why is not None:
+                    raise fail(keypath, why)
+                check(keypath, k, v, depth + 1)
+        else:
+            for i, v in enumerate(node):
+                check(keypath, i, v, depth + 1)
+        del inside[id(node)]
+        checked[id(node)] = max(checked.get(id(node), -1), depth)
+
+    check("", None, tree, 0)
+
+
+def _key_problem(k: Any) -> str | None:
+    if isinstance(k, bool) or not isinstance(k, (str, int)):
+        return f"dict key {k!r} is neither str nor int"
+    if isinstance(k, int) and not _INT_MIN <= k <= _INT_MAX:
+        return f"int key {k} does not fit in 64 bits"
+    return None
+
+
+def _leaf_problem(node: Any) -> str | None:
+    """Why ``node`` is not a leaf a portable format can write, or None."""
+    if isinstance(node, (np.ndarray, np.generic)):  # first: np.str_ is a str, np.float64 a float
+        dtype = node.dtype
+        if isinstance(node, np.ma.MaskedArray):
+            return "masked arrays would lose their mask; save .data and .mask"
+        if dtype.kind in "US":
+            return f"numpy dtype {dtype} is not numeric or bool (convert numpy strings with str() or bytes())"
+        if dtype.kind not in ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            return (f"numpy dtype {dtype} is not numeric or bool (object and structured dtypes can run "
+                    "code or lose data when read)")
+        return None
+    if node is None or isinstance(node, (bool, float, str, bytes, Ref)):
+        return None
+    if isinstance(node, int):
+        return None if _INT_MIN <= node <= _INT_MAX else f"int {node} does not fit in 64 bits"
+    if is_reference_type(node):
+        return (f"{getattr(node, '__qualname__', node)!r} has no registered name. Register it "
+                "(amber.register_class) before saving, or save in a format that holds any object "
+                "(`amber formats`)")
+    return (f"values of type {type(node).__module__}.{type(node).__qualname__} are not "
             "state-tree leaves; convert it to arrays/dicts, or save in a format that holds any "
-            "object (`amber formats`)",
-        )
+            "object (`amber formats`)")

@@ -211,6 +211,22 @@ def test_an_unknown_format_or_an_uncopyable_state_fails_at_once(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_background_save_of_a_state_containing_itself_is_a_synchronous_ones_result(tmp_path):
+    loop: list = [np.arange(3)]
+    loop += [loop, loop]  # a list containing itself twice
+    state = {"w": np.ones(2), "loop": loop}
+    state["me"] = state
+    got = amber.load(amber.save(state, tmp_path / "p", format="pickle", block=False).result(timeout=60))
+    assert got["me"] is got and got["loop"][1] is got["loop"][2] is got["loop"]  # pickle keeps cycles
+    assert np.array_equal(got["loop"][0], np.arange(3)) and np.array_equal(got["w"], np.ones(2))
+    handle = amber.save(state, tmp_path / "m", format="msgpack", block=False)
+    with pytest.raises(UnserializableStateError, match="contains itself") as background:
+        handle.result(timeout=60)
+    with pytest.raises(UnserializableStateError, match="contains itself") as synchronous:
+        amber.save(state, tmp_path / "m", format="msgpack")
+    assert str(background.value) == str(synchronous.value) and not (tmp_path / "m").exists()
+
+
 # -- algorithms -----------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 import random
 import re
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from amber.errors import (
     NotACheckpointError,
     UnknownFormatError,
     UnknownPolicyError,
+    UnregisteredNameError,
     UnsafeContentError,
     UnsupportedVersionError,
 )
@@ -68,6 +70,15 @@ def _format_plugin(name: str) -> types.SimpleNamespace:
             return [spec]
 
     return Plugin()
+
+
+def test_installing_a_portable_format_never_changes_what_save_writes_by_default(bare_pm, tmp_path):
+    bare_pm.register(_format_plugin("aaa"), name="aaa_fmt")  # portable, safe, and first by name
+    path = amber.save({"w": np.zeros(3)}, tmp_path / "c", pm=bare_pm)
+    assert json.loads((path / "checkpoint.json").read_text())["format"] == "msgpack"
+    assert get_registry(bare_pm).default_portable() == "msgpack"
+    bare_pm.unregister(name="msgpack_fmt")  # without amber's own: the first portable, safe one by name
+    assert build_registry(bare_pm).default_portable() == "aaa"
 
 
 def test_duplicate_format_name_names_both_providers(bare_pm):
@@ -337,6 +348,26 @@ def test_safe_load_refuses_pickle_before_opening_it(bare_pm, tmp_path, monkeypat
     assert read_checkpoint(path, allow_pickle=True, pm=bare_pm).state == {"iteration": 3}
 
 
+@pytest.mark.parametrize("value", ["", "0", "false", "no", "off", " Off ", "FALSE"])
+def test_safe_load_is_off_for_the_usual_false_spellings(bare_pm, tmp_path, monkeypatch, value):
+    """AMBER_SAFE_LOAD=off turned safe loading on: a signed pickle checkpoint was refused."""
+    path = _algo(tmp_path, bare_pm, fmt="pickle")
+    monkeypatch.setenv("AMBER_SAFE_LOAD", value)
+    assert read_checkpoint(path, pm=bare_pm).state == {"iteration": 3}
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "on", " ON ", "maybe"])
+def test_safe_load_is_on_for_true_spellings_and_anything_unrecognised(bare_pm, tmp_path, monkeypatch, value):
+    path = _algo(tmp_path, bare_pm, fmt="pickle")
+    monkeypatch.setenv("AMBER_SAFE_LOAD", value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UnsafeContentError):
+            read_checkpoint(path, pm=bare_pm)
+    warned = [str(w.message) for w in caught if "AMBER_SAFE_LOAD" in str(w.message)]
+    assert len(warned) == (value == "maybe") and all("taken as on" in w for w in warned)
+
+
 def test_missing_plugin_names_what_to_install(bare_pm, tmp_path):
     path = _algo(tmp_path, bare_pm)
     _rewrite_manifest(path, lambda raw: raw.update(format="zstd", format_plugin={"name": "zstd", "distribution": "amber-zstd"}))
@@ -406,6 +437,22 @@ def test_failing_migration_is_named(bare_pm):
         read_checkpoint(FIXTURE_V09, pm=bare_pm)
 
 
+def test_a_step_that_adds_or_drops_policies_is_named(bare_pm, tmp_path):
+    class DropsPolicies:
+        @amber.hookimpl
+        def amber_register_migrations(self):
+            return [Migration("0.9", "1.0", lambda trees: trees.replace(policies={}))]
+
+    bare_pm.register(DropsPolicies())
+    ck = write_checkpoint(tmp_path / "ck", type="Algorithm", format="msgpack", state={},
+                          policies={"p0": {"w": 1}}, checkpoint_version="0.9", pm=bare_pm)
+    blamed = r"migration 0\.9 -> 1\.0 changed the set of policies of .*; dropped 'p0'"
+    with pytest.raises(MigrationError, match=blamed):  # not amber's own last step
+        read_checkpoint(ck, pm=bare_pm)
+    with pytest.raises(MigrationError, match=blamed):  # a dry run runs the steps too
+        amber.migrate(ck, dry_run=True, pm=bare_pm)
+
+
 # -- writing --------------------------------------------------------------------------
 
 
@@ -455,6 +502,55 @@ def test_unwritable_state_leaves_nothing_behind(bare_pm, tmp_path):
         amber.save({"config": {"fn": lambda: 0}}, old, pm=bare_pm)
     assert amber.load(old, pm=bare_pm) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_pickle_keeps_shared_objects_and_cycles_around_registered_classes(bare_pm, tmp_path):
+    from amber.algorithms.ppo import PPO
+    from amber.state import Ref
+
+    shared = {"algo": PPO, "n": 1}
+    cycle: dict = {"algo": PPO}
+    cycle["me"] = cycle
+    through_tuple = ([PPO],)
+    through_tuple[0].append(through_tuple)
+    state = {"a": shared, "b": shared, "cycle": cycle, "tuple": through_tuple}
+    got = amber.load(amber.save(state, tmp_path / "c", format="pickle", pm=bare_pm), pm=bare_pm)
+    assert got["a"] is got["b"] and got["a"] == {"algo": Ref("amber.PPO"), "n": 1}
+    assert got["cycle"]["me"] is got["cycle"] and got["cycle"]["algo"] == Ref("amber.PPO")
+    assert got["tuple"][0][1] is got["tuple"] and got["tuple"][0][0] == Ref("amber.PPO")
+    assert cycle["algo"] is PPO and cycle["me"] is cycle  # the caller's objects are untouched
+
+
+def test_deep_nests_of_shared_lists_are_written_once_each(bare_pm, tmp_path):
+    from amber.algorithms.ppo import PPO
+    from amber.state import Ref
+
+    nest: list = [PPO]
+    for _ in range(60):
+        nest = [nest, nest]  # 61 lists, 2**60 paths from the top to PPO
+    loop: list = [PPO]
+    loop += [loop, loop]  # a list containing itself twice: 2**256 paths 256 levels deep
+    state = {"x": nest, "loop": loop}
+    got = amber.load(amber.save(state, tmp_path / "c", format="pickle", pm=bare_pm), pm=bare_pm)
+    assert got["loop"][1] is got["loop"][2] is got["loop"] and got["loop"][0] == Ref("amber.PPO")
+    got = got["x"]
+    for _ in range(60):
+        assert got[0] is got[1]
+        got = got[0]
+    assert got == [Ref("amber.PPO")]
+
+
+def test_a_portable_format_refuses_a_cycle_naming_where_it_leads(bare_pm, tmp_path):
+    from amber.algorithms.ppo import PPO
+    from amber.errors import UnserializableStateError
+
+    cycle: dict = {"algo": PPO, "inner": {}}
+    cycle["inner"]["back"] = cycle
+    with pytest.raises(UnserializableStateError,
+                       match=r"cannot write inner\.back .*contains itself \(a cycle back to \(root\)\)") as info:
+        amber.save(cycle, tmp_path / "c", format="msgpack", pm=bare_pm)
+    assert info.value.path == str(tmp_path / "c" / "state.msgpck")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- the engine names no format or exporter ---------------------------------------------
@@ -553,3 +649,49 @@ def test_a_formats_missing_dependency_names_its_extra(tmp_path, fail_on):
         amber.save({"a": 1}, tmp_path / "ck", format="zst", pm=pm)
         with pytest.raises(MissingPluginError, match=r"zstandard.*pip install 'amber-rl\[zstd\]'"):
             amber.load(tmp_path / "ck", pm=pm)
+
+
+def test_a_module_the_checkpoint_names_that_cannot_be_imported_is_named_as_such(bare_pm, tmp_path, monkeypatch):
+    """A pickle state holding a function of a user module that is not importable where it is
+    loaded was a MissingPluginError blaming the format's plugin ("install the missing package,
+    or reinstall the distribution of the plugin"): it names the module and the file instead."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "amber_test_user_maps.py").write_text("def my_map(agent_id, *a, **k):\n    return 'p0'\n")
+    monkeypatch.syspath_prepend(str(source))
+    import amber_test_user_maps
+
+    path = tmp_path / "ck"
+    amber.save({"fn": amber_test_user_maps.my_map}, path, format="pickle", pm=bare_pm)
+    monkeypatch.delitem(__import__("sys").modules, "amber_test_user_maps")
+    (source / "amber_test_user_maps.py").unlink()
+    with pytest.raises(UnregisteredNameError) as e:
+        amber.load(path, allow_pickle=True, pm=bare_pm)
+    message = str(e.value)
+    assert not isinstance(e.value, MissingPluginError)
+    assert "'amber_test_user_maps'" in message and "importable" in message and "state.pkl" in message
+    assert "plugin" not in message and "policy_mapping_fn" not in message
+
+
+def test_a_formats_own_dependency_imported_while_reading_stays_a_missing_plugin(tmp_path):
+    """The same ImportError from the format's own import statement (a format that holds any
+    object, importing its dependency lazily) still names the format and its extra."""
+    def read(source):
+        import amber_test_no_such_dependency  # noqa: F401
+
+    def write(state, sink):
+        with sink.open() as f:
+            f.write(b"{}")
+
+    spec = FormatSpec("lazy", ".lz", Capabilities(False, True, True), write, read, extra="lazy")
+
+    class Plugin:
+        @amber.hookimpl
+        def amber_register_formats(self):
+            return [spec]
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Plugin(), name="lazy_fmt")
+    amber.save({"a": 1}, tmp_path / "ck", format="lazy", pm=pm)
+    with pytest.raises(MissingPluginError, match=r"amber_test_no_such_dependency.*amber-rl\[lazy\]"):
+        amber.load(tmp_path / "ck", pm=pm)

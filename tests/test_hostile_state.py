@@ -151,9 +151,14 @@ def test_a_million_declared_agents_are_refused(tmp_path):
     algo.stop()
     path = rewritten(tmp_path / "src", tmp_path / "ck",
                      lambda state, _: state["config"]["env_config"].update(num_agents=HUGE))
-    # the policies' spaces are saved, so restoring builds no env: it is refused when sampling starts
-    restored = Algorithm.from_checkpoint(path, policy_mapping_fn=_by_parity)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # continuing the saved episodes builds the env to restore them: refused there, named
+    with pytest.raises(InvalidStateError, match="num_agents") as e:
+        Algorithm.from_checkpoint(path, policy_mapping_fn=_by_parity)
+    assert str(path) in str(e.value)
+    # restarting them (another set of policies), the policies' spaces are saved, so restoring
+    # builds no env: it is refused when sampling starts
+    restored = Algorithm.from_checkpoint(path, policy_ids=["p0", "p1"], policy_mapping_fn=_by_parity)
     with pytest.raises(ValueError, match="num_agents"):
         restored.train()
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200

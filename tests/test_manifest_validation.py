@@ -79,12 +79,38 @@ def test_one_malformed_entry_among_many_is_refused_by_name(tmp_path, entry):
         _read(tmp_path, raw)
 
 
-@pytest.mark.parametrize("bad", [".", "..", "a/b", "a\\b", "", "x" * 129, "p\u202e1", "p\x1b1", 7, None])
+@pytest.mark.parametrize("bad", [".", "..", "a/b", "a\\b", "", "x" * 129, "p\u202e1", "p\x1b1", 7, None,
+                                 "政策" * 43])
 def test_one_bad_policy_id_among_many_is_refused(tmp_path, bad):
     raw = _manifest()
     raw["policy_ids"].insert(50, bad)
     with pytest.raises(CorruptCheckpointError, match="policy id"):
         _read(tmp_path, raw)
+
+
+LONG_IN_BYTES = "政策" * 43  # 86 characters, 258 bytes in UTF-8: over a file name's 255
+
+
+def test_an_id_over_255_bytes_in_utf8_is_refused_like_one_over_128_characters(tmp_path):
+    """Such an id passed the check (at most 128 characters) and failed at save with "File name too
+    long", naming no id; a crafted manifest listing one is refused too, by name."""
+    from amber.checkpoint import write_checkpoint
+    from amber.errors import InvalidIdError
+    from amber.layout import check_id
+
+    assert check_id("政" * 85) == "政" * 85  # 255 bytes: allowed
+    with pytest.raises(InvalidIdError, match="longer than 255 bytes"):
+        check_id(LONG_IN_BYTES)
+    with pytest.raises(InvalidIdError, match="longer than 255 bytes") as e:
+        write_checkpoint(tmp_path / "ck", type="Algorithm", state={}, format="msgpack",
+                         policies={LONG_IN_BYTES: {"w": 1}, "ok": {"w": 2}})
+    assert LONG_IN_BYTES in str(e.value) and not (tmp_path / "ck").exists()
+    write_checkpoint(tmp_path / "ck", type="Algorithm", state={}, format="msgpack", policies={"政" * 85: {}})
+    raw = _manifest(n=1)
+    raw["policy_ids"] = [LONG_IN_BYTES]
+    with pytest.raises(CorruptCheckpointError, match="longer than 255 bytes") as e:
+        _read(tmp_path, raw)
+    assert LONG_IN_BYTES in str(e.value)
 
 
 def test_a_policy_without_its_manifest_among_many_is_refused(tmp_path):

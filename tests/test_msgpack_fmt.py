@@ -8,6 +8,7 @@ import json
 import math
 import os.path
 import pickle
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -376,6 +377,33 @@ def test_write_refuses_object_dtype_even_unvalidated(tmp_path):
             msgpack_fmt.write({"bad": bad}, Sink(tmp_path, f"s{id(bad)}", ".msgpck", {}))
     with pytest.raises(UnserializableStateError, match="x"):
         msgpack_fmt.write({"x": object()}, sink)
+
+
+@pytest.mark.parametrize(("state", "where", "why"), [
+    ({"s": np.str_("x")}, "s", "numpy dtype <U1 is not numeric or bool (convert numpy strings"),
+    ({"b": [np.bytes_(b"x")]}, "b[0]", "numpy dtype |S1 is not numeric or bool (convert numpy strings"),
+    ({"m": np.ma.array([1, 2], mask=[0, 1])}, "m", "masked arrays would lose their mask"),
+    ({"u": ["ok", "a\udc80"]}, "u[1]", "not valid Unicode"),
+    ({"k": {"a\udc80": 1}}, "k", "not valid Unicode"),
+], ids=["np.str_", "np.bytes_", "masked", "surrogate", "surrogate key"])
+def test_an_unwritable_leaf_is_named_with_the_checkpoints_own_path(bare_pm, tmp_path, state, where, why):
+    with pytest.raises(UnserializableStateError) as info:
+        amber.save(state, tmp_path / "ck", pm=bare_pm)
+    assert info.value.path == str(tmp_path / "ck" / "state.msgpck")  # not the staging directory's
+    assert f"cannot write {where} in format 'msgpack'" in str(info.value) and why in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_names_the_key_path_of_a_string_with_no_utf8_form(tmp_path):
+    class Text(str):
+        pass
+
+    for state, where in (({"a": ["ok", "a\udc80"]}, "a[1]"), ({"a": [Text("a\udc80")]}, "a[0]"),
+                         ({"a": {"k\udc80": 1}}, "a"), ({"r": Ref("a\udc80")}, "r")):
+        sink = Sink(tmp_path, f"s{len(list(tmp_path.iterdir()))}", ".msgpck", {})
+        with pytest.raises(UnserializableStateError, match=rf"cannot write {re.escape(where)} .*not valid Unicode") as info:
+            msgpack_fmt.write(state, sink)
+        assert info.value.path == str(sink.path)
 
 
 # -- hostile input ------------------------------------------------------------------------------

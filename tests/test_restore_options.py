@@ -70,3 +70,72 @@ def test_a_mapping_msgpack_could_not_store_given_again_resumes_bit_exactly(tmp_p
     finally:
         algo.stop()
         restored.stop()
+
+
+def test_msgpack_refuses_a_policy_class_it_could_not_store_before_writing(tmp_path):
+    """A class with no registered name is a placeholder only where from_checkpoint can be given it
+    again (mapping, env, callbacks): an unregistered policy class was saved with a warning, and the
+    checkpoint could never be loaded (no argument gives a policy class back). The save fails,
+    names the class and the ways out, and writes nothing; registered, it saves and loads."""
+    import amber
+    from amber.errors import UnserializableStateError
+    from amber.policy.policy import PolicySpec
+    from amber.policy.torch_policy import TorchPolicy
+
+    class MyPolicy(TorchPolicy):
+        pass
+
+    def mapping(agent_id, *a, **k):
+        return f"p{agent_id}"
+
+    with_spec = _config(mapping).multi_agent(policies={"p0": PolicySpec(MyPolicy), "p1": PolicySpec()})
+    added = _config(mapping).build()
+    added.add_policy("mine", MyPolicy)
+    for algo in (added, with_spec.build()):
+        try:
+            with pytest.raises(UnserializableStateError) as e:
+                algo.save(tmp_path / "ck", format="msgpack")
+        finally:
+            algo.stop()
+        message = str(e.value)
+        assert "config.policies.mine.policy_class" in message or "config.policies.p0.policy_class" in message
+        assert "amber.register_class(MyPolicy)" in message and "format='pickle'" in message
+        assert not (tmp_path / "ck").exists()
+    amber.register_class(MyPolicy, name="test_restore_options:MyPolicy")
+    algo = with_spec.build()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the mapping is still a placeholder)
+            path = algo.save(tmp_path / "ck", format="msgpack").checkpoint.path
+    finally:
+        algo.stop()
+    restored = Algorithm.from_checkpoint(path, policy_mapping_fn=mapping)
+    try:
+        assert type(restored.get_policy("p0")) is MyPolicy
+    finally:
+        restored.stop()
+
+
+def test_a_placeholder_is_asked_for_by_a_real_keyword_or_none():
+    """Each key where a placeholder may be saved is given again by a real keyword of
+    from_checkpoint; for any other (a policy class in an older checkpoint) the message suggests
+    no keyword (it said ``policies.mine=...``), nor does Policy.from_checkpoint's."""
+    import inspect
+
+    from amber.algorithms.saved_config import GIVEN_AGAIN, config_from_state
+    from amber.errors import UnregisteredNameError
+    from amber.names import resolve
+    from amber.state import Ref
+
+    assert set(GIVEN_AGAIN.values()) <= set(inspect.signature(Algorithm.from_checkpoint).parameters)
+    own = {"algorithm_class": Ref("amber.PPO"),
+           "config": {"policy_mapping_fn": Ref("?mapping"), "policies": {"mine": {"policy_class": Ref("?MyPolicy")}}}}
+    with pytest.raises(UnregisteredNameError, match=r"from_checkpoint\(path, policy_mapping_fn=\.\.\.\)"):
+        config_from_state(own, path="ck", pm=None)
+    own["config"]["policy_mapping_fn"] = None
+    with pytest.raises(UnregisteredNameError) as e:
+        config_from_state(own, path="ck", pm=None)
+    assert "policies.mine=" not in str(e.value) and "policy_ids=[...]" in str(e.value)
+    with pytest.raises(UnregisteredNameError) as e:
+        resolve("?MyPolicy", what="policy class", path="ck")
+    assert "pass it again" not in str(e.value) and "amber.register_class" in str(e.value)

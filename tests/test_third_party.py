@@ -606,6 +606,8 @@ def _self_containing() -> list[Any]:
         ({"obj": object()}, "obj"),
         ({"arr": np.array([object()], dtype=object)}, "arr"),
         ({"text": np.array(["x"])}, "text"),
+        ({"numpy str": [np.str_("x")]}, "numpy str[0]"),  # a str subclass, that would come back a str
+        ({"numpy bytes": np.bytes_(b"x")}, "numpy bytes"),
         ({"masked": np.ma.masked_array([1, 2], mask=[0, 1])}, "masked"),
         ({"big": 2**64}, "big"),
         ({"keys": {(1, 2): 0}}, "keys"),

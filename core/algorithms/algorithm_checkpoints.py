@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from amber.algorithms.model_exports import model_exports
-from amber.algorithms.saved_config import check_same_kind, config_from_state
+from amber.algorithms.saved_config import GIVEN_AGAIN, check_same_kind, config_from_state
 from amber.errors import CheckpointError, state_errors
 from amber.state import Ref
 from amber.storage import is_remote, local_path
@@ -232,7 +232,7 @@ class CheckpointMixin:
         # written as a placeholder, and from_checkpoint asks for it.
         write_checkpoint(path, type="Algorithm", state=state["algorithm"], policies=state["policies"],
                          format=fmt, metadata=metadata, attachments=attachments,
-                         placeholders=True, pm=self.pm, storage_options=storage_options)
+                         placeholders=set(GIVEN_AGAIN), pm=self.pm, storage_options=storage_options)
 
     def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> None:
@@ -309,13 +309,17 @@ class CheckpointMixin:
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
                 policies_to_train=policies_to_train, env=env, callbacks=callbacks)
             config.storage_options = dict(storage_options or {}) or config.storage_options
-            # With other policies or another mapping, running episodes would map to
-            # policies that are gone: those restart instead of continuing. A mapping given for
-            # one the checkpoint could not store (a placeholder) is the saved one given again.
-            saved_mapping = own["config"].get("policy_mapping_fn")
-            given_again = isinstance(saved_mapping, Ref) and saved_mapping.is_placeholder
-            same_episodes = policy_ids is None and (policy_mapping_fn is None or given_again)
-            return _restored(algo_cls, config, own, states, restore_episodes=same_episodes)
+            return _restored(algo_cls, config, own, states,
+                             restore_episodes=_same_episodes(own, policy_ids, policy_mapping_fn))
+
+
+def _same_episodes(own: Mapping[str, Any], policy_ids: Any, policy_mapping_fn: Any) -> bool:
+    """Whether a restore continues the saved running episodes. With other policies or another
+    mapping, they would map to policies that are gone: they restart instead. A mapping given for
+    one the checkpoint could not store (a placeholder) is the saved one given again."""
+    saved = own["config"].get("policy_mapping_fn")
+    given_again = isinstance(saved, Ref) and saved.is_placeholder
+    return policy_ids is None and (policy_mapping_fn is None or given_again)
 
 
 def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], states: Mapping[str, Any],

@@ -18,7 +18,17 @@ if TYPE_CHECKING:
     from amber.algorithms.algorithm_config import AlgorithmConfig
     from amber.algorithms.callbacks import DefaultCallbacks
 
-__all__ = ["check_same_kind", "config_from_state"]
+__all__ = ["GIVEN_AGAIN", "check_same_kind", "config_from_state"]
+
+#: What a loader can be given again, by where an Algorithm's own state holds it: the
+#: ``Algorithm.from_checkpoint`` keyword that replaces it. A portable format writes a class or
+#: function with no registered name as a placeholder here alone; anywhere else (a policy class...)
+#: nothing could give it back, so the save fails instead (:func:`amber.names.to_names`).
+GIVEN_AGAIN: Mapping[str, str] = {
+    "config.env": "env",
+    "config.policy_mapping_fn": "policy_mapping_fn",
+    "config.callbacks_class": "callbacks",
+}
 
 
 def config_from_state(
@@ -99,9 +109,20 @@ def _resolve(value: Any, what: str, path: str | os.PathLike[str], pm: pluggy.Plu
     if not isinstance(value, Ref):
         return value
     if value.is_placeholder:
-        keyword = what.removeprefix("config.")
         raise UnregisteredNameError(
-            f"{path} was saved without its {keyword} ({value.target[1:]!r} has no registered name, so a "
-            f"portable format could not store it); pass it: Algorithm.from_checkpoint(path, {keyword}=...), "
-            "or register it with amber.register_class before saving", path=path)
+            f"{path} was saved without its {what.removeprefix('config.')} ({value.target[1:]!r} had no "
+            f"registered name, so a portable format could not store it); {_way_out(what)}", path=path)
     return value.resolve(what=what, path=path, pm=pm)
+
+
+def _way_out(what: str) -> str:
+    """What a caller can do about a placeholder at ``what``: the keyword that gives it again, if any."""
+    if what in GIVEN_AGAIN:
+        return (f"pass it: Algorithm.from_checkpoint(path, {GIVEN_AGAIN[what]}=...), or register it "
+                "with amber.register_class before saving")
+    again = ("save the checkpoint again after amber.register_class(...) of it (registered before "
+             "loading too), or in a format that holds any object (`amber formats`)")
+    if what.startswith("policies."):
+        return (f"no argument can give a policy class again: load the other policies with "
+                f"Algorithm.from_checkpoint(path, policy_ids=[...]) leaving out {what[9:]!r}, or {again}")
+    return f"no argument can give it again: {again}"

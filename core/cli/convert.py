@@ -104,6 +104,7 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
         (msgpack) for another system's checkpoint, whose format amber only reads, as ``migrate``).
     :raises AmberCliError: the checkpoint holds no policies.
     """
+    from amber.algorithms.saved_config import GIVEN_AGAIN
     from amber.checkpoint import read_checkpoint, write_checkpoint
     from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
     from amber.registry import get_registry
@@ -115,7 +116,7 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
         own, policies = convert_algorithm_state(ckpt.state, {p: c.state for p, c in ckpt.policies.items()},
                                                 framework)
         write_checkpoint(dst, type="Algorithm", state=own, policies=policies, format=fmt,
-                         metadata=ckpt.metadata, placeholders=True, pm=pm)
+                         metadata=ckpt.metadata, placeholders=set(GIVEN_AGAIN), pm=pm)
     elif ckpt.type == "Policy":
         policy_id = ckpt.metadata.get("policy_id") or os.fspath(src).rstrip("/").rsplit("/", 1)[-1]
         state = convert_policy_state(ckpt.state, framework, policy_id=policy_id)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amber.algorithms.saved_config import GIVEN_AGAIN
 from amber.atomic import is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
 from amber.errors import CheckpointError, NotACheckpointError
@@ -64,7 +65,7 @@ def _rewrite(
         metadata=ckpt.metadata,
         attachments=attachments,
         # a lambda that pickle held cannot be written portably: the loader asks for it instead
-        placeholders=True,
+        placeholders=set(GIVEN_AGAIN) if ckpt.type == "Algorithm" else True,
         checkpoint_version=version or CHECKPOINT_VERSION,
         pm=pm,
         storage_options=storage_options,

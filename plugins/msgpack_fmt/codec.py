@@ -123,11 +123,7 @@ class Encoder:
 
         :raises UnserializableStateError: a value the format cannot hold (named by key path).
         """
-        try:
-            self._write(f, state)
-        except UnicodeEncodeError as e:  # a str holding a lone surrogate has no UTF-8 form
-            raise UnserializableStateError(f"cannot write a string that is not valid Unicode: {e}",
-                                           format="msgpack") from e
+        self._write(f, state)
 
     def _write(self, f: BinaryIO, state: Any) -> None:
         pack, out = self._packer.pack, f.write
@@ -139,12 +135,18 @@ class Encoder:
                 out(node)
                 continue
             if kind in _PLAIN:
-                out(pack(node))
+                try:
+                    out(pack(node))
+                except UnicodeEncodeError as e:  # a str holding a lone surrogate has no UTF-8 form
+                    raise self._fail(link, f"it is not valid Unicode ({e.reason})") from e
                 continue
             if depth > MAX_DEPTH:
                 raise self._fail(link, f"nested deeper than {MAX_DEPTH} levels")
             if not isinstance(node, (dict, list, tuple)):
-                out(pack(self._leaf(node, link)))
+                try:
+                    out(pack(self._leaf(node, link)))
+                except UnicodeEncodeError as e:  # a str subclass, a Ref
+                    raise self._fail(link, f"it is not valid Unicode ({e.reason})") from e
                 continue
             try:
                 out(self._whole_packer.pack(node))
@@ -156,7 +158,10 @@ class Encoder:
                 out(self._packer.pack_map_header(len(items)))
                 for k, v in reversed(items):
                     stack.append((v, depth + 1, (link, k)))
-                    stack.append((_Packed(pack(self._key(k, link))), 0, None))
+                    try:
+                        stack.append((_Packed(pack(self._key(k, link))), 0, None))
+                    except UnicodeEncodeError as e:
+                        raise self._fail(link, f"dict key {k!r} is not valid Unicode ({e.reason})") from e
             else:
                 out(self._packer.pack_array_header(len(node)))
                 for i in range(len(node) - 1, -1, -1):
