@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from amber.async_save import SaveHandle, save_in_background, snapshot, wait_for_saves
 from amber.checkpoint_read import Checkpoint, migrate_in_memory, pickle_allowed_default, read_checkpoint
-from amber.checkpoint_write import Attachment, write_checkpoint
+from amber.checkpoint_write import Attachment, check_metadata, write_checkpoint
 from amber.layout import STATE_STEMS
 from amber.migration import CHECKPOINT_VERSION
 from amber.registry import get_registry
@@ -85,6 +85,7 @@ def save(
         ``result()`` is the path (or raises what a synchronous save would have raised).
     :return: the checkpoint's path; with ``block=False``, the save's handle.
     :raises UnknownFormatError: no such format (raised here even with ``block=False``).
+    :raises TypeError: ``metadata`` does not map str to str (raised here even with ``block=False``).
 
     Example::
 
@@ -95,6 +96,7 @@ def save(
     registry = get_registry(pm)
     fmt = format if format is not None else registry.default_portable()
     registry.get(fmt)  # an unknown format fails here, before anything is copied or written
+    check_metadata(metadata)  # so does metadata a checkpoint.json cannot hold
     if block:
         wait_for_saves()
         return write_checkpoint(path, type="State", state=state, format=fmt, metadata=metadata, pm=pm,

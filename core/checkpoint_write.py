@@ -23,7 +23,7 @@ from amber import __version__
 from amber.atomic import commit, fsync_on_close, staging
 from amber.digest import DEFAULT_ALGORITHM, hash_file, writing_with
 from amber.durable import describe
-from amber.errors import CheckpointError, CheckpointWriteError, MissingPluginError
+from amber.errors import CheckpointError, CheckpointWriteError, MissingPluginError, UnserializableStateError
 from amber.layout import (
     MANIFEST,
     STATE_STEMS,
@@ -33,7 +33,7 @@ from amber.layout import (
     enclosing_checkpoint,
     write_manifest,
 )
-from amber.migration import CHECKPOINT_VERSION
+from amber.migration import CHECKPOINT_VERSION, is_newer
 from amber.names import to_names
 from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.signing import SIGNATURE, SIGNED_DIGEST, SigningKey, key_for_saving, sign
@@ -44,7 +44,7 @@ from amber.storage_upload import writing as staged_for
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["Attachment", "write_checkpoint"]
+__all__ = ["Attachment", "check_metadata", "write_checkpoint"]
 
 #: Writes extra files (exported models) into the directory of one level of a checkpoint.
 Attachment = Callable[[Path], None]
@@ -82,13 +82,19 @@ class _Plan:
     key: SigningKey | None = None
 
 
+#: The version from which a format that can run code is hashed with BLAKE3, and what came before.
+_FIRST_BLAKE3, _SIGNED_DIGEST_BEFORE = "2.2", "sha256"
+
+
 def _plan(
     spec: FormatSpec, registry: FormatRegistry, metadata: Mapping[str, str] | None, version: str
 ) -> _Plan:
     """The plan of a save: a format that can run code is hashed with BLAKE3 and signed."""
     if spec.capabilities.safe:
         return _Plan(spec, registry, metadata, version)
-    return _Plan(spec, registry, metadata, version, SIGNED_DIGEST, key_for_saving())
+    # an amber that reads up to 2.1 knows sha256, not BLAKE3 (docs/format.md): what it wrote then
+    digest = SIGNED_DIGEST if not is_newer(_FIRST_BLAKE3, version) else _SIGNED_DIGEST_BEFORE
+    return _Plan(spec, registry, metadata, version, digest, key_for_saving())
 
 
 def _write_level(
@@ -110,16 +116,12 @@ def _write_level(
     files: dict[str, FileEntry] = {}
     sink = Sink(directory, stem, spec.extension, files)
     with writing_with(plan.digest):  # the files are hashed as they are written, with this algorithm
-        try:
-            spec.write(state, sink)
-        except ImportError as e:  # the format's own dependencies are missing
-            raise MissingPluginError(f"format {spec.name!r} cannot write {shown}: {e}; {spec.install_hint}",
-                                     path=shown, format=spec.name) from e
-        except CheckpointError as e:  # name the checkpoint's own file, not its staging copy
-            if e.path is not None and Path(e.path).is_relative_to(directory):
-                e.path = str(shown / Path(e.path).relative_to(directory))
-            raise
+        _run_write(spec, state, sink, directory, shown)
         sink.finish()
+    if f"{stem}{spec.extension}" not in files:  # a format that wrote no state file would commit
+        raise CheckpointWriteError(  # a checkpoint that no reader accepts
+            f"format {spec.name!r} wrote no {stem}{spec.extension} for {shown} (its write() must "
+            "write the state file it is given); nothing was written", path=shown, format=spec.name)
     _pin(directory, files, plan.digest)
     if attachment is not None:
         attachment(directory)
@@ -131,10 +133,38 @@ def _write_level(
     content["files"] = {rel: {"size": e.size, "digest": e.digest} for rel, e in files.items()}
     if top and plan.key is not None:
         content[SIGNATURE] = sign(content, plan.key)
-    entry = write_manifest(directory, content)
+    try:
+        entry = write_manifest(directory, content)
+    except CheckpointWriteError as e:  # (named by the staging directory it was written in)
+        raise CheckpointWriteError(f"{shown}: {e.message}; nothing was written", path=shown,
+                                   format=spec.name) from e
     if not top and plan.digest != DEFAULT_ALGORITHM:  # the parent pins this manifest with it too
         entry = FileEntry(*hash_file(directory / MANIFEST, algorithm=plan.digest))
     return entry
+
+
+def _run_write(spec: FormatSpec, state: Any, sink: Sink, directory: Path, shown: Path) -> None:
+    """``spec.write(state, sink)`` into the staging ``directory``; its failures name ``shown``, the
+    checkpoint's own directory, never the staging copy.
+
+    :raises MissingPluginError: the format's own dependencies are missing.
+    :raises UnserializableStateError: the format could not write this state (nothing is committed).
+    """
+    try:
+        spec.write(state, sink)
+    except ImportError as e:  # the format's own dependencies are missing
+        raise MissingPluginError(f"format {spec.name!r} cannot write {shown}: {e}; {spec.install_hint}",
+                                 path=shown, format=spec.name) from e
+    except CheckpointError as e:  # name the checkpoint's own file, not its staging copy
+        if e.path is not None and Path(e.path).is_relative_to(directory):
+            e.path = str(shown / Path(e.path).relative_to(directory))
+        raise
+    except OSError:
+        raise  # (a full or read-only disk: the save names it)
+    except Exception as e:
+        raise UnserializableStateError(
+            f"cannot write {shown} in format {spec.name!r}: {type(e).__name__}: {e}; nothing was written",
+            path=shown, format=spec.name) from e
 
 
 def _pin(directory: Path, files: dict[str, FileEntry], digest: str) -> None:
@@ -212,6 +242,7 @@ def write_checkpoint(
     """
     registry = get_registry(pm)
     spec = registry.get(format)
+    check_metadata(metadata)
     job = _Job(spec, registry, type, state, dict(policies or {}), metadata, attachments or {}, placeholders,
                checkpoint_version, pm)
     if not is_remote(path):
@@ -220,6 +251,23 @@ def write_checkpoint(
     with staged_for(path, storage_options) as local:
         _write_local(local, job)
     return os.fspath(path)  # type: ignore[return-value]
+
+
+def check_metadata(metadata: Any) -> None:
+    """Refuse ``metadata`` (of :func:`write_checkpoint`) that does not map strings to strings:
+    every checkpoint.json records it, and a reader refuses anything else, so the checkpoint
+    written would not load.
+
+    :raises TypeError: naming the key.
+    """
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata must map str to str: {key!r} maps to {type(value).__name__} {value!r}"
+                            if isinstance(key, str) else f"metadata keys must be str, not {key!r}")
 
 
 def _check_not_inside_a_checkpoint(target: Path) -> None:

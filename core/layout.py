@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from amber.digest import canonical_members, json_digest, load_json, members_digest
-from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
+from amber.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError, NotACheckpointError
 from amber.manifest import (
     CHECKPOINT_TYPES,
     HIDDEN_CATEGORIES,
@@ -257,6 +257,10 @@ def write_manifest(directory: Path, content: Mapping[str, Any]) -> FileEntry:
     content = {**content, SELF_DIGEST: _self_digest(content)}
     # No trailing newline: cutting any byte off the end leaves invalid JSON.
     data = json.dumps(content, indent=2).encode("utf-8")
+    if len(data) > MAX_MANIFEST_BYTES:  # a reader refuses it: the checkpoint would not load
+        raise CheckpointWriteError(
+            f"its {MANIFEST} would be {len(data)} bytes, more than a manifest may be "
+            f"({MAX_MANIFEST_BYTES}): is its metadata that large?", path=directory)
     with HashingFile(directory / MANIFEST) as f:
         f.write(data)
     return f.entry

@@ -29,10 +29,12 @@ from amber.errors import (
     UnknownPolicyError,
     UnregisteredNameError,
     UnsafeContentError,
+    UnserializableStateError,
     UnsupportedVersionError,
 )
 from amber.plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
 from amber.registry import Capabilities, FormatSpec, Migration, build_registry, get_registry
+from amber.utils.checkpoints import verify
 
 from .treeutil import write_raw_manifest
 
@@ -695,3 +697,81 @@ def test_a_formats_own_dependency_imported_while_reading_stays_a_missing_plugin(
     amber.save({"a": 1}, tmp_path / "ck", format="lazy", pm=pm)
     with pytest.raises(MissingPluginError, match=r"amber_test_no_such_dependency.*amber-rl\[lazy\]"):
         amber.load(tmp_path / "ck", pm=pm)
+
+
+# -- what a save refuses before anything is committed --------------------------------------------
+
+
+def _format_pm(name: str, write) -> pluggy.PluginManager:
+    """A plugin manager holding the in-tree formats and one whose ``write`` is given."""
+    spec = FormatSpec(name, ".t", Capabilities(True, True, False), write, lambda source: {})
+
+    class Plugin:
+        @amber.hookimpl
+        def amber_register_formats(self):
+            return [spec]
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Plugin(), name=f"{name}_fmt")
+    return pm
+
+
+@pytest.mark.parametrize("metadata", [{"score": 0.5}, {"step": None}, {1: "a"}, "abc"],
+                         ids=["float", "none", "int-key", "str"])
+def test_metadata_that_is_not_str_to_str_is_refused_before_the_previous_checkpoint_is_touched(
+        tmp_path, metadata):
+    """A checkpoint.json holds string metadata, and a reader refuses any other: the save went
+    through (or failed with a raw TypeError) and replaced a good checkpoint with one that never loads."""
+    path = amber.save({"w": np.arange(3.0)}, tmp_path / "ck", format="msgpack")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    for block in (True, False):
+        with pytest.raises(TypeError, match="metadata"):
+            amber.save({"w": np.zeros(3)}, path, format="msgpack", metadata=metadata, block=block)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+def test_metadata_too_large_for_a_manifest_fails_the_save_naming_it(tmp_path):
+    path = amber.save({"w": np.arange(3.0)}, tmp_path / "ck", format="msgpack")
+    with pytest.raises(CheckpointWriteError, match=f"{re.escape(str(path))}: its checkpoint.json would be"):
+        amber.save({"w": np.zeros(3)}, path, format="msgpack", metadata={"notes": "x" * (17 << 20)})
+    assert amber.load(path)["w"].tolist() == [0.0, 1.0, 2.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"], "no staging directory is left behind"
+
+
+def test_any_failure_of_a_formats_write_names_the_checkpoint_and_commits_nothing(tmp_path):
+    def write(state, sink):
+        with sink.open() as f:
+            f.write(b"half")
+        raise RuntimeError("the encoder broke")
+
+    pm = _format_pm("broken", write)
+    path = amber.save({"a": 1}, tmp_path / "ck", format="msgpack", pm=pm)
+    with pytest.raises(UnserializableStateError, match=r"cannot write .*ck in format 'broken': RuntimeError: "
+                                                        "the encoder broke") as e:
+        amber.save({"a": 2}, path, format="broken", pm=pm)
+    assert e.value.path is not None and Path(e.value.path) == path
+    assert amber.load(path, pm=pm) == {"a": 1}
+
+
+def test_a_format_that_writes_no_state_file_fails_the_save(tmp_path):
+    """Writing only a side file (or nothing) committed a checkpoint every reader refuses."""
+    def write(state, sink):
+        with sink.open(".side") as f:
+            f.write(b"{}")
+
+    pm = _format_pm("sideonly", write)
+    path = amber.save({"a": 1}, tmp_path / "ck", format="msgpack", pm=pm)
+    with pytest.raises(CheckpointWriteError, match=r"format 'sideonly' wrote no state\.t"):
+        amber.save({"a": 2}, path, format="sideonly", pm=pm)
+    assert amber.load(path, pm=pm) == {"a": 1}
+
+
+def test_a_pickle_checkpoint_labelled_older_than_2_2_has_the_digests_that_version_reads(tmp_path):
+    """An amber that reads up to 2.1 knows sha256, not BLAKE3 (format.md): migrate --to 2.1 wrote
+    BLAKE3 digests under the 2.1 label."""
+    src = Path(__file__).parent / "fixtures" / "checkpoints" / "1.0" / "state_pickle"
+    amber.migrate(src, tmp_path / "old", to="2.1", allow_pickle=True)
+    raw = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
+    assert raw["checkpoint_version"] == "2.1"
+    assert {entry["digest"].split(":")[0] for entry in raw["files"].values()} == {"sha256"}
+    assert verify(tmp_path / "old").ok
