@@ -26,7 +26,7 @@ from amber.algorithms.algorithm_checkpoints import (
 )
 from amber.algorithms.algorithm_config import AlgorithmConfig, copy_unless_adopted
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
-from amber.algorithms.policy_map import PolicyMapMixin
+from amber.algorithms.policy_map import PolicyMapMixin, spaces_by_mapping
 from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
@@ -139,17 +139,19 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
     def _agent_spaces(self) -> dict[Any, tuple[Any, Any]]:
         return self._env_probe.spaces
 
-    def _spaces_for(self, policy_id: str) -> tuple[Any, Any]:
+    def _spaces_for(self, policy_id: str, mapping_fn: Callable[..., str] | None = None) -> tuple[Any, Any]:
+        """A policy's spaces: those saved when restoring, else an agent's that the mapping
+        (``mapping_fn``, default: the config's) sends to it
+        (:func:`~amber.algorithms.policy_map.spaces_by_mapping`)."""
         saved = saved_policy_spaces().get(policy_id)
         if saved is not None:  # restoring: the spaces the saved weights were trained on
             return saved
         if not self._multi_agent_env:
             return next(iter(self._agent_spaces.values()))
-        fn = self._mapping_fn()
-        for agent_id, pair in self._agent_spaces.items():
-            if fn is not None and fn(agent_id, None, None) == policy_id:
-                return pair
-        return next(iter(self._agent_spaces.values()))
+        fn = mapping_fn or self._mapping_fn()
+        if fn is None:
+            return next(iter(self._agent_spaces.values()))
+        return spaces_by_mapping(policy_id, fn, self._agent_spaces)
 
     def get_default_policy_class(self) -> type[Policy]:
         """The policy class built for a policy whose spec names none (subclasses override)."""
@@ -157,8 +159,8 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
 
         return TorchPolicy
 
-    def _build_policy(self, policy_id: str, spec: Any, index: int,
-                      observation_space: Any = None, action_space: Any = None) -> Policy:
+    def _build_policy(self, policy_id: str, spec: Any, index: int, observation_space: Any = None,
+                      action_space: Any = None, *, mapping_fn: Callable[..., str] | None = None) -> Policy:
         from amber.policy.frameworks import policy_class_for
 
         default = policy_class_for(self.get_default_policy_class(), self.config.framework_str)
@@ -171,7 +173,7 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
         elif isinstance(spec, Mapping):
             overrides = spec
         if observation_space is None or action_space is None:
-            obs_space, act_space = self._spaces_for(policy_id)
+            obs_space, act_space = self._spaces_for(policy_id, mapping_fn)
             observation_space = observation_space or obs_space
             action_space = action_space or act_space
         return cls(observation_space, action_space, self.policy_config(policy_id, overrides, index))
@@ -283,16 +285,22 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
         return {"algorithm": own, "policies": {pid: p.get_state() for pid, p in self.policies.items()}}
 
     def set_state(self, state: Mapping[str, Any], *, restore_episodes: bool = True,
-                  rollback: bool = True) -> None:
-        """Apply :meth:`get_state`'s output; policies absent from the algorithm are skipped.
+                  rollback: bool = True, add_policies: bool = False) -> None:
+        """Apply :meth:`get_state`'s output; policies absent from the algorithm are skipped, unless
+        ``add_policies``.
 
-        All or nothing: if any part fails, the state from before the call is put back.
+        All or nothing: if any part fails, the state from before the call is put back (and the
+        policies added are removed again).
 
         :param restore_episodes: also continue the environments' running episodes
             (False: they restart, as when the policies changed).
         :param rollback: keep a copy of the current state to put back on failure
             (False for a freshly built algorithm, which is discarded on failure anyway).
+        :param add_policies: first build the policies the state holds and this algorithm lacks,
+            from the specs its config saved, and use its mapping and training list
+            (:meth:`restore`; see :meth:`~amber.algorithms.policy_map.PolicyMapMixin._adopt_saved_policies`).
         """
+        undo = self._adopt_saved_policies(state) if add_policies else (lambda: None)
         if not rollback:
             self._apply_state(state, restore_episodes, rollback=False)
             return
@@ -300,7 +308,10 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
         try:
             self._apply_state(state, restore_episodes)
         except Exception:
-            self._apply_state(before, True)
+            try:
+                self._apply_state(before, True)
+            finally:
+                undo()
             raise
 
     def _apply_state(self, state: Mapping[str, Any], restore_episodes: bool, rollback: bool = True) -> None:

@@ -252,7 +252,7 @@ class CheckpointMixin:
 
         # set_state has put everything back by then; the state read is this restore's to keep
         with state_errors(checkpoint_path), adopting_state(), restoring_from(checkpoint_path):
-            self.set_state({"algorithm": ckpt.state, "policies": policies})
+            self.set_state({"algorithm": ckpt.state, "policies": policies}, add_policies=True)
 
     @classmethod
     def from_checkpoint(
