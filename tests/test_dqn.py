@@ -128,6 +128,8 @@ def test_box_action_space_is_refused_clearly():
     ({"replay_buffer_config": {"capacity": 100, "prioritized_replay_alpha": 0.6}}, "prioritized_replay_alpha"),
     ({"replay_buffer_config": {"type": "MultiAgentPrioritizedReplayBuffer"}}, "prioritized"),
     ({"replay_buffer_config": {"capacity": 0}}, "capacity"),
+    ({"replay_buffer_config": {"capacity": None}}, r"capacity.*positive int, got None"),
+    ({"replay_buffer_config": {"capacity": 1e4}}, r"capacity.*positive int, got 10000.0"),  # as SAC
     ({"training_intensity": 0}, "training_intensity"),
 ])
 def test_bad_values_are_named(training, match):
@@ -331,6 +333,20 @@ def test_learning_waits_for_the_buffer_and_counts_updates():
     stats = r2["info"]["learner"]["default_policy"]["learner_stats"]
     assert {"loss", "mean_q", "cur_epsilon", "last_target_update_ts"} <= set(stats)
     assert r2["num_env_steps_trained_lifetime"] == 26 * 32
+
+
+def test_learning_starts_counts_sampled_steps_past_a_smaller_buffer(tmp_path):
+    """A buffer smaller than num_steps_sampled_before_learning_starts: learning starts once that many
+    steps were sampled (not never); after a restore without the rows it refills to capacity first."""
+    algo = single(num_steps_sampled_before_learning_starts=300, replay_buffer_config={"capacity": 100}).build()
+    assert algo.train()["num_updates_this_iter"] == 0  # 200 steps sampled
+    assert algo.train()["num_updates_this_iter"] == 26  # the rounds ending at 300, 304, ..., 400
+    assert len(algo.replay_buffers["default_policy"]) == 100
+    resumed = Algorithm.from_checkpoint(algo.save(tmp_path / "ck").checkpoint.path)
+    algo.clear_replay_buffers()  # what the restore lost
+    for a in (algo, resumed):  # 100 rows again at 500: the rounds ending at 500, ..., 600
+        assert a.train()["num_updates_this_iter"] == 26
+    assert_same(snapshot(algo), snapshot(resumed))
 
 
 def test_training_intensity_sets_the_replay_ratio():

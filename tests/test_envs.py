@@ -132,6 +132,45 @@ def test_make_env_classes():
     assert isinstance(env, MultiAgentEnv) and env.possible_agents == [0, 1, 2]
 
 
+class PositionalEnv(gym.Env):
+    """An env whose __init__ takes its config as one positional parameter named neither config nor env_config."""
+
+    observation_space = gym.spaces.Discrete(2)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, cfg):
+        self.size = cfg.get("size", 3)
+
+
+def test_an_env_class_with_one_positional_parameter_gets_env_config():
+    assert make_env(PositionalEnv, {"size": 5}).size == 5
+    assert make_env(PositionalEnv, {}).size == 3
+    assert make_env(PositionalEnv, None).size == 3
+    from gymnasium.envs.classic_control import AcrobotEnv, CartPoleEnv
+
+    # gymnasium's own classes take keyword settings, as before
+    assert make_env(CartPoleEnv, {"render_mode": "rgb_array"}).render_mode == "rgb_array"
+    assert isinstance(make_env(AcrobotEnv, {}), AcrobotEnv)
+
+    class SizeEnv(PositionalEnv):
+        def __init__(self, size):
+            self.size = size
+
+    assert make_env(SizeEnv, {"size": 5}).size == 5  # env_config names the parameter: SizeEnv(size=5)
+
+
+@pytest.mark.parametrize(("env", "env_config", "call"), [
+    ("CartPoleEnv", {"size": 3}, "CartPoleEnv(**{'size': 3})"),
+    (CounterEnv, {"nosuch": 1}, "CounterEnv(**{'nosuch': 1})"),
+])
+def test_an_env_class_that_refuses_env_config_is_a_clear_error(env, env_config, call):
+    if env == "CartPoleEnv":
+        from gymnasium.envs.classic_control import CartPoleEnv as env
+    with pytest.raises(TypeError, match=rf"cannot build env class .*\.{env.__name__}\(.* with env_config") as info:
+        make_env(env, env_config)
+    assert call in str(info.value) and "unexpected keyword argument" in str(info.value)
+
+
 def test_register_env_gets_a_copy_of_the_config():
     seen = []
 
@@ -605,6 +644,18 @@ def test_runner_unknown_env_warns_once_and_restarts_episodes(tmp_path):
     for f in batches["default_policy"]:
         assert f["obs"][0, 0] == 0.0  # a new episode, from reset
         assert f["eps_id"][0] >= 2  # episode ids keep counting
+
+
+def test_runner_warning_names_the_wrapper_no_plugin_captures():
+    register_env("amber-test-normalized", lambda cfg: gym.wrappers.NormalizeObservation(gym.make("CartPole-v1")))
+    runner = EnvRunner("amber-test-normalized", {}, 1, policies_for("CartPole-v1"), None, seed=0)
+    runner.sample(10)
+    with pytest.warns(UserWarning) as record:
+        runner.get_state()
+    message = str(record[0].message)
+    assert message.startswith("no plugin captures the state of env NormalizeObservation > TimeLimit")
+    assert "but not the wrapper(s) around it, NormalizeObservation;" in message  # the inner chain is known
+    assert "restart on restore" in message and "running statistics) is not saved" in message
 
 
 def test_runner_stateful_user_env_is_captured(tmp_path):

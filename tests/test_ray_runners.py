@@ -237,7 +237,7 @@ def test_a_runner_that_dies_while_sampling_is_rebuilt(tmp_path):
         algo.stop()
 
 
-def test_dqn_with_two_runners_counts_the_timesteps_its_epsilon_follows():
+def test_dqn_with_two_runners_counts_timesteps_and_updates_per_round():
     from amber.algorithms.dqn import DQNConfig
 
     config = (DQNConfig().environment("CartPole-v1").debugging(seed=0).reporting(log_results=False)
@@ -247,8 +247,10 @@ def test_dqn_with_two_runners_counts_the_timesteps_its_epsilon_follows():
     algo, results = _train(config, 1)
     try:
         sampled = results[0]["num_env_steps_sampled_lifetime"]
-        assert sampled >= 200 and algo.get_policy().global_timestep == sampled
-        assert results[0]["num_updates_lifetime"] > 0
+        assert sampled == 200 and algo.get_policy().global_timestep == sampled
+        # a round is rollout_fragment_length (4) steps of every env copy on both runners: 8 env
+        # steps, one update each once 64 were sampled (the rounds ending at 64, 72, ..., 200)
+        assert results[0]["num_updates_lifetime"] == (200 - 64) // 8 + 1
     finally:
         algo.stop()
 

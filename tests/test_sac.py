@@ -144,6 +144,7 @@ def test_unknown_hyperparameter_is_named():
     {"tau": 0.0}, {"tau": 1.5}, {"actor_lr": -1.0}, {"critic_lr": float("nan")}, {"alpha_lr": "fast"},
     {"initial_alpha": 0.0}, {"target_entropy": "high"}, {"twin_q": "yes"}, {"gamma": 1.2},
     {"replay_buffer_config": {"capacity": 0}}, {"replay_buffer_config": {}}, {"training_intensity": 0},
+    {"replay_buffer_config": {"capacity": 1e4}}, {"replay_buffer_config": {"capacity": None}},
     {"train_batch_size": 0}, {"num_steps_sampled_before_learning_starts": -1},
 ], ids=lambda s: next(iter(s)))
 def test_bad_values_are_named(setting):
@@ -284,6 +285,14 @@ def test_train_result_and_buffer():
     assert stats["num_grad_updates"] == result["num_updates_lifetime"] == STEPS_PER_ITER - 64 + 1
     assert learner["replay_buffer_size"] == len(algo.replay_buffers["default_policy"]) == STEPS_PER_ITER
     assert stats["alpha_value"] < 1.0  # the temperature is learned (it starts at initial_alpha)
+
+
+def test_a_buffer_smaller_than_learning_starts_still_learns():
+    algo = single().training(replay_buffer_config={"capacity": 32}).build()  # learning starts: 64
+    result = algo.train()
+    # as with a larger buffer: one update per env step once 64 steps were sampled
+    assert result["num_updates_lifetime"] == STEPS_PER_ITER - 64 + 1
+    assert len(algo.replay_buffers["default_policy"]) == 32
 
 
 def test_seeded_runs_are_identical():

@@ -6,14 +6,18 @@ samples ``rollout_fragment_length`` steps from every env copy, adds each
 policy's transitions to that policy's :class:`~amber.utils.replay_buffers.ReplayBuffer`,
 then makes gradient updates: one per round by default (RLlib's "natural"
 ratio), or as many as ``training_intensity`` asks (replayed steps per sampled
-step). A policy learns once its buffer holds
-``num_steps_sampled_before_learning_starts`` transitions.
+step). With ``num_env_runners=N`` remote runners, a round samples from every
+env copy of every runner, ``rollout_fragment_length * num_envs_per_env_runner * N``
+env steps. A policy learns once ``num_steps_sampled_before_learning_starts``
+of its transitions were added to its buffer (the buffer's ``num_added``, which
+checkpoints always hold) and the buffer holds that many rows, or is full when
+its capacity is smaller (:meth:`OffPolicyAlgorithm.ready_to_learn`).
 
 Checkpoints always hold every buffer's cursor, counters and sampling RNG;
 the rows themselves only with ``.checkpointing(store_replay_buffer=True)``.
 Without them, a restored algorithm starts from empty buffers and waits for
-them to refill to ``num_steps_sampled_before_learning_starts`` before it
-learns again: exactly what the uninterrupted run does after
+them to refill to ``num_steps_sampled_before_learning_starts`` rows (or to
+capacity) before it learns again: exactly what the uninterrupted run does after
 :meth:`OffPolicyAlgorithm.clear_replay_buffers`, which is what "bit-exact
 resume without the buffer" means here.
 """
@@ -32,7 +36,21 @@ from amber.errors import InvalidStateError
 from amber.policy.sample_batch import TRANSITION_COLUMNS
 from amber.utils.replay_buffers import ReplayBuffer
 
-__all__ = ["OffPolicyAlgorithm", "OffPolicyHyperparameters", "ReplayBuffers"]
+__all__ = ["OffPolicyAlgorithm", "OffPolicyHyperparameters", "ReplayBuffers", "check_replay_capacity"]
+
+
+def check_replay_capacity(owner: str, capacity: object) -> None:
+    """Refuse a replay buffer capacity that is not a positive int (a float such as 1e4, None or
+    True included: DQN and SAC take the same values).
+
+    :param owner: the config class's name, for the message.
+    :param capacity: ``replay_buffer_config["capacity"]``.
+    :raises ValueError: naming the value.
+    """
+    if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+        raise ValueError(f"{owner}: replay_buffer_config['capacity'] must be a positive int, "
+                         f"got {capacity!r}")
+
 
 @dataclass
 class OffPolicyHyperparameters:
@@ -41,13 +59,14 @@ class OffPolicyHyperparameters:
     replay_buffer_config: dict[str, Any] = field(default_factory=lambda: {"capacity": 50_000})
     """The replay buffer, one per policy: ``{"capacity": N}`` transitions."""
     num_steps_sampled_before_learning_starts: int = 1000
-    """A policy learns once its buffer holds this many transitions."""
+    """A policy learns once this many of its sampled transitions went into its buffer and the buffer
+    holds this many rows (or is full, when its capacity is smaller)."""
     training_intensity: float | None = None
     """Replayed steps per sampled step (None: one update per sampling round)."""
     min_sample_timesteps_per_iteration: int = 1000
     """One ``train()`` samples at least this many env steps."""
     rollout_fragment_length: int = 4
-    """Env steps each env copy takes per sampling round."""
+    """Env steps each env copy (of every env runner) takes per sampling round."""
 
 
 
@@ -98,8 +117,21 @@ class OffPolicyAlgorithm(Algorithm):
         """One gradient update of a policy from a replayed batch; return its learner stats (subclasses)."""
         raise NotImplementedError
 
-    def _learning_starts(self) -> int:
-        return max(1, int(self.config.num_steps_sampled_before_learning_starts or 0))
+    def ready_to_learn(self, policy_id: str) -> bool:
+        """Whether a policy's buffer lets it learn: ``num_steps_sampled_before_learning_starts``
+        of its transitions were ever added (counted in sampled steps, not capped by the capacity)
+        and the buffer holds that many rows, or is full when its capacity is smaller (after
+        :meth:`clear_replay_buffers` or a restore without stored rows, it refills first)."""
+        buffer = self.replay_buffers[policy_id]
+        starts = max(1, int(self.config.num_steps_sampled_before_learning_starts or 0))
+        return buffer.num_added >= starts and len(buffer) >= min(starts, buffer.capacity)
+
+    def steps_per_round(self) -> int:
+        """Env steps one sampling round takes: ``rollout_fragment_length`` from every env copy of
+        every env runner (the local one when ``num_env_runners`` is 0)."""
+        cfg = self.config
+        runners = max(1, int(cfg.num_env_runners or 0))
+        return int(cfg.rollout_fragment_length) * int(cfg.num_envs_per_env_runner) * runners
 
     def _updates_this_round(self, sampled: int) -> int:
         intensity = self.config.training_intensity
@@ -113,7 +145,7 @@ class OffPolicyAlgorithm(Algorithm):
     def training_step(self) -> dict[str, Any]:
         """Sample rounds into the buffers and learn from them until enough env steps were sampled."""
         cfg = self.config
-        per_round = int(cfg.rollout_fragment_length) * int(cfg.num_envs_per_env_runner)
+        per_round = self.steps_per_round()
         target = max(1, int(cfg.min_sample_timesteps_per_iteration))
         sampled, updates = 0, 0
         stats: dict[str, dict[str, Any]] = {}
@@ -126,8 +158,7 @@ class OffPolicyAlgorithm(Algorithm):
                 if pid in self.replay_buffers:
                     for frag in frags:
                         self.replay_buffers[pid].add(self.transitions(pid, frag))
-            ready = [pid for pid in self.policies if pid in trained
-                     and len(self.replay_buffers[pid]) >= self._learning_starts()]
+            ready = [pid for pid in self.policies if pid in trained and self.ready_to_learn(pid)]
             if not ready:
                 continue
             for _ in range(self._updates_this_round(int(metrics["num_env_steps"]))):

@@ -50,6 +50,25 @@ class _Slot:
         self.ep_return, self.ep_len = 0.0, 0
 
 
+def _uncaptured(env: Any, captured: Callable[[Any], bool]) -> str:
+    """The warning for an env no plugin captures: its wrapper chain (outermost first), and the
+    wrappers around the innermost part a plugin captures, whose own state is lost too."""
+    chain = [env]
+    while hasattr(chain[-1], "env") and chain[-1] is not getattr(chain[-1], "unwrapped", None):
+        chain.append(chain[-1].env)
+    names = [type(layer).__qualname__ for layer in chain]
+    inner = next((i for i in range(1, len(chain)) if captured(chain[i])), len(chain) - 1)
+    lost, rest, fix = ", ".join(names[:inner]), " > ".join(names[inner:]), "get_state()/set_state()"
+    if not lost:
+        return (f"no plugin captures the state of env {rest}: its running episodes are not saved and restart "
+                f"on restore (give the env {fix} or implement amber_capture_state)")
+    what = f"plugins capture {rest} but not" if captured(chain[inner]) else f"neither {rest} nor"
+    return (f"no plugin captures the state of env {' > '.join(names)} (outermost first): {what} the "
+            f"wrapper(s) around it, {lost}; its running episodes are not saved and restart on restore, "
+            "and the wrappers' own state (such as NormalizeObservation's running statistics) is not saved "
+            f"either (give the wrapper {fix} or implement amber_capture_state)")
+
+
 def _plain(value: Any) -> Any:
     """A copy that is a state-tree leaf: numpy scalars become 0-d arrays."""
     if isinstance(value, (np.ndarray, np.generic)):
@@ -322,11 +341,7 @@ class EnvRunner:
                 raise
             if not self._warned:
                 self._warned = True
-                env = own[bad[0]]
-                name = type(getattr(env, "unwrapped", env)).__qualname__
-                warn(f"no plugin captures the state of env {name}: its running episodes are "
-                     "not saved and restart on restore (give the env get_state()/set_state() "
-                     "or implement amber_capture_state)")
+                warn(_uncaptured(own[bad[0]], lambda e: hook(component=e, key="envs.probe") is not None))
             return components.capture(self, {k: e for k, e in own.items() if k not in bad}, pm=self.pm)
 
     def get_state(self) -> dict[str, Any]:

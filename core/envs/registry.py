@@ -81,12 +81,48 @@ def check_saved_env(env: Any, path: str | os.PathLike[str] | None = None) -> Non
         "or pass the environment: Algorithm.from_checkpoint(path, env=...)", path=path)
 
 
-def _takes_config(cls: type) -> bool:
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
+def _config_parameter(sig: inspect.Signature | None, config: dict[str, Any]) -> bool:
+    """Whether a gymnasium.Env class's ``__init__`` takes ``env_config`` as one positional
+    argument: it has a parameter named ``config`` or ``env_config``, or exactly one required
+    positional parameter (any name) that ``env_config`` does not name as a keyword. Otherwise
+    (gymnasium's own classes: keyword parameters with defaults, such as ``render_mode``; or
+    ``__init__(self, size)`` with ``{"size": 5}``) it takes ``env_config``'s items as keywords."""
+    if sig is None:
         return False
-    return "config" in params or "env_config" in params
+    params = sig.parameters
+    if "config" in params or "env_config" in params:
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params.values() if p.kind in positional and p.default is p.empty]
+    if len(required) != 1:
+        return False
+    try:
+        sig.bind(**config)
+    except TypeError:
+        return True
+    return required[0].name not in config
+
+
+def _build_env_class(cls: type, config: dict[str, Any]) -> Any:
+    """``cls(config)`` or ``cls(**config)`` (see :func:`_config_parameter`), the arguments checked
+    against the signature first so that a mismatch names the class and what was passed."""
+    try:
+        sig: inspect.Signature | None = inspect.signature(cls)
+    except (TypeError, ValueError):
+        sig = None
+    positional = _config_parameter(sig, config)
+    args, kwargs = ((config,), {}) if positional else ((), config)
+    if sig is not None:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as e:
+            call = f"{cls.__qualname__}({'' if positional else '**'}{config!r})"
+            why = "" if positional else (
+                " (keyword arguments: its __init__ has no parameter named config or env_config, nor "
+                "exactly one required positional parameter; name it env_config to get the dict)")
+            raise TypeError(f"cannot build env class {cls.__module__}.{cls.__qualname__}{sig} with "
+                            f"env_config {config!r}: amber calls {call}{why}, which fails: {e}") from None
+    return cls(*args, **kwargs)
 
 
 def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
@@ -95,11 +131,15 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
     :param env: a name registered with :func:`register_env`, a gymnasium id
         (``gymnasium.make(id, **env_config)``; a ``"module:EnvId"`` id imports
         ``module`` first, as gymnasium does), a ``gymnasium.Env`` subclass
-        (built with ``env_config`` as one positional argument if its ``__init__``
-        takes ``config``/``env_config``, else as keyword arguments) or a
-        :class:`~amber.envs.MultiAgentEnv` subclass (``cls(env_config)``).
+        (``cls(env_config)`` if its ``__init__`` has a parameter named ``config`` or
+        ``env_config``, or exactly one required positional parameter of any name;
+        else ``cls(**env_config)``, as gymnasium's own classes take their settings)
+        or a :class:`~amber.envs.MultiAgentEnv` subclass (``cls(env_config)``).
     :param env_config: the environment's settings.
     :raises ValueError: ``env`` is none of these (the message names the choices).
+    :raises TypeError: a ``gymnasium.Env`` class whose ``__init__`` does not accept
+        ``env_config`` as it is passed (the message names the class, its signature and
+        the call).
     """
     from amber.envs.multi_agent import MultiAgentEnv
 
@@ -125,7 +165,7 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
         import gymnasium
 
         if issubclass(env, gymnasium.Env):
-            return env(config) if _takes_config(env) else env(**config)
+            return _build_env_class(env, config)
     raise ValueError(
         f"cannot make an environment from {env!r}: give a name registered with "
         f"amber.envs.register_env (registered: {registered_envs() or 'none'}), a gymnasium id "

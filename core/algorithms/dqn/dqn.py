@@ -3,12 +3,13 @@
 One ``train()`` samples at least ``min_sample_timesteps_per_iteration`` env
 steps in rounds of ``rollout_fragment_length`` steps per env copy (see
 :mod:`amber.algorithms.off_policy`). Each round's trajectory fragments become
-n-step transitions in the policy's replay buffer; once a buffer holds
-``num_steps_sampled_before_learning_starts`` rows, each round makes one
-update of ``train_batch_size`` replayed rows per trained policy (or as many as
-``training_intensity`` asks), and a policy's target network is synced to its
-Q network whenever ``target_network_update_freq`` env steps were sampled
-since its last sync.
+n-step transitions in the policy's replay buffer; once
+``num_steps_sampled_before_learning_starts`` of a policy's transitions went
+into its buffer and the buffer holds that many rows (or is full, when its
+capacity is smaller), each round makes one update of ``train_batch_size``
+replayed rows per trained policy (or as many as ``training_intensity``
+asks), and a policy's target network is synced to its Q network whenever
+``target_network_update_freq`` env steps were sampled since its last sync.
 
 State: every policy's Q and target weights, Adam state, exploration RNG and
 ``global_timestep`` (the epsilon schedule's clock) are in its policy state;
@@ -27,7 +28,7 @@ import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
-from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters
+from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters, check_replay_capacity
 from amber.algorithms.training_state import PerPolicyCounts
 from amber.policy.policy import Policy
 
@@ -96,8 +97,8 @@ class DQNConfig(AlgorithmConfig):
         if kind not in _UNIFORM_BUFFERS:
             raise ValueError(f"replay_buffer_config: type {kind!r} is not supported (prioritized replay is "
                              f"not implemented); use one of {', '.join(_UNIFORM_BUFFERS)}")
+        check_replay_capacity(type(self).__name__, rb.get("capacity", 50_000))
         checks = {
-            "replay_buffer_config['capacity']": int(rb.get("capacity", 50_000)) >= 1,
             "train_batch_size": int(self.train_batch_size) >= 1,
             "n_step": int(self.n_step) >= 1,
             "hiddens": all(int(h) >= 1 for h in self.hiddens or []),
@@ -112,16 +113,11 @@ class DQNConfig(AlgorithmConfig):
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"{type(self).__name__}: out of range: "
-                             + ", ".join(f"{b}={self._value(b)!r}" for b in bad))
+                             + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
         try:
             validate_epsilon_schedule(self.epsilon)
         except ValueError as e:
             raise ValueError(f"{type(self).__name__}: {e}") from None
-
-    def _value(self, name: str) -> Any:
-        if name.startswith("replay_buffer_config"):
-            return (self.replay_buffer_config or {}).get("capacity")
-        return getattr(self, name)
 
 
 class DQN(OffPolicyAlgorithm):

@@ -31,7 +31,8 @@ class PPOHyperparameters:
     clip_param: float = 0.2
     """The surrogate's probability-ratio clip."""
     vf_clip_param: float = 10.0
-    """How far a value prediction may move from the sampled one in one update."""
+    """The value loss clips each sample's squared error ``(V(s) - value_target) ** 2`` to
+    ``[0, vf_clip_param]``: a sample whose error is larger adds a constant and no gradient."""
     vf_loss_coeff: float = 1.0
     """Weight of the value loss."""
     entropy_coeff: float = 0.0

@@ -7,8 +7,10 @@ entropy temperature driven toward ``target_entropy`` ("auto":
 :class:`~amber.algorithms.off_policy.OffPolicyAlgorithm`'s: one ``train()``
 samples at least ``min_sample_timesteps_per_iteration`` env steps, one step
 per env copy at a time (``rollout_fragment_length`` 1), each followed by one
-update once ``num_steps_sampled_before_learning_starts`` transitions are in
-the policy's buffer (or as many as ``training_intensity`` asks).
+update once ``num_steps_sampled_before_learning_starts`` of the policy's
+transitions went into its buffer and the buffer holds that many (or is full:
+see :meth:`~amber.algorithms.off_policy.OffPolicyAlgorithm.ready_to_learn`),
+or as many updates as ``training_intensity`` asks.
 
 Checkpoints always hold the actor, critics, target critics, ``log_alpha``,
 the three optimizers, the RNGs and the counters; the replay buffer's rows
@@ -26,7 +28,7 @@ import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
-from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters
+from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters, check_replay_capacity
 from amber.algorithms.sac.sac_torch_policy import SAC_MODEL_DEFAULTS, SACTorchPolicy
 
 __all__ = ["SAC", "SACConfig"]
@@ -42,9 +44,10 @@ class SACHyperparameters(OffPolicyHyperparameters):
     replay_buffer_config: dict[str, Any] = field(default_factory=lambda: {"capacity": 1_000_000})
     """The replay buffer, one per policy: ``{"capacity": N}`` transitions."""
     num_steps_sampled_before_learning_starts: int = 1500
-    """A policy learns once its buffer holds this many transitions."""
+    """A policy learns once this many of its sampled transitions went into its buffer and the buffer
+    holds this many rows (or is full, when its capacity is smaller)."""
     rollout_fragment_length: int = 1
-    """Env steps each env copy takes per sampling round."""
+    """Env steps each env copy (of every env runner) takes per sampling round."""
     actor_lr: float = 3e-4
     """The actor's Adam learning rate."""
     critic_lr: float = 3e-4
@@ -95,10 +98,10 @@ class SACConfig(AlgorithmConfig):
         if not isinstance(self.twin_q, bool):
             raise ValueError(f"SACConfig: twin_q must be True or False, got {self.twin_q!r}")
         buffer = self.replay_buffer_config
-        capacity = buffer.get("capacity") if isinstance(buffer, Mapping) else None
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+        if not isinstance(buffer, Mapping) or "capacity" not in buffer:
             raise ValueError(f"SACConfig: replay_buffer_config must be a dict with a positive int "
                              f"'capacity', got {buffer!r}")
+        check_replay_capacity("SACConfig", buffer["capacity"])
 
 
 class SAC(OffPolicyAlgorithm):
