@@ -110,7 +110,7 @@ class CheckpointManager:
         None: the newest are kept.
     :param score_order: ``"max"``: higher scores are better; ``"min"``: lower.
     :param storage_options: for a URL, passed to its fsspec file system.
-    :raises ValueError: invalid ``num_to_keep`` or ``score_order``.
+    :raises ValueError: invalid ``num_to_keep``, ``score_attribute`` or ``score_order``.
 
     Example::
 
@@ -126,6 +126,9 @@ class CheckpointManager:
         from amber.storage import is_remote, local_path
 
         check_retention(num_to_keep, score_order)
+        if score_attribute is not None and not isinstance(score_attribute, str):
+            raise ValueError(f"score_attribute must be a metric's name (a str) or None, "
+                             f"not {score_attribute!r}")
         self.root: Path | str = os.fspath(root).rstrip("/") if is_remote(root) else local_path(root)
         self.storage_options = storage_options
         self.num_to_keep = num_to_keep

@@ -120,6 +120,8 @@ def test_yaml_config_or_a_clear_error_without_pyyaml(tmp_path):
     (["-o", "model.fcnet_hiddens=64"], "model fcnet_hiddens must be a list of layer sizes"),
     (["-o", "num_epochs=0"], "num_epochs must be a positive integer, got 0"),
     (["-o", "lr=-1"], "lr must be a positive number, got -1"),
+    (["--stop-reward", "nan"], "must be a finite number, not nan"),  # (a run that never ends)
+    (["--stop-reward", "inf"], "must be a finite number, not inf"),
 ])
 def test_bad_settings_are_click_errors_naming_them(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["train", "--env", "CartPole-v1", "--stop-iters", "1", *args,
@@ -233,17 +235,27 @@ def test_a_new_run_never_mixes_with_an_earlier_ones_checkpoints(tmp_path):
 
 # -- signals --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def _training(run: Path, *args: str) -> subprocess.Popen[str]:
+    """``amber train`` of a run that does not end by itself, once its first iteration is logged
+    (SIGHUP as a terminal leaves it, whatever the test runner's own is)."""
+    proc = subprocess.Popen([sys.executable, "-m", "amber.cli", *BASE, "--stop-iters", "1000000",
+                             "--checkpoint-dir", str(run), *args], cwd=run.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not ((run / "progress.csv").exists() and len(_rows(run)) >= 1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate())
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_signal_saves_a_final_checkpoint(tmp_path, signum, status):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "amber.cli", *BASE, "--stop-iters", "1000000",
-                             "--checkpoint-dir", str(run)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _training(run)
     try:
-        deadline = time.monotonic() + 300
-        while not ((run / "progress.csv").exists() and len(_rows(run)) >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -254,6 +266,44 @@ def test_a_signal_saves_a_final_checkpoint(tmp_path, signum, status):
     assert last["checkpoint"] == str(final) and final.name == f"checkpoint_{int(last['training_iteration']):06d}"
     state = read_checkpoint(final, allow_pickle=False).state
     assert state["components"]["progress"]["iteration"] == int(last["training_iteration"])
+
+
+def test_a_closed_standard_output_stops_the_run_with_a_checkpoint(tmp_path):
+    """`amber train ... | head -2`: the write to a pipe nobody reads failed, and the run exited 1
+    in silence, with no final checkpoint."""
+    run = tmp_path / "run"
+    proc = _training(run)
+    try:
+        proc.stdout.close()  # the reader goes away
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 141, err
+    last = _rows(run)[-1]
+    final = run / f"checkpoint_{int(last['training_iteration']):06d}"
+    assert f"standard output was closed: stopped with the checkpoint {final}" in err
+    assert read_checkpoint(final, allow_pickle=False).state["components"]["progress"]["iteration"] == \
+        int(last["training_iteration"])
+
+
+def test_one_run_directory_is_trained_by_one_amber_train_at_a_time(tmp_path):
+    """A second `amber train` on a run still training (a retried job, a second terminal) mixed
+    the two curves, and one's retention deleted the checkpoint the other was reading."""
+    run = tmp_path / "run"
+    first = _training(run)
+    try:
+        for args in (["train", "--resume", str(run)], [*BASE, "--checkpoint-dir", str(run)]):
+            second = CliRunner().invoke(cli, [*args, "--stop-iters", "1000000"])
+            assert second.exit_code == 2, second.output
+            assert f"{run} is being trained by another amber train (pid {first.pid})" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=300)
+    finally:
+        first.kill()
+    done = int(_rows(run)[-1]["training_iteration"])
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--stop-iters", str(done + 1)])
+    assert result.exit_code == 0, result.output  # the lock went with the first process
+    assert [int(r["training_iteration"]) for r in _rows(run)] == list(range(1, done + 2))
 
 
 def test_a_local_storage_gets_the_curves_beside_the_checkpoints(tmp_path):

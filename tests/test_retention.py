@@ -191,6 +191,8 @@ def test_manager_validation(tmp_path):
         amber.CheckpointManager(tmp_path, num_to_keep=0)
     with pytest.raises(ValueError, match="order"):
         amber.CheckpointManager(tmp_path, score_order="best")
+    with pytest.raises(ValueError, match="score_attribute must be a metric's name"):  # (a raw
+        amber.CheckpointManager(tmp_path, score_attribute=5)  # AttributeError at the first save)
     config = _config().checkpointing(num_to_keep=2, checkpoint_score_attribute="a", checkpoint_score_order="min")
     assert (config.num_to_keep, config.checkpoint_score_attribute, config.checkpoint_score_order) == (2, "a", "min")
     assert "CheckpointManager" in amber.__all__

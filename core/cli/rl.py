@@ -7,12 +7,15 @@ flags (``--env``, ``--env-kwargs``, ``--seed``, ``--format``). Checkpoints go th
 becomes the algorithm's log dir, so its learning curves (``progress.csv``, ``result.json``:
 :mod:`amber.algorithms.result_log`) go there too; ``--resume RUN_DIR`` continues a run
 from its newest checkpoint exactly as if it had never stopped. SIGINT and SIGTERM end
-the run after the current iteration with a final checkpoint, exit 130 and 143.
+the run after the current iteration with a final checkpoint, exit 130 and 143 (SIGHUP too,
+129, unless it is ignored, as under nohup); so does a closed standard output (141). One
+``amber train`` at a time writes a run directory (it holds ``.amber-train.lock``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import click
 
 from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
-from amber.cli.train_loop import Interrupts, Report, Stop, train_until
+from amber.cli.train_loop import Interrupts, Report, Stop, run_lock, train_until
 
 __all__ = ["ALGOS", "train"]
 
@@ -206,6 +209,12 @@ def _say_where_it_ended(algorithm: Any, last_ckpt: str, signum: int | None, as_j
                    "the stop; give a later --stop-iters (or --stop-timesteps)", err=True)
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):  # a mean return never reaches nan or inf
+        raise click.BadParameter(f"must be a finite number, not {value}")
+    return value
+
+
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -230,7 +239,8 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="A JSON object passed to the env as env_config.")
 @click.option("--stop-iters", type=click.IntRange(min=1), help="Stop at this training iteration.")
 @click.option("--stop-timesteps", type=click.IntRange(min=1), help="Stop after this many env steps.")
-@click.option("--stop-reward", type=float, default=None, help="Stop when the mean return reaches this.")
+@click.option("--stop-reward", type=float, default=None, callback=_finite,
+              help="Stop when the mean return reaches this.")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="Where checkpoints and progress.csv go (default: the algorithm's log dir; "
                    "with --resume: RUN_DIR).")
@@ -265,7 +275,9 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
         raise AmberCliError("give --stop-iters, --stop-timesteps and/or --stop-reward")
     if resume is None and checkpoint_dir is not None:
         _check_new_run(checkpoint_dir)  # before the work of building the algorithm
-    with Interrupts() as interrupts:
+    # one amber train per run directory (the one resumed, or the one given)
+    locked = resume if resume is not None and not isinstance(resume, str) else checkpoint_dir
+    with Interrupts() as interrupts, run_lock(locked):
         algorithm = _resume(ctx, resume, allow_pickle) if resume is not None else _build_algorithm(
             algo, env_id, format_, seed, env_kwargs=env_kwargs,
             settings=_user_settings(config_file, overrides))

@@ -3,11 +3,15 @@ signal comes, report each iteration (a live table, plain lines or JSON), checkpo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import numbers
+import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -15,9 +19,40 @@ from typing import Any
 
 import click
 
-from amber.cli.base import make_console
+from amber.cli.base import AmberCliError, make_console
 
-__all__ = ["Interrupts", "Report", "Stop", "train_until"]
+__all__ = ["Interrupts", "Report", "Stop", "run_lock", "train_until"]
+
+#: The file in a run's directory that the ``amber train`` writing to it holds locked.
+LOCK_FILE = ".amber-train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(directory: Path | None) -> Iterator[None]:
+    """Hold ``directory``'s run lock for the block (made with the directory if missing; None: no
+    lock), so that two ``amber train`` never write one run: their curves would interleave and
+    each one's retention would delete the other's checkpoints. The lock goes with the process.
+
+    :raises AmberCliError: another process holds it (named by its pid).
+    """
+    if directory is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise AmberCliError(
+                f"{directory} is being trained by another amber train (pid {holder}): wait for it to "
+                "end, or give another --checkpoint-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 @dataclass(frozen=True)
@@ -36,8 +71,9 @@ class Stop:
 
 
 class Interrupts:
-    """Catches SIGINT and SIGTERM while training: the first asks the loop to stop after the
-    current iteration, a second one ends the process at once (exit 128 + signal)."""
+    """Catches SIGINT and SIGTERM (and SIGHUP, a closed terminal, unless ignored as under nohup)
+    while training: the first asks the loop to stop after the current iteration, a second one
+    ends the process at once (exit 128 + signal)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -50,7 +86,10 @@ class Interrupts:
         click.echo("amber: stopping after this iteration with a checkpoint (again: stop now)", err=True)
 
     def __enter__(self) -> Interrupts:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        hangup = getattr(signal, "SIGHUP", None)
+        for sig in (signal.SIGINT, signal.SIGTERM, hangup):
+            if sig is None or (sig == hangup and signal.getsignal(sig) is not signal.SIG_DFL):
+                continue  # (no SIGHUP here, or it is ignored: nohup)
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handler
@@ -98,8 +137,19 @@ class Report:
         if self.mode == "live":
             self.live.__exit__(*exc)
 
-    def row(self, result: dict[str, Any], ckpt: str) -> None:
-        """Show one iteration's result (and the checkpoint it wrote, if any)."""
+    def row(self, result: dict[str, Any], ckpt: str) -> bool:
+        """Show one iteration's result (and the checkpoint it wrote, if any); False when standard
+        output's reader is gone (``amber train | head``), which is silenced from then on."""
+        try:
+            self._row(result, ckpt)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
+            os.close(devnull)
+            return False
+        return True
+
+    def _row(self, result: dict[str, Any], ckpt: str) -> None:
         if self.mode == "json":
             click.echo(json.dumps(_scalars(result) | ({"checkpoint": ckpt} if ckpt else {})))
             return
@@ -142,6 +192,13 @@ def train_until(algorithm: Any, manager: Any, report: Report, interrupts: Interr
             last_ckpt = ckpt
             if after_save is not None:
                 after_save(ckpt)
-        report.row(result, ckpt)
+        if not report.row(result, ckpt):  # nobody reads the output: stop, as on SIGTERM, saved
+            if not ckpt:
+                last_ckpt = str(manager.save(algorithm, format=format_).checkpoint.path)
+                if after_save is not None:
+                    after_save(last_ckpt)
+            click.echo(f"amber: standard output was closed: stopped with the checkpoint {last_ckpt}",
+                       err=True)
+            return last_ckpt, int(getattr(signal, "SIGPIPE", 13))
         if done or signum is not None:
             return last_ckpt, signum
