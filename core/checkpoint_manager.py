@@ -23,6 +23,7 @@ The manager receives the algorithm object; it imports no framework.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import CheckpointError
+from amber.errors import CheckpointError, warn
 
 if TYPE_CHECKING:
     from amber.algorithms.algorithm_checkpoints import SaveResult
@@ -86,6 +87,18 @@ def _score_of(metrics: Mapping[str, Any] | None, attribute: str) -> float | None
     return value if math.isfinite(value) else None
 
 
+def _has_metric(metrics: Mapping[str, Any], attribute: str) -> bool:
+    """Whether ``attribute`` (``a/b`` reaching into nested dicts) names something in ``metrics``."""
+    if attribute in metrics:
+        return True
+    value: Any = metrics
+    for part in attribute.split("/"):
+        if not isinstance(value, Mapping) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
 def _managed(path: Path | str, meta: Mapping[str, Any]) -> ManagedCheckpoint | None:
     """The managed checkpoint a manifest's metadata describes, or None if it is not one."""
     if meta.get(MANAGED_KEY) != "1":
@@ -134,6 +147,7 @@ class CheckpointManager:
         self.num_to_keep = num_to_keep
         self.score_attribute = score_attribute
         self.score_order = score_order
+        self._warned_missing = False
 
     def path_for(self, iteration: int) -> Path:
         """The directory (or URL) of the checkpoint of this iteration."""
@@ -153,7 +167,19 @@ class CheckpointManager:
             score = _score_of(source, self.score_attribute)
             if score is not None:
                 out[SCORE_KEY] = repr(score)
+            elif isinstance(source, Mapping) and not _has_metric(source, self.score_attribute):
+                self._warn_missing(source)
         return out
+
+    def _warn_missing(self, metrics: Mapping[str, Any]) -> None:
+        """Say once that the score attribute is not in the results (a typo, or RLlib's old name):
+        "keep the best" then silently keeps the newest."""
+        if not self._warned_missing:
+            self._warned_missing = True
+            close = difflib.get_close_matches(self.score_attribute or "", list(map(str, metrics)), n=3)
+            warn(f"{self.root}: the score attribute {self.score_attribute!r} is not in the train() "
+                 "result, so this checkpoint has no score and retention keeps the newest"
+                 + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
 
     def save(self, algo: Any, *, format: str | None = None,
              metrics: Mapping[str, Any] | None = None) -> SaveResult:

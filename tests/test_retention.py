@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,20 @@ def test_kill_9_while_saving_and_pruning(tmp_path):
     assert len(manager.checkpoints()) <= 2
     assert not [p.name for p in root.iterdir() if is_temporary(p.name)]
     assert all(p.name.startswith("checkpoint_") for p in root.iterdir())
+
+
+def test_a_score_attribute_missing_from_the_results_is_named_once(tmp_path):
+    """A typo, or RLlib's old name, made "keep the best" keep the newest, in silence."""
+    algo = _config().build()
+    try:
+        algo.train()
+        manager = amber.CheckpointManager(tmp_path, num_to_keep=1, score_attribute="episode_return_maen")
+        with pytest.warns(UserWarning, match="'episode_return_maen' is not in the train\\(\\) result.*did you "
+                                             "mean 'episode_return_mean'"):
+            manager.save(algo)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            manager.save(algo)  # said once
+            amber.CheckpointManager(tmp_path, score_attribute="episode_return_mean").save(algo)
+    finally:
+        algo.stop()
