@@ -187,6 +187,12 @@ def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str 
     return out, join(storage, out.absolute().resolve().name)  # the name of "." or "..", not the dots
 
 
+def _run_directory(resume: Path | str | None, checkpoint_dir: Path | None) -> Path | None:
+    """The local run directory that one ``amber train`` at a time may write: the one resumed, or
+    the one given (None: a new log dir of its own, or a remote run logged to a new one)."""
+    return resume if resume is not None and not isinstance(resume, str) else checkpoint_dir
+
+
 def _check_new_run(out: Path) -> None:
     """Refuse to start a run in a directory that holds another's checkpoints (they would mix,
     and its retention would delete them) or that is, or lies in, a checkpoint."""
@@ -275,9 +281,7 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
         raise AmberCliError("give --stop-iters, --stop-timesteps and/or --stop-reward")
     if resume is None and checkpoint_dir is not None:
         _check_new_run(checkpoint_dir)  # before the work of building the algorithm
-    # one amber train per run directory (the one resumed, or the one given)
-    locked = resume if resume is not None and not isinstance(resume, str) else checkpoint_dir
-    with Interrupts() as interrupts, run_lock(locked):
+    with Interrupts() as interrupts, run_lock(_run_directory(resume, checkpoint_dir)):
         algorithm = _resume(ctx, resume, allow_pickle) if resume is not None else _build_algorithm(
             algo, env_id, format_, seed, env_kwargs=env_kwargs,
             settings=_user_settings(config_file, overrides))
