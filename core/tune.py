@@ -29,8 +29,6 @@ __all__ = ["algorithm_config", "config_optimizer_settings", "trainable"]
 
 #: The algorithms ``trainable`` knows by name.
 ALGORITHMS = {"PPO": "amber.algorithms.ppo", "DQN": "amber.algorithms.dqn", "SAC": "amber.algorithms.sac"}
-#: Keys of ``to_dict()`` that are not config attributes of the same name.
-_SPECIAL = ("_config_class", "multi_agent")
 
 
 def _algorithm_class(algorithm: str | type[Algorithm]) -> type[Algorithm]:
@@ -46,18 +44,16 @@ def _algorithm_class(algorithm: str | type[Algorithm]) -> type[Algorithm]:
 
 
 def algorithm_config(algorithm: str | type[Algorithm], config: Mapping[str, Any]) -> AlgorithmConfig:
-    """The algorithm's config from a (Tune-resolved) ``to_dict()`` dict; keys it lacks keep their defaults.
+    """The algorithm's config from a (Tune-resolved) ``to_dict()`` dict, read as
+    ``AlgorithmConfig.from_dict`` reads it (RLlib's names too); keys it lacks keep their defaults.
 
     :raises ValueError: an unknown algorithm, or a key that is no setting of its config (named).
     """
     algo_cls = _algorithm_class(algorithm)
-    default = algo_cls.get_default_config()
-    known = set(default.to_dict()) | set(_SPECIAL)
-    unknown = sorted(str(k) for k in config if k not in known)
-    if unknown:
-        raise ValueError(f"{type(default).__name__} has no setting(s) {', '.join(unknown)} "
-                         "(a Tune param_space is config.to_dict(), or some of its keys)")
-    new = default.from_dict(config)
+    try:
+        new = algo_cls.get_default_config().from_dict(config)
+    except ValueError as e:
+        raise ValueError(f"{e} (a Tune param_space is config.to_dict(), or some of its keys)") from None
     new.algo_class = algo_cls
     return new
 

@@ -94,6 +94,25 @@ def test_two_runners_train_multi_agent_cartpole():
         algo.stop()
 
 
+def _marking_creator(env_config):
+    """Leaves a file named after the EnvContext of each env built (in the runners' processes too)."""
+    name = f"{env_config.worker_index}-{env_config.vector_index}-{env_config.num_workers}-{env_config.remote}"
+    with open(os.path.join(env_config["dir"], name), "w"):
+        pass
+    return gym.make("CartPole-v1")
+
+
+def test_remote_runners_give_env_creators_their_worker_and_vector_index(tmp_path):
+    """RLlib's EnvContext: worker_index 1..N on the Ray runners (0 in the algorithm's process, which
+    builds one env to read its spaces), vector_index 0..M-1, num_workers N."""
+    register_env("amber-test-marking", _marking_creator)
+    config = (cartpole(runners=2, envs=2).environment("amber-test-marking", env_config={"dir": str(tmp_path)}))
+    algo, _ = _train(config, 1)
+    algo.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "0-0-2-False", "1-0-2-False", "1-1-2-False", "2-0-2-False", "2-1-2-False"]
+
+
 @pytest.mark.parametrize(("runners", "envs", "multi"), [(2, 3, False), (3, 1, True)])
 def test_runners_sample_exactly_train_batch_size(runners, envs, multi):
     """One train() samples exactly train_batch_size env steps, shared out over the runners and their

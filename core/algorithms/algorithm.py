@@ -28,6 +28,7 @@ from amber.algorithms.algorithm_config import AlgorithmConfig, copy_unless_adopt
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.policy_map import PolicyMapMixin, spaces_by_mapping
 from amber.algorithms.result_log import ResultLogger
+from amber.algorithms.rllib_api import RLlibAlgorithmMixin, rllib_result_keys
 from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
 from amber.policy.spaces import saved_policy_spaces
@@ -52,7 +53,7 @@ def _has_accelerator() -> bool:
 _accelerator: bool | None = None
 
 
-class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
+class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
     """Base of PPO, DQN and SAC: builds policies and sampling from a config, trains, saves
     (the checkpoint methods: :class:`~amber.algorithms.algorithm_checkpoints.CheckpointMixin`;
     adding and removing policies: :class:`~amber.algorithms.policy_map.PolicyMapMixin`;
@@ -80,8 +81,10 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
         self._stopped = False
         self._logdir: Path | None = None
         self._last_result: dict[str, Any] | None = None  # the score of managed checkpoints
+        self.callbacks = self._build_callbacks()  # checked before any env is built
         self._seed_everything(config.seed)
-        self._env_probe = EnvProbe(config.env, config.env_config)  # built only if spaces are needed
+        self._env_probe = EnvProbe(config.env, config.env_config,  # built only if spaces are needed
+                                   num_workers=config.num_env_runners)
         self.policies: dict[str, Policy] = {}
         try:
             for index, (pid, spec) in enumerate(self.config.policies.items()):
@@ -94,7 +97,6 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
             config, self.policies, mapping_fn, self.pm, self._env_probe.take_env())  # probed: copy 0
         self.progress = TrainingProgress()
         self.results_logger = ResultLogger(lambda: self.logdir)
-        self.callbacks = self._build_callbacks()
         self.setup()
         self.callbacks.on_algorithm_init(algorithm=self)
 
@@ -215,6 +217,7 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
         self._check_running()
         start = time.perf_counter()
         self.env_runner.sync_weights()  # remote runners: the weights go out once per iteration
+        episodes_before = self.progress.episodes_total
         results = self.training_step()
         self.iteration += 1
         elapsed = time.perf_counter() - start
@@ -226,13 +229,15 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin):
             "episode_return_mean": float(np.mean(returns)) if returns else float("nan"),
             "episode_return_max": float(np.max(returns)) if returns else float("nan"),
             "episode_return_min": float(np.min(returns)) if returns else float("nan"),
-            "episodes_total": len(returns),
+            "episodes_total": self.progress.episodes_total,  # lifetime (the returns: the last 100)
+            "episodes_this_iter": self.progress.episodes_total - episodes_before,
             "policy_return_mean": {
                 pid: float(np.mean(r)) for pid, r in self.progress.recent_policy_returns.items() if r
             },
             "time_this_iter_s": elapsed,
         }
         out.update(results)
+        out.update(rllib_result_keys(out))  # RLlib 2.10's names too (episode_reward_mean...)
         self._last_result = out
         self.callbacks.on_train_result(algorithm=self, result=out)  # which may add metrics
         if self.config.log_results:

@@ -38,12 +38,16 @@ __all__ = ["CheckpointMixin", "SaveResult", "TrainingCheckpoint", "config_from_s
 
 @dataclass(frozen=True)
 class TrainingCheckpoint:
-    """Where a save wrote its checkpoint."""
+    """Where a save wrote its checkpoint; a path-like object (``os.fspath`` gives :attr:`path`), so
+    every loader takes it as it takes the path (``Algorithm.from_checkpoint(result.checkpoint)``)."""
 
     path: str
 
     def to_directory(self) -> str:
         """The checkpoint directory."""
+        return self.path
+
+    def __fspath__(self) -> str:
         return self.path
 
 

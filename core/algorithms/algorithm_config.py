@@ -13,7 +13,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
-from amber.algorithms.config_values import _spec_from_dict, _spec_to_dict, matches_type
+from amber.algorithms.config_values import _spec_to_dict, matches_type
+from amber.algorithms.rllib_api import RLlibConfigMixin, rllib_keywords
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.scoped import scoped
 from amber.state import Ref
@@ -49,7 +50,7 @@ COMMON_HYPERPARAMETERS: dict[str, Any] = {
 }
 
 
-class AlgorithmConfig:
+class AlgorithmConfig(RLlibConfigMixin):
     """Settings of an algorithm; each fluent method returns the config itself.
 
     Subclasses (PPOConfig, DQNConfig, SACConfig) name their hyperparameters in
@@ -121,6 +122,7 @@ class AlgorithmConfig:
 
     # -- fluent setters ------------------------------------------------------------
 
+    @rllib_keywords  # RLlib's disable_env_checking (amber.algorithms.rllib_api)
     def environment(self, env: Any = None, *, env_config: Mapping[str, Any] | None = None) -> AlgorithmConfig:
         """Set the environment: a gymnasium id, an Env or MultiAgentEnv class, or a registered name."""
         if env is not None:
@@ -166,6 +168,7 @@ class AlgorithmConfig:
             setattr(self, key, copy.deepcopy(value) if isinstance(value, (dict, list)) else value)
         return self
 
+    @rllib_keywords  # RLlib's num_rollout_workers, num_envs_per_worker: aliases
     def env_runners(
         self,
         num_env_runners: int | None = None,
@@ -205,6 +208,7 @@ class AlgorithmConfig:
 
     rollouts = env_runners  # the name before RLlib 2.10
 
+    @rllib_keywords  # a callable policies_to_train: refused, with what to do
     def multi_agent(
         self,
         *,
@@ -215,8 +219,10 @@ class AlgorithmConfig:
         """Set the policies (a set of ids, or a dict of id → PolicySpec/overrides), the mapping
         ``fn(agent_id, episode, worker, **kw) -> policy id`` and which policies train."""
         if policies is not None:
-            if isinstance(policies, Mapping):
-                self.policies = dict(policies)
+            if isinstance(policies, Mapping):  # RLlib's (cls, obs_space, act_space, config) too
+                from amber.algorithms.config_dict import policy_spec
+
+                self.policies = {pid: policy_spec(spec) for pid, spec in policies.items()}
             else:
                 self.policies = {pid: None for pid in sorted(policies)}
             self._multi_agent = True
@@ -227,6 +233,7 @@ class AlgorithmConfig:
             self.policies_to_train = list(policies_to_train)
         return self
 
+    @rllib_keywords  # RLlib's metrics_num_episodes_for_smoothing
     def reporting(self, *, min_sample_timesteps_per_iteration: int | None = None,
                   log_results: bool | None = None) -> AlgorithmConfig:
         """Set how much one ``train()`` samples at least (DQN, SAC; default 1000 env steps), and
@@ -308,6 +315,7 @@ class AlgorithmConfig:
             self.restart_failed_env_runners = bool(restart_failed_env_runners)
         return self
 
+    @rllib_keywords  # RLlib's log_level...: ignored
     def debugging(self, *, seed: int | None = None) -> AlgorithmConfig:
         """Set the seed: two runs of the same seeded config give bit-identical weights."""
         self.seed = seed
@@ -350,20 +358,22 @@ class AlgorithmConfig:
         return out
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> AlgorithmConfig:
-        """A config from :meth:`to_dict`'s output (of this class, or the subclass it names)."""
+    def from_dict(cls, config: Mapping[str, Any], *, strict: bool = True) -> AlgorithmConfig:
+        """A config from :meth:`to_dict`'s output (of this class, or the subclass it names), or from
+        RLlib's config dicts (:func:`~amber.algorithms.config_dict.apply_dict`).
+
+        :param strict: False (a checkpoint's saved config): keys amber no longer has are skipped.
+        :raises ValueError: (strict) a key amber does not have, named; a value of the wrong type.
+        """
+        from amber.algorithms.config_dict import apply_dict
+
         data = dict(config)
         target = data.pop("_config_class", None)
         if isinstance(target, Ref):
             target = target.resolve()
         target = target if isinstance(target, type) and issubclass(target, cls) else cls
         new = target()
-        new._multi_agent = bool(data.pop("multi_agent", False))
-        for key, value in data.items():
-            if key == "policies":
-                value = {pid: _spec_from_dict(spec) for pid, spec in value.items()}
-            if hasattr(new, key):
-                setattr(new, key, value)
+        apply_dict(new, data, strict=strict)
         return new
 
     def __repr__(self) -> str:

@@ -11,6 +11,10 @@ synchronously, in the calling thread:
   with ``save(block=False)`` it runs in the background writer thread once the checkpoint
   is committed, and an exception it raises becomes that save's error (``handle.result()``).
 
+No other hook is called: a class defining another ``on_*`` method (RLlib's ``on_episode_end``,
+``on_sample_end``, ``on_learn_on_batch``...) is refused when it is given to the config or the
+algorithm is built (:func:`check_callbacks_class`), instead of being silently ignored.
+
 A checkpoint stores the callbacks class by its registered name (:func:`amber.register_class`).
 An unregistered class is kept as it is by pickle; a portable format stores a placeholder,
 and ``Algorithm.from_checkpoint`` then warns and uses :class:`DefaultCallbacks` unless
@@ -26,8 +30,8 @@ from typing import Any
 from amber.algorithms.result_log import flat_scalars
 from amber.errors import warn
 
-__all__ = ["DefaultCallbacks", "TensorBoardLogger", "callbacks_from_state", "check_callbacks_class",
-           "make_multi_callbacks"]
+__all__ = ["CALLED_HOOKS", "DefaultCallbacks", "TensorBoardLogger", "callbacks_from_state",
+           "check_callbacks_class", "make_multi_callbacks", "uncalled_hooks"]
 
 
 class DefaultCallbacks:
@@ -83,15 +87,39 @@ def make_multi_callbacks(classes: Sequence[type[DefaultCallbacks]]) -> type[Defa
     return MultiCallbacks
 
 
+#: The hooks amber calls: every ``on_*`` method of :class:`DefaultCallbacks`.
+CALLED_HOOKS = tuple(sorted(name for name in vars(DefaultCallbacks) if name.startswith("on_")))
+
+
+def uncalled_hooks(cls: type) -> list[str]:
+    """The ``on_*`` methods ``cls`` (or a base other than :class:`DefaultCallbacks`) defines that
+    amber never calls (RLlib's ``on_episode_end``, ``on_sample_end``...), sorted."""
+    defined = {name for klass in cls.__mro__ if klass not in (DefaultCallbacks, object)
+               for name, value in vars(klass).items() if name.startswith("on_") and callable(value)}
+    return sorted(defined - set(CALLED_HOOKS))
+
+
 def check_callbacks_class(value: Any) -> None:
     """Check a callbacks class (or a sequence of them).
 
-    :raises ValueError: one is not a subclass of :class:`DefaultCallbacks`.
+    A hook amber never calls is refused rather than silently ignored, as RLlib settings amber
+    does not have are: a class ported from RLlib that overrides ``on_episode_end`` expects it
+    to run.
+
+    :raises ValueError: one is not a subclass of :class:`DefaultCallbacks`, or defines an ``on_*``
+        method amber never calls (named, with :data:`CALLED_HOOKS`).
     """
     for cls in value if isinstance(value, (tuple, list)) else (value,):
         if not (isinstance(cls, type) and issubclass(cls, DefaultCallbacks)):
             raise ValueError(f"callbacks must be a subclass of amber.algorithms.callbacks.DefaultCallbacks, "
                              f"not {cls!r}")
+        uncalled = uncalled_hooks(cls)
+        if uncalled:
+            raise ValueError(
+                f"callbacks class {cls.__qualname__} defines {', '.join(uncalled)}, which amber never "
+                f"calls: amber calls only {', '.join(CALLED_HOOKS)} (it has no episode, sample or "
+                "learner hooks: compute such metrics in on_train_result from train()'s result, "
+                "e.g. episode_return_mean, episodes_this_iter); remove or rename them")
 
 
 def callbacks_from_state(value: Any, given: type[DefaultCallbacks] | None,

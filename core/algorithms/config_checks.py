@@ -15,8 +15,9 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["COMMON_RULES", "MODEL_KEYS", "check_common", "check_config", "check_model", "check_number",
-           "check_numbers", "positive_int"]
+__all__ = ["ALGORITHM_WIDE_KEYS", "COMMON_RULES", "MODEL_KEYS", "POLICY_ONLY_KEYS", "check_common",
+           "check_config", "check_model", "check_number", "check_numbers", "check_policy_spec",
+           "positive_int"]
 
 #: The ``model`` keys amber's networks read: fully connected layers, and their activation.
 MODEL_KEYS = ("fcnet_hiddens", "fcnet_activation")
@@ -100,18 +101,63 @@ def check_model(model: Any, owner: str, where: str = "model") -> None:
 
 
 def check_common(config: Any) -> None:
-    """The checks every algorithm's config passes: :data:`COMMON_RULES`, and the ``model`` of
-    the config and of each policy that has its own (it replaces the config's).
+    """The checks every algorithm's config passes: :data:`COMMON_RULES`, the ``model`` of the
+    config, and each policy's spec (:func:`check_policy_spec`).
 
     :raises ValueError: naming the setting and its value.
     """
-    owner = type(config).__name__
     check_numbers(config, COMMON_RULES)
-    check_model(config.model, owner)
+    check_model(config.model, type(config).__name__)
     for pid, spec in (config.policies or {}).items():
-        own = getattr(spec, "config", spec) if spec is not None else None
-        if isinstance(own, Mapping) and "model" in own:
-            check_model(own["model"], owner, f"policies[{pid!r}] model")
+        check_policy_spec(config, pid, spec)
+
+
+#: The keys of a policy's config overrides beside the algorithm's hyperparameters: what each
+#: policy's config holds of its own (its seed, its checkpoints' settings, DQN's Adam epsilon).
+POLICY_ONLY_KEYS = ("seed", "checkpoint_format", "export_native_model_files", "adam_epsilon")
+#: Hyperparameters of the whole algorithm (its sampling, replay and target syncs), which a
+#: policy's overrides cannot change: refused there rather than silently ignored.
+ALGORITHM_WIDE_KEYS = ("train_batch_size", "replay_buffer_config", "num_steps_sampled_before_learning_starts",
+                       "training_intensity", "rollout_fragment_length", "min_sample_timesteps_per_iteration",
+                       "target_network_update_freq")
+
+
+def check_policy_spec(config: Any, pid: str, spec: Any) -> None:
+    """Refuse a policy spec amber would not build as written: one that is not None, a
+    ``PolicySpec`` or a dict of config overrides; or overrides naming a key the algorithm does
+    not have (a typo would be ignored), of the wrong type, or out of the range the algorithm's
+    own setting must be in. A ``model`` override replaces the config's and is checked whole.
+
+    :raises ValueError: naming the policy, the key and its value.
+    """
+    from amber.algorithms.algorithm_config import _ALIASES
+    from amber.policy.policy import PolicySpec
+
+    owner = type(config).__name__
+    if spec is None:
+        return
+    own = spec.config if isinstance(spec, PolicySpec) else spec
+    if not isinstance(own, Mapping):
+        raise ValueError(f"{owner}: policies[{pid!r}] must be None, a PolicySpec, a dict of config "
+                         "overrides or a (policy_class, observation_space, action_space, config) tuple "
+                         f"given to .multi_agent(), not {type(spec).__name__} {spec!r}")
+    if "model" in own:
+        check_model(own["model"], owner, f"policies[{pid!r}] model")
+    settings = {_ALIASES.get(k, k): v for k, v in own.items() if k not in POLICY_ONLY_KEYS and k != "model"}
+    if not settings:
+        return
+    wide = sorted(k for k in settings if k in ALGORITHM_WIDE_KEYS and k in vars(config))
+    if wide:
+        raise ValueError(f"{owner}: policies[{pid!r}] config: {', '.join(wide)}: a setting of the whole "
+                         "algorithm (its sampling, replay or target syncs), not of one policy; set it on "
+                         "the algorithm's config")
+    trial = config.copy()  # the algorithm's config with the policy's settings: checked as a whole
+    trial.policies, trial.policies_to_train = {pid: None}, None
+    try:
+        trial.training(**settings)
+        trial.validate()
+    except ValueError as e:
+        raise ValueError(f"{owner}: policies[{pid!r}] config: {e}") from None
 
 
 def check_config(config: Any) -> None:

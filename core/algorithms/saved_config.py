@@ -65,7 +65,7 @@ def config_from_state(
     }
     if env is None:  # a checkpoint's "module:EnvId" never imports the module
         check_saved_env(raw.get("env"), path)
-    config = algo_cls.get_default_config().from_dict(raw)
+    config = algo_cls.get_default_config().from_dict(raw, strict=False)  # older keys are skipped
     config.callbacks_class = chosen or raw.get("callbacks_class")
     from amber.envs.ray_runners import saved_env_runners  # N runners again when their state is saved
     from amber.envs.runner_state import check_env_count

@@ -47,11 +47,16 @@ def _number(value: Any, what: str) -> float:
 
 
 class TrainingProgress:
-    """Where training stands: iterations done, step counters, recent episode returns."""
+    """Where training stands: iterations done, step counters, episodes finished, recent episode returns.
+
+    ``episodes_total`` counts every episode finished since training began (RLlib's and Tune's
+    ``episodes_total``); the returns are kept for the last :data:`RECENT` episodes only.
+    """
 
     def __init__(self) -> None:
         self.iteration = 0
         self.counters: dict[str, Any] = dict(COUNTERS)
+        self.episodes_total = 0
         self.recent_returns: list[float] = []
         self.recent_policy_returns: dict[str, list[float]] = {}
 
@@ -59,6 +64,7 @@ class TrainingProgress:
         """Count a sampling round's steps and keep its finished episodes' returns."""
         self.counters["num_env_steps_sampled_lifetime"] += int(metrics["num_env_steps"])
         self.counters["num_agent_steps_sampled_lifetime"] += int(metrics["num_agent_steps"])
+        self.episodes_total += len(metrics["episode_returns"])
         self.recent_returns = (self.recent_returns + list(metrics["episode_returns"]))[-RECENT:]
         for pid, rets in metrics.get("agent_episode_returns", {}).items():
             self.recent_policy_returns[pid] = (self.recent_policy_returns.get(pid, []) + list(rets))[-RECENT:]
@@ -66,14 +72,17 @@ class TrainingProgress:
     def get_state(self) -> dict[str, Any]:
         """The progress as a state tree."""
         return {"iteration": self.iteration, "counters": dict(self.counters),
-                "recent_returns": list(self.recent_returns),
+                "episodes_total": self.episodes_total, "recent_returns": list(self.recent_returns),
                 "recent_policy_returns": {k: list(v) for k, v in self.recent_policy_returns.items()}}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Apply :meth:`get_state`'s output (returns may be absent: another system's checkpoint)."""
-        iteration = state.get("iteration")
-        if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
-            raise _bad("progress.iteration", iteration)
+        """Apply :meth:`get_state`'s output (returns may be absent: another system's checkpoint).
+
+        A state without ``episodes_total`` (saved by an amber that did not count episodes yet, or
+        another system's) counts the episodes whose returns it holds, ``len(recent_returns)``:
+        what that amber reported as ``episodes_total`` (at most :data:`RECENT`).
+        """
+        iteration = _count(state.get("iteration"), "progress.iteration")
         counters = state.get("counters")
         if not isinstance(counters, Mapping):
             raise _bad("progress.counters", counters)
@@ -88,11 +97,18 @@ class TrainingProgress:
             raise _bad("progress.recent_policy_returns", per_policy)
         what = "progress.recent_policy_returns"
         policy_returns = {str(k): [_number(r, what) for r in _list(v, what)] for k, v in per_policy.items()}
-        self.iteration = int(iteration)
+        episodes = _count(state.get("episodes_total", len(recent)), "progress.episodes_total")
+        self.iteration, self.episodes_total = iteration, episodes
         for key, value in parsed.items():
             self.counters[key] = value if key == "time_total_s" else int(value)
         self.recent_returns = recent[-RECENT:]
         self.recent_policy_returns = {k: v[-RECENT:] for k, v in policy_returns.items()}
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise _bad(what, value)
+    return int(value)
 
 
 def _list(value: Any, what: str) -> Iterable[Any]:

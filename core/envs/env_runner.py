@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
-from amber.envs.registry import make_env, probe_env, probe_spaces
+from amber.envs.registry import env_context, make_env_copies, probe_env, probe_spaces
 from amber.envs.runner_state import Episode, mapping_caller, parse_slot
 from amber.errors import CheckpointError, InvalidStateError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
@@ -100,7 +100,7 @@ class EnvRunner:
                  first_env: Any = None) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be at least 1, not {num_envs}")
-        self.env_spec, self.env_config, self.seed = env, dict(env_config or {}), seed
+        self.env_spec, self.env_config, self.seed = env, env_context(env_config), seed
         self.pm = pm
         self.worker_index = 0
         self.num_envs = int(num_envs)
@@ -121,7 +121,7 @@ class EnvRunner:
         made = [self._first_env] if self._first_env is not None else []
         self._first_env = None
         try:
-            made += [make_env(self.env_spec, self.env_config) for _ in range(self.num_envs - len(made))]
+            made += make_env_copies(self.env_spec, self.env_config, range(len(made), self.num_envs))
         except BaseException:
             for instance in made:
                 instance.close()

@@ -21,13 +21,13 @@ Ray is imported only here, and only when N > 0.
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from amber.envs.ray_setup import RAY_EXTRA, check_env_runners, ensure_ray, import_ray, ray_installed
 from amber.envs.runner_generators import generator_state, policy_generators, reseed, set_generator_state
 from amber.errors import InvalidStateError, warn
 from amber.scoped import scoped
@@ -41,50 +41,10 @@ if TYPE_CHECKING:
 __all__ = ["RemoteEnvRunners", "build_env_runners", "check_env_runners", "import_ray", "restoring_from",
            "saved_env_runners"]
 
-#: What to install for remote env runners and Ray Tune.
-RAY_EXTRA = "pip install 'amber-rl[ray]'"
 #: The most remote runners a checkpoint may ask to rebuild (each is a process).
 MAX_SAVED_RUNNERS = 1024
 #: How many times one call rebuilds a dead runner before giving up.
 MAX_RESTARTS_PER_CALL = 3
-
-
-def import_ray() -> Any:
-    """The ``ray`` module.
-
-    :raises ValueError: ray is not installed (the message names the extra).
-    """
-    try:
-        import ray
-    except ImportError as e:
-        raise ValueError(f"env runners on Ray (num_env_runners > 0) and Ray Tune need ray, which is not "
-                         f"installed: {RAY_EXTRA}; or use num_env_runners=0 (sampling in this process, "
-                         "num_envs_per_env_runner copies of the env)") from e
-    return ray
-
-
-def _ray_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("ray") is not None
-    except ValueError:  # sys.modules["ray"] is None: ray is blocked
-        return False
-
-
-def check_env_runners(n: Any) -> None:
-    """``num_env_runners`` must be an int >= 0, and ray installed when it is above 0.
-
-    :raises ValueError: naming the setting, or the extra to install.
-    """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"num_env_runners must be an int >= 0, not {n!r}")
-    if n > 0:
-        if not _ray_installed():
-            raise ValueError(f"num_env_runners={n} runs env runners as Ray actors, and ray is not "
-                             f"installed: {RAY_EXTRA}; or use num_env_runners=0 (sampling in this "
-                             "process, num_envs_per_env_runner copies of the env)")
-        import_ray()
 
 
 def _is_remote_state(state: Any) -> bool:
@@ -114,7 +74,7 @@ def saved_env_runners(own: Mapping[str, Any], declared: Any, path: Any) -> int:
                 or declared > MAX_SAVED_RUNNERS):
             raise InvalidStateError(f"{path}: config.num_env_runners is {declared!r} but the checkpoint "
                                     f"holds the state of {held} env runners", path=path)
-        if _ray_installed():
+        if ray_installed():
             return declared
         why = f"ray is not installed ({RAY_EXTRA} to rebuild them)"
     warn(f"{path}: the checkpoint's config.num_env_runners is {declared!r}; {why}, so it is "
@@ -180,7 +140,7 @@ class RunnerWorker:
                  specs: Mapping[str, Any], mapping_fn: Callable[..., Any] | None, seed: int | None,
                  index: int, creators: Mapping[str, Callable[..., Any]]) -> None:
         from amber.envs.env_runner import EnvRunner
-        from amber.envs.registry import register_env
+        from amber.envs.registry import env_context, register_env
 
         for name, creator in creators.items():
             register_env(name, creator)
@@ -188,6 +148,7 @@ class RunnerWorker:
         self.policies: dict[str, Any] = {}
         self._build(specs)
         runner_seed = None if seed is None else int(seed) + index * int(num_envs)
+        env_config = env_context(env_config, worker_index=index)  # num_workers: the config's
         self.runner = EnvRunner(env, env_config, num_envs, self.policies, mapping_fn, seed=runner_seed)
         self.runner.worker_index = index
 
@@ -255,15 +216,6 @@ def _shares(num_env_steps: int, num_runners: int, exact: bool) -> list[int]:
     return [base + (i < extra) for i in range(num_runners)]
 
 
-def _ensure_ray(num_runners: int) -> Any:
-    """The ray module, started here (quietly, this machine's CPUs) when nobody started it."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, num_runners), include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR", configure_logging=False)
-    return ray
-
-
 class RemoteEnvRunners:
     """N env runners as Ray actors, sampled in parallel; the algorithm's ``env_runner`` when N > 0.
 
@@ -277,10 +229,10 @@ class RemoteEnvRunners:
 
     def __init__(self, config: AlgorithmConfig, policies: Mapping[str, Any],
                  mapping_fn: Callable[..., Any] | None, *, restart_failed: bool = True) -> None:
-        from amber.envs.registry import _CREATORS  # a registered env's creator goes with the actors
+        from amber.envs.registry import _CREATORS, env_context  # a registered env's creator goes along
 
         self.num_runners = int(config.num_env_runners)
-        self._ray = ray = _ensure_ray(self.num_runners)
+        self._ray = ray = ensure_ray(self.num_runners)
         cpus = float(getattr(config, "num_cpus_per_env_runner", 1.0))
         self._actor_class = ray.remote(num_cpus=cpus, max_restarts=0)(RunnerWorker)
         if self.num_runners * cpus > ray.cluster_resources().get("CPU", 0):
@@ -289,7 +241,8 @@ class RemoteEnvRunners:
                  "(lower num_cpus_per_env_runner, e.g. 0.5)")
         env = config.env
         creators = {env: _CREATORS[env]} if isinstance(env, str) and env in _CREATORS else {}
-        self._args = (env, dict(config.env_config), int(config.num_envs_per_env_runner))
+        context = env_context(config.env_config, num_workers=self.num_runners)
+        self._args = (env, context, int(config.num_envs_per_env_runner))
         self._seed, self._creators = config.seed, creators
         self.restart_failed = restart_failed
         self.num_restarts = 0

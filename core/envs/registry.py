@@ -12,11 +12,13 @@ import difflib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["EnvProbe", "check_saved_env", "declared_multi_agent", "make_env", "probe_env", "probe_spaces",
-           "register_env", "registered_envs"]
+from amber.envs.env_context import env_context
+
+__all__ = ["EnvProbe", "check_saved_env", "declared_multi_agent", "make_env", "make_env_copies", "probe_env",
+           "probe_spaces", "register_env", "registered_envs"]
 
 _CREATORS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
@@ -125,8 +127,14 @@ def _build_env_class(cls: type, config: dict[str, Any]) -> Any:
     return cls(*args, **kwargs)
 
 
-def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
+def make_env(env: Any, env_config: Mapping[str, Any] | None = None, *,
+             vector_index: int | None = None) -> Any:
     """Build one environment instance.
+
+    A creator and an env class get ``env_config`` as an :class:`~amber.envs.EnvContext` (a dict
+    that also carries ``worker_index``, ``vector_index``, ``num_workers`` and ``remote``, kept
+    from ``env_config`` when it is one, else 0, 0, 0 and False); a gymnasium id gets its items as
+    keywords.
 
     :param env: a name registered with :func:`register_env`, a gymnasium id
         (``gymnasium.make(id, **env_config)``; a ``"module:EnvId"`` id imports
@@ -135,7 +143,8 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
         ``env_config``, or exactly one required positional parameter of any name;
         else ``cls(**env_config)``, as gymnasium's own classes take their settings)
         or a :class:`~amber.envs.MultiAgentEnv` subclass (``cls(env_config)``).
-    :param env_config: the environment's settings.
+    :param env_config: the environment's settings (a dict or an :class:`~amber.envs.EnvContext`).
+    :param vector_index: which copy of its env runner this is (None: ``env_config``'s, or 0).
     :raises ValueError: ``env`` is none of these (the message names the choices).
     :raises TypeError: a ``gymnasium.Env`` class whose ``__init__`` does not accept
         ``env_config`` as it is passed (the message names the class, its signature and
@@ -143,7 +152,7 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
     """
     from amber.envs.multi_agent import MultiAgentEnv
 
-    config = dict(env_config or {})
+    config = env_context(env_config, **({} if vector_index is None else {"vector_index": vector_index}))
     if isinstance(env, str):
         if env in _CREATORS:
             return _CREATORS[env](config)
@@ -173,6 +182,21 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None) -> Any:
     )
 
 
+def make_env_copies(env: Any, env_config: Mapping[str, Any] | None,
+                    vector_indices: Iterable[int]) -> list[Any]:
+    """:func:`make_env` once per vector index (an env runner's copies); those built are closed if
+    one fails."""
+    made: list[Any] = []
+    try:
+        for index in vector_indices:
+            made.append(make_env(env, env_config, vector_index=index))
+    except BaseException:
+        for instance in made:
+            instance.close()
+        raise
+    return made
+
+
 def probe_spaces(
     env: Any, env_config: Mapping[str, Any] | None = None
 ) -> tuple[dict[Any, tuple[Any, Any]], bool]:
@@ -198,13 +222,39 @@ def probe_env(env: Any, env_config: Mapping[str, Any] | None = None
     instance = make_env(env, env_config)
     try:
         if isinstance(instance, MultiAgentEnv):
-            agents = list(instance.possible_agents) or list(instance.observation_spaces)
+            agents = _agent_ids(instance, env)
             spaces = {a: (instance.get_observation_space(a), instance.get_action_space(a)) for a in agents}
+            from amber.algorithms.rllib_api import check_agent_spaces  # RLlib's Dict by agent id: refused
+
+            check_agent_spaces(instance, spaces)
             return instance, spaces, True
         return instance, {0: (instance.observation_space, instance.action_space)}, False
     except BaseException:
         instance.close()
         raise
+
+
+def _agent_ids(instance: Any, env: Any) -> list[Any]:
+    """A multi-agent env's agent ids: its ``possible_agents``, else the keys of its per-agent
+    ``observation_spaces``, else RLlib 2.10's ``_agent_ids`` (a set: sorted when the ids allow).
+
+    :raises ValueError: none of them names an agent (the message names the env).
+    """
+    agents = list(getattr(instance, "possible_agents", None) or getattr(instance, "observation_spaces", None)
+                  or ())
+    if not agents:
+        legacy = getattr(instance, "_agent_ids", None) or ()
+        try:
+            agents = sorted(legacy)
+        except TypeError:  # ids of mixed types: the set's order
+            agents = list(legacy)
+    if not agents:
+        name = env if isinstance(env, str) else getattr(env, "__qualname__", repr(env))
+        raise ValueError(
+            f"multi-agent env {name!r} ({type(instance).__qualname__}) names no agents: set "
+            "self.possible_agents to the list of its agent ids in __init__ (RLlib 2.10's "
+            "self._agent_ids works too), after super().__init__()")
+    return agents
 
 
 def declared_multi_agent(env: Any) -> bool | None:
@@ -232,10 +282,13 @@ class EnvProbe:
 
     An algorithm restored from a checkpoint knows its policies' spaces, so unless the env is
     only known by a registered name nothing is built until sampling starts.
+
+    :param num_workers: the config's ``num_env_runners``, for the env's
+        :class:`~amber.envs.EnvContext` (the env built is worker 0's copy 0).
     """
 
-    def __init__(self, env: Any, env_config: Mapping[str, Any] | None) -> None:
-        self.env, self.env_config = env, env_config
+    def __init__(self, env: Any, env_config: Mapping[str, Any] | None, *, num_workers: int = 0) -> None:
+        self.env, self.env_config = env, env_context(env_config, num_workers=num_workers)  # worker 0, copy 0
         self._declared = declared_multi_agent(env)
         self._probed: tuple[Any, dict[Any, tuple[Any, Any]], bool] | None = None
 

@@ -8,7 +8,8 @@ and adaptive KL penalty, for every policy in ``policies_to_train``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from amber.algorithms.algorithm import Algorithm
@@ -79,8 +80,26 @@ class PPO(Algorithm):
     _default_config_class = PPOConfig
 
     def setup(self) -> None:
-        """Start every policy's adaptive KL coefficient at ``kl_coeff``."""
-        self.kl_coeffs = PerPolicyValues({pid: float(self.config.kl_coeff) for pid in self.policies})
+        """Start every policy's adaptive KL coefficient at its ``kl_coeff``."""
+        self.kl_coeffs = PerPolicyValues({pid: float(self._settings(pid)["kl_coeff"])
+                                          for pid in self.policies})
+
+    def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """The common policy config plus PPO's hyperparameters (a policy's overrides win; RLlib's
+        ``lambda``, ``sgd_minibatch_size`` and ``num_sgd_iter`` are read as amber's names)."""
+        from amber.algorithms.algorithm_config import _ALIASES
+
+        cfg = super().policy_config(policy_id, {}, index)
+        cfg.update({f.name: getattr(self.config, f.name) for f in fields(PPOHyperparameters)})
+        cfg.update({_ALIASES.get(k, k): v for k, v in overrides.items()})
+        return cfg
+
+    def _settings(self, policy_id: str) -> dict[str, Any]:
+        """The settings a policy trains with: its own config's (``PolicySpec(config=...)``), else the
+        algorithm's (a policy given to ``add_policy`` ready-made may lack them)."""
+        own = self.policies[policy_id].config
+        keys = ("gamma", "grad_clip", *(f.name for f in fields(PPOHyperparameters)))
+        return {k: own[k] if k in own else getattr(self.config, k) for k in keys}
 
     def checkpoint_components(self) -> dict[str, object]:
         """A PPO checkpoint holds :meth:`Algorithm.checkpoint_components` and each policy's
@@ -101,17 +120,17 @@ class PPO(Algorithm):
             frags = fragments.get(pid)
             if not frags:
                 continue
-            policy = self.policies[pid]
-            batch = postprocess_fragments(policy, frags, cfg.gamma, cfg.lambda_)
+            policy, own = self.policies[pid], self._settings(pid)
+            batch = postprocess_fragments(policy, frags, own["gamma"], own["lambda_"])
             update = ppo_update
             if getattr(policy, "framework", "torch") == "tf2":
                 from amber.algorithms.ppo.ppo_tf_learner import ppo_tf_update as update
             stats = update(
-                policy, batch, num_epochs=cfg.num_epochs, minibatch_size=cfg.minibatch_size,
-                clip_param=cfg.clip_param, vf_clip_param=cfg.vf_clip_param,
-                vf_loss_coeff=cfg.vf_loss_coeff, entropy_coeff=cfg.entropy_coeff,
-                kl_coeff=self.kl_coeffs.setdefault(pid, float(cfg.kl_coeff)), kl_target=cfg.kl_target,
-                grad_clip=cfg.grad_clip, rng=self.np_rng,
+                policy, batch, num_epochs=own["num_epochs"], minibatch_size=own["minibatch_size"],
+                clip_param=own["clip_param"], vf_clip_param=own["vf_clip_param"],
+                vf_loss_coeff=own["vf_loss_coeff"], entropy_coeff=own["entropy_coeff"],
+                kl_coeff=self.kl_coeffs.setdefault(pid, float(own["kl_coeff"])), kl_target=own["kl_target"],
+                grad_clip=own["grad_clip"], rng=self.np_rng,
             )
             self.kl_coeffs[pid] = float(stats["cur_kl_coeff"])
             self.counters["num_env_steps_trained_lifetime"] += len(batch["obs"])

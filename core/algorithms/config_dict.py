@@ -1,0 +1,148 @@
+"""An :class:`~amber.algorithms.algorithm_config.AlgorithmConfig` from a dict: what
+``AlgorithmConfig.from_dict`` reads, from amber's own ``to_dict()`` or from RLlib's config dicts.
+
+RLlib's names of amber's settings are read as amber's (:data:`RLLIB_NAMES`: ``lambda``,
+``framework``, ``num_workers``, ``sgd_minibatch_size``, the nested ``multiagent`` dict...), and
+RLlib's tuple policy specs become :class:`~amber.policy.policy.PolicySpec`. Read strictly (a
+user's dict), a key amber does not have is a ``ValueError`` naming it (a typo would otherwise be
+dropped), hyperparameters are type-checked as ``.training()`` checks them and ``model`` is
+merged into the algorithm's default. Read leniently (a checkpoint's saved config), keys that no
+longer exist are skipped, so that older checkpoints keep loading, and ``model`` is taken whole.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["RLLIB_NAMES", "apply_dict", "policy_spec"]
+
+#: RLlib's names of amber's settings (its config dicts', and ``.training()``'s 2.10 aliases).
+RLLIB_NAMES = {
+    "lambda": "lambda_", "sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs",
+    "framework": "framework_str", "num_workers": "num_env_runners", "num_rollout_workers": "num_env_runners",
+    "num_envs_per_worker": "num_envs_per_env_runner", "callbacks": "callbacks_class",
+}
+#: The keys of RLlib's nested ``multiagent`` dict that amber has (as top-level settings).
+_MULTIAGENT_KEYS = ("policies", "policy_mapping_fn", "policies_to_train")
+
+
+def policy_spec(spec: Any) -> Any:
+    """A policy spec as amber keeps it: RLlib's ``(policy_class, observation_space, action_space,
+    config)`` tuple (or a shorter prefix of it) as a :class:`~amber.policy.policy.PolicySpec`;
+    ``to_dict()``'s ``{"policy_class", "config"}`` form too; anything else unchanged
+    (``validate()`` refuses what is no spec).
+
+    :raises ValueError: a tuple longer than four, or whose class is no class or config no dict.
+    """
+    from amber.algorithms.config_values import _spec_from_dict
+    from amber.policy.policy import PolicySpec
+
+    if not isinstance(spec, (tuple, list)):
+        return _spec_from_dict(spec)
+    bad_class = bool(spec) and spec[0] is not None and not isinstance(spec[0], type)
+    bad_config = len(spec) == 4 and spec[3] is not None and not isinstance(spec[3], Mapping)
+    if bad_class or bad_config or len(spec) > 4:
+        raise ValueError(f"a policy spec tuple is (policy_class, observation_space, action_space, config "
+                         f"dict), not {spec!r}")
+    return PolicySpec(*spec)
+
+
+def _policies(value: Any) -> Any:
+    """The ``policies`` setting: a dict of id → spec, or an iterable of ids (each built from defaults)."""
+    if isinstance(value, Mapping):
+        return {pid: policy_spec(spec) for pid, spec in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return {pid: None for pid in sorted(value)}
+    return value
+
+
+def _known_override_keys(config: Any) -> set[str]:
+    """The keys a policy's overrides may hold (:func:`~amber.algorithms.config_checks.check_policy_spec`)."""
+    from amber.algorithms.algorithm_config import _ALIASES
+    from amber.algorithms.config_checks import ALGORITHM_WIDE_KEYS, POLICY_ONLY_KEYS
+
+    known = set(config.hyperparameter_types()) | set(POLICY_ONLY_KEYS) | set(_ALIASES)
+    return known - set(ALGORITHM_WIDE_KEYS)
+
+
+def _without_unknown_overrides(config: Any, policies: Any) -> Any:
+    """Leniently read: the policies without (and a warning naming) the keys of a saved policy's
+    overrides the algorithm no longer has, which the checks at build would refuse; they never had
+    an effect."""
+    from amber.policy.policy import PolicySpec
+
+    if not isinstance(policies, Mapping):
+        return policies
+    known, out = _known_override_keys(config), {}
+    for pid, spec in policies.items():
+        own = spec.config if isinstance(spec, PolicySpec) else spec
+        stale = sorted(k for k in own if k not in known) if isinstance(own, Mapping) else []
+        if stale:
+            warnings.warn(f"policy {pid!r}: skipping saved config override(s) {stale} that "
+                          f"{type(config).__name__} does not have", stacklevel=4)
+            kept = {k: v for k, v in own.items() if k not in stale}
+            spec = PolicySpec(spec.policy_class, config=kept) if isinstance(spec, PolicySpec) else kept
+        out[pid] = spec
+    return out
+
+
+def _flatten(data: dict[str, Any], strict: bool) -> dict[str, Any]:
+    """``data`` with RLlib's names as amber's and its ``multiagent`` dict's keys at the top level.
+
+    :raises ValueError: (strict) a ``multiagent`` key amber lacks, or two names of one setting
+        with different values.
+    """
+    multi = data.pop("multiagent", None)
+    out: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    extra = dict(multi) if isinstance(multi, Mapping) else {}
+    if strict and set(extra) - set(_MULTIAGENT_KEYS):
+        raise ValueError(f"unknown multiagent setting(s) {sorted(set(extra) - set(_MULTIAGENT_KEYS))}; "
+                         f"amber has {', '.join(_MULTIAGENT_KEYS)}")
+    for key, value in [*data.items(), *((k, extra[k]) for k in _MULTIAGENT_KEYS if k in extra)]:
+        name = RLLIB_NAMES.get(key, key)
+        if name in out and out[name] is not value and out[name] != value:
+            if strict:
+                raise ValueError(f"{origin[name]!r} and {key!r} both set {name} and differ: "
+                                 f"{out[name]!r} and {value!r}")
+            if key != name:
+                continue  # amber's own name wins
+        out[name], origin[name] = value, key
+    if multi is not None:
+        out["multi_agent"] = True
+    return out
+
+
+def apply_dict(config: Any, data: Mapping[str, Any], *, strict: bool = True) -> None:
+    """Set ``config``'s settings from ``data`` (``to_dict()``'s form, or RLlib's names).
+
+    :param strict: refuse keys ``config`` does not have, type-check hyperparameters as
+        ``.training()`` does and merge ``model`` into the default (a user's dict); False skips
+        such keys and takes ``model`` whole (a saved checkpoint's config, maybe of an older amber).
+    :raises ValueError: (strict) an unknown key, named with the closest known ones; a
+        hyperparameter of the wrong type; a framework amber does not support.
+    """
+    settings = _flatten({k: v for k, v in data.items() if k != "_config_class"}, strict)
+    config._multi_agent = bool(settings.pop("multi_agent", False))
+    known = {k for k in vars(config) if not k.startswith("_")} | {"algo_class"}
+    unknown = sorted(str(k) for k in settings if k not in known)
+    if unknown and strict:
+        names = sorted(known | set(RLLIB_NAMES))
+        close = sorted({c for k in unknown for c in difflib.get_close_matches(k, names, n=2)})
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {type(config).__name__}"
+                         f"{hint}")
+    typed = config.hyperparameter_types() if strict else {}
+    for key, value in settings.items():
+        if key in unknown or key in typed:
+            continue
+        if key == "policies":
+            value = _policies(value) if strict else _without_unknown_overrides(config, _policies(value))
+        if key == "framework_str" and strict:
+            config.framework(value)
+            continue
+        setattr(config, key, value)
+    config.training(**{k: v for k, v in settings.items() if k in typed})

@@ -1,0 +1,322 @@
+"""RLlib 2.10 names amber does not implement, what to use instead, and the aliases it offers.
+
+Code ported from RLlib by swapping the import prefix (``ray.rllib`` → ``amber``) meets calls amber
+lacks. Rather than a bare ``AttributeError``/``TypeError``, each of them is named in one table,
+:data:`NOT_IMPLEMENTED` (RLlib attributes of the config and the algorithm) and :data:`KEYWORDS`
+(RLlib keyword arguments of config methods amber has), with what to do in amber instead.
+Where RLlib's call is harmless in its "off" form (``resources(num_gpus=0)``,
+``api_stack(enable_rl_module_and_learner=False)``, ``debugging(log_level=...)``) it is accepted and
+does nothing; any other value is a ``ValueError`` saying so. docs/rllib_compat.md lists them all.
+
+:class:`RLlibConfigMixin` and :class:`RLlibAlgorithmMixin` consult the table from ``__getattr__``,
+which Python calls only for attributes that do not exist, and only the table's names get a
+message: any other missing attribute stays a plain ``AttributeError``, so ``hasattr`` probes,
+copies and pickles behave as before. :func:`rllib_result_keys` gives a ``train()`` result the
+RLlib 2.10 names of the quantities amber reports under its own names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["KEYWORDS", "NOT_IMPLEMENTED", "RESULT_KEYS", "RLlibAlgorithmMixin", "RLlibConfigMixin",
+           "RLlibName", "check_agent_spaces", "rllib_keywords", "rllib_result_keys"]
+
+DOC = "docs/rllib_compat.md"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _zero(value: Any) -> bool:
+    return value is None or (not isinstance(value, bool) and value == 0)
+
+
+def _false(value: Any) -> bool:
+    return value is False or value is None
+
+
+def _anything(value: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class RLlibName:
+    """An RLlib name amber does not implement (or implements under another name)."""
+
+    #: What to do in amber instead.
+    instead: str
+    #: For a config method: its keyword arguments whose value may be RLlib's harmless "off" form,
+    #: each with a test of the value and how the off form reads ("num_gpus=0"). None: the
+    #: attribute itself raises ``AttributeError``.
+    off: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None
+    #: For a keyword argument: the amber keyword it is passed on as (an alias).
+    alias: str | None = None
+    #: For a keyword argument amber has: the values refused (``TypeError``); others pass unchanged.
+    refuse: Callable[[Any], bool] | None = field(default=None)
+
+
+_OLD_STACK = "amber implements RLlib's old API stack (policies and their losses, no RLModules or Learners)"
+_SAMPLING = ("amber's sampling is algo.env_runner (this process, or Ray actors with num_env_runners > 0); "
+             "train() sends the policies' weights to it at the start of each iteration, so there is "
+             "nothing to sync")
+_EVALUATE = ("amber has no evaluation runs: roll a policy out yourself with "
+             "algo.get_policy(policy_id).compute_single_action(obs, explore=False) in a loop over an env")
+
+#: RLlib attributes amber's configs and algorithms do not have, by class: name → what instead.
+NOT_IMPLEMENTED: dict[str, dict[str, RLlibName]] = {
+    "AlgorithmConfig": {
+        "resources": RLlibName(
+            "amber trains on the CPU in this process; each remote env runner's CPUs are "
+            ".env_runners(num_cpus_per_env_runner=...)",
+            off={"num_gpus": (_zero, "num_gpus=0"), "num_gpus_per_worker": (_zero, "num_gpus_per_worker=0"),
+                 "num_learner_workers": (_zero, "num_learner_workers=0"),
+                 "num_gpus_per_learner_worker": (_zero, "num_gpus_per_learner_worker=0")}),
+        "evaluation": RLlibName(_EVALUATE, off={
+            "evaluation_interval": (_zero, "evaluation_interval=None or 0"),
+            "evaluation_num_workers": (_zero, "evaluation_num_workers=0"),
+            "evaluation_num_env_runners": (_zero, "evaluation_num_env_runners=0")}),
+        "api_stack": RLlibName(_OLD_STACK, off={
+            "enable_rl_module_and_learner": (_false, "enable_rl_module_and_learner=False"),
+            "enable_env_runner_and_connector_v2": (_false, "enable_env_runner_and_connector_v2=False")}),
+        "experimental": RLlibName(_OLD_STACK, off={
+            "_enable_new_api_stack": (_false, "_enable_new_api_stack=False")}),
+        "exploration": RLlibName(
+            "training always samples with exploration (DQN's epsilon schedule: "
+            ".training(epsilon=[(0, 1.0), (10000, 0.05)])); for greedy actions call "
+            "policy.compute_single_action(obs, explore=False)",
+            off={"explore": (lambda v: v is True, "explore=True")}),
+        "update_from_dict": RLlibName(
+            "set hyperparameters with config.training(**d) and other settings with their fluent "
+            "method, or make a whole config with AlgorithmConfig.from_dict(d)"),
+        "offline_data": RLlibName("amber learns only from its env runners' own samples"),
+        "rl_module": RLlibName(_OLD_STACK + "; the network is .training(model={...})"),
+    },
+    "Algorithm": {
+        "compute_single_action": RLlibName(
+            "ask the policy: algo.get_policy(policy_id).compute_single_action(obs, explore=...) "
+            "returns (action, state_outs, extra_fetches), the action first"),
+        "compute_actions": RLlibName(
+            "ask each policy: algo.get_policy(policy_id).compute_actions(obs_batch) returns "
+            "(actions, state_outs, extra_fetches)"),
+        "evaluate": RLlibName(_EVALUATE),
+        "workers": RLlibName(_SAMPLING),
+        "env_runner_group": RLlibName(_SAMPLING),
+        "evaluation_workers": RLlibName(_EVALUATE),
+        "export_policy_model": RLlibName("algo.get_policy(policy_id).export_model(export_dir)"),
+        "export_policy_checkpoint": RLlibName("algo.get_policy(policy_id).export_checkpoint(export_dir)"),
+    },
+}
+
+#: RLlib keyword arguments of config methods amber has: method → keyword → handling.
+KEYWORDS: dict[str, dict[str, RLlibName]] = {
+    "debugging": {
+        key: RLlibName("amber logs through Python's logging and writes no RLlib log files",
+                       off={key: (_anything, f"{key}=...")})
+        for key in ("log_level", "log_sys_usage", "logger_config", "logger_creator")
+    },
+    "environment": {
+        "disable_env_checking": RLlibName(
+            "amber runs no env pre-check; errors surface when sampling",
+            off={"disable_env_checking": (_anything, "disable_env_checking=...")}),
+    },
+    "reporting": {
+        "metrics_num_episodes_for_smoothing": RLlibName(
+            "episode_return_mean is always over the last 100 episodes (RLlib's default)",
+            off={"metrics_num_episodes_for_smoothing": (lambda v: v == 100,
+                                                        "metrics_num_episodes_for_smoothing=100")}),
+    },
+    "env_runners": {
+        "num_rollout_workers": RLlibName("", alias="num_env_runners"),
+        "num_envs_per_worker": RLlibName("", alias="num_envs_per_env_runner"),
+    },
+    "multi_agent": {
+        "policies_to_train": RLlibName(
+            "pass the ids of the policies that train (a list or set); amber does not implement "
+            "RLlib's callable policies_to_train(policy_id, batch)", refuse=callable),
+    },
+}
+
+
+def _shown(value: Any) -> str:
+    return f"<{type(value).__name__}>" if callable(value) else repr(value)[:80]
+
+
+def _refusal(owner: str, call: str, entry: RLlibName) -> str:
+    accepted = ""
+    if entry.off:
+        accepted = f"; accepted and ignored: {', '.join(text for _, text in entry.off.values())}"
+    return f"{owner}.{call}: amber does not implement this RLlib call; {entry.instead}{accepted} (see {DOC})"
+
+
+def _off_call(config: Any, name: str, entry: RLlibName, /, *args: Any, **kwargs: Any) -> Any:
+    """A config method amber lacks, called: ``config`` when every argument is its "off" form."""
+    owner = type(config).__name__
+    if args:
+        raise TypeError(_refusal(owner, f"{name}(...)", entry) + "; give its arguments by keyword")
+    off = entry.off or {}
+    for key, value in kwargs.items():
+        test = off.get(key)
+        if test is None or not test[0](value):
+            raise ValueError(_refusal(owner, f"{name}({key}={_shown(value)})", entry))
+    return config
+
+
+def _missing(obj: Any, table: Mapping[str, RLlibName], name: str) -> Any:
+    """``__getattr__``: the table's names get their message (or their "off" form); others a plain error."""
+    entry = table.get(name)
+    owner = type(obj).__name__
+    if entry is None:  # name and obj: Python's "Did you mean" hint in tracebacks still works
+        raise AttributeError(f"{owner!r} object has no attribute {name!r}", name=name, obj=obj)
+    if entry.off is None:
+        raise AttributeError(f"{owner!r} object has no attribute {name!r}: " + _refusal(owner, name, entry),
+                             name=name, obj=obj)
+    return functools.partial(_off_call, obj, name, entry)
+
+
+def _keyword(owner: str, method: str, key: str, value: Any, entry: RLlibName) -> tuple[str | None, Any]:
+    """One RLlib keyword argument: ``(amber keyword, value)`` to pass on, or ``(None, None)`` to drop."""
+    if entry.alias is not None:
+        return entry.alias, value
+    if entry.refuse is not None:
+        if entry.refuse(value):
+            raise TypeError(_refusal(owner, f"{method}({key}={_shown(value)})", entry))
+        return key, value
+    test = (entry.off or {}).get(key)
+    if test is None or not test[0](value):
+        raise ValueError(_refusal(owner, f"{method}({key}={_shown(value)})", entry))
+    return None, None
+
+
+def rllib_keywords(method: _F) -> _F:
+    """Decorate a config method so it takes RLlib's keyword arguments named in :data:`KEYWORDS`
+    for it: aliases are passed on under amber's name, "off" forms are ignored (the method is not
+    called when nothing else was given), anything else is refused with what to do instead."""
+    table = KEYWORDS[method.__name__]
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rest: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            entry = table.get(key)
+            if entry is None:
+                rest[key] = value
+                continue
+            target, value = _keyword(type(self).__name__, method.__name__, key, value, entry)
+            if target is not None:
+                if target != key and target in kwargs:
+                    raise TypeError(f"{method.__name__}() got both {key!r} and its amber name "
+                                    f"{target!r}")
+                rest[target] = value
+        if kwargs and not args and not rest:  # only ignored RLlib keywords
+            return self
+        return method(self, *args, **rest)
+
+    return wrapper  # type: ignore[return-value]
+
+
+#: RLlib 2.10 names of config settings that amber's config spells differently (``config[key]``).
+_SETTING_ALIASES = {"num_rollout_workers": "num_env_runners", "num_workers": "num_env_runners",
+                    "num_envs_per_worker": "num_envs_per_env_runner", "sgd_minibatch_size": "minibatch_size",
+                    "num_sgd_iter": "num_epochs", "lambda": "lambda_", "framework": "framework_str"}
+
+
+class RLlibConfigMixin:
+    """RLlib's names on :class:`~amber.algorithms.algorithm_config.AlgorithmConfig`: the table's
+    methods (refused, or ignored in their off form) and read-only item access ``config["lr"]``."""
+
+    __iter__ = None  # item access makes no config iterable: use to_dict()
+
+    def __getattr__(self, name: str) -> Any:
+        return _missing(self, NOT_IMPLEMENTED["AlgorithmConfig"], name)
+
+    def __getitem__(self, key: str) -> Any:
+        """A setting by its (RLlib) name, as RLlib 2.10's ``config["lr"]``; read only.
+
+        :raises KeyError: no such setting (the closest names suggested).
+        """
+        name = _SETTING_ALIASES.get(key, key) if isinstance(key, str) else key
+        settings = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        if name not in settings:
+            close = difflib.get_close_matches(str(key), list(settings), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"{type(self).__name__} has no setting {key!r}{hint}")
+        return settings[name]
+
+
+class RLlibAlgorithmMixin:
+    """RLlib's names on :class:`~amber.algorithms.algorithm.Algorithm`: the table's attributes
+    (refused, naming what to use) and ``get_weights``/``set_weights`` of all policies."""
+
+    policies: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        return _missing(self, NOT_IMPLEMENTED["Algorithm"], name)
+
+    def get_weights(self, policies: list[str] | None = None) -> dict[str, Any]:
+        """The policies' weights, ``{policy_id: policy.get_weights()}`` (RLlib's form).
+
+        :param policies: only these ids (default: every policy).
+        :raises ValueError: an id that is no policy of this algorithm.
+        """
+        wanted = list(self.policies) if policies is None else list(policies)
+        _check_policy_ids(self, wanted)
+        return {pid: self.policies[pid].get_weights() for pid in wanted}
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Set policies' weights from ``{policy_id: weights}`` (:meth:`get_weights`'s form); the env
+        runners get them at the next ``train()``.
+
+        :raises ValueError: an id that is no policy of this algorithm (before any weight is set).
+        """
+        _check_policy_ids(self, list(weights))
+        for pid, policy_weights in weights.items():
+            self.policies[pid].set_weights(policy_weights)
+
+
+def _check_policy_ids(algo: RLlibAlgorithmMixin, ids: list[str]) -> None:
+    unknown = [pid for pid in ids if pid not in algo.policies]
+    if unknown:
+        raise ValueError(f"{type(algo).__name__} has no policy {', '.join(map(repr, unknown))} "
+                         f"(policies: {sorted(algo.policies)})")
+
+
+#: RLlib 2.10's result keys → amber's key of the same quantity (RLlib's step counts are lifetime).
+RESULT_KEYS = {
+    "episode_reward_mean": "episode_return_mean", "episode_reward_max": "episode_return_max",
+    "episode_reward_min": "episode_return_min", "policy_reward_mean": "policy_return_mean",
+    "timesteps_total": "num_env_steps_sampled_lifetime",
+    "num_env_steps_sampled": "num_env_steps_sampled_lifetime",
+    "num_env_steps_trained": "num_env_steps_trained_lifetime",
+    "num_agent_steps_sampled": "num_agent_steps_sampled_lifetime",
+    "agent_timesteps_total": "num_agent_steps_sampled_lifetime",
+}
+
+
+def rllib_result_keys(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The RLlib 2.10 keys of :data:`RESULT_KEYS` that ``result`` lacks, with the values of
+    amber's keys for the same quantities (for Tune stops and code reading RLlib's names)."""
+    return {old: result[new] for old, new in RESULT_KEYS.items() if new in result and old not in result}
+
+
+def check_agent_spaces(env: Any, spaces: Mapping[Any, tuple[Any, Any]]) -> None:
+    """Refuse RLlib 2.10's "preferred format" of multi-agent spaces: a gymnasium ``Dict`` keyed by
+    agent id found where each agent's own space belongs.
+
+    :param spaces: ``{agent_id: (observation_space, action_space)}`` as the env gives them.
+    :raises ValueError: naming the space and how to give per-agent spaces.
+    """
+    agents = set(spaces)
+    for pair in spaces.values():
+        for kind, space in zip(("observation", "action"), pair, strict=True):
+            keys = getattr(space, "spaces", None)
+            if agents and isinstance(keys, Mapping) and agents <= set(keys):
+                raise ValueError(
+                    f"{type(env).__name__}'s {kind} space is a Dict keyed by agent id "
+                    f"({sorted(map(str, keys))}): "
+                    f"RLlib 2.10's \"preferred format\" of multi-agent spaces, which amber does not "
+                    f"implement (it would take the Dict as each agent's own {kind} space). Give each "
+                    f"agent its space: set self.{kind}_spaces = {{agent_id: space}} in the env, or "
+                    f"override get_{kind}_space(agent_id) (see {DOC})")
