@@ -89,6 +89,20 @@ def test_a_bad_policy_override_is_refused_at_build(spec, match):
         config.build()
 
 
+def test_add_policy_checks_its_config_as_the_build_does():
+    """add_policy(config=...) on a live algorithm took a typo or an out-of-range value silently."""
+    algo = _two_policies({"p0": PolicySpec(), "p1": PolicySpec()}).build()
+    try:
+        for config, match in (({"entropy_coef": 0.1}, "'entropy_coef'.*did you mean entropy_coeff"),
+                              ({"gamma": 2.0}, r"gamma must be in \[0, 1\]")):
+            with pytest.raises(ValueError, match=r"policies\['p2'\].*" + match):
+                algo.add_policy("p2", config=config)
+            assert sorted(algo.policies) == ["p0", "p1"], "refused before anything changed"
+        assert algo.add_policy("p2", config={"gamma": 0.5}).config["gamma"] == 0.5
+    finally:
+        algo.stop()
+
+
 @pytest.mark.parametrize("override, match", [({"n_step": 0}, "n_step"),
                                              ({"target_network_update_freq": 10}, "a setting of the whole")])
 def test_dqn_policy_overrides_are_checked_by_dqns_rules(override, match):

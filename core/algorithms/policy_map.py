@@ -150,6 +150,9 @@ class PolicyMapMixin:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"add_policy(policy=...) takes a Policy, not a {type(policy).__name__}")
         train = check_policies_to_train(policies_to_train, [*self.policies, policy_id])
+        from amber.algorithms.config_checks import check_policy_spec
+
+        check_policy_spec(self.config, policy_id, dict(config or {}))  # as .multi_agent()'s at build
         if policy is None:
             spec = PolicySpec(policy_cls, observation_space, action_space, config)
             policy = self._build_policy(policy_id, spec, len(self.policies), observation_space,
