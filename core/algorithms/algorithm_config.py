@@ -50,6 +50,10 @@ COMMON_HYPERPARAMETERS: dict[str, Any] = {
 }
 
 
+#: :meth:`AlgorithmConfig.hyperparameter_types` of each config class.
+_TYPES: dict[type, dict[str, Any]] = {}
+
+
 class AlgorithmConfig(RLlibConfigMixin):
     """Settings of an algorithm; each fluent method returns the config itself.
 
@@ -116,9 +120,13 @@ class AlgorithmConfig(RLlibConfigMixin):
 
     @classmethod
     def hyperparameter_types(cls) -> dict[str, Any]:
-        """Every hyperparameter ``.training()`` accepts, with its type."""
-        own = typing.get_type_hints(cls.hyperparameters) if cls.hyperparameters is not None else {}
-        return {**COMMON_HYPERPARAMETERS, **own}
+        """Every hyperparameter ``.training()`` accepts, with its type (worked out once a class:
+        the annotations are evaluated, which a restore would otherwise pay each time)."""
+        found = _TYPES.get(cls)
+        if found is None:
+            own = typing.get_type_hints(cls.hyperparameters) if cls.hyperparameters is not None else {}
+            found = _TYPES[cls] = {**COMMON_HYPERPARAMETERS, **own}
+        return dict(found)
 
     # -- fluent setters ------------------------------------------------------------
 
