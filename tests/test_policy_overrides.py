@@ -181,13 +181,23 @@ def test_a_checkpoint_with_settings_amber_no_longer_has_still_loads(tmp_path):
     algo.stop()
     ckpt = read_checkpoint(tmp_path / "src", migrate=False)
     ckpt.state["config"]["retired_setting"] = 1  # a key an older amber saved
+    # keys an older amber saved and never used, and a value it took without looking (PPO read no
+    # per-policy setting but lr and model): the checkpoint loaded then, so it loads now
     ckpt.state["config"]["policies"]["p0"]["config"].update(retired_override=2, train_batch_size=8)
+    saved = ckpt.state["config"]["policies"]
+    saved["p1"] = {**saved["p0"], "config": {"gamma": 2.0, "lr": 1e-4}}
     write_checkpoint(tmp_path / "ck", type="Algorithm", state=ckpt.state,
                      policies={pid: p.state for pid, p in ckpt.policies.items()}, format="msgpack",
                      metadata=ckpt.metadata, checkpoint_version=ckpt.checkpoint_version)
-    with pytest.warns(UserWarning, match=r"\['retired_override', 'train_batch_size'\]"):
+    with pytest.warns(UserWarning) as caught:
         restored = Algorithm.from_checkpoint(tmp_path / "ck", policy_mapping_fn=_by_id)
+    said = " ".join(str(w.message) for w in caught)
+    assert "'retired_override' (PPOConfig takes no such setting per policy)" in said
+    assert "'train_batch_size' (PPOConfig takes no such setting per policy)" in said
+    assert "'gamma' (" in said and "gamma must be in [0, 1]" in said
     assert restored.get_policy("p0").config["clip_param"] == 0.1
     assert "retired_override" not in restored.get_policy("p0").config
+    assert restored.get_policy("p1").config["gamma"] == restored.config.gamma
+    assert restored.get_policy("p1").config["lr"] == 1e-4
     restored.train()
     restored.stop()

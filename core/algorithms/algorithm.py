@@ -107,9 +107,13 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
 
     def _build_callbacks(self) -> DefaultCallbacks:
         """An instance of the config's callbacks class (``callbacks_class``; default: none)."""
+        from amber.algorithms.algorithm_config import is_adopted
+        from amber.algorithms.callbacks import make_multi_callbacks
+
         cls = getattr(self.config, "callbacks_class", None) or DefaultCallbacks
-        check_callbacks_class(cls)
-        return cls()
+        # a restore's class loaded before amber refused hooks it never calls: warned, not refused
+        check_callbacks_class(cls, strict=not is_adopted(self.config))
+        return make_multi_callbacks(list(cls))() if isinstance(cls, (list, tuple)) else cls()
 
     def _seed_everything(self, seed: int | None) -> None:
         import torch

@@ -39,6 +39,11 @@ def adopting_config(config: AlgorithmConfig) -> AbstractContextManager[None]:
     return scoped(_ADOPTED, config)
 
 
+def is_adopted(config: AlgorithmConfig) -> bool:
+    """Whether ``config`` is the one :func:`adopting_config` gives now (a restore's)."""
+    return _ADOPTED.get() is config
+
+
 def copy_unless_adopted(config: AlgorithmConfig) -> AlgorithmConfig:
     """``config.copy()``, or ``config`` itself inside :func:`adopting_config` of it."""
     return config if _ADOPTED.get() is config else config.copy()

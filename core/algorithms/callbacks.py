@@ -99,12 +99,13 @@ def uncalled_hooks(cls: type) -> list[str]:
     return sorted(defined - set(CALLED_HOOKS))
 
 
-def check_callbacks_class(value: Any) -> None:
+def check_callbacks_class(value: Any, *, strict: bool = True) -> None:
     """Check a callbacks class (or a sequence of them).
 
     A hook amber never calls is refused rather than silently ignored, as RLlib settings amber
     does not have are: a class ported from RLlib that overrides ``on_episode_end`` expects it
-    to run.
+    to run. With ``strict`` False (a class a checkpoint names, which loaded before this check
+    existed), it is a warning instead.
 
     :raises ValueError: one is not a subclass of :class:`DefaultCallbacks`, or defines an ``on_*``
         method amber never calls (named, with :data:`CALLED_HOOKS`).
@@ -115,11 +116,14 @@ def check_callbacks_class(value: Any) -> None:
                              f"not {cls!r}")
         uncalled = uncalled_hooks(cls)
         if uncalled:
-            raise ValueError(
+            message = (
                 f"callbacks class {cls.__qualname__} defines {', '.join(uncalled)}, which amber never "
                 f"calls: amber calls only {', '.join(CALLED_HOOKS)} (it has no episode, sample or "
                 "learner hooks: compute such metrics in on_train_result from train()'s result, "
                 "e.g. episode_return_mean, episodes_this_iter); remove or rename them")
+            if strict:
+                raise ValueError(message)
+            warn(message)
 
 
 def callbacks_from_state(value: Any, given: type[DefaultCallbacks] | None,

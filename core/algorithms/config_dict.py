@@ -76,14 +76,25 @@ def _without_unknown_overrides(config: Any, policies: Any) -> Any:
 
     if not isinstance(policies, Mapping):
         return policies
+    from amber.algorithms.config_checks import check_policy_spec
+
     known, out = _known_override_keys(config), {}
     for pid, spec in policies.items():
         own = spec.config if isinstance(spec, PolicySpec) else spec
         stale = sorted(k for k in own if k not in known) if isinstance(own, Mapping) else []
-        if stale:
-            warnings.warn(f"policy {pid!r}: skipping saved config override(s) {stale} that "
-                          f"{type(config).__name__} does not have", stacklevel=4)
-            kept = {k: v for k, v in own.items() if k not in stale}
+        refused = {}
+        for key in (k for k in own if k not in stale) if isinstance(own, Mapping) else ():
+            try:  # a value an older amber took without looking (PPO used none but lr and model)
+                check_policy_spec(config, pid, {key: own[key]})
+            except ValueError as e:
+                refused[key] = str(e)
+        if stale or refused:
+            warnings.warn(f"policy {pid!r}: skipping saved config override(s) "
+                          + "; ".join([*(f"{k!r} ({type(config).__name__} takes no such setting per "
+                                         "policy)" for k in stale),
+                                       *(f"{k!r} ({why})" for k, why in refused.items())]),
+                          stacklevel=4)
+            kept = {k: v for k, v in own.items() if k not in stale and k not in refused}
             spec = PolicySpec(spec.policy_class, config=kept) if isinstance(spec, PolicySpec) else kept
         out[pid] = spec
     return out
