@@ -77,6 +77,17 @@ def test_configure_merges_into_defaults_and_names_unknown_keys():
         configure(ppo, {"lr": "fast"})
 
 
+def test_rllib_names_are_read_in_settings_as_from_dict_reads_them():
+    """`-o num_workers=0` and `-o lambda=0.9` were unknown settings for amber train, while
+    PPOConfig.from_dict read them."""
+    from amber.algorithms.ppo import PPOConfig
+
+    config = configure(PPOConfig, {"num_workers": 0, "lambda": 0.9, "sgd_minibatch_size": 16})
+    assert (config.num_env_runners, config.lambda_, config.minibatch_size) == (0, 0.9, 16)
+    with pytest.raises(ValueError, match="'lamda'"):
+        configure(PPOConfig, {"lamda": 0.9})
+
+
 def test_config_file_then_overrides_then_env_kwargs(tmp_path):
     (tmp_path / "ppo.json").write_text(json.dumps({"env": "CartPole-v1", "lr": 0.01, "gamma": 0.9,
                                                    "model": {"fcnet_activation": "relu"}}))

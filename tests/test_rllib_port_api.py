@@ -97,6 +97,9 @@ def test_config_items_read_settings_by_their_rllib_names():
         config["lrr"]
     with pytest.raises(TypeError, match="not iterable"):
         iter(config)
+    # the names from_dict reads, and membership (it raised "not iterable")
+    assert config["callbacks"] is config.callbacks_class
+    assert "lr" in config and "sgd_minibatch_size" in config and "lrr" not in config
 
 
 def test_other_missing_config_attributes_stay_plain_attribute_errors():

@@ -99,8 +99,11 @@ def configure(config_class: Any, settings: Mapping[str, Any]) -> Any:
     :raises ValueError: an unknown setting (named, with the closest known ones) or a
         hyperparameter of the wrong type.
     """
+    from amber.algorithms.config_dict import RLLIB_NAMES
+
+    settings = {RLLIB_NAMES.get(k, k): v for k, v in settings.items()}  # RLlib's names, as from_dict
     defaults = config_class().to_dict()
-    known = sorted(set(defaults) - {"_config_class"})
+    known = sorted((set(defaults) - {"_config_class"}) | {"multiagent"})
     unknown = sorted(set(settings) - set(known))
     if unknown:
         close = {c for k in unknown for c in difflib.get_close_matches(k, known, n=2)}

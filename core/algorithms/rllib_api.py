@@ -217,12 +217,6 @@ def rllib_keywords(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-#: RLlib 2.10 names of config settings that amber's config spells differently (``config[key]``).
-_SETTING_ALIASES = {"num_rollout_workers": "num_env_runners", "num_workers": "num_env_runners",
-                    "num_envs_per_worker": "num_envs_per_env_runner", "sgd_minibatch_size": "minibatch_size",
-                    "num_sgd_iter": "num_epochs", "lambda": "lambda_", "framework": "framework_str"}
-
-
 class RLlibConfigMixin:
     """RLlib's names on :class:`~amber.algorithms.algorithm_config.AlgorithmConfig`: the table's
     methods (refused, or ignored in their off form) and read-only item access ``config["lr"]``."""
@@ -237,13 +231,23 @@ class RLlibConfigMixin:
 
         :raises KeyError: no such setting (the closest names suggested).
         """
-        name = _SETTING_ALIASES.get(key, key) if isinstance(key, str) else key
+        from amber.algorithms.config_dict import RLLIB_NAMES  # (one table of RLlib's names)
+
+        name = RLLIB_NAMES.get(key, key) if isinstance(key, str) else key
         settings = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         if name not in settings:
             close = difflib.get_close_matches(str(key), list(settings), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(f"{type(self).__name__} has no setting {key!r}{hint}")
         return settings[name]
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``config[key]`` reads a setting (``"lr" in config``)."""
+        try:
+            self[key]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
 
 
 class RLlibAlgorithmMixin:
