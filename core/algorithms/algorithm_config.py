@@ -8,7 +8,7 @@ import difflib
 import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -122,6 +122,11 @@ class AlgorithmConfig(RLlibConfigMixin):
                 setattr(self, f.name, getattr(defaults, f.name))
 
     # -- hyperparameters ---------------------------------------------------------
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        with suppress(Exception):  # now, so no restore evaluates annotations (else on first use)
+            cls.hyperparameter_types()
 
     @classmethod
     def hyperparameter_types(cls) -> dict[str, Any]:
