@@ -20,6 +20,7 @@ from amber.algorithms.ppo import PPO, PPOConfig
 from amber.errors import CheckpointError, CorruptCheckpointError
 from amber.examples.envs.classes.multi_agent import MultiAgentCartPole
 from amber.policy.policy import Policy, PolicySpec
+from tests.treeutil import assert_same_weights
 
 FORMATS = ["pickle", "msgpack"]
 SMALL = {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 2,
@@ -46,14 +47,6 @@ def multi(seed=0, **kw):
 
 def weights(algo):
     return {pid: p.get_weights() for pid, p in algo.policies.items()}
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for pid in a:
-        assert a[pid].keys() == b[pid].keys()
-        for name in a[pid]:
-            assert np.array_equal(a[pid][name], b[pid][name]), f"{pid}.{name}"
 
 
 @pytest.fixture(autouse=True)

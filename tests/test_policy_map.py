@@ -16,6 +16,7 @@ from amber.algorithms.ppo import PPOConfig
 from amber.envs import MultiAgentEnv
 from amber.errors import CheckpointError, CorruptCheckpointError
 from amber.examples.envs.classes.multi_agent import MultiAgentCartPole
+from tests.treeutil import assert_same_weights
 
 FORMATS = ["pickle", "msgpack"]
 TINY = {"train_batch_size": 64, "minibatch_size": 32, "num_epochs": 1, "model": {"fcnet_hiddens": [8]}}
@@ -74,14 +75,6 @@ def hetero(fn):
 
 def weights(algo):
     return {pid: {k: np.array(v) for k, v in p.get_weights().items()} for pid, p in algo.policies.items()}
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for pid in a:
-        assert a[pid].keys() == b[pid].keys()
-        for name in a[pid]:
-            assert np.array_equal(a[pid][name], b[pid][name]), f"{pid}.{name}"
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from amber.plugins.env_state import capture_env, restore_env
 from amber.policy.policy import Policy
 from amber.utils.checkpoints import get_checkpoint_info
 from amber.utils.replay_buffers import ReplayBuffer
-from tests.treeutil import assert_tree_equal
+from tests.treeutil import assert_same_weights, assert_tree_equal
 
 FORMATS = ["pickle", "msgpack"]
 SMALL = {"train_batch_size": 32, "num_steps_sampled_before_learning_starts": 64,
@@ -97,14 +97,6 @@ def multi(seed=0, store=False, **kw):
 
 def weights(algo):
     return {pid: p.get_weights() for pid, p in algo.policies.items()}
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for pid in a:
-        assert a[pid].keys() == b[pid].keys()
-        for name in a[pid]:
-            assert np.array_equal(a[pid][name], b[pid][name]), f"{pid}.{name}"
 
 
 def pendulum_policy(**config):

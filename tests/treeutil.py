@@ -88,3 +88,12 @@ def write_raw_manifest(path: Path, raw: dict) -> None:
     h.update(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode("utf-8"))
     raw[SELF_DIGEST] = format_digest(h)
     Path(path).write_text(json.dumps(raw))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two ``{policy_id: {name: array}}`` maps hold the same policies, names and bit-equal arrays."""
+    assert a.keys() == b.keys()
+    for pid in a:
+        assert a[pid].keys() == b[pid].keys()
+        for name in a[pid]:
+            assert np.array_equal(a[pid][name], b[pid][name]), f"{pid}.{name}"
