@@ -17,12 +17,14 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from amber.algorithms.algorithm_config import _ALIASES  # .training()'s 2.10 aliases
+
 __all__ = ["RLLIB_NAMES", "apply_dict", "policy_spec"]
 
 #: RLlib's names of amber's settings (its config dicts', and ``.training()``'s 2.10 aliases).
 RLLIB_NAMES = {
-    "lambda": "lambda_", "sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs",
-    "framework": "framework_str", "num_workers": "num_env_runners", "num_rollout_workers": "num_env_runners",
+    **_ALIASES, "framework": "framework_str",
+    "num_workers": "num_env_runners", "num_rollout_workers": "num_env_runners",
     "num_envs_per_worker": "num_envs_per_env_runner", "callbacks": "callbacks_class",
 }
 #: The keys of RLlib's nested ``multiagent`` dict that amber has (as top-level settings).
@@ -61,7 +63,6 @@ def _policies(value: Any) -> Any:
 
 def _known_override_keys(config: Any) -> set[str]:
     """The keys a policy's overrides may hold (:func:`~amber.algorithms.config_checks.check_policy_spec`)."""
-    from amber.algorithms.algorithm_config import _ALIASES
     from amber.algorithms.config_checks import ALGORITHM_WIDE_KEYS, POLICY_ONLY_KEYS
 
     known = set(config.hyperparameter_types()) | set(POLICY_ONLY_KEYS) | set(_ALIASES)
