@@ -4,6 +4,8 @@ training list (and taking them back when it fails)."""
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -278,3 +280,29 @@ def test_add_policy_refuses_what_is_not_a_policy(tmp_path):
         algo.add_policy("w", policy=object())
     assert "w" not in algo.policies and "w" not in algo.config.policies
     algo.save(tmp_path / "ck", format="msgpack")
+
+
+def test_restore_warns_when_it_replaces_the_configured_training_list(tmp_path):
+    """Fine-tuning with pol_a frozen: restore() takes the checkpoint's training list (RLlib's
+    semantics) and says so; setting the list again after the restore keeps pol_a frozen."""
+    saved = multi().build()
+    path = saved.save(tmp_path / "ck").checkpoint.path
+    tuned = multi(policies_to_train=["pol_b"]).build()
+    with pytest.warns(UserWarning, match=r"every policy.*\['pol_b'\].*after restore"):
+        tuned.restore(path)
+    assert tuned.policies_to_train == ["pol_a", "pol_b"]
+    tuned.config.policies_to_train = ["pol_b"]
+    before = weights(tuned)
+    tuned.train()
+    after = weights(tuned)
+    assert_same_weights({"pol_a": before["pol_a"]}, {"pol_a": after["pol_a"]})
+    assert any(not np.array_equal(before["pol_b"][k], after["pol_b"][k]) for k in before["pol_b"])
+
+
+def test_restore_of_the_same_training_list_does_not_warn(tmp_path):
+    path = multi(policies_to_train=["pol_b"]).build().save(tmp_path / "ck").checkpoint.path
+    live = multi(policies_to_train=["pol_b"]).build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        live.restore(path)
+    assert live.policies_to_train == ["pol_b"]

@@ -5,6 +5,7 @@ training list, taken back if the restore fails."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,17 @@ def _saved_value(value: Any, live: Any, what: str, pm: pluggy.PluginManager | No
     if not isinstance(value, Ref):
         return value
     return live if value.is_placeholder else value.resolve(what=what, pm=pm)
+
+
+def _warn_if_training_replaced(live: Any, saved: Any) -> None:
+    """Warn when a restore replaces the training list the live config chose with the saved one
+    (the "freeze some policies, restore, fine-tune" pattern would otherwise train them again)."""
+    if live is None or (saved is not None and set(saved) == set(live)):
+        return
+    which = "every policy" if saved is None else f"{sorted(saved)}"
+    warnings.warn(f"restore() trains what the checkpoint trained ({which}), not this config's "
+                  f"policies_to_train {sorted(live)}; to keep yours, set "
+                  "algo.config.policies_to_train again after restore()", stacklevel=4)
 
 
 def _saved_spec(spec: Any, pid: str, pm: pluggy.PluginManager | None) -> Any:
@@ -219,6 +231,7 @@ class PolicyMapMixin:
         fn = fn or old_fn
         train = _saved_value(saved.get("policies_to_train", old_train), old_train,
                              "config.policies_to_train", self.pm)
+        _warn_if_training_replaced(old_train, train)
         if not missing and fn is old_fn and train == old_train:
             filled = self._fill_saved_values(state)
             return lambda: _unfill(filled)
