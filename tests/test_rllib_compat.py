@@ -154,6 +154,7 @@ def test_dqn_restores_q_values_and_trains_on():
         ([256], True, True, 1, 500)
     assert cfg.epsilon == [(0, 1.0), (10_000, 0.02)] and cfg.replay_buffer_config["capacity"] == 50_000
     assert cfg.model == {"fcnet_hiddens": [256, 256], "fcnet_activation": "tanh"}
+    assert cfg.rollout_fragment_length == 1  # RLlib's "auto": its n_step env steps per round, not amber's 4
     policy = algo.get_policy()
     _check_dqn(policy, EXPECTED["dqn"])
     _counters(algo, EXPECTED["dqn"])

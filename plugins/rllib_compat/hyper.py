@@ -101,8 +101,12 @@ def _off_policy(cfg: Mapping[str, Any], capacity: int, learning_starts: int,
             None if cfg.get("training_intensity") is None else float(cfg["training_intensity"]),
         "min_sample_timesteps_per_iteration": int(cfg.get("min_sample_timesteps_per_iteration") or min_steps),
     }
-    if isinstance(cfg.get("rollout_fragment_length"), int):  # "auto": amber's default
-        out["rollout_fragment_length"] = int(cfg["rollout_fragment_length"])
+    fragment = cfg.get("rollout_fragment_length")
+    if isinstance(fragment, int):
+        out["rollout_fragment_length"] = fragment
+    elif fragment == "auto":  # RLlib's DQN and SAC sample n_step steps per round ("auto")
+        n_step = cfg.get("n_step", 1)
+        out["rollout_fragment_length"] = int(n_step[1] if isinstance(n_step, (list, tuple)) else n_step)
     return out
 
 
