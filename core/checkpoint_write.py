@@ -33,6 +33,7 @@ from amber.layout import (
     enclosing_checkpoint,
     write_manifest,
 )
+from amber.manifest import metadata_problem
 from amber.migration import CHECKPOINT_VERSION, is_newer
 from amber.names import to_names
 from amber.registry import FormatRegistry, FormatSpec, get_registry
@@ -260,14 +261,8 @@ def check_metadata(metadata: Any) -> None:
 
     :raises TypeError: naming the key.
     """
-    if metadata is None:
-        return
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map str to str: {key!r} maps to {type(value).__name__} {value!r}"
-                            if isinstance(key, str) else f"metadata keys must be str, not {key!r}")
+    if metadata is not None and (problem := metadata_problem(metadata)) is not None:
+        raise TypeError(f"metadata {problem}")
 
 
 def _check_not_inside_a_checkpoint(target: Path) -> None:

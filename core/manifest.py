@@ -220,6 +220,20 @@ def _all_ids_valid(ids: list[Any]) -> bool:
     return joined.isprintable() and "/" not in joined and "\\" not in joined and not {".", ".."} & set(ids)
 
 
+def metadata_problem(metadata: Any) -> str | None:
+    """Why ``metadata`` is not what every checkpoint.json may record under ``metadata`` (a mapping of
+    strings to strings), naming the first bad key; None if it is. A save refuses it before writing
+    (:func:`amber.checkpoint_write.check_metadata`), a read refuses a manifest holding it."""
+    if not isinstance(metadata, Mapping):
+        return f"must map strings to strings, not be a {type(metadata).__name__}"
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            return f"keys must be strings, not {key!r}"
+        if not isinstance(value, str):
+            return f"must map strings to strings: {key!r} maps to {type(value).__name__} {value!r}"
+    return None
+
+
 def validate_manifest(raw: Any, path: Path) -> Manifest:
     """The :class:`Manifest` of a parsed checkpoint.json's content ``raw``, every field checked.
 
@@ -241,9 +255,7 @@ def validate_manifest(raw: Any, path: Path) -> Manifest:
     if raw["state_file"] not in raw["files"]:
         raise _corrupt(path, f"state_file {raw['state_file']!r} is not among its files")
     _validate_ids(raw, path, raw["files"])  # (the same keys, in a dict)
-    if "metadata" in raw and not (
-        isinstance(raw["metadata"], dict) and all(isinstance(v, str) for v in raw["metadata"].values())
-    ):
-        raise _corrupt(path, "'metadata' must map strings to strings")
+    if "metadata" in raw and (problem := metadata_problem(raw["metadata"])) is not None:
+        raise _corrupt(path, f"'metadata' {problem}")
     return Manifest(path, raw["type"], raw["checkpoint_version"], raw["format"], files, raw,
                     all_cryptographic)
