@@ -23,8 +23,13 @@ synchronous save would have raised, naming the path) from
 :meth:`SaveHandle.result`. If nobody asked for it (``result()`` or
 ``exception()``) by the time of the next save, synchronous or not,
 ``algo.stop()`` or :func:`wait_for_saves`, that call raises it, once, and the
-new save is not started. At interpreter exit an error nobody asked for is
-printed on stderr.
+new save is not started. So does a failed save that a background write
+started itself (written at once, in the writer's thread: an ``on_checkpoint``
+callback's ``save(block=False)``). At interpreter exit every error nobody
+asked for is printed on stderr, with the checkpoint's path; the exit status
+is not changed (Python ignores what exit hooks raise, ``SystemExit`` too):
+a script that must fail with its save calls ``result()`` or
+:func:`wait_for_saves` before it ends.
 """
 
 from __future__ import annotations
@@ -74,18 +79,17 @@ class SaveHandle(concurrent.futures.Future[T], Generic[T]):
         """
         try:
             return super().result(timeout)
-        finally:
-            if self.done():
+        except BaseException as e:
+            if e is self._error:  # not a timeout or an interrupt of the wait: the save's own error
                 self._retrieved = True
+            raise
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait for the save and return its error, or None if it succeeded (the error is then
         taken as seen: no later call raises it)."""
-        try:
-            return super().exception(timeout)
-        finally:
-            if self.done():
-                self._retrieved = True
+        error = super().exception(timeout)  # raises TimeoutError (error not seen) if still running
+        self._retrieved = True
+        return error
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the save to end, without raising its error (:meth:`result` does).
@@ -116,6 +120,7 @@ class _Writer:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.last: SaveHandle[Any] | None = None
+        self.failed: list[SaveHandle[Any]] = []  # failed saves, whose error may not have been asked for
         self.local = threading.local()
         self.hooked = False
         self.jobs: queue.SimpleQueue[tuple[SaveHandle[Any], Callable[[], Any]]] = queue.SimpleQueue()
@@ -130,15 +135,18 @@ class _Writer:
         self.jobs.put((handle, job))
 
     def settle(self) -> None:
-        """Wait for the save in flight; raise its error if nobody asked for it."""
-        last = self.last
-        if last is None:
-            return
-        last.wait()
-        error = last.unretrieved_error()
-        if error is not None:
-            last._retrieved = True
-            raise error
+        """Wait for the save in flight; raise the first error nobody asked for (each once)."""
+        if self.last is not None:
+            self.last.wait()
+        for handle in self.unseen():
+            error, handle._retrieved = handle._error, True
+            if error is not None:
+                raise error
+
+    def unseen(self) -> list[SaveHandle[Any]]:
+        """The failed saves, in order, whose error nobody has asked for (forgetting the others)."""
+        self.failed = [h for h in self.failed if not h.done() or h.unretrieved_error() is not None]
+        return [h for h in self.failed if h.done()]
 
     def in_writer(self) -> bool:
         """Whether this is the writer's thread (a save started from a save being written)."""
@@ -149,6 +157,7 @@ class _Writer:
         forget_pending()
         self.lock = threading.Lock()
         self.last = None
+        self.failed = []
         self.jobs = queue.SimpleQueue()
         self.thread = None
 
@@ -229,6 +238,7 @@ def _run(handle: SaveHandle[T], job: Callable[[], T]) -> None:
     except BaseException as e:  # noqa: BLE001 - every error goes to the handle, none is lost
         traceback.clear_frames(e.__traceback__)  # the frames' locals would keep the snapshot alive
         handle._error = e
+        _WRITER.failed.append(handle)  # before the handle is done: whoever waits for it sees it
         handle.set_exception(e)
     else:
         handle.set_result(result)
@@ -254,18 +264,32 @@ def _install_hooks() -> None:
 
 
 def _at_exit() -> None:
-    """At interpreter exit: wait for the save in flight; print its error if nobody asked for it."""
-    last = _WRITER.last
-    if last is None:
+    """At interpreter exit: wait for the save in flight; print each error nobody asked for.
+
+    Never raises: an exception here would skip the exit hooks that threading runs after it.
+    """
+    if _WRITER.last is not None:
+        _WRITER.last.wait()
+    for handle in _WRITER.unseen():
+        handle._retrieved = True
+        try:
+            _report(handle)
+        except Exception:  # noqa: BLE001, S110 - stderr is gone: nothing is left to tell
+            pass
+
+
+def _report(handle: SaveHandle[Any]) -> None:
+    """Print a failed save's path and error on stderr (at exit, where nothing else could see it)."""
+    stream = sys.stderr if sys.stderr is not None else sys.__stderr__
+    if stream is None:
         return
-    last.wait()
-    error = last.unretrieved_error()
+    error = handle._error
     if error is None:
         return
-    last._retrieved = True
-    print(f"amber: warning: the background save to {last.path} failed and its error was never "
-          "retrieved (SaveHandle.result()); that checkpoint was not written:", file=sys.stderr)
-    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    print(f"amber: warning: the background save to {handle.path} failed and its error was never "
+          f"retrieved (SaveHandle.result()); that checkpoint was not written: {error}", file=stream)
+    traceback.print_exception(type(error), error, error.__traceback__, file=stream)
+    stream.flush()
 
 
 def _where(path: str | os.PathLike[str]) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
-from amber.cli.train_loop import Interrupts, Report, Stop, run_lock, train_until
+from amber.cli.train_loop import Interrupts, Report, Stop, run_lock, standing, train_until
 
 __all__ = ["ALGOS", "train"]
 
@@ -206,13 +206,16 @@ def _check_new_run(out: Path) -> None:
                             f"that run with `amber train --resume {out} ...`, or give a new --checkpoint-dir")
 
 
-def _say_where_it_ended(algorithm: Any, last_ckpt: str, signum: int | None, as_json: bool) -> None:
+def _say_where_it_ended(algorithm: Any, stop: Stop, last_ckpt: str, signum: int | None,
+                        as_json: bool) -> None:
     """Print the run's last checkpoint (its last line), or why nothing was trained."""
     if last_ckpt and not as_json:
         click.echo(last_ckpt)
     elif not last_ckpt and signum is None:  # the stop held before any iteration (a resumed run's)
-        click.echo(f"amber: nothing to train: the run is at iteration {algorithm.iteration}, which meets "
-                   "the stop; give a later --stop-iters (or --stop-timesteps)", err=True)
+        met = "; ".join(stop.met(*standing(algorithm)))
+        click.echo(f"amber: nothing to train: the run is at iteration {algorithm.iteration}, which already "
+                   f"meets its stop condition ({met}); no checkpoint written. Give a later stop to go on",
+                   err=True)
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -290,6 +293,6 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
                                  checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
                                  format_=format_, as_json=as_json, interrupts=interrupts)
         algorithm.stop()
-    _say_where_it_ended(algorithm, last_ckpt, signum, as_json)
+    _say_where_it_ended(algorithm, stop, last_ckpt, signum, as_json)
     if signum is not None:
         ctx.exit(128 + signum)

@@ -21,7 +21,7 @@ import click
 
 from amber.cli.base import AmberCliError, make_console
 
-__all__ = ["Interrupts", "Report", "Stop", "run_lock", "train_until"]
+__all__ = ["Interrupts", "Report", "Stop", "run_lock", "standing", "train_until"]
 
 #: The file in a run's directory that the ``amber train`` writing to it holds locked.
 LOCK_FILE = ".amber-train.lock"
@@ -65,9 +65,28 @@ class Stop:
 
     def reached(self, iteration: int, steps: int, ret: float) -> bool:
         """Whether the run is done after ``iteration`` (its lifetime env steps, its mean return)."""
-        return ((self.iters is not None and iteration >= self.iters)
-                or (self.timesteps is not None and steps >= self.timesteps)
-                or (self.reward is not None and not math.isnan(ret) and ret >= self.reward))
+        return bool(self.met(iteration, steps, ret))
+
+    def met(self, iteration: int, steps: int, ret: float) -> list[str]:
+        """The criteria that hold after ``iteration``, as the options and what meets them."""
+        out = []
+        if self.iters is not None and iteration >= self.iters:
+            out.append(f"--stop-iters {self.iters}")
+        if self.timesteps is not None and steps >= self.timesteps:
+            out.append(f"--stop-timesteps {self.timesteps}: {steps} env steps")
+        if self.reward is not None and not math.isnan(ret) and ret >= self.reward:
+            out.append(f"--stop-reward {self.reward:g}: a mean return of {ret:g}")
+        return out
+
+
+def standing(algorithm: Any) -> tuple[int, int, float]:
+    """Where a (restored) run stands, as its last ``train()`` result said: the iteration, the
+    lifetime env steps and the mean return of the recent episodes (NaN: none ended yet)."""
+    import numpy as np
+
+    returns = algorithm.progress.recent_returns  # restored with the rest: the result's returns
+    mean = float(np.mean(returns)) if returns else math.nan  # as Algorithm.train computes it
+    return algorithm.iteration, int(algorithm.counters.get("num_env_steps_sampled_lifetime", 0)), mean
 
 
 class Interrupts:
@@ -176,8 +195,7 @@ def train_until(algorithm: Any, manager: Any, report: Report, interrupts: Interr
     :return: the last checkpoint written ("" if none) and the signal that stopped the run (or None).
     """
     last_ckpt = ""
-    if stop.reached(algorithm.iteration, algorithm.counters.get("num_env_steps_sampled_lifetime", 0),
-                    math.nan):
+    if stop.reached(*standing(algorithm)):  # a resumed run that is done already: nothing to train
         return last_ckpt, None
     if interrupts.signum is not None:  # before the first iteration: nothing to save
         return last_ckpt, interrupts.signum
