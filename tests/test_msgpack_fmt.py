@@ -655,3 +655,38 @@ def test_fuzz_mutated_documents(fuzz_base, ops):
 def test_fuzz_mutated_sidecar_headers(fuzz_base, ops):
     pm, path, _, sidecar = fuzz_base
     _load_replaced(pm, path, "state.safetensors", _mutate(sidecar, ops))
+
+
+# -- shared containers: msgpack stores no references -------------------------------------------------
+
+_SHARED_NEST = """
+import sys, amber
+from amber.errors import UnserializableStateError
+x = [1.0]
+for _ in range(40):
+    x = [x, x]  # 41 distinct lists; written out as a tree, 2**40 values
+try:
+    amber.save({"x": x}, sys.argv[1], format="msgpack")
+except UnserializableStateError as e:
+    print(e)
+"""
+
+
+def test_containers_shared_exponentially_are_refused_at_once_and_nothing_is_written(tmp_path):
+    """It was written out path by path, forever (2**40 values); pickle keeps shared objects."""
+    import subprocess
+
+    target = tmp_path / "ck"
+    out = subprocess.run([sys.executable, "-c", _SHARED_NEST, str(target)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "would repeat" in out.stdout and "format='pickle'" in out.stdout and "x[" in out.stdout
+    assert not target.exists()
+
+
+def test_a_container_shared_a_few_times_is_written_once_per_path(tmp_path):
+    common = {"lr": 0.1, "w": np.arange(3.0)}
+    path = amber.save({"a": common, "b": [common, common]}, tmp_path / "ck", format="msgpack")
+    loaded = amber.load(path)
+    assert loaded["a"]["lr"] == loaded["b"][1]["lr"] == 0.1
+    np.testing.assert_array_equal(loaded["b"][0]["w"], common["w"])
