@@ -21,6 +21,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DuplicateFormatError",
     "ExportError",
+    "IncompatibleCodeError",
     "InvalidIdError",
     "InvalidStateError",
     "MigrationError",
@@ -160,6 +161,21 @@ def state_errors(path: str | os.PathLike[str] | None, what: str = "its state") -
 
 class UnregisteredNameError(CheckpointError, LookupError):
     """A checkpoint refers to a class or function by a name this process has not registered."""
+
+
+class IncompatibleCodeError(UnregisteredNameError):
+    """A checkpoint's state names a module, class or function that the installed code lacks: it
+    was written by other code (another version, or another environment), and is not damaged.
+
+    :param module: the module named.
+    :param name: the name missing from it (None: the module itself cannot be imported).
+    """
+
+    def __init__(self, message: str, *, module: str | None = None, name: str | None = None,
+                 path: str | os.PathLike[str] | None = None, format: str | None = None) -> None:
+        self.module = module
+        self.name = name
+        super().__init__(message, path=path, format=format)
 
 
 class DuplicateNameError(CheckpointError, ValueError):

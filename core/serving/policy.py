@@ -142,8 +142,9 @@ class ServedPolicy:
         :raises ValueError: observations of the wrong shape, or a Discrete one outside its space.
         """
         arr = self._obs_array(obs_batch)
-        # a network may not take an empty batch (an ONNX graph's reshape fails on it): one
-        # observation's outputs, cut to none, give the columns their shapes and dtypes
+        # a network may not take an empty batch (the ONNX graph of an older export reshapes to
+        # [0, -1], which fails on it): one observation's outputs, cut to none, give the columns
+        # their shapes and dtypes
         outputs = self.network(arr) if len(arr) else {k: v[:0] for k, v in self._probe().items()}
         actions, info = self._act(outputs, True if explore is None else bool(explore))
         space = self.action_space

@@ -1,15 +1,15 @@
 """The ``onnx`` exporter: ``model.onnx``, built from the policy's :class:`amber.export.ModelGraph`.
 
-The ONNX graph is written node by node with ``onnx.helper`` (Gemm, Tanh,
-Relu, Gather, ReduceMean, Max/Min, Concat; Cast and Equal for one-hot
+The ONNX graph is written node by node with ``onnx.helper`` (Flatten, Gemm,
+Tanh, Relu, Gather, ReduceMean, Max/Min, Concat; Cast and Equal for one-hot
 observations): no tracing, no torch.onnx, no onnxscript. The weights are
 initializers inside the one file: external data is never written, so the
 model is one self-contained file and loading it never reads another path.
 
 Input ``obs``: float32 ``[batch, *obs_shape]``, the batch dimension dynamic
-(``dim_param "batch"``). Outputs: the graph's, by name (``action_dist_inputs``,
-then ``vf_preds`` where the policy has one). Opsets from
-:data:`MIN_OPSET` to the installed onnx's newest are written.
+(``dim_param "batch"``; an empty batch runs too). Outputs: the graph's, by
+name (``action_dist_inputs``, then ``vf_preds`` where the policy has one).
+Opsets from :data:`MIN_OPSET` to the installed onnx's newest are written.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def build_model(graph: ModelGraph, opset: int) -> Any:
         hit = b.op("Equal", [idx, cats], "one_hot_bool")
         x = b.op("Cast", [hit], "features", to=tp.FLOAT)
     else:
-        x = b.op("Reshape", ["obs", b.const("shape", np.array([0, -1], np.int64))], "features")
+        # Flatten, not Reshape [0, -1]: onnxruntime cannot infer -1 from an empty batch's 0 elements
+        x = b.op("Flatten", ["obs"], "features", axis=1)
 
     towers: dict[str, str] = {}
     for tname, layers in graph.towers.items():

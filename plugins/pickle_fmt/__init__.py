@@ -9,13 +9,25 @@ File layout of ``<stem>.pkl``: the pickle stream, then each out-of-band
 buffer (aligned), then a trailer: ``<Q pickle length>``, one ``<QQ offset,
 length>`` per buffer, ``<Q buffer count>`` and the 8 bytes ``AMBRPKL1``.
 A state without arrays is thus also a plain pickle file.
+
+Pickle stores a class or function of an importable module by its module and
+name. Reading one where that module cannot be imported, or no longer defines
+that name, is an :class:`~amber.errors.IncompatibleCodeError` naming the
+file, the module and the name, and the amber and Python versions that wrote
+the checkpoint (from its ``checkpoint.json``): the file is intact, written by
+other code.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
+import platform
+import re
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +35,18 @@ import cloudpickle
 import numpy as np
 
 import amber
+from amber.errors import CheckpointError, IncompatibleCodeError
 from amber.registry import Capabilities, FormatSpec, StateSink, StateSource
+from amber.verified_io import MANIFEST, open_regular
 
 MAGIC = b"AMBRPKL1"
 ALIGN = 64
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
+#: A version string from checkpoint.json that is shown in a message (anything else is left out).
+_VERSION = re.compile(r"[0-9A-Za-z.+!_-]{1,64}")
+#: The most of checkpoint.json read for the versions in a message.
+_MANIFEST_LIMIT = 16 * 1024 * 1024
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -87,7 +105,77 @@ def read(source: StateSource) -> Any:
         end = offset + length
     if payload_len > table_start:
         raise ValueError("pickle stream out of bounds")
-    return pickle.loads(buf[:payload_len], buffers=views)
+    try:
+        return pickle.loads(buf[:payload_len], buffers=views)  # (C throughout: the common case)
+    except (ImportError, AttributeError):
+        pass  # which code is missing? read again, looking at each class and function named
+    unpickler = _Unpickler(io.BytesIO(buf[:payload_len]), buffers=views)
+    try:
+        return unpickler.load()
+    except _MissingCode as e:
+        raise _incompatible(source, e.module, e.name, e.reason) from e.__cause__
+    except ImportError as e:  # a reducer the file names imports a module (cloudpickle's subimport)
+        if not e.name:
+            raise
+        raise _incompatible(source, e.name, None, str(e)) from e
+
+
+class _MissingCode(Exception):
+    """A module or name the stream refers to that the installed code lacks (raised inside the unpickler)."""
+
+    def __init__(self, module: str, name: str | None, reason: str) -> None:
+        super().__init__(module, name, reason)
+        self.module, self.name, self.reason = module, name, reason
+
+
+class _Unpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that says which module or name a stream refers to is missing."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except ImportError as e:
+            raise _MissingCode(module, None, str(e)) from e
+        except AttributeError as e:
+            if module not in sys.modules:  # raised by the module's own code as it was imported
+                raise
+            raise _MissingCode(module, name, str(e)) from e
+
+
+def _written_by(source: StateSource) -> str:
+    """``amber A on Python P``: who wrote the checkpoint, from its checkpoint.json (best effort)."""
+    raw: Any = None
+    try:
+        fd = open_regular(source.path.parent / MANIFEST)
+        with os.fdopen(fd, "rb") as f:
+            raw = json.loads(f.read(_MANIFEST_LIMIT))
+    except (CheckpointError, OSError, ValueError):
+        pass
+    found = raw if isinstance(raw, dict) else {}
+    amber_v, python_v = found.get("amber_version"), found.get("python_version")
+    parts = [f"amber {amber_v}" if isinstance(amber_v, str) and _VERSION.fullmatch(amber_v) else "",
+             f"Python {python_v}" if isinstance(python_v, str) and _VERSION.fullmatch(python_v) else ""]
+    return " on ".join(p for p in parts if p) or "an unknown amber and Python"
+
+
+def _incompatible(source: StateSource, module: str, name: str | None, reason: str) -> IncompatibleCodeError:
+    """The error for a module (``name`` None) or a name in it that the installed code lacks."""
+    path = source.path
+    here = f"amber {amber.__version__} on Python {platform.python_version()}"
+    versions = f"{_written_by(source)}; this is {here}"
+    if name is None:
+        message = (f"{path} holds a class, function or object defined in the module {module!r}, which "
+                   f"cannot be imported here ({reason}): the file is intact, written where that module "
+                   f"was importable ({versions}). Make that module importable (install it, or put its "
+                   "directory on sys.path) and load again")
+    else:
+        message = (f"{path} holds {module + '.' + name!r}, but the installed module {module!r} does not "
+                   f"define {name!r}: the file is intact, written by other code ({versions}). Load it "
+                   f"where the version of {module!r} that wrote it is installed, or define {name!r} in "
+                   f"{module!r} again (an alias of what replaced it, say) and load again")
+    message += (". A checkpoint saved after amber.register_class of those classes and functions refers "
+                "to them by registered name instead")
+    return IncompatibleCodeError(message, module=module, name=name, path=path, format="pickle")
 
 
 @amber.hookimpl

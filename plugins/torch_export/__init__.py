@@ -1,9 +1,9 @@
 """The ``torch`` exporter: ``model.pt2``, a ``torch.export`` program of the policy's network.
 
 It loads with torch alone: ``torch.export.load(path).module()`` is a callable
-that takes ``obs`` (float32 ``[batch, *obs_shape]``, any batch size) and
-returns a dict of the outputs by name (``action_dist_inputs``, then
-``vf_preds`` where the policy has one). The program is rebuilt from the
+that takes ``obs`` (float32 ``[batch, *obs_shape]``, any batch size, 0
+included) and returns a dict of the outputs by name (``action_dist_inputs``,
+then ``vf_preds`` where the policy has one). The program is rebuilt from the
 :class:`amber.export.ModelGraph` alone, as plain ATen operations: no amber
 class is needed to load it.
 """
@@ -11,6 +11,7 @@ class is needed to load it.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,7 @@ def graph_module(graph: ModelGraph) -> Any:
                 idx = obs.reshape(obs.shape[0], 1).to(torch.int64)
                 x = (idx == self.categories).to(torch.float32)
             else:
-                x = obs.reshape(obs.shape[0], -1).to(torch.float32)
+                x = obs.reshape(obs.shape[0], math.prod(graph.obs_shape)).float()  # -1 fails on empty batches
             t = [net(x) for net in self.towers]
             result = {}
             for name, kind, towers, params in outputs:
@@ -113,7 +114,7 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
     torch = _torch()
     module = graph_module(graph)
     example = torch.zeros((2, *graph.obs_shape), dtype=torch.float32)
-    batch = torch.export.Dim("batch")
+    batch = torch.export.Dim("batch", min=0)  # an empty batch runs too
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes={"obs": {0: batch}}, strict=False)
     path = Path(directory) / FILE
