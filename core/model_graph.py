@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,7 +153,7 @@ class ModelGraph:
             idx = obs.reshape(obs.shape[0], 1).astype(np.int64)
             cats = np.arange(self.preprocess.start, self.preprocess.start + self.preprocess.size)
             return (idx == cats).astype(np.float32)
-        return obs.reshape(obs.shape[0], -1).astype(np.float32)
+        return obs.reshape(obs.shape[0], math.prod(self.obs_shape)).astype(np.float32)  # (0 rows too)
 
     def forward_numpy(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         """The outputs for a batch of observations, computed in numpy (float64 inside, float32 out).
