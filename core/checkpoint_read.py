@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from amber.errors import (
     CheckpointError,
     CorruptCheckpointError,
+    IncompatibleCodeError,
     MigrationError,
     MissingPluginError,
     NotACheckpointError,
     UnknownFormatError,
     UnknownPolicyError,
-    UnregisteredNameError,
     UnsafeContentError,
     warn,
 )
@@ -151,12 +151,12 @@ def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
         raise
     except ImportError as e:
         if _named_by_content(e, spec):
-            raise UnregisteredNameError(
+            raise IncompatibleCodeError(
                 f"{source.path} holds a class, function or object defined in the module {e.name!r}, "
                 f"which cannot be imported here ({e}): make that module importable (install it, or put "
                 "its directory on sys.path) and load again. A checkpoint saved after amber.register_class "
                 "of those classes and functions refers to them by registered name instead",
-                path=source.path, format=spec.name,
+                module=e.name, path=source.path, format=spec.name,
             ) from e
         raise MissingPluginError(  # the format's own dependencies are missing, not the file damaged
             f"format {spec.name!r} cannot read {source.path}: {e}; {spec.install_hint}",
