@@ -25,6 +25,7 @@ from amber.registry import StateSource
 from amber.state import ARRAY_KINDS, MAX_DEPTH, Ref, is_reference_type
 
 from .safetensors_io import PendingTensor, SafetensorsFile, SafetensorsFormatError, plan_tensor
+from .sharing import MAX_REPEATED_VALUES, repeats
 
 __all__ = ["EXT_REF", "INLINE_MAX_BYTES", "SIDECAR", "Encoder", "decode_document"]
 
@@ -37,10 +38,6 @@ EXT_REF = 1
 SIDECAR = ".safetensors"
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes})
-_TREES = (dict, list, tuple)
-#: How many values a written document may repeat (containers reached by more than one path are
-#: written once per path): beyond it a save is refused rather than written for hours.
-MAX_REPEATED_VALUES = 1 << 24
 _KEY_KINDS = frozenset({str, int})
 _SPECIAL = frozenset({list, dict, msgpack.Timestamp})  # values the decoder looks at
 _ND_KEYS = frozenset({b"nd", b"type", b"kind", b"shape", b"data"})
@@ -127,42 +124,15 @@ class Encoder:
 
         :raises UnserializableStateError: a value the format cannot hold (named by key path), or
             containers shared so widely that the tree written out would repeat more than
-            :data:`MAX_REPEATED_VALUES` values (checked before anything is written).
+            :data:`~.sharing.MAX_REPEATED_VALUES` values (checked before anything is written).
         """
-        self._check_repeats(state)
+        repeated, first, again = repeats(state)
+        if repeated > MAX_REPEATED_VALUES:
+            raise self._fail(again, f"it is the container already at {_path(first) or '(root)'}, and the "
+                             "state shares containers so widely that written out as a tree (msgpack stores "
+                             f"no references) it would repeat {repeated} values; store each once, or save "
+                             "with format='pickle', which keeps shared objects")
         self._write(f, state)
-
-    def _check_repeats(self, state: Any) -> None:
-        """Refuse a state whose containers are reached by so many paths that msgpack, which stores
-        no references, would write an enormous tree (a list holding itself twice, 40 levels deep,
-        is 2**40 values): every distinct container is sized once (post-order, by id)."""
-        if not isinstance(state, _TREES):
-            return
-        sizes: dict[int, int] = {}  # id -> values in the tree written out below it (itself too)
-        seen: dict[int, Any] = {}  # id -> the link of the first path that reached it
-        distinct, shared = 0, None
-        stack: list[tuple[Any, Any, bool]] = [(state, None, False)]
-        while stack:
-            node, link, done = stack.pop()
-            kids = list(node.values() if isinstance(node, dict) else node)
-            if done:
-                sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) if isinstance(k, _TREES) else 1 for k in kids)
-                distinct += 1 + sum(not isinstance(k, _TREES) for k in kids)
-                continue
-            if id(node) in seen:  # shared (or a cycle, which the writer refuses by its depth)
-                shared = shared or (seen[id(node)], link)
-                continue
-            seen[id(node)] = link
-            stack.append((node, link, True))
-            keys = list(node) if isinstance(node, dict) else range(len(kids))
-            stack.extend((k, (link, key), False) for key, k in zip(keys, kids, strict=True)
-                         if isinstance(k, _TREES))
-        repeated = sizes.get(id(state), 0) - distinct
-        if repeated > MAX_REPEATED_VALUES and shared is not None:
-            raise self._fail(shared[1], f"it is the container already at {_path(shared[0]) or '(root)'}, and "
-                             f"the state shares containers so widely that written out as a tree (msgpack "
-                             f"stores no references) it would repeat {repeated} values; store each once, or "
-                             "save with format='pickle', which keeps shared objects")
 
     def _write(self, f: BinaryIO, state: Any) -> None:
         pack, out = self._packer.pack, f.write
