@@ -26,6 +26,7 @@ from amber.algorithms.algorithm_checkpoints import (
 )
 from amber.algorithms.algorithm_config import AlgorithmConfig, copy_unless_adopted
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
+from amber.algorithms.config_values import without_spec_spaces
 from amber.algorithms.policy_map import PolicyMapMixin, spaces_by_mapping
 from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.rllib_api import RLlibAlgorithmMixin, rllib_result_keys
@@ -288,7 +289,7 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         """The whole state: ``{"algorithm": ..., "policies": {id: policy state}}``."""
         own = {
             "algorithm_class": type(self),
-            "config": self.config.to_dict(),
+            "config": without_spec_spaces(self.config.to_dict()),
             "components": components.capture(self, self.checkpoint_components(), pm=self.pm),
         }
         return {"algorithm": own, "policies": {pid: p.get_state() for pid, p in self.policies.items()}}

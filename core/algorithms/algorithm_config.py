@@ -8,15 +8,15 @@ import difflib
 import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, suppress
-from contextvars import ContextVar
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
+from amber.algorithms.config_adoption import adopting_config, copy_unless_adopted, is_adopted
+from amber.algorithms.config_dict import TRAINING_ALIASES as _ALIASES  # .training()'s 2.10 aliases
 from amber.algorithms.config_values import _spec_to_dict, matches_type
 from amber.algorithms.rllib_api import RLlibConfigMixin, rllib_keywords
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
-from amber.scoped import scoped
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -24,29 +24,9 @@ if TYPE_CHECKING:
 
     from amber.algorithms.algorithm import Algorithm
 
-__all__ = ["AlgorithmConfig", "adopting_config", "copy_unless_adopted"]
+__all__ = ["AlgorithmConfig", "adopting_config", "copy_unless_adopted", "is_adopted"]
 
 FRAMEWORKS = ("torch", "tf2")
-_ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
-
-
-_ADOPTED: ContextVar[AlgorithmConfig | None] = ContextVar("amber_adopted_config", default=None)
-
-
-def adopting_config(config: AlgorithmConfig) -> AbstractContextManager[None]:
-    """Inside the block, an algorithm built with ``config`` keeps it instead of copying it: for a
-    config made only to build that algorithm (a restore's), which nobody else holds."""
-    return scoped(_ADOPTED, config)
-
-
-def is_adopted(config: AlgorithmConfig) -> bool:
-    """Whether ``config`` is the one :func:`adopting_config` gives now (a restore's)."""
-    return _ADOPTED.get() is config
-
-
-def copy_unless_adopted(config: AlgorithmConfig) -> AlgorithmConfig:
-    """``config.copy()``, or ``config`` itself inside :func:`adopting_config` of it."""
-    return config if _ADOPTED.get() is config else config.copy()
 
 
 #: The hyperparameters every algorithm has, with their types (``.training()`` checks values).

@@ -17,13 +17,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from amber.algorithms.algorithm_config import _ALIASES  # .training()'s 2.10 aliases
+__all__ = ["RLLIB_NAMES", "TRAINING_ALIASES", "apply_dict", "policy_spec"]
 
-__all__ = ["RLLIB_NAMES", "apply_dict", "policy_spec"]
-
+#: RLlib 2.10's names of hyperparameters ``.training()`` takes as aliases of amber's.
+TRAINING_ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
 #: RLlib's names of amber's settings (its config dicts', and ``.training()``'s 2.10 aliases).
 RLLIB_NAMES = {
-    **_ALIASES, "framework": "framework_str",
+    **TRAINING_ALIASES, "framework": "framework_str",
     "num_workers": "num_env_runners", "num_rollout_workers": "num_env_runners",
     "num_envs_per_worker": "num_envs_per_env_runner", "callbacks": "callbacks_class",
 }
@@ -34,7 +34,7 @@ _MULTIAGENT_KEYS = ("policies", "policy_mapping_fn", "policies_to_train")
 def policy_spec(spec: Any) -> Any:
     """A policy spec as amber keeps it: RLlib's ``(policy_class, observation_space, action_space,
     config)`` tuple (or a shorter prefix of it) as a :class:`~amber.policy.policy.PolicySpec`;
-    ``to_dict()``'s ``{"policy_class", "config"}`` form too; anything else unchanged
+    ``to_dict()``'s ``{"policy_class", "config"}`` form (with its spaces) too; anything else unchanged
     (``validate()`` refuses what is no spec).
 
     :raises ValueError: a tuple longer than four, or whose class is no class or config no dict.
@@ -65,7 +65,7 @@ def _known_override_keys(config: Any) -> set[str]:
     """The keys a policy's overrides may hold (:func:`~amber.algorithms.config_checks.check_policy_spec`)."""
     from amber.algorithms.config_checks import ALGORITHM_WIDE_KEYS, POLICY_ONLY_KEYS
 
-    known = set(config.hyperparameter_types()) | set(POLICY_ONLY_KEYS) | set(_ALIASES)
+    known = set(config.hyperparameter_types()) | set(POLICY_ONLY_KEYS) | set(TRAINING_ALIASES)
     return known - set(ALGORITHM_WIDE_KEYS)
 
 
@@ -96,7 +96,8 @@ def _without_unknown_overrides(config: Any, policies: Any) -> Any:
                                        *(f"{k!r} ({why})" for k, why in refused.items())]),
                           stacklevel=4)
             kept = {k: v for k, v in own.items() if k not in stale and k not in refused}
-            spec = PolicySpec(spec.policy_class, config=kept) if isinstance(spec, PolicySpec) else kept
+            spec = (PolicySpec(spec.policy_class, spec.observation_space, spec.action_space, kept)
+                    if isinstance(spec, PolicySpec) else kept)
         out[pid] = spec
     return out
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from amber.algorithms.config_dict import RLLIB_NAMES  # the one table of RLlib's setting names
+
 __all__ = ["KEYWORDS", "NOT_IMPLEMENTED", "RESULT_KEYS", "RLlibAlgorithmMixin", "RLlibConfigMixin",
            "RLlibName", "check_agent_spaces", "rllib_keywords", "rllib_result_keys"]
 
@@ -128,9 +130,8 @@ KEYWORDS: dict[str, dict[str, RLlibName]] = {
             off={"metrics_num_episodes_for_smoothing": (lambda v: v == 100,
                                                         "metrics_num_episodes_for_smoothing=100")}),
     },
-    "env_runners": {
-        "num_rollout_workers": RLlibName("", alias="num_env_runners"),
-        "num_envs_per_worker": RLlibName("", alias="num_envs_per_env_runner"),
+    "env_runners": {  # RLlib's older names: aliases, as config_dict.RLLIB_NAMES reads them
+        key: RLlibName("", alias=RLLIB_NAMES[key]) for key in ("num_rollout_workers", "num_envs_per_worker")
     },
     "multi_agent": {
         "policies_to_train": RLlibName(
@@ -231,8 +232,6 @@ class RLlibConfigMixin:
 
         :raises KeyError: no such setting (the closest names suggested).
         """
-        from amber.algorithms.config_dict import RLLIB_NAMES  # (one table of RLlib's names)
-
         name = RLLIB_NAMES.get(key, key) if isinstance(key, str) else key
         settings = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         if name not in settings:

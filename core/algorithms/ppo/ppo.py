@@ -125,14 +125,16 @@ class PPO(Algorithm):
             update = ppo_update
             if getattr(policy, "framework", "torch") == "tf2":
                 from amber.algorithms.ppo.ppo_tf_learner import ppo_tf_update as update
+            kl_coeff = self.kl_coeffs.setdefault(pid, float(own["kl_coeff"]))
             stats = update(
                 policy, batch, num_epochs=own["num_epochs"], minibatch_size=own["minibatch_size"],
                 clip_param=own["clip_param"], vf_clip_param=own["vf_clip_param"],
                 vf_loss_coeff=own["vf_loss_coeff"], entropy_coeff=own["entropy_coeff"],
-                kl_coeff=self.kl_coeffs.setdefault(pid, float(own["kl_coeff"])), kl_target=own["kl_target"],
-                grad_clip=own["grad_clip"], rng=self.np_rng,
+                kl_coeff=kl_coeff, kl_target=own["kl_target"], grad_clip=own["grad_clip"], rng=self.np_rng,
             )
-            self.kl_coeffs[pid] = float(stats["cur_kl_coeff"])
+            # kept: the adapted coefficient, for the next iteration; reported (as RLlib 2.10 does,
+            # whose stats are taken before its update_kl): the one this iteration's loss used
+            self.kl_coeffs[pid], stats["cur_kl_coeff"] = float(stats["cur_kl_coeff"]), kl_coeff
             self.counters["num_env_steps_trained_lifetime"] += len(batch["obs"])
             learner[pid] = {"learner_stats": stats, "num_agent_steps_trained": len(batch["obs"])}
         return {"info": {"learner": learner}}
