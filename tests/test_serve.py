@@ -572,7 +572,9 @@ def test_serving_imports_no_torch_tensorflow_gymnasium_or_cloudpickle(zoo, multi
     """One fresh process loads and acts with every kind of policy, checkpoint and export."""
     paths = [[str(p), None] for _, sources in zoo.values() for p in sources.values()]
     paths += [[str(multi[0]), "p1"], [str(FIXTURES / "rllib-2.10" / "sac_msgpack"), None],
-              [str(FIXTURES / "checkpoints" / "1.0" / "dqn_msgpack"), None]]
+              [str(FIXTURES / "checkpoints" / "1.0" / "dqn_msgpack"), None],
+              # its mapping function's 1.0 import path is looked up among the plugins' names
+              [str(FIXTURES / "checkpoints" / "1.0" / "ppo_multi_msgpack"), "p0"]]
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(paths), ",".join(FORBIDDEN)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

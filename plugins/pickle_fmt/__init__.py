@@ -20,6 +20,7 @@ other code.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -31,7 +32,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 
 import amber
@@ -49,22 +49,29 @@ _VERSION = re.compile(r"[0-9A-Za-z.+!_-]{1,64}")
 _MANIFEST_LIMIT = 16 * 1024 * 1024
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, with arrays that are neither C- nor Fortran-contiguous pickled as a
-    contiguous copy: numpy 2.4 pickles such an array of non-native byte order with the
-    native one (``>f4`` comes back ``<f4``)."""
+@functools.cache
+def _pickler() -> type:
+    """cloudpickle's pickler, with arrays that are neither C- nor Fortran-contiguous pickled as a
+    contiguous copy: numpy 2.4 pickles such an array of non-native byte order with the native one
+    (``>f4`` comes back ``<f4``). cloudpickle is imported here, by the first save, not with the
+    plugin: loading every plugin (to know the names they register) leaves it out of a process that
+    only serves policies."""
+    import cloudpickle
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is np.ndarray and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
-            return np.ascontiguousarray(obj).__reduce_ex__(5)
-        return super().reducer_override(obj)
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is np.ndarray and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+                return np.ascontiguousarray(obj).__reduce_ex__(5)
+            return super().reducer_override(obj)
+
+    return Pickler
 
 
 def write(state: Any, sink: StateSink) -> None:
     """Pickle ``state`` with its arrays' buffers out of band, in one file."""
     buffers: list[pickle.PickleBuffer] = []
     out = io.BytesIO()
-    _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(state)
+    _pickler()(out, protocol=5, buffer_callback=buffers.append).dump(state)
     payload = out.getbuffer()
     table = []
     with sink.open() as f:
