@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVATIONS",
     "MODEL_JSON",
+    "NATIVE_OPTION",
     "OUTPUT_KINDS",
     "Dense",
     "ExportError",
@@ -67,6 +68,10 @@ __all__ = [
 MODEL_JSON = "model.json"
 #: What ``model.json``'s ``format_version`` is now.
 MODEL_JSON_VERSION = 1
+#: The option (True) an exporter gets when ``export_model(dir)`` picked it for the native files of
+#: the graph's framework, not by name (recorded in ``model.json`` like any option): it may then
+#: write that framework's own layout (as RLlib's policies write their native files).
+NATIVE_OPTION = "native"
 
 Job = tuple["ExporterSpec", dict[str, Any]]
 
@@ -87,7 +92,7 @@ def plan_exports(
     :param shorthands: keyword shorthands and their values (``{KEYWORD: VALUE}``); a
         value of None, False or 0 asks for nothing.
     :return: the shorthands' exporters, then ``format``'s; with neither, the
-        exporter native to ``graph.framework``.
+        exporter native to ``graph.framework``, with the option :data:`NATIVE_OPTION`.
     :raises UnknownExporterError: an unknown name or keyword, or none native to the framework.
     :raises ExportError: nothing asked for, and the graph names no framework.
     """
@@ -107,7 +112,7 @@ def plan_exports(
             raise ExportError("the graph names no framework, so there are no native files to write: "
                               f"pick an exporter with format=NAME (known: {known})")
         spec = registry.native_exporter(graph.framework)
-        jobs[spec.name] = (spec, {})
+        jobs[spec.name] = (spec, {NATIVE_OPTION: True})
     return list(jobs.values())
 
 

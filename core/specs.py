@@ -165,7 +165,8 @@ class ExporterSpec:
         declares none may write any name, but its files are never removed.
     :param native_for: the frameworks whose policies it writes the native files
         of: ``export_model(dir)`` with no exporter named picks the one native to
-        the graph's framework (``("torch",)``). At most one exporter per framework.
+        the graph's framework (``("torch",)``), with the option ``native=True``
+        (:data:`amber.export.NATIVE_OPTION`). At most one exporter per framework.
     :param shorthand: a keyword of ``export_model`` that picks it, its value
         passed as the option :attr:`shorthand_option` (``shorthand="tflite"``,
         ``shorthand_option="quantize"``: ``export_model(dir, tflite=8)``). A value

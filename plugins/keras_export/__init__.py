@@ -11,11 +11,14 @@ Keras operations only: no Lambda layer, no custom class), and writes:
 - ``model.keras``: the Keras model; ``keras.saving.load_model(path)`` (safe
   mode on) returns it, and calling it on ``obs`` returns the same dict.
 
-For a tf2 policy's network (``graph.framework == "tf2"``: its native files,
-as RLlib's tf policies write them) the SavedModel is written at the export
-directory itself (``saved_model.pb``, ``variables/``...), so
+Asked for by name (``format="keras"``), it writes this layout for every
+policy, torch or tf2. As a tf2 policy's native files (``export_model(dir)``
+with no exporter named, and a checkpoint's ``model/`` folder: the engine's
+``native`` option), the SavedModel is written at the export directory itself
+(``saved_model.pb``, ``variables/``...), as RLlib's tf policies write it, so
 ``tf.saved_model.load(dir)`` loads it. Either way the loaded object is also
-callable: ``tf.saved_model.load(path)(obs)`` returns the dict of outputs.
+callable: ``tf.saved_model.load(path)(obs)`` returns the dict of outputs. An
+empty ``assets/`` folder is not kept (a checkpoint lists files, not folders).
 
 So a torch-trained policy is served by TensorFlow. Needs the ``keras`` extra
 (tensorflow and keras 3), and Keras's TensorFlow backend.
@@ -34,7 +37,7 @@ import numpy as np
 
 import amber
 from amber.errors import MissingPluginError
-from amber.export import ExportError
+from amber.export import NATIVE_OPTION, ExportError
 from amber.registry import ExportedFile, ExporterSpec
 
 if TYPE_CHECKING:
@@ -46,7 +49,8 @@ __all__ = ["KERAS_FILE", "SAVED_MODEL_DIR", "SPEC", "build_model", "export"]
 KERAS_FILE = "model.keras"
 #: The SavedModel directory.
 SAVED_MODEL_DIR = "saved_model"
-#: What a SavedModel written at the export directory itself consists of (tf2 policies' native files).
+#: What a SavedModel written at the export directory itself consists of (tf2 policies' native files;
+#: also ``format="keras"`` of a tf2 policy before amber wrote ``saved_model/`` for it too).
 SAVED_MODEL_PARTS = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
 #: The pip extra of amber that brings tensorflow and keras 3 (``amber-rl[keras]``).
 EXTRA = "keras"
@@ -142,12 +146,13 @@ def build_model(graph: ModelGraph) -> Any:
 
 
 def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> list[Path]:
-    """Write ``saved_model/`` and ``model.keras`` into ``directory``.
+    """Write ``saved_model/`` and ``model.keras`` into ``directory`` (as a tf2 policy's native
+    files: the SavedModel's parts at ``directory`` itself).
 
     :param graph: the network.
     :param directory: where to write (the engine's staging directory).
-    :param options: none are read.
-    :return: the two paths.
+    :param options: :data:`amber.export.NATIVE_OPTION` (True: a tf2 policy's native files).
+    :return: the paths written.
     """
     tf, keras = _runtime()
     model = build_model(graph)
@@ -158,9 +163,12 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
     module.model = model
     spec = tf.TensorSpec([None, *graph.obs_shape], tf.float32, name="obs")
     module.__call__ = tf.function(lambda obs: model(obs, training=False), input_signature=[spec])
-    at_root = graph.framework == "tf2"
+    at_root = bool(options.get(NATIVE_OPTION))  # native to tf2 only
     saved = directory if at_root else directory / SAVED_MODEL_DIR
     tf.saved_model.save(module, str(saved), signatures={"serving_default": module.__call__})
+    assets = saved / "assets"  # empty: no data, and a checkpoint's model/ folder would not list it
+    if assets.is_dir() and not any(assets.iterdir()):
+        assets.rmdir()
     if at_root:
         return [directory / name for name in SAVED_MODEL_PARTS if (directory / name).exists()] + [keras_path]
     return [saved, keras_path]
@@ -175,8 +183,8 @@ SPEC = ExporterSpec(
         ExportedFile(SAVED_MODEL_DIR, "tf.saved_model.load(path).signatures['serving_default'](obs=obs)",
                      "tensorflow"),
         ExportedFile(KERAS_FILE, "keras.saving.load_model(path)(obs) -> dict of outputs", "keras"),
-        *(ExportedFile(name, "tf.saved_model.load(directory)(obs) -> dict of outputs (a tf2 policy's export)",
-                       "tensorflow") for name in SAVED_MODEL_PARTS),
+        *(ExportedFile(name, "tf.saved_model.load(directory)(obs) -> dict of outputs (a tf2 policy's "
+                             "native files)", "tensorflow") for name in SAVED_MODEL_PARTS),
     ),
     native_for=("tf2",),
 )
