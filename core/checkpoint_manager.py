@@ -16,7 +16,10 @@ marker, holding nothing that manifest (or its policies' manifests) does
 not list; one holding more is left alone. A deletion first renames
 the directory to ``.<name>.amber-del-<pid>-<8 hex digits>``, a temporary name
 that readers ignore (:func:`amber.atomic.is_temporary`), then removes it; what a
-crash leaves of one is removed by the next save under that root.
+crash leaves of one is removed by the next save under that root. In remote storage, a
+deletion puts the upload marker up, then removes the manifest, then the rest
+(:func:`amber.storage_upload.remove`); what a crash leaves of it is removed by the next save
+that applies retention (``num_to_keep``) under that root.
 
 The manager receives the algorithm object; it imports no framework.
 """
@@ -282,14 +285,16 @@ class CheckpointManager:
     def prune(self, saved: Path | str | None = None) -> list[Path]:
         """Apply retention now: remove leftovers of interrupted deletions, then delete what
         :meth:`to_keep` does not keep. Called by :meth:`save` after each commit; without
-        ``num_to_keep`` no checkpoint is read (all are kept).
+        ``num_to_keep`` no checkpoint is read (all are kept; at a URL, nothing is listed).
 
         :param saved: the checkpoint just saved, always kept (see :meth:`to_keep`).
         :return: the checkpoints deleted.
         """
-        self._remove_leftovers()
         if self.num_to_keep is None:
+            if not isinstance(self.root, str):  # (at a URL, nothing else under root is read)
+                self._remove_leftovers()
             return []
+        self._remove_leftovers()
         found = self.checkpoints()
         kept = {c.path for c in self.to_keep(found, saved=saved)}
         deleted = []
@@ -305,7 +310,7 @@ class CheckpointManager:
         from amber.durable import fsync_dir
 
         if isinstance(path, str):
-            from amber.storage import remove
+            from amber.storage_upload import remove
 
             try:
                 remove(path, self.storage_options)
@@ -330,7 +335,10 @@ class CheckpointManager:
         """Remove what crashed deletions left under :attr:`root` (their process no longer runs)."""
         from amber.atomic import pid_alive
 
-        if isinstance(self.root, str):  # an unfinished upload is replaced by the next save there
+        if isinstance(self.root, str):  # (an unfinished upload is replaced by the next save there)
+            from amber.storage_upload import remove_leftovers
+
+            remove_leftovers(self.root, self.storage_options)
             return
         try:
             entries = list(os.scandir(self.root))

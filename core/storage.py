@@ -1,27 +1,25 @@
 """Checkpoints at fsspec URLs (``s3://``, ``gs://``, ``memory://``, ``file://``).
 
-Object stores have no rename, so a remote checkpoint is never committed by
-one: it is written in a local staging directory as usual (atomically,
-digests and all), then uploaded file by file with the top ``checkpoint.json``
-*last*. That manifest is the commit marker: a prefix without it is an upload
-that did not finish, which every reader refuses as uncommitted and
-:class:`amber.CheckpointManager` never counts (the writing side: :mod:`amber.storage_upload`).
-While an upload runs, the prefix also holds ``.amber-uploading``; only a prefix that is empty,
-holds a committed checkpoint with nothing its manifests do not list, or carries that marker
-is ever written over or deleted (:func:`check_replaceable`), so nothing else under a URL is
-replaced.
+Object stores have no rename, so a remote checkpoint is written in a local staging directory
+as usual (atomically, digests and all), then uploaded file by file with the top
+``checkpoint.json`` *last* (:mod:`amber.storage_upload`). That manifest is the commit marker:
+a prefix without it is an upload that did not finish, which every reader refuses and
+:class:`amber.CheckpointManager` never counts. While an upload or a deletion runs, the prefix
+holds ``.amber-uploading``; only a prefix that is empty, holds a committed checkpoint with
+nothing its manifests do not list, or carries that marker is ever written over or deleted
+(:func:`check_replaceable`).
 
-Reading downloads the top manifest, validates it, then only the files it
-lists (for a subset of policies, only theirs), each checked against its size
-before and its digest after the download, into a temporary directory that
-the ordinary local reader then reads. Errors name the URL, never the
-temporary directory.
+Reading downloads the top manifest, validates it, then only the files it lists (for a subset
+of policies, only theirs), each checked against its size before and its digest after the
+download, into a temporary directory that the ordinary local reader then reads. Errors name
+the URL, never the temporary directory. A URL without a manifest is refused from its listing,
+unless it is another system's checkpoint (whose reader then decides).
 
-``storage_options`` go to the file system as they are; fsspec's own
-configuration (``FSSPEC_S3_ENDPOINT_URL``-style variables, its config files)
-applies as for any fsspec user. A URL whose file system is not installed is
-a :class:`~amber.errors.MissingStorageError` naming the package to install.
-fsspec is imported only when a URL is used.
+``storage_options`` go to the file system as they are; fsspec's own configuration
+(``FSSPEC_S3_ENDPOINT_URL``-style variables, its config files) applies as for any fsspec
+user. A URL whose file system is not installed is a
+:class:`~amber.errors.MissingStorageError` naming the package to install. fsspec is imported
+only when a URL is used.
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ from amber.errors import (
 )
 
 __all__ = ["UPLOAD_MARKER", "Remote", "check_replaceable", "find_committed", "is_remote", "join",
-           "local_path", "open_remote", "naming", "reading", "relocated", "remove", "transfer"]
+           "local_path", "open_remote", "naming", "reading", "relocated", "transfer"]
 
 UPLOAD_MARKER = ".amber-uploading"
 MANIFEST = "checkpoint.json"
@@ -181,7 +179,7 @@ def reading(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | N
     :param policy_ids: of an Algorithm checkpoint, download only these policies.
     :param whole: download every file below the URL, listed or not (to rewrite it in place).
     :param manifests_only: download the manifests alone (to describe the checkpoint).
-    :raises NotACheckpointError: nothing at the URL, or an upload that never committed.
+    :raises NotACheckpointError: nothing at the URL, an upload that never committed, or no manifest.
     :raises CorruptCheckpointError: a file's size or digest differs from its manifest's.
     :raises StorageError: the storage failed.
     """
@@ -202,19 +200,67 @@ def _download(remote: Remote, local: Path, policy_ids: set[str] | None, whole: b
 
     names = remote.listing()
     if MANIFEST not in names:
-        if not names:
-            raise NotACheckpointError(f"{remote.url} is not a checkpoint (nothing is stored there)",
-                                      path=remote.url)
-        if UPLOAD_MARKER in names:
-            raise NotACheckpointError(f"{remote.url} is an upload that did not finish (it has no "
-                                      f"{MANIFEST}, which is written last): not a committed checkpoint",
-                                      path=remote.url)
+        _check_unmanifested(remote, names, whole)
+    else:
+        _check_not_in_an_upload(remote)
     local.mkdir(parents=True)
     if whole or MANIFEST not in names:  # another system's checkpoint: its reader decides what it is
         _fetch(remote, local, {rel: None for rel in names if rel != UPLOAD_MARKER}, names)
         return
     _fetch(remote, local, {MANIFEST: None}, names)
     _fetch_level(remote, local, "", read_manifest(local).files, names, policy_ids, manifests_only)
+
+
+def _check_unmanifested(remote: Remote, names: Mapping[str, int], whole: bool) -> None:
+    """Refuse, from its listing alone (nothing downloaded), a URL without ``checkpoint.json`` that is
+    neither another system's checkpoint (a top-level ``*checkpoint.json``, e.g. RLlib's
+    ``rllib_checkpoint.json``: its reader decides) nor an export (``model.json``, or one per policy).
+    With ``whole`` (``verify``), checkpoint files without their manifest are downloaded, to be reported.
+
+    :raises NotACheckpointError: nothing there, an unfinished upload or deletion, or not a checkpoint.
+    :raises CorruptCheckpointError: checkpoint files without their manifest (as a local reader says).
+    """
+    from amber.layout import STATE_PREFIXES
+
+    url = remote.url
+    if not names:
+        raise NotACheckpointError(f"{url} is not a checkpoint (nothing is stored there)", path=url)
+    if UPLOAD_MARKER in names:
+        raise NotACheckpointError(f"{url} is an upload that did not finish, or a checkpoint whose deletion "
+                                  f"did not (it has no {MANIFEST}, which is written last and deleted "
+                                  "first): not a committed checkpoint", path=url)
+    top = [rel for rel in names if "/" not in rel]
+    if any(rel.endswith(MANIFEST) for rel in top) or any(
+            rel.rsplit("/", 1)[-1] == "model.json" and rel.count("/") <= 1 for rel in names):
+        return
+    if any(rel.startswith(STATE_PREFIXES) for rel in top) or any(r.startswith("policies/") for r in names):
+        if whole:
+            return
+        raise CorruptCheckpointError(f"{url}/{MANIFEST} is missing (the prefix holds checkpoint files)",
+                                     path=f"{url}/{MANIFEST}")
+    inner = sorted(rel[: -len(MANIFEST) - 1] for rel in names if rel.endswith("/" + MANIFEST))
+    outer = [d for d in inner if not any(d.startswith(o + "/") for o in inner)]
+    hint = f"; it holds checkpoints below it, e.g. {url}/{outer[-1]}" if outer else ""
+    raise NotACheckpointError(f"{url} is not an amber checkpoint: no {MANIFEST} ({len(names)} objects "
+                              f"below it, none downloaded){hint}", path=url)
+
+
+def _check_not_in_an_upload(remote: Remote) -> None:
+    """Refuse a policy of an algorithm checkpoint (``ALGO/policies/ID``) whose upload did not finish
+    (or whose deletion did not): ``ALGO`` carries the upload marker. A failure to look is no refusal."""
+    parts = remote.root.split("/")
+    if len(parts) < 3 or parts[-2] != "policies":
+        return
+    algo = "/".join(parts[:-2])
+    try:
+        remote.fs.invalidate_cache(algo)
+        uploading = remote.fs.exists(f"{algo}/{UPLOAD_MARKER}")
+    except Exception:  # (allowed to read only below the policy, say): not known, so not refused
+        return
+    if uploading:
+        raise NotACheckpointError(f"{remote.url} is a policy of {remote.url.rsplit('/', 2)[0]}, an upload "
+                                  "that did not finish (or a checkpoint whose deletion did not): not a "
+                                  "committed checkpoint", path=remote.url)
 
 
 def _fetch_level(remote: Remote, local: Path, inner: str, files: Mapping[str, Any],
@@ -345,22 +391,6 @@ def _listed(local: Path, inner: str) -> set[str]:
         else:
             out.add(prefix + rel)
     return out
-
-
-def remove(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
-    """Delete the checkpoint at a URL: its manifest first (uncommitted from then on), then the rest.
-
-    :raises CheckpointWriteError: it holds files its manifests do not list (:func:`check_replaceable`):
-        nothing is deleted.
-    """
-    remote = Remote(path, storage_options)
-    names = remote.listing()
-    check_replaceable(remote, names)
-    if MANIFEST in names:
-        transfer(remote, "deleting", lambda: remote.fs.rm_file(remote.key(MANIFEST)))
-    rest = [remote.key(f) for f in names if f != MANIFEST]
-    if rest:
-        transfer(remote, "deleting", lambda: remote.fs.rm(rest))
 
 
 def open_remote(path: str | os.PathLike[str], mode: str = "rb",

@@ -197,9 +197,12 @@ class CheckpointMixin:
         return Path(self.logdir) if storage is None else join(storage, Path(self.logdir).name)
 
     def _checkpoint_done(self, path: str | Path, iteration: int, options: Mapping[str, Any] | None) -> None:
-        """After a commit: ``progress.csv``'s checkpoint column (copied beside a URL's), the callbacks."""
+        """After a commit: ``progress.csv``'s checkpoint column, the callbacks. The learning curves
+        are copied beside a run's checkpoints at a URL (those under :meth:`checkpoint_root` with a
+        ``storage_path``), never beside a checkpoint saved elsewhere (``algo.save(URL)``)."""
         self.results_logger.checkpoint_written(path, iteration)
-        if is_remote(path):
+        beside = os.fspath(path).rstrip("/").rsplit("/", 1)[0]  # (a run's: its checkpoint root)
+        if is_remote(path) and self.config.storage_path and beside == os.fspath(self.checkpoint_root()):
             from amber.algorithms.result_log import copy_logs
 
             copy_logs(self.logdir, os.fspath(path), options)

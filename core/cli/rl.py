@@ -9,20 +9,24 @@ becomes the algorithm's log dir, so its learning curves (``progress.csv``, ``res
 from its newest checkpoint exactly as if it had never stopped. SIGINT and SIGTERM end
 the run after the current iteration with a final checkpoint, exit 130 and 143 (SIGHUP too,
 129, unless it is ignored, as under nohup); so does a closed standard output (141). One
-``amber train`` at a time writes a run directory (it holds ``.amber-train.lock``).
+``amber train`` at a time writes a run directory (it holds ``.amber-train.lock``), and a run
+in remote storage (it holds a lease there: :mod:`amber.cli.run_lease`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
+from amber.cli.run_lease import storage_lease
 from amber.cli.train_loop import Interrupts, Report, Stop, run_lock, standing, train_until
 
 __all__ = ["ALGOS", "train"]
@@ -107,7 +111,8 @@ def _newest_checkpoint(run_dir: Path | str) -> Path | str | None:
     if latest is not None:
         return latest.path
     if isinstance(run_dir, str):
-        found = [u for u in find_committed(run_dir) if u.rsplit("/", 1)[-1].startswith("checkpoint_")]
+        found = [u for u in find_committed(run_dir) if u.rsplit("/", 1)[-1].startswith("checkpoint_")
+                 and u != run_dir.rstrip("/")]
         return found[-1] if found else None
     for path in sorted(run_dir.glob("checkpoint_*"), reverse=True):
         if path.is_dir() and not is_temporary(path.name):
@@ -133,11 +138,15 @@ def _resume(ctx: click.Context, run_dir: Path | str, allow_pickle: bool | None) 
         raise click.UsageError(f"--resume continues the run with its saved settings; drop {', '.join(given)}")
     if isinstance(run_dir, Path) and not run_dir.is_dir():
         raise click.BadParameter(f"{run_dir} is not a directory", param_hint="--resume")
+    where = checkpoint_place(run_dir) if isinstance(run_dir, Path) else _remote_place(run_dir)
+    if where is not None:
+        parent = run_dir.parent if isinstance(run_dir, Path) else run_dir.rstrip("/").rsplit("/", 1)[0]
+        hint = (f"it is a checkpoint itself: give its run's directory, --resume {parent}"
+                if where == "a checkpoint" else f"it is {where}: give its run's directory")
+        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from; {hint}")
     path = _newest_checkpoint(run_dir)
     if path is None:
-        hint = (f"; it is a checkpoint itself: give its run's directory, --resume {run_dir.parent}"
-                if isinstance(run_dir, Path) and (run_dir / "checkpoint.json").is_file() else "")
-        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from{hint}")
+        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
     from amber.algorithms.algorithm import Algorithm
 
     return Algorithm.from_checkpoint(path, allow_pickle=allow_pickle)
@@ -150,15 +159,15 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     else started afresh) and its checkpoints in ``store`` (``out``, or a URL), kept as its
     config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``),
     ``num_to_keep`` (not None) set there first: each checkpoint records it, so a resume keeps it."""
-    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, copy_logs_to, fetch_logs
+    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, copy_logs, copy_logs_to, fetch_logs
     from amber.checkpoint_manager import CheckpointManager
 
     algorithm.logdir = out
-    if not append:
+    if not append or isinstance(store, str):
         for name in (PROGRESS_CSV, RESULT_JSON):
             (out / name).unlink(missing_ok=True)
-    elif isinstance(store, str) and not (out / PROGRESS_CSV).exists():
-        fetch_logs(store, out)  # resumed from storage on another machine: continue its curves
+    if append and isinstance(store, str):  # the run's curves are those beside its checkpoints (this
+        fetch_logs(store, out)  # machine's may be stale: the run went on elsewhere since)
     c = algorithm.config
     if num_to_keep is not None:
         c.checkpointing(num_to_keep=num_to_keep)
@@ -166,11 +175,14 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
     env = algorithm.config.env
     title = f"{type(algorithm).__name__} on {env if isinstance(env, str) else getattr(env, '__name__', env)}"
+    after_save = None  # --storage: the curves beside the checkpoints too
+    if isinstance(store, str):
+        after_save = lambda ckpt: copy_logs(out, ckpt)  # noqa: E731
+    elif Path(store).absolute() != out.absolute():
+        after_save = lambda _: copy_logs_to(out, store)  # noqa: E731
     with Report(mode, title) as report:
-        local_store = not isinstance(store, str) and Path(store).absolute() != out.absolute()
-        return train_until(algorithm, manager, report, interrupts, stop=stop,  # --storage DIR: the
-                            checkpoint_every=checkpoint_every, format_=format_,  # curves beside too
-                            after_save=(lambda _: copy_logs_to(out, store)) if local_store else None)
+        return train_until(algorithm, manager, report, interrupts, stop=stop,
+                           checkpoint_every=checkpoint_every, format_=format_, after_save=after_save)
 
 
 def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str | None,
@@ -180,11 +192,26 @@ def _locations(algorithm: Any, checkpoint_dir: Path | None, storage: Path | str 
     if isinstance(resume, str):  # a run in remote storage: continued there, logged locally
         return checkpoint_dir or Path(algorithm.logdir), resume
     out = checkpoint_dir or resume or Path(algorithm.logdir)
+    return out, _store_of(out, storage)
+
+
+def _store_of(out: Path, storage: Path | str | None) -> Path | str:
+    """Where the checkpoints of the run logged in ``out`` go: ``<storage>/<out's name>``, or ``out``."""
     if storage is None:
-        return out, out
+        return out
     from amber.storage import join
 
-    return out, join(storage, out.absolute().resolve().name)  # the name of "." or "..", not the dots
+    return join(storage, out.absolute().resolve().name)  # the name of "." or "..", not the dots
+
+
+def _known_store(resume: Path | str | None, checkpoint_dir: Path | None,
+                 storage: Path | str | None) -> Path | str | None:
+    """The run's checkpoint storage when it is known before the algorithm is (None: its own log
+    dir's, or a storage named after a new log dir)."""
+    if isinstance(resume, str):
+        return resume
+    out = checkpoint_dir or resume
+    return None if out is None or storage is None else _store_of(out, storage)
 
 
 def _run_directory(resume: Path | str | None, checkpoint_dir: Path | None) -> Path | None:
@@ -193,17 +220,54 @@ def _run_directory(resume: Path | str | None, checkpoint_dir: Path | None) -> Pa
     return resume if resume is not None and not isinstance(resume, str) else checkpoint_dir
 
 
-def _check_new_run(out: Path) -> None:
-    """Refuse to start a run in a directory that holds another's checkpoints (they would mix,
-    and its retention would delete them) or that is, or lies in, a checkpoint."""
+@contextlib.contextmanager
+def _holding(store: Path | str | None, run_dir: Path | None, *, new: bool) -> Iterator[None]:
+    """Hold the run's checkpoint storage ``store`` for the block, when it is not ``run_dir`` (held
+    already): a local directory's lock, or a remote run's lease (:mod:`amber.cli.run_lease`);
+    for a ``new`` run, then check that no other run's checkpoints are there."""
+    if isinstance(store, str):
+        held: Any = storage_lease(store)
+    elif store is not None and (run_dir is None or store.resolve() != run_dir.resolve()):
+        held = run_lock(store)
+    else:
+        held, store = contextlib.nullcontext(), None
+    with held:
+        if new and store is not None:  # (held: no other run can start writing there now)
+            _check_new_run(store, "--storage")
+        yield
 
-    where = checkpoint_place(out)
+
+def _remote_place(url: str) -> str | None:
+    """:func:`~amber.cli.base.checkpoint_place` at a URL: ``"a checkpoint"`` (a committed one),
+    ``"inside the checkpoint <url>"``, or None."""
+    from amber.storage import MANIFEST, Remote
+    from amber.storage_upload import enclosing_checkpoint
+
+    remote = Remote(url)
+    if MANIFEST in remote.children():
+        return "a checkpoint"
+    outer = enclosing_checkpoint(remote)
+    return None if outer is None else f"inside the checkpoint {outer}"
+
+
+def _check_new_run(out: Path | str, option: str = "--checkpoint-dir") -> None:
+    """Refuse to start a run whose checkpoints would go to a directory (or URL: ``--storage``)
+    that holds another's checkpoints (they would mix, and its retention would delete them) or that
+    is, or lies in, a checkpoint."""
+    if isinstance(out, str):
+        from amber.storage import Remote
+
+        where = _remote_place(out)
+        runs = [] if where else [n for n in Remote(out).children() if n.startswith("checkpoint_")]
+    else:
+        where = checkpoint_place(out)
+        runs = sorted(p.name for p in out.glob("checkpoint_*")) if out.is_dir() and not where else []
+    given = "--checkpoint-dir" if option == "--checkpoint-dir" else "--checkpoint-dir name or --storage"
     if where is not None:
-        raise AmberCliError(f"{out} is {where}: give --checkpoint-dir a directory of its own")
-    runs = sorted(p.name for p in out.glob("checkpoint_*")) if out.is_dir() else []
+        raise AmberCliError(f"{out} is {where}: give {option} a directory of its own")
     if runs:
         raise AmberCliError(f"{out} already holds a run's checkpoints ({', '.join(runs[-3:])}): continue "
-                            f"that run with `amber train --resume {out} ...`, or give a new --checkpoint-dir")
+                            f"that run with `amber train --resume {out} ...`, or give a new {given}")
 
 
 def _say_where_it_ended(algorithm: Any, stop: Stop, last_ckpt: str, signum: int | None,
@@ -216,6 +280,13 @@ def _say_where_it_ended(algorithm: Any, stop: Stop, last_ckpt: str, signum: int 
         click.echo(f"amber: nothing to train: the run is at iteration {algorithm.iteration}, which already "
                    f"meets its stop condition ({met}); no checkpoint written. Give a later stop to go on",
                    err=True)
+
+
+def _stop(iters: int | None, timesteps: int | None, reward: float | None) -> Stop:
+    """The stop criteria; at least one is needed."""
+    if iters is None and timesteps is None and reward is None:
+        raise AmberCliError("give --stop-iters, --stop-timesteps and/or --stop-reward")
+    return Stop(iters, timesteps, reward)
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -279,19 +350,19 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
 
     Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (exit 130 / 143).
     """
-    stop = Stop(stop_iters, stop_timesteps, stop_reward)
-    if stop == Stop(None, None, None):
-        raise AmberCliError("give --stop-iters, --stop-timesteps and/or --stop-reward")
+    stop = _stop(stop_iters, stop_timesteps, stop_reward)
     if resume is None and checkpoint_dir is not None:
         _check_new_run(checkpoint_dir)  # before the work of building the algorithm
-    with Interrupts() as interrupts, run_lock(_run_directory(resume, checkpoint_dir)):
+    run_dir, known = _run_directory(resume, checkpoint_dir), _known_store(resume, checkpoint_dir, storage)
+    with Interrupts() as interrupts, run_lock(run_dir), _holding(known, run_dir, new=resume is None):
         algorithm = _resume(ctx, resume, allow_pickle) if resume is not None else _build_algorithm(
             algo, env_id, format_, seed, env_kwargs=env_kwargs,
             settings=_user_settings(config_file, overrides))
         out, store = _locations(algorithm, checkpoint_dir, storage, resume)
-        last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,
-                                 checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
-                                 format_=format_, as_json=as_json, interrupts=interrupts)
+        with _holding(store if known is None and storage is not None else None, run_dir, new=resume is None):
+            last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,
+                                     checkpoint_every=checkpoint_every, num_to_keep=num_to_keep,
+                                     format_=format_, as_json=as_json, interrupts=interrupts)
         algorithm.stop()
     _say_where_it_ended(algorithm, stop, last_ckpt, signum, as_json)
     if signum is not None:
