@@ -34,7 +34,7 @@ from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest,
 from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
 from amber.registry import FormatRegistry, FormatSpec, get_registry
 from amber.signing import check_trust, containing_algorithm, weak_digest
-from amber.storage import is_remote, reading
+from amber.storage import is_remote, local_path, reading
 
 if TYPE_CHECKING:
     import pluggy
@@ -233,7 +233,7 @@ def read_checkpoint(
         return _relocated(ckpt, local, os.fspath(path).rstrip("/"))
     registry = get_registry(pm)
     target = to or CHECKPOINT_VERSION
-    root = Path(path)
+    root = local_path(path)  # a file:// URL too
     try:
         manifest = read_manifest(root)
     except NotACheckpointError as e:
@@ -307,14 +307,14 @@ def describe_foreign(root: Path, pm: pluggy.PluginManager | None = None) -> dict
 def amber_only(root: Path, why: str) -> NotACheckpointError | None:
     """The error of a command that works on amber checkpoints alone, when ``root`` is another
     system's checkpoint that a plugin knows: it names that checkpoint, says ``why``, and how to get
-    an amber one; None when ``root`` is none."""
-    found = describe_foreign(root)
-    if found is None:
+    an amber one (or the description's ``unreadable``: why no amber reads it); None when ``root`` is none."""
+    if (found := describe_foreign(root)) is None:
         return None
+    how = (f"amber does not read it either: {found['unreadable']}" if found.get("unreadable") is not None
+           else f"`amber migrate {root} DST` writes an amber checkpoint of it")
     return NotACheckpointError(
         f"{root} is another system's {found['type']} checkpoint ({found['system']}, version "
-        f"{found['checkpoint_version']}, format {found['format']}): {why}; `amber migrate {root} DST` "
-        "writes an amber checkpoint of it", path=root)
+        f"{found['checkpoint_version']}, format {found['format']}): {why}; {how}", path=root)
 
 
 def _checked_description(found: Any, root: Path) -> dict[str, Any]:
@@ -327,8 +327,9 @@ def _checked_description(found: Any, root: Path) -> dict[str, Any]:
             raise CheckpointError(f"{where}: {key!r} must be a {kind.__name__}", path=root)
     files = found["files"]
     if not all(isinstance(rel, str) and isinstance(e, Mapping) and type(e.get("size")) is int
-               for rel, e in files.items()) or not all(isinstance(p, str) for p in found["policy_ids"]):
-        raise CheckpointError(f"{where}: malformed 'files' or 'policy_ids'", path=root)
+               for rel, e in files.items()) or not all(isinstance(p, str) for p in found["policy_ids"]) \
+            or not isinstance(found.get("unreadable"), (str, type(None))):  # optional: why none reads it
+        raise CheckpointError(f"{where}: malformed 'files', 'policy_ids' or 'unreadable'", path=root)
     checked = {rel: {"size": e["size"], "digest": e.get("digest")} for rel, e in files.items()}
     return {**found, "files": checked}
 

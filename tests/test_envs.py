@@ -577,9 +577,9 @@ def test_runner_multi_agent_policy_calls_and_mapping():
     assert total >= sum(m["episode_returns"])
 
 
-def test_runner_single_agent_ignores_mapping_fn_and_clips_box_actions():
+def test_runner_single_agent_clips_box_actions():
     pols = {"default_policy": FakePolicy(gym.spaces.Box(-1.0, 1.0, (1,), np.float32))}
-    runner = EnvRunner(CounterEnv, {"length": 4}, 1, pols, lambda *a, **k: "nope", seed=None)
+    runner = EnvRunner(CounterEnv, {"length": 4}, 1, pols, None, seed=None)
     batches, _ = runner.sample(40)
     stored = np.concatenate([f["actions"] for f in batches["default_policy"]])
     received = np.concatenate(runner.envs[0].received)

@@ -186,10 +186,10 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         return cls(observation_space, action_space, self.policy_config(policy_id, overrides, index))
 
     def _mapping_fn(self) -> Callable[..., str] | None:
+        if self.config.policy_mapping_fn is not None:  # a single-agent env's too (its agent: "agent0")
+            return self.config.policy_mapping_fn
         if not self._multi_agent_env:
             return None
-        if self.config.policy_mapping_fn is not None:
-            return self.config.policy_mapping_fn
         only = list(self.config.policies)
         if len(only) == 1:
             return lambda agent_id, episode, worker, **kw: only[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,34 @@ from amber.cli.base import LOCATION, AmberCliError, cli, trust_option
 __all__ = ["evaluate"]
 
 
-def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bool) -> float:
+def _policy_chooser(algo: Any, checkpoint: Path) -> Callable[[Any, bool, int], str]:
+    """``choose(agent, multi_agent, episode) -> policy id``: the config's mapping function's choice
+    (a single-agent env's agent is RLlib's ``"agent0"``), else ``"default_policy"`` or the one
+    policy there is.
+
+    :raises AmberCliError: (when called) the choice is not a policy of the checkpoint.
+    """
+    from amber.envs.env_runner import SINGLE_AGENT_ID, Episode, only_policy
+    from amber.envs.runner_state import mapping_caller
+
+    fn = algo.config.policy_mapping_fn
+    call = None if fn is None else mapping_caller(fn, None)
+
+    def choose(agent: Any, multi_agent: bool, episode: int) -> str:
+        agent_id = agent if multi_agent else SINGLE_AGENT_ID
+        pid = only_policy(algo.policies) if call is None else call(agent_id, Episode(episode, 0))
+        if pid not in algo.policies:
+            how = "without a policy_mapping_fn, amber maps" if call is None else "its policy_mapping_fn maps"
+            raise AmberCliError(f"{checkpoint}: {how} agent {agent_id!r} to policy {pid!r}, which it does "
+                                f"not hold (policies: {sorted(algo.policies)}); give --policy ID to play "
+                                "every agent with one policy")
+        return str(pid)
+
+    return choose
+
+
+def _episode_return(algo: Any, env: Any, choose: Callable[[Any, bool, int], str], *, seed: int,
+                    explore: bool) -> float:
     """Run one episode from ``env.reset(seed=seed)``; the sum of every agent's rewards."""
     import numpy as np
 
@@ -26,7 +54,7 @@ def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bo
             actions = {}
             for agent, o in obs.items():
                 if agent not in chosen:
-                    chosen[agent] = mapping(agent, None, None) if mapping else "default_policy"
+                    chosen[agent] = choose(agent, True, seed)
                 pid = chosen[agent]
                 actions[agent] = algo.policies[pid].compute_single_action(o, explore=explore)[0]
             obs, rew, term, trunc, _ = env.step(actions)
@@ -35,7 +63,9 @@ def _episode_return(algo: Any, env: Any, mapping: Any, *, seed: int, explore: bo
             # an agent whose game ended gets its last observation, and no more actions
             obs = {a: o for a, o in obs.items() if not (term.get(a, False) or trunc.get(a, False))}
         else:
-            action = algo.get_policy().compute_single_action(obs, explore=explore)[0]
+            if 0 not in chosen:
+                chosen[0] = choose(0, False, seed)
+            action = algo.policies[chosen[0]].compute_single_action(obs, explore=explore)[0]
             if hasattr(env.action_space, "low"):
                 action = np.clip(action, env.action_space.low, env.action_space.high)
             obs, rew, term, trunc, _ = env.step(action)
@@ -73,10 +103,13 @@ def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bo
                             "which agent is not known: give --policy ID to play every agent with one "
                             "policy") from e
     env = make_env(algo.config.env, algo.config.env_config)
-    mapping = algo._mapping_fn()
+    choose = _policy_chooser(algo, checkpoint)
     start = time.perf_counter()
-    returns = [_episode_return(algo, env, mapping, seed=seed + ep, explore=explore) for ep in range(episodes)]
-    algo.stop()
+    try:
+        returns = [_episode_return(algo, env, choose, seed=seed + ep, explore=explore)
+                   for ep in range(episodes)]
+    finally:
+        algo.stop()
     click.echo(f"episodes: {episodes}  return mean: {np.mean(returns):.2f}  min: {np.min(returns):.2f}  "
                f"max: {np.max(returns):.2f}  ({time.perf_counter() - start:.1f}s)")
 

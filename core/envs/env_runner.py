@@ -1,7 +1,7 @@
 """Sampling: an :class:`EnvRunner` steps a few copies of an environment with the policies.
 
 Single-agent gymnasium envs are driven as a multi-agent env with one agent,
-id ``0``, always acting with ``"default_policy"``. Every env copy is a
+id ``0`` (``"agent0"`` to a policy mapping function, as in RLlib). Every env copy is a
 *slot* holding its running episode. ``sample()`` returns trajectory
 fragments per policy; ``get_state()``/``set_state()`` capture the envs
 (through the plugins' ``amber_capture_state`` hooks) and the running
@@ -17,6 +17,7 @@ import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import env_context, make_env_copies, probe_env, probe_spaces
+from amber.envs.runner_slots import Slot, slot_state
 from amber.envs.runner_state import Episode, mapping_caller, parse_slot
 from amber.errors import CheckpointError, InvalidStateError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
@@ -25,29 +26,20 @@ from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["DEFAULT_POLICY_ID", "Episode", "EnvRunner", "probe_env", "probe_spaces"]
+__all__ = ["DEFAULT_POLICY_ID", "SINGLE_AGENT_ID", "Episode", "EnvRunner", "only_policy", "probe_env",
+           "probe_spaces"]
+
+#: What a policy mapping function is given as a single-agent env's one agent (the runner keys it
+#: ``0``): RLlib 2.10's id for it, as its old API stack wraps a gymnasium env as agent ``"agent0"``.
+SINGLE_AGENT_ID = "agent0"
 
 
-class _Slot:
-    """One env copy and its running episode."""
-
-    def __init__(self, env: Any, index: int) -> None:
-        self.env = env
-        self.index = index
-        self.started = False  # reset at least once (seeded resets happen only the first time)
-        self.obs: dict[Any, Any] | None = None  # agents to act next; None: needs a reset
-        self.episode = Episode(-1, index)
-        self.mapping: dict[Any, str] = {}
-        self.ep_return = 0.0
-        self.ep_len = 0
-        self.agent_returns: dict[Any, float] = {}
-        self.pending: dict[Any, list[Any]] = {}  # agent -> [obs, action, extras, reward] awaiting new obs
-        self.frags: dict[Any, tuple[str, dict[str, list[Any]]]] = {}
-
-    def new_episode(self, eps_id: int, obs: dict[Any, Any]) -> None:
-        self.obs, self.episode = obs, Episode(eps_id, self.index)
-        self.mapping, self.agent_returns, self.pending, self.frags = {}, {}, {}, {}
-        self.ep_return, self.ep_len = 0.0, 0
+def only_policy(policies: Mapping[str, Any]) -> str:
+    """The policy that plays every agent when there is no mapping function: ``"default_policy"``,
+    or the one policy there is (whatever its id)."""
+    if DEFAULT_POLICY_ID not in policies and len(policies) == 1:
+        return next(iter(policies))
+    return DEFAULT_POLICY_ID
 
 
 def _uncaptured(env: Any, captured: Callable[[Any], bool]) -> str:
@@ -69,13 +61,6 @@ def _uncaptured(env: Any, captured: Callable[[Any], bool]) -> str:
             f"either (give the wrapper {fix} or implement amber_capture_state)")
 
 
-def _plain(value: Any) -> Any:
-    """A copy that is a state-tree leaf: numpy scalars become 0-d arrays."""
-    if isinstance(value, (np.ndarray, np.generic)):
-        return np.array(value)
-    return value
-
-
 class EnvRunner:
     """Steps ``num_envs`` copies of an environment, in turn, with the given policies.
 
@@ -83,9 +68,9 @@ class EnvRunner:
     :param env_config: the env's settings.
     :param num_envs: how many env copies to step.
     :param policies: the policies by id (the dict is used as given, not copied).
-    :param policy_mapping_fn: ``fn(agent_id, episode, worker, **kw) -> policy id`` for
-        multi-agent envs, called once per agent per episode (None: ``"default_policy"``);
-        single-agent envs always use ``"default_policy"``.
+    :param policy_mapping_fn: ``fn(agent_id, episode, worker, **kw) -> policy id``, called once
+        per agent per episode; a single-agent env's agent is :data:`SINGLE_AGENT_ID` (None:
+        :func:`only_policy`, ``"default_policy"`` or the one policy there is).
     :param seed: env copy ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
     :param first_env: an instance of the env, built with ``env_config`` and never reset, to use as
         copy 0 (:func:`probe_env`'s) instead of building one more.
@@ -105,7 +90,7 @@ class EnvRunner:
         self.worker_index = 0
         self.num_envs = int(num_envs)
         self._first_env = first_env
-        self._built: list[_Slot] | None = None
+        self._built: list[Slot] | None = None
         self._multi_agent = False
         self._next_eps_id = 0
         self._bounds: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}
@@ -113,11 +98,11 @@ class EnvRunner:
         self.set_policies(policies, policy_mapping_fn)
 
     @property
-    def _slots(self) -> list[_Slot]:
+    def _slots(self) -> list[Slot]:
         """The env copies and their episodes, built on first use."""
         return self._built if self._built is not None else self._build()
 
-    def _build(self) -> list[_Slot]:
+    def _build(self) -> list[Slot]:
         made = [self._first_env] if self._first_env is not None else []
         self._first_env = None
         try:
@@ -127,7 +112,7 @@ class EnvRunner:
                 instance.close()
             raise
         self._multi_agent = isinstance(made[0], MultiAgentEnv)
-        self._built = [_Slot(instance, i) for i, instance in enumerate(made)]
+        self._built = [Slot(instance, i) for i, instance in enumerate(made)]
         return self._built
 
     @property
@@ -161,37 +146,40 @@ class EnvRunner:
     def sync_weights(self) -> None:
         """Nothing to send: this runner acts with the learner's own policies (remote runners do)."""
 
-    def _policy_for(self, slot: _Slot, agent: Any) -> str:
+    def _policy_for(self, slot: Slot, agent: Any) -> str:
         pid = slot.mapping.get(agent)
         if pid is None:
-            fn = self.policy_mapping_fn if self.is_multi_agent else None
-            call = self._call_mapping
-            if fn is not None and call is None:  # fn's signature is read once, when first called
-                call = self._call_mapping = mapping_caller(fn, self)
-            pid = DEFAULT_POLICY_ID if call is None else call(agent, slot.episode)
+            fn, agent_id = self.policy_mapping_fn, agent if self.is_multi_agent else SINGLE_AGENT_ID
+            if fn is None:
+                pid = only_policy(self.policies)
+            else:
+                if self._call_mapping is None:  # fn's signature is read once, when first called
+                    self._call_mapping = mapping_caller(fn, self)
+                pid = self._call_mapping(agent_id, slot.episode)
             if pid not in self.policies:
-                raise ValueError(f"agent {agent!r} is mapped to policy {pid!r}, which does not exist "
-                                 f"(policies: {sorted(self.policies)})")
+                how = "" if fn is not None else " (no policy_mapping_fn was given: give one)"
+                raise ValueError(f"agent {agent_id!r} is mapped to policy {pid!r}, which does not exist "
+                                 f"(policies: {sorted(self.policies)}){how}")
             slot.mapping[agent] = pid
         return pid
 
     # -- env plumbing ------------------------------------------------------------
 
-    def _reset(self, slot: _Slot) -> None:
+    def _reset(self, slot: Slot) -> None:
         seed = None if slot.started or self.seed is None else self.seed + slot.index
         slot.started = True
         obs, _ = slot.env.reset(seed=seed)
         slot.new_episode(self._next_eps_id, obs if self.is_multi_agent else {0: obs})
         self._next_eps_id += 1
 
-    def _step(self, slot: _Slot, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict]:
+    def _step(self, slot: Slot, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict]:
         if self.is_multi_agent:
             obs, rew, te, tr, _ = slot.env.step(actions)
             return obs, rew, te, tr
         obs, rew, te, tr, _ = slot.env.step(actions[0])
         return {0: obs}, {0: rew}, {0: te, "__all__": te}, {0: tr, "__all__": tr}
 
-    def _env_action(self, slot: _Slot, agent: Any, action: Any) -> Any:
+    def _env_action(self, slot: Slot, agent: Any, action: Any) -> Any:
         if agent not in self._bounds:
             env = slot.env
             space = env.get_action_space(agent) if self.is_multi_agent else env.action_space
@@ -229,9 +217,9 @@ class EnvRunner:
                 self._flush(slot, agent, out)
         return out, metrics
 
-    def _vector_step(self, slots: list[_Slot], explore: bool, out: dict, metrics: dict) -> None:
+    def _vector_step(self, slots: list[Slot], explore: bool, out: dict, metrics: dict) -> None:
         """One env step of each of ``slots``, their actions computed in one batch per policy."""
-        groups: dict[str, tuple[list[tuple[_Slot, Any]], list[Any]]] = {}
+        groups: dict[str, tuple[list[tuple[Slot, Any]], list[Any]]] = {}
         for slot in slots:
             if slot.obs is None:
                 self._reset(slot)
@@ -252,7 +240,7 @@ class EnvRunner:
         for slot in slots:
             self._advance(slot, actions[slot.index], out, metrics)
 
-    def _advance(self, slot: _Slot, actions: dict[Any, Any], out: dict, metrics: dict) -> None:
+    def _advance(self, slot: Slot, actions: dict[Any, Any], out: dict, metrics: dict) -> None:
         if not actions:
             raise RuntimeError(f"env copy {slot.index} has no agent to act but its episode is not over")
         obs, rew, te, tr = self._step(slot, actions)
@@ -294,13 +282,13 @@ class EnvRunner:
         else:
             slot.obs = next_obs
 
-    def _record_agent(self, slot: _Slot, agent: Any, metrics: dict) -> None:
+    def _record_agent(self, slot: Slot, agent: Any, metrics: dict) -> None:
         ret = slot.agent_returns.pop(agent, None)
         pid = slot.mapping.get(agent)
         if ret is not None and pid is not None:
             metrics["agent_episode_returns"].setdefault(pid, []).append(ret)
 
-    def _append(self, slot: _Slot, agent: Any, ob: Any, new_ob: Any, act: Any, extra: dict,
+    def _append(self, slot: Slot, agent: Any, ob: Any, new_ob: Any, act: Any, extra: dict,
                 reward: float, te: bool, tr: bool) -> None:
         frag = slot.frags.get(agent)
         if frag is None:
@@ -315,7 +303,7 @@ class EnvRunner:
         for k, v in extra.items():
             cols[k].append(v)
 
-    def _flush(self, slot: _Slot, agent: Any, out: dict) -> None:
+    def _flush(self, slot: Slot, agent: Any, out: dict) -> None:
         pid, cols = slot.frags.pop(agent)
         batch = {k: np.stack(v) for k, v in cols.items()}
         batch["rewards"] = np.asarray(cols["rewards"], dtype=np.float32)
@@ -349,17 +337,8 @@ class EnvRunner:
         built are saved as the fresh copies they will be, without building them)."""
         built = self._built is not None
         envs = self._capture_envs() if built else {}
-        slots = []
-        for s in self._slots if built else [_Slot(None, i) for i in range(self.num_envs)]:
-            slots.append({
-                "started": s.started, "captured": str(s.index) in envs,
-                "obs": None if s.obs is None else {a: _plain(o) for a, o in s.obs.items()},
-                "eps_id": s.episode.id_, "mapping": dict(s.mapping), "ep_return": s.ep_return,
-                "ep_len": s.ep_len, "agent_returns": dict(s.agent_returns),
-                "pending": {a: {"obs": _plain(p[0]), "action": _plain(p[1]),
-                                "extra": {k: _plain(v) for k, v in p[2].items()}, "reward": p[3]}
-                            for a, p in s.pending.items()},
-            })
+        slots = [slot_state(s, str(s.index) in envs)
+                 for s in (self._slots if built else [Slot(None, i) for i in range(self.num_envs)])]
         return {"num_envs": len(slots), "next_eps_id": self._next_eps_id, "envs": envs, "slots": slots}
 
     def set_state(self, state: Mapping[str, Any]) -> None:

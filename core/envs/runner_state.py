@@ -56,8 +56,8 @@ def _map(value: Any, what: str) -> Mapping[Any, Any]:
 
 
 def parse_slot(saved: Any, index: int, envs: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved slot's values, checked, as :class:`_Slot` attributes (only ``started`` when its
-    episode was not captured, which then restarts)."""
+    """A saved slot's values, checked, as :class:`amber.envs.runner_slots.Slot` attributes (only
+    ``started`` when its episode was not captured, which then restarts)."""
     saved = _map(saved, f"slot {index}")
     started = _bool(saved["started"], f"slot {index} started")
     if not _bool(saved["captured"], f"slot {index} captured"):

@@ -17,7 +17,7 @@ from amber.checkpoint_read import amber_only, describe_foreign
 from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest, unread_foreign
 from amber.registry import get_registry
-from amber.storage import is_remote, reading, relocated
+from amber.storage import is_remote, local_path, reading, relocated
 from amber.utils.rewriting import (
     MigrationResult,
     _rewrite,
@@ -72,9 +72,9 @@ def get_checkpoint_info(path: str | os.PathLike[str], *,
         with reading(path, storage_options, manifests_only=True) as local:
             return relocated(get_checkpoint_info(local), local, os.fspath(path).rstrip("/"))
     try:
-        manifest = read_manifest(Path(path))
+        manifest = read_manifest(local_path(path))  # a file:// URL too
     except NotACheckpointError as e:
-        return _foreign_info(Path(path), e)
+        return _foreign_info(local_path(path), e)
     raw = manifest.raw
     info: dict[str, Any] = {
         "type": manifest.type,
@@ -156,7 +156,7 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
             url = os.fspath(path).rstrip("/")
             return VerifyReport(url, relocated(found.checked, local, url),  # type: ignore[arg-type]
                                 relocated(found.problems, local, url))
-    root = Path(path)
+    root = local_path(path)
     report = VerifyReport(root)
     try:
         read_manifest(root)  # not a checkpoint at all: raise, as documented

@@ -53,6 +53,11 @@ def _rewrite(
     ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None,
     version: str | None = None, storage_options: Mapping[str, Any] | None = None,
 ) -> None:
+    if not is_remote(dst):  # an amber source: the write's own refusal (a target inside a checkpoint) first
+        from amber.checkpoint_write import _check_not_inside_a_checkpoint
+
+        _check_not_inside_a_checkpoint(local_path(dst))
+    _check_apart(ckpt.path, dst)  # another system's source is never written to either
     attachments = {pid: fn for pid, p in ckpt.policies.items() if (fn := _carried_files(p)) is not None}
     if (own := _carried_files(ckpt)) is not None:
         attachments[""] = own
@@ -142,6 +147,8 @@ def migrate(
     :return: a :class:`MigrationResult`.
     :raises UnsupportedVersionError: no chain of steps leads from its version to ``to``.
     :raises MigrationError: a step failed (named), or ``src`` cannot be replaced in place.
+    :raises CheckpointWriteError: ``dst`` cannot be written (named), or lies inside ``src`` or holds it.
+        A dry run checks all this as the real run does (a URL's ``dst`` only as it is written).
 
     Example::
 
@@ -149,7 +156,6 @@ def migrate(
         for step in result.steps:
             print(step["name"], step["description"])
     """
-    from amber.errors import MigrationError
     from amber.migration import CHECKPOINT_VERSION
 
     target = to or CHECKPOINT_VERSION
@@ -158,11 +164,12 @@ def migrate(
         ckpt = read_checkpoint(local, allow_pickle=allow_pickle, migrate=False, pm=pm)
         result = MigrationResult(_as_location(src), out, ckpt.checkpoint_version, target,
                                  relocated(_planned_steps(ckpt, target, pm), local, os.fspath(src)))
-        if dry_run or (dst is None and not result.steps):
+        if dst is None and not result.steps:
             return result
-        if dst is None and not (local / MANIFEST).is_file():
-            raise MigrationError(f"{src} is not an amber checkpoint and is never replaced in place; "
-                                 "give a destination: amber migrate SRC DST", path=src)
+        _check_target(src, local, out, in_place=dst is None)  # a dry run fails where the write would
+        _check_apart(src, dst)
+        if dry_run:
+            return result
         from amber.checkpoint import migrate_in_memory
 
         migrate_in_memory(ckpt, target, get_registry(pm))
@@ -171,6 +178,48 @@ def migrate(
         _rewrite(ckpt, out, format=fmt, pm=pm, version=target, storage_options=storage_options)
     result.written = True
     return result
+
+
+def _check_apart(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None) -> None:
+    """Refuse a ``dst`` inside ``src`` (the source is never written to) or holding it (replacing
+    ``dst`` would remove the source); ``dst`` being ``src`` (or None) is left to the checks that follow.
+
+    :raises CheckpointWriteError: naming both (as writing into another checkpoint is refused).
+    """
+    from amber.errors import CheckpointWriteError
+
+    if dst is None or is_remote(src) != is_remote(dst):
+        return
+    if is_remote(src):
+        a, b = os.fspath(src).rstrip("/"), os.fspath(dst).rstrip("/")
+    else:  # links resolved: SRC/link-to-SRC/x is inside SRC too
+        a, b = os.path.realpath(src), os.path.realpath(dst)
+    if b.startswith(a.rstrip("/") + "/"):
+        raise CheckpointWriteError(f"refusing to write {dst}: it is inside the source checkpoint {src}, "
+                                   "which is never written to; choose a destination outside it", path=dst)
+    if a.startswith(b.rstrip("/") + "/"):
+        raise CheckpointWriteError(f"refusing to write {dst}: it holds the source checkpoint {src}, which "
+                                   "replacing it would remove; choose a destination outside it", path=dst)
+
+
+def _check_target(src: str | os.PathLike[str], local: Path, out: Path, *, in_place: bool) -> None:
+    """What the migration of ``src`` (read at ``local``) checks before it writes at ``out``: another
+    system's checkpoint is not replaced in place, and a local ``out`` is not inside a checkpoint
+    and is missing, empty or an amber checkpoint (as writing checks it again).
+
+    :raises MigrationError: another system's checkpoint in place.
+    :raises CheckpointWriteError: ``out`` cannot be written (named).
+    """
+    from amber.atomic import check_replaceable
+    from amber.checkpoint_write import _check_not_inside_a_checkpoint
+    from amber.errors import MigrationError
+
+    if in_place and not (local / MANIFEST).is_file():
+        raise MigrationError(f"{src} is not an amber checkpoint and is never replaced in place; "
+                             "give a destination: amber migrate SRC DST", path=src)
+    if not is_remote(out):
+        _check_not_inside_a_checkpoint(local_path(out))
+        check_replaceable(local_path(out))
 
 
 def _as_location(path: str | os.PathLike[str]) -> Path:

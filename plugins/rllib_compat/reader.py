@@ -53,14 +53,18 @@ def _malformed(path: Path, why: str) -> MalformedRLlibCheckpointError:
                                          path=path, format=FORMAT)
 
 
-def _pickle_refused(directory: Path, type_: str) -> UnsafeContentError:
+def _pickle_advice(type_: str) -> str:
+    """Why a pickle checkpoint is not read, and how to convert it (as refusing it and describing it say)."""
     convert = ("convert_to_msgpack_checkpoint(SRC, DST)" if type_ == "Algorithm"
                else "convert_to_msgpack_policy_checkpoint(SRC, DST)")
+    return ("reading it would unpickle Ray's classes, which needs Ray and can run code. Convert it first, "
+            f"where Ray is installed: `from ray.rllib.utils.checkpoints import {convert.split('(')[0]}; "
+            f"{convert}`, then load the msgpack copy (DST) with amber")
+
+
+def _pickle_refused(directory: Path, type_: str) -> UnsafeContentError:
     return UnsafeContentError(
-        f"{directory} is an RLlib {type_} checkpoint in format 'cloudpickle': reading it would unpickle "
-        "Ray's classes, which needs Ray and can run code. Convert it first, where Ray is installed: "
-        f"`from ray.rllib.utils.checkpoints import {convert.split('(')[0]}; {convert}`, "
-        "then load the msgpack copy (DST) with amber",
+        f"{directory} is an RLlib {type_} checkpoint in format 'cloudpickle': {_pickle_advice(type_)}",
         path=directory, format="cloudpickle",
     )
 
@@ -111,11 +115,24 @@ def _manifest(directory: Path, expected_type: str | None = None, *,
     return out
 
 
+def _policies_root(directory: Path) -> Path:
+    """``directory/policies``, refused if it is a symbolic link: readers never follow one (every file
+    under it would be read from wherever the link points)."""
+    root = directory / "policies"
+    if os.path.islink(root):
+        raise CorruptCheckpointError(f"{root} is a symbolic link; checkpoints may not contain links",
+                                     path=root, format=FORMAT)
+    return root
+
+
 def _policy_ids(raw: dict[str, Any], directory: Path) -> list[str]:
-    """The policy ids the manifest lists (1.1), else the ``policies/`` sub-directories (1.0)."""
+    """The policy ids the manifest lists (1.1), else the ``policies/`` sub-directories (1.0).
+
+    :raises CorruptCheckpointError: ``policies/`` is a symbolic link.
+    """
+    pdir = _policies_root(directory)
     ids = raw.get("policy_ids")
     if ids is None:
-        pdir = directory / "policies"
         ids = sorted(p.name for p in pdir.iterdir() if p.is_dir()) if pdir.is_dir() else []
     if not isinstance(ids, list):
         raise _malformed(directory / MANIFEST, f"policy_ids is {type(ids).__name__}, not a list")
@@ -156,7 +173,7 @@ def _read_policy(directory: Path) -> dict[str, Any]:
 
 def _policy_dir(directory: Path, pid: str) -> tuple[Path, dict[str, Any]]:
     """A policy's directory and what its own ``rllib_checkpoint.json`` says (1.0 may have none)."""
-    pdir = directory / "policies" / pid
+    pdir = _policies_root(directory) / pid
     if os.path.islink(pdir) or not pdir.is_dir():
         raise CorruptCheckpointError(f"{pdir}: the policy's directory is missing or a symbolic link",
                                      path=pdir, format=FORMAT)
@@ -223,7 +240,8 @@ def _sizes(directory: Path, rels: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def describe_rllib_checkpoint(path: Path) -> dict[str, Any] | None:
     """What an RLlib checkpoint directory is, from its ``rllib_checkpoint.json`` alone (no state file
-    is read, so a pickle checkpoint is described too); None if ``path`` is not one.
+    is read, so a pickle checkpoint is described too, its ``unreadable`` saying why amber does not
+    read it and how to convert it); None if ``path`` is not one.
 
     :raises CorruptCheckpointError: a malformed manifest (named).
     :raises UnsupportedVersionError: an RLlib checkpoint_version other than 1.0 and 1.1.
@@ -238,7 +256,7 @@ def describe_rllib_checkpoint(path: Path) -> dict[str, Any] | None:
     leaf = _STEMS["Policy"] + Path(raw["state_file"]).suffix  # each policy's state, in the same format
     for pid in ids:
         rels += [f"policies/{pid}/{MANIFEST}", f"policies/{pid}/{leaf}"]
-    return {
+    out: dict[str, Any] = {
         "system": f"RLlib (Ray {ray})" if isinstance(ray, str) and len(ray) <= 64 else "RLlib",
         "type": raw["type"],
         "checkpoint_version": f"rllib-{raw['checkpoint_version']}",
@@ -247,3 +265,6 @@ def describe_rllib_checkpoint(path: Path) -> dict[str, Any] | None:
         "policy_ids": ids,
         "files": _sizes(directory, rels),
     }
+    if raw["format"] == "cloudpickle":
+        out["unreadable"] = f"it is in format 'cloudpickle': {_pickle_advice(raw['type'])}"
+    return out
