@@ -188,7 +188,9 @@ def amber_describe_foreign_checkpoint(path: Path) -> Mapping[str, Any] | None:
         ``format``, ``state_file`` (relative to ``path``), ``policy_ids``, and
         ``files``: each file the plugin would read, by path relative to
         ``path``, to ``{"size": int, "digest": None}`` (the other system
-        records no digest).
+        records no digest). Optionally ``unreadable``: why amber will not read
+        it and how to get a checkpoint it reads (a str, shown by ``verify`` and
+        ``trust`` instead of the ``amber migrate`` hint).
     :raises amber.errors.CheckpointError: the directory is that system's, but
         its manifest is malformed (named).
 
