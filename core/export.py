@@ -23,10 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.atomic import commit_entries, is_temporary, staging
+from amber.atomic import commit_entries, staging
 from amber.digest import hash_file
 from amber.durable import describe
 from amber.errors import CorruptCheckpointError, ExportError, MissingPluginError
+from amber.export_dir import (
+    MODEL_JSON,
+    carry_over,
+    check_outside_checkpoints,
+    check_replaceable,
+    export_lock,
+    prepare_dir,
+    previous_export,
+    remove_created,
+)
 from amber.model_graph import (
     ACTIVATIONS,
     OUTPUT_KINDS,
@@ -64,8 +74,6 @@ __all__ = [
     "weights_digest",
 ]
 
-#: The file every export writes beside the model files.
-MODEL_JSON = "model.json"
 #: What ``model.json``'s ``format_version`` is now.
 MODEL_JSON_VERSION = 1
 #: The option (True) an exporter gets when ``export_model(dir)`` picked it for the native files of
@@ -114,34 +122,6 @@ def plan_exports(
         spec = registry.native_exporter(graph.framework)
         jobs[spec.name] = (spec, {NATIVE_OPTION: True})
     return list(jobs.values())
-
-
-def _prepare_dir(target: Path) -> list[Path]:
-    """Make ``target`` (and missing parents) a plain directory; return those this call created,
-    outermost first, for :func:`_remove_created` to take back if the export fails."""
-    if target.is_symlink():
-        raise ExportError(f"refusing to export into {target}: it is a symbolic link", path=target)
-    created = [d for d in (*reversed(target.parents), target) if not os.path.lexists(d)]
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ExportError(f"cannot export into {target}: it exists and is not a directory",
-                          path=target) from None
-    except OSError as e:
-        _remove_created(created)
-        raise ExportError(f"cannot create {target}: {describe(e)}", path=target) from e
-    if target.is_symlink() or not target.is_dir():
-        raise ExportError(f"refusing to export into {target}: not a plain directory", path=target)
-    return created
-
-
-def _remove_created(created: Sequence[Path]) -> None:
-    """Remove the directories a failed export created, innermost first, each only if still empty."""
-    for d in reversed(created):
-        try:
-            d.rmdir()
-        except OSError:
-            return  # not empty (or gone): what holds something else stays, and so do its parents
 
 
 def _check_written(stage: Path, files: Sequence[Path], spec: ExporterSpec) -> list[str]:
@@ -225,60 +205,6 @@ def _run_exporters(
     return written
 
 
-def _previous(target: Path) -> dict[str, Any] | None:
-    """The ``model.json`` an earlier export left in ``target``, if it is one of ours."""
-    path = target / MODEL_JSON
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return None
-    if stat.S_ISLNK(mode):
-        raise ExportError(f"refusing to replace {path}: it is a symbolic link", path=path)
-    if not stat.S_ISREG(mode):  # a FIFO would block the read; a directory would be deleted
-        raise ExportError(f"refusing to replace {path}: it is {describe_mode(mode)}", path=path)
-    try:
-        fd = open_regular(path)
-    except CorruptCheckpointError as e:  # swapped for a link or a FIFO meanwhile, or unreadable
-        raise ExportError(f"refusing to replace {e.message}", path=path) from e
-    try:
-        with os.fdopen(fd, "rb") as f:
-            raw = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(raw, dict) or (raw.get("producer") or {}).get("name") != "amber":
-        return None
-    return raw
-
-
-def _plain_name(name: object) -> bool:
-    """Whether ``name`` (from a ``model.json`` on disk) may name a model file in the directory."""
-    return (isinstance(name, str) and name not in ("", ".", "..", MODEL_JSON) and "/" not in name
-            and "\\" not in name and not is_temporary(name))
-
-
-def _carry_over(
-    previous: Mapping[str, Any] | None, digest: str, written: Mapping[str, Any], target: Path,
-    registry: FormatRegistry,
-) -> tuple[dict[str, Any], list[str]]:
-    """What an earlier export in ``target`` left that this one does not rewrite: kept (same
-    weights) or stale (other weights). Only names a registered exporter declares are ever removed."""
-    kept: dict[str, Any] = {}
-    stale: list[str] = []
-    files = (previous or {}).get("files")
-    if previous is None or not isinstance(files, Mapping):
-        return kept, stale
-    same = previous.get("weights_digest") == digest
-    declared = {f.name for provided in registry.exporters.values() for f in provided.item.files}
-    for top in files:
-        if not _plain_name(top) or top in written:
-            continue
-        if same and (target / top).exists():
-            kept[top] = files[top]
-        elif top in declared:
-            stale.append(top)
-    return kept, stale
-
-
 def _model_json(graph: ModelGraph, digest: str, files: Mapping[str, Any], policy_id: str | None
                 ) -> dict[str, Any]:
     from amber import __version__
@@ -320,7 +246,10 @@ def export_model(
     place; model files of an earlier export of *other* weights that this export does not
     replace are removed (only names an exporter declares). Nothing
     is written outside ``directory``, and a ``directory`` (or a file to
-    replace in it) that is a symbolic link is refused.
+    replace in it) that is a symbolic link is refused; so is a ``directory`` that is, or lies
+    inside, a checkpoint, and an entry to replace that no earlier export wrote (a directory of
+    other files: :func:`amber.export_dir.check_replaceable`). Exports into one ``directory``
+    hold its lock (:func:`amber.export_dir.export_lock`): one at a time, each whole.
 
     :param graph: the network (``policy.export_graph()``).
     :param directory: where to write; created if missing. An fsspec URL: exported locally, then
@@ -335,37 +264,37 @@ def export_model(
     :raises MissingPluginError, ExportError: the exporter's extra is missing; the directory is refused.
     """
     from amber.registry import get_registry
-    from amber.storage import is_remote
+    from amber.storage import is_remote, local_path
 
     if is_remote(directory):
         return _export_remote(graph, os.fspath(directory), format, pm, storage_options,
                               {**shorthands, "policy_id": policy_id})
     registry = get_registry(pm)
     jobs = plan_exports(registry, graph, format, shorthands)
-    target = Path(directory).absolute()  # exporters report absolute paths
+    target = local_path(directory).absolute()  # a file:// URL too; exporters report absolute paths
     if policy_id is not None and not isinstance(policy_id, str):
         raise TypeError(f"policy_id must be a str or None, not {type(policy_id).__name__}")
-    created = _prepare_dir(target)
+    check_outside_checkpoints(target)
+    created = prepare_dir(target)
     try:
-        return _export_into(target, graph, jobs, registry, policy_id)
+        with export_lock(target):  # another export into target waits: each replaces the other whole
+            return _export_into(target, graph, jobs, registry, policy_id)
     except BaseException:
-        _remove_created(created)  # a failed export leaves no directory behind it either
+        remove_created(created)  # a failed export leaves no directory behind it either
         raise
 
 
 def _export_into(target: Path, graph: ModelGraph, jobs: Sequence[Job], registry: FormatRegistry,
                  policy_id: str | None) -> list[Path]:
-    """:func:`export_model` into the existing directory ``target``: all of it, or nothing."""
-    previous = _previous(target)
+    """:func:`export_model` into the existing directory ``target``, whose lock the caller holds:
+    all of it, or nothing."""
+    previous = previous_export(target)
     digest = weights_digest(graph)
     try:
         with staging(target, inside=True, what="an export", error=ExportError) as stage:
             written = _run_exporters(jobs, graph, stage, registry)
-            kept, stale = _carry_over(previous, digest, written, target, registry)
-            for top in [*written, *stale]:
-                if (target / top).is_symlink():
-                    raise ExportError(f"refusing to replace {target / top}: it is a symbolic link",
-                                      path=target / top)
+            kept, stale = carry_over(previous, digest, written, target, registry)
+            check_replaceable(target, [*written, *stale], previous)
             with open(stage / MODEL_JSON, "w") as f:
                 json.dump(strict_json(_model_json(graph, digest, {**kept, **written}, policy_id)), f,
                           indent=2, allow_nan=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,23 @@ def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id
     _check_outside_checkpoints(directory)
     if format_ is not None:
         get_registry(pm).exporter(format_)  # an unknown name fails before anything is read
-    for pid, policy, target in _targets(checkpoint, directory, policy_id, allow_pickle, pm):
-        paths = policy.export_model(target, onnx=opset, format=format_, pm=pm, policy_id=pid)
-        names = ", ".join(Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths)
-        click.echo(f"exported {pid or 'policy'} -> {target}: {names}")
+    targets = _targets(checkpoint, directory, policy_id, allow_pickle, pm)
+    with _into_folders(directory, targets, pm):
+        for pid, policy, target in targets:
+            paths = policy.export_model(target, onnx=opset, format=format_, pm=pm, policy_id=pid)
+            names = ", ".join(Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths)
+            click.echo(f"exported {pid or 'policy'} -> {target}: {names}")
+
+
+def _into_folders(directory: Path | str, targets: list[tuple[str | None, Any, Path]],
+                  pm: pluggy.PluginManager) -> contextlib.AbstractContextManager[Any]:
+    """For several policies, each exported into ``DIRECTORY/<policy id>/``: DIRECTORY's export lock
+    held meanwhile, and the model an earlier export of one policy left at its top level removed
+    afterwards (DIRECTORY never mixes two models). Else nothing."""
+    from amber.export_dir import exporting_into_folders
+    from amber.registry import get_registry
+    from amber.storage import is_remote
+
+    if is_remote(directory) or all(target == directory for _, _, target in targets):
+        return contextlib.nullcontext()
+    return exporting_into_folders(Path(directory), get_registry(pm))

@@ -278,8 +278,8 @@ def init_action_facts(policy: Any, observation_space: Any, action_space: Any) ->
     policy._discrete_actions = isinstance(action_space, gym.spaces.Discrete)
     policy._action_offset = int(action_space.start) if policy._discrete_actions else 0
     policy._action_shape = tuple(action_space.shape or ())
-    #: Numbers per observation (Discrete: one), for the cheap shape check of ``obs_array``.
-    policy._obs_size = 1 if policy._discrete_obs else int(np.prod(observation_space.shape, dtype=np.int64))
+    #: One observation's shape (Discrete: ``()``), which ``obs_array`` checks every batch against.
+    policy._obs_shape = () if policy._discrete_obs else tuple(observation_space.shape or ())
     #: A Discrete observation space's values, [low, high) (None for a Box).
     start = int(observation_space.start) if policy._discrete_obs else 0
     policy._obs_range = (start, start + int(observation_space.n)) if policy._discrete_obs else None
@@ -289,11 +289,12 @@ def checked_obs_batch(policy: Any, obs_batch: Any) -> np.ndarray:
     """``obs_batch`` as a policy's model takes it (int64 for a Discrete space, else float32), for a
     policy that :func:`init_action_facts` set up.
 
-    :raises ValueError: not ``[batch, *obs_shape]`` (:func:`obs_batch_error`), or a Discrete value
-        outside the space (:func:`amber.models.numpy_mlp.check_obs_range`).
+    :raises ValueError: not ``[batch, *obs_shape]`` exactly (:func:`obs_batch_error`; the same
+        numbers in another shape too), or a Discrete value outside the space
+        (:func:`amber.models.numpy_mlp.check_obs_range`).
     """
     arr = np.asarray(obs_batch, dtype=np.int64 if policy._discrete_obs else np.float32)
-    if arr.ndim == 0 or arr.size != arr.shape[0] * policy._obs_size:
+    if arr.ndim == 0 or arr.shape[1:] != policy._obs_shape:
         raise obs_batch_error(policy, arr)
     check_obs_range(type(policy).__name__, arr, policy._obs_range)
     return arr

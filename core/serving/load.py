@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from amber.errors import (
     CheckpointError,
+    CorruptCheckpointError,
     NotACheckpointError,
     UnknownPolicyError,
     UnsafeContentError,
@@ -68,6 +69,8 @@ READER_PLUGINS: tuple[str, ...] = ("amber.plugins.msgpack_fmt", "amber.plugins.m
 FOREIGN_PLUGINS: tuple[str, ...] = ("amber.plugins.rllib_compat",)
 #: The format refused by name before its plugin (and cloudpickle) is imported.
 PICKLE = "pickle"
+#: What an export directory holds beside its model files.
+MODEL_JSON = "model.json"
 
 
 class PickleCheckpointError(UnsafeContentError):
@@ -107,7 +110,8 @@ def load_policy(
     :param storage_options: for a URL, passed to its fsspec file system.
     :return: the policy.
     :raises PickleCheckpointError: a pickle checkpoint, not allowed (the message says how to convert it).
-    :raises PolicyChoiceError: several policies and no ``policy_id``.
+    :raises PolicyChoiceError: several policies and no ``policy_id``; or an export directory mixing
+        two exports (its top-level ``model.json`` of another policy, and a ``<policy_id>/`` folder).
     :raises UnknownPolicyError: ``policy_id`` is not there (the message lists the ids present).
     :raises UnservablePolicyError: a policy class or space that serving does not know.
     :raises MissingPluginError: an ONNX export, and onnxruntime is not installed (the ``onnx`` extra).
@@ -120,12 +124,12 @@ def load_policy(
         policy = load_policy("runs/cartpole/checkpoint_000005")
         action, _, info = policy.compute_single_action([0.0, 0.1, 0.0, -0.1])
     """
-    from amber.storage import is_remote, reading
+    from amber.storage import is_remote, local_path, reading
 
     if is_remote(path):
         with reading(path, storage_options) as local:
             return load_policy(local, policy_id, allow_pickle=allow_pickle, seed=seed, pm=pm)
-    root = Path(path)
+    root = local_path(path)  # a file:// URL too
     export = _export_dir(root, policy_id)
     if export is not None:
         from amber.serving.onnx import load_onnx
@@ -260,18 +264,47 @@ def _id_by_place(root: Path) -> str:
 
 def _export_dir(root: Path, policy_id: str | None) -> tuple[Path, str | None] | None:
     """``(directory, policy id)`` when ``root`` is an export (``model.json``, not a checkpoint), else None;
-    the id is None for one export and no ``policy_id``: its ``model.json``'s then."""
+    the id is None for one export and no ``policy_id``: its ``model.json``'s then.
+
+    :raises PolicyChoiceError: ``root`` holds one export and a ``<policy_id>/`` folder of another.
+    :raises CorruptCheckpointError: the chosen ``<policy id>/`` folder is a symbolic link.
+    """
     if root.suffix == ".onnx" and root.is_file():
         root = root.parent
     if not root.is_dir() or (root / "checkpoint.json").exists():
         return None
-    if (root / "model.json").is_file():
+    exported = sorted(p.name for p in root.iterdir() if _holds_export(p))
+    if os.path.lexists(root / MODEL_JSON):  # a link or a FIFO there is refused when it is read
+        if policy_id is not None and policy_id in exported:
+            _refuse_mixed(root, policy_id)
         return root, policy_id
-    exported = sorted(p.name for p in root.iterdir() if (p / "model.json").is_file())
     if not exported:
         return None
     pid = _choose(exported, policy_id, root)
+    if (root / pid).is_symlink():
+        raise CorruptCheckpointError(f"{root / pid}: is a symbolic link; an export's folders may not be "
+                                     "links (serve the folder it points to)", path=root / pid)
     return root / pid, pid
+
+
+def _holds_export(folder: Path) -> bool:
+    """Whether ``folder`` is a ``<policy id>/`` folder of an export (one that is a link too)."""
+    return os.path.lexists(folder / MODEL_JSON) and (folder.is_symlink() or folder.is_dir())
+
+
+def _refuse_mixed(root: Path, policy_id: str) -> None:
+    """Refuse ``policy_id`` when the export at ``root``'s top level is another policy's (or records
+    none) and ``root/<policy_id>/`` holds an export too: the two are from different exports."""
+    from amber.serving.onnx import read_model_json
+
+    recorded = read_model_json(root).get("policy_id")
+    if recorded == policy_id:
+        return
+    its = f"policy {recorded!r}'s" if isinstance(recorded, str) else "of a policy it does not name"
+    raise PolicyChoiceError(
+        f"{root} mixes two exports: its {MODEL_JSON} is {its}, and {root / policy_id} holds an export of "
+        f"{policy_id!r}; serve {root / policy_id} itself, or export again into an empty directory",
+        path=root)
 
 
 # -- from a policy state -----------------------------------------------------------------------

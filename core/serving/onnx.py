@@ -12,6 +12,7 @@ preprocessing included; the spaces and the action distribution come from
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from amber.errors import CorruptCheckpointError, MissingPluginError
 from amber.models.numpy_distributions import DISTRIBUTIONS
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.serving.load import UnservablePolicyError
-from amber.serving.policy import ServedPolicy, describe_space
-from amber.verified_io import FileEntry, read_verified
+from amber.serving.policy import ServedPolicy, describe_space, distribution_misfit
+from amber.verified_io import FileEntry, open_regular, read_verified
 
 __all__ = ["MODEL_FILE", "MODEL_JSON", "load_onnx", "read_model_json"]
 
@@ -37,17 +38,21 @@ KNOWN_DISTRIBUTIONS = (*DISTRIBUTIONS, "q_values")
 
 
 def read_model_json(directory: Path) -> dict[str, Any]:
-    """``directory/model.json``, checked to be one amber wrote in a layout this amber reads.
+    """``directory/model.json``, checked to be one amber wrote in a layout this amber reads. It is
+    opened without following a link and never waited on (a FIFO is refused before it is opened).
 
-    :raises CorruptCheckpointError: unreadable or not a JSON object.
+    :raises CorruptCheckpointError: a link, not a regular file, unreadable, or not a JSON object.
     :raises UnservablePolicyError: written by a newer amber, or not by amber.
     """
     path = directory / MODEL_JSON
+    fd = open_regular(path)  # CorruptCheckpointError naming it: missing, a link, a FIFO...
     try:
-        meta = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
+        with os.fdopen(fd, "rb") as f:
+            meta = json.loads(f.read())
+    except (OSError, ValueError, RecursionError) as e:
         raise CorruptCheckpointError(f"{path} cannot be read as JSON: {e}", path=path) from e
-    if not isinstance(meta, dict) or (meta.get("producer") or {}).get("name") != "amber":
+    producer = meta.get("producer") if isinstance(meta, dict) else None
+    if not isinstance(producer, Mapping) or producer.get("name") != "amber":
         raise UnservablePolicyError(f"{path} was not written by amber's export", path=path)
     version = meta.get("format_version")
     if not isinstance(version, int) or version > MODEL_JSON_VERSION:
@@ -102,23 +107,11 @@ def load_onnx(directory: str | Path, policy_id: str | None = None, *,
     """
     directory = Path(directory)
     meta = read_model_json(directory)
-    data = _model_bytes(directory, meta)
-    try:
-        obs_space = describe_space(meta["observation_space"])
-        act_space = describe_space(meta["action_space"])
-        dist = str(meta["action_distribution"])
-        input_name = str(meta["input"]["name"])
-        input_shape = tuple(int(d) for d in meta["input"]["shape"][1:])
-        recorded = meta.get("policy_id")  # an older model.json records none
-        if policy_id is None and recorded is not None and not isinstance(recorded, str):
-            raise TypeError(f"policy_id is {type(recorded).__name__}, not a string")
-    except (KeyError, TypeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{directory / MODEL_JSON} lacks what serving needs: "
-                                     f"{type(e).__name__}: {e}", path=directory / MODEL_JSON) from e
-    if dist not in KNOWN_DISTRIBUTIONS:
-        raise UnservablePolicyError(f"{directory / MODEL_JSON}: unknown action_distribution {dist!r} "
-                                    f"(known: {', '.join(KNOWN_DISTRIBUTIONS)})", path=directory)
-    session = _session(directory, data)
+    obs_space, act_space, dist, input_name, input_shape, recorded = _served_facts(directory, meta)
+    if policy_id is None and recorded is not None and not isinstance(recorded, str):
+        raise CorruptCheckpointError(f"{directory / MODEL_JSON}: its policy_id is "
+                                     f"{type(recorded).__name__}, not a string", path=directory / MODEL_JSON)
+    session = _session(directory, _model_bytes(directory, meta))
     names = [out.name for out in session.get_outputs()]
 
     def network(obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -127,3 +120,38 @@ def load_onnx(directory: str | Path, policy_id: str | None = None, *,
 
     pid = policy_id or recorded or DEFAULT_POLICY_ID
     return ServedPolicy(pid, obs_space, act_space, dist, network, source=directory, seed=seed)
+
+
+def _served_facts(directory: Path, meta: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What serving takes from ``model.json``, checked: ``(observation space, action space, action
+    distribution, input name, input shape without the batch, recorded policy id)``.
+
+    :raises CorruptCheckpointError: a key missing or malformed, or a distribution that does not
+        act in the action space (named).
+    :raises UnservablePolicyError: an action distribution this amber does not know.
+    """
+    path = directory / MODEL_JSON
+    try:
+        spaces = {key: meta[key] for key in ("observation_space", "action_space", "input")}
+        for key, value in spaces.items():
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{key} is {type(value).__name__}, not an object")
+        obs_space = describe_space(spaces["observation_space"])
+        act_space = describe_space(spaces["action_space"])
+        dist = meta["action_distribution"]
+        if not isinstance(dist, str):
+            raise TypeError(f"action_distribution is {type(dist).__name__}, not a string")
+        input_name, shape = spaces["input"]["name"], spaces["input"]["shape"]
+        if not isinstance(input_name, str) or not isinstance(shape, list) or not shape:
+            raise TypeError("input must have a string name and a shape [batch, ...]")
+        input_shape = tuple(int(d) for d in shape[1:])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path} lacks what serving needs: {type(e).__name__}: {e}",
+                                     path=path) from e
+    if dist not in KNOWN_DISTRIBUTIONS:
+        raise UnservablePolicyError(f"{path}: unknown action_distribution {dist!r} "
+                                    f"(known: {', '.join(KNOWN_DISTRIBUTIONS)})", path=directory)
+    misfit = distribution_misfit(dist, act_space)
+    if misfit is not None:
+        raise CorruptCheckpointError(f"{path}: {misfit}", path=path)
+    return obs_space, act_space, dist, input_name, input_shape, meta.get("policy_id")

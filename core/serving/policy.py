@@ -35,8 +35,10 @@ def describe_space(state: Mapping[str, Any]) -> dict[str, Any]:
     Discrete: ``{"type", "n", "start"}``; Box: ``{"type", "shape", "dtype", "low", "high"}`` with
     ``low``/``high`` arrays of ``shape`` and ``dtype`` (a numpy dtype name).
 
-    :raises ValueError: another type of space, or a malformed description.
+    :raises ValueError: another type of space, or a malformed description (not a mapping, too).
     """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"a space is described by a mapping, not {type(state).__name__}")
     kind = state.get("type")
     if kind == "Discrete":
         return {"type": "Discrete", "n": int(state["n"]), "start": int(state.get("start", 0))}
@@ -47,6 +49,21 @@ def describe_space(state: Mapping[str, Any]) -> dict[str, Any]:
         return {"type": "Box", "shape": shape, "dtype": dtype.name,
                 "low": np.broadcast_to(low, shape).copy(), "high": np.broadcast_to(high, shape).copy()}
     raise ValueError(f"spaces of type {kind!r} are not supported (Box and Discrete are)")
+
+
+#: The action space each action distribution acts in.
+DISTRIBUTION_SPACES = {"categorical": "Discrete", "q_values": "Discrete", "diag_gaussian": "Box",
+                       "squashed_gaussian": "Box"}
+
+
+def distribution_misfit(action_distribution: str, action_space: Mapping[str, Any]) -> str | None:
+    """Why ``action_distribution`` cannot act in ``action_space`` (a :func:`describe_space` dict),
+    or None when it can (or is not one of :data:`DISTRIBUTION_SPACES`)."""
+    want = DISTRIBUTION_SPACES.get(action_distribution)
+    if want is None or action_space.get("type") == want:
+        return None
+    return (f"action_distribution {action_distribution!r} acts in a {want} action space, not the "
+            f"{action_space.get('type')} one it gives")
 
 
 class ServedPolicy:
@@ -64,7 +81,7 @@ class ServedPolicy:
 
     :param network: observations → outputs by name (``action_dist_inputs``, ``vf_preds``).
     :param action_distribution: ``categorical``, ``diag_gaussian``, ``q_values`` or ``squashed_gaussian``.
-    :raises InvalidStateError: the network's outputs do not fit the spaces.
+    :raises InvalidStateError: the action distribution or the network's outputs do not fit the spaces.
     """
 
     def __init__(self, policy_id: str, observation_space: Mapping[str, Any], action_space: Mapping[str, Any],
@@ -81,6 +98,9 @@ class ServedPolicy:
         self.rng = np.random.default_rng(seed)
         #: DQN's exploration rate with ``explore=True`` (from a checkpoint: the rate it had reached).
         self.epsilon = float(epsilon)
+        misfit = distribution_misfit(action_distribution, self.action_space)
+        if misfit is not None:
+            raise InvalidStateError(f"{self.source}: {misfit}", path=self.source)
         self._check_outputs()
 
     def __repr__(self) -> str:
@@ -116,8 +136,7 @@ class ServedPolicy:
         space = self.observation_space
         discrete = space["type"] == "Discrete"
         arr = np.asarray(obs_batch, dtype=np.int64 if discrete else np.float32)
-        per_obs = 1 if discrete else int(np.prod(space["shape"], dtype=np.int64))
-        if arr.ndim == 0 or arr.size != arr.shape[0] * per_obs:
+        if arr.ndim == 0 or arr.shape[1:] != (() if discrete else tuple(space["shape"])):
             want = "one integer" if discrete else f"shape {tuple(space['shape'])}"
             raise ValueError(f"policy {self.policy_id!r} takes a batch of observations of {want} each, "
                              f"not an array of shape {arr.shape}")
@@ -127,16 +146,18 @@ class ServedPolicy:
 
     def compute_actions(
         self, obs_batch: Any, state_batches: Any = None, *, explore: bool | None = False,
-        clip_actions: bool = False,
+        clip_actions: bool = False, **kwargs: Any,
     ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
         """Actions for a batch of observations: ``(actions, [], info)``.
 
-        :param obs_batch: observations ``[batch, *obs_shape]`` (Discrete: ``[batch]`` integers); an
-            empty batch gives empty actions and info columns.
+        :param obs_batch: observations ``[batch, *obs_shape]`` exactly (Discrete: ``[batch]``
+            integers); an empty batch gives empty actions and info columns.
         :param explore: True samples with :attr:`rng` (DQN: epsilon-greedy) instead of acting
             greedily (False); None is the algorithm's default exploration, as for the torch
             policy: for PPO, DQN and SAC, the same as True.
         :param clip_actions: clip Box actions to the action space's bounds (as an environment runner does).
+        :param kwargs: RLlib's other arguments (``prev_action_batch``, ``episodes``, ``timestep``...),
+            accepted and unused, as amber's torch policy does.
         :return: int64 ``[batch]`` (Discrete) or float32 ``[batch, *action_shape]`` (Box) actions,
             ``[]``, and the info columns ``[batch, ...]``.
         :raises ValueError: observations of the wrong shape, or a Discrete one outside its space.
@@ -175,11 +196,14 @@ class ServedPolicy:
         return actions, info
 
     def compute_single_action(
-        self, obs: Any = None, state: Any = None, *, explore: bool | None = False, clip_actions: bool = False
+        self, obs: Any = None, state: Any = None, *, explore: bool | None = False, clip_actions: bool = False,
+        **kwargs: Any,
     ) -> tuple[Any, list[Any], dict[str, Any]]:
         """The action for one observation: ``(action, [], info)``, as :meth:`compute_actions` for a batch
         of one (a Discrete action as a Python int, a Box action as a float32 array; ``explore=None``
-        as True, the algorithm's default exploration)."""
+        as True, the algorithm's default exploration). ``obs`` has the observation space's shape
+        exactly. RLlib's other arguments (``prev_action``, ``prev_reward``, ``info``, ``episode``,
+        ``timestep``...) are accepted and unused, as amber's torch policy does."""
         batch = np.asarray(obs)[None]
         actions, _, info = self.compute_actions(batch, explore=explore, clip_actions=clip_actions)
         action = actions[0]
