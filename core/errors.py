@@ -178,6 +178,11 @@ class IncompatibleCodeError(UnregisteredNameError):
         super().__init__(message, path=path, format=format)
 
 
+class ChangedWhileReadError(CheckpointError):
+    """Another save replaced the checkpoint while it was read (no damage): read it again. The CLI's
+    commands read it again by themselves, twice at most."""
+
+
 class DuplicateNameError(CheckpointError, ValueError):
     """Two different objects were registered under the same name."""
 

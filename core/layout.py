@@ -143,10 +143,17 @@ def unread_foreign(directory: Path) -> NotACheckpointError | None:
 def enclosing_checkpoint(path: str | os.PathLike[str]) -> Path | None:
     """The nearest directory strictly above ``path`` that holds a ``checkpoint.json``: the
     checkpoint that ``path`` lies inside (``ALGO/policies/ID``, ``SRC/converted``), or None.
-    Something written there is a file that checkpoint's manifest does not list."""
-    for parent in Path(os.path.abspath(path)).parents:
-        if (parent / MANIFEST).is_file():
-            return parent
+    Something written there is a file that checkpoint's manifest does not list. Links are
+    resolved (``alias/x``, with ``alias`` a link to ``ALGO/policies``, is inside ``ALGO``); the
+    checkpoint is named as ``path`` spells it where it can be, else by its real path."""
+    for resolve in (os.path.abspath, os.path.realpath):
+        try:
+            parents = Path(resolve(path)).parents
+        except (OSError, ValueError):  # a name the file system cannot encode: no link to resolve
+            continue
+        for parent in parents:
+            if (parent / MANIFEST).is_file():
+                return parent
     return None
 
 

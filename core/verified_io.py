@@ -1,21 +1,26 @@
 """Verified file I/O: every file of a checkpoint is written and read with its size and digest.
 
 Writers go through :class:`amber.verified_write.HashingFile` (and a format through
-:class:`amber.verified_write.Sink`), which hashes and counts the bytes as they are
-written; readers go through
-:func:`read_verified` (and a format through :class:`Source`), which checks a
-file's size and digest before handing its bytes on. Readers follow no
-symbolic link and open nothing but regular files and directories, and never
-block: a FIFO, socket or device is refused before it is opened
-(:func:`open_nofollow`). :mod:`amber.layout` builds the manifests from these entries.
+:class:`amber.verified_write.Sink`), which hashes and counts the bytes as they are written;
+readers go through :func:`read_verified` (and a format through :class:`Source`), which checks
+a file's size and digest before handing its bytes on. Readers follow no symbolic link and open
+nothing but regular files and directories, and never block: a FIFO, socket or device is refused
+before it is opened (:func:`open_nofollow`). :mod:`amber.layout` builds the manifests from these.
+
+A save over a checkpoint swaps directories (:mod:`amber.atomic`): within :func:`pinned`, files are
+opened relative to one descriptor of the checkpoint's directory; a file that fails its check because
+the checkpoint was replaced meanwhile raises :class:`ChangedWhileReadError`, not a corruption.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amber.digest import CHUNK_BYTES, Hasher, hash_file, new_hasher, parse_digest
-from amber.errors import CorruptCheckpointError
+from amber.errors import ChangedWhileReadError, CheckpointError, CorruptCheckpointError
 
 if TYPE_CHECKING:
     from amber.layout import Manifest
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGN",
     "MANIFEST",
+    "ChangedWhileReadError",
     "FileEntries",
     "FileEntry",
     "Source",
@@ -39,6 +45,7 @@ __all__ = [
     "describe_mode",
     "open_nofollow",
     "open_regular",
+    "pinned",
     "read_fd",
     "read_verified",
 ]
@@ -156,16 +163,20 @@ def open_nofollow(root: Path, rel: str) -> int:
     ``O_NOFOLLOW | O_NONBLOCK``, and every entry's type is checked before it is
     opened: a link, FIFO, socket or device is refused and never read from (so
     a FIFO cannot make the reader wait forever). ``root`` itself, the path the
-    caller named, may be a link.
+    caller named, may be a link; within :func:`pinned`, the walk starts from the pin.
 
     :return: a file descriptor the caller closes.
     :raises CorruptCheckpointError: missing, a link, not a regular file, or unreadable (named).
+    :raises ChangedWhileReadError: pinned, it failed because the checkpoint was replaced meanwhile.
     """
     parts = _parts(rel)
-    try:
-        fd = os.open(root, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
-    except (OSError, ValueError) as e:
-        raise _os_error(root, e, "opened") from e
+    if (pin := _pin_of(root)) is not None:  # every component below the pin: no link followed
+        root, parts, fd = pin[0], pin[2] + parts, os.dup(pin[1])
+    else:
+        try:
+            fd = os.open(root, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
+        except (OSError, ValueError) as e:
+            raise _os_error(root, e, "opened") from e
     try:
         if not parts:
             raise corrupt(root, "is a directory, not a regular file")
@@ -173,10 +184,78 @@ def open_nofollow(root: Path, rel: str) -> int:
             nxt = _step(fd, part, lambda n=i + 1: root.joinpath(*parts[:n]), i == len(parts) - 1)
             os.close(fd)
             fd = nxt
+    except CorruptCheckpointError as e:
+        os.close(fd)
+        if pin is not None and _moved(pin[0], pin[1]):  # (a file its replacement removed)
+            raise _changed(e) from e
+        raise
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+#: The checkpoint directory read within :func:`pinned`, and a descriptor of it.
+_PINNED: ContextVar[tuple[Path, int] | None] = ContextVar("amber_pinned_checkpoint", default=None)
+
+
+@contextlib.contextmanager
+def pinned(root: str | os.PathLike[str]) -> Iterator[None]:
+    """For the block, every :func:`open_nofollow` at or below ``root`` starts from one descriptor
+    of its directory (a link at ``root`` followed once), so the files read are one checkpoint's
+    even if a save replaces it meanwhile (one it removed is a :class:`ChangedWhileReadError`).
+    A ``root`` that cannot be opened pins nothing: the reader names what is wrong."""
+    try:
+        fd = os.open(root, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, ValueError):
+        yield  # (nothing pinned)
+        return
+    token = _PINNED.set((Path(root), fd))
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+        os.close(fd)
+
+
+def _pin_of(root: Path) -> tuple[Path, int, tuple[str, ...]] | None:
+    """The pinned checkpoint at or above ``root``: its path, its descriptor, ``root``'s parts below."""
+    if (pin := _PINNED.get()) is None or not (root == pin[0] or pin[0] in Path(root).parents):
+        return None
+    inner = Path(root).relative_to(pin[0]).parts
+    return None if ".." in inner else (*pin, inner)
+
+
+def _replaced(root: Path, rel: str, entry: FileEntry, listed_in: str) -> bool:
+    """Whether ``root/rel`` failed because the checkpoint was replaced while read: the pinned directory
+    was (:func:`_moved`), or, unpinned, ``root``'s ``listed_in`` lists ``rel`` otherwise now (or is gone)."""
+    if (pin := _pin_of(root)) is not None:
+        return _moved(pin[0], pin[1])
+    if listed_in != MANIFEST:
+        return False
+    try:
+        fd = open_nofollow(root, MANIFEST)
+        now = json.loads(bytes(read_fd(fd, min(os.fstat(fd).st_size, 1 << 24), root, aligned=False)))
+    except (CheckpointError, OSError, ValueError):
+        return True  # its manifest is gone or unreadable now: not the one that was read
+    files = now.get("files") if isinstance(now, dict) else None
+    got = files.get(rel) if isinstance(files, dict) else None  # (None: a deeper level lists it)
+    return isinstance(got, dict) and [got.get("size"), got.get("digest")] != [entry.size, entry.digest]
+
+
+def _moved(path: Path, fd: int) -> bool:
+    """Whether the directory open as ``fd`` was removed, or is no longer the one at ``path``."""
+    mine = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except (OSError, ValueError):
+        return True
+    return mine.st_nlink == 0 or (mine.st_dev, mine.st_ino) != (now.st_dev, now.st_ino)
+
+
+def _changed(error: CorruptCheckpointError | str) -> ChangedWhileReadError:
+    return ChangedWhileReadError(f"the checkpoint changed while it was read (another save replaced it "
+                                 f"meanwhile; nothing is damaged): read it again ({error})")
 
 
 def open_regular(path: Path) -> int:
@@ -233,7 +312,18 @@ def read_verified(root: Path, rel: str, entry: FileEntry, *, aligned: bool = Tru
     :param aligned: as for :func:`read_fd`.
     :param listed_in: the file that records ``entry`` (``model.json`` for an export), for messages.
     :raises CorruptCheckpointError: missing, a link, wrong size or wrong digest.
+    :raises ChangedWhileReadError: so, because a save replaced the checkpoint meanwhile.
     """
+    try:
+        return _read_checked(root, rel, entry, aligned, listed_in)
+    except CorruptCheckpointError as e:
+        if _replaced(root, rel, entry, listed_in):
+            raise _changed(e) from e
+        raise
+
+
+def _read_checked(root: Path, rel: str, entry: FileEntry, aligned: bool, listed_in: str) -> memoryview:
+    """:func:`read_verified`, but a replaced checkpoint's file is a CorruptCheckpointError too."""
     fd = open_nofollow(root, rel)
     actual = os.fstat(fd).st_size
     if actual != entry.size:
@@ -248,7 +338,17 @@ def read_verified(root: Path, rel: str, entry: FileEntry, *, aligned: bool = Tru
 
 
 def check_file(root: Path, rel: str, entry: FileEntry) -> str | None:
-    """Verify one file by streaming it; return a problem description or None."""
+    """Verify one file by streaming it; return a problem description or None.
+
+    :raises ChangedWhileReadError: it failed because a save replaced the checkpoint meanwhile.
+    """
+    problem = _check(root, rel, entry)
+    if problem is not None and _replaced(root, rel, entry, MANIFEST):
+        raise _changed(problem)
+    return problem
+
+
+def _check(root: Path, rel: str, entry: FileEntry) -> str | None:
     path = root / rel
     try:
         fd = open_nofollow(root, rel)

@@ -8,7 +8,9 @@ The command modules (:mod:`amber.cli.info`, :mod:`amber.cli.convert`,
 Every amber error (:class:`amber.errors.CheckpointError`) and every OS error
 ends the command with exit status 2 and one line on stderr,
 ``amber: error: <message>``, never a traceback; click's own usage errors
-exit 2 too.
+exit 2 too. Ctrl-C (SIGINT) ends any command with exit status 130 (``amber train``
+first saves a checkpoint). A checkpoint replaced by another save while a command read it
+(:class:`amber.errors.ChangedWhileReadError`) is read again (:data:`REREADS` times at most).
 
 Whatever a command prints that comes from a checkpoint (ids, file names,
 metadata, versions, timestamps, error messages quoting them) goes through
@@ -43,9 +45,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOW_PICKLE_HELP",
+    "INTERRUPTED",
     "LOCATION",
     "trust_option",
     "AmberCliError",
+    "AmberCommand",
     "AmberGroup",
     "CliState",
     "checkpoint_place",
@@ -145,9 +149,38 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     echo(f"amber: warning: {' '.join(part for part in lines if part)}{kind}", err=True)
 
 
+#: The exit status of a command stopped by Ctrl-C (SIGINT): 128 + the signal's number, as shells say.
+INTERRUPTED = 130
+
+
+#: How many times a command runs again when a checkpoint it read was replaced meanwhile.
+REREADS = 2
+
+
+class AmberCommand(click.Command):
+    """A command that runs again (up to :data:`REREADS` times) when a checkpoint it read was
+    replaced meanwhile by another save (:class:`amber.errors.ChangedWhileReadError`: raised
+    by readers only, which every command runs before it writes anything)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Invoke the command; again if a checkpoint changed while it was read."""
+        for _ in range(REREADS):
+            try:
+                return super().invoke(ctx)
+            except CheckpointError as e:
+                from amber.errors import ChangedWhileReadError
+
+                if not isinstance(e, ChangedWhileReadError):
+                    raise
+        return super().invoke(ctx)
+
+
 class AmberGroup(click.Group):
-    """A group that turns amber's errors into :class:`AmberCliError` and shows warnings with
-    :func:`show_warning`."""
+    """A group that turns amber's errors into :class:`AmberCliError`, Ctrl-C into exit status
+    :data:`INTERRUPTED`, and shows warnings with :func:`show_warning`; its commands are
+    :class:`AmberCommand`."""
+
+    command_class = AmberCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         """Invoke the command; map :class:`CheckpointError` and :class:`OSError` to one line, exit 2."""
@@ -158,6 +191,12 @@ class AmberGroup(click.Group):
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (KeyboardInterrupt, click.Abort) as e:  # (a prompt turns Ctrl-C into Abort)
+            if isinstance(e, click.Abort) and not isinstance(e.__context__, KeyboardInterrupt):
+                raise  # "no" at a confirmation prompt
+            tty = click.get_text_stream("stderr").isatty()  # (after the terminal's "^C")
+            click.echo(f"{chr(10) if tty else ''}amber: interrupted", err=True)
+            raise click.exceptions.Exit(INTERRUPTED) from None
         except CheckpointError as e:
             raise AmberCliError(str(e)) from e
         except OSError as e:

@@ -56,6 +56,15 @@ def _progress(description: str, size: int) -> Iterator[Callable[[str], None]]:
         yield advance
 
 
+def _pinned(src: Path | str, dst: Path | str) -> contextlib.AbstractContextManager[None]:
+    """Read the local checkpoint ``src`` through one descriptor of its directory
+    (:func:`amber.verified_io.pinned`), unless it is also written (``dst`` is ``src``: once
+    replaced, it must be read where it now is)."""
+    from amber.verified_io import pinned
+
+    return pinned(src) if isinstance(src, Path) and src != dst else contextlib.nullcontext()
+
+
 @cli.command()
 @click.argument("src", type=LOCATION)
 @click.argument("dst", type=LOCATION)
@@ -84,11 +93,12 @@ def convert(state: CliState, src: Path, dst: Path, format_: str | None, framewor
         fmt = convert_framework(src, dst, framework, format=format_, allow_pickle=allow_pickle, pm=pm)
         click.echo(f"converted {src} -> {dst} ({fmt}, framework {framework})")
         return
-    info = get_checkpoint_info(src)
-    size = total_bytes(info)
-    description = f"converting {src} ({info['format']}, {human_size(size)}) to {format_}"
-    with _progress(description, size) as advance:
-        convert_checkpoint(src, dst, format=format_, allow_pickle=allow_pickle, progress=advance, pm=pm)
+    with _pinned(src, dst):  # what a save replacing SRC meanwhile writes is not read
+        info = get_checkpoint_info(src)
+        size = total_bytes(info)
+        description = f"converting {src} ({info['format']}, {human_size(size)}) to {format_}"
+        with _progress(description, size) as advance:
+            convert_checkpoint(src, dst, format=format_, allow_pickle=allow_pickle, progress=advance, pm=pm)
     click.echo(f"converted {src} ({info['format']}) -> {dst} ({format_})")
 
 
@@ -109,7 +119,8 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
     from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
     from amber.registry import get_registry
 
-    ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
+    with _pinned(src, dst):
+        ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
     registry = get_registry(pm)
     fmt = format or (ckpt.format if ckpt.format in registry.formats else registry.default_portable())
     if ckpt.type == "Algorithm":

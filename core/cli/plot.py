@@ -1,7 +1,9 @@
 """``amber plot``: learning curves of runs, one line per run, from their ``progress.csv``.
 
-Needs matplotlib (``pip install 'amber-rl[plot]'``), imported inside the command and
-drawn with the Agg backend (no display needed).
+Each point is marked, so a run of one iteration shows; a run with no point to draw (no row yet,
+or no number in the metric's column) is refused, naming it, rather than drawn as an empty chart.
+The image is never written into a checkpoint. Needs matplotlib (``pip install 'amber-rl[plot]'``),
+imported inside the command and drawn with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, AmberCliError, cli
+from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli
 
 __all__ = ["plot", "read_curve"]
 
@@ -68,6 +70,20 @@ def read_curve(run_dir: Path | str, x: str, metric: str) -> tuple[list[float], l
     return [_number(r[x]) for r in rows], [_number(r[metric]) for r in rows]
 
 
+def _check_drawable(run: Path | str, xs: list[float], ys: list[float], x: str, metric: str) -> None:
+    """Refuse a curve without a single point to draw (finite on both axes): an empty chart would
+    look like a drawing of it.
+
+    :raises AmberCliError: naming the run and the metric.
+    """
+    if any(math.isfinite(a) and math.isfinite(b) for a, b in zip(xs, ys, strict=True)):
+        return
+    why = ("its progress.csv has no row yet (no iteration ended)" if not ys else
+           f"none of the {len(ys)} row(s) of its progress.csv has a number in both {metric!r} and "
+           f"{x!r} (choose another --metric or --x)")
+    raise AmberCliError(f"nothing to draw for {run}: {why}")
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
@@ -95,11 +111,19 @@ def plot(run_dirs: tuple[Path, ...], output: Path, metric: str, x_axis: str) -> 
     if output.suffix.lstrip(".").lower() not in known:
         raise AmberCliError(f"cannot write {output}: its suffix picks the image format, one of "
                             f"{', '.join('.' + k for k in sorted(known))}")
+    where = checkpoint_place(output.parent)
+    if where is not None:
+        raise AmberCliError(f"refusing to write {output}: {output.parent} is {where}, whose checkpoint.json "
+                            "would not list it (`amber verify` would then fail on it); choose a directory "
+                            "outside it")
     curves = {run: read_curve(run, x_axis, metric) for run in run_dirs}
+    for run, (xs, ys) in curves.items():
+        _check_drawable(run, xs, ys, x_axis, metric)
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     try:
         for run, (xs, ys) in curves.items():
-            ax.plot(xs, ys, label=run.rsplit("/", 1)[-1] if isinstance(run, str) else run.resolve().name)
+            label = run.rsplit("/", 1)[-1] if isinstance(run, str) else run.resolve().name
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
         ax.set_xlabel(x_axis)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import click
 
 from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
 from amber.cli.run_lease import storage_lease
-from amber.cli.train_loop import Interrupts, Report, Stop, run_lock, standing, train_until
+from amber.cli.train_loop import Interrupts, Report, Stop, check_unlocked, run_lock, standing, train_until
 
 __all__ = ["ALGOS", "train"]
 
@@ -66,11 +66,7 @@ def _user_settings(config_file: Path | None, overrides: tuple[str, ...]) -> dict
 def _build_algorithm(algo: str, env_id: str | None, format_: str | None, seed: int | None, *,
                      settings: dict[str, Any] | None = None,
                      env_kwargs: dict[str, Any] | None = None) -> Any:
-    """Build the algorithm ``amber train`` runs; an unknown format or a bad env ends it with exit 2."""
-    from amber.registry import get_registry
-
-    if format_ is not None:
-        get_registry().get(format_)
+    """Build the algorithm ``amber train`` runs; a bad setting or env ends it with exit 2."""
     from amber.algorithms.config_overrides import configure
 
     try:
@@ -124,9 +120,10 @@ def _newest_checkpoint(run_dir: Path | str) -> Path | str | None:
     return None
 
 
-def _resume(ctx: click.Context, run_dir: Path | str, allow_pickle: bool | None) -> Any:
-    """The algorithm restored from ``run_dir``'s newest checkpoint (weights, optimizers, RNGs,
-    env state and counters).
+def _check_resume(ctx: click.Context, run_dir: Path | str, checkpoint_dir: Path | None) -> None:
+    """Refuse, before anything is written (a lock file), a ``--resume`` that cannot go on: an option
+    that would change the run's settings, no directory, a checkpoint (or inside one), no checkpoint
+    to resume from (unless another ``amber train`` holds the run: that is what to say).
 
     :raises click.UsageError: an option that would change the run's settings was given.
     """
@@ -144,6 +141,33 @@ def _resume(ctx: click.Context, run_dir: Path | str, allow_pickle: bool | None) 
         hint = (f"it is a checkpoint itself: give its run's directory, --resume {parent}"
                 if where == "a checkpoint" else f"it is {where}: give its run's directory")
         raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from; {hint}")
+    if checkpoint_dir is not None and (where := checkpoint_place(checkpoint_dir)) is not None:
+        raise AmberCliError(f"{checkpoint_dir} is {where}: give --checkpoint-dir a directory of its own")
+    if isinstance(run_dir, Path) and _newest_checkpoint(run_dir) is None:
+        check_unlocked(run_dir)  # a run still in its first iteration: say who trains it
+        raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
+
+
+def _before_the_lock(ctx: click.Context, resume: Path | str | None, checkpoint_dir: Path | None,
+                     format_: str | None, build: Callable[[], Any]) -> Any:
+    """Check all that may refuse the run before anything is written (a lock file): the format,
+    and ``--resume``'s run, or a new run's directory and algorithm (``build()``, returned; None: resumed).
+    """
+    if format_ is not None:
+        from amber.registry import get_registry
+
+        get_registry().get(format_)  # (UnknownFormatError: exit 2, listing the names)
+    if resume is not None:
+        _check_resume(ctx, resume, checkpoint_dir)
+        return None
+    if checkpoint_dir is not None:
+        _check_new_run(checkpoint_dir)
+    return build()
+
+
+def _resume(run_dir: Path | str, allow_pickle: bool | None) -> Any:
+    """The algorithm restored from ``run_dir``'s newest checkpoint (weights, optimizers, RNGs,
+    env state and counters)."""
     path = _newest_checkpoint(run_dir)
     if path is None:
         raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
@@ -351,13 +375,12 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
     Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (exit 130 / 143).
     """
     stop = _stop(stop_iters, stop_timesteps, stop_reward)
-    if resume is None and checkpoint_dir is not None:
-        _check_new_run(checkpoint_dir)  # before the work of building the algorithm
+    algorithm = _before_the_lock(ctx, resume, checkpoint_dir, format_, lambda: _build_algorithm(
+        algo, env_id, format_, seed, env_kwargs=env_kwargs, settings=_user_settings(config_file, overrides)))
     run_dir, known = _run_directory(resume, checkpoint_dir), _known_store(resume, checkpoint_dir, storage)
     with Interrupts() as interrupts, run_lock(run_dir), _holding(known, run_dir, new=resume is None):
-        algorithm = _resume(ctx, resume, allow_pickle) if resume is not None else _build_algorithm(
-            algo, env_id, format_, seed, env_kwargs=env_kwargs,
-            settings=_user_settings(config_file, overrides))
+        if resume is not None:
+            algorithm = _resume(resume, allow_pickle)
         out, store = _locations(algorithm, checkpoint_dir, storage, resume)
         with _holding(store if known is None and storage is not None else None, run_dir, new=resume is None):
             last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,

@@ -21,7 +21,7 @@ import click
 
 from amber.cli.base import AmberCliError, make_console
 
-__all__ = ["Interrupts", "Report", "Stop", "run_lock", "standing", "train_until"]
+__all__ = ["Interrupts", "Report", "Stop", "check_unlocked", "run_lock", "standing", "train_until"]
 
 #: The file in a run's directory that the ``amber train`` writing to it holds locked.
 LOCK_FILE = ".amber-train.lock"
@@ -33,26 +33,54 @@ def run_lock(directory: Path | None) -> Iterator[None]:
     lock), so that two ``amber train`` never write one run: their curves would interleave and
     each one's retention would delete the other's checkpoints. The lock goes with the process.
 
-    :raises AmberCliError: another process holds it (named by its pid).
+    :raises AmberCliError: another process holds it (named by its pid), or ``directory`` is, or
+        lies in, a checkpoint (whose manifest would not list the lock file).
     """
     if directory is None:
         yield
         return
+    from amber.cli.base import checkpoint_place
+
+    if (where := checkpoint_place(directory)) is not None:
+        raise AmberCliError(f"{directory} is {where}: amber train writes its run there, and nothing may be "
+                            "written into a checkpoint; give a directory of its own")
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            raise AmberCliError(
-                f"{directory} is being trained by another amber train (pid {holder}): wait for it to "
-                "end, or give another --checkpoint-dir") from None
+        _lock(fd, directory)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         yield
     finally:
         os.close(fd)  # (releases the lock)
+
+
+def check_unlocked(directory: Path) -> None:
+    """Refuse, as :func:`run_lock` does, a ``directory`` that another ``amber train`` holds;
+    writes nothing (a missing lock file is left missing).
+
+    :raises AmberCliError: another process holds it (named by its pid).
+    """
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # none there (or no file): nobody holds it
+    try:
+        _lock(fd, directory)
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int, directory: Path) -> None:
+    """Lock ``fd``, the run lock of ``directory``, or refuse: another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        raise AmberCliError(
+            f"{directory} is being trained by another amber train (pid {holder}): wait for it to "
+            "end, or give another --checkpoint-dir") from None
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,34 @@ signs one the user decided to trust (:func:`amber.trust.trust_checkpoint`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from amber.cli.base import LOCATION, CliState, cli, echo
 
 __all__ = ["trust"]
+
+
+def _trusted_through_algorithm(path: Path | str, pm: Any) -> bool:
+    """Whether ``path`` is a policy of an algorithm checkpoint that lists it and that loads by
+    default (signed with the user's key, or in a safe format): then it loads by default too, and
+    this says so. Otherwise (False) ``trust_state`` refuses the policy, naming its algorithm."""
+    from amber.layout import MANIFEST, read_manifest
+    from amber.signing import containing_algorithm
+    from amber.trust import trust_state
+
+    if not isinstance(path, Path) or (outer := containing_algorithm(path)) is None:
+        return False
+    if f"policies/{path.name}/{MANIFEST}" not in read_manifest(outer).files:
+        return False
+    info = trust_state(outer, pm=pm)
+    if not info.safe and info.problem is not None:
+        return False
+    how = (f"in format {info.format!r}, which never runs code when read" if info.safe
+           else "signed with your key")
+    echo(f"nothing changed: {path} is trusted through its algorithm {outer} ({how})")
+    return True
 
 
 @cli.command()
@@ -33,6 +55,8 @@ def trust(state: CliState, path: Path, yes: bool) -> None:
     from amber.trust import trust_checkpoint, trust_state
 
     pm = state.get_pm()
+    if _trusted_through_algorithm(path, pm):
+        return
     info = trust_state(path, pm=pm)
     if info.safe:
         echo(f"{path} is in format {info.format!r}, which never runs code when read: "

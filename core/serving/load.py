@@ -171,7 +171,9 @@ def _pickle_refused(root: Path, fmt: str) -> PickleCheckpointError:
     else:
         copy = f"{outer}-msgpack"
         how = f"`amber convert {outer} {copy} --format msgpack`"
-        serve = f"{copy}/{Path(os.path.abspath(root)).relative_to(outer).as_posix()}"
+        inner = Path(os.path.abspath(root))
+        inner = inner if inner.is_relative_to(outer) else Path(os.path.realpath(root))  # (through a link)
+        serve = f"{copy}/{inner.relative_to(outer).as_posix()}"
     return PickleCheckpointError(
         f"{root} is a {fmt!r} checkpoint, which can run code when read: amber.serve never reads one. "
         f"Convert it once, where you trust it: {how}, and serve {serve} (or pass allow_pickle=True "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from amber.checkpoint import read_checkpoint
 from amber.checkpoint_read import amber_only, describe_foreign
-from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
+from amber.errors import ChangedWhileReadError, CheckpointError, CorruptCheckpointError, NotACheckpointError
 from amber.layout import MANIFEST, check_file, read_manifest, unread_foreign
 from amber.registry import get_registry
 from amber.storage import is_remote, local_path, reading, relocated
@@ -174,6 +174,8 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
         directory, expected = pending.pop()
         try:
             manifest = read_manifest(directory, expected=expected, root=root)
+        except ChangedWhileReadError:
+            raise  # not a problem of the checkpoint: another save replaced it (read it again)
         except CheckpointError as e:
             report.problems.append(str(e))
             broken.append(directory)
