@@ -30,7 +30,7 @@ from typing import Any
 from amber.errors import warn
 
 __all__ = ["CHECKPOINT_FIELD", "PROGRESS_CSV", "PROGRESS_FIELDS", "RESULT_JSON", "ResultLogger",
-           "flat_scalars"]
+           "copy_logs", "copy_logs_to", "flat_scalars", "last_iteration", "resume_logs"]
 
 PROGRESS_CSV = "progress.csv"
 RESULT_JSON = "result.json"
@@ -182,17 +182,23 @@ def copy_logs(logdir: str | Path, checkpoint: str, storage_options: Mapping[str,
     URL ``checkpoint``, so that the run can be followed and resumed from there. A failure
     only warns: the checkpoint is saved."""
     from amber.errors import CheckpointError
-    from amber.storage import Remote, transfer
+    from amber.storage import Remote
 
     try:
-        remote = Remote(checkpoint.rstrip("/").rsplit("/", 1)[0], storage_options)
-        for name in (PROGRESS_CSV, RESULT_JSON):
-            local = Path(logdir) / name
-            if local.exists():
-                transfer(remote, "uploading the logs to", lambda local=local, name=name:
-                         remote.fs.put_file(str(local), remote.key(name)))
+        _upload(Remote(checkpoint.rstrip("/").rsplit("/", 1)[0], storage_options), Path(logdir))
     except CheckpointError as e:
         warn(f"{checkpoint} was saved, but not the learning curves beside it: {e}")
+
+
+def _upload(remote: Any, logdir: Path) -> None:
+    """Put ``logdir``'s ``progress.csv`` and ``result.json`` (those there) at the URL ``remote``."""
+    from amber.storage import transfer
+
+    for name in (PROGRESS_CSV, RESULT_JSON):
+        local = logdir / name
+        if local.exists():
+            transfer(remote, "uploading the logs to", lambda local=local, name=name:
+                     remote.fs.put_file(str(local), remote.key(name)))
 
 
 def copy_logs_to(logdir: str | Path, directory: str | Path) -> None:
@@ -212,14 +218,71 @@ def copy_logs_to(logdir: str | Path, directory: str | Path) -> None:
         warn(f"{directory} holds the checkpoints, but not the learning curves beside them: {e}")
 
 
-def fetch_logs(url: str, logdir: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Copy ``progress.csv`` and ``result.json`` from the remote run directory ``url`` (as
-    :func:`copy_logs` left them) into ``logdir``, where a resumed run appends to them."""
+def last_iteration(path: str | Path, kind: str | None = None) -> int | None:
+    """The ``training_iteration`` of the last result in the file at ``path``: a ``kind``
+    (default: its name) of :data:`PROGRESS_CSV` or :data:`RESULT_JSON` (None: missing, unreadable
+    or empty)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if (kind or path.name) == RESULT_JSON:
+            rows: list[Any] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return None
+    for row in reversed(rows):
+        try:
+            return int(row["training_iteration"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def resume_logs(url: str, logdir: str | Path, iteration: int,
+                storage_options: Mapping[str, Any] | None = None) -> None:
+    """Give ``logdir`` the learning curves of the remote run at ``url`` that a run resumed from its
+    checkpoint of ``iteration`` appends to. Of each file (``progress.csv``, ``result.json``),
+    the copy beside the checkpoints (:func:`copy_logs`) or the local one, whichever holds more
+    of the run's iterations up to ``iteration`` (its last one's, at most ``iteration``); the
+    remote one on a tie (a machine that trained the run earlier holds a stale copy). A local copy
+    that holds more (an upload of the curves failed, only warned) is kept and uploaded again.
+
+    :raises StorageError: the storage failed (the local curves are left as they were).
+    """
+    from amber.errors import CheckpointError
     from amber.storage import Remote, transfer
 
-    remote = Remote(url, storage_options)
-    present = remote.listing()
-    for name in (PROGRESS_CSV, RESULT_JSON):
-        if name in present:
-            transfer(remote, "downloading the logs of", lambda name=name:
-                     remote.fs.get_file(remote.key(name), str(Path(logdir) / name)))
+    remote, logdir = Remote(url, storage_options), Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    present, stale = remote.listing(), False
+    fetched: dict[str, Path] = {}
+    try:
+        for name in (PROGRESS_CSV, RESULT_JSON):
+            if name in present:  # fetched beside, so that a failure leaves the local one whole
+                fetched[name] = logdir / f".{name}.amber-remote-{os.getpid()}"
+                transfer(remote, "downloading the logs of", lambda name=name:
+                         remote.fs.get_file(remote.key(name), str(fetched[name])))
+        for name in (PROGRESS_CSV, RESULT_JSON):
+            local, theirs = logdir / name, fetched.get(name)
+            if _held(local, name, iteration) > _held(theirs, name, iteration):
+                stale = True
+            elif theirs is not None:
+                os.replace(fetched.pop(name), local)
+            else:
+                local.unlink(missing_ok=True)
+    finally:
+        for tmp in fetched.values():
+            tmp.unlink(missing_ok=True)
+    if stale:
+        try:
+            _upload(remote, logdir)
+        except CheckpointError as e:
+            warn(f"{url}: the local learning curves, which hold more of the run, were kept, "
+                 f"but not copied beside its checkpoints: {e}")
+
+
+def _held(path: Path | None, kind: str, iteration: int) -> int:
+    """How far the curves at ``path`` go in a run resumed at ``iteration`` (-1: none)."""
+    last = None if path is None else last_iteration(path, kind)
+    return -1 if last is None else min(last, iteration)

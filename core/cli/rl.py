@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
-from amber.cli.run_lease import storage_lease
+from amber.cli.run_lease import check_unleased, remote_place, storage_lease
 from amber.cli.train_loop import Interrupts, Report, Stop, check_unlocked, run_lock, standing, train_until
 
 __all__ = ["ALGOS", "train"]
@@ -135,7 +135,7 @@ def _check_resume(ctx: click.Context, run_dir: Path | str, checkpoint_dir: Path 
         raise click.UsageError(f"--resume continues the run with its saved settings; drop {', '.join(given)}")
     if isinstance(run_dir, Path) and not run_dir.is_dir():
         raise click.BadParameter(f"{run_dir} is not a directory", param_hint="--resume")
-    where = checkpoint_place(run_dir) if isinstance(run_dir, Path) else _remote_place(run_dir)
+    where = checkpoint_place(run_dir) if isinstance(run_dir, Path) else remote_place(run_dir)
     if where is not None:
         parent = run_dir.parent if isinstance(run_dir, Path) else run_dir.rstrip("/").rsplit("/", 1)[0]
         hint = (f"it is a checkpoint itself: give its run's directory, --resume {parent}"
@@ -143,16 +143,19 @@ def _check_resume(ctx: click.Context, run_dir: Path | str, checkpoint_dir: Path 
         raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from; {hint}")
     if checkpoint_dir is not None and (where := checkpoint_place(checkpoint_dir)) is not None:
         raise AmberCliError(f"{checkpoint_dir} is {where}: give --checkpoint-dir a directory of its own")
-    if isinstance(run_dir, Path) and _newest_checkpoint(run_dir) is None:
-        check_unlocked(run_dir)  # a run still in its first iteration: say who trains it
+    if _newest_checkpoint(run_dir) is None:  # a run still in its first iteration: say who trains it
+        if isinstance(run_dir, Path):
+            check_unlocked(run_dir)
+        else:
+            check_unleased(run_dir)
         raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
 
 
 def _before_the_lock(ctx: click.Context, resume: Path | str | None, checkpoint_dir: Path | None,
-                     format_: str | None, build: Callable[[], Any]) -> Any:
-    """Check all that may refuse the run before anything is written (a lock file): the format,
-    and ``--resume``'s run, or a new run's directory and algorithm (``build()``, returned; None: resumed).
-    """
+                     storage: Path | str | None, format_: str | None, build: Callable[[], Any]) -> Any:
+    """Check all that may refuse the run before anything is written (a lock file, a lease): the
+    format, and ``--resume``'s run, or a new run's directory, algorithm (``build()``, returned;
+    None: resumed) and ``--storage`` destination (checked again once held)."""
     if format_ is not None:
         from amber.registry import get_registry
 
@@ -162,7 +165,10 @@ def _before_the_lock(ctx: click.Context, resume: Path | str | None, checkpoint_d
         return None
     if checkpoint_dir is not None:
         _check_new_run(checkpoint_dir)
-    return build()
+    algorithm = build()
+    if storage is not None:
+        _check_new_run(_locations(algorithm, checkpoint_dir, storage, None)[1], "--storage")
+    return algorithm
 
 
 def _resume(run_dir: Path | str, allow_pickle: bool | None) -> Any:
@@ -183,15 +189,15 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     else started afresh) and its checkpoints in ``store`` (``out``, or a URL), kept as its
     config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``),
     ``num_to_keep`` (not None) set there first: each checkpoint records it, so a resume keeps it."""
-    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, copy_logs, copy_logs_to, fetch_logs
+    from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, copy_logs, copy_logs_to, resume_logs
     from amber.checkpoint_manager import CheckpointManager
 
     algorithm.logdir = out
-    if not append or isinstance(store, str):
+    if not append:
         for name in (PROGRESS_CSV, RESULT_JSON):
             (out / name).unlink(missing_ok=True)
-    if append and isinstance(store, str):  # the run's curves are those beside its checkpoints (this
-        fetch_logs(store, out)  # machine's may be stale: the run went on elsewhere since)
+    elif isinstance(store, str):  # the local curves or those beside the checkpoints: the fuller
+        resume_logs(store, out, algorithm.iteration)
     c = algorithm.config
     if num_to_keep is not None:
         c.checkpointing(num_to_keep=num_to_keep)
@@ -261,19 +267,6 @@ def _holding(store: Path | str | None, run_dir: Path | None, *, new: bool) -> It
         yield
 
 
-def _remote_place(url: str) -> str | None:
-    """:func:`~amber.cli.base.checkpoint_place` at a URL: ``"a checkpoint"`` (a committed one),
-    ``"inside the checkpoint <url>"``, or None."""
-    from amber.storage import MANIFEST, Remote
-    from amber.storage_upload import enclosing_checkpoint
-
-    remote = Remote(url)
-    if MANIFEST in remote.children():
-        return "a checkpoint"
-    outer = enclosing_checkpoint(remote)
-    return None if outer is None else f"inside the checkpoint {outer}"
-
-
 def _check_new_run(out: Path | str, option: str = "--checkpoint-dir") -> None:
     """Refuse to start a run whose checkpoints would go to a directory (or URL: ``--storage``)
     that holds another's checkpoints (they would mix, and its retention would delete them) or that
@@ -281,7 +274,7 @@ def _check_new_run(out: Path | str, option: str = "--checkpoint-dir") -> None:
     if isinstance(out, str):
         from amber.storage import Remote
 
-        where = _remote_place(out)
+        where = remote_place(out)
         runs = [] if where else [n for n in Remote(out).children() if n.startswith("checkpoint_")]
     else:
         where = checkpoint_place(out)
@@ -375,7 +368,7 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
     Ctrl-C or SIGTERM stops after the current iteration with a checkpoint (exit 130 / 143).
     """
     stop = _stop(stop_iters, stop_timesteps, stop_reward)
-    algorithm = _before_the_lock(ctx, resume, checkpoint_dir, format_, lambda: _build_algorithm(
+    algorithm = _before_the_lock(ctx, resume, checkpoint_dir, storage, format_, lambda: _build_algorithm(
         algo, env_id, format_, seed, env_kwargs=env_kwargs, settings=_user_settings(config_file, overrides)))
     run_dir, known = _run_directory(resume, checkpoint_dir), _known_store(resume, checkpoint_dir, storage)
     with Interrupts() as interrupts, run_lock(run_dir), _holding(known, run_dir, new=resume is None):

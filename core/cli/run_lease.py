@@ -9,6 +9,9 @@ the same URL stops at once while the lease is fresh: renewed less than :data:`TT
 ago, by a process that, on this host, still runs. A lease left by a killed process is taken
 over at once on its host, after :data:`TTL_S` seconds elsewhere.
 
+No lease is ever written into a committed checkpoint (its manifest would not list it):
+:func:`storage_lease` refuses a URL that is, or lies in, one (:func:`remote_place`).
+
 This is not airtight: hosts' clocks must agree within the TTL, a process stalled past the TTL
 (suspended, or cut off from the storage) loses its lease while it may still write, and two
 processes taking over the same stale lease at the same instant may both win.
@@ -28,7 +31,7 @@ from typing import Any
 
 from amber.cli.base import AmberCliError
 
-__all__ = ["LEASE_FILE", "RENEW_S", "TTL_S", "storage_lease"]
+__all__ = ["LEASE_FILE", "RENEW_S", "TTL_S", "check_unleased", "remote_place", "storage_lease"]
 
 #: The object in a remote run's prefix naming the ``amber train`` that writes to it.
 LEASE_FILE = ".amber-train.lease"
@@ -41,7 +44,8 @@ TTL_S = 120.0
 def storage_lease(url: str | None) -> Iterator[None]:
     """Hold the lease of the remote run ``url`` for the block (None: nothing to hold).
 
-    :raises AmberCliError: another ``amber train`` holds a fresh lease there (named).
+    :raises AmberCliError: another ``amber train`` holds a fresh lease there (named), or ``url``
+        is, or lies in, a committed checkpoint (nothing is written there).
     :raises StorageError: the storage failed.
     """
     if url is None:
@@ -49,6 +53,9 @@ def storage_lease(url: str | None) -> Iterator[None]:
         return
     from amber.storage import Remote
 
+    if (where := remote_place(url)) is not None:
+        raise AmberCliError(f"{url} is {where}: amber train writes its run there, and nothing may be "
+                            "written into a checkpoint; give a location of its own")
     remote = Remote(url)
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
     _acquire(remote, mine)
@@ -62,6 +69,34 @@ def storage_lease(url: str | None) -> Iterator[None]:
         done.set()
         renewer.join(timeout=10)
         _release(remote, mine)
+
+
+def remote_place(url: str) -> str | None:
+    """Where the URL ``url`` stands with respect to checkpoints, for a refusal (as
+    :func:`~amber.cli.base.checkpoint_place` for a directory): ``"a checkpoint"`` (a committed
+    one), ``"inside the checkpoint <url>"``, or None."""
+    from amber.storage import MANIFEST, Remote
+    from amber.storage_upload import enclosing_checkpoint
+
+    remote = Remote(url)
+    if MANIFEST in remote.children():
+        return "a checkpoint"
+    outer = enclosing_checkpoint(remote)
+    return None if outer is None else f"inside the checkpoint {outer}"
+
+
+def check_unleased(url: str) -> None:
+    """Refuse, as :func:`storage_lease` does, the remote run ``url`` while another ``amber train``
+    holds a fresh lease on it; writes nothing.
+
+    :raises AmberCliError: another ``amber train`` holds it (named).
+    :raises StorageError: the storage failed.
+    """
+    from amber.storage import Remote
+
+    held = _read(Remote(url))
+    if held is not None and _fresh(held):
+        raise _refusal(url, held)
 
 
 def _read(remote: Any) -> dict[str, Any] | None:
