@@ -221,7 +221,7 @@ def test_observations_of_the_wrong_shape_are_a_clear_value_error(trained):
         policy.compute_actions(np.zeros(4))
     with pytest.raises(ValueError, match=r"not an array of shape \(2, 5\)"):
         policy.compute_actions(np.zeros((2, 5)))
-    with pytest.raises(ValueError, match=r"not an array of shape \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"one observation of shape \(4,\), not one of shape \(3,\)"):
         policy.compute_single_action(np.zeros(3))
 
 

@@ -95,7 +95,7 @@ def test_observations_of_the_wrong_shape_are_a_clear_value_error():
         pol.compute_actions(np.zeros(4))
     with pytest.raises(ValueError, match=r"shape \(4,\) each, not an array of shape \(2, 5\)$"):
         pol.compute_actions(np.zeros((2, 5)))
-    with pytest.raises(ValueError, match=r"not an array of shape \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"one observation of shape \(4,\), not one of shape \(3,\)"):
         pol.compute_single_action(np.zeros(3))
     lake = TorchPolicy(gym.spaces.Discrete(16), gym.spaces.Discrete(4), {"model": SMALL, "seed": 0})
     with pytest.raises(ValueError, match=r"one integer each, not an array of shape \(2, 5\)"):

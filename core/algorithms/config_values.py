@@ -65,19 +65,37 @@ def _spec_to_dict(spec: Any) -> Any:
     return copy.deepcopy(spec)
 
 
-def _spec_from_dict(spec: Any) -> Any:
+def _spec_from_dict(spec: Any, policy_id: str | None = None) -> Any:
     """:func:`_spec_to_dict`'s output as a PolicySpec again (spaces decoded); anything else unchanged.
 
-    :raises ValueError: a space description that describes no space.
+    :param policy_id: the policy's id, for the error.
+    :raises ValueError: a space description that describes no space (naming the policy, the key
+        and the descriptions amber reads).
     """
     from amber.policy.policy import PolicySpec
-    from amber.policy.spaces import space_from_state
 
     if _is_spec_dict(spec):
-        spaces = {k: space_from_state(v) if isinstance(v, dict) else v  # (a gymnasium Dict is a Mapping)
-                  for k, v in spec.items() if k in _SPACES}
+        spaces = {k: _space_from_dict(v, k, policy_id) if isinstance(v, dict) else v  # (a gymnasium Dict
+                  for k, v in spec.items() if k in _SPACES}                           # is a Mapping)
         return PolicySpec(spec["policy_class"], config=spec["config"], **spaces)
     return spec
+
+
+def _space_from_dict(value: dict[str, Any], key: str, policy_id: str | None) -> Any:
+    """A spec's space description (``to_dict()``'s) decoded; the error says whose and what is read."""
+    from amber.policy.spaces import space_from_state
+
+    try:
+        return space_from_state(value)
+    except (ValueError, KeyError, TypeError) as e:
+        whose = f"policy {policy_id!r}" if policy_id is not None else "a policy spec"
+        rllib = ("; it looks like RLlib's serialized space (PolicySpec.serialize(), {'space': ...}), "
+                 "which amber does not read" if "space" in value and "type" not in value else "")
+        raise ValueError(
+            f"{whose}: {key} {value!r} describes no space amber reads ({type(e).__name__}: {e}){rllib}. "
+            "amber reads to_dict()'s descriptions, {'type': 'Box', 'low': array, 'high': array, "
+            "'dtype': str} and {'type': 'Discrete', 'n': int, 'start': int}, or a gymnasium space; "
+            "or leave the key out: the policy gets the env's spaces") from e
 
 
 def without_spec_spaces(config: dict[str, Any]) -> dict[str, Any]:

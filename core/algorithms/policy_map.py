@@ -109,7 +109,7 @@ def _saved_spec(spec: Any, pid: str, pm: pluggy.PluginManager | None) -> Any:
 
     if isinstance(spec, Mapping) and isinstance(spec.get("policy_class"), Ref):
         spec = {**spec, "policy_class": spec["policy_class"].resolve(what=f"policies.{pid}", pm=pm)}
-    return _spec_from_dict(dict(spec) if isinstance(spec, Mapping) else spec)
+    return _spec_from_dict(dict(spec) if isinstance(spec, Mapping) else spec, pid)
 
 
 class PolicyMapMixin:

@@ -17,19 +17,31 @@ __all__ = ["evaluate"]
 def _policy_chooser(algo: Any, checkpoint: Path) -> Callable[[Any, bool, int], str]:
     """``choose(agent, multi_agent, episode) -> policy id``: the config's mapping function's choice
     (a single-agent env's agent is RLlib's ``"agent0"``), else ``"default_policy"`` or the one
-    policy there is.
+    policy there is; for a single-agent env, where that policy does not exist, the one its agent
+    played (:func:`~amber.envs.env_runner.single_agent_policy`; a mapping's answer so replaced is
+    warned about, as training does).
 
     :raises AmberCliError: (when called) the choice is not a policy of the checkpoint.
     """
-    from amber.envs.env_runner import SINGLE_AGENT_ID, Episode, only_policy
+    from amber.envs.env_runner import SINGLE_AGENT_ID, Episode, only_policy, single_agent_policy
+    from amber.envs.runner_slots import unused_mapping_warning
     from amber.envs.runner_state import mapping_caller
+    from amber.errors import warn
 
     fn = algo.config.policy_mapping_fn
     call = None if fn is None else mapping_caller(fn, None)
+    warned: list[bool] = []
 
     def choose(agent: Any, multi_agent: bool, episode: int) -> str:
         agent_id = agent if multi_agent else SINGLE_AGENT_ID
         pid = only_policy(algo.policies) if call is None else call(agent_id, Episode(episode, 0))
+        kept = None if multi_agent else single_agent_policy(
+            algo.policies, getattr(algo.env_runner, "playing_policy", None))
+        if pid not in algo.policies and kept is not None:
+            if call is not None and not warned:
+                warned.append(True)
+                warn(unused_mapping_warning(fn, pid, kept))
+            pid = kept
         if pid not in algo.policies:
             how = "without a policy_mapping_fn, amber maps" if call is None else "its policy_mapping_fn maps"
             raise AmberCliError(f"{checkpoint}: {how} agent {agent_id!r} to policy {pid!r}, which it does "

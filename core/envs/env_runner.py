@@ -17,7 +17,7 @@ import numpy as np
 
 from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import env_context, make_env_copies, probe_env, probe_spaces
-from amber.envs.runner_slots import Slot, slot_state
+from amber.envs.runner_slots import Slot, only_policy, single_agent_policy, slot_state, unused_mapping_warning
 from amber.envs.runner_state import Episode, mapping_caller, parse_slot
 from amber.errors import CheckpointError, InvalidStateError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
@@ -27,19 +27,11 @@ if TYPE_CHECKING:
     import pluggy
 
 __all__ = ["DEFAULT_POLICY_ID", "SINGLE_AGENT_ID", "Episode", "EnvRunner", "only_policy", "probe_env",
-           "probe_spaces"]
+           "probe_spaces", "single_agent_policy"]
 
 #: What a policy mapping function is given as a single-agent env's one agent (the runner keys it
 #: ``0``): RLlib 2.10's id for it, as its old API stack wraps a gymnasium env as agent ``"agent0"``.
 SINGLE_AGENT_ID = "agent0"
-
-
-def only_policy(policies: Mapping[str, Any]) -> str:
-    """The policy that plays every agent when there is no mapping function: ``"default_policy"``,
-    or the one policy there is (whatever its id)."""
-    if DEFAULT_POLICY_ID not in policies and len(policies) == 1:
-        return next(iter(policies))
-    return DEFAULT_POLICY_ID
 
 
 def _uncaptured(env: Any, captured: Callable[[Any], bool]) -> str:
@@ -70,7 +62,10 @@ class EnvRunner:
     :param policies: the policies by id (the dict is used as given, not copied).
     :param policy_mapping_fn: ``fn(agent_id, episode, worker, **kw) -> policy id``, called once
         per agent per episode; a single-agent env's agent is :data:`SINGLE_AGENT_ID` (None:
-        :func:`only_policy`, ``"default_policy"`` or the one policy there is).
+        :func:`only_policy`, ``"default_policy"`` or the one policy there is). A single-agent
+        env's agent keeps the policy it played when a policy is added (it is no longer the only
+        one), and plays :func:`single_agent_policy`'s, with a warning, when the function names
+        a policy that does not exist (an old checkpoint's leftover multi-agent mapping).
     :param seed: env copy ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
     :param first_env: an instance of the env, built with ``env_config`` and never reset, to use as
         copy 0 (:func:`probe_env`'s) instead of building one more.
@@ -95,6 +90,8 @@ class EnvRunner:
         self._next_eps_id = 0
         self._bounds: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}
         self._warned = False
+        self._playing: str | None = None  # the policy a single-agent env's agent played last
+        self._mapping_warned = False
         self.set_policies(policies, policy_mapping_fn)
 
     @property
@@ -123,6 +120,11 @@ class EnvRunner:
         return self._multi_agent
 
     @property
+    def playing_policy(self) -> str | None:
+        """The policy a single-agent env's agent played last (restored with its episodes), or None."""
+        return self._playing
+
+    @property
     def envs(self) -> list[Any]:
         """The env copies."""
         return [s.env for s in self._slots]
@@ -149,18 +151,32 @@ class EnvRunner:
     def _policy_for(self, slot: Slot, agent: Any) -> str:
         pid = slot.mapping.get(agent)
         if pid is None:
-            fn, agent_id = self.policy_mapping_fn, agent if self.is_multi_agent else SINGLE_AGENT_ID
-            if fn is None:
-                pid = only_policy(self.policies)
-            else:
-                if self._call_mapping is None:  # fn's signature is read once, when first called
-                    self._call_mapping = mapping_caller(fn, self)
-                pid = self._call_mapping(agent_id, slot.episode)
-            if pid not in self.policies:
-                how = "" if fn is not None else " (no policy_mapping_fn was given: give one)"
-                raise ValueError(f"agent {agent_id!r} is mapped to policy {pid!r}, which does not exist "
-                                 f"(policies: {sorted(self.policies)}){how}")
-            slot.mapping[agent] = pid
+            pid = slot.mapping[agent] = self._map_agent(slot, agent)
+        return pid
+
+    def _map_agent(self, slot: Slot, agent: Any) -> str:
+        """The policy ``agent`` plays this episode (see the class's ``policy_mapping_fn``)."""
+        fn, single = self.policy_mapping_fn, not self.is_multi_agent
+        agent_id = SINGLE_AGENT_ID if single else agent
+        if fn is None:
+            pid = single_agent_policy(self.policies, self._playing) if single else None
+            pid = only_policy(self.policies) if pid is None else pid
+        else:
+            if self._call_mapping is None:  # fn's signature is read once, when first called
+                self._call_mapping = mapping_caller(fn, self)
+            pid = self._call_mapping(agent_id, slot.episode)
+            kept = single_agent_policy(self.policies, self._playing) if single else None
+            if pid not in self.policies and kept is not None:
+                if not self._mapping_warned:
+                    self._mapping_warned = True
+                    warn(unused_mapping_warning(fn, pid, kept))
+                pid = kept
+        if pid not in self.policies:
+            how = "" if fn is not None else " (no policy_mapping_fn was given: give one)"
+            raise ValueError(f"agent {agent_id!r} is mapped to policy {pid!r}, which does not exist "
+                             f"(policies: {sorted(self.policies)}){how}")
+        if single:
+            self._playing = pid
         return pid
 
     # -- env plumbing ------------------------------------------------------------
@@ -370,6 +386,8 @@ class EnvRunner:
             slot.obs = None  # not captured: restarts at the next sample (unseeded once started)
             for name, value in values.items():
                 setattr(slot, name, value)
+            if not self._multi_agent and slot.mapping:  # the policy its one agent was playing
+                self._playing = next(iter(slot.mapping.values()))
         self.set_policies(self.policies, self.policy_mapping_fn)
 
     def stop(self) -> None:

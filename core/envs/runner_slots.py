@@ -4,13 +4,15 @@ in the runner's saved state (:meth:`amber.envs.env_runner.EnvRunner.get_state`; 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from amber.envs.runner_state import Episode
+from amber.policy.sample_batch import DEFAULT_POLICY_ID
 
-__all__ = ["Slot", "plain", "slot_state"]
+__all__ = ["Slot", "only_policy", "plain", "single_agent_policy", "slot_state", "unused_mapping_warning"]
 
 
 class Slot:
@@ -54,3 +56,34 @@ def slot_state(slot: Slot, captured: bool) -> dict[str, Any]:
                         "extra": {k: plain(v) for k, v in p[2].items()}, "reward": p[3]}
                     for a, p in slot.pending.items()},
     }
+
+
+def only_policy(policies: Mapping[str, Any]) -> str:
+    """The policy that plays every agent when there is no mapping function: ``"default_policy"``,
+    or the one policy there is (whatever its id)."""
+    if DEFAULT_POLICY_ID not in policies and len(policies) == 1:
+        return next(iter(policies))
+    return DEFAULT_POLICY_ID
+
+
+def single_agent_policy(policies: Mapping[str, Any], playing: str | None = None) -> str | None:
+    """The policy a single-agent env's agent plays when no mapping function chooses one that
+    exists: ``"default_policy"``, the only policy there is (whatever its id), or ``playing``, the
+    one it played so far (a policy added later gets no samples unless a mapping says so).
+    None: none of these exists."""
+    if DEFAULT_POLICY_ID in policies:
+        return DEFAULT_POLICY_ID
+    if len(policies) == 1:
+        return next(iter(policies))
+    return playing if playing is not None and playing in policies else None
+
+
+def unused_mapping_warning(fn: Any, mapped: Any, played: str) -> str:
+    """The warning for a single-agent env whose mapping function names a policy that does not
+    exist (a multi-agent template left in the config: amber used to ignore a single-agent env's
+    mapping), saying it plays ``played`` instead."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return (f"policy_mapping_fn {name} maps this single-agent env's agent 'agent0' to policy "
+            f"{mapped!r}, which does not exist: playing policy {played!r}, as amber did when it "
+            "ignored a mapping for a single-agent env. A mapping for a single-agent env is now "
+            "used: fix it to return an existing policy id, or remove it")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from amber.export import ModelGraph
 
-__all__ = ["Policy", "PolicySpec"]
+__all__ = ["BATCH_EXTRAS", "SINGLE_ACTION_EXTRAS", "Policy", "PolicySpec", "check_extra_kwargs"]
 
 
 class PolicySpec:
@@ -72,13 +72,22 @@ class Policy:
     ) -> tuple[Any, list[Any], dict[str, Any]]:
         """The action for one observation: ``(action, state_outs, extra_fetches)``.
 
-        :param obs: one observation (not batched).
+        :param obs: one observation (not batched), of the observation space's shape.
         :param explore: sample (True) or act greedily (False); None: the policy's default.
         :param clip_actions: clip a Box action to the action space's bounds (as an environment
-            runner does; a Gaussian's sample or mean may lie outside them).
-        :param kwargs: RLlib's other arguments (``prev_action``, ``episode``...), accepted and unused.
+            runner does; a Gaussian's sample or mean may lie outside them). ``clip_action``
+            (RLlib's ``Algorithm.compute_single_action`` name) is the same.
+        :param kwargs: RLlib's other arguments (:data:`SINGLE_ACTION_EXTRAS`: ``prev_action``,
+            ``episode``...), accepted and unused.
+        :raises TypeError: any other keyword (named, with the closest known one).
+        :raises ValueError: ``obs`` is not one observation (:func:`single_obs_error`).
         """
-        actions, state_outs, extra = self.compute_actions(np.asarray(obs)[None], explore=explore)
+        clip_actions = bool(clip_actions or kwargs.pop("clip_action", False))
+        check_extra_kwargs(type(self).__name__, "compute_single_action", kwargs, SINGLE_ACTION_EXTRAS,
+                           ("obs", "state", "explore", "clip_actions", "clip_action"))
+        if obs is None and isinstance(kwargs.get("input_dict"), Mapping):  # RLlib's other way to give it
+            obs = kwargs["input_dict"].get("obs")
+        actions, state_outs, extra = self.compute_actions(checked_single_obs(self, obs), explore=explore)
         action = actions[0]
         if clip_actions and hasattr(self.action_space, "low") and hasattr(self.action_space, "high"):
             action = np.clip(action, self.action_space.low, self.action_space.high).astype(
@@ -300,13 +309,82 @@ def checked_obs_batch(policy: Any, obs_batch: Any) -> np.ndarray:
     return arr
 
 
-def obs_batch_error(policy: Any, arr: np.ndarray) -> ValueError:
-    """The error for a batch of observations ``arr`` whose shape is not ``[batch, *obs_shape]``
-    (one observation passed as a batch: use ``compute_single_action``, or add a batch axis)."""
-    space = policy.observation_space
-    want = "one integer" if policy._discrete_obs else f"shape {tuple(space.shape)}"
-    single = arr.ndim == 0 if policy._discrete_obs else arr.shape == tuple(space.shape)
-    hint = ("; for one observation use compute_single_action(obs), or add a batch axis (obs[None])"
-            if single else "")
-    return ValueError(f"{type(policy).__name__} takes a batch of observations of {want} each, "
-                      f"not an array of shape {arr.shape}{hint}")
+def _shape_words(shape: tuple[int, ...]) -> str:
+    return "shape () (a scalar)" if shape == () else f"shape {shape}"
+
+
+def obs_batch_error(policy: Any, arr: np.ndarray, *, owner: str | None = None,
+                    shape: tuple[int, ...] | None = None) -> ValueError:
+    """The error of ``compute_actions`` for a batch of observations ``arr`` whose shape is not
+    ``[batch, *obs_shape]`` (one observation passed as a batch: use ``compute_single_action``, or
+    add a batch axis). ``owner``: what to call the policy (its class); ``shape``: one observation's
+    shape (the policy's ``_obs_shape``)."""
+    want = policy._obs_shape if shape is None else shape
+    owner = owner or type(policy).__name__
+    one = "one integer" if want == () else f"shape {want}"
+    n = arr.size // max(int(np.prod(want)), 1)
+    if arr.shape == want:
+        hint = "; for one observation use compute_single_action(obs), or add a batch axis (obs[None])"
+    elif n and arr.size % max(int(np.prod(want)), 1) == 0 and (
+            arr.ndim == len(want) > 0 or (want == () and arr.ndim > 1)):
+        hint = f"; if it holds {n} observation{'s' * (n > 1)}, reshape it to {(n, *want)}"
+    else:
+        hint = ""
+    return ValueError(f"{owner}.compute_actions takes a batch of observations of {one} each, not an "
+                      f"array of shape {arr.shape}{hint}")
+
+
+def single_obs_error(arr: np.ndarray, want: tuple[int, ...], owner: str) -> ValueError:
+    """The error of ``compute_single_action`` for an observation ``arr`` whose shape is not the
+    space's, ``want`` (``()`` for a Discrete space): a batch, or the right values in another shape."""
+    hints = []
+    if arr.size == int(np.prod(want)):
+        hints.append("pass the integer itself" if want == () else f"reshape it to {want}")
+    if arr.ndim == len(want) + 1 and arr.shape[1:] == want:
+        hints.append("for a batch of observations use compute_actions(obs_batch)")
+    hint = f"; {', or '.join(hints)}" if hints else ""
+    one = ", an integer (shape ())" if want == () else f" of {_shape_words(want)}"
+    return ValueError(f"{owner}.compute_single_action takes one observation{one}, not one of "
+                      f"{_shape_words(arr.shape)}{hint}")
+
+
+def checked_single_obs(policy: Any, obs: Any) -> np.ndarray:
+    """``obs`` as a batch of one, for a policy that :func:`init_action_facts` set up (one that did
+    not is given it unchecked, as ``np.asarray(obs)[None]``).
+
+    :raises ValueError: ``obs`` does not have one observation's shape (:func:`single_obs_error`).
+    """
+    arr = np.asarray(obs)
+    want = getattr(policy, "_obs_shape", None)
+    if want is not None and arr.shape != want:
+        raise single_obs_error(arr, want, type(policy).__name__)
+    return arr[None]
+
+
+#: RLlib 2.10's other arguments of ``Policy.compute_single_action``, accepted and unused (amber's
+#: policies keep no RNN state and act on the observation alone; their actions are already in the
+#: action space's units, so ``unsquash_action`` changes nothing).
+SINGLE_ACTION_EXTRAS = frozenset({"prev_action", "prev_reward", "info", "input_dict", "episode", "timestep",
+                                  "unsquash_action", "unsquash_actions"})
+#: RLlib 2.10's other arguments of ``Policy.compute_actions``, accepted and unused.
+BATCH_EXTRAS = frozenset({"prev_action_batch", "prev_reward_batch", "info_batch", "episodes", "timestep"})
+
+
+def check_extra_kwargs(owner: str, method: str, kwargs: Mapping[str, Any], accepted: Iterable[str],
+                       own: Iterable[str] = ()) -> None:
+    """Refuse a keyword argument that is none of RLlib's (``accepted``), naming it and the closest
+    of those and of the method's ``own`` parameters (a typo such as ``clip_acitons`` would
+    otherwise be ignored silently).
+
+    :raises TypeError: a keyword is unknown.
+    """
+    import difflib
+
+    accepted = set(accepted)
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        names = sorted({*accepted, *own})
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        mean = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{owner}.{method}() got an unexpected keyword argument {unknown[0]!r}{mean} "
+                        f"(it takes {', '.join(names)})")

@@ -19,6 +19,7 @@ from amber.models.keras_mlp import PPOKerasModel
 from amber.models.numpy_distributions import NumpyCategorical, NumpyDiagGaussian
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
 from amber.policy import sample_batch as sb
+from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.tf_policy_base import TFPolicyBase
 
 __all__ = ["PPOTFPolicy"]
@@ -78,6 +79,8 @@ class PPOTFPolicy(TFPolicyBase):
 
         :param explore: sample from the distribution (True, also for None) or act greedily.
         """
+        check_extra_kwargs(type(self).__name__, "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore"))
         arr = self.obs_array(obs_batch)
         dist_inputs, vf = self.forward(arr)
         dist = self._np_dist(dist_inputs)

@@ -26,6 +26,7 @@ from amber.models.torch_distributions import (
 )
 from amber.models.torch_mlp import PPOTorchModel
 from amber.policy import sample_batch as sb
+from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.torch_policy_base import TorchPolicyBase
 from amber.policy.torch_utils import (
     action_info,
@@ -80,7 +81,12 @@ class TorchPolicy(TorchPolicyBase):
         and ``vf_preds``.
 
         :param explore: sample from the distribution (True, also for None) or act greedily.
+        :param kwargs: RLlib's other arguments (:data:`~amber.policy.policy.BATCH_EXTRAS`:
+            ``prev_action_batch``, ``episodes``...), accepted and unused.
+        :raises TypeError: any other keyword (named, with the closest known one).
         """
+        check_extra_kwargs(type(self).__name__, "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore"))
         arr = self.obs_array(obs_batch)
         sample = explore is None or bool(explore)
         net = self.numpy_net(arr)

@@ -20,6 +20,13 @@ import numpy as np
 from amber.errors import InvalidStateError
 from amber.models.numpy_distributions import DISTRIBUTIONS, NumpySquashedGaussian, epsilon_greedy
 from amber.models.numpy_mlp import check_obs_range
+from amber.policy.policy import (
+    BATCH_EXTRAS,
+    SINGLE_ACTION_EXTRAS,
+    check_extra_kwargs,
+    obs_batch_error,
+    single_obs_error,
+)
 from amber.policy.sample_batch import ACTION_DIST_INPUTS, ACTION_LOGP, Q_VALUES, VF_PREDS
 
 __all__ = ["Network", "ServedPolicy", "describe_space"]
@@ -136,13 +143,17 @@ class ServedPolicy:
         space = self.observation_space
         discrete = space["type"] == "Discrete"
         arr = np.asarray(obs_batch, dtype=np.int64 if discrete else np.float32)
-        if arr.ndim == 0 or arr.shape[1:] != (() if discrete else tuple(space["shape"])):
-            want = "one integer" if discrete else f"shape {tuple(space['shape'])}"
-            raise ValueError(f"policy {self.policy_id!r} takes a batch of observations of {want} each, "
-                             f"not an array of shape {arr.shape}")
+        if arr.ndim == 0 or arr.shape[1:] != self._obs_shape:
+            raise obs_batch_error(self, arr, owner=f"policy {self.policy_id!r}", shape=self._obs_shape)
         if discrete:
             check_obs_range(f"policy {self.policy_id!r}", arr, (space["start"], space["start"] + space["n"]))
         return arr
+
+    @property
+    def _obs_shape(self) -> tuple[int, ...]:
+        """One observation's shape (Discrete: ``()``)."""
+        space = self.observation_space
+        return () if space["type"] == "Discrete" else tuple(int(d) for d in space["shape"])
 
     def compute_actions(
         self, obs_batch: Any, state_batches: Any = None, *, explore: bool | None = False,
@@ -156,12 +167,17 @@ class ServedPolicy:
             greedily (False); None is the algorithm's default exploration, as for the torch
             policy: for PPO, DQN and SAC, the same as True.
         :param clip_actions: clip Box actions to the action space's bounds (as an environment runner does).
-        :param kwargs: RLlib's other arguments (``prev_action_batch``, ``episodes``, ``timestep``...),
-            accepted and unused, as amber's torch policy does.
+        :param kwargs: RLlib's other arguments (:data:`amber.policy.policy.BATCH_EXTRAS`:
+            ``prev_action_batch``, ``episodes``, ``timestep``...), accepted and unused, as amber's
+            torch policy does; ``clip_action`` is ``clip_actions``.
         :return: int64 ``[batch]`` (Discrete) or float32 ``[batch, *action_shape]`` (Box) actions,
             ``[]``, and the info columns ``[batch, ...]``.
+        :raises TypeError: any other keyword (named, with the closest known one).
         :raises ValueError: observations of the wrong shape, or a Discrete one outside its space.
         """
+        clip_actions = bool(clip_actions or kwargs.pop("clip_action", False))
+        check_extra_kwargs(f"policy {self.policy_id!r}", "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore", "clip_actions", "clip_action"))
         arr = self._obs_array(obs_batch)
         # a network may not take an empty batch (the ONNX graph of an older export reshapes to
         # [0, -1], which fails on it): one observation's outputs, cut to none, give the columns
@@ -202,9 +218,20 @@ class ServedPolicy:
         """The action for one observation: ``(action, [], info)``, as :meth:`compute_actions` for a batch
         of one (a Discrete action as a Python int, a Box action as a float32 array; ``explore=None``
         as True, the algorithm's default exploration). ``obs`` has the observation space's shape
-        exactly. RLlib's other arguments (``prev_action``, ``prev_reward``, ``info``, ``episode``,
-        ``timestep``...) are accepted and unused, as amber's torch policy does."""
-        batch = np.asarray(obs)[None]
+        exactly. RLlib's other arguments (:data:`amber.policy.policy.SINGLE_ACTION_EXTRAS`:
+        ``prev_action``, ``prev_reward``, ``info``, ``episode``, ``timestep``...) are accepted and
+        unused, as amber's torch policy does; ``clip_action`` is ``clip_actions``; any other
+        keyword is a TypeError naming it."""
+        clip_actions = bool(clip_actions or kwargs.pop("clip_action", False))
+        owner = f"policy {self.policy_id!r}"
+        check_extra_kwargs(owner, "compute_single_action", kwargs, SINGLE_ACTION_EXTRAS,
+                           ("obs", "state", "explore", "clip_actions", "clip_action"))
+        if obs is None and isinstance(kwargs.get("input_dict"), Mapping):  # RLlib's other way to give it
+            obs = kwargs["input_dict"].get("obs")
+        arr = np.asarray(obs)
+        if arr.shape != self._obs_shape:
+            raise single_obs_error(arr, self._obs_shape, owner)
+        batch = arr[None]
         actions, _, info = self.compute_actions(batch, explore=explore, clip_actions=clip_actions)
         action = actions[0]
         if isinstance(action, np.generic):

@@ -22,6 +22,7 @@ from amber.algorithms.dqn.dqn_torch_policy import (
 )
 from amber.models.keras_mlp import DEFAULT_MODEL_CONFIG, KerasTower, activation_of, build_tower, obs_input_dim
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
+from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.tf_policy_base import TFPolicyBase
 
 __all__ = ["DQNKerasModel", "DQNTFPolicy"]
@@ -154,6 +155,8 @@ class DQNTFPolicy(TFPolicyBase):
     ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
         """Epsilon-greedy actions (explore True or None) or greedy ones: ``(actions, [], extra)``,
         as the torch policy's (the draws come from the numpy :attr:`generator`)."""
+        check_extra_kwargs(type(self).__name__, "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore"))
         q = self.compute_q_values(obs_batch)
         actions = q.argmax(axis=-1).astype(np.int64)
         if explore is None or explore:

@@ -26,6 +26,7 @@ from amber.models.torch_mlp import (
     train_forward,
 )
 from amber.policy import sample_batch as sb
+from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.torch_policy_base import TorchPolicyBase
 from amber.policy.torch_utils import action_info, checked_weights, copy_weights, threads_for_batch, weights_of
 from amber.snapshots import wait_for_snapshot
@@ -234,6 +235,8 @@ class DQNTorchPolicy(TorchPolicyBase):
         epsilon schedule's clock). ``extra`` holds ``q_values`` and
         ``action_dist_inputs`` (the same Q-values).
         """
+        check_extra_kwargs(type(self).__name__, "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore"))
         q = self.compute_q_values(obs_batch)
         actions = q.argmax(axis=-1).astype(np.int64)
         if explore is None or explore:

@@ -20,6 +20,7 @@ from amber.models.keras_mlp import KerasTower, build_tower, obs_input_dim
 from amber.models.numpy_distributions import NumpySquashedGaussian
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
 from amber.policy import sample_batch as sb
+from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.tf_policy_base import TFPolicyBase
 
 __all__ = ["SACKerasModel", "SACTFPolicy"]
@@ -145,6 +146,8 @@ class SACTFPolicy(TFPolicyBase):
     ) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
         """Actions in the Box's bounds: ``(actions, [], extra)``, as the torch policy's (``u`` sampled
         with the numpy :attr:`generator` when exploring, else the mean)."""
+        check_extra_kwargs(type(self).__name__, "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore"))
         arr = self.obs_array(obs_batch)
         if arr.shape[:1] == (1,) and self.fast_inference:
             dist_inputs = self._numpy_actor(arr)

@@ -27,6 +27,7 @@ from torch import nn
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
 from amber.models.torch_mlp import ObsPreprocessor, build_mlp
 from amber.policy import sample_batch as sb
+from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.torch_policy_base import TorchPolicyBase
 from amber.policy.torch_utils import action_info, threads_for_batch
 
@@ -197,6 +198,8 @@ class SACTorchPolicy(TorchPolicyBase):
         bounds). ``extra`` holds ``action_dist_inputs`` (mean and clipped
         log_std) and ``action_logp`` (the log-density of ``tanh(u)``).
         """
+        check_extra_kwargs(type(self).__name__, "compute_actions", kwargs, BATCH_EXTRAS,
+                           ("obs_batch", "state_batches", "explore"))
         sample = explore is None or bool(explore)
         arr = self.obs_array(obs_batch)
         net = self.numpy_net(arr)
