@@ -73,11 +73,18 @@ class TrainableMixin:
     """The methods of :func:`trainable`'s class (mixed with ``ray.tune.Trainable`` there)."""
 
     algorithm_class: type[Algorithm]
+    #: The envs registered with ``amber.envs.register_env`` when the class was made: registered
+    #: again in the trial's process (a Tune trial runs in a Ray actor, which has its own registry).
+    env_creators: Mapping[str, Any] = {}
     algo: Algorithm
     logdir: str
 
     def setup(self, config: dict[str, Any]) -> None:
-        """Build the algorithm from the trial's config."""
+        """Register the driver's envs, then build the algorithm from the trial's config."""
+        from amber.envs.registry import register_env
+
+        for name, creator in self.env_creators.items():
+            register_env(name, creator)
         self.algo = self._build(config)
 
     def _build(self, config: Mapping[str, Any]) -> Algorithm:
@@ -114,18 +121,27 @@ class TrainableMixin:
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]) -> Any:
-        """One CPU for the trial, plus ``num_cpus_per_env_runner`` for each remote env runner."""
-        runners = int(config.get("num_env_runners") or 0)
-        if not runners:
+        """One CPU for the trial, plus ``num_cpus_per_env_runner`` for each remote env runner, the
+        config read as :meth:`setup` reads it (RLlib's ``num_workers`` too). Runners of 0 CPUs
+        reserve nothing (Ray refuses a bundle of 0 CPUs), as outside Tune."""
+        try:
+            cfg = algorithm_config(cls.algorithm_class, config)
+        except ValueError:
+            return None  # setup raises it, named, in the trial
+        runners = int(cfg.num_env_runners or 0)
+        cpus = float(getattr(cfg, "num_cpus_per_env_runner", 1.0))
+        if not runners or cpus <= 0:
             return None
         from ray.tune import PlacementGroupFactory
 
-        cpus = float(config.get("num_cpus_per_env_runner", 1.0))
         return PlacementGroupFactory([{"CPU": 1.0}] + [{"CPU": cpus}] * runners)
 
 
 def trainable(algorithm: str | type[Algorithm]) -> type:
     """A ``ray.tune.Trainable`` subclass training ``algorithm`` ("PPO", "DQN", "SAC" or an Algorithm class).
+
+    The envs registered with ``amber.envs.register_env`` by then go with the class to every
+    trial (register an env before calling this).
 
     Example::
 
@@ -145,6 +161,8 @@ def trainable(algorithm: str | type[Algorithm]) -> type:
     import_ray()
     from ray import tune
 
+    from amber.envs.ray_setup import registered_creators
+
     algo_cls = _algorithm_class(algorithm)
     return type(f"{algo_cls.__name__}Trainable", (TrainableMixin, tune.Trainable),
-                {"algorithm_class": algo_cls, "__module__": __name__})
+                {"algorithm_class": algo_cls, "env_creators": registered_creators(), "__module__": __name__})

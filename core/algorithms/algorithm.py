@@ -352,8 +352,10 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
             wait_for_saves()
         finally:
             if not self._stopped:
-                self.env_runner.stop()
-                self._stopped = True
+                try:
+                    self.env_runner.stop()
+                finally:
+                    self._stopped = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(env={self.config.env!r}, policies={sorted(self.policies)})"

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from amber.algorithms.model_exports import model_exports
@@ -241,11 +241,13 @@ class CheckpointMixin:
                          format=fmt, metadata=metadata, attachments=attachments,
                          placeholders=set(GIVEN_AGAIN), pm=self.pm, storage_options=storage_options)
 
-    def restore(self, checkpoint_path: str | os.PathLike[str], *, allow_pickle: bool | None = None,
+    def restore(self, checkpoint_path: str | os.PathLike[str] | Any, *, allow_pickle: bool | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> None:
-        """Set the whole state from a checkpoint (a directory or URL); on error nothing changes."""
+        """Set the whole state from a checkpoint (a directory or URL, or a Ray Tune/Train
+        ``Checkpoint``: :func:`checkpoint_location`); on error nothing changes."""
         from amber.checkpoint import read_checkpoint
 
+        checkpoint_path = checkpoint_location(checkpoint_path)
         options = storage_options if storage_options is not None else self.config.storage_options
         ckpt = read_checkpoint(checkpoint_path, allow_pickle=allow_pickle, pm=self.pm,
                                storage_options=options)
@@ -254,17 +256,18 @@ class CheckpointMixin:
                                   path=checkpoint_path)
         check_same_kind(type(self), ckpt.state, checkpoint_path, self.pm)
         policies = {pid: p.state for pid, p in ckpt.policies.items()}
-        from amber.envs.ray_runners import restoring_from
+        from amber.envs.ray_runners import restoring_from, runner_deaths_pass
         from amber.models.build_budget import adopting_state
 
         # set_state has put everything back by then; the state read is this restore's to keep
-        with state_errors(checkpoint_path), adopting_state(), restoring_from(checkpoint_path):
+        with runner_deaths_pass(), state_errors(checkpoint_path), adopting_state(), \
+                restoring_from(checkpoint_path):
             self.set_state({"algorithm": ckpt.state, "policies": policies}, add_policies=True)
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | Any = None,
         *,
         policy_ids: Iterable[str] | None = None,
         policy_mapping_fn: Callable[..., str] | None = None,
@@ -279,7 +282,8 @@ class CheckpointMixin:
     ) -> Any:
         """A new algorithm of the checkpointed class with the checkpointed state.
 
-        :param path: a directory or an fsspec URL (only the policies read are downloaded).
+        :param path: a directory or an fsspec URL (only the policies read are downloaded), or a Ray
+            Tune/Train ``Checkpoint`` (:func:`checkpoint_location`).
         :param policy_ids: build and read only these policies.
         :param policy_mapping_fn, policies_to_train: replace the saved ones (a mapping not saved: required).
         :param env: replaces the saved environment (an id, a registered name or an env class).
@@ -293,7 +297,7 @@ class CheckpointMixin:
         from amber.algorithms.algorithm_config import FRAMEWORKS
         from amber.checkpoint import read_checkpoint
 
-        target = path if path is not None else checkpoint
+        target = checkpoint_location(path if path is not None else checkpoint)
         if target is None:
             raise ValueError("from_checkpoint needs a path")
         if policy_ids is not None and not isinstance(policy_ids, (str, bytes)):
@@ -305,9 +309,9 @@ class CheckpointMixin:
         if ckpt.type != "Algorithm":
             raise CheckpointError(f"{target} is a {ckpt.type} checkpoint, not an Algorithm one; "
                                   "Policy.from_checkpoint reads policy checkpoints", path=target)
-        from amber.envs.ray_runners import restoring_from
+        from amber.envs.ray_runners import restoring_from, runner_deaths_pass
 
-        with state_errors(target), restoring_from(target):
+        with runner_deaths_pass(), state_errors(target), restoring_from(target):
             from amber.policy.frameworks import with_framework
 
             states = {pid: p.state for pid, p in ckpt.policies.items()}
@@ -318,6 +322,27 @@ class CheckpointMixin:
             config.storage_options = dict(storage_options or {}) or config.storage_options
             return _restored(algo_cls, config, own, states,
                              restore_episodes=_same_episodes(own, policy_ids, policy_mapping_fn))
+
+
+#: pyarrow file system type names → the fsspec protocol of their URLs.
+_ARROW_PROTOCOLS = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
+
+
+def checkpoint_location(checkpoint: Any) -> Any:
+    """Where a checkpoint argument points: a Ray Tune/Train ``Checkpoint`` (RLlib takes one: an
+    object with a ``path`` and a pyarrow ``filesystem``) as its local path, or as the URL of its
+    remote file system (whose credentials are fsspec's then: ``storage_options``); anything
+    else unchanged."""
+    if isinstance(checkpoint, (str, bytes, PurePath)) or checkpoint is None:
+        return checkpoint
+    path = getattr(checkpoint, "path", None)
+    if not isinstance(path, str) or (isinstance(checkpoint, os.PathLike)
+                                     and not hasattr(checkpoint, "filesystem")):
+        return checkpoint  # amber's SaveResult, other path-likes (Ray's Checkpoint refuses fspath)
+    kind = str(getattr(getattr(checkpoint, "filesystem", None), "type_name", "local"))
+    if kind == "local" or "://" in path:
+        return path
+    return f"{_ARROW_PROTOCOLS.get(kind, kind)}://{path.lstrip('/')}"
 
 
 def _same_episodes(own: Mapping[str, Any], policy_ids: Any, policy_mapping_fn: Any) -> bool:

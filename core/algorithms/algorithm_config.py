@@ -306,6 +306,7 @@ class AlgorithmConfig(RLlibConfigMixin):
         self.callbacks_class = callbacks_class
         return self
 
+    @rllib_keywords  # RLlib's recreate_failed_workers / _env_runners: aliases; its other settings refused
     def fault_tolerance(self, *, restart_failed_env_runners: bool | None = None) -> AlgorithmConfig:
         """Set whether a remote env runner whose actor died is rebuilt and its share sampled again
         (default True; False: ``train()`` raises)."""

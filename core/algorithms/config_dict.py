@@ -26,6 +26,8 @@ RLLIB_NAMES = {
     **TRAINING_ALIASES, "framework": "framework_str",
     "num_workers": "num_env_runners", "num_rollout_workers": "num_env_runners",
     "num_envs_per_worker": "num_envs_per_env_runner", "callbacks": "callbacks_class",
+    "recreate_failed_workers": "restart_failed_env_runners",
+    "recreate_failed_env_runners": "restart_failed_env_runners",
 }
 #: The keys of RLlib's nested ``multiagent`` dict that amber has (as top-level settings).
 _MULTIAGENT_KEYS = ("policies", "policy_mapping_fn", "policies_to_train")

@@ -64,6 +64,9 @@ _OLD_STACK = "amber implements RLlib's old API stack (policies and their losses,
 _SAMPLING = ("amber's sampling is algo.env_runner (this process, or Ray actors with num_env_runners > 0); "
              "train() sends the policies' weights to it at the start of each iteration, so there is "
              "nothing to sync")
+_RESTARTS = ("amber rebuilds a remote env runner whose actor died and samples its share again "
+             "(.fault_tolerance(restart_failed_env_runners=True), the default; up to 3 times per call, "
+             "with no limit over the run), or raises (False); it never goes on without a runner")
 _EVALUATE = ("amber has no evaluation runs: roll a policy out yourself with "
              "algo.get_policy(policy_id).compute_single_action(obs, explore=False) in a loop over an env")
 
@@ -132,6 +135,14 @@ KEYWORDS: dict[str, dict[str, RLlibName]] = {
     },
     "env_runners": {  # RLlib's older names: aliases, as config_dict.RLLIB_NAMES reads them
         key: RLlibName("", alias=RLLIB_NAMES[key]) for key in ("num_rollout_workers", "num_envs_per_worker")
+    },
+    "fault_tolerance": {  # RLlib's names of restart_failed_env_runners: aliases; its other settings
+        **{key: RLlibName("", alias=RLLIB_NAMES[key])
+           for key in ("recreate_failed_workers", "recreate_failed_env_runners")},
+        **{key: RLlibName(_RESTARTS, off=None) for key in ("max_num_env_runner_restarts",
+                                                           "max_num_worker_restarts")},
+        **{key: RLlibName(_RESTARTS, off={key: (_false, f"{key}=False")})
+           for key in ("ignore_env_runner_failures", "ignore_worker_failures")},
     },
     "multi_agent": {
         "policies_to_train": RLlibName(

@@ -22,8 +22,9 @@ Ray is imported only here, and only when N > 0.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
     from amber.algorithms.algorithm_config import AlgorithmConfig
     from amber.envs.env_runner import EnvRunner
 
-__all__ = ["RemoteEnvRunners", "build_env_runners", "check_env_runners", "import_ray", "restoring_from",
-           "saved_env_runners"]
+__all__ = ["EnvRunnerDiedError", "RemoteEnvRunners", "build_env_runners", "check_env_runners", "import_ray",
+           "restoring_from", "runner_deaths_pass", "saved_env_runners"]
 
 #: The most remote runners a checkpoint may ask to rebuild (each is a process).
 MAX_SAVED_RUNNERS = 1024
@@ -216,6 +217,46 @@ def _shares(num_env_steps: int, num_runners: int, exact: bool) -> list[int]:
     return [base + (i < extra) for i in range(num_runners)]
 
 
+class EnvRunnerDiedError(RuntimeError):
+    """A remote env runner's actor died (and was not, or could not be, rebuilt): the runner's own
+    error, never the fault of a checkpoint being restored (:func:`runner_deaths_pass`)."""
+
+
+@contextmanager
+def runner_deaths_pass() -> Iterator[None]:
+    """Around ``state_errors``: a runner that died while a state was applied is raised as itself
+    (:class:`EnvRunnerDiedError`), not as a checkpoint that does not fit."""
+    try:
+        yield
+    except InvalidStateError as e:
+        if isinstance(e.__cause__, EnvRunnerDiedError):
+            raise e.__cause__ from e.__cause__.__cause__
+        raise
+
+
+def _missing_module(error: BaseException) -> str | None:
+    """The module a runner actor could not import (its death's cause), or None."""
+    found = re.search(r"(?:ModuleNotFoundError|ImportError): No module named '([^']+)'", str(error))
+    if found is None and re.search(r"\b(?:ModuleNotFoundError|ImportError)\b", str(error)):
+        return "?"
+    return None if found is None else found.group(1)
+
+
+def _died(index: int, error: BaseException, missing: str | None, restart: bool, rebuilds: int) -> str:
+    """What a runner actor's death is raised as (what was tried, what to do)."""
+    head = f"env runner {index} (a Ray actor) died: {error}"
+    if missing is not None:
+        module = "a module" if missing == "?" else f"module {missing!r}"
+        return (f"{head}; {module} is not importable in the Ray workers (rebuilding the runner would not "
+                "help): install it where Ray runs, or ship it with ray.init(runtime_env={'py_modules': "
+                "[...]} or {'working_dir': ...} or {'pip': [...]})")
+    if restart:
+        return (f"{head}; it was rebuilt {rebuilds} time(s) in this call and died every time "
+                f"(at most {MAX_RESTARTS_PER_CALL}): the env or its runner fails each time")
+    return (f"{head}; with .fault_tolerance(restart_failed_env_runners=True) it is rebuilt and its share "
+            "sampled again")
+
+
 class RemoteEnvRunners:
     """N env runners as Ray actors, sampled in parallel; the algorithm's ``env_runner`` when N > 0.
 
@@ -269,10 +310,10 @@ class RemoteEnvRunners:
                     out.append(self._ray.get(ref))
                     break
                 except RayActorError as e:
-                    if not self.restart_failed or attempt == MAX_RESTARTS_PER_CALL:
-                        raise RuntimeError(f"env runner {i + 1} (a Ray actor) died: {e}; with "
-                                           ".fault_tolerance(restart_failed_env_runners=True) it is "
-                                           "rebuilt and its share sampled again") from e
+                    missing = _missing_module(e)
+                    if missing is not None or not self.restart_failed or attempt == MAX_RESTARTS_PER_CALL:
+                        message = _died(i + 1, e, missing, self.restart_failed, attempt)
+                        raise EnvRunnerDiedError(message) from e
                     self._ray.kill(self.actors[i])
                     self.actors[i] = self._make(i + 1)
                     self.num_restarts += 1
@@ -340,10 +381,17 @@ class RemoteEnvRunners:
         self._gather(lambda i: self.actors[i].set_state.remote(runners[i]))
 
     def stop(self) -> None:
-        """Close the runners' envs and end the actors."""
-        for actor in self.actors:
+        """Close the runners' envs and end the actors (nothing to do once Ray was shut down: the
+        actors went with it; an actor already gone is passed over)."""
+        actors, self.actors = self.actors, []
+        if not self._ray.is_initialized():
+            return
+        for actor in actors:
             try:
                 self._ray.get(actor.stop.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - a dead or stuck runner is ended all the same
                 pass
-            self._ray.kill(actor)
+            try:
+                self._ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass

@@ -10,7 +10,8 @@ import numbers
 import os
 from typing import Any
 
-__all__ = ["RAY_EXTRA", "check_env_runners", "ensure_ray", "import_ray", "ray_installed"]
+__all__ = ["RAY_EXTRA", "check_env_runners", "ensure_ray", "import_ray", "ray_installed",
+           "registered_creators"]
 
 #: What to install for remote env runners and Ray Tune.
 RAY_EXTRA = "pip install 'amber-rl[ray]'"
@@ -62,3 +63,22 @@ def ensure_ray(num_runners: int) -> Any:
         ray.init(num_cpus=max(os.cpu_count() or 1, num_runners), include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR", configure_logging=False)
     return ray
+
+
+def registered_creators(names: Any = None) -> dict[str, Any]:
+    """The env creators registered with ``amber.envs.register_env`` (only ``names``' when given) that
+    can go to another Ray process (cloudpickle can pickle them), to be registered again there."""
+    from ray import cloudpickle
+
+    from amber.envs.registry import _CREATORS  # the registry of this process
+
+    out = {}
+    for name, creator in _CREATORS.items():
+        if names is not None and name not in names:
+            continue
+        try:
+            cloudpickle.dumps(creator)
+        except Exception:  # noqa: BLE001 - unpicklable: the trial does not know it (named there)
+            continue
+        out[name] = creator
+    return out
