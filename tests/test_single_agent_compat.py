@@ -184,3 +184,12 @@ def test_a_policy_spec_with_an_unreadable_space_names_the_policy_and_key():
     message = str(e.value)
     assert "policy 'p0': observation_space" in message and "RLlib's serialized space" in message
     assert "'type': 'Box'" in message and "'type': 'Discrete'" in message
+
+
+def test_from_dict_names_the_policy_of_an_unreadable_space():
+    from amber.algorithms.ppo import PPOConfig
+
+    data = PPOConfig().to_dict()
+    data["policies"] = {"p0": {"policy_class": None, "observation_space": {"space": "box"}, "config": {}}}
+    with pytest.raises(ValueError, match=r"policy 'p0': observation_space"):
+        PPOConfig.from_dict(data)

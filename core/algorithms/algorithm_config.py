@@ -220,7 +220,7 @@ class AlgorithmConfig(RLlibConfigMixin):
             if isinstance(policies, Mapping):  # RLlib's (cls, obs_space, act_space, config) too
                 from amber.algorithms.config_dict import policy_spec
 
-                self.policies = {pid: policy_spec(spec) for pid, spec in policies.items()}
+                self.policies = {pid: policy_spec(spec, pid) for pid, spec in policies.items()}
             else:
                 self.policies = {pid: None for pid in sorted(policies)}
             self._multi_agent = True

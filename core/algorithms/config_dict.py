@@ -33,19 +33,20 @@ RLLIB_NAMES = {
 _MULTIAGENT_KEYS = ("policies", "policy_mapping_fn", "policies_to_train")
 
 
-def policy_spec(spec: Any) -> Any:
+def policy_spec(spec: Any, policy_id: str | None = None) -> Any:
     """A policy spec as amber keeps it: RLlib's ``(policy_class, observation_space, action_space,
     config)`` tuple (or a shorter prefix of it) as a :class:`~amber.policy.policy.PolicySpec`;
     ``to_dict()``'s ``{"policy_class", "config"}`` form (with its spaces) too; anything else unchanged
     (``validate()`` refuses what is no spec).
 
+    :param policy_id: the policy's id, for messages.
     :raises ValueError: a tuple longer than four, or whose class is no class or config no dict.
     """
     from amber.algorithms.config_values import _spec_from_dict
     from amber.policy.policy import PolicySpec
 
     if not isinstance(spec, (tuple, list)):
-        return _spec_from_dict(spec)
+        return _spec_from_dict(spec, policy_id)
     bad_class = bool(spec) and spec[0] is not None and not isinstance(spec[0], type)
     bad_config = len(spec) == 4 and spec[3] is not None and not isinstance(spec[3], Mapping)
     if bad_class or bad_config or len(spec) > 4:
@@ -57,7 +58,7 @@ def policy_spec(spec: Any) -> Any:
 def _policies(value: Any) -> Any:
     """The ``policies`` setting: a dict of id → spec, or an iterable of ids (each built from defaults)."""
     if isinstance(value, Mapping):
-        return {pid: policy_spec(spec) for pid, spec in value.items()}
+        return {pid: policy_spec(spec, pid) for pid, spec in value.items()}
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         return {pid: None for pid in sorted(value)}
     return value
