@@ -79,10 +79,11 @@ def test_a_mapping_naming_an_existing_policy_is_used_without_warning():
     assert all(np.array_equal(before[k], after[k]) for k in before)  # no sample for it
 
 
-def test_a_mapping_naming_a_missing_policy_with_no_fallback_still_fails():
+def test_a_mapping_naming_a_missing_policy_falls_back_to_the_first_policy_with_a_warning():
     algo = _config(policies={"a", "b"}, policy_mapping_fn=leftover).build()
-    with pytest.raises(ValueError, match="'pagent0', which does not exist"):
+    with pytest.warns(UserWarning, match="'pagent0', which does not exist: playing policy 'a'"):
         algo.train()
+    assert list(algo.env_runner.sample(8)[0]) == ["a"]
     algo.stop()
 
 
@@ -193,3 +194,26 @@ def test_from_dict_names_the_policy_of_an_unreadable_space():
     data["policies"] = {"p0": {"policy_class": None, "observation_space": {"space": "box"}, "config": {}}}
     with pytest.raises(ValueError, match=r"policy 'p0': observation_space"):
         PPOConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "pickle"])
+def test_the_first_policy_keeps_playing_after_a_restore_that_holds_no_running_episode(tmp_path, fmt):
+    """MountainCar's state is not captured, so no saved episode says who played: the choice depends on
+    the policies alone (the first one built; "z_main" sorts after the one added later)."""
+    config = (PPOConfig().environment("MountainCar-v0").training(**_SMALL).reporting(log_results=False)
+              .multi_agent(policies={"z_main"}).debugging(seed=0))
+    algo = config.build()
+    algo.add_policy("a_snapshot", policy_state=algo.get_policy("z_main").get_state())
+    algo.train()
+    algo.save(tmp_path / "ck", format=fmt)
+    algo.stop()
+    restored = Algorithm.from_checkpoint(tmp_path / "ck")
+    restored.train()
+    assert list(restored.env_runner.sample(8)[0]) == ["z_main"]
+    restored.stop()
+
+
+def test_clip_actions_and_clip_action_together_are_one_request():
+    policy = (PPOConfig().environment("Pendulum-v1").training(**_SMALL).build()).get_policy()
+    action, _, _ = policy.compute_single_action(np.full(3, 50.0, np.float32), clip_actions=True, clip_action=True)
+    assert np.all(np.abs(action) <= 2.0)

@@ -56,9 +56,8 @@ def test_runner_without_a_mapping_plays_the_only_policy_whatever_its_id():
     runner = EnvRunner("CartPole-v1", {}, 1, {"main": _Policy(0)}, None, seed=0)
     batches, _ = runner.sample(10)
     assert list(batches) == ["main"]
-    several = EnvRunner("CartPole-v1", {}, 1, {"a": _Policy(0), "b": _Policy(1)}, None, seed=0)
-    with pytest.raises(ValueError, match="'default_policy', which does not exist.*give one"):
-        several.sample(1)
+    several = EnvRunner("CartPole-v1", {}, 1, {"b": _Policy(1), "a": _Policy(0)}, None, seed=0)
+    assert list(several.sample(10)[0]) == ["b"]  # the first one (the one built first), not by name
     runner.stop()
     several.stop()
 
@@ -135,13 +134,12 @@ def test_evaluate_plays_a_single_agent_checkpoint_whose_policy_is_not_default_po
         assert result.exit_code == 0 and "return mean" in result.output, result.output
 
 
-def test_evaluate_of_several_single_agent_policies_without_a_mapping_says_to_give_one(tmp_path):
+def test_evaluate_of_several_single_agent_policies_without_a_mapping_plays_the_first(tmp_path):
     algo = (PPOConfig().environment("CartPole-v1").multi_agent(policies={"a", "b"})
             .training(**_SMALL).reporting(log_results=False).build())
     algo.save(tmp_path / "two", format="msgpack")
     algo.stop()
     result = _evaluate(str(tmp_path / "two"))
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "'default_policy'" in result.stderr and "give --policy ID" in result.stderr
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert _evaluate(str(tmp_path / "two"), "--policy", "b").exit_code == 0
 

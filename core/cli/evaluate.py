@@ -35,8 +35,7 @@ def _policy_chooser(algo: Any, checkpoint: Path) -> Callable[[Any, bool, int], s
     def choose(agent: Any, multi_agent: bool, episode: int) -> str:
         agent_id = agent if multi_agent else SINGLE_AGENT_ID
         pid = only_policy(algo.policies) if call is None else call(agent_id, Episode(episode, 0))
-        kept = None if multi_agent else single_agent_policy(
-            algo.policies, getattr(algo.env_runner, "playing_policy", None))
+        kept = None if multi_agent else single_agent_policy(algo.policies)
         if pid not in algo.policies and kept is not None:
             if call is not None and not warned:
                 warned.append(True)

@@ -159,13 +159,13 @@ class EnvRunner:
         fn, single = self.policy_mapping_fn, not self.is_multi_agent
         agent_id = SINGLE_AGENT_ID if single else agent
         if fn is None:
-            pid = single_agent_policy(self.policies, self._playing) if single else None
+            pid = single_agent_policy(self.policies) if single else None
             pid = only_policy(self.policies) if pid is None else pid
         else:
             if self._call_mapping is None:  # fn's signature is read once, when first called
                 self._call_mapping = mapping_caller(fn, self)
             pid = self._call_mapping(agent_id, slot.episode)
-            kept = single_agent_policy(self.policies, self._playing) if single else None
+            kept = single_agent_policy(self.policies) if single else None
             if pid not in self.policies and kept is not None:
                 if not self._mapping_warned:
                     self._mapping_warned = True

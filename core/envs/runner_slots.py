@@ -66,16 +66,14 @@ def only_policy(policies: Mapping[str, Any]) -> str:
     return DEFAULT_POLICY_ID
 
 
-def single_agent_policy(policies: Mapping[str, Any], playing: str | None = None) -> str | None:
+def single_agent_policy(policies: Mapping[str, Any]) -> str | None:
     """The policy a single-agent env's agent plays when no mapping function chooses one that
-    exists: ``"default_policy"``, the only policy there is (whatever its id), or ``playing``, the
-    one it played so far (a policy added later gets no samples unless a mapping says so).
-    None: none of these exists."""
+    exists: ``"default_policy"`` if there is one, else the algorithm's first policy (the one it was
+    built with: a policy added later gets no samples unless a mapping says so). It depends on the
+    policies alone, so a restore or a rebuilt Ray runner picks the same one. None: no policy."""
     if DEFAULT_POLICY_ID in policies:
         return DEFAULT_POLICY_ID
-    if len(policies) == 1:
-        return next(iter(policies))
-    return playing if playing is not None and playing in policies else None
+    return next(iter(policies), None)
 
 
 def unused_mapping_warning(fn: Any, mapped: Any, played: str) -> str:

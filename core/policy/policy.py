@@ -82,7 +82,7 @@ class Policy:
         :raises TypeError: any other keyword (named, with the closest known one).
         :raises ValueError: ``obs`` is not one observation (:func:`single_obs_error`).
         """
-        clip_actions = bool(clip_actions or kwargs.pop("clip_action", False))
+        clip_actions = bool(kwargs.pop("clip_action", False)) or bool(clip_actions)
         check_extra_kwargs(type(self).__name__, "compute_single_action", kwargs, SINGLE_ACTION_EXTRAS,
                            ("obs", "state", "explore", "clip_actions", "clip_action"))
         if obs is None and isinstance(kwargs.get("input_dict"), Mapping):  # RLlib's other way to give it

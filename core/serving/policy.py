@@ -175,7 +175,7 @@ class ServedPolicy:
         :raises TypeError: any other keyword (named, with the closest known one).
         :raises ValueError: observations of the wrong shape, or a Discrete one outside its space.
         """
-        clip_actions = bool(clip_actions or kwargs.pop("clip_action", False))
+        clip_actions = bool(kwargs.pop("clip_action", False)) or bool(clip_actions)
         check_extra_kwargs(f"policy {self.policy_id!r}", "compute_actions", kwargs, BATCH_EXTRAS,
                            ("obs_batch", "state_batches", "explore", "clip_actions", "clip_action"))
         arr = self._obs_array(obs_batch)
@@ -222,7 +222,7 @@ class ServedPolicy:
         ``prev_action``, ``prev_reward``, ``info``, ``episode``, ``timestep``...) are accepted and
         unused, as amber's torch policy does; ``clip_action`` is ``clip_actions``; any other
         keyword is a TypeError naming it."""
-        clip_actions = bool(clip_actions or kwargs.pop("clip_action", False))
+        clip_actions = bool(kwargs.pop("clip_action", False)) or bool(clip_actions)
         owner = f"policy {self.policy_id!r}"
         check_extra_kwargs(owner, "compute_single_action", kwargs, SINGLE_ACTION_EXTRAS,
                            ("obs", "state", "explore", "clip_actions", "clip_action"))
