@@ -139,3 +139,18 @@ def test_a_placeholder_is_asked_for_by_a_real_keyword_or_none():
     with pytest.raises(UnregisteredNameError) as e:
         resolve("?MyPolicy", what="policy class", path="ck")
     assert "pass it again" not in str(e.value) and "amber.register_class" in str(e.value)
+
+
+def test_from_checkpoint_and_restore_take_a_save_result_and_an_object_whose_path_is_a_path(tmp_path):
+    """algo.save()'s result itself (RLlib code passes it around), and a result-like object holding a
+    pathlib.Path, were raw TypeErrors ('expected str, bytes or os.PathLike object')."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    algo = PPOConfig().environment("CartPole-v1").training(model={"fcnet_hiddens": [8]}).build()
+    result = algo.save(tmp_path / "ck")
+    restored = Algorithm.from_checkpoint(result)
+    assert restored.iteration == algo.iteration
+    restored.restore(SimpleNamespace(path=Path(result.checkpoint.path)))
+    restored.stop()
+    algo.stop()

@@ -331,11 +331,16 @@ _ARROW_PROTOCOLS = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
 def checkpoint_location(checkpoint: Any) -> Any:
     """Where a checkpoint argument points: a Ray Tune/Train ``Checkpoint`` (RLlib takes one: an
     object with a ``path`` and a pyarrow ``filesystem``) as its local path, or as the URL of its
-    remote file system (whose credentials are fsspec's then: ``storage_options``); anything
-    else unchanged."""
+    remote file system (whose credentials are fsspec's then: ``storage_options``); a
+    :class:`SaveResult` as its checkpoint's path; an object whose ``path`` is a ``Path`` as that;
+    anything else unchanged."""
     if isinstance(checkpoint, (str, bytes, PurePath)) or checkpoint is None:
         return checkpoint
+    if isinstance(checkpoint, SaveResult):  # algo.save()'s result itself, for its checkpoint
+        return checkpoint.checkpoint.path
     path = getattr(checkpoint, "path", None)
+    if isinstance(path, PurePath) and not isinstance(checkpoint, os.PathLike):
+        return path
     if not isinstance(path, str) or (isinstance(checkpoint, os.PathLike)
                                      and not hasattr(checkpoint, "filesystem")):
         return checkpoint  # amber's SaveResult, other path-likes (Ray's Checkpoint refuses fspath)
