@@ -131,7 +131,7 @@ def test_a_subset_restore_builds_no_env_and_then_trains_its_policies(tmp_path):
     restored.stop()
 
 
-def test_an_env_known_only_by_a_registered_name_is_built_once(tmp_path):
+def test_an_env_known_only_by_a_registered_name_is_built_once_to_learn_its_kind(tmp_path):
     register_env("amber-test-counting-pair", CountingPair)
     config = _config(CountingPair).environment("amber-test-counting-pair")
     algo = config.build()
@@ -140,9 +140,7 @@ def test_an_env_known_only_by_a_registered_name_is_built_once(tmp_path):
     BUILT.clear()
     CLOSED.clear()
     restored = Algorithm.from_checkpoint(path, policy_mapping_fn=by_agent)
-    # (the mapping given, its kind is not needed before sampling: built then, or built to learn it
-    # and kept as the first copy; never twice)
-    assert BUILT.count("pair") <= 1
+    assert BUILT.count("pair") == 1  # built to learn it is multi-agent, then kept as the first copy
     restored.train()
     assert BUILT.count("pair") == 1
     restored.stop()

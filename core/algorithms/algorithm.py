@@ -186,9 +186,10 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         return cls(observation_space, action_space, self.policy_config(policy_id, overrides, index))
 
     def _mapping_fn(self) -> Callable[..., str] | None:
+        multi = self._multi_agent_env  # first: the env built to learn it is the runner's first copy
         if self.config.policy_mapping_fn is not None:  # a single-agent env's too (its agent: "agent0")
             return self.config.policy_mapping_fn
-        if not self._multi_agent_env:
+        if not multi:
             return None
         only = list(self.config.policies)
         if len(only) == 1:
