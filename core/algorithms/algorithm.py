@@ -140,11 +140,20 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
 
     @property
     def _multi_agent_env(self) -> bool:
-        return self._env_probe.multi_agent
+        return self._probed("multi_agent")
 
     @property
     def _agent_spaces(self) -> dict[Any, tuple[Any, Any]]:
-        return self._env_probe.spaces
+        return self._probed("spaces")
+
+    def _probed(self, what: str) -> Any:
+        """What the env probe learnt (building the env if needed). An AttributeError raised while
+        the env is built (a creator's typo, or a creator returning None) would leave a property as
+        "no attribute '_multi_agent_env'": it is raised as the env's own error instead."""
+        try:
+            return getattr(self._env_probe, what)
+        except AttributeError as e:
+            raise RuntimeError(f"building the env {self.config.env!r} failed: {type(e).__name__}: {e}") from e
 
     def _spaces_for(self, policy_id: str, mapping_fn: Callable[..., str] | None = None) -> tuple[Any, Any]:
         """A policy's spaces: those saved when restoring, else an agent's that the mapping

@@ -191,6 +191,9 @@ class EnvRunner:
     def _step(self, slot: Slot, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict]:
         if self.is_multi_agent:
             obs, rew, te, tr, _ = slot.env.step(actions)
+            if not all(isinstance(d, Mapping) for d in (obs, rew, te, tr)):
+                raise TypeError(f"{type(slot.env).__name__}.step must return dicts by agent id, not "
+                                f"{[type(d).__name__ for d in (obs, rew, te, tr)]}")
             return obs, rew, te, tr
         obs, rew, te, tr, _ = slot.env.step(actions[0])
         return {0: obs}, {0: rew}, {0: te, "__all__": te}, {0: tr, "__all__": tr}
@@ -258,7 +261,7 @@ class EnvRunner:
 
     def _advance(self, slot: Slot, actions: dict[Any, Any], out: dict, metrics: dict) -> None:
         if not actions:
-            raise RuntimeError(f"env copy {slot.index} has no agent to act but its episode is not over")
+            raise RuntimeError(f'env {slot.index}: no agent acts, yet no terminateds["__all__"] ended it')
         obs, rew, te, tr = self._step(slot, actions)
         metrics["num_env_steps"] += 1
         slot.ep_len += 1
