@@ -58,3 +58,21 @@ def test_a_multi_agent_step_of_the_wrong_form_says_what_is_wrong(mode, error, ma
     with pytest.raises(error, match=match):
         algo.train()
     algo.stop()
+
+
+def test_a_checkpoint_naming_an_env_not_registered_here_is_an_unregistered_name(tmp_path, monkeypatch):
+    """(It was an InvalidStateError, "its state does not fit what loads it", which reads as damage.)"""
+    from amber.algorithms.algorithm import Algorithm
+    from amber.envs import registry
+    from amber.errors import UnregisteredNameError
+
+    register_env("amber-test-elsewhere", lambda ctx: gym.make("CartPole-v1"))
+    algo = PPOConfig().environment("amber-test-elsewhere").training(model={"fcnet_hiddens": [8]}).build()
+    path = algo.save(tmp_path / "ck").checkpoint.path
+    algo.stop()
+    monkeypatch.delitem(registry._CREATORS, "amber-test-elsewhere")  # as in a new process
+    with pytest.raises(UnregisteredNameError, match="'amber-test-elsewhere'.*register_env") as e:
+        Algorithm.from_checkpoint(path)
+    assert e.value.path is not None
+    with pytest.raises(ValueError, match="unknown environment"):  # a config naming it: as before
+        PPOConfig().environment("amber-test-elsewhere").build()

@@ -16,9 +16,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from amber.envs.env_context import env_context
+from amber.errors import UnregisteredNameError
 
-__all__ = ["EnvProbe", "check_saved_env", "declared_multi_agent", "make_env", "make_env_copies", "probe_env",
-           "probe_spaces", "register_env", "registered_envs"]
+__all__ = ["EnvProbe", "UnknownEnvironmentError", "check_saved_env", "declared_multi_agent", "make_env",
+           "make_env_copies", "probe_env", "probe_spaces", "register_env", "registered_envs"]
+
+
+class UnknownEnvironmentError(UnregisteredNameError, ValueError):
+    """An environment name neither registered with :func:`register_env` nor a gymnasium id: a
+    ValueError where a config names it, an UnregisteredNameError (passed through, not "does not
+    fit") where a checkpoint does, as for the checkpoint's other names."""
+
 
 _CREATORS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
@@ -162,11 +170,11 @@ def make_env(env: Any, env_config: Mapping[str, Any] | None = None, *,
             return gymnasium.make(env, **config)
         close = difflib.get_close_matches(env, [*_CREATORS, *_gym_ids()], n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
+        raise UnknownEnvironmentError(
             f"unknown environment {env!r}: not registered with amber.envs.register_env "
             f"(registered: {registered_envs() or 'none'}) nor a gymnasium id "
             f"(e.g. 'CartPole-v1', 'Pendulum-v1').{hint} A gymnasium.Env or MultiAgentEnv "
-            "class works too."
+            "class works too (a checkpoint naming it loads once it is registered in this process)."
         )
     if isinstance(env, type):
         if issubclass(env, MultiAgentEnv):
