@@ -241,7 +241,7 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         out = {
             "training_iteration": self.iteration,
             **self.counters,
-            "episode_return_mean": float(np.mean(returns)) if returns else float("nan"),
+            "episode_return_mean": self.progress.return_mean(),
             "episode_return_max": float(np.max(returns)) if returns else float("nan"),
             "episode_return_min": float(np.min(returns)) if returns else float("nan"),
             "episodes_total": self.progress.episodes_total,  # lifetime (the returns: the last 100)

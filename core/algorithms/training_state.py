@@ -69,6 +69,11 @@ class TrainingProgress:
         for pid, rets in metrics.get("agent_episode_returns", {}).items():
             self.recent_policy_returns[pid] = (self.recent_policy_returns.get(pid, []) + list(rets))[-RECENT:]
 
+    def return_mean(self) -> float:
+        """The mean return of the recent episodes (NaN: none ended yet): a result's
+        ``episode_return_mean``."""
+        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+
     def get_state(self) -> dict[str, Any]:
         """The progress as a state tree."""
         return {"iteration": self.iteration, "counters": dict(self.counters),

@@ -292,6 +292,13 @@ def cli(ctx: click.Context, trace_hooks: bool) -> None:
     state.trace_hooks = state.trace_hooks or trace_hooks
 
 
+def run_in_checkpoint(target: Any, where: str, what: str) -> AmberCliError:
+    """The refusal of an ``amber train`` run (its lock, lease, checkpoints) at ``target``, which is
+    ``where`` (:func:`checkpoint_place`'s answer): ``what`` names the kind of place to give instead."""
+    return AmberCliError(f"{target} is {where}: amber train writes its run there, and nothing may be "
+                         f"written into a checkpoint; give {what} of its own")
+
+
 def checkpoint_place(path: Path) -> str | None:
     """Where ``path`` stands with respect to checkpoints, for a refusal: ``"a checkpoint"`` (it
     holds a checkpoint.json), ``"inside the checkpoint <dir>"``, or None (neither)."""

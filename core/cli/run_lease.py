@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from amber.cli.base import AmberCliError
+from amber.cli.base import AmberCliError, run_in_checkpoint
 
 __all__ = ["LEASE_FILE", "RENEW_S", "TTL_S", "check_unleased", "remote_place", "storage_lease"]
 
@@ -54,8 +54,7 @@ def storage_lease(url: str | None) -> Iterator[None]:
     from amber.storage import Remote
 
     if (where := remote_place(url)) is not None:
-        raise AmberCliError(f"{url} is {where}: amber train writes its run there, and nothing may be "
-                            "written into a checkpoint; give a location of its own")
+        raise run_in_checkpoint(url, where, "a location")
     remote = Remote(url)
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
     _acquire(remote, mine)

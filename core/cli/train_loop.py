@@ -39,11 +39,10 @@ def run_lock(directory: Path | None) -> Iterator[None]:
     if directory is None:
         yield
         return
-    from amber.cli.base import checkpoint_place
+    from amber.cli.base import checkpoint_place, run_in_checkpoint
 
     if (where := checkpoint_place(directory)) is not None:
-        raise AmberCliError(f"{directory} is {where}: amber train writes its run there, and nothing may be "
-                            "written into a checkpoint; give a directory of its own")
+        raise run_in_checkpoint(directory, where, "a directory")
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
@@ -110,10 +109,7 @@ class Stop:
 def standing(algorithm: Any) -> tuple[int, int, float]:
     """Where a (restored) run stands, as its last ``train()`` result said: the iteration, the
     lifetime env steps and the mean return of the recent episodes (NaN: none ended yet)."""
-    import numpy as np
-
-    returns = algorithm.progress.recent_returns  # restored with the rest: the result's returns
-    mean = float(np.mean(returns)) if returns else math.nan  # as Algorithm.train computes it
+    mean = algorithm.progress.return_mean()  # (its returns are restored with the rest)
     return algorithm.iteration, int(algorithm.counters.get("num_env_steps_sampled_lifetime", 0)), mean
 
 

@@ -90,7 +90,6 @@ class EnvRunner:
         self._next_eps_id = 0
         self._bounds: dict[Any, tuple[np.ndarray, np.ndarray] | None] = {}
         self._warned = False
-        self._playing: str | None = None  # the policy a single-agent env's agent played last
         self._mapping_warned = False
         self.set_policies(policies, policy_mapping_fn)
 
@@ -118,11 +117,6 @@ class EnvRunner:
         if self._built is None:
             self._build()
         return self._multi_agent
-
-    @property
-    def playing_policy(self) -> str | None:
-        """The policy a single-agent env's agent played last (restored with its episodes), or None."""
-        return self._playing
 
     @property
     def envs(self) -> list[Any]:
@@ -175,8 +169,6 @@ class EnvRunner:
             how = "" if fn is not None else " (no policy_mapping_fn was given: give one)"
             raise ValueError(f"agent {agent_id!r} is mapped to policy {pid!r}, which does not exist "
                              f"(policies: {sorted(self.policies)}){how}")
-        if single:
-            self._playing = pid
         return pid
 
     # -- env plumbing ------------------------------------------------------------
@@ -389,8 +381,6 @@ class EnvRunner:
             slot.obs = None  # not captured: restarts at the next sample (unseeded once started)
             for name, value in values.items():
                 setattr(slot, name, value)
-            if not self._multi_agent and slot.mapping:  # the policy its one agent was playing
-                self._playing = next(iter(slot.mapping.values()))
         self.set_policies(self.policies, self.policy_mapping_fn)
 
     def stop(self) -> None:
