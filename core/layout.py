@@ -63,6 +63,7 @@ __all__ = [
     "enclosing_checkpoint",
     "manifest_changed",
     "unlisted_entries",
+    "holds_nothing",
     "hidden_characters",
     "read_manifest",
     "read_verified",
@@ -178,10 +179,24 @@ def unlisted_entries(directory: Path, manifest: Manifest) -> list[str]:
         prefix = "" if base == "." else f"{base}/"
         for name in [*dirnames]:
             if prefix + name not in folders or os.path.islink(os.path.join(here, name)):
-                extra.append(prefix + name)
+                if not holds_nothing(os.path.join(here, name)):
+                    extra.append(prefix + name)
                 dirnames.remove(name)  # nothing below it is listed: it is named alone
         extra += [prefix + n for n in filenames if prefix + n not in listed and prefix + n != MANIFEST]
     return sorted(extra)
+
+
+def holds_nothing(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory (not a link) with no file, link or other entry at any depth,
+    only directories, if that. Such a folder holds no data and no load reads it, and object stores
+    keep no folders at all, so it is no part of a checkpoint to report: older ambers left an empty
+    ``assets/`` in a tf2 policy's native SavedModel folder."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    for here, dirnames, filenames in os.walk(path):  # (links to folders are among dirnames, unfollowed)
+        if filenames or any(os.path.islink(os.path.join(here, d)) for d in dirnames):
+            return False
+    return True
 
 
 def manifest_changed(directory: Path, manifest: Manifest) -> bool:

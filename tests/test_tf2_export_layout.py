@@ -128,3 +128,15 @@ def test_an_export_in_the_old_tf2_layout_still_serves_and_is_replaced_cleanly(al
     np.testing.assert_allclose(served, _expected(tf2_policy), atol=1e-5)
     torch_policy.export_model(old, format="keras")  # other weights: the old parts are stale
     assert sorted(os.listdir(old)) == ["model.json", "model.keras", "saved_model"]
+
+
+def test_an_older_tf2_checkpoint_with_an_empty_assets_folder_verifies_and_loads(algos, tmp_path):
+    """Earlier ambers left the SavedModel's empty assets/ in a policy's model/ folder: such a
+    checkpoint verifies (an empty folder holds nothing) and loads."""
+    algo = algos[0]
+    path = Path(algo.save(tmp_path / "old", format="msgpack").checkpoint.path)
+    (path / "policies" / "default_policy" / "model" / "assets").mkdir()
+    report = verify(path)
+    assert report.ok, report.problems
+    restored = Policy.from_checkpoint(path)["default_policy"]
+    np.testing.assert_allclose(_expected(restored), _expected(algo.get_policy()), atol=1e-5)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from amber.checkpoint import read_checkpoint
 from amber.checkpoint_read import amber_only, describe_foreign
 from amber.errors import ChangedWhileReadError, CheckpointError, CorruptCheckpointError, NotACheckpointError
-from amber.layout import MANIFEST, check_file, read_manifest, unread_foreign
+from amber.layout import MANIFEST, check_file, holds_nothing, read_manifest, unread_foreign
 from amber.registry import get_registry
 from amber.storage import is_remote, local_path, reading, relocated
 from amber.utils.rewriting import (
@@ -142,7 +142,8 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
 
     Reports, each naming the file: missing, truncated, altered or linked
     files, FIFOs, sockets and devices (never opened), malformed manifests, and
-    files or directories no manifest lists. No link is followed.
+    files or directories no manifest lists (a folder with nothing in it at any depth is no
+    problem: it holds no data, and object stores keep no folders). No link is followed.
 
     :param path: a checkpoint directory, or an fsspec URL (every file below it is downloaded).
     :param storage_options: for a URL, passed to its fsspec file system.
@@ -208,7 +209,7 @@ def _unlisted(root: Path, listed: set[Path], broken: list[Path]) -> list[str]:
                 problems.append(f"{p}: is not listed in any checkpoint.json")
         for d in dirnames:
             p = Path(dirpath) / d
-            if not any(q == p or p in q.parents for q in listed):
+            if not any(q == p or p in q.parents for q in listed) and not holds_nothing(p):
                 problems.append(f"{p}: directory is not part of the checkpoint")
     return problems
 
