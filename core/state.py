@@ -275,8 +275,11 @@ def validate_tree(tree: Any, *, format: str, where: str = "") -> None:
 
 
 def _key_problem(k: Any) -> str | None:
+    if isinstance(k, np.integer):  # agent ids some envs give: portable formats store them as int
+        k = int(k)
     if isinstance(k, bool) or not isinstance(k, (str, int)):
-        return f"dict key {k!r} is neither str nor int"
+        return (f"dict key {k!r} ({type(k).__qualname__}) is neither str nor int (nor a numpy "
+                "integer, stored as int); save in a format that holds any object (`amber formats`)")
     if isinstance(k, int) and not _INT_MIN <= k <= _INT_MAX:
         return f"int key {k} does not fit in 64 bits"
     return None

@@ -60,17 +60,17 @@ def _cli(*args):
 def test_two_trials_keep_amber_checkpoints_per_checkpoint_config(tmp_path):
     param_space = space(lr=tune.grid_search([1e-3, 1e-4]))
     tuner = tune.Tuner(trainable("PPO"), param_space=param_space, run_config=tune.RunConfig(
-        name="grid", storage_path=str(tmp_path), stop={"training_iteration": 3}, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1)))
+        name="grid", storage_path=str(tmp_path), stop={"training_iteration": 4}, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3, checkpoint_frequency=1)))  # docs/scaling.md: >= 3
     results = tuner.fit()
     assert len(results) == 2 and not results.errors
     for result in results:
-        assert result.metrics["training_iteration"] == 3
-        assert result.metrics["num_env_steps_sampled_lifetime"] >= 3 * 64
+        assert result.metrics["training_iteration"] == 4
+        assert result.metrics["num_env_steps_sampled_lifetime"] >= 4 * 64
         trial_dir = Path(result.path)
-        assert len(sorted(trial_dir.glob("checkpoint_*"))) == 2  # num_to_keep
+        assert len(sorted(trial_dir.glob("checkpoint_*"))) == 3  # num_to_keep: the first one deleted
         algo = Algorithm.from_checkpoint(result.checkpoint.path)
-        assert algo.iteration == 3 and algo.config.lr == result.config["lr"]
+        assert algo.iteration == 4 and algo.config.lr == result.config["lr"]
         algo.stop()
     path = results[0].checkpoint.path
     assert _cli("verify", path).returncode == 0

@@ -4,9 +4,11 @@ See the package docstring for the on-disk layout. The encoder streams the
 document to the file: a container holding no arrays is packed by msgpack in
 one call, one holding arrays item by item, so the document is never in
 memory as a whole; it collects the arrays that go to the safetensors
-sidecar. The decoder runs msgpack's C unpacker with hooks of its own that
-check every map, list and ext value (key types, duplicate keys, nesting
-depth, array descriptors), and never imports or unpickles anything.
+sidecar; map keys are written as :mod:`.keys` says (numpy integers as
+ints; a key msgpack cannot keep is refused). The decoder runs msgpack's C
+unpacker with hooks of its own that check every map, list and ext value (key
+types, duplicate keys, nesting depth, array descriptors), and never imports
+or unpickles anything.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from amber.errors import CorruptCheckpointError, UnserializableStateError
 from amber.registry import StateSource
 from amber.state import ARRAY_KINDS, MAX_DEPTH, Ref, is_reference_type
 
+from .keys import key_refusal, map_key, plain_keys
 from .safetensors_io import PendingTensor, SafetensorsFile, SafetensorsFormatError, plan_tensor
 from .sharing import MAX_REPEATED_VALUES, repeats
 
@@ -158,9 +161,11 @@ class Encoder:
                     raise self._fail(link, f"it is not valid Unicode ({e.reason})") from e
                 continue
             try:
-                out(self._whole_packer.pack(node))
-                continue
-            except (_Split, ValueError):  # ValueError: too deep for msgpack (a cycle)
+                whole = self._whole_packer.pack(node)
+                if plain_keys(node):  # any other key (np.int64, a tuple) msgpack writes as a map or
+                    out(whole)        # a list, unreadable: item by item, _key converts or refuses it
+                    continue
+            except (_Split, ValueError, OverflowError):  # ValueError: too deep for msgpack (a cycle)
                 pass
             if isinstance(node, dict):
                 items = list(node.items())
@@ -177,9 +182,10 @@ class Encoder:
                     stack.append((node[i], depth + 1, (link, i)))
 
     def _key(self, key: Any, link: Any) -> str | int:
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
-            raise self._fail(link, f"dict key {key!r} is neither str nor int")
-        return str.__str__(key) if isinstance(key, str) else int.__int__(key)
+        written = map_key(key)
+        if written is None:
+            raise self._fail(link, key_refusal(key))
+        return written
 
     def _leaf(self, value: Any, link: Any) -> Any:
         if isinstance(value, np.ndarray):
