@@ -134,10 +134,13 @@ def plan(
     """The steps leading from ``from_version`` to ``to_version`` (empty when equal).
 
     :raises UnsupportedVersionError: ``to_version`` is unknown, older than ``from_version``
-        (migrations only upgrade), or no chain leads there.
+        (migrations only upgrade), one this amber would refuse to read (newer than
+        :data:`CHECKPOINT_VERSION`, or leading to it by no chain), or no chain leads there.
     """
     migrations = list(migrations)
     steps = _steps(migrations)
+    if to_version != CHECKPOINT_VERSION:
+        _check_readable_target(to_version, migrations, steps, path)
     chain: list[Migration] = []
     version = from_version
     while version != to_version:
@@ -147,6 +150,22 @@ def plan(
         chain.append(found[0])
         version = found[0].to_version
     return chain
+
+
+def _check_readable_target(to_version: str, migrations: list[Provided],
+                           steps: Mapping[str, tuple[Migration, str]], path: Any) -> None:
+    """Refuse a known target this amber would refuse to read back (a plugin's step beyond
+    :data:`CHECKPOINT_VERSION`): migrating there would leave a checkpoint no load accepts.
+    An unknown target is left to :func:`_no_chain`, which names it as such."""
+    if to_version not in {step.to_version for step, _ in steps.values()}:
+        return
+    if is_newer(to_version) or to_version not in supported_versions(migrations):
+        why = "is newer than" if is_newer(to_version) else "does not migrate to"
+        what = "" if path is None else f" {path}"
+        raise UnsupportedVersionError(
+            f"refusing to migrate{what} to checkpoint_version {to_version!r}: it {why} "
+            f"{CHECKPOINT_VERSION!r}, the version this amber writes, so this amber could not read "
+            f"the result; pick a target up to {CHECKPOINT_VERSION!r}", path=path)
 
 
 def _no_chain(from_version: str, to_version: str, migrations: list[Provided],

@@ -21,6 +21,8 @@ from amber.storage import find_committed, is_remote, local_path, reading, reloca
 if TYPE_CHECKING:
     import pluggy
 
+    from amber.migration import CheckpointTrees
+
 __all__ = ["MigrationResult", "find_checkpoints", "migrate", "migrate_all", "migrate_checkpoint"]
 
 
@@ -100,8 +102,10 @@ class MigrationResult:
     error: str | None = None
 
 
-def _planned_steps(ckpt: Checkpoint, to: str, pm: pluggy.PluginManager | None) -> list[dict[str, Any]]:
-    """Apply the chain step by step in memory, recording what each changes."""
+def _planned_steps(ckpt: Checkpoint, to: str,
+                   pm: pluggy.PluginManager | None) -> tuple[list[dict[str, Any]], CheckpointTrees]:
+    """Apply the chain step by step in memory, once, recording what each changes; return the
+    record and the trees the last step returned (what :func:`migrate` writes)."""
     from amber.migration import CheckpointTrees, apply_chain, changes, plan
 
     chain = plan(ckpt.checkpoint_version, to, get_registry(pm).migrations, path=ckpt.path)
@@ -116,7 +120,16 @@ def _planned_steps(ckpt: Checkpoint, to: str, pm: pluggy.PluginManager | None) -
         steps.append({"name": step.name, "description": step.description,
                       "changes": {k: v for k, v in changed.items() if v}})
         trees = after
-    return steps
+    return steps, trees
+
+
+def _take(ckpt: Checkpoint, trees: CheckpointTrees, version: str) -> None:
+    """Put the migrated ``trees`` into ``ckpt``, now at ``version`` (as loading migrates it)."""
+    ckpt.state = trees.state
+    ckpt.checkpoint_version = version
+    for pid, policy in ckpt.policies.items():
+        policy.state = trees.policies[pid]
+        policy.checkpoint_version = version
 
 
 def migrate(
@@ -162,17 +175,16 @@ def migrate(
     out = _as_location(dst if dst is not None else src)
     with reading(src, storage_options) as local:  # a URL's copy lasts until its model files are copied
         ckpt = read_checkpoint(local, allow_pickle=allow_pickle, migrate=False, pm=pm)
+        steps, trees = _planned_steps(ckpt, target, pm)  # each step runs once: its trees are written
         result = MigrationResult(_as_location(src), out, ckpt.checkpoint_version, target,
-                                 relocated(_planned_steps(ckpt, target, pm), local, os.fspath(src)))
+                                 relocated(steps, local, os.fspath(src)))
         if dst is None and not result.steps:
             return result
         _check_target(src, local, out, in_place=dst is None)  # a dry run fails where the write would
         _check_apart(src, dst)
         if dry_run:
             return result
-        from amber.checkpoint import migrate_in_memory
-
-        migrate_in_memory(ckpt, target, get_registry(pm))
+        _take(ckpt, trees, target)
         registry = get_registry(pm)
         fmt = ckpt.format if ckpt.format in registry.formats else registry.default_portable()
         _rewrite(ckpt, out, format=fmt, pm=pm, version=target, storage_options=storage_options)
