@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from amber.async_save import SaveHandle, save_in_background, snapshot, wait_for_saves
 from amber.checkpoint_read import Checkpoint, migrate_in_memory, pickle_allowed_default, read_checkpoint
 from amber.checkpoint_write import Attachment, check_metadata, write_checkpoint
+from amber.errors import UnknownFormatError
 from amber.layout import STATE_STEMS
 from amber.migration import CHECKPOINT_VERSION
-from amber.registry import get_registry
+from amber.registry import first_result, get_registry
 from amber.state import StateTree
 
 if TYPE_CHECKING:
     import pluggy
+
+    from amber.specs import FormatSpec
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -33,6 +36,7 @@ __all__ = [
     "Checkpoint",
     "SaveHandle",
     "detect_format",
+    "format_for",
     "load",
     "migrate_in_memory",
     "pickle_allowed_default",
@@ -93,9 +97,8 @@ def save(
         amber.save({"w": np.zeros(3), "step": 7}, "/tmp/amber-example")
         assert amber.load("/tmp/amber-example")["step"] == 7
     """
-    registry = get_registry(pm)
-    fmt = format if format is not None else registry.default_portable()
-    registry.get(fmt)  # an unknown format fails here, before anything is copied or written
+    fmt = format if format is not None else get_registry(pm).default_portable()
+    format_for(fmt, path, pm=pm)  # an unknown format fails here, before anything is copied or written
     check_metadata(metadata)  # so does metadata a checkpoint.json cannot hold
     if block:
         wait_for_saves()
@@ -108,6 +111,20 @@ def save(
                                         storage_options=storage_options)
 
     return save_in_background(capture, path)
+
+
+def format_for(name: str, path: str | os.PathLike[str], *,
+               pm: pluggy.PluginManager | None = None) -> FormatSpec:
+    """The registered format ``name`` that a save to ``path`` writes.
+
+    :raises UnknownFormatError: no such format; its message lists the known ones and names ``path``.
+    """
+    try:
+        return get_registry(pm).get(name)
+    except UnknownFormatError as e:
+        if e.path is None:
+            e.path = os.fspath(path)
+        raise
 
 
 def load(
@@ -139,5 +156,5 @@ def detect_format(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | No
     p = Path(path)
     with open(p, "rb") as f:
         header = f.read(64)
-    found = pm.hook.amber_detect_format(path=p, header=header)
+    found = first_result(pm, "amber_detect_format", p, header=header)
     return found if isinstance(found, str) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
 import warnings
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 import pluggy
 
 from amber import hookspecs
-from amber.errors import PluginLoadError
+from amber.errors import PluginLoadError, warn
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "default_plugin_manager", "get_plugin_manager"]
 
@@ -33,6 +34,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "amber.plugins.rllib_compat",
 )
 
+#: How a user gets past a broken installed plugin.
+WAY_OUT = "leave it out with AMBER_PLUGINS=..., or set AMBER_DISABLE_PLUGIN_AUTOLOAD=1"
+
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
@@ -45,11 +49,85 @@ def _env_list(name: str) -> list[str] | None:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-def _dist_of(name: str) -> str:
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
-        if ep.dist is not None:
-            return f", distribution {ep.dist.name}"
-    return ""
+def _dist_name(ep: importlib.metadata.EntryPoint | None) -> str:
+    return ep.dist.name if ep is not None and ep.dist is not None else "unknown"
+
+
+def _to_load(name: str, eps: list[importlib.metadata.EntryPoint]) -> bool:
+    """Whether to load the entry points called ``name``: not when they are an in-tree plugin's own.
+
+    :raises PluginLoadError: two distributions use the name, or one uses an in-tree plugin's.
+    """
+    in_tree = {module.rsplit(".", 1)[-1]: module for module in DEFAULT_PLUGINS}
+    where = sorted({f"distribution {_dist_name(ep)} ({name} = {ep.value!r})" for ep in eps})
+    if name in in_tree:
+        if all(ep.value == in_tree[name] for ep in eps):
+            return False
+        raise PluginLoadError(
+            f"entry point {name!r} of {', '.join(where)} has the name of amber's in-tree plugin "
+            f"{in_tree[name]}, so it would never load: rename it (its key in "
+            f"[project.entry-points.{ENTRY_POINT_GROUP}]) or uninstall it", plugin=name)
+    if len(where) > 1:
+        raise PluginLoadError(
+            f"two installed plugins are called {name!r} (entry-point group {ENTRY_POINT_GROUP!r}): "
+            f"{' and '.join(where)}; only one would load: uninstall one, or {WAY_OUT}", plugin=name)
+    return True
+
+
+def _load(pm: pluggy.PluginManager, name: str, ep: importlib.metadata.EntryPoint | None) -> None:
+    """Load and register the entry point ``name``; refuse a class, warn about a plugin with no hook."""
+    label = f"plugin {name!r} (entry-point group {ENTRY_POINT_GROUP!r}, distribution {_dist_name(ep)})"
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except Exception as e:  # an installed plugin's own import error
+        raise PluginLoadError(f"{label} failed to load: {type(e).__name__}: {e}. Fix or uninstall it, "
+                              f"{WAY_OUT}", plugin=name) from e
+    plugin = pm.get_plugin(name)
+    if inspect.isclass(plugin):
+        where = f"{plugin.__module__}:{plugin.__qualname__}"
+        raise PluginLoadError(
+            f"{label} is the class {where}, whose hooks need an instance: point the entry point at an "
+            f"instance ({plugin.__module__}:plugin, with plugin = {plugin.__qualname__}() in that module) "
+            "or at a module of @amber.hookimpl functions", plugin=name)
+    if plugin is not None and not pm.get_hookcallers(plugin):
+        warn(f"{label} registers no hook: {_why_no_hook(plugin)}")
+
+
+def _why_no_hook(plugin: object) -> str:
+    """Why ``plugin`` (an entry point's module or object) registers nothing, and what to do."""
+    marker = f"{ENTRY_POINT_GROUP}_impl"  # pluggy's mark of an @amber.hookimpl
+    bare = sorted(n for n in dir(plugin) if n.startswith("amber_") and callable(getattr(plugin, n, None)))
+    if bare:
+        verb = "is" if len(bare) == 1 else "are"
+        return f"{', '.join(bare)} {verb} not marked @amber.hookimpl, so never called"
+    none = "it defines no @amber.hookimpl function"
+    if not inspect.ismodule(plugin):
+        return none
+    classes = sorted(n for n, v in vars(plugin).items()
+                     if inspect.isclass(v) and v.__module__ == plugin.__name__
+                     and any(hasattr(getattr(v, a, None), marker) for a in dir(v)))
+    if not classes:
+        return none
+    return (f"{none}; the hooks of {', '.join(classes)} are methods, called on an instance: point the entry "
+            f"point at one (module:plugin, with plugin = {classes[0]}() in the module)")
+
+
+def _load_entry_points(pm: pluggy.PluginManager, allow: Iterable[str] | None) -> None:
+    by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        by_name.setdefault(ep.name, []).append(ep)
+    installed = sorted(by_name)
+    names = list(allow) if allow is not None else _env_list("AMBER_PLUGINS")
+    if names is None:
+        names = installed
+    elif unknown := [n for n in names if n not in installed]:  # a typo would load nothing, silently
+        where = "allow" if allow is not None else "AMBER_PLUGINS"
+        warnings.warn(f"{where} names {', '.join(unknown)}, which no installed plugin is called "
+                      f"(installed: {', '.join(installed) or 'none'})", stacklevel=3)
+    for name in names:
+        eps = by_name.get(name, [])
+        if _to_load(name, eps):
+            _load(pm, name, eps[0] if eps else None)
 
 
 def get_plugin_manager(
@@ -67,7 +145,8 @@ def get_plugin_manager(
         In-tree plugins are always loaded.
     :param trace: print every hook call and result to stderr.
     :return: a new, checked :class:`pluggy.PluginManager`.
-    :raises PluginLoadError: a plugin failed to import or does not match the specs.
+    :raises PluginLoadError: a plugin failed to import, does not match the specs, is a class,
+        or two distributions (or one and an in-tree plugin) use one entry-point name.
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
@@ -83,24 +162,7 @@ def get_plugin_manager(
     if autoload is None:
         autoload = not _env_flag("AMBER_DISABLE_PLUGIN_AUTOLOAD")
     if autoload:
-        names = list(allow) if allow is not None else _env_list("AMBER_PLUGINS")
-        installed = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
-        if names is None:
-            names = installed
-        elif unknown := [n for n in names if n not in installed]:  # a typo would load nothing, silently
-            where = "allow" if allow is not None else "AMBER_PLUGINS"
-            warnings.warn(f"{where} names {', '.join(unknown)}, which no installed plugin is called "
-                          f"(installed: {', '.join(installed) or 'none'})", stacklevel=2)
-        for name in names:
-            try:
-                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-            except Exception as e:  # an installed plugin's own import error
-                raise PluginLoadError(
-                    f"plugin {name!r} (entry-point group {ENTRY_POINT_GROUP!r}{_dist_of(name)}) failed "
-                    f"to load: {type(e).__name__}: {e}. Fix or uninstall it, leave it out with "
-                    "AMBER_PLUGINS=..., or set AMBER_DISABLE_PLUGIN_AUTOLOAD=1",
-                    plugin=name,
-                ) from e
+        _load_entry_points(pm, allow)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:

@@ -11,7 +11,7 @@ so plugins import them from ``amber.registry``.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,10 @@ from amber.errors import (
     PluginLoadError,
     UnknownExporterError,
     UnknownFormatError,
+    warn,
 )
 from amber.migration import Migration
-from amber.plugin_manager import DEFAULT_PLUGINS
+from amber.plugin_manager import DEFAULT_PLUGINS, WAY_OUT
 from amber.specs import (
     DISTRIBUTION,
     Capabilities,
@@ -37,6 +38,8 @@ from amber.specs import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pluggy
 
 #: The hint for a name no installed plugin provides.
@@ -177,7 +180,10 @@ def _plugin_names(pm: pluggy.PluginManager) -> dict[int, tuple[str, str | None]]
 
 
 def _results(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, str, str | None]]:
-    """Each plugin's result of a registration hook, with the plugin's name and distribution."""
+    """Each plugin's result of a registration hook, with the plugin's name and distribution.
+
+    :raises PluginLoadError: a plugin's hook raised (the plugin named).
+    """
     names = _plugin_names(pm)
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
@@ -186,14 +192,69 @@ def _results(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, st
         caller = pm.subset_hook_caller(
             hook_name, remove_plugins=[p for p in pm.get_plugins() if p is not impl.plugin]
         )
-        for results in caller():
+        try:
+            found = caller()
+        except Exception as e:
+            raise PluginLoadError(f"{_failed(plugin_name, dist, hook_name, e)}; {_way_out(dist)}",
+                                  plugin=plugin_name) from e
+        for results in found:
             yield results, plugin_name, dist
 
 
 def _collect(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, str, str | None]]:
     for results, plugin_name, dist in _results(pm, hook_name):
+        if results is not None and not isinstance(results, (list, tuple)):
+            raise PluginLoadError(
+                f"plugin {plugin_name!r}{_dist(dist)} returned a {type(results).__name__} from {hook_name}, "
+                "expected a list or None (one item goes in a list: return [item])", plugin=plugin_name)
         for item in results or ():
             yield item, plugin_name, dist
+
+
+def first_result(pm: pluggy.PluginManager, hook_name: str, path: Path, **kwargs: Any) -> Any:
+    """The first result that is not None of the first-result hook ``hook_name`` about ``path``,
+    each plugin asked in pluggy's order, the others still asked when one fails.
+
+    A plugin's :class:`CheckpointError` (its refusal of what it recognises) is raised as it is. Any
+    other exception is that plugin's fault: when another plugin answers, it is warned about; when
+    none does, it is raised, since the failing plugin is likely the one that knows ``path``.
+
+    :raises CheckpointError: a plugin failed and no other answered (the plugin and ``path`` named).
+    """
+    names = _plugin_names(pm)
+    plugins = [impl.plugin for impl in getattr(pm.hook, hook_name).get_hookimpls()
+               if not (impl.hookwrapper or impl.wrapper)]
+    failed: list[tuple[str, str | None, str, Exception]] = []
+    found = None
+    for plugin in reversed(plugins):  # pluggy calls the last registered first
+        caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
+        try:
+            found = caller(path=path, **kwargs)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            name, dist = names.get(id(plugin), (pm.get_name(plugin) or repr(plugin), None))
+            failed.append((name, dist, _failed(name, dist, hook_name, e, path), e))
+            continue
+        if found is not None:
+            break
+    if failed and found is None:
+        name, dist, said, e = failed[0]
+        raise CheckpointError(f"{said}, and no other plugin recognises it; {_way_out(dist)}",
+                              path=path, plugin=name) from e
+    for _name, dist, said, _e in failed:
+        warn(f"{said}; another plugin answered instead; {_way_out(dist)}")
+    return found
+
+
+def _failed(plugin: str, dist: str | None, hook_name: str, e: BaseException, on: Path | None = None) -> str:
+    where = f" on {on}" if on is not None else ""
+    return f"plugin {plugin!r}{_dist(dist)} failed in {hook_name}{where}: {type(e).__name__}: {e}"
+
+
+def _way_out(dist: str | None) -> str:
+    """How to get past a broken plugin: one installed (``dist``) can be left out."""
+    return f"fix or uninstall {dist}, or {WAY_OUT}" if dist else "fix or unregister it"
 
 
 def build_registry(pm: pluggy.PluginManager) -> FormatRegistry:
@@ -258,8 +319,11 @@ def _collect_names(pm: pluggy.PluginManager, reg: FormatRegistry) -> None:
     from amber.names import check_name, is_nameable
 
     owners: dict[str, str] = {}
-    for found, plugin, _dist in _results(pm, "amber_register_names"):
-        for name, obj in dict(found or {}).items():
+    for found, plugin, dist in _results(pm, "amber_register_names"):
+        if found is not None and not isinstance(found, Mapping):
+            raise PluginLoadError(f"plugin {plugin!r}{_dist(dist)} returned a {type(found).__name__} from "
+                                  "amber_register_names, expected a map of names or None", plugin=plugin)
+        for name, obj in (found or {}).items():
             try:
                 check_name(name)
                 if not is_nameable(obj):
