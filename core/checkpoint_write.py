@@ -119,10 +119,7 @@ def _write_level(
     with writing_with(plan.digest):  # the files are hashed as they are written, with this algorithm
         _run_write(spec, state, sink, directory, shown)
         sink.finish()
-    if f"{stem}{spec.extension}" not in files:  # a format that wrote no state file would commit
-        raise CheckpointWriteError(  # a checkpoint that no reader accepts
-            f"format {spec.name!r} wrote no {stem}{spec.extension} for {shown} (its write() must "
-            "write the state file it is given); nothing was written", path=shown, format=spec.name)
+    _check_all_through_sink(directory, files, children, plan, shown, f"{stem}{spec.extension}")
     _pin(directory, files, plan.digest)
     if attachment is not None:
         attachment(directory)
@@ -166,6 +163,33 @@ def _run_write(spec: FormatSpec, state: Any, sink: Sink, directory: Path, shown:
         raise UnserializableStateError(
             f"cannot write {shown} in format {spec.name!r}: {type(e).__name__}: {e}; nothing was written",
             path=shown, format=spec.name) from e
+
+
+def _check_all_through_sink(
+    directory: Path, files: Mapping[str, FileEntry], children: Mapping[str, FileEntry] | None, plan: _Plan,
+    shown: Path, state_file: str,
+) -> None:
+    """Refuse a level whose format wrote no state file, or wrote a file other than through its sink
+    (to ``sink.path`` itself, or beside it): such a file would be committed unlisted, unhashed and not
+    fsynced, and ``amber verify`` would fail the new checkpoint. One listing of ``directory``.
+
+    :raises CheckpointWriteError: naming the format (its plugin) and the files.
+    """
+    spec = plan.spec
+    stray = sorted(set(os.listdir(directory)) - set(files) - ({"policies"} if children else set()))
+    if state_file in files and not stray:
+        return
+    plugin = plan.registry.provider(spec.name).plugin
+    if state_file not in files and state_file not in stray:  # it would commit a checkpoint no reader accepts
+        raise CheckpointWriteError(
+            f"format {spec.name!r} wrote no {state_file} for {shown} (its write() must write the state file "
+            f"it is given, through sink.open()); nothing was written (plugin {plugin!r})",
+            path=shown, format=spec.name, plugin=plugin)
+    raise CheckpointWriteError(
+        f"format {spec.name!r} wrote {', '.join(stray)} in {shown} directly, not through sink.open(), so "
+        "that checkpoint.json would not list them (`amber verify` would fail the checkpoint): its write() "
+        "must open every file with sink.open(), or sink.open(suffix) for <stem><suffix> beside the state "
+        f"file; nothing was written (plugin {plugin!r})", path=shown, format=spec.name, plugin=plugin)
 
 
 def _pin(directory: Path, files: dict[str, FileEntry], digest: str) -> None:
@@ -239,7 +263,7 @@ def write_checkpoint(
     :param storage_options: for a URL, passed to its fsspec file system.
     :raises UnknownFormatError: no such format.
     :raises UnserializableStateError: the state holds something the format cannot write.
-    :raises CheckpointWriteError: the disk is full or read-only; nothing was left behind.
+    :raises CheckpointWriteError: a full or read-only disk, a format writing beside its sink; nothing left.
     """
     registry = get_registry(pm)
     spec = registry.get(format)

@@ -7,13 +7,15 @@ components; :func:`capture` asks the plugins for each one's state tree and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import CheckpointError, InvalidStateError
+from amber.errors import CheckpointError, InvalidStateError, PluginLoadError
 
 if TYPE_CHECKING:
     import pluggy
+    from pluggy import HookImpl
 
 __all__ = ["capture", "components_of", "restore"]
 
@@ -30,12 +32,23 @@ def components_of(
     """The owner's own components plus those plugins add through ``amber_register_components``.
 
     :raises CheckpointError: two sources use one component name.
+    :raises PluginLoadError: a plugin's ``amber_register_components`` raised, or returned something
+        other than a mapping (the plugin named).
     """
     pm = _pm(pm)
     found = dict(own)
     hook = pm.hook.amber_register_components
-    for extra in hook(owner=owner) if hook.get_hookimpls() else ():  # (a call costs, even to none)
-        for key, component in (extra or {}).items():
+    if not hook.get_hookimpls():  # (a call costs, even to none)
+        return found
+    owner_name = type(owner).__name__
+    for extra in _call(hook, f"listing the components of {owner_name}", owner=owner):
+        if not isinstance(extra, Mapping):
+            plugin = _returning_plugin(pm, "amber_register_components", owner)
+            raise PluginLoadError(
+                f"{_plugin_words(plugin)} returned a {type(extra).__name__} from amber_register_components "
+                f"for {owner_name}, not a map of component name to component (or None); a fault of the "
+                "plugin", plugin=plugin)
+        for key, component in extra.items():
             if key in found:
                 raise CheckpointError(f"component name {key!r} of {type(owner).__name__} is used twice")
             found[key] = component
@@ -50,6 +63,10 @@ def capture(
     :param owner: the object the components belong to.
     :param own: its components by name.
     :raises CheckpointError: no plugin captures some component (named).
+    :raises PluginLoadError: a third-party plugin's ``amber_capture_state`` or
+        ``amber_register_components`` raised, or the latter returned no map (the component and
+        the plugin named). The error of an in-tree plugin, which calls the component's own code
+        (its ``get_state()``), is raised as it is.
     """
     pm = _pm(pm)
     return _capture_each(components_of(owner, own, pm=pm), pm)
@@ -57,8 +74,10 @@ def capture(
 
 def _capture_each(components: Mapping[str, object], pm: pluggy.PluginManager) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    hook = pm.hook.amber_capture_state
     for key, component in components.items():
-        state = pm.hook.amber_capture_state(component=component, key=key)
+        state = _call(hook, f"capturing the state of {key!r} ({type(component).__qualname__})",
+                      component=component, key=key)
         if state is None:
             raise CheckpointError(
                 f"no plugin captures the state of {key!r} ({type(component).__qualname__}); "
@@ -66,6 +85,64 @@ def _capture_each(components: Mapping[str, object], pm: pluggy.PluginManager) ->
             )
         out[key] = state
     return out
+
+
+def _raising_impl(hook: Any, error: BaseException) -> HookImpl | None:
+    """The implementation of ``hook`` that raised ``error``, found in its traceback (a wrapper's only
+    where no plain implementation is in it); None if none is."""
+    impls = {getattr(impl.function, "__code__", None): impl for impl in hook.get_hookimpls()}
+    found = None
+    tb = error.__traceback__
+    while tb is not None:
+        impl = impls.get(tb.tb_frame.f_code)
+        if impl is not None:
+            if not (impl.wrapper or impl.hookwrapper):
+                return impl
+            found = found or impl
+        tb = tb.tb_next
+    return found
+
+
+def _in_tree(impl: HookImpl | None) -> bool:
+    """Whether ``impl`` is one of amber's in-tree plugins (``DEFAULT_PLUGINS``)."""
+    from amber.plugin_manager import DEFAULT_PLUGINS
+
+    return impl is not None and getattr(impl.plugin, "__name__", None) in DEFAULT_PLUGINS
+
+
+def _plugin_words(plugin: str | None) -> str:
+    return "an unidentified plugin" if plugin is None else f"plugin {plugin!r}"
+
+
+def _call(hook: Any, doing: str, **kwargs: Any) -> Any:
+    """``hook(**kwargs)``; what a third-party implementation raises becomes a PluginLoadError naming
+    the plugin and what was being done (``doing``). A CheckpointError, and the error of an in-tree
+    plugin (which calls the component's own code: a runner that died is an EnvRunnerDiedError), are
+    raised as they are.
+    """
+    try:
+        return hook(**kwargs)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        impl = _raising_impl(hook, e)
+        if _in_tree(impl):
+            raise
+        plugin = impl.plugin_name if impl is not None else None
+        raise PluginLoadError(f"{doing} failed in {_plugin_words(plugin)} ({hook.name}): "
+                              f"{type(e).__name__}: {e}; a fault of the plugin", plugin=plugin) from e
+
+
+def _returning_plugin(pm: pluggy.PluginManager, hook_name: str, owner: object) -> str | None:
+    """The plugin whose ``hook_name(owner=owner)`` returns something other than a map or None
+    (each called alone, through pluggy; only once a call of them all returned one)."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in pm.get_plugins()
+                                                                   if p is not impl.plugin])
+        with contextlib.suppress(Exception):
+            if any(not isinstance(r, Mapping) for r in caller(owner=owner)):
+                return impl.plugin_name
+    return None
 
 
 def restore(

@@ -26,7 +26,13 @@ import numpy as np
 from amber.atomic import commit_entries, staging
 from amber.digest import hash_file
 from amber.durable import describe
-from amber.errors import CorruptCheckpointError, ExportError, MissingPluginError
+from amber.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    ExportError,
+    MissingPluginError,
+    UnknownExporterError,
+)
 from amber.export_dir import (
     MODEL_JSON,
     carry_over,
@@ -37,6 +43,7 @@ from amber.export_dir import (
     previous_export,
     remove_created,
 )
+from amber.export_options import ExporterOptions, checked_options
 from amber.model_graph import (
     ACTIVATIONS,
     OUTPUT_KINDS,
@@ -97,23 +104,33 @@ def plan_exports(
     """The exporters to run, each with its options; fails before anything is written.
 
     :param format: an exporter's name, or None.
-    :param shorthands: keyword shorthands and their values (``{KEYWORD: VALUE}``); a
-        value of None, False or 0 asks for nothing.
+    :param shorthands: keywords and their values (``{KEYWORD: VALUE}``): an exporter's keyword
+        shorthand picks it (a value of None, False or 0 asks for nothing); any other keyword is an
+        option of the exporter ``format`` names (:func:`amber.export_options.checked_options`).
     :return: the shorthands' exporters, then ``format``'s; with neither, the
         exporter native to ``graph.framework``, with the option :data:`NATIVE_OPTION`.
-    :raises UnknownExporterError: an unknown name or keyword, or none native to the framework.
-    :raises ExportError: nothing asked for, and the graph names no framework.
+    :raises UnknownExporterError: an unknown name, a keyword that is no shorthand without
+        ``format``, or no exporter native to the framework.
+    :raises ExportError: nothing asked for, and the graph names no framework; an option is no JSON
+        value or contradicts the shorthand's.
     """
     jobs: dict[str, Job] = {}
+    by_keyword = {p.item.shorthand: p.item for p in registry.exporters.values() if p.item.shorthand}
+    given: dict[str, Any] = {}
     for keyword, value in shorthands.items():
-        if not _requested(value):
-            continue
-        spec = registry.shorthand(keyword)
-        plain = value.item() if isinstance(value, np.generic) else value
-        jobs[spec.name] = (spec, {str(spec.shorthand_option): plain})
+        spec = by_keyword.get(keyword)
+        if spec is None:
+            if format is not None:
+                given[keyword] = value  # an option of format's exporter
+            elif _requested(value):
+                _unknown_keyword(registry, keyword)
+        elif _requested(value):
+            plain = value.item() if isinstance(value, np.generic) else value
+            jobs[spec.name] = (spec, {str(spec.shorthand_option): plain})
     if format is not None:
         spec = registry.exporter(str(format))
-        jobs.setdefault(spec.name, (spec, {}))
+        base = jobs.get(spec.name, (spec, {}))[1]
+        jobs[spec.name] = (spec, checked_options(spec.name, given, base) if given else base)
     if not jobs:
         if graph.framework is None:
             known = ", ".join(sorted(registry.exporters))
@@ -122,6 +139,16 @@ def plan_exports(
         spec = registry.native_exporter(graph.framework)
         jobs[spec.name] = (spec, {NATIVE_OPTION: True})
     return list(jobs.values())
+
+
+def _unknown_keyword(registry: FormatRegistry, keyword: str) -> None:
+    """:raises UnknownExporterError: ``keyword`` is no exporter's shorthand (the known ones listed)."""
+    try:
+        registry.shorthand(keyword)
+    except UnknownExporterError as e:
+        e.message = f"{e.message}; an exporter's options go with format=NAME (format=NAME, {keyword}=...)"
+        e.args = (e.message,)
+        raise
 
 
 def _check_written(stage: Path, files: Sequence[Path], spec: ExporterSpec) -> list[str]:
@@ -152,6 +179,20 @@ def _check_written(stage: Path, files: Sequence[Path], spec: ExporterSpec) -> li
                 raise ExportError(f"exporter {spec.name!r} wrote {name}, which is {describe_mode(mode)}, "
                                   "not a regular file; refused", path=stage.parent)
     return list(dict.fromkeys(names))
+
+
+def _paths_returned(files: Any, named: str, stage: Path, plugin: str) -> list[Path]:
+    """What an exporter's ``export`` returned, as paths: a list (or tuple) of paths is required.
+
+    :raises ExportError: anything else, naming the exporter (``named``)."""
+    if not isinstance(files, (list, tuple)):
+        raise ExportError(f"{named} returned {type(files).__name__} {files!r:.60} from export(), not a list "
+                          "of the paths it wrote; nothing was changed", path=stage.parent, plugin=plugin)
+    bad = next((f for f in files if not isinstance(f, (str, os.PathLike))), None)
+    if bad is not None:
+        raise ExportError(f"{named} returned {type(bad).__name__} {bad!r:.60} among the paths it wrote, "
+                          "not a path; nothing was changed", path=stage.parent, plugin=plugin)
+    return [Path(f) for f in files]
 
 
 def _hash(path: Path, stage: Path) -> tuple[int, str]:
@@ -194,13 +235,28 @@ def _run_exporters(
     """Run each exporter into ``stage``; ``model.json``'s entries of what they wrote, by top-level name."""
     written: dict[str, dict[str, Any]] = {}
     for spec, options in jobs:
+        plugin = registry.exporters[spec.name].plugin
+        named = f"the {spec.name!r} exporter (plugin {plugin!r})"
         try:
             files = spec.export(graph, stage, options)
         except ImportError as e:  # a dependency of the exporter's extra is missing
-            plugin = registry.exporters[spec.name].plugin
             raise MissingPluginError(f"the {spec.name!r} exporter cannot run: {e}; {spec.install_hint}",
                                      plugin=plugin) from e
-        for top in _check_written(stage, files, spec):
+        except CheckpointError as e:
+            e.plugin = e.plugin or plugin
+            raise
+        except OSError as e:  # a full or read-only disk, or the exporter's own fault: it is named
+            raise ExportError(f"exporting into {stage.parent} failed: {describe(e)} (in {named}); nothing "
+                              "was changed", path=stage.parent, plugin=plugin) from e
+        except Exception as e:
+            raise ExportError(f"{named} failed: {type(e).__name__}: {e}; nothing was changed",
+                              path=stage.parent, plugin=plugin) from e
+        if isinstance(options, ExporterOptions) and (unused := options.unused()):
+            looked = ", ".join(options.looked_up()) or "none"
+            raise ExportError(f"{named} takes no option {', '.join(unused)} (it never looked at it; the "
+                              f"options it looked up: {looked}); nothing was changed",
+                              path=stage.parent, plugin=plugin)
+        for top in _check_written(stage, _paths_returned(files, named, stage, plugin), spec):
             written[top] = _file_facts(spec, stage / top, options)
     return written
 
@@ -239,16 +295,17 @@ def export_model(
     With no exporter asked for, the native files of ``graph.framework`` (the exporter whose
     ``native_for`` names it); ``format=NAME``: what the exporter ``NAME`` writes; a keyword
     shorthand of an exporter (``KEYWORD=VALUE``) picks it with that option, and a value of
-    None, False or 0 asks for nothing. ``model.json`` is always written: the architecture,
-    spaces, outputs and how to act from them, and each file with its exporter and digest.
+    None, False or 0 asks for nothing; with ``format=NAME``, other keywords are options of ``NAME``
+    (:mod:`amber.export_options`). ``model.json`` is always written: the architecture, spaces,
+    outputs and how to act from them, and each file with its exporter and digest.
 
     Every file is written in a staging directory inside ``directory`` and moved into
     place; model files of an earlier export of *other* weights that this export does not
-    replace are removed (only names an exporter declares). Nothing
-    is written outside ``directory``, and a ``directory`` (or a file to
-    replace in it) that is a symbolic link is refused; so is a ``directory`` that is, or lies
-    inside, a checkpoint, and an entry to replace that no earlier export wrote (a directory of
-    other files: :func:`amber.export_dir.check_replaceable`). Exports into one ``directory``
+    replace are removed (only names an exporter declares). Nothing is written outside
+    ``directory``, and a ``directory`` (or a file to replace in it) that is a symbolic link
+    is refused; so is a ``directory`` that is, or lies inside, a checkpoint, and an entry to
+    replace that no earlier export wrote (a directory of other files:
+    :func:`amber.export_dir.check_replaceable`). Exports into one ``directory``
     hold its lock (:func:`amber.export_dir.export_lock`): one at a time, each whole.
 
     :param graph: the network (``policy.export_graph()``).
@@ -258,10 +315,11 @@ def export_model(
     :param pm: the plugin manager (default: the process's).
     :param policy_id: the id of the policy exported, recorded in ``model.json`` (``load_policy``
         of the export gives it that id); None records none.
-    :param shorthands: exporters' keyword shorthands and their values.
+    :param shorthands: exporters' keyword shorthands and their values, and ``format``'s options.
     :return: the paths written, ``model.json`` last.
     :raises UnknownExporterError: no exporter of that name, keyword or framework.
-    :raises MissingPluginError, ExportError: the exporter's extra is missing; the directory is refused.
+    :raises MissingPluginError, ExportError: the exporter's extra is missing; the directory is
+        refused, or an exporter failed, returned no list or never looked up an option (named).
     """
     from amber.registry import get_registry
     from amber.storage import is_remote, local_path

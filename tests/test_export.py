@@ -596,7 +596,7 @@ def test_a_failing_exporter_changes_nothing(tmp_path, bare_pm):
         raise RuntimeError("exporter crashed")
 
     pm = _with_exporter(get_plugin_manager(autoload=False), export)
-    with pytest.raises(RuntimeError, match="exporter crashed"):
+    with pytest.raises(ExportError, match="the 'txt' exporter .*RuntimeError: exporter crashed"):
         export_model(squashed_graph(), tmp_path, format="txt", pm=pm)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 

@@ -77,29 +77,68 @@ def _targets(checkpoint: Path, directory: Path, policy_id: str | None, allow_pic
               help="Write model.onnx with this ONNX opset.")
 @click.option("-f", "--format", "format_", metavar="NAME",
               help="An exporter (see `amber formats`): keras writes saved_model/ and model.keras.")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the --format exporter (repeatable); dotted keys reach into dicts; "
+                   "VALUE is JSON, else a string.")
 @trust_option
 @click.pass_obj
 def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id: str | None,
-                   opset: int | None, format_: str | None, allow_pickle: bool | None) -> None:
+                   opset: int | None, format_: str | None, options: tuple[str, ...],
+                   allow_pickle: bool | None) -> None:
     """Export the network of a checkpoint's policy into DIRECTORY.
 
     Writes the native files (model.pt2) and model.json, or with --onnx
     model.onnx, or with --format keras saved_model/ and model.keras: files
-    that load with their own runtime alone. From an algorithm checkpoint
-    with several policies and no --policy, each goes to DIRECTORY/<policy id>/.
+    that load with their own runtime alone; -o KEY=VALUE gives the --format
+    exporter an option. From an algorithm checkpoint with several policies
+    and no --policy, each goes to DIRECTORY/<policy id>/.
     """
     from amber.registry import get_registry
 
     pm = state.get_pm()
     _check_outside_checkpoints(directory)
+    given = _exporter_options(options, format_)
     if format_ is not None:
         get_registry(pm).exporter(format_)  # an unknown name fails before anything is read
     targets = _targets(checkpoint, directory, policy_id, allow_pickle, pm)
     with _into_folders(directory, targets, pm):
         for pid, policy, target in targets:
-            paths = policy.export_model(target, onnx=opset, format=format_, pm=pm, policy_id=pid)
+            paths = policy.export_model(target, onnx=opset, format=format_, pm=pm, policy_id=pid, **given)
             names = ", ".join(Path(p).name + ("/" if Path(p).is_dir() else "") for p in paths)
             click.echo(f"exported {pid or 'policy'} -> {target}: {names}")
+
+
+def _exporter_options(options: tuple[str, ...], format_: str | None) -> dict[str, Any]:
+    """``-o KEY=VALUE`` options as a map (dotted keys reach into dicts, made as needed).
+
+    :raises AmberCliError: one is not ``KEY=VALUE``, reaches into a value that is not a dict, names a
+        parameter of the export itself, or is given without ``--format``.
+    """
+    import inspect
+
+    from amber.algorithms.config_overrides import parse_override
+    from amber.policy.policy import Policy
+
+    if options and format_ is None:
+        raise AmberCliError("-o gives options to the exporter --format names: name it (`amber formats` "
+                            "lists the exporters)")
+    own = set(inspect.signature(Policy.export_model).parameters) - {"self", "options"}
+    out: dict[str, Any] = {}
+    for text in options:
+        try:
+            path, value = parse_override(text)
+        except ValueError as e:
+            raise AmberCliError(f"-o {e}") from e
+        if path[0] in own:
+            raise AmberCliError(f"-o {text!r}: {path[0]} is not an exporter option (use the command's own "
+                                "arguments)")
+        node = out
+        for i, part in enumerate(path[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise AmberCliError(f"-o {text!r}: {'.'.join(path[:i + 1])} is not a dict")
+        node[path[-1]] = value
+    return out
 
 
 def _into_folders(directory: Path | str, targets: list[tuple[str | None, Any, Path]],

@@ -19,7 +19,7 @@ from amber.envs.multi_agent import MultiAgentEnv
 from amber.envs.registry import env_context, make_env_copies, probe_env, probe_spaces
 from amber.envs.runner_slots import Slot, only_policy, single_agent_policy, slot_state, unused_mapping_warning
 from amber.envs.runner_state import Episode, mapping_caller, parse_slot
-from amber.errors import CheckpointError, InvalidStateError, warn
+from amber.errors import CheckpointError, InvalidStateError, PluginLoadError, warn
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.policy.sample_batch import SAMPLED_COLUMNS as _COLUMNS
 
@@ -331,6 +331,8 @@ class EnvRunner:
         own = {str(s.index): s.env for s in self._slots if s.started}
         try:
             return components.capture(self, own, pm=self.pm)
+        except PluginLoadError:
+            raise  # a plugin's hook failed: named as it is, not retried env by env
         except CheckpointError:
             from amber.plugin_manager import default_plugin_manager
 

@@ -133,6 +133,7 @@ class Policy:
         pm: pluggy.PluginManager | None = None,
         storage_options: Mapping[str, Any] | None = None,
         policy_id: str | None = None,
+        **options: Any,
     ) -> list[str]:
         """Write this policy's network as files that load with their own runtime alone (no amber).
 
@@ -150,21 +151,18 @@ class Policy:
         :param onnx: an ONNX opset number (the ``onnx`` exporter's keyword shorthand).
         :param format: an exporter name.
         :param policy_id: the policy's id, recorded in ``model.json`` (``load_policy`` of the export uses it).
+        :param options: an exporter's keyword shorthand (``csv_precision=3``: docs/plugins.md), or with
+            ``format``, options of that exporter (:func:`amber.export.export_model`).
         :return: the paths written, ``model.json`` last.
         :raises MissingPluginError: the exporter's extra (``amber-rl[onnx]``, ``[keras]``) is missing.
-        :raises UnknownExporterError: no exporter of that name.
-        :raises ExportError: the directory was refused (a symbolic link) or writing failed.
+        :raises UnknownExporterError: no exporter of that name, or of that keyword (without ``format``).
+        :raises ExportError: the directory was refused (a symbolic link), writing failed, or the
+            exporter took no such option.
         """
-        import dataclasses
+        from amber.policy.policy_export import export_policy_model
 
-        from amber.export import export_model
-
-        graph = self.export_graph()
-        if graph.framework is None:  # amber's policies are torch policies; others say so (RLlib's .framework)
-            graph = dataclasses.replace(graph, framework=getattr(self, "framework", None) or "torch")
-        paths = export_model(graph, export_dir, format=format, pm=pm, onnx=onnx,
-                             storage_options=storage_options, policy_id=policy_id)
-        return [os.fspath(p) for p in paths]
+        return export_policy_model(self, export_dir, format=format, pm=pm, storage_options=storage_options,
+                                   policy_id=policy_id, shorthands={"onnx": onnx} if onnx else {}, **options)
 
     # -- checkpoints ---------------------------------------------------------
 
