@@ -3,15 +3,15 @@
 :func:`read_checkpoint` reads the manifests, refuses formats that can run
 code (unless allowed, or signed with the user's key: :mod:`amber.signing`)
 before any state file is opened, has the format read each state through a
-:class:`amber.verified_io.Source` (every byte checked against its digest)
-and upgrades an older checkpoint through the registered migration steps. A
-directory that is another system's checkpoint is read by the plugin that
-knows it (``amber_read_foreign_checkpoint``).
+:class:`amber.verified_io.Source` (every byte checked against its digest;
+:mod:`amber.state_read` says why a format fails on one) and upgrades an
+older checkpoint through the registered migration steps. A directory that
+is another system's checkpoint is read by the plugin that knows it
+(``amber_read_foreign_checkpoint``).
 """
 
 from __future__ import annotations
 
-import dis
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from amber.errors import (
     CheckpointError,
     CorruptCheckpointError,
-    IncompatibleCodeError,
     MigrationError,
     MissingPluginError,
     NotACheckpointError,
@@ -30,10 +29,11 @@ from amber.errors import (
     UnsafeContentError,
     warn,
 )
-from amber.layout import MANIFEST, STATE_STEMS, Manifest, Source, read_manifest, unread_foreign
+from amber.layout import MANIFEST, Manifest, read_manifest, unread_foreign
 from amber.migration import CHECKPOINT_VERSION, CheckpointTrees, apply_chain, plan
-from amber.registry import FormatRegistry, FormatSpec, get_registry
+from amber.registry import FormatRegistry, FormatSpec, first_result, get_registry
 from amber.signing import check_trust, containing_algorithm, weak_digest
+from amber.state_read import read_state
 from amber.storage import is_remote, local_path, reading
 
 if TYPE_CHECKING:
@@ -136,58 +136,6 @@ def _check_safe(
     return trusted, True
 
 
-def _read_state(manifest: Manifest, spec: FormatSpec) -> Any:
-    stem = STATE_STEMS[manifest.type]
-    if manifest.state_file != f"{stem}{spec.extension}":
-        raise CorruptCheckpointError(
-            f"{manifest.path}: state_file {manifest.state_file!r} does not match format "
-            f"{spec.name!r} (expected {stem}{spec.extension})",
-            path=manifest.path,
-        )
-    source = Source(manifest, stem, spec.extension)
-    try:
-        return spec.read(source)
-    except CheckpointError:
-        raise
-    except ImportError as e:
-        if _named_by_content(e, spec):
-            raise IncompatibleCodeError(
-                f"{source.path} holds a class, function or object defined in the module {e.name!r}, "
-                f"which cannot be imported here ({e}): make that module importable (install it, or put "
-                "its directory on sys.path) and load again. A checkpoint saved after amber.register_class "
-                "of those classes and functions refers to them by registered name instead",
-                module=e.name, path=source.path, format=spec.name,
-            ) from e
-        raise MissingPluginError(  # the format's own dependencies are missing, not the file damaged
-            f"format {spec.name!r} cannot read {source.path}: {e}; {spec.install_hint}",
-            path=source.path, format=spec.name,
-        ) from e
-    except Exception as e:  # any failure of a format on bytes that passed the digest
-        raise CorruptCheckpointError(
-            f"{source.path}: cannot be read as {spec.name!r}: {type(e).__name__}: {e}",
-            path=source.path, format=spec.name,
-        ) from e
-
-
-def _named_by_content(error: ImportError, spec: FormatSpec) -> bool:
-    """Whether ``error`` is the import of a module the state file names (a format that holds any
-    object imports the module of each class or function in it) rather than of the format's own
-    dependency: not an import statement of the format's plugin itself."""
-    if not spec.capabilities.arbitrary_objects or not error.name:
-        return False
-    own = spec.read.__module__
-    package = (own.rpartition(".")[0] or own) + "."
-    tb = error.__traceback__
-    while tb is not None:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        if module == own or module.startswith(package):
-            at = next((i for i in dis.get_instructions(tb.tb_frame.f_code) if i.offset == tb.tb_lasti), None)
-            if at is not None and at.opname in ("IMPORT_NAME", "IMPORT_FROM"):  # the plugin's own
-                return False
-        tb = tb.tb_next
-    return True
-
-
 def read_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -278,7 +226,7 @@ def _read_foreign(
     found = None
     if root.is_dir():
         pm = pm if pm is not None else default_plugin_manager()
-        found = pm.hook.amber_read_foreign_checkpoint(path=root, policy_ids=policy_ids)
+        found = first_result(pm, "amber_read_foreign_checkpoint", root, policy_ids=policy_ids)
     if isinstance(found, Checkpoint):
         return found
     unread = unread_foreign(root)
@@ -298,7 +246,7 @@ def describe_foreign(root: Path, pm: pluggy.PluginManager | None = None) -> dict
     if not root.is_dir():
         return None
     pm = pm if pm is not None else default_plugin_manager()
-    found = pm.hook.amber_describe_foreign_checkpoint(path=root)
+    found = first_result(pm, "amber_describe_foreign_checkpoint", root)
     if found is None:
         return None
     return _checked_description(found, root)
@@ -361,9 +309,9 @@ def _read_native(
             raise UnsafeContentError(f"{root}: its signature does not pin every file: {weak}",
                                      path=root, format=spec.name)
         policy_manifests[pid] = pman
-    ckpt = _make(manifest, _read_state(manifest, spec))
+    ckpt = _make(manifest, read_state(manifest, spec))
     for pid, pman in policy_manifests.items():
-        ckpt.policies[pid] = _make(pman, _read_state(pman, spec))
+        ckpt.policies[pid] = _make(pman, read_state(pman, spec))
     return ckpt
 
 

@@ -143,17 +143,44 @@ class MissingStorageError(MissingPluginError):
     """A URL whose file system is not installed (``s3://`` without the ``s3`` extra) or unknown."""
 
 
+#: How to install the modules amber's own code needs that an install with ``--no-deps`` leaves out.
+_INSTALL = {"torch": "pip install torch", "gymnasium": "pip install gymnasium"}
+
+
+def missing_module(
+    error: ImportError, what: str, path: str | os.PathLike[str] | None = None
+) -> MissingPluginError:
+    """The error of ``what`` (``"training"``, ``"loading its policy state"``) failing for want of
+    a module that cannot be imported (``error``): a :class:`MissingPluginError` naming the module
+    and how to install it, not a fault of the checkpoint."""
+    module = (error.name or "").partition(".")[0]
+    message = f"{os.fspath(path)}: " if path is not None else ""
+    if module in _INSTALL:
+        message += (f"{what} needs {module}, which cannot be imported here ({error}): install it with: "
+                    f"{_INSTALL[module]}. Without torch and gymnasium (a serving install, see "
+                    "docs/serving.md), amber serves policies with amber.serve.load_policy")
+    elif module:
+        message += (f"{what} needs the module {module!r}, which cannot be imported here ({error}): "
+                    f"install the package that provides it")
+    else:
+        message += f"{what} needs a module that cannot be imported here: {error}"
+    return MissingPluginError(message, path=path)
+
+
 @contextlib.contextmanager
 def state_errors(path: str | os.PathLike[str] | None, what: str = "its state") -> Iterator[None]:
     """Turn any error raised while building or applying a checkpoint's state into an
     :class:`InvalidStateError` naming the path (a :class:`CheckpointError` passes through,
-    given the path if it named none)."""
+    given the path if it named none); a module that cannot be imported (torch on a serving host)
+    is a :class:`MissingPluginError` naming it (:func:`missing_module`)."""
     try:
         yield
     except CheckpointError as e:
         if e.path is None and path is not None:
             e.path = os.fspath(path)
         raise
+    except ImportError as e:
+        raise missing_module(e, f"loading {what}", path) from e
     except Exception as e:
         raise InvalidStateError(f"{path}: {what} does not fit what loads it: {type(e).__name__}: {e}",
                                 path=path) from e

@@ -82,6 +82,21 @@ class StateSource(Protocol):
         """
         ...
 
+    @property
+    def python_version(self) -> str | None:
+        """The Python that wrote the checkpoint (``python_version`` in its checkpoint.json, such as
+        ``"3.11.7"``); None where not recorded. A format not portable across Python versions
+        compares it with the running one. A source that other code than the engine made, or an
+        older amber's engine, may lack it: read it with ``getattr(source, "python_version", None)``.
+        """
+        ...
+
+    @property
+    def amber_version(self) -> str | None:
+        """The amber that wrote the checkpoint (``amber_version`` in its checkpoint.json); None where
+        not recorded (read it as ``python_version``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Capabilities:

@@ -374,6 +374,9 @@ class Source:
         self._manifest = manifest
         self._stem = stem
         self._extension = extension
+        #: Who wrote the checkpoint: checkpoint.json's ``python_version``, ``amber_version`` (None: none).
+        self.python_version, self.amber_version = (v if isinstance(v := manifest.raw.get(k), str) else None
+                                                   for k in ("python_version", "amber_version"))
 
     @property
     def path(self) -> Path:

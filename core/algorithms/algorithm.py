@@ -31,6 +31,7 @@ from amber.algorithms.policy_map import PolicyMapMixin, spaces_by_mapping
 from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.rllib_api import RLlibAlgorithmMixin, rllib_result_keys
 from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
+from amber.errors import missing_module
 from amber.policy.policy import Policy, PolicySpec
 from amber.policy.spaces import saved_policy_spaces
 
@@ -117,7 +118,10 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         return make_multi_callbacks(list(cls))() if isinstance(cls, (list, tuple)) else cls()
 
     def _seed_everything(self, seed: int | None) -> None:
-        import torch
+        try:  # the first import of torch by a build: where a serving install (no torch) is told so
+            import torch
+        except ImportError as e:
+            raise missing_module(e, f"building the algorithm {type(self).__name__}") from e
 
         self._seed_rngs(seed)  # the numpy and Python generators, made on first use
         if seed is not None:

@@ -16,17 +16,22 @@ that name, is an :class:`~amber.errors.IncompatibleCodeError` naming the
 file, the module and the name, and the amber and Python versions that wrote
 the checkpoint (from its ``checkpoint.json``): the file is intact, written by
 other code.
+
+A function or class without an importable name (a lambda, a local function,
+one of ``__main__``) is pickled by value, as bytecode, which only the Python
+version (major.minor) that wrote it runs: another one may crash on it or run
+something else. A pickle that another Python version wrote is therefore
+scanned, opcode by opcode and without unpickling, for code objects; one that
+holds any is an :class:`~amber.errors.IncompatibleCodeError` naming both
+versions and the way out. The scan costs nothing when the versions match.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import json
-import os
 import pickle
-import platform
-import re
+import pickletools
 import struct
 import sys
 from pathlib import Path
@@ -35,18 +40,19 @@ from typing import Any
 import numpy as np
 
 import amber
-from amber.errors import CheckpointError, IncompatibleCodeError
+from amber.errors import IncompatibleCodeError
 from amber.registry import Capabilities, FormatSpec, StateSink, StateSource
-from amber.verified_io import MANIFEST, open_regular
+from amber.state_read import other_python, running, written_by
 
 MAGIC = b"AMBRPKL1"
 ALIGN = 64
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
-#: A version string from checkpoint.json that is shown in a message (anything else is left out).
-_VERSION = re.compile(r"[0-9A-Za-z.+!_-]{1,64}")
-#: The most of checkpoint.json read for the versions in a message.
-_MANIFEST_LIMIT = 16 * 1024 * 1024
+#: Opcodes that push a str (the arguments of the globals a stream names).
+_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+                      "SHORT_BINSTRING"})
+#: Opcodes that push nothing and leave the stack as it was (framing, the memo's writes).
+_PASSING = frozenset({"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
 
 
 @functools.cache
@@ -112,6 +118,9 @@ def read(source: StateSource) -> Any:
         end = offset + length
     if payload_len > table_start:
         raise ValueError("pickle stream out of bounds")
+    writer = other_python(getattr(source, "python_version", None))  # (an older engine's source lacks it)
+    if writer is not None and _code_in(buf[:payload_len]) is not None:
+        raise _foreign_code(source, writer)
     try:
         return pickle.loads(buf[:payload_len], buffers=views)  # (C throughout: the common case)
     except (ImportError, AttributeError):
@@ -125,6 +134,60 @@ def read(source: StateSource) -> Any:
         if not e.name:
             raise
         raise _incompatible(source, e.name, None, str(e)) from e
+
+
+def _code_in(stream: memoryview) -> str | None:
+    """The global a pickle stream rebuilds a code object with (``module.name``), found by reading
+    its opcodes: nothing is unpickled; None when the stream holds no code object.
+
+    cloudpickle writes a function's code as ``_builtin_type("CodeType")`` called with the code's
+    fields. A stream names a global by two strings (each pushed, or fetched from the memo) and
+    ``STACK_GLOBAL``, or by ``GLOBAL``; so the values pushed last, and the memo, are followed.
+    """
+    if b"CodeType" not in bytes(stream):  # each way found below names it: most streams end here
+        return None
+    memo: dict[int, Any] = {}
+    last: list[Any] = [None, None]  # the two values pushed last: a str, a global (module, name) or None
+    for op, arg, _ in pickletools.genops(io.BytesIO(stream)):
+        name = op.name
+        if name in _PASSING:
+            if name != "PROTO" and name != "FRAME":
+                memo[len(memo) if name == "MEMOIZE" else arg] = last[-1]
+            continue
+        pushed: Any = None
+        if name in _STRINGS:
+            pushed = arg
+            caller = last[-1]  # a global called with this str: cloudpickle's _builtin_type("CodeType")?
+            if arg == "CodeType" and isinstance(caller, tuple) and caller[1] == "_builtin_type" \
+                    and "cloudpickle" in caller[0]:
+                return f"{caller[0]}._builtin_type('CodeType')"
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed = memo.get(arg)
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            module, qualname = arg.split(" ", 1) if name == "GLOBAL" else last
+            if not isinstance(module, str) or not isinstance(qualname, str):
+                raise ValueError("STACK_GLOBAL without its module and name")  # (never written by a Pickler)
+            if (module, qualname) == ("types", "CodeType"):
+                return "types.CodeType"
+            pushed = (module, qualname)
+        last = [last[-1], pushed]
+    return None
+
+
+def _foreign_code(source: StateSource, writer: str) -> IncompatibleCodeError:
+    """The refusal of a pickle holding code objects that the Python ``writer`` (major.minor) wrote,
+    made before anything is unpickled."""
+    return IncompatibleCodeError(
+        f"{source.path} holds Python bytecode (a lambda, or a function without an importable name, "
+        f"pickled by value), written by {written_by(source)}; this is {running()}. Bytecode runs "
+        "only on the Python version that compiled it (here it could crash the interpreter or compute "
+        f"something else), so nothing was unpickled; the file is intact. Load it with Python {writer} "
+        "and convert it there (`amber convert CKPT DST --format msgpack`: a function without a "
+        "registered name becomes a placeholder that loading asks for again, as "
+        "Algorithm.from_checkpoint(path, policy_mapping_fn=...)), or register the function by name "
+        "with amber.register_class before saving (see docs/checkpoints.md)",
+        path=source.path, format="pickle",
+    )
 
 
 class _MissingCode(Exception):
@@ -149,27 +212,10 @@ class _Unpickler(pickle.Unpickler):
             raise _MissingCode(module, name, str(e)) from e
 
 
-def _written_by(source: StateSource) -> str:
-    """``amber A on Python P``: who wrote the checkpoint, from its checkpoint.json (best effort)."""
-    raw: Any = None
-    try:
-        fd = open_regular(source.path.parent / MANIFEST)
-        with os.fdopen(fd, "rb") as f:
-            raw = json.loads(f.read(_MANIFEST_LIMIT))
-    except (CheckpointError, OSError, ValueError):
-        pass
-    found = raw if isinstance(raw, dict) else {}
-    amber_v, python_v = found.get("amber_version"), found.get("python_version")
-    parts = [f"amber {amber_v}" if isinstance(amber_v, str) and _VERSION.fullmatch(amber_v) else "",
-             f"Python {python_v}" if isinstance(python_v, str) and _VERSION.fullmatch(python_v) else ""]
-    return " on ".join(p for p in parts if p) or "an unknown amber and Python"
-
-
 def _incompatible(source: StateSource, module: str, name: str | None, reason: str) -> IncompatibleCodeError:
     """The error for a module (``name`` None) or a name in it that the installed code lacks."""
     path = source.path
-    here = f"amber {amber.__version__} on Python {platform.python_version()}"
-    versions = f"{_written_by(source)}; this is {here}"
+    versions = f"{written_by(source)}; this is {running()}"
     if name is None:
         message = (f"{path} holds a class, function or object defined in the module {module!r}, which "
                    f"cannot be imported here ({reason}): the file is intact, written where that module "
