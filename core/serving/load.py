@@ -21,7 +21,10 @@ registered name (``amber.TorchPolicy``, ``amber.DQNTorchPolicy``,
 ``amber.SACTorchPolicy``) picks the network, which
 :mod:`amber.models.numpy_policy` rebuilds from the weights. An ONNX export
 is run with onnxruntime (the ``onnx`` extra, imported only then, see
-:mod:`amber.serving.onnx`), and acted on as its ``model.json`` says.
+:mod:`amber.serving.onnx`) once :mod:`amber.serving.onnx_check` has found it
+to be what amber's exporter writes, and acted on as its ``model.json`` says.
+Sizes a file declares (a space's shape) are bounded before anything of that
+size is built; a folder of a checkpoint that is a link is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from amber.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -43,6 +48,7 @@ from amber.errors import (
 )
 from amber.models.numpy_policy import POLICY_KINDS, action_distribution, build_network
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
+from amber.serving.onnx_check import UnsafeModelError
 from amber.serving.policy import ServedPolicy, describe_space
 
 if TYPE_CHECKING:
@@ -56,6 +62,7 @@ __all__ = [
     "PickleCheckpointError",
     "PolicyChoiceError",
     "ServedPolicy",
+    "UnsafeModelError",
     "UnservablePolicyError",
     "describe_space",
     "load_policy",
@@ -115,6 +122,8 @@ def load_policy(
     :raises UnknownPolicyError: ``policy_id`` is not there (the message lists the ids present).
     :raises UnservablePolicyError: a policy class or space that serving does not know.
     :raises MissingPluginError: an ONNX export, and onnxruntime is not installed (the ``onnx`` extra).
+    :raises UnsafeModelError: an ONNX export whose ``model.onnx`` keeps data in other files, has an
+        operator amber's exporter never writes, or computes more than its size allows.
     :raises CheckpointError: no checkpoint there, a damaged file, a state that does not fit (all named).
 
     Example::
@@ -128,7 +137,9 @@ def load_policy(
 
     if is_remote(path):
         with reading(path, storage_options) as local:
-            return load_policy(local, policy_id, allow_pickle=allow_pickle, seed=seed, pm=pm)
+            served = load_policy(local, policy_id, allow_pickle=allow_pickle, seed=seed, pm=pm)
+        served.source = _remote_source(served.source, local, os.fspath(path))
+        return served
     root = local_path(path)  # a file:// URL too
     export = _export_dir(root, policy_id)
     if export is not None:
@@ -205,6 +216,16 @@ def _plugin_manager(
     return pm
 
 
+def _remote_source(source: Path | str, local: Path, url: str) -> str:
+    """``source``, a path below ``local`` (the downloaded copy of ``url``, now removed), as a URL."""
+    url = url.rstrip("/")
+    try:
+        rel = Path(source).relative_to(local).as_posix()
+    except ValueError:
+        return url
+    return url if rel == "." else f"{url}/{rel}"
+
+
 def _choose(present: Sequence[str], wanted: str | None, path: Path) -> str:
     """The policy to serve among ``present``: ``wanted``, else ``default_policy``, else the only one."""
     if wanted is not None:
@@ -242,9 +263,11 @@ def _read_policy_state(
     elif manifest is None and (root / "policies").is_dir():
         # Another system's algorithm checkpoint (RLlib's): read as a whole, its algorithm config is
         # migrated too, which imports amber's algorithm classes (SAC's imports torch); each of its
-        # policies/<id>/ folders is a policy checkpoint of its own.
-        present = sorted(p.name for p in (root / "policies").iterdir() if p.is_dir())
+        # policies/<id>/ folders is a policy checkpoint of its own, never reached through a link.
+        _refuse_link(root / "policies")
+        present = sorted(p.name for p in (root / "policies").iterdir() if p.is_symlink() or p.is_dir())
         pid = _choose(present, policy_id, root)
+        _refuse_link(root / "policies" / pid)
         sub = _read_policy_state(root / "policies" / pid, None, allow_pickle, pm)
         return pid, sub[1], sub[2]
     ckpt = read_checkpoint(root, policy_ids=wanted, allow_pickle=allow_pickle is True, pm=pm)
@@ -255,6 +278,16 @@ def _read_policy_state(
         return pid, ckpt.policies[pid].state, ckpt.policies[pid].path
     raise UnservablePolicyError(f"{root} holds a {ckpt.type} checkpoint, not a policy or an algorithm",
                                 path=root)
+
+
+def _refuse_link(folder: Path) -> None:
+    """Refuse ``folder`` of a checkpoint if it is a symbolic link (to a directory).
+
+    :raises CorruptCheckpointError: naming it.
+    """
+    if folder.is_symlink():
+        raise CorruptCheckpointError(f"{folder}: is a symbolic link; checkpoints may not contain links "
+                                     "(serve the folder it points to)", path=folder)
 
 
 def _id_by_place(root: Path) -> str:
@@ -338,8 +371,11 @@ def policy_from_state(
                 f"{path}: its policy class {name!r} has no numpy network here; amber.serve serves "
                 f"{', '.join(sorted(POLICY_KINDS))} (use amber.policy.policy.Policy.from_checkpoint)",
                 path=path)
-        obs_space = describe_space(spec["observation_space"])
-        act_space = describe_space(spec["action_space"])
+        # a space describes no more values than the weights hold: the first layer takes each observation
+        # value (or one-hot column) and the last gives each action's logit (or mean and log_std)
+        limit = _weight_values(state["weights"])
+        obs_space = describe_space(spec["observation_space"], max_elements=limit)
+        act_space = describe_space(spec["action_space"], max_elements=limit)
         try:
             dist = action_distribution(kind, act_space)
         except ValueError as e:
@@ -348,3 +384,10 @@ def policy_from_state(
         epsilon = float(state.get("cur_epsilon") or 0.0) if kind == "dqn" else 0.0
         return ServedPolicy(policy_id, obs_space, act_space, dist, network, source=path, seed=seed,
                             epsilon=epsilon)
+
+
+def _weight_values(weights: Any) -> int:
+    """How many values a policy state's weights hold."""
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"its weights are {type(weights).__name__}, not a mapping of names to arrays")
+    return sum(int(np.size(v)) for v in weights.values())

@@ -3,7 +3,9 @@
 :func:`amber.serve.load_policy` hands a directory written by
 ``policy.export_model(dir, onnx=OPSET)`` (or ``amber export CKPT DIR --onnx
 OPSET``) here. ``model.onnx`` is read whole and checked against the size and
-digest ``model.json`` records before onnxruntime sees a byte. The graph
+digest ``model.json`` records, then refused unless it is what amber's exporter
+writes (:mod:`amber.serving.onnx_check`: no external data, only its
+operators, a bounded computation), before onnxruntime sees a byte. The graph
 computes the outputs (``action_dist_inputs``, ``vf_preds``), observation
 preprocessing included; the spaces and the action distribution come from
 ``model.json``. onnxruntime (the ``onnx`` extra) is imported only here.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,8 @@ from amber.errors import CorruptCheckpointError, MissingPluginError
 from amber.models.numpy_distributions import DISTRIBUTIONS
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
 from amber.serving.load import UnservablePolicyError
-from amber.serving.policy import ServedPolicy, describe_space, distribution_misfit
+from amber.serving.onnx_check import check_model
+from amber.serving.policy import MAX_SPACE_ELEMENTS, ServedPolicy, describe_space, distribution_misfit
 from amber.verified_io import FileEntry, open_regular, read_verified
 
 __all__ = ["MODEL_FILE", "MODEL_JSON", "load_onnx", "read_model_json"]
@@ -33,6 +37,8 @@ MODEL_JSON = "model.json"
 MODEL_FILE = "model.onnx"
 #: The newest ``model.json`` layout this reads (``format_version``).
 MODEL_JSON_VERSION = 1
+#: onnxruntime's session option naming the folder external data is read from (for a model given as bytes).
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 #: The action distributions an export may name.
 KNOWN_DISTRIBUTIONS = (*DISTRIBUTIONS, "q_values")
 
@@ -78,8 +84,20 @@ def _model_bytes(directory: Path, meta: Mapping[str, Any]) -> bytes:
     return bytes(read_verified(directory, MODEL_FILE, FileEntry(size, str(digest)), listed_in=MODEL_JSON))
 
 
+def _recorded_size(meta: Mapping[str, Any]) -> int:
+    """The size ``model.json`` records for ``model.onnx`` (checked against the file when it is read),
+    or :data:`~amber.serving.policy.MAX_SPACE_ELEMENTS` where it records none."""
+    files = meta.get("files")
+    entry = files.get(MODEL_FILE) if isinstance(files, Mapping) else None
+    size = entry.get("size") if isinstance(entry, Mapping) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) else MAX_SPACE_ELEMENTS
+
+
 def _session(directory: Path, data: bytes) -> Any:
-    """An onnxruntime session over ``data`` (CPU)."""
+    """An onnxruntime session over ``data`` (CPU), which :func:`~amber.serving.onnx_check.check_model`
+    has checked. Besides, onnxruntime is told to fold no constants (its graph optimizations, which
+    compute constant subgraphs when the session is created, are off: the graphs served are small)
+    and to look for external data in an empty folder, which it may not leave."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -87,7 +105,11 @@ def _session(directory: Path, data: bytes) -> Any:
             f"serving {directory / MODEL_FILE} needs onnxruntime ({e}): pip install 'amber-rl[onnx]'",
             path=directory, plugin="onnx_export") from e
     try:
-        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        with tempfile.TemporaryDirectory(prefix="amber-onnx-") as empty:
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
+            return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own errors: a model it cannot load
         raise CorruptCheckpointError(f"{directory / MODEL_FILE}: onnxruntime cannot load it: {e}",
                                      path=directory / MODEL_FILE) from e
@@ -102,6 +124,9 @@ def load_onnx(directory: str | Path, policy_id: str | None = None, *,
     :param seed: seeds what ``explore=True`` samples with.
     :raises MissingPluginError: onnxruntime is not installed.
     :raises UnservablePolicyError: no ``model.onnx``, or a ``model.json`` this amber does not read.
+    :raises UnsafeModelError: a ``model.onnx`` that keeps data in other files, has an operator
+        amber's exporter never writes, or computes more than its size allows
+        (:mod:`amber.serving.onnx_check`), refused before onnxruntime loads it.
     :raises CorruptCheckpointError: ``model.onnx`` differs from what ``model.json`` records, or a
         ``model.json`` without what serving needs.
     """
@@ -111,7 +136,9 @@ def load_onnx(directory: str | Path, policy_id: str | None = None, *,
     if policy_id is None and recorded is not None and not isinstance(recorded, str):
         raise CorruptCheckpointError(f"{directory / MODEL_JSON}: its policy_id is "
                                      f"{type(recorded).__name__}, not a string", path=directory / MODEL_JSON)
-    session = _session(directory, _model_bytes(directory, meta))
+    data = _model_bytes(directory, meta)
+    check_model(data, directory / MODEL_FILE, input_name, input_shape)
+    session = _session(directory, data)
     names = [out.name for out in session.get_outputs()]
 
     def network(obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -136,8 +163,11 @@ def _served_facts(directory: Path, meta: Mapping[str, Any]) -> tuple[Any, ...]:
         for key, value in spaces.items():
             if not isinstance(value, Mapping):
                 raise TypeError(f"{key} is {type(value).__name__}, not an object")
-        obs_space = describe_space(spaces["observation_space"])
-        act_space = describe_space(spaces["action_space"])
+        # no more values than model.onnx has bytes: its weights take each observation value (or
+        # one-hot column) and give each action's logit (or mean and log_std)
+        limit = _recorded_size(meta)
+        obs_space = describe_space(spaces["observation_space"], max_elements=limit)
+        act_space = describe_space(spaces["action_space"], max_elements=limit)
         dist = meta["action_distribution"]
         if not isinstance(dist, str):
             raise TypeError(f"action_distribution is {type(dist).__name__}, not a string")

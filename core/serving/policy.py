@@ -10,6 +10,8 @@ return. Importing this module imports numpy only.
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,33 +31,90 @@ from amber.policy.policy import (
 )
 from amber.policy.sample_batch import ACTION_DIST_INPUTS, ACTION_LOGP, Q_VALUES, VF_PREDS
 
-__all__ = ["Network", "ServedPolicy", "describe_space"]
+__all__ = ["MAX_SPACE_ELEMENTS", "Network", "ServedPolicy", "describe_space"]
 
 #: A network: observations ``[batch, ...]`` → its outputs by name (``action_dist_inputs``, ``vf_preds``).
 Network = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def describe_space(state: Mapping[str, Any]) -> dict[str, Any]:
+#: The most values a served space may describe (a Box's elements, a Discrete's ``n``), the bound RLlib's
+#: spaces have when read (``amber.plugins.rllib_compat``); a caller bounds it further by what the
+#: network holds (``max_elements``).
+MAX_SPACE_ELEMENTS = 1 << 24
+#: The most dimensions a Box may have.
+MAX_SPACE_RANK = 32
+#: The numpy kinds of a Box's dtype: bool, signed and unsigned integers, floats.
+BOX_DTYPE_KINDS = "biuf"
+_INT64 = np.iinfo(np.int64)
+
+
+def describe_space(state: Mapping[str, Any], *, max_elements: int = MAX_SPACE_ELEMENTS) -> dict[str, Any]:
     """A Discrete or Box space as a plain dict, from a policy state's description of it
     (:func:`amber.policy.spaces.space_to_state`) or from ``model.json``'s.
 
     Discrete: ``{"type", "n", "start"}``; Box: ``{"type", "shape", "dtype", "low", "high"}`` with
-    ``low``/``high`` arrays of ``shape`` and ``dtype`` (a numpy dtype name).
+    ``low``/``high`` arrays of ``shape`` and ``dtype`` (a numpy dtype name). The size, the shape and
+    the dtype are checked before any array is made, so that a small description cannot ask for a
+    large one (a scalar bound is broadcast to the shape).
 
-    :raises ValueError: another type of space, or a malformed description (not a mapping, too).
+    :param max_elements: the most values the space may describe (a Box's elements, a Discrete's
+        ``n``), at most :data:`MAX_SPACE_ELEMENTS`.
+    :raises ValueError: another type of space, or a malformed description (not a mapping, a shape
+        or ``n`` out of bounds, a dtype that is not a numpy bool, integer or float type).
     """
     if not isinstance(state, Mapping):
         raise ValueError(f"a space is described by a mapping, not {type(state).__name__}")
+    limit = min(max_elements, MAX_SPACE_ELEMENTS)
     kind = state.get("type")
     if kind == "Discrete":
-        return {"type": "Discrete", "n": int(state["n"]), "start": int(state.get("start", 0))}
+        n, start = _integer(state["n"], "n"), _integer(state.get("start", 0), "start")
+        if not 1 <= n <= limit:
+            raise ValueError(f"a Discrete space of n={n}: n must be from 1 to {limit} here")
+        if start < _INT64.min or start + n - 1 > _INT64.max:
+            raise ValueError(f"a Discrete space from {start}: its values do not fit in int64")
+        return {"type": "Discrete", "n": n, "start": start}
     if kind == "Box":
-        dtype = np.dtype(state.get("dtype", "float32"))
+        dtype = _box_dtype(state.get("dtype", "float32"))
+        shape = _box_shape(state["shape"], limit) if "shape" in state else None
         low, high = np.asarray(state["low"], dtype=dtype), np.asarray(state["high"], dtype=dtype)
-        shape = tuple(int(d) for d in state["shape"]) if "shape" in state else low.shape
+        shape = _box_shape(low.shape, limit) if shape is None else shape
         return {"type": "Box", "shape": shape, "dtype": dtype.name,
                 "low": np.broadcast_to(low, shape).copy(), "high": np.broadcast_to(high, shape).copy()}
     raise ValueError(f"spaces of type {kind!r} are not supported (Box and Discrete are)")
+
+
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int (a Python or numpy integer, not a bool or a float)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{what} is {value!r}, not an integer")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} is {type(value).__name__}, not an integer") from None
+
+
+def _box_dtype(value: Any) -> np.dtype[Any]:
+    """A Box's dtype from its name, checked to be a plain bool, integer or float type."""
+    if not isinstance(value, (str, np.dtype)) or len(str(value)) > 32:
+        raise ValueError(f"a Box's dtype must be a numpy type name, not {str(value)[:40]!r}")
+    try:
+        dtype = np.dtype(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a Box's dtype {value!r} is not a numpy type: {e}") from None
+    if dtype.kind not in BOX_DTYPE_KINDS or dtype.shape or dtype.names is not None:
+        raise ValueError(f"a Box's dtype {value!r} is not a bool, integer or float type")
+    return dtype
+
+
+def _box_shape(value: Any, limit: int) -> tuple[int, ...]:
+    """A Box's shape, checked: at most :data:`MAX_SPACE_RANK` dimensions of at most ``limit`` values."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_SPACE_RANK:
+        raise ValueError(f"a Box's shape must be a list of at most {MAX_SPACE_RANK} sizes, not "
+                         f"{str(value)[:80]}")
+    shape = tuple(_integer(d, "a Box's dimension") for d in value)
+    if any(d < 0 or d > limit for d in shape) or math.prod(shape) > limit:
+        raise ValueError(f"a Box of shape {list(shape)}: it may hold at most {limit} values here")
+    return shape
 
 
 #: The action space each action distribution acts in.
@@ -99,8 +158,9 @@ class ServedPolicy:
         self.action_space = dict(action_space)
         self.action_distribution = action_distribution
         self.network = network
-        #: The checkpoint or export directory it was loaded from.
-        self.source = Path(source)
+        #: The checkpoint or export directory it was loaded from (the URL, a str, for one
+        #: :func:`~amber.serving.load.load_policy` downloaded).
+        self.source: Path | str = Path(source)
         #: What ``explore=True`` samples with.
         self.rng = np.random.default_rng(seed)
         #: DQN's exploration rate with ``explore=True`` (from a checkpoint: the rate it had reached).
