@@ -16,16 +16,22 @@ not already belong to. The names:
 
 A name starting with ``?`` is a placeholder: the object could not be stored
 (a lambda in a portable format) and the loader must be given it again.
+
+A name resolves only to what its place in a checkpoint holds
+(:data:`EXPECTED`): the ``algorithm_class`` to an algorithm class that trains
+(not :class:`~amber.algorithms.algorithm.Algorithm` itself), the
+``config.policy_mapping_fn`` to a function, never a class.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import types
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from amber.errors import DuplicateNameError, UnregisteredNameError, warn
+from amber.errors import DuplicateNameError, InvalidStateError, UnregisteredNameError, warn
 
 if TYPE_CHECKING:
     import os
@@ -34,7 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN",
+    "EXPECTED",
     "PLACEHOLDER",
+    "check_expected",
     "import_path",
     "is_nameable",
     "legacy_name",
@@ -236,6 +244,59 @@ def legacy_name(path: str, pm: pluggy.PluginManager | None = None) -> str:
     return USER_PREFIX + path.partition(":")[2]
 
 
+def _trains(obj: Any) -> bool:
+    """Whether ``obj`` is an algorithm class with a training step of its own (not the base class)."""
+    from amber.algorithms.algorithm import Algorithm
+
+    return (isinstance(obj, type) and issubclass(obj, Algorithm) and obj is not Algorithm
+            and obj.training_step is not Algorithm.training_step and not inspect.isabstract(obj))
+
+
+def _is_function(obj: Any) -> bool:
+    """Whether ``obj`` is a function (a class is callable too, but returns no policy id)."""
+    return callable(obj) and not isinstance(obj, type)
+
+
+#: What a name must resolve to at each place of a checkpoint that names one (the ``what`` of
+#: :func:`resolve`), said as the message says it, and the check.
+EXPECTED: Mapping[str, tuple[str, Callable[[Any], bool]]] = {
+    "algorithm_class": ("an algorithm class that trains (amber.PPO, amber.DQN, amber.SAC or a registered "
+                        "subclass)", _trains),
+    "config.policy_mapping_fn": ("a function (agent_id, episode, worker, **kw) -> policy id", _is_function),
+}
+
+
+def check_expected(obj: Any, name: str, what: str, path: str | os.PathLike[str] | None = None) -> Any:
+    """``obj``, the object ``name`` resolved to, when it is what ``what`` holds (:data:`EXPECTED`).
+
+    :raises InvalidStateError: it is not (say, a mapping function that names a class): the
+        message names the checkpoint, the place and the name.
+    """
+    expected = EXPECTED.get(what)
+    if expected is None or (expected[1](obj) and not name.startswith(GYM_PREFIX)):
+        return obj
+    kind = ("a gymnasium environment" if name.startswith(GYM_PREFIX)
+            else f"the class {obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}")
+    where = "" if path is None else f"{path}: "
+    raise InvalidStateError(
+        f"{where}the checkpoint's {what} names {name!r}, which is {kind}, not {expected[0]}; "
+        "the checkpoint was altered or saved with a mistaken setting", path=path)
+
+
+def _registered(name: str, pm: pluggy.PluginManager | None) -> Any:
+    """What ``name`` is registered for in this process, or None."""
+    if name in BUILTIN:
+        return _load_builtin(name)
+    if name in _user:
+        return _user[name]
+    plugin = _plugin_names(pm)
+    if name in plugin:
+        return plugin[name]
+    if name.startswith(GYM_PREFIX):
+        return _gym_entry(name[len(GYM_PREFIX):])
+    return None
+
+
 def resolve(
     name: str,
     *,
@@ -248,6 +309,8 @@ def resolve(
     :param what: what the checkpoint uses it for (``"config.env"``), for the message.
     :param path: the checkpoint, for the message.
     :raises UnregisteredNameError: no such name here, or a placeholder; says how to register it.
+    :raises InvalidStateError: the name is registered, for something ``what`` cannot hold
+        (:func:`check_expected`).
     """
     where = f" ({what})" if what else ""
     if name.startswith(PLACEHOLDER):
@@ -258,17 +321,11 @@ def resolve(
             "loading too), or in a format that holds any object (`amber formats`)",
             path=path,
         )
-    if name in BUILTIN:
-        return _load_builtin(name)
-    if name in _user:
-        return _user[name]
-    plugin = _plugin_names(pm)
-    if name in plugin:
-        return plugin[name]
-    if name.startswith(GYM_PREFIX):
-        found = _gym_entry(name[len(GYM_PREFIX):])
-        if found is not None:
-            return found
+    if what in EXPECTED and name.startswith(GYM_PREFIX):  # an env id, never imported for this
+        check_expected(None, name, what, path)
+    found = _registered(name, pm)
+    if found is not None:
+        return check_expected(found, name, what, path)
     hint = name[len(USER_PREFIX):] if name.startswith(USER_PREFIX) else "obj"
     raise UnregisteredNameError(
         f"{path}: the checkpoint refers to {name!r}{where}, which is not registered in this process; "

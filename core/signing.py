@@ -43,7 +43,7 @@ from typing import Any
 
 from amber.digest import is_cryptographic, parse_digest
 from amber.durable import describe, fsync_dir
-from amber.errors import CheckpointError, SigningKeyError, warn
+from amber.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError, SigningKeyError, warn
 from amber.layout import MANIFEST, SELF_DIGEST, Manifest, read_manifest
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "key_for_saving",
     "key_path",
     "load_key",
+    "policy_manifest",
     "sign",
     "signature_problem",
     "weak_digest",
@@ -263,7 +264,10 @@ def check_trust(manifest: Manifest) -> tuple[Manifest, str | None]:
 
     :return: the manifest to read the checkpoint with, and why it is not
         trusted (None: trusted; each file read must then match its digest).
+    :raises CorruptCheckpointError: ``manifest`` is a policy's that does not match the record its
+        algorithm checkpoint keeps of it (:func:`policy_manifest`), whatever the key: no trust helps.
     """
+    around = _algorithm_of(manifest) if SIGNATURE not in manifest.raw and manifest.type == "Policy" else None
     try:
         key = load_key()
     except SigningKeyError as e:
@@ -271,11 +275,14 @@ def check_trust(manifest: Manifest) -> tuple[Manifest, str | None]:
     if key is None:
         return manifest, f"this user has no signing key yet ({key_path()}), so no signature to trust"
     problem = _problem(manifest, key)
-    if problem and SIGNATURE not in manifest.raw and manifest.type == "Policy":
-        inherited, why = _via_algorithm(manifest, key)
-        if inherited is not None:
-            return inherited, weak_digest(inherited)
-        problem = why or problem  # the algorithm's own reason, not "it carries no signature"
+    if problem and around is not None:
+        top_dir, top, policy = around
+        if isinstance(top, str):
+            return manifest, top  # why the algorithm around it cannot vouch for it
+        why = _problem(top, key)
+        if why is None:
+            return policy, weak_digest(policy)
+        problem = f"the algorithm checkpoint {top_dir} whose signature would cover it is not trusted: {why}"
     return manifest, problem
 
 
@@ -288,22 +295,46 @@ def containing_algorithm(directory: Path) -> Path | None:
     return top
 
 
-def _via_algorithm(manifest: Manifest, key: SigningKey) -> tuple[Manifest | None, str | None]:
-    """The policy manifest again, verified against its signed algorithm checkpoint; else None and
-    why that checkpoint does not vouch for it (None: the policy is in no algorithm checkpoint)."""
+def policy_manifest(top_dir: Path, top: Manifest, pid: str) -> Manifest:
+    """The manifest of policy ``pid`` of the algorithm checkpoint ``top_dir`` (whose manifest is
+    ``top``), checked against the record ``top`` keeps of it: the same bytes, a Policy checkpoint
+    in the algorithm's format.
+
+    :raises CorruptCheckpointError: it does not match (the policy was damaged, or replaced after
+        the algorithm was saved); the message names both and says it is no matter of trust.
+    """
+    directory = top_dir / "policies" / pid
+    try:
+        policy = read_manifest(directory, expected=top.files[f"policies/{pid}/{MANIFEST}"], root=top_dir)
+        if policy.type != "Policy" or policy.format != top.format:
+            raise CorruptCheckpointError(f"{policy.path}: a {policy.type} checkpoint in format "
+                                         f"{policy.format!r}, not a Policy in format {top.format!r}")
+    except (CorruptCheckpointError, NotACheckpointError) as e:
+        raise CorruptCheckpointError(
+            f"{directory}: its manifest does not match the record of its algorithm checkpoint {top_dir} "
+            f"({e.message}): the policy was damaged, or replaced after the algorithm was saved, and no "
+            f"signature or `amber trust` makes it whole; `amber verify {top_dir}` lists what differs",
+            path=directory) from e
+    return policy
+
+
+def _algorithm_of(manifest: Manifest) -> tuple[Path, Manifest | str, Manifest] | None:
+    """The algorithm checkpoint around a policy (None: it is in none): its directory, its manifest
+    (or why it cannot vouch for the policy) and the policy's manifest read again, checked against
+    the algorithm's record of it.
+
+    :raises CorruptCheckpointError: the policy's manifest does not match that record
+        (:func:`policy_manifest`): damage, which no trust would repair.
+    """
     directory = manifest.directory.absolute()
     top_dir = containing_algorithm(directory)
     if top_dir is None:
-        return None, None
+        return None
     try:
         top = read_manifest(top_dir)
-        entry = top.files.get(f"policies/{directory.name}/{MANIFEST}")
-        if top.type != "Algorithm" or directory.name not in top.policy_ids or entry is None:
-            return None, f"the algorithm checkpoint {top_dir} around it does not list it"
-        problem = _problem(top, key)
-        if problem is not None:
-            return None, (f"the algorithm checkpoint {top_dir} whose signature would cover it is not "
-                          f"trusted: {problem}")
-        return read_manifest(directory, expected=entry, root=top_dir), None
     except CheckpointError as e:
-        return None, f"the algorithm checkpoint {top_dir} around it cannot be read: {e.message}"
+        return top_dir, f"the algorithm checkpoint {top_dir} around it cannot be read: {e.message}", manifest
+    if top.type != "Algorithm" or directory.name not in top.policy_ids \
+            or f"policies/{directory.name}/{MANIFEST}" not in top.files:
+        return top_dir, f"the algorithm checkpoint {top_dir} around it does not list it", manifest
+    return top_dir, top, policy_manifest(top_dir, top, directory.name)

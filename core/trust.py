@@ -36,6 +36,7 @@ from amber.signing import (
     containing_algorithm,
     key_path,
     load_key,
+    policy_manifest,
     sign,
     signature_problem,
     weak_digest,
@@ -100,17 +101,29 @@ def _top(root: Path) -> Manifest:
         raise foreign from None
 
 
+def _policies_whole(root: Path, top: Manifest) -> None:
+    """Check that every policy's manifest is the one the algorithm records (a stranger's pickle
+    policy put into a safe checkpoint is damage: no signature, and no "needs none", would do).
+
+    :raises CorruptCheckpointError: one does not match (:func:`amber.signing.policy_manifest`).
+    """
+    for pid in top.policy_ids:
+        policy_manifest(root, top, pid)
+
+
 def _problem(root: Path, top: Manifest, key: SigningKey | None) -> str | None:
-    """Why ``key`` does not vouch for the whole checkpoint (every level's digests included), or None."""
+    """Why ``key`` does not vouch for the whole checkpoint (every level's digests included), or None.
+
+    :raises CorruptCheckpointError: (a checkpoint the key signed) a policy's manifest does not
+        match the algorithm's record of it.
+    """
     if key is None:
         return f"this user has no signing key yet ({key_path()})"
     found = signature_problem(top.raw, key) or weak_digest(top)
     for pid in top.policy_ids:
         if found:
             break
-        child = read_manifest(root / "policies" / pid, expected=top.files[f"policies/{pid}/{MANIFEST}"],
-                              root=root)
-        found = weak_digest(child)
+        found = weak_digest(policy_manifest(root, top, pid))
     return found
 
 
@@ -120,7 +133,8 @@ def trust_state(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None
     (at an fsspec URL, downloads only them).
 
     :raises NotACheckpointError: no amber checkpoint there.
-    :raises CorruptCheckpointError: a manifest is malformed or altered.
+    :raises CorruptCheckpointError: a manifest is malformed or altered, or a policy's does not
+        match the algorithm's record of it (damaged or replaced: no signature would help).
     :raises UnknownFormatError: its format is not installed.
     :raises SigningKeyError: the user's key file is unreadable, malformed or not private.
     """
@@ -138,7 +152,7 @@ def trust_state(path: str | os.PathLike[str], *, pm: pluggy.PluginManager | None
         path=root, type=top.type, format=top.format, safe=safe,
         created=raw.get("created") if isinstance(raw.get("created"), str) else None,
         amber_version=raw.get("amber_version") if isinstance(raw.get("amber_version"), str) else None,
-        signer=signer, problem=None if safe else _problem(root, top, load_key()),
+        signer=signer, problem=_policies_whole(root, top) if safe else _problem(root, top, load_key()),
     )
 
 

@@ -132,6 +132,30 @@ def _flatten(data: dict[str, Any], strict: bool) -> dict[str, Any]:
     return out
 
 
+def _unknown_message(config: Any, data: Mapping[str, Any], unknown: list[str], known: set[str]) -> str:
+    """The refusal of settings ``config`` lacks, named as the caller wrote them (``sgd_minibatch_size``,
+    not amber's ``minibatch_size``), with the algorithm configs that have them and the closest
+    names ``config`` has (never the key given, nor another name of the same setting)."""
+    from amber.algorithms.dqn.dqn import DQNConfig
+    from amber.algorithms.ppo.ppo import PPOConfig
+    from amber.algorithms.sac.sac import SACConfig
+
+    written = {RLLIB_NAMES.get(str(k), str(k)): str(k) for k in data}
+    given = [written.get(k, k) for k in unknown]
+    others = [cls() for cls in (PPOConfig, DQNConfig, SACConfig) if not isinstance(config, cls)]
+    owners: dict[str, list[str]] = {}  # "PPOConfig": the keys it has
+    for key in unknown:
+        found = " and ".join(type(c).__name__ for c in others if key in vars(c))
+        owners.setdefault(found, []).append(written.get(key, key))
+    where = "; ".join(f"{', '.join(map(repr, keys))} {'is a setting' if len(keys) == 1 else 'are settings'} "
+                      f"of {found}" for found, keys in owners.items() if found)
+    names = sorted(known | {alias for alias, name in RLLIB_NAMES.items() if name in known})
+    close = sorted({c for k in owners.get("", []) for c in difflib.get_close_matches(k, names, n=2)})
+    return (f"unknown setting(s) {', '.join(map(repr, given))} for {type(config).__name__}"
+            + (f" ({where}: use that config)" if where else "")
+            + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
 def apply_dict(config: Any, data: Mapping[str, Any], *, strict: bool = True) -> None:
     """Set ``config``'s settings from ``data`` (``to_dict()``'s form, or RLlib's names).
 
@@ -146,11 +170,7 @@ def apply_dict(config: Any, data: Mapping[str, Any], *, strict: bool = True) -> 
     known = {k for k in vars(config) if not k.startswith("_")} | {"algo_class"}
     unknown = sorted(str(k) for k in settings if k not in known)
     if unknown and strict:
-        names = sorted(known | set(RLLIB_NAMES))
-        close = sorted({c for k in unknown for c in difflib.get_close_matches(k, names, n=2)})
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {type(config).__name__}"
-                         f"{hint}")
+        raise ValueError(_unknown_message(config, data, unknown, known))
     typed = config.hyperparameter_types() if strict else {}
     for key, value in settings.items():
         if key in unknown or key in typed:

@@ -37,7 +37,9 @@ def read_curve(run_dir: Path | str, x: str, metric: str) -> tuple[list[float], l
         whose checkpoints went to remote storage (``amber train --storage``).
     :param x: the column of the x axis.
     :param metric: the column of the y axis.
-    :raises AmberCliError: no ``progress.csv``, or it lacks one of the columns (the message lists them).
+    :raises AmberCliError: no ``progress.csv``, it lacks one of the columns (the message lists them),
+        or it is not CSV as amber writes it (a field over the csv module's 128 KiB limit: amber's
+        fields are numbers and checkpoint paths).
     """
     import csv
     import io
@@ -59,14 +61,17 @@ def read_curve(run_dir: Path | str, x: str, metric: str) -> tuple[list[float], l
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise AmberCliError(f"{path} is not a progress.csv amber wrote (not UTF-8 text: {e})") from None
-    with io.StringIO(text, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        missing = [c for c in (x, metric) if c not in columns]
-        if missing:
-            raise AmberCliError(f"{path} has no column {', '.join(map(repr, missing))}; "
-                                f"columns: {', '.join(columns)}")
-        rows = list(reader)
+    try:
+        with io.StringIO(text, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in (x, metric) if c not in columns]
+            if missing:
+                raise AmberCliError(f"{path} has no column {', '.join(map(repr, missing))}; "
+                                    f"columns: {', '.join(columns)}")
+            rows = list(reader)
+    except csv.Error as e:  # a field over csv's limit (128 KiB), a stray quote...: not amber's rows
+        raise AmberCliError(f"{path} is not a progress.csv amber wrote ({e})") from None
     return [_number(r[x]) for r in rows], [_number(r[metric]) for r in rows]
 
 

@@ -249,7 +249,19 @@ def convert_checkpoint(
 
 
 def convert_to_msgpack_checkpoint(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, allow_pickle: bool | None = None
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    allow_pickle: bool | None = None,
+    progress: Progress | None = None,
+    pm: pluggy.PluginManager | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Rewrite a checkpoint in the portable msgpack format; return ``dst``."""
-    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle)
+    """Rewrite a checkpoint in the portable msgpack format; return ``dst``.
+
+    :func:`convert_checkpoint` with ``format="msgpack"``, and the same options.
+
+    :param storage_options: for URLs (``src``, ``dst`` or both), passed to their fsspec file systems.
+    """
+    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle, progress=progress,
+                              pm=pm, storage_options=storage_options)

@@ -7,10 +7,15 @@ are left to other plugins (or to ``get_state``/``set_state`` on the env,
 handled by :mod:`amber.plugins.object_state`). Importing this module imports neither
 gymnasium nor the environments: a live env of theirs means they are loaded.
 
-A restore checks the whole saved state against the live env before it
-changes anything (:mod:`amber.plugins.env_state.restore`): only attributes
-the live wrappers already hold as plain data are set, the generator is
-rebuilt from a fixed table of kinds, and any mismatch is a CheckpointError.
+Of a wrapper, only its running state is saved and restored: the attributes
+:data:`~amber.plugins.env_state.kinds.WRAPPER_STATE` lists for each wrapper
+``gymnasium.make`` adds (``TimeLimit._elapsed_steps``, not its
+``_max_episode_steps``: configuration comes from the algorithm's config, never
+from a checkpoint). An env inside any other wrapper that holds attributes of
+its own is not captured. A restore checks the whole saved state against the
+live env before it changes anything (:mod:`amber.plugins.env_state.restore`),
+the generator is rebuilt from a fixed table of kinds, and any mismatch is a
+CheckpointError.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from amber.hookspecs import hookimpl
-from amber.plugins.env_state.kinds import CONFIG_ATTRS, classic, is_multi_agent_cartpole, is_plain, wrappers
+from amber.plugins.env_state.kinds import classic, is_multi_agent_cartpole, is_plain, state_attrs, wrappers
 from amber.plugins.env_state.restore import plan_env
 from amber.state import wide_ints_to_text
 
@@ -28,10 +33,15 @@ __all__ = ["capture_env", "restore_env"]
 
 
 def _wrapper_state(wrapper: Any) -> dict[str, Any] | None:
+    """A wrapper's running state (:func:`~amber.plugins.env_state.kinds.state_attrs`), or None when
+    amber does not know which of its attributes are state."""
+    names = state_attrs(wrapper)
+    if names is None:
+        return None
     attrs: dict[str, Any] = {}
-    previous = vars(wrapper).get("_previous_data", False)
+    previous = vars(wrapper).get("_previous_data", False) if "_previous_data" in names else False
     for name, value in vars(wrapper).items():
-        if name in CONFIG_ATTRS or name == "_previous_data":
+        if name not in names or name == "_previous_data":
             continue
         if not is_plain(value):
             return None  # a wrapper whose state we do not know

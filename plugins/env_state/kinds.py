@@ -6,14 +6,56 @@ Imports neither gymnasium nor amber's environments: a live env of theirs means t
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CONFIG_ATTRS", "classic", "is_multi_agent_cartpole", "is_plain", "wrappers"]
+__all__ = ["SAVED_CONFIG", "WRAPPER_STATE", "classic", "is_multi_agent_cartpole", "is_plain", "saved_config",
+           "state_attrs", "wrappers"]
 
-#: Wrapper attributes that hold the env's configuration, not its running state.
-CONFIG_ATTRS = frozenset({"env", "_saved_kwargs", "_action_space", "_observation_space", "_metadata",
-                          "_cached_spec", "spec"})
+#: What every ``gymnasium.Wrapper`` holds: the env it wraps and its configuration.
+BASE_ATTRS = frozenset({"env", "_saved_kwargs", "_action_space", "_observation_space", "_metadata",
+                        "_cached_spec", "spec"})
+#: The running state of each wrapper ``gymnasium.make`` puts around CartPole and Pendulum (by its
+#: name in ``gymnasium.wrappers``): the only wrapper attributes saved and restored. Anything else a
+#: wrapper holds (``TimeLimit._max_episode_steps``...) is configuration, built from the algorithm's
+#: config and never taken from a checkpoint.
+WRAPPER_STATE: Mapping[str, frozenset[str]] = {
+    "TimeLimit": frozenset({"_elapsed_steps"}),
+    "OrderEnforcing": frozenset({"_has_reset"}),
+    "PassiveEnvChecker": frozenset({"checked_reset", "checked_step", "checked_render", "close_called",
+                                    "checked_data_reuse", "_previous_data"}),
+}
+#: Configuration that earlier ambers saved with those wrappers' state: a checkpoint may hold it
+#: (checked to be of the live value's kind), and it is never applied.
+SAVED_CONFIG: Mapping[str, frozenset[str]] = {
+    "TimeLimit": frozenset({"_max_episode_steps"}),
+    "OrderEnforcing": frozenset({"_disable_render_order_enforcing"}),
+}
 INT64 = (-(2**63), 2**63)
+
+
+def _gymnasium_own(wrapper: Any, table: Mapping[str, frozenset[str]]) -> frozenset[str] | None:
+    """``table``'s entry for ``wrapper`` when it is the ``gymnasium.wrappers`` class of that name."""
+    cls, module = type(wrapper), sys.modules.get("gymnasium.wrappers")
+    if cls.__name__ in table and module is not None and getattr(module, cls.__name__, None) is cls:
+        return table[cls.__name__]
+    return None
+
+
+def state_attrs(wrapper: Any) -> frozenset[str] | None:
+    """The names of ``wrapper``'s running state: :data:`WRAPPER_STATE`'s for gymnasium's own
+    wrappers, none for a wrapper that holds nothing of its own (only what every wrapper holds);
+    None for any other wrapper (amber cannot tell its state from its configuration).
+    """
+    known = _gymnasium_own(wrapper, WRAPPER_STATE)
+    if known is not None:
+        return known
+    return frozenset() if set(vars(wrapper)) <= BASE_ATTRS else None
+
+
+def saved_config(wrapper: Any) -> frozenset[str]:
+    """The configuration attributes of ``wrapper`` an earlier amber saved (:data:`SAVED_CONFIG`)."""
+    return _gymnasium_own(wrapper, SAVED_CONFIG) or frozenset()
 
 
 def is_plain(value: Any) -> bool:

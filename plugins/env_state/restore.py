@@ -2,24 +2,31 @@
 
 :func:`plan_env` checks a saved env state against the live env and returns
 the assignments that apply it; nothing is changed until every part passed.
-Exactly the attributes the live wrapper already has as plain data are
-restored (never a method, a property, a dunder or configuration), each with
-a value of the same kind; the env's generator is rebuilt from the table of bit
+Of each wrapper exactly its running state is restored (the attributes
+:func:`~amber.plugins.env_state.kinds.state_attrs` names, each with a value of
+the live one's kind); configuration an earlier amber saved with it
+(``TimeLimit._max_episode_steps``) is checked and never applied, and any other
+name is refused. The env's generator is rebuilt from the table of bit
 generators. Every refusal is a :class:`~amber.errors.CheckpointError` naming the key.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from amber.errors import CheckpointError
-from amber.plugins.env_state.kinds import CONFIG_ATTRS, INT64, classic, is_multi_agent_cartpole, wrappers
+from amber.errors import CheckpointError, warn
+from amber.plugins.env_state.kinds import (
+    INT64,
+    classic,
+    is_multi_agent_cartpole,
+    saved_config,
+    state_attrs,
+    wrappers,
+)
 from amber.rng_state import bad, checked_bit_generator, checked_int
 
 __all__ = ["Assignment", "plan_env"]
@@ -34,7 +41,6 @@ _KEYS = {"CartPole": {"wrappers", "state", "np_random", "steps_beyond_terminated
          "MultiAgentCartPole": {"envs", "agents", "terminated", "truncated"}}
 #: Wrapper attributes that may be saved as None while the live one holds a value (not yet reset).
 _NULLABLE = frozenset({("TimeLimit", "_elapsed_steps")})
-_MANGLED = re.compile(r"_[A-Za-z0-9_]*__[A-Za-z0-9_]+")
 _MAX_TEXT = 1024
 _KINDS = (("bool", (bool, np.bool_)), ("int", (int, np.integer)), ("float", (float, np.floating)))
 
@@ -91,17 +97,6 @@ def _plan_classic(env: Any, kind: str, state: Any, key: str) -> list[Assignment]
     return plan
 
 
-def _restorable(wrapper: Any, name: Any) -> bool:
-    """Whether ``name`` is plain running data the live wrapper has (never a method or property)."""
-    if not isinstance(name, str) or name in CONFIG_ATTRS or name.startswith("__") or _MANGLED.fullmatch(name):
-        return False
-    live = vars(wrapper)
-    if name not in live or not _plain_kind(live[name]):
-        return False
-    on_class = inspect.getattr_static(type(wrapper), name, None)
-    return on_class is None or not (callable(on_class) or hasattr(type(on_class), "__get__"))
-
-
 def _plain_kind(value: Any) -> str | None:
     if value is None:
         return "none"
@@ -112,20 +107,31 @@ def _plain_kind(value: Any) -> str | None:
 
 
 def _plan_wrapper(wrapper: Any, attrs: Any, key: str) -> list[Assignment]:
+    """The assignments of a wrapper's running state; its saved configuration is checked, not applied."""
     if not isinstance(attrs, Mapping):
         raise bad(key, "expected a map of attributes", attrs)
-    plan: list[Assignment] = []
-    live = vars(wrapper)
+    names, live, plan = state_attrs(wrapper), vars(wrapper), []
+    if names is None:  # saved by an earlier amber, which restored any plain attribute
+        if attrs:
+            warn(f"saved state {key!r}: the attributes of {type(wrapper).__qualname__} are not restored "
+                 "(amber restores the running state of the wrappers gymnasium.make adds, and cannot tell "
+                 "this wrapper's state from its configuration): it keeps its values as built")
+        return []
+    config = saved_config(wrapper)
     for name, value in attrs.items():
         where = f"{key}.{name}"
-        if name == "_previous_data" and name in live:
+        if not isinstance(name, str):
+            raise bad(where, "an attribute name must be a str", name)
+        if name == "_previous_data" and name in names and name in live:
             plan.append((wrapper, name, _previous_data(wrapper, value, where)))
-            continue
-        if not _restorable(wrapper, name):
-            raise CheckpointError(f"saved state {where!r}: {type(wrapper).__qualname__} has no plain data "
+        elif name in names and name in live and _plain_kind(live[name]):
+            plan.append((wrapper, name, _same_kind(wrapper, name, live[name], value, where)))
+        elif name in config and name in live:  # configuration: the live env's, built from the config
+            _same_kind(wrapper, name, live[name], value, where)
+        else:
+            raise CheckpointError(f"saved state {where!r}: {type(wrapper).__qualname__} has no running-state "
                                   "attribute of that name to restore")
-        plan.append((wrapper, name, _same_kind(wrapper, name, live[name], value, where)))
-    missing = sorted(n for n in live if n not in attrs and _restorable(wrapper, n))
+    missing = sorted(n for n in names if n in live and n not in attrs)
     if missing:
         raise bad(key, f"lacks the attributes {missing} of the live {type(wrapper).__qualname__}")
     return plan
