@@ -8,6 +8,7 @@ policies' states, through :mod:`amber.checkpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import tempfile
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from amber.algorithms import saved_config
 from amber.algorithms.model_exports import model_exports
 from amber.algorithms.saved_config import GIVEN_AGAIN, check_same_kind, config_from_state
 from amber.errors import CheckpointError, state_errors
@@ -144,15 +146,15 @@ class CheckpointMixin:
         checkpoints are pruned once this one is committed (:class:`amber.CheckpointManager`).
         """
         from amber.async_save import save_in_background, wait_for_saves
-        from amber.registry import get_registry
+        from amber.checkpoint import format_for
 
         fmt = format or self.config.checkpoint_format
-        get_registry(self.pm).get(fmt)  # an unknown format fails before anything is captured
+        path = self._save_path(checkpoint_dir)
+        format_for(fmt, path, pm=self.pm)  # an unknown format fails before anything is captured
         manager = self._retention() if checkpoint_dir is None else None
         metadata = {"algorithm": type(self).__name__, **(_metadata or {})}
         if manager is not None:
             metadata.update(manager.metadata_for(self))
-        path = self._save_path(checkpoint_dir)
         options = storage_options if storage_options is not None else self.config.storage_options
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
         prune = (lambda: manager.prune(saved=path)) if manager is not None else (lambda: [])  # keeps this one
@@ -256,6 +258,7 @@ class CheckpointMixin:
                                   path=checkpoint_path)
         check_same_kind(type(self), ckpt.state, checkpoint_path, self.pm)
         policies = {pid: p.state for pid, p in ckpt.policies.items()}
+        saved_config.check_policy_networks(self, ckpt.state, policies, checkpoint_path)
         from amber.envs.ray_runners import restoring_from, runner_deaths_pass
         from amber.models.build_budget import adopting_state
 
@@ -289,10 +292,12 @@ class CheckpointMixin:
         :param env: replaces the saved environment (an id, a registered name or an env class).
         :param pm: the plugin manager to read with, kept for later saves (default: the process's).
         :param callbacks: replaces the saved callbacks class.
-        :param storage_options: for a URL, its fsspec options (kept for later saves).
+        :param storage_options: for a URL, its fsspec options (kept for later saves; the saved
+            ``storage_path`` is never taken: ``algo.config.checkpointing(storage_path=...)``).
         :param framework: rebuild the policies in ``"torch"`` or ``"tf2"`` (:mod:`amber.policy.frameworks`).
-        :raises ValueError: no path, or an unknown framework (before anything is read).
-        :raises TypeError: ``policy_ids`` is a str (pass a list).
+        :raises ValueError: no path, an unknown framework (before anything is read), or a
+            ``policies_to_train`` naming a policy not loaded. ``TypeError``: either list is a str.
+        :raises InvalidStateError: a state that does not fit (:func:`saved_config.check_policy_networks`).
         """
         from amber.algorithms.algorithm_config import FRAMEWORKS
         from amber.checkpoint import read_checkpoint
@@ -318,10 +323,10 @@ class CheckpointMixin:
             own, states = with_framework(ckpt.state, states, framework)
             algo_cls, config = config_from_state(
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
-                policies_to_train=policies_to_train, env=env, callbacks=callbacks)
+                env=env, callbacks=callbacks)
             config.storage_options = dict(storage_options or {}) or config.storage_options
-            return _restored(algo_cls, config, own, states,
-                             restore_episodes=_same_episodes(own, policy_ids, policy_mapping_fn))
+        return _restored(algo_cls, config, own, states, target, policies_to_train,
+                         restore_episodes=_same_episodes(own, policy_ids, policy_mapping_fn))
 
 
 #: pyarrow file system type names → the fsspec protocol of their URLs.
@@ -360,18 +365,31 @@ def _same_episodes(own: Mapping[str, Any], policy_ids: Any, policy_mapping_fn: A
 
 
 def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], states: Mapping[str, Any],
-              *, restore_episodes: bool) -> Any:
-    """A new ``algo_cls`` algorithm with these policies' states and its own state ``own``."""
+              path: str | os.PathLike[str], policies_to_train: Iterable[str] | None, *,
+              restore_episodes: bool) -> Any:
+    """A new ``algo_cls`` algorithm with these policies' states and its own state ``own`` (of the
+    checkpoint ``path``), training ``policies_to_train`` when given (the caller's argument: a
+    ValueError, not the checkpoint's); on error, stopped (its environments released)."""
     from amber.algorithms.algorithm_config import adopting_config
+    from amber.envs.ray_runners import restoring_from, runner_deaths_pass
     from amber.models.build_budget import adopting_state, state_size, weights_will_be_loaded
     from amber.policy.spaces import using_saved_spaces
 
+    if policies_to_train is not None:
+        config.policies_to_train = saved_config.given_policies_to_train(policies_to_train, config.policies)
     # every policy built here gets its saved weights, so its size is bounded by theirs; its
     # spaces are those saved, so the env is not built until sampling needs it
-    with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states), \
-            adopting_config(config):  # made for this algorithm alone: not copied
-        algo = algo_cls(config=config)
-    with adopting_state():  # the state read is this restore's: arrays are kept, not copied
-        algo.set_state({"algorithm": own, "policies": states}, restore_episodes=restore_episodes,
-                       rollback=False)
+    with runner_deaths_pass(), state_errors(path), restoring_from(path):
+        with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states), \
+                adopting_config(config):  # made for this algorithm alone: not copied
+            algo = algo_cls(config=config)
+        try:
+            saved_config.check_policy_networks(algo, own, states, path)  # what other loaders build
+            with adopting_state():  # the state read is this restore's: arrays are kept, not copied
+                algo.set_state({"algorithm": own, "policies": states}, restore_episodes=restore_episodes,
+                               rollback=False)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                algo.stop()  # (its environments)
+            raise
     return algo

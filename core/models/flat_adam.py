@@ -41,7 +41,20 @@ def _supported(optimizer: torch.optim.Optimizer) -> bool:
     states = [optimizer.state.get(p) for p in params]
     if any(s for s in states) and not all(s for s in states):
         return False  # some parameters were stepped and others not: leave it to torch
-    return all(not s or set(s) == {"step", "exp_avg", "exp_avg_sq"} for s in states)
+    return all(not s or _fits(s, p) for s, p in zip(states, params, strict=True))
+
+
+def _fits(state: dict[str, object], param: torch.Tensor) -> bool:
+    """Whether a parameter's Adam state is what :class:`FlatAdam` lays out: a step and two float
+    moments shaped as the parameter (anything else is left to torch, which names what is wrong;
+    a restore checks saved states before: :mod:`amber.policy.optimizer_trees`)."""
+    if set(state) != {"step", "exp_avg", "exp_avg_sq"}:
+        return False
+    step = state["step"]
+    if not (isinstance(step, (int, float)) or (isinstance(step, torch.Tensor) and step.numel() == 1)):
+        return False
+    return all(isinstance(m, torch.Tensor) and m.shape == param.shape and m.is_floating_point()
+               for m in (state["exp_avg"], state["exp_avg_sq"]))
 
 
 class FlatAdam:

@@ -32,6 +32,7 @@ from amber.errors import warn
 from amber.models.build_budget import adopting, restoring
 from amber.models.keras_mlp import tf_runtime
 from amber.policy.numpy_generators import generator_from_bytes, generator_to_bytes
+from amber.policy.optimizer_trees import check_optimizer_tree
 from amber.policy.policy import (
     Policy,
     checked_obs_batch,
@@ -293,7 +294,14 @@ class TFPolicyBase(Policy):
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Apply a state from :meth:`get_state`, or a torch policy's of the same algorithm (keys that
         are absent are left as they are; a torch generator's state is not this one's: it is left
-        with a warning). The weights are checked before anything changes."""
+        with a warning). The weights and optimizer states are checked before anything changes (an
+        optimizer state's moments that do not fit the parameters start again, with a warning, when
+        the optimizer is made).
+
+        :raises ValueError: a weight's shape differs, or an optimizer state is malformed (named).
+        """
+        for name, tree in saved_optimizers(state, self.OPTIMIZERS).items():
+            check_optimizer_tree(tree, name, None)
         if "weights" in state:
             self.set_weights(state["weights"])
         for name, tree in saved_optimizers(state, self.OPTIMIZERS).items():

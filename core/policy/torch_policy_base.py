@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from amber.errors import warn
+from amber.policy.optimizer_trees import check_optimizer_tree
 from amber.policy.policy import (
     Policy,
     checked_obs_batch,
@@ -140,6 +141,24 @@ class TorchPolicyBase(Policy):
             return copy.deepcopy(self._pending_optimizer_state[name])
         return optimizer_state_to_tree(self.get_optimizer(name).state_dict())
 
+    def _checked_optimizer_tree(self, name: str, tree: Any) -> Any:
+        """Optimizer ``name``'s saved tree, checked against the optimizer it goes into: its param
+        groups, their parameters and every buffer's shape (:func:`check_optimizer_tree`). The
+        default optimizer is not made for this (serving never makes one): its one group holds the
+        model's parameters. A subclass's (:meth:`make_optimizer` overridden) is made now.
+
+        :raises ValueError: the tree does not fit (named).
+        """
+        opt = self._optimizers.get(name)
+        if opt is None and type(self).make_optimizer is not TorchPolicyBase.make_optimizer:
+            opt = self.get_optimizer(name)
+        if opt is None:
+            shapes = [[tuple(p.shape) for p in self.model.parameters()]]
+        else:
+            shapes = [[tuple(p.shape) for p in group["params"]] for group in opt.param_groups]
+        check_optimizer_tree(tree, name, shapes)
+        return tree
+
     def _restore_optimizer(self, name: str, tree: Any) -> None:
         if name in self._optimizers:
             self._optimizers[name].load_state_dict(optimizer_state_from_tree(tree))
@@ -249,17 +268,21 @@ class TorchPolicyBase(Policy):
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Apply a state from :meth:`get_state` (keys that are absent are left as they are).
 
-        The weights and generator states are checked before anything changes. A generator state
+        The weights, optimizer states and generator states are checked before anything changes
+        (an optimizer's against its param groups and parameters' shapes). A generator state
         of another framework (a tf2 policy's: not torch's size) is left, with a warning: this policy
         keeps its own generator.
 
-        :raises ValueError: a weight's shape differs, or a generator state of torch's size is not valid.
+        :raises ValueError: a weight's shape differs, an optimizer state does not fit its optimizer,
+            or a generator state of torch's size is not valid.
         """
         weights = checked_weights(self.model, state["weights"]) if "weights" in state else []
         generators = {name: self._saved_generator(name, state[name])
                       for name in self.GENERATORS if state.get(name) is not None}
+        optimizers = {name: self._checked_optimizer_tree(name, tree)
+                      for name, tree in saved_optimizers(state, self.OPTIMIZERS).items()}
         copy_weights(weights)
-        for name, tree in saved_optimizers(state, self.OPTIMIZERS).items():
+        for name, tree in optimizers.items():
             self._restore_optimizer(name, tree)
         for name, raw in generators.items():
             if raw is not None:
