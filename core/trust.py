@@ -102,8 +102,9 @@ def _top(root: Path) -> Manifest:
 
 
 def _policies_whole(root: Path, top: Manifest) -> None:
-    """Check that every policy's manifest is the one the algorithm records (a stranger's pickle
-    policy put into a safe checkpoint is damage: no signature, and no "needs none", would do).
+    """Check that every policy's manifest is the one the algorithm records (a stranger's policy in a
+    format that can run code, put into a safe checkpoint, is damage: no signature, and no "needs
+    none", would do).
 
     :raises CorruptCheckpointError: one does not match (:func:`amber.signing.policy_manifest`).
     """

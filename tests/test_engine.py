@@ -579,8 +579,8 @@ JUSTIFIED = {
                  "            \"lambda needs name=...), or save with format='pickle', or pass it again when restoring \""],
     # the RLlib API convert_to_msgpack_checkpoint, and amber migrate's format for another system's checkpoint
     "utils/checkpoints.py": [
-        '    """Rewrite a checkpoint in the portable msgpack format; return ``dst``."""',
-        '    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle)',
+        '    """Rewrite a checkpoint in the portable msgpack format; return ``dst``.',
+        '    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle,',
     ],
     "utils/rewriting.py": [
         "        # a lambda that pickle held cannot be written portably: the loader asks for it instead",

@@ -259,9 +259,9 @@ def convert_to_msgpack_checkpoint(
 ) -> str:
     """Rewrite a checkpoint in the portable msgpack format; return ``dst``.
 
-    :func:`convert_checkpoint` with ``format="msgpack"``, and the same options.
+    :func:`convert_checkpoint` to that format, with the same options.
 
     :param storage_options: for URLs (``src``, ``dst`` or both), passed to their fsspec file systems.
     """
-    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle, progress=progress,
-                              pm=pm, storage_options=storage_options)
+    return convert_checkpoint(src, dst, format="msgpack", allow_pickle=allow_pickle,
+                              progress=progress, pm=pm, storage_options=storage_options)
