@@ -43,7 +43,7 @@ from amber.export_dir import (
     previous_export,
     remove_created,
 )
-from amber.export_options import ExporterOptions, checked_options
+from amber.export_options import checked_options
 from amber.model_graph import (
     ACTIVATIONS,
     OUTPUT_KINDS,
@@ -106,13 +106,14 @@ def plan_exports(
     :param format: an exporter's name, or None.
     :param shorthands: keywords and their values (``{KEYWORD: VALUE}``): an exporter's keyword
         shorthand picks it (a value of None, False or 0 asks for nothing); any other keyword is an
-        option of the exporter ``format`` names (:func:`amber.export_options.checked_options`).
+        option of the exporter ``format`` names, which must declare it
+        (:func:`amber.export_options.checked_options`).
     :return: the shorthands' exporters, then ``format``'s; with neither, the
         exporter native to ``graph.framework``, with the option :data:`NATIVE_OPTION`.
     :raises UnknownExporterError: an unknown name, a keyword that is no shorthand without
         ``format``, or no exporter native to the framework.
-    :raises ExportError: nothing asked for, and the graph names no framework; an option is no JSON
-        value or contradicts the shorthand's.
+    :raises ExportError: nothing asked for, and the graph names no framework; an option the exporter
+        does not declare, is no JSON value or contradicts the shorthand's.
     """
     jobs: dict[str, Job] = {}
     by_keyword = {p.item.shorthand: p.item for p in registry.exporters.values() if p.item.shorthand}
@@ -130,7 +131,8 @@ def plan_exports(
     if format is not None:
         spec = registry.exporter(str(format))
         base = jobs.get(spec.name, (spec, {}))[1]
-        jobs[spec.name] = (spec, checked_options(spec.name, given, base) if given else base)
+        plugin = registry.exporters[spec.name].plugin
+        jobs[spec.name] = (spec, checked_options(spec, given, base, plugin) if given else base)
     if not jobs:
         if graph.framework is None:
             known = ", ".join(sorted(registry.exporters))
@@ -251,11 +253,6 @@ def _run_exporters(
         except Exception as e:
             raise ExportError(f"{named} failed: {type(e).__name__}: {e}; nothing was changed",
                               path=stage.parent, plugin=plugin) from e
-        if isinstance(options, ExporterOptions) and (unused := options.unused()):
-            looked = ", ".join(options.looked_up()) or "none"
-            raise ExportError(f"{named} takes no option {', '.join(unused)} (it never looked at it; the "
-                              f"options it looked up: {looked}); nothing was changed",
-                              path=stage.parent, plugin=plugin)
         for top in _check_written(stage, _paths_returned(files, named, stage, plugin), spec):
             written[top] = _file_facts(spec, stage / top, options)
     return written
@@ -295,9 +292,9 @@ def export_model(
     With no exporter asked for, the native files of ``graph.framework`` (the exporter whose
     ``native_for`` names it); ``format=NAME``: what the exporter ``NAME`` writes; a keyword
     shorthand of an exporter (``KEYWORD=VALUE``) picks it with that option, and a value of
-    None, False or 0 asks for nothing; with ``format=NAME``, other keywords are options of ``NAME``
-    (:mod:`amber.export_options`). ``model.json`` is always written: the architecture, spaces,
-    outputs and how to act from them, and each file with its exporter and digest.
+    None, False or 0 asks for nothing; with ``format=NAME``, other keywords are options ``NAME``
+    declares (``ExporterSpec.options``). ``model.json`` is always written: the architecture,
+    spaces, outputs and how to act from them, and each file with its exporter and digest.
 
     Every file is written in a staging directory inside ``directory`` and moved into
     place; model files of an earlier export of *other* weights that this export does not
@@ -319,7 +316,7 @@ def export_model(
     :return: the paths written, ``model.json`` last.
     :raises UnknownExporterError: no exporter of that name, keyword or framework.
     :raises MissingPluginError, ExportError: the exporter's extra is missing; the directory is
-        refused, or an exporter failed, returned no list or never looked up an option (named).
+        refused, an option is undeclared, or an exporter failed or returned no list (named).
     """
     from amber.registry import get_registry
     from amber.storage import is_remote, local_path

@@ -1,131 +1,66 @@
 """Options a user gives an exporter by name (``export_model(dir, format=NAME, KEY=VALUE)``).
 
-An :class:`amber.registry.ExporterSpec` declares no options, so amber cannot
-tell an option an exporter takes from a typo. It gives the exporter the
-options in an :class:`ExporterOptions`, a dict that notes each key the
-exporter looks up; an option given that the exporter never looked at is
-refused once its ``export`` returns, before anything is moved into place.
-An exporter that reads all its options at once (iterates them, copies them,
-passes them on with ``**options``) is taken to use them all.
+An exporter declares the options it takes (:attr:`amber.registry.ExporterSpec.options`);
+any other is refused before the exporter runs, with the declared names and the
+closest of them.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from amber.errors import ExportError
 from amber.model_graph import strict_json
 
-__all__ = ["ExporterOptions", "checked_options"]
+if TYPE_CHECKING:
+    from amber.registry import ExporterSpec
+
+__all__ = ["check_declared", "checked_options"]
 
 
-class ExporterOptions(dict):  # type: ignore[type-arg]
-    """An exporter's options, noting which keys it looked up (:meth:`unused`).
+def check_declared(spec: ExporterSpec, given: Iterable[str], plugin: str | None = None) -> None:
+    """Refuse an option the exporter ``spec`` does not declare.
 
-    :param data: every option it gets.
-    :param given: the keys to check (the user's own, not those amber adds).
+    :param given: the option names a user gave.
+    :param plugin: the plugin that registered ``spec``, named in the message.
+    :raises ExportError: an undeclared option, the declared ones listed (and the closest, if any).
     """
-
-    def __init__(self, data: Mapping[str, Any], *, given: Iterable[str]) -> None:
-        super().__init__(data)
-        self._given = frozenset(given)
-        self._read: set[Any] = set()
-
-    def unused(self) -> list[str]:
-        """The given options the exporter never looked at."""
-        return sorted(k for k in self._given if k not in self._read)
-
-    def looked_up(self) -> list[str]:
-        """The option names the exporter looked up, given or not (a typo's right spelling)."""
-        return sorted(str(k) for k in self._read)
-
-    def _all(self) -> None:
-        self._read.update(dict.keys(self))
-
-    def __getitem__(self, key: Any) -> Any:
-        self._read.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        self._read.add(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        self._read.add(key)
-        return super().__contains__(key)
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        self._read.add(key)
-        return super().pop(key, *default)
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self._read.add(key)
-        return super().setdefault(key, default)
-
-    # reading them all (iterating, copying, printing, comparing) uses them all
-    def __iter__(self) -> Iterator[Any]:
-        self._all()
-        return super().__iter__()
-
-    def keys(self) -> Any:
-        self._all()
-        return super().keys()
-
-    def items(self) -> Any:
-        self._all()
-        return super().items()
-
-    def values(self) -> Any:
-        self._all()
-        return super().values()
-
-    def copy(self) -> dict[str, Any]:
-        self._all()
-        return dict(super().items())
-
-    def popitem(self) -> tuple[Any, Any]:
-        self._all()
-        return super().popitem()
-
-    def __repr__(self) -> str:
-        self._all()
-        return super().__repr__()
-
-    def __eq__(self, other: object) -> bool:
-        self._all()
-        return super().__eq__(other)
-
-    def __ne__(self, other: object) -> bool:
-        self._all()
-        return super().__ne__(other)
-
-    def __or__(self, other: Any) -> Any:
-        self._all()
-        return super().__or__(other)
-
-    __hash__ = None  # type: ignore[assignment]
+    declared = [str(o) for o in spec.options]
+    unknown = [str(k) for k in given if k not in spec.options]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], declared, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    named = f"the {spec.name!r} exporter" + (f" (plugin {plugin!r})" if plugin else "")
+    takes = f"its options: {', '.join(sorted(declared))}" if declared else "it takes no options"
+    raise ExportError(f"{named} takes no option {', '.join(unknown)} ({takes}){hint}; nothing was written",
+                      plugin=plugin)
 
 
-def checked_options(name: str, given: Mapping[str, Any], base: Mapping[str, Any]) -> ExporterOptions:
-    """The options of the exporter ``name``: ``base`` (a shorthand's) and the user's ``given``,
+def checked_options(spec: ExporterSpec, given: Mapping[str, Any], base: Mapping[str, Any],
+                    plugin: str | None = None) -> dict[str, Any]:
+    """The options of the exporter ``spec``: ``base`` (a shorthand's) and the user's ``given``,
     each recorded in ``model.json``.
 
-    :raises ExportError: an option is not a JSON value, or contradicts ``base``.
+    :raises ExportError: an option the exporter does not declare (:func:`check_declared`), is not a
+        JSON value, or contradicts ``base``.
     """
+    check_declared(spec, given, plugin)
     options = dict(base)
     for key, value in given.items():
         plain = value.item() if isinstance(value, np.generic) else value
         try:
             json.dumps(strict_json(plain), allow_nan=False)
         except (TypeError, ValueError) as e:
-            raise ExportError(f"the option {key}={value!r:.60} of the {name!r} exporter is not a JSON value "
-                              f"(model.json records it): {e}") from e
+            raise ExportError(f"the option {key}={value!r:.60} of the {spec.name!r} exporter is not a JSON "
+                              f"value (model.json records it): {e}") from e
         if key in options and options[key] != plain:
-            raise ExportError(f"the option {key} of the {name!r} exporter is given twice: "
+            raise ExportError(f"the option {key} of the {spec.name!r} exporter is given twice: "
                               f"{options[key]!r} and {plain!r}")
         options[key] = plain
-    return ExporterOptions(options, given=given)
+    return options

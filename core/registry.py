@@ -10,6 +10,7 @@ so plugins import them from ``amber.registry``.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -219,12 +220,12 @@ def first_result(pm: pluggy.PluginManager, hook_name: str, path: Path, **kwargs:
     other exception is that plugin's fault: when another plugin answers, it is warned about; when
     none does, it is raised, since the failing plugin is likely the one that knows ``path``.
 
-    :raises CheckpointError: a plugin failed and no other answered (the plugin and ``path`` named).
+    :raises PluginLoadError: a plugin failed and no other answered (the plugin and ``path`` named).
     """
     names = _plugin_names(pm)
     plugins = [impl.plugin for impl in getattr(pm.hook, hook_name).get_hookimpls()
                if not (impl.hookwrapper or impl.wrapper)]
-    failed: list[tuple[str, str | None, str, Exception]] = []
+    failed: list[tuple[str, str, str, Exception]] = []  # name, way out, what failed, why
     found = None
     for plugin in reversed(plugins):  # pluggy calls the last registered first
         caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
@@ -234,16 +235,17 @@ def first_result(pm: pluggy.PluginManager, hook_name: str, path: Path, **kwargs:
             raise
         except Exception as e:
             name, dist = names.get(id(plugin), (pm.get_name(plugin) or repr(plugin), None))
-            failed.append((name, dist, _failed(name, dist, hook_name, e, path), e))
+            way_out = _way_out(dist, name if _in_tree(plugin) else None)
+            failed.append((name, way_out, _failed(name, dist, hook_name, e, path), e))
             continue
         if found is not None:
             break
     if failed and found is None:
-        name, dist, said, e = failed[0]
-        raise CheckpointError(f"{said}, and no other plugin recognises it; {_way_out(dist)}",
-                              path=path, plugin=name) from e
-    for _name, dist, said, _e in failed:
-        warn(f"{said}; another plugin answered instead; {_way_out(dist)}")
+        name, way_out, said, e = failed[0]
+        raise PluginLoadError(f"{said}, and no other plugin recognises it; {way_out}", path=path,
+                              plugin=name) from e
+    for _name, way_out, said, _e in failed:
+        warn(f"{said}; another plugin answered instead; {way_out}")
     return found
 
 
@@ -252,8 +254,16 @@ def _failed(plugin: str, dist: str | None, hook_name: str, e: BaseException, on:
     return f"plugin {plugin!r}{_dist(dist)} failed in {hook_name}{where}: {type(e).__name__}: {e}"
 
 
-def _way_out(dist: str | None) -> str:
-    """How to get past a broken plugin: one installed (``dist``) can be left out."""
+def _in_tree(plugin: object) -> bool:
+    """Whether ``plugin`` is one of amber's own (a module of :data:`DEFAULT_PLUGINS`)."""
+    return inspect.ismodule(plugin) and plugin.__name__ in DEFAULT_PLUGINS
+
+
+def _way_out(dist: str | None, in_tree: str | None = None) -> str:
+    """How to get past a broken plugin: one installed (``dist``) can be left out; a fault of amber's
+    own plugin ``in_tree`` is amber's to fix."""
+    if in_tree is not None:
+        return f"this is a fault of amber's plugin {in_tree!r}, to report to amber's developers"
     return f"fix or uninstall {dist}, or {WAY_OUT}" if dist else "fix or unregister it"
 
 

@@ -187,7 +187,12 @@ class ExporterSpec:
         ``shorthand_option="quantize"``: ``export_model(dir, tflite=8)``). A value
         of None, False or 0 picks nothing, as RLlib's ``export_model`` does with
         its opset keyword. Unique among exporters.
-    :param shorthand_option: the option the shorthand's value is passed as.
+    :param shorthand_option: the option the shorthand's value is passed as; always one of
+        :attr:`options` (added there when not listed).
+    :param options: the names of the options it takes from users
+        (``export_model(dir, format=NAME, KEY=VALUE)``, ``amber export -o KEY=VALUE``): any other
+        is refused before ``export`` runs. None by default. The option
+        :data:`amber.export.NATIVE_OPTION` is amber's, given whether declared or not.
     """
 
     name: str
@@ -198,10 +203,19 @@ class ExporterSpec:
     native_for: tuple[str, ...] = ()
     shorthand: str | None = None
     shorthand_option: str | None = None
+    options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
         object.__setattr__(self, "native_for", tuple(self.native_for))
+        if isinstance(self.options, str):
+            raise ValueError(f"exporter {self.name!r}: options is a collection of names, not the str "
+                             f"{self.options!r} (options=({self.options!r},))")
+        options = tuple(dict.fromkeys([*self.options, *filter(None, [self.shorthand_option])]))
+        bad = next((o for o in options if not isinstance(o, str) or not o), None)
+        if bad is not None:
+            raise ValueError(f"exporter {self.name!r}: option {bad!r} is not a name (a non-empty str)")
+        object.__setattr__(self, "options", options)
         if (self.shorthand is None) != (self.shorthand_option is None):
             raise ValueError(f"exporter {self.name!r}: shorthand and shorthand_option go together")
         if self.shorthand is not None and not self.shorthand.isidentifier():

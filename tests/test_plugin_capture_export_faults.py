@@ -166,7 +166,8 @@ class CsvExporter:
     @amber.hookimpl
     def amber_register_exporters(self):
         return [ExporterSpec(name="csv", export=export_csv, files=(ExportedFile("w.csv", "open(path)", "python"),),
-                             shorthand="csv_precision", shorthand_option="precision")]
+                             shorthand="csv_precision", shorthand_option="precision",
+                             options=("precision", "delimiter"))]
 
 
 def _raising(graph, directory, options):
@@ -284,19 +285,65 @@ def test_policy_export_model_takes_an_exporters_shorthand_and_options(algo_pm, t
     assert _decimals(tmp_path / "b", ";") == {3}
 
 
-def test_an_option_the_exporter_never_looks_at_is_refused(algo_pm, tmp_path):
+def test_an_option_the_exporter_does_not_declare_is_refused(algo_pm, tmp_path):
     policy, pm = algo_pm[0].get_policy(), algo_pm[2]
-    with pytest.raises(ExportError, match=r"the 'csv' exporter \(plugin 'csv_export'\) takes no option "
-                                          r"precison .*looked up: delimiter, precision"):
+    with pytest.raises(ExportError, match=r"^the 'csv' exporter \(plugin 'csv_export'\) takes no option "
+                                          r"precison \(its options: delimiter, precision\); did you mean "
+                                          r"precision\?") as e:
         policy.export_model(tmp_path / "c", format="csv", precison=3, pm=pm)
-    assert not (tmp_path / "c").exists()
-    with pytest.raises(ExportError, match="takes no option opset"):
+    assert e.value.plugin == "csv_export" and not (tmp_path / "c").exists()
+    with pytest.raises(ExportError, match=r"'torch' exporter .*takes no option opset \(it takes no options\)"):
         policy.export_model(tmp_path / "c", format="torch", opset=3, pm=pm)
+    with pytest.raises(ExportError, match="'keras' exporter .*takes no option native"):
+        policy.export_model(tmp_path / "c", format="keras", native=True, pm=pm)  # amber's own, not a user's
     with pytest.raises(UnknownExporterError, match=r"no exporter takes the keyword csv_precison=.*format=NAME"):
         policy.export_model(tmp_path / "c", csv_precison=3, pm=pm)
     with pytest.raises(ExportError, match="precision of the 'csv' exporter is given twice"):
         policy.export_model(tmp_path / "c", format="csv", csv_precision=3, precision=4, pm=pm)
     assert not (tmp_path / "c").exists()
+
+
+class Counted:
+    """An exporter reading its option ``scale`` only for graphs with a value tower, and through
+    ``dict.get``; counting its runs."""
+
+    runs = 0
+
+    @staticmethod
+    def export(graph, directory, options):
+        Counted.runs += 1
+        scale = dict.get(options, "scale", 1) if "vf" in graph.towers else 1
+        (directory / "w.txt").write_text(str(scale))
+        return [directory / "w.txt"]
+
+    @amber.hookimpl
+    def amber_register_exporters(self):
+        return [ExporterSpec(name="counted", export=Counted.export, options=frozenset({"scale"}))]
+
+
+def test_options_are_checked_against_the_declaration_before_the_exporter_runs(tmp_path):
+    """The options had been refused after the exporter ran, when it had not looked one up: wrongly
+    for one read on some graphs only, or through ``dict.get``."""
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Counted(), name="counted_export")
+    Counted.runs = 0
+    export_model(GRAPH, tmp_path / "a", format="counted", scale=2, pm=pm)  # GRAPH has no vf: not read
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["files"]["w.txt"]["scale"] == 2
+    assert Counted.runs == 1
+    with pytest.raises(ExportError, match=r"takes no option scal \(its options: scale\); did you mean scale"):
+        export_model(GRAPH, tmp_path / "b", format="counted", scal=2, pm=pm)
+    assert Counted.runs == 1 and not (tmp_path / "b").exists()  # refused before it ran
+
+
+def test_a_shorthand_option_is_always_declared():
+    spec = ExporterSpec(name="x", export=export_csv, shorthand="x_level", shorthand_option="level",
+                        options=["mode"])
+    assert spec.options == ("mode", "level")
+    with pytest.raises(ValueError, match="options is a collection of names"):
+        ExporterSpec(name="x", export=export_csv, options="mode")
+    onnx = get_plugin_manager(autoload=False).hook.amber_register_exporters()
+    assert {s.name: s.options for specs in onnx for s in specs} == {"torch": (), "onnx": ("opset",),
+                                                                   "keras": ()}
 
 
 def test_amber_export_passes_options_to_the_format_exporter(algo_pm, checkpoint, tmp_path):
@@ -313,6 +360,9 @@ def test_amber_export_passes_options_to_the_format_exporter(algo_pm, checkpoint,
         result = invoke(pm, "export", checkpoint, tmp_path / "bad", *args)
         assert result.exit_code == 2 and said in result.stderr, result.output
         assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
+    # an undeclared option fails before the checkpoint is read (there is none here)
+    result = invoke(pm, "export", tmp_path / "none", tmp_path / "bad", "--format", "csv", "-o", "precison=1")
+    assert result.exit_code == 2 and "takes no option precison" in result.stderr, result.output
 
 
 def test_keyword_checks_fail_before_anything_is_written(tmp_path):

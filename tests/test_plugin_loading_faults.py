@@ -242,14 +242,32 @@ def test_failing_foreign_reader_is_named_when_no_plugin_reads(site, tmp_path: Pa
     site("amber-t-foreign", {"amber_t_foreign": FOREIGN_RAISING}, {"bforeign": "amber_t_foreign"})
     pm = get_plugin_manager()
     (tmp_path / "notack").mkdir()
-    with pytest.raises(CheckpointError, match="plugin 'bforeign' \\(distribution amber-t-foreign\\) failed in "
+    with pytest.raises(PluginLoadError, match="plugin 'bforeign' \\(distribution amber-t-foreign\\) failed in "
                                               "amber_read_foreign_checkpoint on .*notack: RuntimeError: "
-                                              "read fails, and no other plugin recognises it") as excinfo:
+                                              "read fails, and no other plugin recognises it; fix or "
+                                              "uninstall amber-t-foreign") as excinfo:
         amber.load(tmp_path / "notack", pm=pm)
     assert excinfo.value.plugin == "bforeign" and excinfo.value.path == str(tmp_path / "notack")
     monkeypatch.setattr(amber.plugin_manager, "default_plugin_manager", lambda: pm)
     with pytest.raises(CheckpointError, match="failed in amber_describe_foreign_checkpoint"):
         get_checkpoint_info(tmp_path / "notack")
+
+
+def test_a_failing_in_tree_plugin_is_amber_s_fault_to_report(tmp_path: Path, monkeypatch) -> None:
+    """It had been a bare CheckpointError advising the user to fix or unregister amber's own plugin."""
+    import amber.plugins.rllib_compat as rllib_compat
+
+    @amber.hookimpl
+    def amber_read_foreign_checkpoint(path, policy_ids):
+        raise RuntimeError("a bug of amber's")
+
+    monkeypatch.setattr(rllib_compat, "amber_read_foreign_checkpoint", amber_read_foreign_checkpoint)
+    (tmp_path / "notack").mkdir()
+    with pytest.raises(PluginLoadError, match="plugin 'rllib_compat' failed in amber_read_foreign_checkpoint "
+                                              ".*a bug of amber's, and no other plugin recognises it; this is "
+                                              "a fault of amber's plugin 'rllib_compat', to report") as e:
+        amber.load(tmp_path / "notack", pm=get_plugin_manager(autoload=False))
+    assert e.value.plugin == "rllib_compat" and "unregister" not in str(e.value)
 
 
 def test_failing_foreign_reader_does_not_stop_another_plugin(site, tmp_path: Path) -> None:

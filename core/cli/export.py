@@ -98,8 +98,11 @@ def export_command(state: CliState, checkpoint: Path, directory: Path, policy_id
     pm = state.get_pm()
     _check_outside_checkpoints(directory)
     given = _exporter_options(options, format_)
-    if format_ is not None:
-        get_registry(pm).exporter(format_)  # an unknown name fails before anything is read
+    if format_ is not None:  # an unknown name or option fails before anything is read
+        from amber.export_options import check_declared
+
+        registry = get_registry(pm)
+        check_declared(registry.exporter(format_), given, registry.exporters[format_].plugin)
     targets = _targets(checkpoint, directory, policy_id, allow_pickle, pm)
     with _into_folders(directory, targets, pm):
         for pid, policy, target in targets:

@@ -151,7 +151,8 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
 
     :param graph: the network.
     :param directory: where to write (the engine's staging directory).
-    :param options: :data:`amber.export.NATIVE_OPTION` (True: a tf2 policy's native files).
+    :param options: :data:`amber.export.NATIVE_OPTION` (True: a tf2 policy's native files), which
+        amber gives; it declares no option of the user's.
     :return: the paths written.
     """
     tf, keras = _runtime()

@@ -195,7 +195,7 @@ SPEC = ExporterSpec(
     description="model.onnx (dynamic batch; loads with onnxruntime alone): "
                 "policy.export_model(dir, onnx=OPSET)",
     files=(ExportedFile(FILE, "onnxruntime.InferenceSession(path).run(None, {'obs': obs})", "onnxruntime"),),
-    shorthand="onnx", shorthand_option="opset",
+    shorthand="onnx", shorthand_option="opset", options=("opset",),
 )
 
 

@@ -108,7 +108,7 @@ def export(graph: ModelGraph, directory: Path, options: Mapping[str, Any]) -> li
 
     :param graph: the network.
     :param directory: where to write (the engine's staging directory).
-    :param options: none are read.
+    :param options: none are read (it declares none).
     :return: ``[directory / "model.pt2"]``.
     """
     torch = _torch()
