@@ -234,3 +234,32 @@ def test_amber_convert_says_so_in_one_line(multi_agent_lambda, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("amber: error: ")
     assert "holds Python bytecode" in lines[0] and f"Python {OTHERS[1]}" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+_MEMO_FIRST = {  # states whose strs a code object's globals reuse were pickled before it (read back from the memo)
+    "key first": lambda fn: {"CodeType": 1, "f": fn},
+    "value first": lambda fn: {"note": "CodeType", "mapping": fn},
+    "names first": lambda fn: {"names": ["cloudpickle.cloudpickle", "_builtin_type", "_make_function",
+                                         "_function_setstate", "CodeType"], "f": fn},
+    "code after": lambda fn: {"f": fn, "CodeType": "CodeType"},
+    "bare code": lambda fn: {"CodeType": 1, "code": fn.__code__},
+}
+
+
+@pytest.mark.parametrize("order", sorted(_MEMO_FIRST))
+def test_code_is_found_when_its_names_come_from_the_memo(tmp_path, bare_pm, monkeypatch, order):
+    """{"CodeType": 1, "f": lambda} loaded and ran the foreign bytecode: the scan compared only the
+    strs a stream pushed, not those it read back from the memo."""
+    path = _save(_MEMO_FIRST[order](lambda x: x + 1), tmp_path / "ck", OTHERS[0], bare_pm, monkeypatch)
+    with pytest.raises(IncompatibleCodeError, match="holds Python bytecode"):
+        amber.load(path, allow_pickle=True, pm=bare_pm)
+
+
+def test_a_types_member_pickled_by_cloudpickle_is_not_code(tmp_path, bare_pm, monkeypatch):
+    """cloudpickle names a class of ``types`` (a SimpleNamespace's) by _builtin_type: no bytecode."""
+    import types
+
+    state = {"CodeType": "CodeType", "ns": types.SimpleNamespace(x=1), "cls": types.SimpleNamespace}
+    path = _save(state, tmp_path / "ck", OTHERS[0], bare_pm, monkeypatch)
+    loaded = amber.load(path, allow_pickle=True, pm=bare_pm)
+    assert loaded["ns"].x == 1 and loaded["cls"] is types.SimpleNamespace

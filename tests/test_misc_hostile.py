@@ -280,3 +280,48 @@ def test_a_replaced_policy_under_a_signed_algorithm_is_damage_too(tmp_path, bare
         shutil.copyfile(other / "policies" / "pol" / name, algo / "policies" / "pol" / name)
     with warnings.catch_warnings(), pytest.raises(CorruptCheckpointError, match="does not match the record"):
         read_checkpoint(algo / "policies" / "pol", pm=bare_pm)
+
+
+@pytest.mark.parametrize("elapsed", [-(2**62), -1, 501, 2**62, True, "3"])
+def test_a_step_count_the_time_limit_never_reaches_is_refused(elapsed):
+    """A saved TimeLimit._elapsed_steps of -2**62 was taken (any int64): no episode ended again."""
+    state = copy.deepcopy(capture_env(_played()))
+    state["wrappers"][0]["attrs"]["_elapsed_steps"] = elapsed
+    env = _played(steps=1)
+    with pytest.raises(CheckpointError, match=r"_elapsed_steps"):
+        restore_env(env, state)
+    assert env._elapsed_steps == 1  # nothing applied
+
+
+def test_an_unreset_env_takes_only_a_step_count_too():
+    """A live TimeLimit not yet reset holds None: the saved count is still an int in its range."""
+    state = copy.deepcopy(capture_env(_played()))
+    fresh = gym.make("CartPole-v1")
+    assert restore_env(fresh, state) is True and fresh._elapsed_steps == 3
+    for bad_count in ("3", 3.0, -5):
+        state["wrappers"][0]["attrs"]["_elapsed_steps"] = bad_count
+        with pytest.raises(CheckpointError, match=r"_elapsed_steps"):
+            restore_env(gym.make("CartPole-v1"), state)
+
+
+@pytest.mark.parametrize("edge", [0, 500, None])
+def test_step_counts_at_the_limits_restore(edge):
+    state = copy.deepcopy(capture_env(_played()))
+    state["wrappers"][0]["attrs"]["_elapsed_steps"] = edge
+    env = _played(steps=1)
+    assert restore_env(env, state) is True and env._elapsed_steps == edge
+
+
+def test_a_negative_steps_beyond_terminated_is_refused():
+    state = copy.deepcopy(capture_env(_played()))
+    state["steps_beyond_terminated"] = -(2**40)
+    with pytest.raises(CheckpointError, match=r"steps_beyond_terminated"):
+        restore_env(_played(steps=1), state)
+
+
+def test_a_forged_step_count_is_refused_at_load(pendulum_ck, tmp_path):
+    def edit(state: dict) -> None:
+        state["components"]["env_runner"]["envs"]["0"]["wrappers"][0]["attrs"]["_elapsed_steps"] = -(2**62)
+
+    with pytest.raises(CheckpointError, match=r"_elapsed_steps.*\[0, 200\]"):
+        Algorithm.from_checkpoint(rewritten(pendulum_ck, tmp_path / "forged", edit))

@@ -252,3 +252,46 @@ def test_a_policy_state_copy_is_unchanged_by_the_check(trained):
     kept = copy.deepcopy(state)
     Policy.from_state(state)
     assert_tree_equal(state, kept, tuples_as_lists=False)
+
+
+# -- optimizer states that torch takes, then fails or poisons the weights with ------------------
+
+def _each_state(o: dict[str, Any], key: str, fill: float) -> None:
+    for s in o["state"].values():
+        s[key] = np.full_like(s[key], fill)
+
+
+_HARMFUL_OPTIMIZERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "no lr": lambda o: o["param_groups"][0].pop("lr"),
+    "no betas": lambda o: o["param_groups"][0].pop("betas"),
+    "no eps": lambda o: o["param_groups"][0].pop("eps"),
+    "no weight_decay": lambda o: o["param_groups"][0].pop("weight_decay"),
+    "exp_avg NaN": lambda o: _each_state(o, "exp_avg", np.nan),
+    "exp_avg inf": lambda o: _each_state(o, "exp_avg", -np.inf),
+    "exp_avg_sq negative": lambda o: _each_state(o, "exp_avg_sq", -1.0),
+    "exp_avg_sq NaN": lambda o: _each_state(o, "exp_avg_sq", np.nan),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HARMFUL_OPTIMIZERS))
+def test_an_optimizer_state_missing_settings_or_with_bad_moments_is_refused(trained, tmp_path, case):
+    """A group without lr, betas, eps or weight_decay loaded and train() raised a raw KeyError; NaN
+    moments or a negative exp_avg_sq loaded and one train() made the weights non-finite."""
+    bad = _rewritten(trained, tmp_path / "bad",
+                     lambda s, p: _HARMFUL_OPTIMIZERS[case](p["default_policy"]["optimizer"]))
+    with pytest.raises(InvalidStateError) as e:
+        Algorithm.from_checkpoint(bad)
+    assert str(bad) in str(e.value) and "optimizer 'default'" in str(e.value)
+    assert case.split()[-1 if case.startswith("no") else 0] in str(e.value)
+
+
+def test_another_optimizers_group_needs_only_lr():
+    """A subclass's SGD (no betas, eps) is not held to Adam's settings; its lr is still needed."""
+    from amber.policy.optimizer_trees import check_optimizer_tree
+
+    sgd = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
+    tree = {"state": {}, "param_groups": [dict(g) for g in sgd.state_dict()["param_groups"]]}
+    check_optimizer_tree(tree, "sgd", [[(2, 3), (2,)]])
+    tree["param_groups"][0].pop("lr")
+    with pytest.raises(ValueError, match="lacks lr"):
+        check_optimizer_tree(tree, "sgd", [[(2, 3), (2,)]])

@@ -333,3 +333,62 @@ def test_a_policy_served_from_a_url_names_the_url(tmp_path):
     finally:
         if fs.exists(url[len("memory://") - 1:]):
             fs.rm(url[len("memory://") - 1:], recursive=True)
+
+
+# -- ONNX: the value budget follows the weights, not the file's bytes --------------------------------
+
+
+def amplifier(n: int) -> onnx.ModelProto:
+    """A few thousand weights that compute ``n * n`` values per observation: Gemm, then Reshape to
+    [batch, 1, 1] broadcast by two Adds to [batch, n, n], then ReduceMean and a Gemm down to 2."""
+    floats = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+    inits = [floats("w1", np.ones((4, 1))), ints("to_cell", [-1, 1, 1]), floats("col", np.ones((1, n, 1))),
+             floats("row", np.ones((1, 1, n))), ints("axes", [2]), floats("w2", np.ones((n, 2)) / n)]
+    nodes = [helper.make_node("Gemm", ["obs", "w1"], ["g"]),
+             helper.make_node("Reshape", ["g", "to_cell"], ["cell"]),
+             helper.make_node("Add", ["cell", "col"], ["column"]),
+             helper.make_node("Add", ["column", "row"], ["square"]),
+             helper.make_node("ReduceMean", ["square", "axes"], ["mean"], keepdims=0),
+             helper.make_node("Gemm", ["mean", "w2"], ["action_dist_inputs"])]
+    return graph_model(nodes, inits)
+
+
+def test_a_small_model_computing_a_million_values_per_observation_is_refused(export, tmp_path, no_session):
+    """16 KB of model computed 1M values per observation: the budget was the file's bytes or 2**20,
+    and a batch of 256 took 1.5 GB. It is the model's weights (4 006 here) or a small floor."""
+    bomb = hostile_export(export, tmp_path / "amp", amplifier(1000))
+    assert (bomb / "model.onnx").stat().st_size < 20_000
+    with pytest.raises(UnsafeModelError, match=r"more than \d+ values for one observation.*'square'"):
+        load_policy(bomb)
+
+
+def test_a_padded_file_does_not_raise_the_budget(export, tmp_path, no_session):
+    """A 16 MB doc string raised the budget to 16M values: a file's bytes other than its weights buy nothing."""
+    model = amplifier(300)  # 90 000 values per observation, 1 206 weights
+    model.doc_string = "x" * (16 << 20)
+    with pytest.raises(UnsafeModelError, match="more than .* values for one observation"):
+        load_policy(hostile_export(export, tmp_path / "padded", model))
+
+
+@pytest.mark.parametrize("case", ["ppo", "dqn_dueling", "sac", "image_obs", "wide_discrete_obs", "one_input"])
+def test_genuine_exports_of_any_size_pass_the_weight_budget(tmp_path, case):
+    """Large networks compute far fewer values than their weights; a large observation before a
+    tiny layer, a one-hot Discrete observation, a one-value input before a wide layer still pass."""
+    box = lambda *shape: gym.spaces.Box(-1, 1, shape, np.float32)  # noqa: E731
+    wide = {"fcnet_hiddens": [1024, 1024, 1024]}
+    policy = {
+        "ppo": lambda: TorchPolicy(box(4), gym.spaces.Discrete(2), {"model": wide, "seed": 0}),
+        "dqn_dueling": lambda: DQNTorchPolicy(box(4), gym.spaces.Discrete(3),
+                                              {"model": wide, "hiddens": [1024], "seed": 1}),
+        "sac": lambda: SACTorchPolicy(box(3), box(2), {"model": wide, "seed": 2}),
+        "image_obs": lambda: TorchPolicy(box(84, 84, 4), gym.spaces.Discrete(6),
+                                         {"model": {"fcnet_hiddens": [1], "vf_share_layers": True}, "seed": 0}),
+        "wide_discrete_obs": lambda: DQNTorchPolicy(gym.spaces.Discrete(50_000), gym.spaces.Discrete(3),
+                                                    {"model": {"fcnet_hiddens": [1]}, "hiddens": [1], "seed": 1}),
+        "one_input": lambda: SACTorchPolicy(box(1), box(1), {"model": {"fcnet_hiddens": [8192]}, "seed": 2}),
+    }[case]()
+    policy.export_model(tmp_path / "export", onnx=17)
+    served = load_policy(tmp_path / "export")
+    obs = np.zeros((2, *policy.observation_space.shape), policy.observation_space.dtype)
+    np.testing.assert_allclose(served.compute_actions(obs)[2]["action_dist_inputs"],
+                               policy.compute_actions(obs, explore=False)[2]["action_dist_inputs"], atol=1e-4)

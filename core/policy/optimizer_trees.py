@@ -28,6 +28,12 @@ _FLAGS = ("amsgrad", "maximize", "nesterov", "capturable", "differentiable", "de
 _FLAGS_OR_NONE = ("foreach", "fused")
 #: An Adam's per-parameter buffers: arrays shaped as their parameter, which need a ``step``.
 _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+#: The settings torch's Adam (every policy's default optimizer) reads at each step and does not
+#: default when a state is loaded (it defaults its flags): a group without one fails at train().
+_ADAM_KEYS = ("lr", "betas", "eps", "weight_decay")
+#: Settings only torch's other optimizers have: a group naming one is not an Adam's (it needs ``lr``).
+_NOT_ADAM = frozenset({"momentum", "dampening", "nesterov", "alpha", "centered", "rho", "lr_decay",
+                       "initial_accumulator_value", "lambd", "t0", "etas", "step_sizes"})
 
 Shapes = Sequence[Sequence[tuple[int, ...]]]
 #: A parameter id's shape and param group.
@@ -69,6 +75,10 @@ def _check_groups(groups: Any, where: str, shapes: Shapes | None) -> dict[int, _
         at = f"{where}: param_groups[{g}]"
         if not isinstance(group, Mapping) or not all(isinstance(k, str) for k in group):
             raise ValueError(f"{at} must be a mapping of names, not {_shown(group)}")
+        needed = () if shapes is None else ("lr",) if _NOT_ADAM.intersection(group) else _ADAM_KEYS
+        absent = [k for k in needed if k not in group]
+        if absent:
+            raise ValueError(f"{at} lacks {', '.join(absent)} (its optimizer reads them at each step)")
         for key, value in group.items():
             _check_hyperparameter(key, value, f"{at}[{key!r}]")
         ids = group.get("params")
@@ -140,6 +150,22 @@ def _check_state(state: Any, where: str, params: Mapping[int, _Param], *, strict
             if strict and facts[0] != params[pid][0]:
                 raise ValueError(f"{at}[{k!r}] has shape {list(facts[0])}, its parameter "
                                  f"{list(params[pid][0])}")
+            if k in _MOMENTS:
+                _check_moment(value, k, f"{at}[{k!r}]")
+
+
+def _check_moment(value: Any, key: str, at: str) -> None:
+    """A moment's values: finite, and ``>= 0`` for the squares (``exp_avg_sq``...): the step
+    divides by their square root, and one NaN there makes every weight it touches NaN. Read as
+    its least and greatest values (a pass each, allocating nothing; NaN propagates to both)."""
+    if getattr(value, "size", None) == 0 or getattr(value, "numel", lambda: 1)() == 0:
+        return
+    low, high = (float(value.min()), float(value.max()))
+    floor = 0.0 if key != "exp_avg" else -math.inf
+    if not (floor <= low and high < math.inf and low > -math.inf):
+        what = "finite numbers" if key == "exp_avg" else "finite numbers >= 0"
+        raise ValueError(f"{at} holds values in [{low}, {high}], not {what} (a training step would make "
+                         "the weights non-finite)")
 
 
 def _is_int(value: Any) -> bool:

@@ -16,10 +16,10 @@ a byte:
   initializers, model-local functions, training information;
 - a node of another operator or domain, an attribute amber's exporter does
   not write, a subgraph;
-- a graph whose computed tensors, their shapes inferred here for one
-  observation, hold more than :func:`value_budget` values together, or that
-  would grow faster than the batch: the batch stays every tensor's first
-  dimension, never multiplied with itself.
+- a graph whose tensors, their shapes inferred here for one observation, hold
+  more than :func:`value_budget` values together (about its weights' count),
+  or that would grow faster than the batch: the batch stays every tensor's
+  first dimension, never multiplied with itself.
 
 The shape rules follow the ONNX operators' definitions for the attributes
 allowed; what they do not cover is refused, not guessed.
@@ -36,7 +36,8 @@ from typing import Any
 from amber.errors import CorruptCheckpointError, UnsafeContentError
 from amber.serving.protobuf import I32, LEN, Message, WireError
 
-__all__ = ["ALLOWED_OPS", "MIN_VALUE_BUDGET", "UnsafeModelError", "check_model", "value_budget"]
+__all__ = ["ALLOWED_OPS", "INPUT_COPIES", "MIN_VALUE_BUDGET", "UnsafeModelError", "check_model",
+           "value_budget"]
 
 
 class UnsafeModelError(UnsafeContentError):
@@ -64,8 +65,11 @@ _CAST_TYPES = frozenset({_FLOAT, _INT32, _INT64, _BOOL, _DOUBLE})
 MAX_NODES = 1 << 16
 #: The most dimensions a tensor may have.
 MAX_RANK = 16
-#: The values a graph may compute for one observation however small its file (4 MiB of float32).
-MIN_VALUE_BUDGET = 1 << 20
+#: The values a graph may compute for one observation however few its weights (64 KiB of float32):
+#: only amber's tiniest networks compute more values than their weights (13 for 10).
+MIN_VALUE_BUDGET = 1 << 14
+#: Per value of one observation, the values a graph may compute besides (it and its copies: Flatten, Cast).
+INPUT_COPIES = 4
 #: In an inferred shape, the batch dimension (always the first, or absent).
 BATCH = -1
 
@@ -85,11 +89,12 @@ class _Refused(Exception):
     """Why a model is refused (the message, without the path)."""
 
 
-def value_budget(model_bytes: int) -> int:
-    """The most values a model of ``model_bytes`` bytes may compute for one observation, all its
-    tensors together: its size (each layer's weights hold more values than its output) or
-    :data:`MIN_VALUE_BUDGET`, the larger."""
-    return max(MIN_VALUE_BUDGET, model_bytes)
+def value_budget(weights: int, input_values: int = 0) -> int:
+    """The most values a model may compute for one observation, all its tensors together: its
+    ``weights`` (initializers' values: amber's exporter's layers hold more weights than they compute
+    values) and :data:`INPUT_COPIES` per value of the observation, at least :data:`MIN_VALUE_BUDGET`.
+    A file's other bytes (a doc string) do not raise it."""
+    return max(MIN_VALUE_BUDGET, weights + INPUT_COPIES * input_values)
 
 
 def check_model(data: bytes, path: Path, input_name: str, input_shape: Sequence[int]) -> None:
@@ -105,7 +110,8 @@ def check_model(data: bytes, path: Path, input_name: str, input_shape: Sequence[
         graph = _graph(Message(data))
         consts = _initializers(graph)
         shapes = _fed(graph, consts, input_name, tuple(input_shape))
-        _infer(graph, shapes, consts, value_budget(len(data)))
+        weights = sum(math.prod(shape) for shape, _ in consts.values())
+        _infer(graph, shapes, consts, value_budget(weights, _values(shapes[input_name])))
     except WireError as e:
         raise CorruptCheckpointError(f"{path}: not a well-formed ONNX model: {e}", path=path) from e
     except _Refused as e:

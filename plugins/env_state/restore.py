@@ -4,10 +4,11 @@
 the assignments that apply it; nothing is changed until every part passed.
 Of each wrapper exactly its running state is restored (the attributes
 :func:`~amber.plugins.env_state.kinds.state_attrs` names, each with a value of
-the live one's kind); configuration an earlier amber saved with it
-(``TimeLimit._max_episode_steps``) is checked and never applied, and any other
-name is refused. The env's generator is rebuilt from the table of bit
-generators. Every refusal is a :class:`~amber.errors.CheckpointError` naming the key.
+the live one's kind, a count within what the live wrapper can reach);
+configuration an earlier amber saved with it (``TimeLimit._max_episode_steps``)
+is checked and never applied, and any other name is refused. The env's
+generator is rebuilt from the table of bit generators. Every refusal is a
+:class:`~amber.errors.CheckpointError` naming the key.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ def _plan_classic(env: Any, kind: str, state: Any, key: str) -> list[Assignment]
     plan += _plan_rng(base, state["np_random"], f"{key}.np_random")
     if kind == "CartPole":
         sbt = state["steps_beyond_terminated"]
-        if sbt is not None:
-            sbt = checked_int(sbt, f"{key}.steps_beyond_terminated", *INT64)
+        if sbt is not None:  # counts the steps taken after termination: never negative
+            sbt = checked_int(sbt, f"{key}.steps_beyond_terminated", 0, INT64[1])
         plan.append((base, "steps_beyond_terminated", sbt))
     else:
         plan.append((base, "last_u", _last_u(state["last_u"], f"{key}.last_u")))
@@ -125,7 +126,8 @@ def _plan_wrapper(wrapper: Any, attrs: Any, key: str) -> list[Assignment]:
         if name == "_previous_data" and name in names and name in live:
             plan.append((wrapper, name, _previous_data(wrapper, value, where)))
         elif name in names and name in live and _plain_kind(live[name]):
-            plan.append((wrapper, name, _same_kind(wrapper, name, live[name], value, where)))
+            value = _same_kind(wrapper, name, live[name], value, where)
+            plan.append((wrapper, name, _counted(wrapper, name, value, where)))
         elif name in config and name in live:  # configuration: the live env's, built from the config
             _same_kind(wrapper, name, live[name], value, where)
         else:
@@ -149,6 +151,19 @@ def _same_kind(wrapper: Any, name: str, live: Any, value: Any, where: str) -> An
     if saved == "str" and len(value) > _MAX_TEXT:
         raise bad(where, f"a string of over {_MAX_TEXT} characters")
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _counted(wrapper: Any, name: str, value: Any, where: str) -> Any:
+    """``value`` when it is a count the live wrapper could have reached: ``TimeLimit._elapsed_steps``
+    in ``[0, _max_episode_steps]`` (the live limit; a negative count had lifted it: no episode ended)."""
+    if (type(wrapper).__qualname__, name) != ("TimeLimit", "_elapsed_steps") or value is None:
+        return value
+    limit = getattr(wrapper, "_max_episode_steps", None)
+    known = isinstance(limit, (int, np.integer)) and not isinstance(limit, bool)
+    high = int(limit) if known else INT64[1] - 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise bad(where, f"a step count out of [0, {high}] (the live TimeLimit's max_episode_steps)", value)
+    return value
 
 
 def _previous_data(wrapper: Any, value: Any, where: str) -> Any:

@@ -51,8 +51,8 @@ _QQ = struct.Struct("<QQ")
 #: Opcodes that push a str (the arguments of the globals a stream names).
 _STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
                       "SHORT_BINSTRING"})
-#: Opcodes that push nothing and leave the stack as it was (framing, the memo's writes).
-_PASSING = frozenset({"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
+#: Opcodes that push no value and leave the last ones as they were (framing, marks, the memo's writes).
+_PASSING = frozenset({"PROTO", "FRAME", "MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
 
 
 @functools.cache
@@ -137,41 +137,62 @@ def read(source: StateSource) -> Any:
 
 
 def _code_in(stream: memoryview) -> str | None:
-    """The global a pickle stream rebuilds a code object with (``module.name``), found by reading
-    its opcodes: nothing is unpickled; None when the stream holds no code object.
+    """The global a pickle stream rebuilds a function or code object with (``module.name``), found
+    by reading its opcodes: nothing is unpickled; None when the stream holds no code object.
 
-    cloudpickle writes a function's code as ``_builtin_type("CodeType")`` called with the code's
-    fields. A stream names a global by two strings (each pushed, or fetched from the memo) and
-    ``STACK_GLOBAL``, or by ``GLOBAL``; so the values pushed last, and the memo, are followed.
+    A function pickled by value is rebuilt by one of cloudpickle's function builders
+    (:data:`_CODE_BUILDERS`), whatever its arguments; a bare code object by ``types.CodeType`` or by
+    ``_builtin_type`` called with ``"CodeType"``. A stream names a global by two strings and
+    ``STACK_GLOBAL`` (or by ``GLOBAL``), and any str it pushes may be one read back from the memo
+    (a str written earlier in the state is); so the memo is followed for strs and globals alike.
     """
-    if b"CodeType" not in bytes(stream):  # each way found below names it: most streams end here
+    raw = bytes(stream)
+    if not any(word in raw for word in _CODE_WORDS):  # a Pickler writes each name literally once
         return None
     memo: dict[int, Any] = {}
     last: list[Any] = [None, None]  # the two values pushed last: a str, a global (module, name) or None
     for op, arg, _ in pickletools.genops(io.BytesIO(stream)):
         name = op.name
         if name in _PASSING:
-            if name != "PROTO" and name != "FRAME":
+            if name not in ("PROTO", "FRAME", "MARK"):
                 memo[len(memo) if name == "MEMOIZE" else arg] = last[-1]
             continue
         pushed: Any = None
         if name in _STRINGS:
             pushed = arg
-            caller = last[-1]  # a global called with this str: cloudpickle's _builtin_type("CodeType")?
-            if arg == "CodeType" and isinstance(caller, tuple) and caller[1] == "_builtin_type" \
-                    and "cloudpickle" in caller[0]:
-                return f"{caller[0]}._builtin_type('CodeType')"
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             pushed = memo.get(arg)
         elif name in ("GLOBAL", "STACK_GLOBAL"):
             module, qualname = arg.split(" ", 1) if name == "GLOBAL" else last
             if not isinstance(module, str) or not isinstance(qualname, str):
                 raise ValueError("STACK_GLOBAL without its module and name")  # (never written by a Pickler)
-            if (module, qualname) == ("types", "CodeType"):
-                return "types.CodeType"
             pushed = (module, qualname)
+            if _builds_code(module, qualname):
+                return f"{module}.{qualname}"
+        caller = last[-1]  # _builtin_type("CodeType"): the str (pushed or from the memo) follows the global
+        if _is_builtin_type(caller) and (not isinstance(pushed, str) or pushed == "CodeType"):
+            return f"{caller[0]}._builtin_type({pushed!r})"
         last = [last[-1], pushed]
     return None
+
+
+#: cloudpickle's globals (of any of its versions) that rebuild a function from bytecode.
+_CODE_BUILDERS = frozenset({"_make_function", "_make_skel_func", "_fill_function", "_function_setstate"})
+#: The names one of which any stream holding a code object spells out (the scan's quick exit).
+_CODE_WORDS = tuple(w.encode() for w in (*_CODE_BUILDERS, "CodeType", "_builtin_type"))
+
+
+def _builds_code(module: str, qualname: str) -> bool:
+    """Whether the global ``module.qualname`` rebuilds a function or code object by itself."""
+    if (module, qualname) == ("types", "CodeType"):
+        return True
+    return "cloudpickle" in module and qualname in _CODE_BUILDERS
+
+
+def _is_builtin_type(value: Any) -> bool:
+    """Whether ``value`` (as :func:`_code_in` tracks values) is cloudpickle's ``_builtin_type``,
+    which returns the ``types`` member it is called with (``"CodeType"`` among them)."""
+    return isinstance(value, tuple) and value[1] == "_builtin_type" and "cloudpickle" in value[0]
 
 
 def _foreign_code(source: StateSource, writer: str) -> IncompatibleCodeError:
