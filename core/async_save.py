@@ -48,7 +48,8 @@ from typing import Any, Generic, TypeVar
 
 from amber.snapshots import _BUFFERS, deferring, forget_pending, hold, snapshot, wait_for_snapshot
 
-__all__ = ["SaveHandle", "save_in_background", "snapshot", "wait_for_saves", "wait_for_snapshot"]
+__all__ = ["SaveHandle", "save_in_background", "snapshot", "wait_before_reading", "wait_for_saves",
+           "wait_for_snapshot"]
 
 T = TypeVar("T")
 
@@ -175,6 +176,38 @@ def wait_for_saves() -> None:
         return
     with _WRITER.lock:
         _WRITER.settle()
+
+
+def wait_before_reading(path: str | os.PathLike[str]) -> None:
+    """Before a read of ``path`` in this process: wait for the background save in flight to it, or
+    to a checkpoint holding it (``ALGO/policies/ID`` while ``ALGO`` is written), so the read gets
+    the checkpoint just saved, never the one it replaces (or nothing, at a new path). A save that
+    failed is warned of (its error stays the handle's: raised as :func:`wait_for_saves` says) and
+    the read gets what the path holds. Costs one attribute check when no save is in flight.
+    """
+    handle = _WRITER.last
+    if handle is None or handle.done() or _WRITER.in_writer():
+        return
+    saving, reading = _key(handle.path), _key(path)
+    if reading != saving and not reading.startswith(saving.rstrip("/") + "/"):
+        return
+    handle.wait()
+    error = handle._error
+    if error is not None:
+        from amber.errors import warn
+
+        warn(f"the background save to {handle.path} failed ({type(error).__name__}: {error}); "
+             f"reading what {path} held before it")
+
+
+def _key(path: str | os.PathLike[str]) -> str:
+    """A path as reads and saves compare it: a URL as written (less a trailing ``/``), a local path
+    (or ``file://`` URL) absolute, with its links resolved."""
+    from amber.storage import is_remote, local_path
+
+    if is_remote(path):
+        return os.fspath(path).rstrip("/")
+    return os.path.realpath(local_path(path))
 
 
 def save_in_background(capture: Callable[[], Callable[[], T]], path: str | os.PathLike[str]) -> SaveHandle[T]:

@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +112,14 @@ def _managed(path: Path | str, meta: Mapping[str, Any]) -> ManagedCheckpoint | N
     except ValueError:
         return None
     return ManagedCheckpoint(path, iteration, score if score is None or math.isfinite(score) else None)  # type: ignore[arg-type]
+
+
+def _among(path: Path | str, paths: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether ``path`` is one of ``paths`` (a local path by where it leads, a URL as written)."""
+    def key(p: str | os.PathLike[str]) -> str:
+        return os.fspath(p).rstrip("/") if isinstance(path, str) else os.path.realpath(p)
+
+    return any(key(p) == key(path) for p in paths)
 
 
 class CheckpointManager:
@@ -196,7 +204,7 @@ class CheckpointManager:
         path = self.path_for(int(algo.iteration))
         result: SaveResult = algo.save(path, format=format, _metadata=self.metadata_for(algo, metrics),
                                        storage_options=self.storage_options)
-        self.prune(saved=path)
+        self.prune(saved=path, keep=getattr(algo, "_sources_to_keep", lambda _: [])(path))  # (in part from)
         return result
 
     def checkpoints(self) -> list[ManagedCheckpoint]:
@@ -282,12 +290,15 @@ class CheckpointManager:
         """``path`` as :meth:`checkpoints` names it: a URL as a str, a local path as a Path."""
         return os.fspath(path).rstrip("/") if isinstance(self.root, str) else Path(path)
 
-    def prune(self, saved: Path | str | None = None) -> list[Path]:
+    def prune(self, saved: Path | str | None = None,
+              keep: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
         """Apply retention now: remove leftovers of interrupted deletions, then delete what
         :meth:`to_keep` does not keep. Called by :meth:`save` after each commit; without
         ``num_to_keep`` no checkpoint is read (all are kept; at a URL, nothing is listed).
 
         :param saved: the checkpoint just saved, always kept (see :meth:`to_keep`).
+        :param keep: checkpoints never deleted: the one an algorithm saved here was restored from in
+            part (``from_checkpoint(policy_ids=...)``), while it alone holds the policies left out.
         :return: the checkpoints deleted.
         """
         if self.num_to_keep is None:
@@ -297,6 +308,7 @@ class CheckpointManager:
         self._remove_leftovers()
         found = self.checkpoints()
         kept = {c.path for c in self.to_keep(found, saved=saved)}
+        kept |= {c.path for c in found if _among(c.path, keep)}
         deleted = []
         for c in found:
             if c.path not in kept and self._delete(c.path):

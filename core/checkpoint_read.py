@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amber.async_save import wait_before_reading
 from amber.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -151,6 +152,7 @@ def read_checkpoint(
     An older checkpoint is upgraded through the registered migration steps
     (the files are never rewritten); a directory that is another system's
     checkpoint is read by the plugin that knows it (``amber_read_foreign_checkpoint``).
+    This process's background save to ``path`` (or above it) is waited for first (:mod:`amber.async_save`).
 
     :param path: the checkpoint directory, or an fsspec URL (:mod:`amber.storage`: only
         the files read are downloaded, each verified).
@@ -174,6 +176,7 @@ def read_checkpoint(
     :raises TypeError: ``policy_ids`` is a str (pass a list: ``["p1"]``).
     """
     wanted = _wanted(policy_ids)
+    wait_before_reading(path)  # a save of this process in flight to it: its checkpoint, not the older
     if is_remote(path):
         with reading(path, storage_options, policy_ids=policy_ids) as local:
             ckpt = read_checkpoint(local, policy_ids=policy_ids, allow_pickle=allow_pickle,

@@ -103,8 +103,9 @@ def test_a_restore_that_restarts_episodes_builds_no_env_until_the_algorithm_samp
     algo.stop()
     BUILT.clear()
     CLOSED.clear()
-    # policies chosen (or a mapping given): the running episodes restart, so no env state is restored
-    kw = {"policy_mapping_fn": by_agent} if env is CountingPair else {"policy_ids": ["default_policy"]}
+    # policies chosen (or another mapping given): the running episodes restart, so no env state is restored
+    swapped = lambda a, *x, **k: f"p{1 - int(a)}"  # noqa: E731
+    kw = {"policy_mapping_fn": swapped} if env is CountingPair else {"policy_ids": ["default_policy"]}
     restored = Algorithm.from_checkpoint(path, **kw)
     assert BUILT == []
     pid = "p1" if env is CountingPair else "default_policy"

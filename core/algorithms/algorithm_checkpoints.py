@@ -21,7 +21,6 @@ from amber.algorithms import saved_config
 from amber.algorithms.model_exports import model_exports
 from amber.algorithms.saved_config import GIVEN_AGAIN, check_same_kind, config_from_state
 from amber.errors import CheckpointError, state_errors
-from amber.state import Ref
 from amber.storage import is_remote, local_path
 
 if TYPE_CHECKING:
@@ -83,6 +82,8 @@ class CheckpointMixin:
 
         def set_state(self, state: Mapping[str, Any], *, restore_episodes: bool = True,
                       rollback: bool = True) -> None: ...
+
+        def _sources_to_keep(self, path: str | os.PathLike[str]) -> list[str | os.PathLike[str]]: ...
 
     @property
     def logdir(self) -> str:
@@ -157,17 +158,17 @@ class CheckpointMixin:
             metadata.update(manager.metadata_for(self))
         options = storage_options if storage_options is not None else self.config.storage_options
         result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
-        prune = (lambda: manager.prune(saved=path)) if manager is not None else (lambda: [])  # keeps this one
-        iteration = self.iteration
+        keep = self._sources_to_keep(path)  # (restored in part from one: warned once)
+        prune = (lambda: manager.prune(saved=path, keep=keep)) if manager is not None else (lambda: [])
         if block:
             wait_for_saves()
-            from amber.policy.torch_utils import state_views
+            from amber.policy.policy_helpers import state_views
 
             with state_views():  # written before anything can change them: views, no copies
                 state = self.get_state()
             self._write_checkpoint(path, fmt, state, model_exports(self, frozen=False), metadata, options)
             prune()  # only once the new checkpoint is committed
-            self._checkpoint_done(path, iteration, options)
+            self._checkpoint_done(path, result.metrics["training_iteration"], options)
             return result
 
         def capture() -> Callable[[], SaveResult]:  # in this thread: the snapshot
@@ -176,7 +177,7 @@ class CheckpointMixin:
             def write() -> SaveResult:  # in the background
                 self._write_checkpoint(path, fmt, state, exports, metadata, options)
                 prune()
-                self._checkpoint_done(path, iteration, options)
+                self._checkpoint_done(path, result.metrics["training_iteration"], options)
                 return result
 
             return write
@@ -212,10 +213,10 @@ class CheckpointMixin:
 
     def _snapshot(self, path: Path) -> dict[str, Any]:
         """:meth:`get_state`, independent of the live algorithm: taken as views of the live
-        arrays (:func:`~amber.policy.torch_utils.state_views`), each copied once (a policy that
+        arrays (:func:`~amber.policy.policy_helpers.state_views`), each copied once (a policy that
         ignores ``state_views`` hands out copies, which are copied again). In a background save,
         the views of weights and optimizer moments are copied by its writer (:mod:`amber.snapshots`)."""
-        from amber.policy.torch_utils import state_views
+        from amber.policy.policy_helpers import state_views
         from amber.snapshots import recording_live_views, snapshot
 
         with state_views(), recording_live_views() as live:
@@ -325,8 +326,8 @@ class CheckpointMixin:
                 own, path=target, pm=pm, policy_ids=policy_ids, policy_mapping_fn=policy_mapping_fn,
                 env=env, callbacks=callbacks)
             config.storage_options = dict(storage_options or {}) or config.storage_options
-        return _restored(algo_cls, config, own, states, target, policies_to_train,
-                         restore_episodes=_same_episodes(own, policy_ids, policy_mapping_fn))
+        return _restored(algo_cls, config, own, states, target, policies_to_train, policy_ids=policy_ids,
+                         mapping_fn=policy_mapping_fn, pm=pm, saved_ids=ckpt.manifest.get("policy_ids"))
 
 
 #: pyarrow file system type names → the fsspec protocol of their URLs.
@@ -355,39 +356,42 @@ def checkpoint_location(checkpoint: Any) -> Any:
     return f"{_ARROW_PROTOCOLS.get(kind, kind)}://{path.lstrip('/')}"
 
 
-def _same_episodes(own: Mapping[str, Any], policy_ids: Any, policy_mapping_fn: Any) -> bool:
-    """Whether a restore continues the saved running episodes. With other policies or another
-    mapping, they would map to policies that are gone: they restart instead. A mapping given for
-    one the checkpoint could not store (a placeholder) is the saved one given again."""
-    saved = own["config"].get("policy_mapping_fn")
-    given_again = isinstance(saved, Ref) and saved.is_placeholder
-    return policy_ids is None and (policy_mapping_fn is None or given_again)
-
-
 def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], states: Mapping[str, Any],
               path: str | os.PathLike[str], policies_to_train: Iterable[str] | None, *,
-              restore_episodes: bool) -> Any:
+              policy_ids: Iterable[str] | None, mapping_fn: Any, pm: pluggy.PluginManager | None,
+              saved_ids: Iterable[str] | None) -> Any:
     """A new ``algo_cls`` algorithm with these policies' states and its own state ``own`` (of the
-    checkpoint ``path``), training ``policies_to_train`` when given (the caller's argument: a
-    ValueError, not the checkpoint's); on error, stopped (its environments released)."""
+    checkpoint ``path``, holding ``saved_ids``), training ``policies_to_train`` when given (the
+    caller's argument: a ValueError, not the checkpoint's); on error, stopped (its environments
+    released). The running episodes continue with all the saved policies and the saved mapping
+    (:func:`~amber.algorithms.given_again.same_episodes`); with ``policy_ids``, the others' recent
+    returns are forgotten, and a save without them warns."""
     from amber.algorithms.algorithm_config import adopting_config
+    from amber.algorithms.given_again import same_episodes
+    from amber.algorithms.policy_map import seeded_specs
     from amber.envs.ray_runners import restoring_from, runner_deaths_pass
     from amber.models.build_budget import adopting_state, state_size, weights_will_be_loaded
     from amber.policy.spaces import using_saved_spaces
 
+    same = same_episodes(own, policy_ids, mapping_fn, pm)  # continue the saved running episodes?
     if policies_to_train is not None:
         config.policies_to_train = saved_config.given_policies_to_train(policies_to_train, config.policies)
     # every policy built here gets its saved weights, so its size is bounded by theirs; its
     # spaces are those saved, so the env is not built until sampling needs it
     with runner_deaths_pass(), state_errors(path), restoring_from(path):
-        with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states), \
-                adopting_config(config):  # made for this algorithm alone: not copied
-            algo = algo_cls(config=config)
+        specs, config.policies = config.policies, seeded_specs(config.policies, states)  # their saved seeds
+        try:
+            with weights_will_be_loaded(sum(map(state_size, states.values()))), using_saved_spaces(states), \
+                    adopting_config(config):  # made for this algorithm alone: not copied
+                algo = algo_cls(config=config)
+        finally:
+            config.policies = specs  # (the algorithm's config: as the checkpoint's has them)
         try:
             saved_config.check_policy_networks(algo, own, states, path)  # what other loaders build
             with adopting_state():  # the state read is this restore's: arrays are kept, not copied
-                algo.set_state({"algorithm": own, "policies": states}, restore_episodes=restore_episodes,
-                               rollback=False)
+                algo.set_state({"algorithm": own, "policies": states}, restore_episodes=same, rollback=False)
+            if policy_ids is not None:
+                algo._restored_in_part(path, saved_ids or own["config"].get("policies", []))
         except BaseException:
             with contextlib.suppress(Exception):
                 algo.stop()  # (its environments)

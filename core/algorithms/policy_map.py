@@ -5,12 +5,13 @@ training list, taken back if the restore fails."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID
-from amber.algorithms.training_state import PerPolicyValues
+from amber.algorithms.training_state import PerPolicyValues, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
 from amber.state import Ref
 
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
     from amber.algorithms.algorithm_config import AlgorithmConfig
     from amber.envs.env_runner import EnvRunner
 
-__all__ = ["PolicyMapMixin", "PolicyNotFoundError", "check_policies_to_train", "spaces_by_mapping"]
+__all__ = ["PolicyMapMixin", "PolicyNotFoundError", "check_policies_to_train", "seeded_specs",
+           "spaces_by_mapping"]
 
 
 class PolicyNotFoundError(KeyError):
@@ -119,6 +121,9 @@ class PolicyMapMixin:
     config: AlgorithmConfig
     env_runner: EnvRunner | Any
     pm: pluggy.PluginManager
+    progress: TrainingProgress
+    #: After a restore of some of a checkpoint's policies: that checkpoint and the policies left out.
+    _subset_of: tuple[str | os.PathLike[str], list[str]] | None = None
 
     if TYPE_CHECKING:  # the algorithm's own (amber.algorithms.algorithm.Algorithm)
         def _build_policy(self, policy_id: str, spec: Any, index: int, observation_space: Any = None,
@@ -126,6 +131,9 @@ class PolicyMapMixin:
                           ) -> Policy: ...
 
         def _mapping_fn(self) -> Callable[..., str] | None: ...
+
+        def policy_config(self, policy_id: str, overrides: Mapping[str, Any],
+                          index: int) -> dict[str, Any]: ...
 
         def checkpoint_components(self) -> dict[str, object]: ...
 
@@ -149,7 +157,9 @@ class PolicyMapMixin:
         """Add a policy (built, or given), optionally with a new mapping and training set.
 
         A policy built without spaces gets those of an agent that the mapping (the new one, when
-        given) sends to it. Everything is checked before anything changes.
+        given) sends to it. A ``policy`` given ready-made is recorded (for checkpoints) with
+        ``config`` when given, else with its own settings that differ from those the algorithm
+        gives a policy it builds. Everything is checked before anything changes.
 
         :raises ValueError: the id exists, or ``policies_to_train`` names unknown policies.
         :raises TypeError: ``policy`` is not a :class:`~amber.policy.policy.Policy`.
@@ -169,12 +179,35 @@ class PolicyMapMixin:
             spec = PolicySpec(policy_cls, observation_space, action_space, config)
             policy = self._build_policy(policy_id, spec, len(self.policies), observation_space,
                                         action_space, mapping_fn=policy_mapping_fn)
+        elif config is None:  # its own settings, where they differ from the algorithm's: what loaders build
+            config = self._own_overrides(policy_id, policy)
         if policy_state is not None:
             policy.set_state(policy_state)
         self.policies[policy_id] = policy
         self.config.policies[policy_id] = PolicySpec(type(policy), config=config)
         self._update_mapping(policy_mapping_fn, train)
         return policy
+
+    def _own_overrides(self, policy_id: str, policy: Policy) -> dict[str, Any] | None:
+        """The settings of a ready-made ``policy`` that differ from those the algorithm gives a
+        policy it builds (those of the whole algorithm, which it applies itself, left out), so that
+        its loaders build it with its own config again. Settings this algorithm cannot hold in a
+        policy's overrides are left out, with a warning (a restore builds it with the algorithm's)."""
+        from amber.algorithms.config_checks import ALGORITHM_WIDE_KEYS, check_policy_spec
+        from amber.algorithms.given_again import same_value
+
+        spec_state = getattr(policy, "policy_spec_state", None)  # its config as its state holds it
+        own = spec_state()["config"] if callable(spec_state) else policy.config
+        given = self.policy_config(policy_id, {}, len(self.policies))
+        overrides = {k: own[k] for k in given.keys() & own.keys()
+                     if k not in ALGORITHM_WIDE_KEYS and not same_value(own[k], given[k])}
+        try:
+            check_policy_spec(self.config, policy_id, overrides)
+        except ValueError as e:
+            warnings.warn(f"add_policy({policy_id!r}, policy=...): its config cannot be recorded in this "
+                          f"algorithm's ({e}); a restore builds it with the algorithm's", stacklevel=3)
+            return None
+        return overrides or None
 
     def remove_policy(
         self,
@@ -183,8 +216,8 @@ class PolicyMapMixin:
         policy_mapping_fn: Callable[..., str] | None = None,
         policies_to_train: Iterable[str] | None = None,
     ) -> None:
-        """Remove a policy (and its per-policy values, such as PPO's KL coefficient), optionally
-        with a new mapping and training set.
+        """Remove a policy (and its per-policy values, such as PPO's KL coefficient, and its recent
+        returns), optionally with a new mapping and training set.
 
         :raises PolicyNotFoundError: (a KeyError) no such policy; the message lists the ids present.
         :raises ValueError: ``policies_to_train`` names unknown policies (nothing is removed).
@@ -199,6 +232,7 @@ class PolicyMapMixin:
         self.config.policies.pop(policy_id, None)
         for values in self._per_policy_values():
             values.pop(policy_id, None)
+        self.progress.keep_policies(self.policies)  # its recent returns: a later one of this id starts afresh
         self._update_mapping(policy_mapping_fn, train)
 
     def _update_mapping(self, fn: Callable[..., str] | None, train: list[str] | None) -> None:
@@ -267,15 +301,42 @@ class PolicyMapMixin:
         from amber.policy.spaces import using_saved_spaces
 
         states = {pid: state["policies"][pid] for pid in specs}
+        seeded = seeded_specs(specs, states)  # built with its saved seed, whatever its place now
         with using_saved_spaces(states), weights_will_be_loaded(sum(map(state_size, states.values()))):
             for pid, spec in specs.items():
-                policy = self._build_policy(pid, spec, len(self.policies),
+                policy = self._build_policy(pid, seeded[pid], len(self.policies),
                                             mapping_fn=self.config.policy_mapping_fn)
                 overrides = spec.config if isinstance(spec, PolicySpec) else spec
                 added.append(pid)
-                self.add_policy(pid, policy=policy,
-                                config=overrides if isinstance(overrides, Mapping) else None)
+                self.add_policy(pid, policy=policy,  # (an algorithm's own add_policy: its buffers...)
+                                config=overrides if isinstance(overrides, Mapping) else {})
                 self.config.policies[pid] = spec  # as the checkpoint's config has it
+
+    def _restored_in_part(self, source: str | os.PathLike[str], saved_ids: Iterable[str]) -> None:
+        """After a restore of some of ``source``'s policies: forget the others' recent returns, and
+        remember ``source`` for :meth:`_sources_to_keep`."""
+        self.progress.keep_policies(self.policies)
+        left_out = [pid for pid in saved_ids if pid not in self.policies]
+        self._subset_of = (source, left_out) if left_out else None
+
+    def _sources_to_keep(self, path: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+        """On a save to ``path`` of an algorithm restored in part: the checkpoint it came from, while
+        it holds policies this one lacks (retention never deletes it then); the first such save warns."""
+        if self._subset_of is None:
+            return []
+        source, left_out = self._subset_of
+        missing = [pid for pid in left_out if pid not in self.policies]
+        if not missing:
+            self._subset_of = None
+            return []
+        if not getattr(self, "_warned_subset", False):
+            self._warned_subset = True
+            from amber.errors import warn
+
+            warn(f"this algorithm was restored with only some of the policies of {source}: the "
+                 f"checkpoint saved to {path} lacks {missing}, which {source} still holds (retention "
+                 "never deletes that one while this algorithm saves without them)")
+        return [source]
 
     def _fill_saved_values(self, state: Mapping[str, Any]) -> list[tuple[PerPolicyValues, str]]:
         """A slot in each per-policy value map (PPO's KL coefficients...) for the policies that the
@@ -297,3 +358,23 @@ def _unfill(made: Iterable[tuple[PerPolicyValues, str]]) -> None:
     """Take back the slots :meth:`PolicyMapMixin._fill_saved_values` made."""
     for values, pid in made:
         values.pop(pid, None)
+
+
+def seeded_specs(specs: Mapping[str, Any], states: Mapping[str, Any]) -> dict[str, Any]:
+    """``specs`` with each policy's seed as its saved state's config has it (a policy built at
+    another place than the saved one, after add/remove_policy or in a subset, would get the seed
+    of that place: a remote env runner rebuilt from it would draw otherwise)."""
+    out = dict(specs)
+    for pid, spec in specs.items():
+        state = states.get(pid)
+        saved = state.get("policy_spec") if isinstance(state, Mapping) else None
+        config = saved.get("config") if isinstance(saved, Mapping) else None
+        seed = config.get("seed", False) if isinstance(config, Mapping) else False
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            continue  # none saved (or not an int): the place's seed, as before
+        if isinstance(spec, PolicySpec):
+            out[pid] = PolicySpec(spec.policy_class, spec.observation_space, spec.action_space,
+                                  {**spec.config, "seed": seed})
+        elif spec is None or isinstance(spec, Mapping):
+            out[pid] = {**(spec or {}), "seed": seed}
+    return out

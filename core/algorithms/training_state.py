@@ -69,6 +69,12 @@ class TrainingProgress:
         for pid, rets in metrics.get("agent_episode_returns", {}).items():
             self.recent_policy_returns[pid] = (self.recent_policy_returns.get(pid, []) + list(rets))[-RECENT:]
 
+    def keep_policies(self, policy_ids: Iterable[str]) -> None:
+        """Forget the recent returns of every policy but these (one removed, or not restored): a
+        result reports only the algorithm's policies, and a later policy of that id starts afresh."""
+        keep = set(policy_ids)
+        self.recent_policy_returns = {k: v for k, v in self.recent_policy_returns.items() if k in keep}
+
     def return_mean(self) -> float:
         """The mean return of the recent episodes (NaN: none ended yet): a result's
         ``episode_return_mean``."""
