@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from amber.algorithms.result_log import ResultLogger
 from amber.algorithms.rllib_api import RLlibAlgorithmMixin, rllib_result_keys
 from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
 from amber.errors import missing_module
+from amber.policy.frameworks import ClassOrInstanceMethod
 from amber.policy.policy import Policy, PolicySpec
 from amber.policy.spaces import saved_policy_spaces
 
@@ -117,13 +119,19 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         check_callbacks_class(cls, strict=not is_adopted(self.config))
         return make_multi_callbacks(list(cls))() if isinstance(cls, (list, tuple)) else cls()
 
+    @property
+    def _uses_torch(self) -> bool:
+        """Whether this algorithm's framework is torch (a tf2 one never imports it)."""
+        return self.config.framework_str != "tf2"
+
     def _seed_everything(self, seed: int | None) -> None:
+        self._seed_rngs(seed)  # the numpy and Python generators, made on first use
+        if not self._uses_torch:
+            return  # a tf2 algorithm: torch is neither imported nor seeded (api.md)
         try:  # the first import of torch by a build: where a serving install (no torch) is told so
             import torch
         except ImportError as e:
             raise missing_module(e, f"building the algorithm {type(self).__name__}") from e
-
-        self._seed_rngs(seed)  # the numpy and Python generators, made on first use
         if seed is not None:
             if _has_accelerator():
                 torch.manual_seed(seed)  # every device's generator
@@ -173,17 +181,27 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
             return next(iter(self._agent_spaces.values()))
         return spaces_by_mapping(policy_id, fn, self._agent_spaces)
 
-    def get_default_policy_class(self) -> type[Policy]:
-        """The policy class built for a policy whose spec names none (subclasses override)."""
-        from amber.policy.torch_policy import TorchPolicy
+    #: The ``"module:name"`` of the torch policy class built for a spec that names none; another
+    #: framework's is its pair in :data:`~amber.policy.frameworks.FRAMEWORK_PAIRS` (subclasses set it).
+    default_policy_class_path = "amber.policy.torch_policy:TorchPolicy"
 
-        return TorchPolicy
+    @ClassOrInstanceMethod
+    def get_default_policy_class(self, config: Any = None) -> type[Policy]:
+        """The policy class built for a policy whose spec names none, in ``config``'s framework
+        (default: this algorithm's config): only that framework's module is imported. RLlib's
+        classmethod form works too: ``PPO.get_default_policy_class(config)``."""
+        from amber.policy.frameworks import default_policy_class
+
+        return default_policy_class(self.default_policy_class_path,
+                                    config if config is not None else getattr(self, "config", None))
 
     def _build_policy(self, policy_id: str, spec: Any, index: int, observation_space: Any = None,
                       action_space: Any = None, *, mapping_fn: Callable[..., str] | None = None) -> Policy:
         from amber.policy.frameworks import policy_class_for
 
-        default = policy_class_for(self.get_default_policy_class(), self.config.framework_str)
+        method = self.get_default_policy_class  # an override of amber's old form takes no config
+        default = method(self.config) if signature(method).parameters else method()
+        default = policy_class_for(default, self.config.framework_str)
         cls, overrides = default, {}
         if isinstance(spec, PolicySpec):
             cls = spec.policy_class or default
@@ -293,11 +311,12 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         Each component is captured and restored through the plugins' hooks; an
         algorithm adds its learner's state by extending this mapping. Every
         algorithm has: ``progress`` (iterations, step counters, recent returns),
-        the numpy, Python and torch RNGs, and ``env_runner`` (the environments
+        the numpy and Python RNGs (and torch's, in a torch algorithm), and ``env_runner`` (the environments
         and their running episodes).
         """
+        torch_rng = {"rng.torch": TorchGlobalRNG()} if self._uses_torch else {}
         return {"progress": self.progress, "rng.numpy": self._np_rng, "rng.python": self._py_rng,
-                "rng.torch": TorchGlobalRNG(), "env_runner": self.env_runner}
+                **torch_rng, "env_runner": self.env_runner}
 
     def get_state(self) -> dict[str, Any]:
         """The whole state: ``{"algorithm": ..., "policies": {id: policy state}}``."""

@@ -12,14 +12,16 @@ says so. Importing this module imports neither torch nor tensorflow.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from amber.errors import warn
 from amber.state import Ref
 
-__all__ = ["FRAMEWORK_PAIRS", "convert_algorithm_state", "convert_policy_state", "framework_of",
-           "policy_class_for", "with_framework"]
+__all__ = ["FRAMEWORK_PAIRS", "ClassOrInstanceMethod", "convert_algorithm_state", "convert_policy_state",
+           "default_policy_class", "framework_of", "framework_of_config", "import_class", "policy_class_for",
+           "policy_class_path_for", "with_framework"]
 
 #: (torch policy class, tf2 policy class) of each algorithm, as import paths.
 FRAMEWORK_PAIRS: tuple[tuple[str, str], ...] = (
@@ -41,24 +43,48 @@ def _path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _check_framework(framework: str) -> None:
+    if framework not in _INDEX:
+        raise ValueError(f"unknown framework {framework!r}; choices: {', '.join(_INDEX)}")
+
+
+def policy_class_path_for(path: str, framework: str) -> str | None:
+    """The ``"module:name"`` path of the policy class in ``framework`` of the algorithm whose
+    policy class is at ``path`` (``path`` itself when it is of that framework), without importing
+    either; None when :data:`FRAMEWORK_PAIRS` does not list ``path``.
+
+    :raises ValueError: an unknown framework.
+    """
+    _check_framework(framework)
+    for pair in FRAMEWORK_PAIRS:
+        if path in pair:
+            return pair[_INDEX[framework]]
+    return None
+
+
+def import_class(path: str) -> type:
+    """The class at ``"module:name"`` (its module imported now)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
 def policy_class_for(cls: type, framework: str) -> type:
     """The policy class of ``cls``'s algorithm in ``framework`` (``cls`` itself when it is of it).
 
+    Only ``framework``'s module is imported (a tf2 class never imports torch's).
+
     :raises ValueError: an unknown framework, or ``cls`` has no counterpart in it.
     """
-    if framework not in _INDEX:
-        raise ValueError(f"unknown framework {framework!r}; choices: {', '.join(_INDEX)}")
+    _check_framework(framework)
     if framework_of(cls) == framework:
         return cls
-    for pair in FRAMEWORK_PAIRS:
-        if _path(cls) in pair:
-            module, _, name = pair[_INDEX[framework]].partition(":")
-            try:
-                return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-            except ModuleNotFoundError as e:
-                if e.name != module:
-                    raise
-                break
+    target = policy_class_path_for(_path(cls), framework)
+    if target is not None:
+        try:
+            return import_class(target)
+        except ModuleNotFoundError as e:
+            if e.name != target.partition(":")[0]:
+                raise
     raise ValueError(f"{cls.__name__} has no {framework} counterpart: this algorithm does not run "
                      f"on {framework} yet")
 
@@ -122,3 +148,37 @@ def with_framework(own: Mapping[str, Any], policies: Mapping[str, Mapping[str, A
     if framework is None:
         return dict(own), dict(policies)
     return convert_algorithm_state(own, policies, framework)
+
+
+def framework_of_config(config: Any) -> str:
+    """A config's framework: an algorithm config's ``framework_str``, an RLlib config dict's
+    ``"framework"``; ``"torch"`` when it names none (or for None)."""
+    if isinstance(config, Mapping):
+        return str(config.get("framework") or config.get("framework_str") or "torch")
+    return str(getattr(config, "framework_str", None) or "torch")
+
+
+def default_policy_class(path: str, config: Any) -> type:
+    """The policy class at ``path`` (a torch class's ``"module:name"``), or its counterpart in
+    ``config``'s framework (:func:`framework_of_config`): only that class's module is imported.
+
+    :raises ValueError: an unknown framework, or the class has no counterpart in it.
+    """
+    framework = framework_of_config(config)
+    target = policy_class_path_for(path, framework)
+    if target is None:  # not a built-in policy class: its own framework's, or mapped
+        return policy_class_for(import_class(path), framework)
+    return import_class(target)
+
+
+class ClassOrInstanceMethod:
+    """A method bound to the instance it is read from, or to the class when read from one: RLlib's
+    ``Algorithm.get_default_policy_class(config)`` is a classmethod, amber's reads its own config."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.__func__ = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    def __get__(self, obj: object, owner: type | None = None) -> Callable[..., Any]:
+        return types.MethodType(self.__func__, owner if obj is None else obj)

@@ -110,7 +110,7 @@ class PPOTFPolicy(TFPolicyBase):
         """
         from amber.export import Dense, ModelGraph, Output
         from amber.export import Preprocess as GraphPreprocess
-        from amber.policy.torch_utils import action_info
+        from amber.policy.policy_helpers import action_info
 
         weights = self.get_weights()
         towers = {}

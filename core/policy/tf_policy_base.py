@@ -40,6 +40,7 @@ from amber.policy.policy import (
     optimizer_entries,
     saved_optimizers,
 )
+from amber.policy.policy_helpers import policy_seeds
 from amber.policy.spaces import space_to_state
 
 __all__ = ["TFPolicyBase", "generator_from_bytes", "generator_to_bytes"]
@@ -64,9 +65,6 @@ class TFPolicyBase(Policy):
     SEED_SALT: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, observation_space: Any, action_space: Any, config: Mapping[str, Any]) -> None:
-
-        from amber.policy.torch_utils import policy_seeds
-
         self.tf, self.keras = tf_runtime()
         self.observation_space = observation_space
         self.action_space = action_space
@@ -275,7 +273,7 @@ class TFPolicyBase(Policy):
 
     def policy_spec_state(self) -> dict[str, Any]:
         """What :meth:`build_from_spec` needs: class, spaces and portable config."""
-        from amber.policy.torch_utils import portable_config
+        from amber.policy.policy_helpers import portable_config
 
         return {"policy_class": type(self), "observation_space": space_to_state(self.observation_space),
                 "action_space": space_to_state(self.action_space), "config": portable_config(self.config)}
@@ -323,6 +321,6 @@ class TFPolicyBase(Policy):
     @classmethod
     def build_from_spec(cls: type[P], spec: Mapping[str, Any]) -> P:
         """A policy to :meth:`set_state` into, from a ``policy_spec`` state (weights not initialised)."""
-        from amber.policy.torch_utils import build_from_spec
+        from amber.policy.policy_helpers import build_from_spec
 
         return build_from_spec(cls, spec)

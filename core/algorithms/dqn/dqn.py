@@ -30,7 +30,6 @@ from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
 from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters, check_replay_capacity
 from amber.algorithms.training_state import PerPolicyCounts
-from amber.policy.policy import Policy
 
 __all__ = ["DQN", "DQNConfig"]
 
@@ -83,7 +82,7 @@ class DQNConfig(AlgorithmConfig):
 
         :raises ValueError: naming the setting that is out of range.
         """
-        from amber.algorithms.dqn.dqn_torch_policy import validate_epsilon_schedule
+        from amber.algorithms.dqn.dqn_common import validate_epsilon_schedule
 
         super().validate()
         rb = dict(self.replay_buffer_config or {})
@@ -124,17 +123,13 @@ class DQN(OffPolicyAlgorithm):
     """DQN on one process: vectorised sampling into per-policy replay buffers, TD updates from them."""
 
     _default_config_class = DQNConfig
+    #: :class:`~amber.algorithms.dqn.dqn_torch_policy.DQNTorchPolicy` (tf2: ``DQNTFPolicy``).
+    default_policy_class_path = "amber.algorithms.dqn.dqn_torch_policy:DQNTorchPolicy"
 
     def setup(self) -> None:
         """Replay buffers (see :class:`OffPolicyAlgorithm`) and each policy's last target sync."""
         super().setup()
         self.last_target_update = PerPolicyCounts({pid: 0 for pid in self.policies})
-
-    def get_default_policy_class(self) -> type[Policy]:
-        """:class:`~amber.algorithms.dqn.dqn_torch_policy.DQNTorchPolicy`."""
-        from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy
-
-        return DQNTorchPolicy
 
     def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
         """The common policy config plus DQN's dueling, hiddens, double_q, n_step, epsilon (overrides win)."""
@@ -148,21 +143,20 @@ class DQN(OffPolicyAlgorithm):
 
     def transitions(self, policy_id: str, fragment: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The fragment's n-step replay rows (the policy's ``n_step`` and ``gamma``)."""
-        from amber.algorithms.dqn.dqn_learner import nstep_transitions
+        from amber.algorithms.dqn.dqn_common import nstep_transitions
 
         cfg = self.policies[policy_id].config
         return nstep_transitions(fragment, int(cfg.get("n_step", 1)), float(cfg.get("gamma", 0.99)))
 
     def update_policy(self, policy_id: str, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """One TD update, then a target sync if ``target_network_update_freq`` env steps have passed."""
-        from amber.algorithms.dqn.dqn_learner import dqn_update
-
         policy = self.policies[policy_id]
         cfg = policy.config
         grad_clip = cfg.get("grad_clip")
-        update = dqn_update
-        if getattr(policy, "framework", "torch") == "tf2":
+        if getattr(policy, "framework", "torch") == "tf2":  # only this framework's learner is imported
             from amber.algorithms.dqn.dqn_tf_learner import dqn_tf_update as update
+        else:
+            from amber.algorithms.dqn.dqn_learner import dqn_update as update
         stats = update(policy, batch, double_q=bool(cfg.get("double_q", True)),
                        grad_clip=None if grad_clip is None else float(grad_clip))
         now = int(self.counters["num_env_steps_sampled_lifetime"])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from amber.algorithms.dqn.dqn_common import REPLAY_COLUMNS, nstep_transitions
 from amber.policy import sample_batch as sb
 from amber.policy.torch_utils import intra_op_threads
 
@@ -23,52 +24,6 @@ if TYPE_CHECKING:
     from amber.algorithms.dqn.dqn_torch_policy import DQNTorchPolicy
 
 __all__ = ["REPLAY_COLUMNS", "dqn_update", "nstep_transitions"]
-
-#: The columns DQN keeps in its replay buffers.
-REPLAY_COLUMNS = sb.NSTEP_COLUMNS
-
-
-def nstep_transitions(fragment: Mapping[str, np.ndarray], n_step: int, gamma: float) -> dict[str, np.ndarray]:
-    """One trajectory fragment's replay rows with n-step returns.
-
-    Row ``t`` sums ``k = min(n_step, steps to the fragment's end or to the
-    first terminated/truncated step)`` rewards, ``R = sum_i gamma**i * r[t+i]``,
-    takes ``new_obs`` and ``terminateds`` of step ``t+k-1`` and the discount
-    ``gamma**k`` to bootstrap with. ``n_step=1`` gives the plain transitions
-    with discount ``gamma``.
-
-    :return: the columns of :data:`REPLAY_COLUMNS` (rewards and discounts float32).
-    """
-    n_step = int(n_step)
-    if n_step < 1:
-        raise ValueError(f"n_step must be at least 1, got {n_step}")
-    rewards = np.asarray(fragment[sb.REWARDS], dtype=np.float64)
-    ends = np.asarray(fragment[sb.TERMINATEDS], dtype=bool) | np.asarray(fragment[sb.TRUNCATEDS], dtype=bool)
-    length = len(rewards)
-    rows = np.arange(length)
-    ret = np.zeros(length, dtype=np.float64)
-    disc = np.ones(length, dtype=np.float64)
-    last = rows.copy()
-    alive = np.ones(length, dtype=bool)
-    for k in range(n_step):
-        idx = rows + k
-        valid = alive & (idx < length)
-        if not valid.any():
-            break
-        ret[valid] += disc[valid] * rewards[idx[valid]]
-        disc[valid] *= gamma
-        last[valid] = idx[valid]
-        alive = valid & ~ends[np.minimum(idx, length - 1)]
-    new_obs = np.asarray(fragment[sb.NEW_OBS])
-    return {
-        sb.OBS: np.asarray(fragment[sb.OBS]),
-        sb.ACTIONS: np.asarray(fragment[sb.ACTIONS]),
-        sb.REWARDS: ret.astype(np.float32),
-        sb.NEW_OBS: new_obs if n_step == 1 else new_obs[last],
-        sb.TERMINATEDS: np.asarray(fragment[sb.TERMINATEDS], dtype=bool)[last],
-        sb.DISCOUNTS: disc.astype(np.float32),
-    }
-
 
 def dqn_update(policy: DQNTorchPolicy, batch: Mapping[str, np.ndarray], *, double_q: bool,
                grad_clip: float | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from amber.algorithms.dqn.dqn_torch_policy import (
+from amber.algorithms.dqn.dqn_common import (
     dqn_epsilon_schedule,
     epsilon_at,
     epsilon_greedy,
@@ -214,7 +214,7 @@ class DQNTFPolicy(TFPolicyBase):
         """The Q network as an :class:`amber.export.ModelGraph` (as the torch policy's; framework ``tf2``)."""
         from amber.export import Dense, ModelGraph, Output
         from amber.export import Preprocess as GraphPreprocess
-        from amber.policy.torch_utils import action_info
+        from amber.policy.policy_helpers import action_info
 
         w, m = self.get_weights(), self.model
 

@@ -17,6 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from amber.algorithms.dqn.dqn_common import (
+    dqn_epsilon_schedule,
+    epsilon_at,
+    epsilon_greedy,
+    q_actions_result,
+    validate_epsilon_schedule,
+)
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
 from amber.models.torch_mlp import (
     DEFAULT_MODEL_CONFIG,
@@ -25,7 +32,6 @@ from amber.models.torch_mlp import (
     get_activation,
     train_forward,
 )
-from amber.policy import sample_batch as sb
 from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.torch_policy_base import TorchPolicyBase
 from amber.policy.torch_utils import action_info, checked_weights, copy_weights, threads_for_batch, weights_of
@@ -33,73 +39,6 @@ from amber.snapshots import wait_for_snapshot
 
 __all__ = ["DQNTorchModel", "DQNTorchPolicy", "dqn_epsilon_schedule", "epsilon_at",
            "validate_epsilon_schedule"]
-
-#: RLlib's default epsilon schedule: from 1.0 to 0.05 over the first 10,000 sampled timesteps.
-DEFAULT_EPSILON: list[tuple[int, float]] = [(0, 1.0), (10_000, 0.05)]
-
-
-def dqn_epsilon_schedule(action_space: Any, config: Mapping[str, Any]) -> list[tuple[float, float]]:
-    """A DQN policy's epsilon schedule (``config["epsilon"]``, checked), for any framework.
-
-    :raises ValueError: an action space that is not Discrete, or a malformed schedule.
-    """
-    import gymnasium as gym
-
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ValueError(f"DQN needs a Discrete action space, not {action_space} "
-                         "(for continuous actions use SAC or PPO)")
-    return validate_epsilon_schedule(dict(config).get("epsilon", DEFAULT_EPSILON))
-
-
-def validate_epsilon_schedule(schedule: Any) -> list[tuple[float, float]]:
-    """``[(timestep, epsilon), ...]`` checked: at least one point, timesteps increasing, epsilons in [0, 1].
-
-    :raises ValueError: naming what is wrong.
-    """
-    try:
-        points = [(float(t), float(e)) for t, e in schedule]
-    except (TypeError, ValueError):
-        raise ValueError(f"epsilon must be a list of (timestep, epsilon) pairs, got {schedule!r}") from None
-    if not points:
-        raise ValueError("epsilon needs at least one (timestep, epsilon) pair")
-    ts = [t for t, _ in points]
-    if any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
-        raise ValueError(f"epsilon's timesteps must increase, got {ts}")
-    if any(not 0.0 <= e <= 1.0 for _, e in points):
-        raise ValueError(f"epsilon values must lie in [0, 1], got {[e for _, e in points]}")
-    return points
-
-
-def epsilon_greedy(policy: Any, greedy: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Epsilon-greedy actions from the greedy ones and two uniform draws per observation (one
-    deciding whether to act at random with the policy's current epsilon, one picking the random
-    action); advances the policy's ``global_timestep`` (the epsilon schedule's clock)."""
-    n = int(policy.action_space.n)
-    random_actions = np.minimum((uniforms[:, 1] * n).astype(np.int64), n - 1)
-    actions = np.where(uniforms[:, 0] < policy.cur_epsilon, random_actions, greedy)
-    policy.global_timestep += len(actions)
-    return actions
-
-
-def q_actions_result(policy: Any, actions: np.ndarray,
-                     q: np.ndarray) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
-    """``compute_actions``' result: the actions in the action space's numbering (its ``start``
-    added), no RNN state, and the Q-values as ``q_values`` and ``action_dist_inputs``."""
-    if policy._action_offset:
-        actions = actions + policy._action_offset
-    return actions, [], {"q_values": q, sb.ACTION_DIST_INPUTS: q}
-
-
-def epsilon_at(schedule: Sequence[tuple[float, float]], timestep: int) -> float:
-    """Epsilon at ``timestep``, linear between points (the first value before them, the last after)."""
-    t0, e0 = schedule[0]
-    if timestep <= t0:
-        return float(e0)
-    for t1, e1 in schedule[1:]:
-        if timestep < t1:
-            return float(e0 + (e1 - e0) * (timestep - t0) / (t1 - t0))
-        t0, e0 = t1, e1
-    return float(e0)
 
 
 def _trunk(in_dim: int, hiddens: Sequence[int], activation: str | None,

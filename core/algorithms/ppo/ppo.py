@@ -108,7 +108,7 @@ class PPO(Algorithm):
 
     def training_step(self) -> dict[str, Any]:
         """Sample ``train_batch_size`` env steps and update each trained policy."""
-        from amber.algorithms.ppo.ppo_learner import postprocess_fragments, ppo_update
+        from amber.algorithms.ppo.ppo_common import postprocess_fragments
 
         cfg = self.config
         # exactly train_batch_size: env copies and runners share out the remainder, and an episode
@@ -122,9 +122,10 @@ class PPO(Algorithm):
                 continue
             policy, own = self.policies[pid], self._settings(pid)
             batch = postprocess_fragments(policy, frags, own["gamma"], own["lambda_"])
-            update = ppo_update
-            if getattr(policy, "framework", "torch") == "tf2":
+            if getattr(policy, "framework", "torch") == "tf2":  # only this framework's learner is imported
                 from amber.algorithms.ppo.ppo_tf_learner import ppo_tf_update as update
+            else:
+                from amber.algorithms.ppo.ppo_learner import ppo_update as update
             kl_coeff = self.kl_coeffs.setdefault(pid, float(own["kl_coeff"]))
             stats = update(
                 policy, batch, num_epochs=own["num_epochs"], minibatch_size=own["minibatch_size"],

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.algorithms.ppo.ppo_learner import explained_variance, update_kl_coeff
+from amber.algorithms.ppo.ppo_common import explained_variance, update_kl_coeff
 from amber.policy import sample_batch as sb
 
 if TYPE_CHECKING:

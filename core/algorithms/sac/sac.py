@@ -29,7 +29,7 @@ import numpy as np
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
 from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters, check_replay_capacity
-from amber.algorithms.sac.sac_torch_policy import SAC_MODEL_DEFAULTS, SACTorchPolicy
+from amber.algorithms.sac.sac_common import SAC_MODEL_DEFAULTS
 
 __all__ = ["SAC", "SACConfig"]
 
@@ -108,10 +108,8 @@ class SAC(OffPolicyAlgorithm):
     """SAC on one process: sampling into one replay buffer per policy, one update per env step."""
 
     _default_config_class = SACConfig
-
-    def get_default_policy_class(self) -> type[SACTorchPolicy]:
-        """:class:`~amber.algorithms.sac.sac_torch_policy.SACTorchPolicy`."""
-        return SACTorchPolicy
+    #: :class:`~amber.algorithms.sac.sac_torch_policy.SACTorchPolicy` (tf2: ``SACTFPolicy``).
+    default_policy_class_path = "amber.algorithms.sac.sac_torch_policy:SACTorchPolicy"
 
     def policy_config(self, policy_id: str, overrides: Mapping[str, Any], index: int) -> dict[str, Any]:
         """The common policy config plus SAC's settings (a policy's overrides win)."""
@@ -122,11 +120,11 @@ class SAC(OffPolicyAlgorithm):
 
     def update_policy(self, policy_id: str, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """One SAC update (critics, actor, temperature, targets) of a policy from a replayed batch."""
-        from amber.algorithms.sac.sac_learner import sac_update
-
         policy = self.policies[policy_id]
-        if getattr(policy, "framework", "torch") == "tf2":
+        if getattr(policy, "framework", "torch") == "tf2":  # only this framework's learner is imported
             from amber.algorithms.sac.sac_tf_learner import sac_tf_update
 
             return sac_tf_update(policy, batch)  # type: ignore[arg-type]
+        from amber.algorithms.sac.sac_learner import sac_update
+
         return sac_update(policy, batch)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, squashed_logp
+from amber.algorithms.sac.sac_common import LOG_STD_MAX, LOG_STD_MIN, STAT_NAMES
+from amber.algorithms.sac.sac_torch_policy import squashed_logp
 from amber.models.torch_mlp import linear_layers, train_forward
 from amber.policy import sample_batch as sb
 from amber.policy.torch_utils import intra_op_threads
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
     from amber.algorithms.sac.sac_torch_policy import SACTorchPolicy
 
 __all__ = ["STAT_NAMES", "polyak_update", "sac_update"]
-
-#: The learner stats :func:`sac_update` returns (besides ``num_grad_updates``).
-STAT_NAMES = ("critic_loss", "actor_loss", "alpha_loss", "alpha_value", "log_alpha_value",
-              "mean_q", "max_q", "min_q", "entropy")
-
 
 _Layers = list[tuple[torch.Tensor, torch.Tensor, "str | None"]]
 

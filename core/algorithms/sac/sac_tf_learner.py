@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amber.algorithms.sac.sac_learner import STAT_NAMES
-from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN
+from amber.algorithms.sac.sac_common import LOG_STD_MAX, LOG_STD_MIN, STAT_NAMES
 from amber.policy import sample_batch as sb
 
 if TYPE_CHECKING:

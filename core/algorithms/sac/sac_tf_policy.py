@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from amber.algorithms.sac.sac_torch_policy import LOG_STD_MAX, LOG_STD_MIN, SAC_MODEL_DEFAULTS
+from amber.algorithms.sac.sac_common import LOG_STD_MAX, LOG_STD_MIN, SAC_MODEL_DEFAULTS
+from amber.algorithms.sac.sac_common import box_dim as _box_dim
 from amber.models.keras_mlp import KerasTower, build_tower, obs_input_dim
 from amber.models.numpy_distributions import NumpySquashedGaussian
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
@@ -24,12 +25,6 @@ from amber.policy.policy import BATCH_EXTRAS, check_extra_kwargs
 from amber.policy.tf_policy_base import TFPolicyBase
 
 __all__ = ["SACKerasModel", "SACTFPolicy"]
-
-
-def _box_dim(action_space: Any) -> int:
-    from amber.algorithms.sac.sac_torch_policy import _box_dim as check
-
-    return check(action_space)
 
 
 class SACKerasModel:
@@ -180,7 +175,7 @@ class SACTFPolicy(TFPolicyBase):
         """The actor as an :class:`amber.export.ModelGraph` (as the torch policy's; framework ``tf2``)."""
         from amber.export import Dense, ModelGraph, Output
         from amber.export import Preprocess as GraphPreprocess
-        from amber.policy.torch_utils import action_info
+        from amber.policy.policy_helpers import action_info
 
         w, m = self.get_weights(), self.model
         tower: KerasTower = m.pi

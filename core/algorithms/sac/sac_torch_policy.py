@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from amber.algorithms.sac.sac_common import LOG_STD_MAX, LOG_STD_MIN, SAC_MODEL_DEFAULTS
+from amber.algorithms.sac.sac_common import box_dim as _box_dim
 from amber.models.numpy_mlp import NumpyMLP, Preprocess
 from amber.models.torch_mlp import ObsPreprocessor, build_mlp
 from amber.policy import sample_batch as sb
@@ -34,10 +36,6 @@ from amber.policy.torch_utils import action_info, threads_for_batch
 __all__ = ["LOG_STD_MAX", "LOG_STD_MIN", "SAC_MODEL_DEFAULTS", "SACTorchModel", "SACTorchPolicy",
            "squashed_logp"]
 
-#: The log_std of the actor's Gaussian is clipped to these bounds (RLlib's SquashedGaussian).
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-#: RLlib's SAC model: [256, 256] relu, for the actor and the critics.
-SAC_MODEL_DEFAULTS: dict[str, Any] = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
 
@@ -51,20 +49,6 @@ def squashed_logp(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) ->
     gauss = -0.5 * z.square() - log_std - _HALF_LOG_2PI
     log_det = 2.0 * (_LOG_2 - u - nn.functional.softplus(-2.0 * u))
     return (gauss - log_det).sum(-1)
-
-
-def _box_dim(action_space: Any) -> int:
-    import gymnasium as gym
-
-    if not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(
-            f"SAC needs a Box (continuous) action space, got {action_space!r}; "
-            "for Discrete actions use DQN or PPO")
-    low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
-    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
-        raise ValueError(f"SAC squashes actions into the Box's bounds, which must be finite with "
-                         f"high > low; got low={low.tolist()}, high={high.tolist()}")
-    return int(np.prod(action_space.shape, dtype=np.int64))
 
 
 class SACTorchModel(nn.Module):
