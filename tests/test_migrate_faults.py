@@ -3,9 +3,6 @@ its version), and runs each migration step once, as loading does."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import pluggy
 import pytest
 from click.testing import CliRunner
@@ -18,16 +15,7 @@ from amber.errors import UnsupportedVersionError
 from amber.migration import CheckpointTrees, Migration
 from amber.plugin_manager import get_plugin_manager
 from amber.utils.checkpoints import get_checkpoint_info
-
-
-def tree_digest(root: Path) -> str:
-    """A digest of every file's path and bytes under root (to prove nothing changed)."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
+from tests.treeutil import tree_digest
 
 
 def _upgraded(trees: CheckpointTrees) -> CheckpointTrees:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from amber.policy.policy import Policy
 from amber.trust import trust_checkpoint
 from amber.utils.checkpoints import get_checkpoint_info, migrate, verify
 from tests.fixtures.fixture_fns import policy_for_agent
+from tests.treeutil import tree_digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
 VERSIONS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
@@ -29,16 +29,6 @@ CASES = [(v, name, kind) for v in VERSIONS
 
 def expected(version: str, name: str) -> dict:
     return json.loads((FIXTURES / version / "expected.json").read_text())["fixtures"][name]
-
-
-def tree_digest(root: Path) -> str:
-    """A digest of every file's path and bytes under root (to prove nothing changed)."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(autouse=True)

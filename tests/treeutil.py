@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -97,3 +98,13 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert a[pid].keys() == b[pid].keys()
         for name in a[pid]:
             assert np.array_equal(a[pid][name], b[pid][name]), f"{pid}.{name}"
+
+
+def tree_digest(root: Path) -> str:
+    """A digest of every file's path and bytes under root (to prove nothing changed)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
