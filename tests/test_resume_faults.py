@@ -111,6 +111,40 @@ def test_a_read_right_after_a_background_save_gets_that_save(tmp_path, gate, how
     assert handle.result().checkpoint.path == str(path)
 
 
+@pytest.mark.parametrize("how", ["get_checkpoint_info", "verify", "load_policy"])
+def test_inspecting_or_serving_right_after_a_background_save_gets_that_save(tmp_path, gate, how):
+    """get_checkpoint_info and verify read manifests without read_checkpoint: they too wait for this
+    process's save in flight to the path (they had described or verified the checkpoint it replaces);
+    amber.serve.load_policy, which reads through read_checkpoint, serves the new one."""
+    from amber.serve import load_policy
+    from amber.utils.checkpoints import get_checkpoint_info, verify
+
+    algo = multi().build()
+    path = tmp_path / "latest"
+    algo.save(path, format="msgpack")  # iteration 0 at path
+    algo.train()
+    handle = algo.save(path, format="msgpack", block=False)  # iteration 1, held at the gate
+    obs = np.zeros(4, np.float32)
+    reads = {"get_checkpoint_info": lambda: get_checkpoint_info(path)["created"],
+             "verify": lambda: verify(path).ok,
+             "load_policy": lambda: load_policy(path, "p0").compute_single_action(obs)[2]["action_dist_inputs"]}
+    thread, out = read_in_thread(reads[how])
+    thread.join(0.5)
+    assert thread.is_alive() and not out, f"the read did not wait for the save: {out}"
+    gate.set()
+    thread.join(60)
+    handle.result()
+    want = {"get_checkpoint_info": lambda: get_checkpoint_info(path)["created"], "verify": lambda: True,
+            "load_policy": lambda: algo.get_policy("p0").compute_single_action(obs, explore=False)[2][
+                "action_dist_inputs"]}[how]()
+    assert "result" in out, out
+    if how == "load_policy":
+        np.testing.assert_allclose(out["result"], want, atol=1e-5)
+    else:
+        assert out["result"] == want
+    algo.stop()
+
+
 def test_a_read_of_a_new_path_waits_and_one_of_another_path_does_not(tmp_path, gate):
     amber.save({"x": np.ones(3)}, tmp_path / "other")
     handle = amber.save({"x": np.arange(3)}, tmp_path / "new", block=False)

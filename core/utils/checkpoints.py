@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amber.async_save import wait_before_reading
 from amber.checkpoint import read_checkpoint
 from amber.checkpoint_read import amber_only, describe_foreign
 from amber.errors import ChangedWhileReadError, CheckpointError, CorruptCheckpointError, NotACheckpointError
@@ -68,6 +69,7 @@ def get_checkpoint_info(path: str | os.PathLike[str], *,
     :raises NotACheckpointError: no checkpoint there (nor another system's that a plugin knows).
     :raises CorruptCheckpointError: a manifest is malformed.
     """
+    wait_before_reading(path)  # a background save of this process to it: describe what it writes
     if is_remote(path):
         with reading(path, storage_options, manifests_only=True) as local:
             return relocated(get_checkpoint_info(local), local, os.fspath(path).rstrip("/"))
@@ -151,6 +153,7 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
     :raises NotACheckpointError: no checkpoint there.
     :raises UnsupportedVersionError: a checkpoint of a newer amber.
     """
+    wait_before_reading(path)  # a background save of this process to it: verify what it writes
     if is_remote(path):
         with reading(path, storage_options, whole=True) as local:
             found = verify(local)
