@@ -40,8 +40,8 @@ from amber.storage import is_remote, local_path, reading
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["Checkpoint", "amber_only", "describe_foreign", "migrate_in_memory", "pickle_allowed_default",
-           "read_checkpoint"]
+__all__ = ["Checkpoint", "adopt_trees", "amber_only", "describe_foreign", "migrate_in_memory",
+           "pickle_allowed_default", "read_checkpoint"]
 
 
 @dataclass
@@ -342,9 +342,14 @@ def migrate_in_memory(ckpt: Checkpoint, to: str, registry: FormatRegistry) -> li
     if set(out.policies) != set(ckpt.policies):
         raise MigrationError(f"migration {chain[-1].name} changed the set of policies of {ckpt.path}",
                              path=ckpt.path)
-    ckpt.state = out.state
-    ckpt.checkpoint_version = to
-    for pid, policy in ckpt.policies.items():
-        policy.state = out.policies[pid]
-        policy.checkpoint_version = to
+    adopt_trees(ckpt, out, to)
     return [step.name for step in chain]
+
+
+def adopt_trees(ckpt: Checkpoint, trees: CheckpointTrees, version: str) -> None:
+    """Put migrated ``trees`` (the same policies) into ``ckpt``, now at ``version``."""
+    ckpt.state = trees.state
+    ckpt.checkpoint_version = version
+    for pid, policy in ckpt.policies.items():
+        policy.state = trees.policies[pid]
+        policy.checkpoint_version = version

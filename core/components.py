@@ -136,9 +136,10 @@ def _call(hook: Any, doing: str, **kwargs: Any) -> Any:
 def _returning_plugin(pm: pluggy.PluginManager, hook_name: str, owner: object) -> str | None:
     """The plugin whose ``hook_name(owner=owner)`` returns something other than a map or None
     (each called alone, through pluggy; only once a call of them all returned one)."""
+    from amber.plugin_manager import one_plugin_caller
+
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        caller = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in pm.get_plugins()
-                                                                   if p is not impl.plugin])
+        caller = one_plugin_caller(pm, hook_name, impl.plugin)
         with contextlib.suppress(Exception):
             if any(not isinstance(r, Mapping) for r in caller(owner=owner)):
                 return impl.plugin_name

@@ -10,13 +10,15 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import pluggy
 
 from amber import hookspecs
 from amber.errors import PluginLoadError, warn
 
-__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "default_plugin_manager", "get_plugin_manager"]
+__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "default_plugin_manager", "get_plugin_manager",
+           "one_plugin_caller"]
 
 ENTRY_POINT_GROUP = "amber"
 
@@ -177,3 +179,9 @@ def get_plugin_manager(
 def default_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, created on first use (not at import)."""
     return get_plugin_manager(trace=_env_flag("AMBER_TRACE_HOOKS"))
+
+
+def one_plugin_caller(pm: pluggy.PluginManager, hook_name: str, plugin: object) -> Any:
+    """A caller of ``hook_name`` that asks ``plugin`` alone, through pluggy (so its checks apply):
+    how amber tells which plugin failed or returned what."""
+    return pm.subset_hook_caller(hook_name, remove_plugins=[p for p in pm.get_plugins() if p is not plugin])

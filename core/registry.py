@@ -26,7 +26,7 @@ from amber.errors import (
     warn,
 )
 from amber.migration import Migration
-from amber.plugin_manager import DEFAULT_PLUGINS, WAY_OUT
+from amber.plugin_manager import DEFAULT_PLUGINS, WAY_OUT, one_plugin_caller
 from amber.specs import (
     DISTRIBUTION,
     Capabilities,
@@ -189,10 +189,7 @@ def _results(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[Any, st
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
         plugin_name, dist = names.get(id(impl.plugin), (impl.plugin_name, None))
-        # Call through pluggy for this one plugin, so wrappers and checks apply.
-        caller = pm.subset_hook_caller(
-            hook_name, remove_plugins=[p for p in pm.get_plugins() if p is not impl.plugin]
-        )
+        caller = one_plugin_caller(pm, hook_name, impl.plugin)
         try:
             found = caller()
         except Exception as e:

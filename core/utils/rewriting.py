@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from amber.algorithms.saved_config import GIVEN_AGAIN
 from amber.atomic import is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
+from amber.checkpoint_read import adopt_trees
 from amber.errors import CheckpointError, NotACheckpointError
 from amber.layout import MANIFEST
 from amber.registry import get_registry
@@ -123,15 +124,6 @@ def _planned_steps(ckpt: Checkpoint, to: str,
     return steps, trees
 
 
-def _take(ckpt: Checkpoint, trees: CheckpointTrees, version: str) -> None:
-    """Put the migrated ``trees`` into ``ckpt``, now at ``version`` (as loading migrates it)."""
-    ckpt.state = trees.state
-    ckpt.checkpoint_version = version
-    for pid, policy in ckpt.policies.items():
-        policy.state = trees.policies[pid]
-        policy.checkpoint_version = version
-
-
 def migrate(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | None = None,
@@ -184,7 +176,7 @@ def migrate(
         _check_apart(src, dst)
         if dry_run:
             return result
-        _take(ckpt, trees, target)
+        adopt_trees(ckpt, trees, target)
         registry = get_registry(pm)
         fmt = ckpt.format if ckpt.format in registry.formats else registry.default_portable()
         _rewrite(ckpt, out, format=fmt, pm=pm, version=target, storage_options=storage_options)
