@@ -6,7 +6,8 @@ protocol. :func:`staging` makes a staging directory
 name plus ``.marker``; the marker is removed only after the staging directory
 is gone. So a crash at any instant leaves every stray staging directory next
 to its marker, and later stagings in the same directory remove one only when
-its marker is there and the process named in it no longer runs. Nothing else
+its marker is there and its writer is proven gone (:mod:`amber.stale`: the
+marker records the host, boot and PID namespace of the writer). Nothing else
 is ever deleted.
 
 Then one of two commits makes the result visible, after fsyncing every file
@@ -49,6 +50,8 @@ from typing import Any
 
 from amber.durable import describe, fsync_dir, fsync_tree
 from amber.errors import CheckpointError, CheckpointWriteError
+from amber.stale import MARKER_SUFFIX, marker_text, pid_alive, remove_stale
+from amber.stale import STAGING_RE as _STAGING_RE
 
 __all__ = [
     "MARKER_SUFFIX",
@@ -56,14 +59,14 @@ __all__ = [
     "commit",
     "commit_entries",
     "fsync_on_close",
+    "guarded",
     "is_temporary",
     "pid_alive",
     "remove_entry",
+    "remove_stale",
     "staging",
 ]
 
-MARKER_SUFFIX = ".marker"
-_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.amber-tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<marker>\.marker)?$")
 _ASIDE_RE = re.compile(r"^\..+\.amber-(?:old|del)-\d+-[0-9a-f]{8}$")  # set aside; being deleted
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -79,19 +82,6 @@ def fsync_on_close() -> bool:
     return _STAGING_DEPTH.get() == 0
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` may still be running (this one, or one we may not signal)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _marker(tmp: Path) -> Path:
     return tmp.with_name(tmp.name + MARKER_SUFFIX)
 
@@ -100,27 +90,6 @@ def is_temporary(name: str) -> bool:
     """Whether a directory entry is a save's staging directory, its marker, a set-aside old
     checkpoint, or one being deleted (:mod:`amber.checkpoint_manager`): never a checkpoint of its own."""
     return bool(_STAGING_RE.match(name) or _ASIDE_RE.match(name))
-
-
-def remove_stale(parent: Path) -> list[Path]:
-    """Remove staging directories (and markers) in ``parent`` left by crashed saves; return them."""
-    removed = []
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _STAGING_RE.match(entry.name)
-        if not m or not m["marker"] or entry.is_dir(follow_symlinks=False) or pid_alive(int(m["pid"])):
-            continue
-        marker = Path(entry.path)
-        tmp = marker.with_name(marker.name[: -len(MARKER_SUFFIX)])
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-        if not tmp.exists():
-            marker.unlink(missing_ok=True)
-    return removed
 
 
 @contextlib.contextmanager
@@ -158,7 +127,7 @@ def staging(
         remove_stale(parent)
         tmp = parent / f".{target.name}.amber-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         with open(_marker(tmp), "xb") as f:
-            f.write(b"amber: a save is staging the directory of the same name\n")
+            f.write(marker_text())
         tmp.mkdir()
     except OSError as e:
         raise error(f"cannot create {what} in {parent}: {describe(e)}", path=target) from e
@@ -244,18 +213,49 @@ def check_replaceable(target: Path) -> None:
         )
 
 
-def commit(tmp: Path, target: Path) -> None:
+#: Checks a commit to a path runs right before it renames (:func:`guarded`): (real path, check).
+_GUARDS: contextvars.ContextVar[tuple[tuple[str, Callable[[], None]], ...]] = contextvars.ContextVar(
+    "amber_commit_guards", default=())
+
+
+@contextlib.contextmanager
+def guarded(target: Path, check: Callable[[], None]) -> Iterator[None]:
+    """Within the block, a :func:`commit` to ``target`` calls ``check`` after its fsyncs, right
+    before it renames; ``check`` raises to refuse the commit (a rewrite in place refuses to undo
+    a save another process committed there meanwhile)."""
+    token = _GUARDS.set((*_GUARDS.get(), (os.path.realpath(target), check)))
+    try:
+        yield
+    finally:
+        _GUARDS.reset(token)
+
+
+def _check_guards(target: Path, expect: Callable[[], None] | None) -> None:
+    if expect is not None:
+        expect()
+    guards = _GUARDS.get()
+    if guards:
+        here = os.path.realpath(target)
+        for path, check in guards:
+            if path == here:
+                check()
+
+
+def commit(tmp: Path, target: Path, *, expect: Callable[[], None] | None = None) -> None:
     """Move the finished staging directory ``tmp`` to ``target`` atomically.
 
     An existing empty directory or amber checkpoint at ``target`` is replaced
     as a whole; anything else there is left alone and the save fails
     (:func:`check_replaceable`).
 
+    :param expect: called after the fsyncs, right before the rename (as the checks of
+        :func:`guarded` are): it raises to refuse the commit, nothing moved.
     :raises CheckpointWriteError: ``target`` holds something that is not ours.
     """
     fsync_tree(tmp, files=True)  # everything durable before the rename makes it visible
     _renameat2()  # looked up once, before anything is moved
     for _ in range(3):
+        _check_guards(target, expect)
         if not os.path.lexists(target):
             try:
                 os.rename(tmp, target)

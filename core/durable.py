@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import errno
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["describe", "fsync_dir", "fsync_tree"]
+__all__ = ["describe", "fsync_dir", "fsync_tree", "submit_or_run"]
+
+T = TypeVar("T")
 
 
 _WHY = {
@@ -55,7 +59,8 @@ def fsync_tree(root: Path, *, files: bool = False) -> None:
     """fsync every directory under ``root``, and with ``files`` every file too.
 
     Several at once, from a few threads: each must be durable before the
-    tree is renamed into place, and their order does not matter.
+    tree is renamed into place, and their order does not matter. During
+    interpreter shutdown, which starts no new work in threads, one by one here.
     """
     jobs: list[str] = []
     for d, _, names in os.walk(root):
@@ -67,5 +72,28 @@ def fsync_tree(root: Path, *, files: bool = False) -> None:
             _fsync_path(job)
         return
     with ThreadPoolExecutor(min(_FSYNC_THREADS, len(jobs)), thread_name_prefix="amber-fsync") as pool:
-        for _ in pool.map(_fsync_path, jobs):  # re-raises the first failure
-            pass
+        try:
+            results = pool.map(_fsync_path, jobs)
+        except RuntimeError:  # no new threads once the interpreter shuts down: fsync them here
+            results = None
+        if results is not None:
+            for _ in results:  # re-raises the first failure
+                pass
+            return
+    for job in jobs:
+        _fsync_path(job)
+
+
+def submit_or_run(pool: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``pool.submit(fn, *args)``, or, where the pool takes no more work (the interpreter is shutting
+    down: a save from an atexit handler, or from a thread it waits for), ``fn(*args)`` run here
+    and its outcome returned as a finished future."""
+    try:
+        return pool.submit(fn, *args)
+    except RuntimeError:
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+            done.set_exception(e)
+        return done

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from amber.durable import submit_or_run
 from amber.errors import StateChangedError, UnserializableStateError
 
 __all__ = ["DeferredCopy", "deferring", "live_view", "recording_live_views", "snapshot",
@@ -268,7 +269,7 @@ def _copy_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         loads[side] += pair[1].nbytes
     if _COPIER is None:
         _COPIER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amber-snapshot")
-    other = _COPIER.submit(lambda: [np.copyto(out, a) for out, a in theirs])
+    other = submit_or_run(_COPIER, lambda: [np.copyto(out, a) for out, a in theirs])  # (here at exit)
     try:
         for out, a in mine:
             np.copyto(out, a)

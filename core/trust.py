@@ -27,7 +27,15 @@ from amber.atomic import commit, staging
 from amber.digest import CHUNK_BYTES, CRYPTOGRAPHIC, format_digest, hash_file, is_cryptographic, new_hasher
 from amber.durable import describe
 from amber.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError, NotACheckpointError
-from amber.layout import MANIFEST, FileEntry, Manifest, read_manifest, unlisted_entries, write_manifest
+from amber.layout import (
+    MANIFEST,
+    FileEntry,
+    Manifest,
+    manifest_changed,
+    read_manifest,
+    unlisted_entries,
+    write_manifest,
+)
 from amber.registry import get_registry
 from amber.signing import (
     SIGNATURE,
@@ -198,10 +206,14 @@ def trust_checkpoint(
             except CorruptCheckpointError as e:  # name the user's files, not their staged links
                 shown = e.message.replace(str(tmp), str(root))
                 raise CorruptCheckpointError(f"{shown}; nothing was changed", path=root) from e
-            if read_manifest(root).raw != top.raw:  # a save replaced it meanwhile: keep that one
-                raise CheckpointWriteError(f"{root} changed while it was being signed; nothing was "
-                                           "changed (run amber trust again)", path=root)
-            commit(tmp, root)
+
+            def unchanged() -> None:  # after commit's fsyncs, right before its rename
+                if manifest_changed(root, top):  # a save replaced it meanwhile: keep that one
+                    raise CheckpointWriteError(f"{root} changed meanwhile (another save committed there "
+                                               "while it was being signed); nothing was changed, the newer "
+                                               "checkpoint is kept (run amber trust again)", path=root)
+
+            commit(tmp, root, expect=unchanged)
     except CheckpointError:
         raise
     except OSError as e:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amber.digest import CHUNK_BYTES, Hasher, hash_file, new_hasher, parse_digest
-from amber.errors import ChangedWhileReadError, CheckpointError, CorruptCheckpointError
+from amber.errors import ChangedWhileReadError, CorruptCheckpointError
 
 if TYPE_CHECKING:
     from amber.layout import Manifest
@@ -227,20 +226,9 @@ def _pin_of(root: Path) -> tuple[Path, int, tuple[str, ...]] | None:
 
 
 def _replaced(root: Path, rel: str, entry: FileEntry, listed_in: str) -> bool:
-    """Whether ``root/rel`` failed because the checkpoint was replaced while read: the pinned directory
-    was (:func:`_moved`), or, unpinned, ``root``'s ``listed_in`` lists ``rel`` otherwise now (or is gone)."""
-    if (pin := _pin_of(root)) is not None:
-        return _moved(pin[0], pin[1])
-    if listed_in != MANIFEST:
-        return False
-    try:
-        fd = open_nofollow(root, MANIFEST)
-        now = json.loads(bytes(read_fd(fd, min(os.fstat(fd).st_size, 1 << 24), root, aligned=False)))
-    except (CheckpointError, OSError, ValueError):
-        return True  # its manifest is gone or unreadable now: not the one that was read
-    files = now.get("files") if isinstance(now, dict) else None
-    got = files.get(rel) if isinstance(files, dict) else None  # (None: a deeper level lists it)
-    return isinstance(got, dict) and [got.get("size"), got.get("digest")] != [entry.size, entry.digest]
+    from amber.read_changed import replaced  # (it reads manifests with this module's functions)
+
+    return replaced(root, rel, entry, listed_in)
 
 
 def _moved(path: Path, fd: int) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 from amber.atomic import fsync_on_close
 from amber.digest import format_digest, new_hasher
+from amber.durable import submit_or_run
 from amber.verified_io import MANIFEST, FileEntry
 
 __all__ = ["HashingFile", "Sink"]
@@ -62,7 +63,7 @@ class HashingFile(io.RawIOBase):
         else:  # hash each piece on the hashing thread while this one writes it (both free the GIL)
             for start in range(0, mv.nbytes, _OVERLAP_BYTES):
                 piece = mv[start:start + _OVERLAP_BYTES]
-                hashed = _hashing_thread().submit(self._h.update, piece)
+                hashed = submit_or_run(_hashing_thread(), self._h.update, piece)  # (at exit: here)
                 try:
                     self._write_all(piece)
                 finally:

@@ -16,13 +16,14 @@ from amber.async_save import wait_before_reading
 from amber.checkpoint import read_checkpoint
 from amber.checkpoint_read import amber_only, describe_foreign
 from amber.errors import ChangedWhileReadError, CheckpointError, CorruptCheckpointError, NotACheckpointError
-from amber.layout import MANIFEST, check_file, holds_nothing, read_manifest, unread_foreign
+from amber.layout import MANIFEST, check_file, holds_nothing, manifest_changed, read_manifest, unread_foreign
 from amber.registry import get_registry
 from amber.storage import is_remote, local_path, reading, relocated
 from amber.utils.rewriting import (
     MigrationResult,
     _rewrite,
     find_checkpoints,
+    manifest_in_place,
     migrate,
     migrate_all,
     migrate_checkpoint,
@@ -152,6 +153,8 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
     :return: a :class:`VerifyReport`; ``report.ok`` is True when all is well.
     :raises NotACheckpointError: no checkpoint there.
     :raises UnsupportedVersionError: a checkpoint of a newer amber.
+    :raises ChangedWhileReadError: another save replaced it while it was verified, and what looked
+        wrong may come from that: verify it again.
     """
     wait_before_reading(path)  # a background save of this process to it: verify what it writes
     if is_remote(path):
@@ -162,8 +165,9 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
                                 relocated(found.problems, local, url))
     root = local_path(path)
     report = VerifyReport(root)
+    top = None
     try:
-        read_manifest(root)  # not a checkpoint at all: raise, as documented
+        top = read_manifest(root)  # not a checkpoint at all: raise, as documented
     except CorruptCheckpointError:
         pass  # reported below, as a problem
     except NotACheckpointError:
@@ -171,6 +175,18 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
                                         "nothing to verify it against")) is None:
             raise
         raise foreign from None
+    listed, broken = _check_levels(root, report)
+    report.problems += _unlisted(root, listed, broken)
+    if report.problems and top is not None and manifest_changed(root, top):
+        raise ChangedWhileReadError(  # what looked wrong may be the two checkpoints' mix
+            f"{root} changed while it was verified (another save replaced it meanwhile; nothing is "
+            "known to be damaged): verify it again", path=root)
+    return report
+
+
+def _check_levels(root: Path, report: VerifyReport) -> tuple[set[Path], list[Path]]:
+    """Check every manifest and listed file below ``root`` into ``report``; return the paths
+    listed and the directories whose manifest is broken."""
     pending: list[tuple[Path, Any]] = [(root, None)]
     listed: set[Path] = set()
     broken: list[Path] = []
@@ -195,8 +211,7 @@ def verify(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] |
             report.checked.append(directory / rel)
             if problem:
                 report.problems.append(problem)
-    report.problems += _unlisted(root, listed, broken)
-    return report
+    return listed, broken
 
 
 def _unlisted(root: Path, listed: set[Path], broken: list[Path]) -> list[str]:
@@ -243,10 +258,11 @@ def convert_checkpoint(
     get_registry(pm).get(format)  # an unknown name fails before anything is read
     report = progress or (lambda phase: None)
     report("reading")
+    before = manifest_in_place(src, dst)  # in place: replaced only if no save commits meanwhile
     with reading(src, storage_options) as local:  # a URL's copy lasts until its model files are copied
         ckpt = read_checkpoint(local, allow_pickle=allow_pickle, pm=pm)
         report("writing")
-        _rewrite(ckpt, dst, format=format, pm=pm, storage_options=storage_options)
+        _rewrite(ckpt, dst, format=format, pm=pm, storage_options=storage_options, before=before)
     report("done")
     return os.fspath(dst)
 

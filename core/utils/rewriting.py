@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amber.algorithms.saved_config import GIVEN_AGAIN
-from amber.atomic import is_temporary
+from amber.atomic import guarded, is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
 from amber.checkpoint_read import adopt_trees
-from amber.errors import CheckpointError, NotACheckpointError
-from amber.layout import MANIFEST
+from amber.errors import CheckpointError, CheckpointWriteError, NotACheckpointError
+from amber.layout import MANIFEST, Manifest, manifest_changed, read_manifest
 from amber.registry import get_registry
 from amber.storage import find_committed, is_remote, local_path, reading, relocated
 
@@ -52,10 +52,40 @@ def _carried_files(ckpt: Checkpoint) -> Callable[[Path], None] | None:
     return copy
 
 
+def manifest_in_place(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None) -> Manifest | None:
+    """Before ``src`` is read for a rewrite to ``dst``: when that replaces it in place (``dst`` None
+    or ``src``, local), the manifest now there, which :func:`_rewrite` checks is still there right
+    before its commit (None otherwise, or when there is none to read)."""
+    if is_remote(src) or (dst is not None and (is_remote(dst)
+                                                or os.path.realpath(dst) != os.path.realpath(src))):
+        return None
+    try:
+        return read_manifest(local_path(src))
+    except CheckpointError:  # read_checkpoint says why; nothing amber's is replaced in place
+        return None
+
+
+def _still(path: Path, before: Manifest) -> Callable[[], None]:
+    """A check (:func:`amber.atomic.guarded`) that ``path`` still holds the checkpoint ``before``."""
+    def check() -> None:
+        if manifest_changed(path, before):
+            raise CheckpointWriteError(
+                f"{path} changed meanwhile: another save committed there while it was rewritten; "
+                "nothing was changed, the newer checkpoint is kept (run again)", path=path)
+    return check
+
+
 def _rewrite(
     ckpt: Checkpoint, dst: str | os.PathLike[str], *, format: str, pm: pluggy.PluginManager | None,
     version: str | None = None, storage_options: Mapping[str, Any] | None = None,
+    before: Manifest | None = None,
 ) -> None:
+    """Write ``ckpt`` at ``dst``; ``before`` (:func:`manifest_in_place`): it replaces the checkpoint
+    read, and only if ``dst`` still holds that one right before the commit."""
+    if before is not None and not is_remote(dst):
+        with guarded(local_path(dst), _still(local_path(dst), before)):
+            _rewrite(ckpt, dst, format=format, pm=pm, version=version, storage_options=storage_options)
+        return
     if not is_remote(dst):  # an amber source: the write's own refusal (a target inside a checkpoint) first
         from amber.checkpoint_write import _check_not_inside_a_checkpoint
 
@@ -165,6 +195,7 @@ def migrate(
 
     target = to or CHECKPOINT_VERSION
     out = _as_location(dst if dst is not None else src)
+    before = manifest_in_place(src, dst)
     with reading(src, storage_options) as local:  # a URL's copy lasts until its model files are copied
         ckpt = read_checkpoint(local, allow_pickle=allow_pickle, migrate=False, pm=pm)
         steps, trees = _planned_steps(ckpt, target, pm)  # each step runs once: its trees are written
@@ -179,7 +210,7 @@ def migrate(
         adopt_trees(ckpt, trees, target)
         registry = get_registry(pm)
         fmt = ckpt.format if ckpt.format in registry.formats else registry.default_portable()
-        _rewrite(ckpt, out, format=fmt, pm=pm, version=target, storage_options=storage_options)
+        _rewrite(ckpt, out, format=fmt, pm=pm, version=target, storage_options=storage_options, before=before)
     result.written = True
     return result
 

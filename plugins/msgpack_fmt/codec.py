@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
-from amber.errors import CorruptCheckpointError, UnserializableStateError
+from amber.errors import ChangedWhileReadError, CorruptCheckpointError, UnserializableStateError
 from amber.registry import StateSource
 from amber.state import ARRAY_KINDS, MAX_DEPTH, Ref, is_reference_type
 
@@ -355,6 +355,7 @@ def decode_document(buf: memoryview, source: StateSource) -> Any:
     :param buf: the verified bytes of the main file.
     :param source: where the sidecar is read from.
     :raises CorruptCheckpointError: anything malformed, naming the file.
+    :raises ChangedWhileReadError: another save replaced the checkpoint while it was read.
     """
     decoder = _Decoder(source)
     n = len(buf)
@@ -366,7 +367,7 @@ def decode_document(buf: memoryview, source: StateSource) -> Any:
         )
         if type(state) is _Timestamp:
             raise ValueError("unexpected msgpack timestamp")
-    except CorruptCheckpointError:
+    except (CorruptCheckpointError, ChangedWhileReadError):  # (the latter: a save replaced the sidecar)
         raise
     except msgpack.exceptions.StackError:
         raise CorruptCheckpointError(
