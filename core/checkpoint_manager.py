@@ -11,11 +11,12 @@ iterations under ``root``), and deletes the others. Without ``num_to_keep``
 no checkpoint is read or deleted after a save.
 
 Only a managed amber checkpoint directly under ``root`` is ever deleted: a
-directory whose ``checkpoint.json`` reads as an amber manifest carrying the
-marker, holding nothing that manifest (or its policies' manifests) does
-not list; one holding more is left alone. A deletion first renames
-the directory to ``.<name>.amber-del-<pid>-<8 hex digits>``, a temporary name
-that readers ignore (:func:`amber.atomic.is_temporary`), then removes it; what a
+``checkpoint_<iteration:06d>`` directory (a copy under another name never is one) whose
+``checkpoint.json`` reads as an amber manifest carrying the marker and that iteration,
+holding nothing that manifest (or its policies' manifests) does not list; one holding
+more is left alone. A deletion first renames the directory to
+``.<name>.amber-del-<pid>-<8 hex digits>``, a temporary name that readers ignore
+(:func:`amber.atomic.is_temporary`), then removes it; what a
 crash leaves of one is removed by the next save under that root. In remote storage, a
 deletion puts the upload marker up, then removes the manifest, then the rest
 (:func:`amber.storage_upload.remove`); what a crash leaves of it is removed by the next save
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from amber.algorithms.algorithm_checkpoints import SaveResult
 
 __all__ = ["ITERATION_KEY", "MANAGED_KEY", "SCORE_KEY", "CheckpointManager", "ManagedCheckpoint",
+           "carried_metadata",
            "check_retention"]
 
 MANAGED_KEY = "amber.managed"
@@ -51,6 +53,8 @@ ITERATION_KEY = "amber.iteration"
 SCORE_KEY = "amber.score"
 _ORDERS = ("max", "min")
 _DELETING_RE = re.compile(r"^\.checkpoint_.+\.amber-del-(?P<pid>\d+)-[0-9a-f]{8}$")
+#: The name :meth:`CheckpointManager.path_for` gives a checkpoint: ``checkpoint_<iteration:06d>``.
+_OWN_NAME_RE = re.compile(r"^checkpoint_(?P<iteration>\d{6,})$")
 
 
 def check_retention(num_to_keep: Any, score_order: Any) -> None:
@@ -102,14 +106,34 @@ def _has_metric(metrics: Mapping[str, Any], attribute: str) -> bool:
     return True
 
 
+def _own_name(name: str) -> bool:
+    """Whether ``name`` is one a manager gives a checkpoint (``checkpoint_000012``): a copy beside
+    it (``checkpoint_000012-copy``) is not the manager's, whatever its metadata says."""
+    return _OWN_NAME_RE.match(name) is not None
+
+
+def carried_metadata(metadata: Mapping[str, str], src: Path | str, dst: Path | str) -> dict[str, str]:
+    """The manifest metadata a rewritten copy of a checkpoint keeps: a copy at another path is no
+    run's managed checkpoint (:data:`MANAGED_KEY` dropped: a run's retention would delete it); in
+    place it stays one."""
+    if os.fspath(src).rstrip("/") == os.fspath(dst).rstrip("/"):
+        return dict(metadata)
+    return {k: v for k, v in metadata.items() if k != MANAGED_KEY}
+
+
 def _managed(path: Path | str, meta: Mapping[str, Any]) -> ManagedCheckpoint | None:
-    """The managed checkpoint a manifest's metadata describes, or None if it is not one."""
+    """The managed checkpoint a manifest's metadata describes, or None if it is not one: the
+    marker, and the iteration its name (``checkpoint_<iteration:06d>``) gives (a copy renamed to
+    another iteration's name is not the manager's)."""
     if meta.get(MANAGED_KEY) != "1":
         return None
     try:
         iteration = int(meta.get(ITERATION_KEY, ""))
         score = float(meta[SCORE_KEY]) if SCORE_KEY in meta else None
     except ValueError:
+        return None
+    named = _OWN_NAME_RE.match(os.fspath(path).rstrip("/").rsplit("/", 1)[-1])
+    if named is None or int(named["iteration"]) != iteration:
         return None
     return ManagedCheckpoint(path, iteration, score if score is None or math.isfinite(score) else None)  # type: ignore[arg-type]
 
@@ -210,8 +234,10 @@ class CheckpointManager:
     def checkpoints(self) -> list[ManagedCheckpoint]:
         """The managed checkpoints under :attr:`root`, oldest first.
 
-        Anything else is skipped: temporary directories, links, files, directories
-        that are not amber checkpoints, and amber checkpoints without the marker.
+        Only what this manager wrote counts: a ``checkpoint_<iteration:06d>`` directory whose
+        manifest carries the marker and that iteration. Anything else is skipped: temporary
+        directories, links, files, directories that are not amber checkpoints, amber checkpoints
+        without the marker, and copies under another name (``checkpoint_000001-copy``).
         """
         from amber.atomic import is_temporary
         from amber.layout import read_manifest
@@ -224,7 +250,7 @@ class CheckpointManager:
         except OSError:
             return []
         for entry in entries:
-            if (not entry.name.startswith("checkpoint_") or is_temporary(entry.name)
+            if (not _own_name(entry.name) or is_temporary(entry.name)
                     or not entry.is_dir(follow_symlinks=False)):
                 continue
             try:
@@ -241,7 +267,7 @@ class CheckpointManager:
 
         found = []
         for name in Remote(self.root, self.storage_options).children():
-            if not name.startswith("checkpoint_"):
+            if not _own_name(name):
                 continue
             url = str(join(self.root, name))
             try:

@@ -13,6 +13,7 @@ is another system's checkpoint is read by the plugin that knows it
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ def _spec_for(manifest: Manifest, registry: FormatRegistry) -> FormatSpec:
 def _ways_out(path: Path, registry: FormatRegistry, *, trust: bool = True) -> str:
     safe = [name for name in registry.names() if registry.get(name).capabilities.safe]
     target = containing_algorithm(path) or path
-    sign = f"run `amber trust {target}` to sign it as trusted, or " if trust else ""
+    sign = f"run `amber trust {shlex.quote(str(target))}` to sign it as trusted, or " if trust else ""
     return (f"Load it only if you trust its source: {sign}pass allow_pickle=True (CLI: --trust); "
             f"or have its author convert it with `amber convert SRC DST --format "
             f"{safe[0] if len(safe) == 1 else 'NAME'}`"
@@ -262,7 +263,7 @@ def amber_only(root: Path, why: str) -> NotACheckpointError | None:
     if (found := describe_foreign(root)) is None:
         return None
     how = (f"amber does not read it either: {found['unreadable']}" if found.get("unreadable") is not None
-           else f"`amber migrate {root} DST` writes an amber checkpoint of it")
+           else f"`amber migrate {shlex.quote(str(root))} DST` writes an amber checkpoint of it")
     return NotACheckpointError(
         f"{root} is another system's {found['type']} checkpoint ({found['system']}, version "
         f"{found['checkpoint_version']}, format {found['format']}): {why}; {how}", path=root)

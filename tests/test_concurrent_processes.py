@@ -258,3 +258,17 @@ def test_verify_of_a_checkpoint_replaced_meanwhile_says_so(tmp_path, monkeypatch
         checkpoints.verify(p)
     monkeypatch.setattr(checkpoints, "_unlisted", real)
     assert checkpoints.verify(p).ok
+
+
+def test_convert_framework_in_place_keeps_a_save_committed_meanwhile(tmp_path, monkeypatch):
+    from amber.algorithms.ppo import PPOConfig
+    from amber.cli.convert import convert_framework
+
+    p = tmp_path / "ck"
+    algo = PPOConfig().environment("CartPole-v1").training(model={"fcnet_hiddens": [8]}).build()
+    algo.save(p, format="msgpack")
+    algo.stop()
+    _save_meanwhile(monkeypatch, p, "msgpack")
+    with pytest.raises(CheckpointWriteError, match="changed meanwhile"):
+        convert_framework(p, p, "torch")
+    assert _tag(p) == 2

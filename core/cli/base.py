@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import unicodedata
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ __all__ = [
     "ALLOW_PICKLE_HELP",
     "INTERRUPTED",
     "LOCATION",
+    "LocalPath",
     "trust_option",
     "AmberCliError",
     "AmberCommand",
@@ -92,6 +93,29 @@ class Location(click.ParamType):
 
 #: A checkpoint or run location argument: every verb's PATH may be an fsspec URL.
 LOCATION = Location()
+
+
+class LocalPath(click.ParamType):
+    """A path that must be local (a ``file://`` URL too): a remote URL is refused, saying what
+    to do instead (never written as a local directory named ``s3:``)."""
+
+    name = "path"
+
+    def __init__(self, instead: Callable[[str], str]) -> None:
+        self.instead = instead
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The value as a Path; a remote URL fails (exit 2) with :attr:`instead`'s advice."""
+        import os
+
+        from amber.storage import is_remote, local_path
+
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        if is_remote(value):
+            self.fail(f"{os.fspath(value)} is a URL, and this option takes a local path: "
+                      f"{self.instead(os.fspath(value))}", param, ctx)
+        return local_path(value)
 
 
 def trust_option(command: Any) -> Any:

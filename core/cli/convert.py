@@ -114,28 +114,55 @@ def convert_framework(src: Path, dst: Path, framework: str, *, format: str | Non
         (msgpack) for another system's checkpoint, whose format amber only reads, as ``migrate``).
     :raises AmberCliError: the checkpoint holds no policies.
     """
-    from amber.algorithms.saved_config import GIVEN_AGAIN
-    from amber.checkpoint import read_checkpoint, write_checkpoint
-    from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
+    from amber.checkpoint import read_checkpoint
+    from amber.checkpoint_manager import carried_metadata
     from amber.registry import get_registry
+    from amber.utils.rewriting import manifest_in_place, still_in_place
 
+    before = manifest_in_place(src, dst)  # in place: replaced only if no save commits meanwhile
     with _pinned(src, dst):
         ckpt = read_checkpoint(src, allow_pickle=allow_pickle, pm=pm)
     registry = get_registry(pm)
     fmt = format or (ckpt.format if ckpt.format in registry.formats else registry.default_portable())
+    metadata = carried_metadata(ckpt.metadata, src, dst)
+    with still_in_place(dst, before):
+        _write_converted(ckpt, src, dst, framework, fmt, metadata, pm)
+    return fmt
+
+
+def _write_converted(ckpt: Any, src: Path, dst: Path, framework: str, fmt: str, metadata: dict[str, str],
+                     pm: Any) -> None:
+    """Write ``ckpt`` (read from ``src``) at ``dst`` with its policies for ``framework``."""
+    from amber.algorithms.saved_config import GIVEN_AGAIN
+    from amber.checkpoint import write_checkpoint
+    from amber.policy.frameworks import convert_algorithm_state, convert_policy_state
+
     if ckpt.type == "Algorithm":
-        own, policies = convert_algorithm_state(ckpt.state, {p: c.state for p, c in ckpt.policies.items()},
-                                                framework)
+        with _framework_needed(framework, src):
+            own, policies = convert_algorithm_state(
+                ckpt.state, {p: c.state for p, c in ckpt.policies.items()}, framework)
         write_checkpoint(dst, type="Algorithm", state=own, policies=policies, format=fmt,
-                         metadata=ckpt.metadata, placeholders=set(GIVEN_AGAIN), pm=pm)
+                         metadata=metadata, placeholders=set(GIVEN_AGAIN), pm=pm)
     elif ckpt.type == "Policy":
         policy_id = ckpt.metadata.get("policy_id") or os.fspath(src).rstrip("/").rsplit("/", 1)[-1]
-        state = convert_policy_state(ckpt.state, framework, policy_id=policy_id)
-        write_checkpoint(dst, type="Policy", state=state, format=fmt, metadata=ckpt.metadata, pm=pm)
+        with _framework_needed(framework, src):
+            state = convert_policy_state(ckpt.state, framework, policy_id=policy_id)
+        write_checkpoint(dst, type="Policy", state=state, format=fmt, metadata=metadata, pm=pm)
     else:
         raise AmberCliError(f"{src} holds a {ckpt.type} checkpoint: only algorithm and policy "
                                "checkpoints have policies to convert")
-    return fmt
+
+
+@contextlib.contextmanager
+def _framework_needed(framework: str, src: Path | str) -> Iterator[None]:
+    """A policy class that cannot be imported here (torch's on a serving host, tf2's without
+    ``amber-rl[keras]``): a :class:`~amber.errors.MissingPluginError` naming the module, exit 2."""
+    from amber.errors import missing_module
+
+    try:
+        yield
+    except ImportError as e:
+        raise missing_module(e, f"converting its policies for {framework}", src) from e
 
 
 @cli.command()

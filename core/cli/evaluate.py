@@ -8,6 +8,7 @@ episodes were cut so.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import click
 
 from amber.cli.base import LOCATION, AmberCliError, cli, trust_option
+from amber.cli.env_errors import building_env, env_given_again, saved_env_hint
 
 __all__ = ["MAX_STEPS", "evaluate"]
 
@@ -99,9 +101,21 @@ def _episode_return(algo: Any, env: Any, choose: Callable[[Any, bool, int], str]
     return total, False
 
 
+def _mapping_fn_missing(checkpoint: Path, message: str) -> AmberCliError:
+    """The error of a checkpoint whose policy_mapping_fn cannot be restored: saved without it (a
+    placeholder), or saved by a registered name this process lacks (the message names it)."""
+    if "saved without" not in message and "was not stored" not in message:
+        return AmberCliError(f"{message}; or give --policy ID to play every agent with one policy")
+    return AmberCliError(f"{checkpoint} was saved without its policy_mapping_fn, so which policy plays "
+                         "which agent is not known: give --policy ID to play every agent with one policy")
+
+
 @cli.command()
 @click.argument("checkpoint", type=LOCATION)
-@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many episodes to run.")
+@click.option("--env", "env_id", default=None, metavar="ENV_ID",
+              help="The checkpoint's own env id, given again: its \"module:EnvId\" module is imported then.")
 @click.option("--policy", "policy_id", default=None,
               help="Play every agent with this policy (only it is read); returns sum all agents' rewards.")
 @click.option("--explore/--greedy", default=False, show_default=True, help="Sample actions or act greedily.")
@@ -110,8 +124,8 @@ def _episode_return(algo: Any, env: Any, choose: Callable[[Any, bool, int], str]
 @click.option("--max-steps", type=click.IntRange(min=1), default=MAX_STEPS, show_default=True,
               help="End an episode after this many steps if the env has not ended it (counted as cut).")
 @trust_option
-def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bool, seed: int,
-             max_steps: int, allow_pickle: bool | None) -> None:
+def evaluate(checkpoint: Path, episodes: int, env_id: str | None, policy_id: str | None, explore: bool,
+             seed: int, max_steps: int, allow_pickle: bool | None) -> None:
     """Run episodes with a checkpoint's policies; print the mean return."""
     import numpy as np
 
@@ -119,17 +133,20 @@ def evaluate(checkpoint: Path, episodes: int, policy_id: str | None, explore: bo
     from amber.envs import make_env
     from amber.errors import UnregisteredNameError
 
+    env_id = env_given_again(checkpoint, env_id, allow_pickle)
+    command, pickle = f"amber evaluate {shlex.quote(str(checkpoint))}", allow_pickle
+    hint = saved_env_hint(checkpoint, allow_pickle, command)
     try:
-        algo = Algorithm.from_checkpoint(checkpoint, policy_ids=[policy_id] if policy_id else None,
-                                         policy_mapping_fn=(lambda *a, **k: policy_id) if policy_id else None,
-                                         allow_pickle=allow_pickle)
+        with building_env(f"cannot build {checkpoint}'s env"), hint:
+            algo = Algorithm.from_checkpoint(
+                checkpoint, policy_ids=[policy_id] if policy_id else None, env=env_id, allow_pickle=pickle,
+                policy_mapping_fn=(lambda *a, **k: policy_id) if policy_id else None)
     except UnregisteredNameError as e:
         if "policy_mapping_fn" not in e.message:
             raise
-        raise AmberCliError(f"{checkpoint} was saved without its policy_mapping_fn, so which policy plays "
-                            "which agent is not known: give --policy ID to play every agent with one "
-                            "policy") from e
-    env = make_env(algo.config.env, algo.config.env_config)
+        raise _mapping_fn_missing(checkpoint, e.message) from e
+    with building_env(f"cannot build {checkpoint}'s env"):
+        env = make_env(algo.config.env, algo.config.env_config)
     choose = _policy_chooser(algo, checkpoint)
     start = time.perf_counter()
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli
+from amber.cli.base import LOCATION, AmberCliError, LocalPath, checkpoint_place, cli
 
 __all__ = ["plot", "read_curve"]
 
@@ -102,8 +102,9 @@ def _pyplot() -> Any:
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=LOCATION)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("plot.png"),
-              show_default=True, help="The image to write (its suffix picks the format: .png, .svg, .pdf).")
+@click.option("-o", "--output", type=LocalPath(lambda url: "write the image locally, then copy it there"),
+              default=Path("plot.png"), show_default=True,
+              help="The image to write (its suffix picks the format: .png, .svg, .pdf).")
 @click.option("--metric", default="episode_return_mean", show_default=True, help="The column to draw.")
 @click.option("--x", "x_axis", type=click.Choice(X_AXES), default=X_AXES[0], show_default=True,
               help="The column of the x axis.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,15 +26,16 @@ from typing import Any
 
 import click
 
-from amber.cli.base import LOCATION, AmberCliError, checkpoint_place, cli, trust_option
+from amber.cli.base import LOCATION, AmberCliError, LocalPath, checkpoint_place, cli, trust_option
+from amber.cli.env_errors import building_env, env_given_again, saved_env_hint
 from amber.cli.run_lease import check_unleased, remote_place, storage_lease
 from amber.cli.train_loop import Interrupts, Report, Stop, check_unlocked, run_lock, standing, train_until
 
 __all__ = ["ALGOS", "train"]
 
 ALGOS = {"PPO": "amber.PPOConfig", "DQN": "amber.DQNConfig", "SAC": "amber.SACConfig"}
-#: The options ``--resume`` refuses: the run's settings are the checkpoint's.
-_NOT_WITH_RESUME = {"algo": "--algo", "env_id": "--env", "config_file": "--config", "overrides": "-o",
+#: The options ``--resume`` refuses: the run's settings are the checkpoint's (``--env``: its own id).
+_NOT_WITH_RESUME = {"algo": "--algo", "config_file": "--config", "overrides": "-o",
                     "env_kwargs": "--env-kwargs", "seed": "--seed"}
 
 
@@ -83,12 +85,13 @@ def _build_algorithm(algo: str, env_id: str | None, format_: str | None, seed: i
         config.checkpointing(format=format_)
     if config.env is None:
         raise AmberCliError("give --env (or an env setting in --config)")
+    given = f" with env_config {config.env_config}" if config.env_config else ""
     try:
-        return config.build()
+        with building_env(f"cannot build {algo} on {config.env!r}{given}"):  # (the env's errors)
+            return config.build()
     except ValueError as e:
         raise AmberCliError(str(e)) from e
     except TypeError as e:  # the env's constructor refused env_config (--env-kwargs, env_config)
-        given = f" with env_config {config.env_config}" if config.env_config else ""
         raise AmberCliError(f"cannot build {algo} on {config.env!r}{given}: {e}") from e
 
 
@@ -171,15 +174,18 @@ def _before_the_lock(ctx: click.Context, resume: Path | str | None, checkpoint_d
     return algorithm
 
 
-def _resume(run_dir: Path | str, allow_pickle: bool | None) -> Any:
+def _resume(run_dir: Path | str, allow_pickle: bool | None, env_id: str | None) -> Any:
     """The algorithm restored from ``run_dir``'s newest checkpoint (weights, optimizers, RNGs,
-    env state and counters)."""
+    env state and counters); ``env_id``: its env id given again (``--env``)."""
     path = _newest_checkpoint(run_dir)
     if path is None:
         raise AmberCliError(f"{run_dir} holds no amber checkpoint (checkpoint_*) to resume from")
     from amber.algorithms.algorithm import Algorithm
 
-    return Algorithm.from_checkpoint(path, allow_pickle=allow_pickle)
+    env = env_given_again(path, env_id, allow_pickle)
+    command = f"amber train --resume {shlex.quote(str(run_dir))} ..."
+    with building_env(f"cannot resume {path}"), saved_env_hint(path, allow_pickle, command):
+        return Algorithm.from_checkpoint(path, allow_pickle=allow_pickle, env=env)
 
 
 def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: Stop,
@@ -188,9 +194,11 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     """Train ``algorithm`` with its learning curves in ``out`` (appended to with ``append``,
     else started afresh) and its checkpoints in ``store`` (``out``, or a URL), kept as its
     config's retention says (``.checkpointing(num_to_keep=..., checkpoint_score_attribute=...)``),
-    ``num_to_keep`` (not None) set there first: each checkpoint records it, so a resume keeps it."""
+    ``num_to_keep`` and ``format_`` (not None) set there first: each checkpoint records them, so a
+    resume keeps them."""
     from amber.algorithms.result_log import PROGRESS_CSV, RESULT_JSON, copy_logs, copy_logs_to, resume_logs
     from amber.checkpoint_manager import CheckpointManager
+    from amber.cli.train_loop import record_settings
 
     algorithm.logdir = out
     if not append:
@@ -199,8 +207,7 @@ def _run(algorithm: Any, out: Path, store: Path | str, *, append: bool, stop: St
     elif isinstance(store, str):  # the local curves or those beside the checkpoints: the fuller
         resume_logs(store, out, algorithm.iteration)
     c = algorithm.config
-    if num_to_keep is not None:
-        c.checkpointing(num_to_keep=num_to_keep)
+    record_settings(c, num_to_keep=num_to_keep, format_=format_)  # (a resume's too: checkpoints record them)
     manager = CheckpointManager(store, c.num_to_keep, c.checkpoint_score_attribute, c.checkpoint_score_order)
     mode = "json" if as_json else "live" if sys.stdout.isatty() else "plain"
     env = algorithm.config.env
@@ -283,8 +290,9 @@ def _check_new_run(out: Path | str, option: str = "--checkpoint-dir") -> None:
     if where is not None:
         raise AmberCliError(f"{out} is {where}: give {option} a directory of its own")
     if runs:
+        again = f"amber train --resume {shlex.quote(str(out))} ..."
         raise AmberCliError(f"{out} already holds a run's checkpoints ({', '.join(runs[-3:])}): continue "
-                            f"that run with `amber train --resume {out} ...`, or give a new {given}")
+                            f"that run with `{again}`, or give a new {given}")
 
 
 def _say_where_it_ended(algorithm: Any, stop: Stop, last_ckpt: str, signum: int | None,
@@ -312,6 +320,12 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
+def _storage_instead(url: str) -> str:
+    """How to put a run's checkpoints at ``url``: ``--storage`` with its parent, the name local."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    return f"give --storage {shlex.quote(parent)} --checkpoint-dir {shlex.quote(name)} for checkpoints there"
+
+
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -326,9 +340,10 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 @cli.command()
 @click.option("--algo", default="PPO", show_default=True, help="PPO, DQN or SAC.")
-@click.option("--env", "env_id", default=None, help="A gymnasium id or a registered env name.")
+@click.option("--env", "env_id", default=None,
+              help="A gymnasium id or a registered env name (with --resume: the run's own, given again).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="A JSON or YAML file of settings (YAML needs PyYAML).")
+              default=None, help="A JSON or YAML file of settings.")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Set one setting (after --config); dotted keys reach into dicts; "
                    "VALUE is JSON, else a string.")
@@ -338,7 +353,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--stop-timesteps", type=click.IntRange(min=1), help="Stop after this many env steps.")
 @click.option("--stop-reward", type=float, default=None, callback=_finite,
               help="Stop when the mean return reaches this.")
-@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--checkpoint-dir", type=LocalPath(_storage_instead), default=None,
               help="Where checkpoints and progress.csv go (default: the algorithm's log dir; "
                    "with --resume: RUN_DIR).")
 @click.option("--storage", type=LOCATION, default=None, metavar="URL",
@@ -373,7 +388,7 @@ def train(ctx: click.Context, algo: str, env_id: str | None, config_file: Path |
     run_dir, known = _run_directory(resume, checkpoint_dir), _known_store(resume, checkpoint_dir, storage)
     with Interrupts() as interrupts, run_lock(run_dir), _holding(known, run_dir, new=resume is None):
         if resume is not None:
-            algorithm = _resume(resume, allow_pickle)
+            algorithm = _resume(resume, allow_pickle, env_id)
         out, store = _locations(algorithm, checkpoint_dir, storage, resume)
         with _holding(store if known is None and storage is not None else None, run_dir, new=resume is None):
             last_ckpt, signum = _run(algorithm, Path(out), store, append=resume is not None, stop=stop,

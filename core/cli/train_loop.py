@@ -21,7 +21,8 @@ import click
 
 from amber.cli.base import AmberCliError, make_console
 
-__all__ = ["Interrupts", "Report", "Stop", "check_unlocked", "run_lock", "standing", "train_until"]
+__all__ = ["Interrupts", "Report", "Stop", "check_unlocked", "record_settings", "run_lock", "standing",
+           "train_until"]
 
 #: The file in a run's directory that the ``amber train`` writing to it holds locked.
 LOCK_FILE = ".amber-train.lock"
@@ -244,3 +245,19 @@ def train_until(algorithm: Any, manager: Any, report: Report, interrupts: Interr
             return last_ckpt, int(getattr(signal, "SIGPIPE", 13))
         if done or signum is not None:
             return last_ckpt, signum
+
+
+def record_settings(config: Any, *, num_to_keep: int | None, format_: str | None) -> None:
+    """Set the run's ``--num-to-keep`` and ``--format`` (those given) in its algorithm's config, which
+    each checkpoint records, so that a later ``--resume`` keeps them.
+
+    Both are read at every save, so they apply whole from the next one, a built (frozen) config's
+    too: the format is set as its live settings are, should the config refuse it.
+    """
+    if num_to_keep is not None:
+        config.checkpointing(num_to_keep=num_to_keep)
+    if format_ is not None and config.checkpoint_format != format_:
+        try:
+            config.checkpointing(format=format_)
+        except AttributeError:  # a frozen config (amber.algorithms.config_freeze) refusing it
+            object.__setattr__(config, "checkpoint_format", format_)

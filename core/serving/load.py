@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,18 +174,24 @@ def reading_plugin_manager(foreign: bool = False) -> pluggy.PluginManager:
     return pm
 
 
+def _copy_of(ckpt: Path) -> str:
+    """Where to convert ``ckpt``: beside it, or beside its run (out of the run's retention)."""
+    run = ckpt.parent if ckpt.parent.name else Path(os.path.abspath(ckpt)).parent
+    if not (ckpt.name.startswith("checkpoint_") and ckpt.name[11:].isdigit()) or not run.name:
+        return f"{ckpt}-msgpack"
+    return str(run.with_name(f"{run.name}-{ckpt.name}-msgpack"))
+
+
 def _pickle_refused(root: Path, fmt: str) -> PickleCheckpointError:
     from amber.layout import enclosing_checkpoint
 
     outer = enclosing_checkpoint(root)  # a policy of an algorithm checkpoint: convert all of it,
-    if outer is None:                   # beside it (a copy written inside it would damage it)
-        how, serve = f"`amber convert {root} {root}-msgpack --format msgpack`", "the copy"
-    else:
-        copy = f"{outer}-msgpack"
-        how = f"`amber convert {outer} {copy} --format msgpack`"
+    src, copy = str(outer or root), _copy_of(Path(outer or root))  # beside it (not inside: damaged)
+    how, serve = f"`amber convert {shlex.quote(src)} {shlex.quote(copy)} --format msgpack`", "the copy"
+    if outer is not None:
         inner = Path(os.path.abspath(root))
         inner = inner if inner.is_relative_to(outer) else Path(os.path.realpath(root))  # (through a link)
-        serve = f"{copy}/{inner.relative_to(outer).as_posix()}"
+        serve = shlex.quote(f"{copy}/{inner.relative_to(outer).as_posix()}")
     return PickleCheckpointError(
         f"{root} is a {fmt!r} checkpoint, which can run code when read: amber.serve never reads one. "
         f"Convert it once, where you trust it: {how}, and serve {serve} (or pass allow_pickle=True "

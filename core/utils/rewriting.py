@@ -4,8 +4,9 @@ checkpoint_version (:func:`migrate`, :func:`migrate_all`). Re-exported by
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from amber.algorithms.saved_config import GIVEN_AGAIN
 from amber.atomic import guarded, is_temporary
 from amber.checkpoint import CHECKPOINT_VERSION, Checkpoint, read_checkpoint, write_checkpoint
+from amber.checkpoint_manager import carried_metadata
 from amber.checkpoint_read import adopt_trees
 from amber.errors import CheckpointError, CheckpointWriteError, NotACheckpointError
 from amber.layout import MANIFEST, Manifest, manifest_changed, read_manifest
@@ -65,6 +67,17 @@ def manifest_in_place(src: str | os.PathLike[str], dst: str | os.PathLike[str] |
         return None
 
 
+@contextlib.contextmanager
+def still_in_place(dst: str | os.PathLike[str], before: Manifest | None) -> Iterator[None]:
+    """Writes to ``dst`` inside commit only while it still holds the checkpoint ``before`` (read by
+    :func:`manifest_in_place`; None: no check), else fail with :class:`CheckpointWriteError`."""
+    if before is None or is_remote(dst):
+        yield
+        return
+    with guarded(local_path(dst), _still(local_path(dst), before)):
+        yield
+
+
 def _still(path: Path, before: Manifest) -> Callable[[], None]:
     """A check (:func:`amber.atomic.guarded`) that ``path`` still holds the checkpoint ``before``."""
     def check() -> None:
@@ -83,7 +96,7 @@ def _rewrite(
     """Write ``ckpt`` at ``dst``; ``before`` (:func:`manifest_in_place`): it replaces the checkpoint
     read, and only if ``dst`` still holds that one right before the commit."""
     if before is not None and not is_remote(dst):
-        with guarded(local_path(dst), _still(local_path(dst), before)):
+        with still_in_place(dst, before):
             _rewrite(ckpt, dst, format=format, pm=pm, version=version, storage_options=storage_options)
         return
     if not is_remote(dst):  # an amber source: the write's own refusal (a target inside a checkpoint) first
@@ -100,7 +113,7 @@ def _rewrite(
         state=ckpt.state,
         format=format,
         policies={pid: p.state for pid, p in ckpt.policies.items()},
-        metadata=ckpt.metadata,
+        metadata=carried_metadata(ckpt.metadata, ckpt.path, dst),
         attachments=attachments,
         # a lambda that pickle held cannot be written portably: the loader asks for it instead
         placeholders=set(GIVEN_AGAIN) if ckpt.type == "Algorithm" else True,
