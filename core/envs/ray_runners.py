@@ -22,14 +22,20 @@ Ray is imported only here, and only when N > 0.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from amber.envs.ray_setup import RAY_EXTRA, check_env_runners, ensure_ray, import_ray, ray_installed
-from amber.envs.runner_generators import generator_state, policy_generators, reseed, set_generator_state
+from amber.envs.runner_deaths import MAX_RESTARTS_PER_CALL, died_message, missing_module
+from amber.envs.runner_generators import (
+    checked_runner_states,
+    generator_state,
+    policy_generators,
+    reseed,
+    set_policy_generators,
+)
 from amber.errors import InvalidStateError, warn
 from amber.scoped import scoped
 
@@ -44,8 +50,6 @@ __all__ = ["EnvRunnerDiedError", "RemoteEnvRunners", "build_env_runners", "check
 
 #: The most remote runners a checkpoint may ask to rebuild (each is a process).
 MAX_SAVED_RUNNERS = 1024
-#: How many times one call rebuilds a dead runner before giving up.
-MAX_RESTARTS_PER_CALL = 3
 
 
 def _is_remote_state(state: Any) -> bool:
@@ -192,17 +196,13 @@ class RunnerWorker:
         return {"env_runner": self.runner.get_state(), "generators": gens}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Apply :meth:`get_state`'s output (generators of policies absent here are skipped)."""
+        """Apply :meth:`get_state`'s output (generators of policies absent here, or of the other
+        framework, are skipped)."""
         gens = state["generators"]
         if not isinstance(gens, Mapping):
             raise InvalidStateError(f"env runner {self.index} state: 'generators' must be a map")
         self.runner.set_state(state["env_runner"])
-        for pid, saved in gens.items():
-            policy = self.policies.get(pid)
-            own = policy_generators(policy) if policy is not None else {}
-            for name, raw in saved.items():
-                if name in own:
-                    set_generator_state(own[name], raw, f"env runner {self.index}, policy {pid}, {name}")
+        set_policy_generators(self.policies, gens, f"env runner {self.index}")
 
     def stop(self) -> None:
         """Close the env copies."""
@@ -232,29 +232,6 @@ def runner_deaths_pass() -> Iterator[None]:
         if isinstance(e.__cause__, EnvRunnerDiedError):
             raise e.__cause__ from e.__cause__.__cause__
         raise
-
-
-def _missing_module(error: BaseException) -> str | None:
-    """The module a runner actor could not import (its death's cause), or None."""
-    found = re.search(r"(?:ModuleNotFoundError|ImportError): No module named '([^']+)'", str(error))
-    if found is None and re.search(r"\b(?:ModuleNotFoundError|ImportError)\b", str(error)):
-        return "?"
-    return None if found is None else found.group(1)
-
-
-def _died(index: int, error: BaseException, missing: str | None, restart: bool, rebuilds: int) -> str:
-    """What a runner actor's death is raised as (what was tried, what to do)."""
-    head = f"env runner {index} (a Ray actor) died: {error}"
-    if missing is not None:
-        module = "a module" if missing == "?" else f"module {missing!r}"
-        return (f"{head}; {module} is not importable in the Ray workers (rebuilding the runner would not "
-                "help): install it where Ray runs, or ship it with ray.init(runtime_env={'py_modules': "
-                "[...]} or {'working_dir': ...} or {'pip': [...]})")
-    if restart:
-        return (f"{head}; it was rebuilt {rebuilds} time(s) in this call and died every time "
-                f"(at most {MAX_RESTARTS_PER_CALL}): the env or its runner fails each time")
-    return (f"{head}; with .fault_tolerance(restart_failed_env_runners=True) it is rebuilt and its share "
-            "sampled again")
 
 
 class RemoteEnvRunners:
@@ -310,9 +287,9 @@ class RemoteEnvRunners:
                     out.append(self._ray.get(ref))
                     break
                 except RayActorError as e:
-                    missing = _missing_module(e)
+                    missing = missing_module(e)
                     if missing is not None or not self.restart_failed or attempt == MAX_RESTARTS_PER_CALL:
-                        message = _died(i + 1, e, missing, self.restart_failed, attempt)
+                        message = died_message(i + 1, e, missing, self.restart_failed, attempt)
                         raise EnvRunnerDiedError(message) from e
                     self._ray.kill(self.actors[i])
                     self.actors[i] = self._make(i + 1)
@@ -373,11 +350,18 @@ class RemoteEnvRunners:
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Apply :meth:`get_state`'s output to the runners (runner ``i`` takes saved runner ``i``'s).
 
-        :raises InvalidStateError: the state is not of N remote runners.
+        :raises InvalidStateError: the state is not of N remote runners, or holds a generator state
+            of no generator's kind (:func:`~amber.envs.runner_generators.checked_runner_states`).
         """
         runners = state.get("remote_runners") if isinstance(state, Mapping) else None
         if not isinstance(runners, list) or len(runners) != self.num_runners:
             raise InvalidStateError(f"the env runner state is not that of {self.num_runners} remote runners")
+        runners, foreign = checked_runner_states(self.policies, runners)
+        if foreign:
+            path = _RESTORING.get()
+            warn(f"{'' if path is None else f'{path}: '}the env runners' saved action generators of "
+                 f"{', '.join(map(repr, foreign))} are another framework's: each runner keeps its own, "
+                 "seeded from the policy's seed")
         self._gather(lambda i: self.actors[i].set_state.remote(runners[i]))
 
     def stop(self) -> None:

@@ -125,7 +125,8 @@ def convert_policy_state(state: Mapping[str, Any], framework: str, *, policy_id:
 def convert_algorithm_state(own: Mapping[str, Any], policies: Mapping[str, Mapping[str, Any]],
                             framework: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """An algorithm's own state and its policies' states for ``framework``: the config's
-    ``framework_str`` and explicit policy classes, and every policy state (:func:`convert_policy_state`).
+    ``framework_str`` and explicit policy classes, and every policy state (:func:`convert_policy_state`);
+    the remote env runners' saved generator states of a policy moved are dropped, as the policy's own.
 
     :raises ValueError: a policy class has no counterpart in ``framework``.
     """
@@ -139,7 +140,12 @@ def convert_algorithm_state(own: Mapping[str, Any], policies: Mapping[str, Mappi
         specs[pid] = spec
     config["policies"] = specs
     new_own = {**own, "config": config}
-    return new_own, {pid: convert_policy_state(s, framework, policy_id=pid) for pid, s in policies.items()}
+    out = {pid: convert_policy_state(s, framework, policy_id=pid) for pid, s in policies.items()}
+    from amber.envs.runner_generators import without_runner_generators  # remote runners' copies, alike
+
+    moved = [pid for pid, s in out.items() if (s.get("policy_spec") or {}).get("policy_class")
+             is not (policies[pid].get("policy_spec") or {}).get("policy_class")]
+    return without_runner_generators(new_own, moved), out
 
 
 def with_framework(own: Mapping[str, Any], policies: Mapping[str, Mapping[str, Any]], framework: str | None

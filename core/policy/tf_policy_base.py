@@ -40,7 +40,7 @@ from amber.policy.policy import (
     optimizer_entries,
     saved_optimizers,
 )
-from amber.policy.policy_helpers import policy_seeds
+from amber.policy.policy_helpers import check_no_unknown_weights, policy_seeds
 from amber.policy.spaces import space_to_state
 
 __all__ = ["TFPolicyBase", "generator_from_bytes", "generator_to_bytes"]
@@ -72,6 +72,9 @@ class TFPolicyBase(Policy):
         n = 1 + len(self.GENERATORS)
         init_seed, *seeds = policy_seeds(self.config.get("seed"), n, salt=self.SEED_SALT)
         if self.config.get("seed") is not None:  # as torch.use_deterministic_algorithms for torch
+            # Process-wide: TF then refuses random ops without a seed, so the global one is set too
+            # (as RLlib does), for the user's own unseeded TF random ops (Keras fit's shuffles...).
+            self.tf.random.set_seed(int(self.config["seed"]) % 2**31)
             self.tf.config.experimental.enable_op_determinism()
         self.model = self.make_model(None if restoring() else np.random.default_rng(init_seed))
         #: Draws the actions of :meth:`compute_actions` (numpy's PCG64, saved in the state).
@@ -106,9 +109,12 @@ class TFPolicyBase(Policy):
     # -- optimizers ------------------------------------------------------------
 
     def make_optimizer(self, name: str) -> Any:
-        """A new optimizer ``name``: Keras Adam with the config's ``lr`` and ``adam_epsilon``."""
-        return self.keras.optimizers.Adam(learning_rate=float(self.config.get("lr", 5e-5)),
-                                          epsilon=float(self.config.get("adam_epsilon", 1e-8)))
+        """A new optimizer ``name``: Keras Adam taking torch's step (:mod:`amber.policy.tf_adam`)
+        with the config's ``lr`` and ``adam_epsilon``."""
+        from amber.policy.tf_adam import torch_adam
+
+        return torch_adam(self.keras, float(self.config.get("lr", 5e-5)),
+                          float(self.config.get("adam_epsilon", 1e-8)))
 
     def get_optimizer(self, name: str) -> Any:
         """The optimizer ``name``, made and built on first use, with any restored state loaded.
@@ -247,10 +253,11 @@ class TFPolicyBase(Policy):
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Load weights in torch's names and layout (a torch policy's or this one's :meth:`get_weights`).
 
-        :raises KeyError: a weight is missing.
+        :raises KeyError: a weight is missing, or one is not the model's (named; nothing is changed).
         :raises ValueError: a weight's shape differs (nothing is changed then).
         """
         own = self.named_variables()
+        check_no_unknown_weights(type(self).__name__, weights, [name for name, _ in own])
         missing = sorted(name for name, _ in own if name not in weights)
         if missing:
             raise KeyError(f"weights are missing {missing}")
