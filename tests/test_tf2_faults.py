@@ -172,3 +172,26 @@ def test_tf2_adam_steps_are_torchs_at_the_default_lr(algo):
     for name, value in t.get_weights().items():
         np.testing.assert_allclose(f.get_weights()[name], value, rtol=0, atol=1e-6, err_msg=name)
     assert int(f.optimizer.iterations.numpy()) == 12
+
+
+@pytest.mark.parametrize("name", ["actor", "critic", "alpha"])
+def test_sac_tf2_optimizers_take_torchs_adam_step(name):
+    """SAC's tf2 optimizers step as torch's Adam does, as PPO's and DQN's (same gradients, same lr)."""
+    import gymnasium as gym
+    import tensorflow as tf
+    import torch
+
+    from amber.algorithms.sac.sac_tf_policy import SACTFPolicy
+
+    spaces = (gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-2, 2, (1,), np.float32))
+    policy = SACTFPolicy(*spaces, {"model": {"fcnet_hiddens": [8]}, "seed": 0, f"{name}_lr": 3e-4})
+    opt = policy.make_optimizer(name)
+    start = np.linspace(-1, 1, 6).astype(np.float32)
+    var, ref = tf.Variable(start), torch.nn.Parameter(torch.tensor(start))
+    ref_opt = torch.optim.Adam([ref], lr=3e-4, eps=1e-8)
+    grads = np.random.default_rng(0).normal(scale=1e-3, size=(12, 6)).astype(np.float32)
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g), var)])
+        ref.grad = torch.tensor(g)
+        ref_opt.step()
+    np.testing.assert_allclose(var.numpy(), ref.detach().numpy(), atol=1e-7)

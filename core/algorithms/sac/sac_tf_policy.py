@@ -118,9 +118,10 @@ class SACTFPolicy(TFPolicyBase):
                              initial_alpha=float(self.config.get("initial_alpha", 1.0)), rng=rng)
 
     def make_optimizer(self, name: str) -> Any:
-        """Keras Adam at ``{name}_lr`` (default 3e-4)."""
-        lr = float(self.config.get(f"{name}_lr", 3e-4))
-        return self.keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8)
+        """Adam at ``{name}_lr`` (default 3e-4), with torch's step (:mod:`amber.policy.tf_adam`)."""
+        from amber.policy.tf_adam import torch_adam
+
+        return torch_adam(self.keras, float(self.config.get(f"{name}_lr", 3e-4)), 1e-8)
 
     def optimizer_variables(self, name: str) -> list[Any]:
         """The actor's, the critics' or ``log_alpha`` (torch's order)."""
