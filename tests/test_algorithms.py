@@ -111,7 +111,7 @@ def test_one_train_samples_exactly_train_batch_size(kind, num_envs, batch):
         for i in (1, 2):
             result = algo.train()
             assert result["num_env_steps_sampled_lifetime"] == i * batch
-            assert algo.counters["num_env_steps_trained_lifetime"] == result["num_agent_steps_sampled_lifetime"]
+            assert algo.counters["num_agent_steps_trained_lifetime"] == result["num_agent_steps_sampled_lifetime"]
         if kind == "multi":
             assert result["num_agent_steps_sampled_lifetime"] > 2 * batch
     finally:

@@ -250,7 +250,7 @@ def test_training_right_after_save_does_not_change_what_is_saved(tmp_path, gate,
     algo.train()  # the write has not begun: it waits at the gate
     assert not handle.done() and algo.iteration == iteration + 1
     gate.opened.set()
-    assert handle.result(timeout=60).metrics == {"training_iteration": iteration}
+    assert handle.result(timeout=60).metrics["training_iteration"] == iteration
     restored = Algorithm.from_checkpoint(tmp_path / "ckpt")
     assert restored.iteration == iteration
     assert_same_arrays(policy_arrays(restored), want)

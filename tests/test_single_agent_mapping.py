@@ -114,8 +114,7 @@ def test_rllib_single_agent_checkpoint_whose_policy_is_main_loads_and_trains(tmp
         warnings.simplefilter("ignore")  # RLlib settings not carried over
         algo = Algorithm.from_checkpoint(ck)
     assert list(algo.policies) == ["main"]
-    algo.config.reporting(log_results=False)
-    algo.config.training(train_batch_size=64, minibatch_size=32, num_epochs=1)
+    algo.config.reporting(log_results=False)  # (its other settings: frozen, as the checkpoint's)
     algo.train()
     algo.stop()
 

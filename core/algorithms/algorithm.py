@@ -25,12 +25,14 @@ from amber.algorithms.algorithm_checkpoints import (
     TrainingCheckpoint,
     results_dir,
 )
-from amber.algorithms.algorithm_config import AlgorithmConfig, copy_unless_adopted
+from amber.algorithms.algorithm_config import AlgorithmConfig
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
+from amber.algorithms.config_dict import algorithm_config_for
+from amber.algorithms.config_freeze import freeze
 from amber.algorithms.config_values import without_spec_spaces
 from amber.algorithms.policy_map import PolicyMapMixin, spaces_by_mapping
 from amber.algorithms.result_log import ResultLogger
-from amber.algorithms.rllib_api import RLlibAlgorithmMixin, rllib_result_keys
+from amber.algorithms.rllib_algorithm import RLlibAlgorithmMixin, rllib_result_keys
 from amber.algorithms.training_state import RNGMixin, TorchGlobalRNG, TrainingProgress
 from amber.errors import missing_module
 from amber.policy.frameworks import ClassOrInstanceMethod
@@ -70,17 +72,14 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         """A fresh config of this algorithm's class."""
         return cls._default_config_class(algo_class=cls)
 
-    def __init__(self, config: AlgorithmConfig | None = None, env: Any = None) -> None:
+    def __init__(self, config: AlgorithmConfig | Mapping[str, Any] | None = None, env: Any = None) -> None:
         from amber.envs.env_runner import EnvRunner
         from amber.envs.ray_runners import RemoteEnvRunners, build_env_runners
         from amber.envs.registry import EnvProbe
         from amber.plugin_manager import default_plugin_manager
 
-        config = copy_unless_adopted(config or self.get_default_config())
-        if env is not None:
-            config.environment(env)
-        config.validate()
-        self.config = config
+        # a copy of it, or of RLlib's dict form made into this algorithm's config class; validated
+        self.config = config = algorithm_config_for(type(self), config, env)
         self.pm = config.plugin_manager if config.plugin_manager is not None else default_plugin_manager()
         self._stopped = False
         self._logdir: Path | None = None
@@ -102,6 +101,7 @@ class Algorithm(CheckpointMixin, PolicyMapMixin, RNGMixin, RLlibAlgorithmMixin):
         self.progress = TrainingProgress()
         self.results_logger = ResultLogger(lambda: self.logdir)
         self.setup()
+        freeze(config)  # as RLlib's: changes would be half applied (amber.algorithms.config_freeze)
         self.callbacks.on_algorithm_init(algorithm=self)
 
     # -- building ------------------------------------------------------------------

@@ -54,7 +54,7 @@ class TrainingCheckpoint:
 
 @dataclass(frozen=True)
 class SaveResult:
-    """What :meth:`Algorithm.save` returns: ``result.checkpoint.path`` is the directory."""
+    """:meth:`Algorithm.save`'s result: ``checkpoint.path``, the directory; ``metrics``, the last result's."""
 
     checkpoint: TrainingCheckpoint
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -128,7 +128,7 @@ class CheckpointMixin:
         block: bool = True, _metadata: Mapping[str, str] | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> SaveResult | SaveHandle[SaveResult]:
-        """Write a checkpoint of the whole algorithm (atomically) and return where.
+        """Write a checkpoint of the whole algorithm (atomically); return where, and RLlib's metrics.
 
         A background save in flight is waited for first, and an error of it that
         nobody retrieved is raised here (:mod:`amber.async_save`).
@@ -136,9 +136,8 @@ class CheckpointMixin:
         :param checkpoint_dir: the directory or fsspec URL; default: ``checkpoint_<iteration>``
             under :meth:`checkpoint_root` (``.checkpointing(storage_path=...)``, else :attr:`logdir`).
         :param format: a registered format (default: ``.checkpointing(format=...)``, "pickle").
-        :param block: False: take a snapshot of the state now (training may go on as soon as
-            this returns), write it in the background and return a
-            :class:`~amber.async_save.SaveHandle` whose ``result()`` is the SaveResult.
+        :param block: False: take a snapshot of the state now (training may go on once this returns),
+            write it in the background, return a :class:`~amber.async_save.SaveHandle` of the SaveResult.
         :param _metadata: extra manifest metadata (:class:`amber.CheckpointManager`'s).
         :param storage_options: for a URL, its fsspec options (default: ``.checkpointing``'s).
         :raises UnknownFormatError: no such format (raised here even with ``block=False``).
@@ -157,7 +156,8 @@ class CheckpointMixin:
         if manager is not None:
             metadata.update(manager.metadata_for(self))
         options = storage_options if storage_options is not None else self.config.storage_options
-        result = SaveResult(TrainingCheckpoint(str(path)), {"training_iteration": self.iteration})
+        metrics = {**(self._last_result or {}), "training_iteration": self.iteration}  # the last train()'s
+        result = SaveResult(TrainingCheckpoint(str(path)), metrics)
         keep = self._sources_to_keep(path)  # (restored in part from one: warned once)
         prune = (lambda: manager.prune(saved=path, keep=keep)) if manager is not None else (lambda: [])
         if block:
@@ -366,7 +366,7 @@ def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], s
     released). The running episodes continue with all the saved policies and the saved mapping
     (:func:`~amber.algorithms.given_again.same_episodes`); with ``policy_ids``, the others' recent
     returns are forgotten, and a save without them warns."""
-    from amber.algorithms.algorithm_config import adopting_config
+    from amber.algorithms.algorithm_config import adopting_config, set_managed
     from amber.algorithms.given_again import same_episodes
     from amber.algorithms.policy_map import seeded_specs
     from amber.envs.ray_runners import restoring_from, runner_deaths_pass
@@ -385,7 +385,7 @@ def _restored(algo_cls: type, config: AlgorithmConfig, own: Mapping[str, Any], s
                     adopting_config(config):  # made for this algorithm alone: not copied
                 algo = algo_cls(config=config)
         finally:
-            config.policies = specs  # (the algorithm's config: as the checkpoint's has them)
+            set_managed(config, policies=specs)  # (the algorithm's, frozen: as the checkpoint's has them)
         try:
             saved_config.check_policy_networks(algo, own, states, path)  # what other loaders build
             with adopting_state():  # the state read is this restore's: arrays are kept, not copied

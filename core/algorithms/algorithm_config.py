@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from amber.algorithms.callbacks import DefaultCallbacks, check_callbacks_class
 from amber.algorithms.config_adoption import adopting_config, copy_unless_adopted, is_adopted
 from amber.algorithms.config_dict import TRAINING_ALIASES as _ALIASES  # .training()'s 2.10 aliases
+from amber.algorithms.config_freeze import FrozenConfigError, FrozenConfigMixin, fluent, set_managed
 from amber.algorithms.config_values import _spec_to_dict, matches_type
 from amber.algorithms.rllib_api import RLlibConfigMixin, rllib_keywords
 from amber.policy.sample_batch import DEFAULT_POLICY_ID
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
     from amber.algorithms.algorithm import Algorithm
 
-__all__ = ["AlgorithmConfig", "adopting_config", "copy_unless_adopted", "is_adopted"]
+__all__ = ["AlgorithmConfig", "FrozenConfigError", "adopting_config", "copy_unless_adopted", "is_adopted",
+           "set_managed"]
 
 FRAMEWORKS = ("torch", "tf2")
 
@@ -39,13 +41,14 @@ COMMON_HYPERPARAMETERS: dict[str, Any] = {
 _TYPES: dict[type, dict[str, Any]] = {}
 
 
-class AlgorithmConfig(RLlibConfigMixin):
+class AlgorithmConfig(FrozenConfigMixin, RLlibConfigMixin):
     """Settings of an algorithm; each fluent method returns the config itself.
 
     Subclasses (PPOConfig, DQNConfig, SACConfig) name their hyperparameters in
     :attr:`hyperparameters`, a dataclass whose typed, documented fields are the
     settings and their defaults; ``.training()`` accepts exactly the common ones
-    and theirs, checks each value's type, and names any unknown key.
+    and theirs, checks each value's type, and names any unknown key. A built algorithm's config
+    is frozen (:mod:`~amber.algorithms.config_freeze`): ``algo.config.copy()`` is not.
     """
 
     algo_class: type[Algorithm] | None = None
@@ -120,6 +123,7 @@ class AlgorithmConfig(RLlibConfigMixin):
 
     # -- fluent setters ------------------------------------------------------------
 
+    @fluent
     @rllib_keywords  # RLlib's disable_env_checking (amber.algorithms.rllib_api)
     def environment(self, env: Any = None, *, env_config: Mapping[str, Any] | None = None) -> AlgorithmConfig:
         """Set the environment: a gymnasium id, an Env or MultiAgentEnv class, or a registered name."""
@@ -129,6 +133,8 @@ class AlgorithmConfig(RLlibConfigMixin):
             self.env_config = dict(env_config)
         return self
 
+    @fluent
+    @rllib_keywords  # RLlib's eager_tracing...
     def framework(self, framework: str = "torch") -> AlgorithmConfig:
         """Set the deep-learning framework.
 
@@ -142,6 +148,7 @@ class AlgorithmConfig(RLlibConfigMixin):
         self.framework_str = framework
         return self
 
+    @fluent
     def training(self, **kwargs: Any) -> AlgorithmConfig:
         """Set training hyperparameters.
 
@@ -166,6 +173,7 @@ class AlgorithmConfig(RLlibConfigMixin):
             setattr(self, key, copy.deepcopy(value) if isinstance(value, (dict, list)) else value)
         return self
 
+    @fluent
     @rllib_keywords  # RLlib's num_rollout_workers, num_envs_per_worker: aliases
     def env_runners(
         self,
@@ -206,6 +214,7 @@ class AlgorithmConfig(RLlibConfigMixin):
 
     rollouts = env_runners  # the name before RLlib 2.10
 
+    @fluent
     @rllib_keywords  # a callable policies_to_train: refused, with what to do
     def multi_agent(
         self,
@@ -231,6 +240,7 @@ class AlgorithmConfig(RLlibConfigMixin):
             self.policies_to_train = list(policies_to_train)
         return self
 
+    @fluent
     @rllib_keywords  # RLlib's metrics_num_episodes_for_smoothing
     def reporting(self, *, min_sample_timesteps_per_iteration: int | None = None,
                   log_results: bool | None = None) -> AlgorithmConfig:
@@ -245,6 +255,8 @@ class AlgorithmConfig(RLlibConfigMixin):
             self.min_sample_timesteps_per_iteration = int(min_sample_timesteps_per_iteration)
         return self
 
+    @fluent
+    @rllib_keywords  # RLlib's checkpoint_trainable_policies_only
     def checkpointing(
         self,
         export_native_model_files: bool | None = None,
@@ -296,6 +308,7 @@ class AlgorithmConfig(RLlibConfigMixin):
             self.plugin_manager = plugin_manager
         return self
 
+    @fluent
     def callbacks(self, callbacks_class: type[DefaultCallbacks]) -> AlgorithmConfig:
         """Set the callbacks class (a subclass of :class:`~amber.algorithms.callbacks.DefaultCallbacks`)
         whose instance the algorithm calls after each ``train()`` and each committed ``save()``.
@@ -306,6 +319,7 @@ class AlgorithmConfig(RLlibConfigMixin):
         self.callbacks_class = callbacks_class
         return self
 
+    @fluent
     @rllib_keywords  # RLlib's recreate_failed_workers / _env_runners: aliases; its other settings refused
     def fault_tolerance(self, *, restart_failed_env_runners: bool | None = None) -> AlgorithmConfig:
         """Set whether a remote env runner whose actor died is rebuilt and its share sampled again
@@ -314,6 +328,7 @@ class AlgorithmConfig(RLlibConfigMixin):
             self.restart_failed_env_runners = bool(restart_failed_env_runners)
         return self
 
+    @fluent
     @rllib_keywords  # RLlib's log_level...: ignored
     def debugging(self, *, seed: int | None = None) -> AlgorithmConfig:
         """Set the seed: two runs of the same seeded config give bit-identical weights."""
@@ -321,8 +336,10 @@ class AlgorithmConfig(RLlibConfigMixin):
         return self
 
     def copy(self) -> AlgorithmConfig:
-        """A deep copy (callables, classes and the plugin manager shared)."""
-        return copy.deepcopy(self, {id(self.plugin_manager): self.plugin_manager})
+        """A deep copy (callables, classes and the plugin manager shared), never frozen."""
+        new = copy.deepcopy(self, {id(self.plugin_manager): self.plugin_manager})
+        vars(new).pop("_frozen", None)
+        return new
 
     def validate(self) -> None:
         """Check the settings together.
@@ -349,7 +366,7 @@ class AlgorithmConfig(RLlibConfigMixin):
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as a plain dict (classes and functions kept as objects)."""
-        live = ("algo_class", "plugin_manager", "storage_options")
+        live = ("algo_class", "plugin_manager", "storage_options", "_frozen")
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in live}
         out["_config_class"] = type(self)
         out["policies"] = {pid: _spec_to_dict(spec) for pid, spec in self.policies.items()}

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["RLLIB_NAMES", "TRAINING_ALIASES", "apply_dict", "policy_spec"]
+__all__ = ["RLLIB_NAMES", "TRAINING_ALIASES", "algorithm_config_for", "apply_dict", "policy_spec"]
 
 #: RLlib 2.10's names of hyperparameters ``.training()`` takes as aliases of amber's.
 TRAINING_ALIASES = {"sgd_minibatch_size": "minibatch_size", "num_sgd_iter": "num_epochs", "lambda": "lambda_"}
@@ -111,14 +111,17 @@ def _flatten(data: dict[str, Any], strict: bool) -> dict[str, Any]:
     :raises ValueError: (strict) a ``multiagent`` key amber lacks, or two names of one setting
         with different values.
     """
+    from amber.algorithms.rllib_api import KEYWORDS  # RLlib's multi_agent() settings amber lacks
+
     multi = data.pop("multiagent", None)
     out: dict[str, Any] = {}
     origin: dict[str, str] = {}
     extra = dict(multi) if isinstance(multi, Mapping) else {}
-    if strict and set(extra) - set(_MULTIAGENT_KEYS):
-        raise ValueError(f"unknown multiagent setting(s) {sorted(set(extra) - set(_MULTIAGENT_KEYS))}; "
+    taken = (*_MULTIAGENT_KEYS, *(k for k in KEYWORDS["multi_agent"] if k not in _MULTIAGENT_KEYS))
+    if strict and set(extra) - set(taken):  # (those of KEYWORDS: checked with the top-level keys)
+        raise ValueError(f"unknown multiagent setting(s) {sorted(set(extra) - set(taken))}; "
                          f"amber has {', '.join(_MULTIAGENT_KEYS)}")
-    for key, value in [*data.items(), *((k, extra[k]) for k in _MULTIAGENT_KEYS if k in extra)]:
+    for key, value in [*data.items(), *((k, extra[k]) for k in taken if k in extra)]:
         name = RLLIB_NAMES.get(key, key)
         if name in out and out[name] is not value and out[name] != value:
             if strict:
@@ -162,13 +165,21 @@ def apply_dict(config: Any, data: Mapping[str, Any], *, strict: bool = True) -> 
     :param strict: refuse keys ``config`` does not have, type-check hyperparameters as
         ``.training()`` does and merge ``model`` into the default (a user's dict); False skips
         such keys and takes ``model`` whole (a saved checkpoint's config, maybe of an older amber).
-    :raises ValueError: (strict) an unknown key, named with the closest known ones; a
+    :raises ValueError: (strict) an unknown key, named with the closest known ones; an RLlib
+        setting amber lacks in a form its fluent method refuses (``{"num_gpus": 1}``; the off forms,
+        ``{"num_gpus": 0}``, are ignored: :func:`~amber.algorithms.rllib_api.rllib_dict_setting`); a
         hyperparameter of the wrong type; a framework amber does not support.
     """
+    from amber.algorithms.rllib_api import rllib_dict_setting
+
     settings = _flatten({k: v for k, v in data.items() if k != "_config_class"}, strict)
     config._multi_agent = bool(settings.pop("multi_agent", False))
     known = {k for k in vars(config) if not k.startswith("_")} | {"algo_class"}
     unknown = sorted(str(k) for k in settings if k not in known)
+    if strict:  # RLlib's settings amber lacks: their off forms ignored, as the fluent methods do
+        ignored = [k for k in unknown if rllib_dict_setting(type(config).__name__, k, settings[k])]
+        unknown = [k for k in unknown if k not in ignored]
+        settings = {k: v for k, v in settings.items() if k not in ignored}
     if unknown and strict:
         raise ValueError(_unknown_message(config, data, unknown, known))
     typed = config.hyperparameter_types() if strict else {}
@@ -182,3 +193,32 @@ def apply_dict(config: Any, data: Mapping[str, Any], *, strict: bool = True) -> 
             continue
         setattr(config, key, value)
     config.training(**{k: v for k, v in settings.items() if k in typed})
+
+
+def algorithm_config_for(algo_cls: Any, config: Any, env: Any = None) -> Any:
+    """The config ``Algorithm(config=..., env=...)`` builds with, validated: a copy of ``config``
+    (itself, inside :func:`~amber.algorithms.config_adoption.adopting_config`), or, from RLlib's dict
+    form, the algorithm's own config class read as ``from_dict`` reads it (strictly), over its defaults;
+    ``env`` (RLlib's argument) sets the environment.
+
+    :raises ValueError: the dict's errors (an unknown key, named), or the config's (``validate()``).
+    :raises TypeError: ``config`` is neither a config nor a dict.
+    """
+    from amber.algorithms.algorithm_config import AlgorithmConfig, copy_unless_adopted
+
+    if isinstance(config, Mapping):
+        default = algo_cls.get_default_config()
+        made = type(default).from_dict(config)
+        made.algo_class = default.algo_class
+        config = made
+    elif config is None:
+        config = algo_cls.get_default_config()
+    elif isinstance(config, AlgorithmConfig):
+        config = copy_unless_adopted(config)
+    else:
+        raise TypeError(f"{algo_cls.__name__}(config=...) takes an AlgorithmConfig or a dict, not "
+                        f"{type(config).__name__}")
+    if env is not None:
+        config.environment(env)
+    config.validate()
+    return config

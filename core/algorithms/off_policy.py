@@ -6,7 +6,9 @@ samples ``rollout_fragment_length`` steps from every env copy, adds each
 policy's transitions to that policy's :class:`~amber.utils.replay_buffers.ReplayBuffer`,
 then makes gradient updates: one per round by default (RLlib's "natural"
 ratio), or as many as ``training_intensity`` asks (replayed steps per sampled
-step). With ``num_env_runners=N`` remote runners, a round samples from every
+step); an update counts ``train_batch_size`` in ``num_env_steps_trained_lifetime`` once (as
+RLlib's ``num_env_steps_trained``) and per policy updated in ``num_agent_steps_trained_lifetime``.
+With ``num_env_runners=N`` remote runners, a round samples from every
 env copy of every runner, ``rollout_fragment_length * num_envs_per_env_runner * N``
 env steps. A policy learns once ``num_steps_sampled_before_learning_starts``
 of its transitions were added to its buffer (the buffer's ``num_added``, which
@@ -36,7 +38,8 @@ from amber.errors import InvalidStateError
 from amber.policy.sample_batch import TRANSITION_COLUMNS
 from amber.utils.replay_buffers import ReplayBuffer
 
-__all__ = ["OffPolicyAlgorithm", "OffPolicyHyperparameters", "ReplayBuffers", "check_replay_capacity"]
+__all__ = ["OffPolicyAlgorithm", "OffPolicyHyperparameters", "ReplayBuffers", "check_replay_buffer_config",
+           "check_replay_capacity"]
 
 
 def check_replay_capacity(owner: str, capacity: object) -> None:
@@ -50,6 +53,69 @@ def check_replay_capacity(owner: str, capacity: object) -> None:
     if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
         raise ValueError(f"{owner}: replay_buffer_config['capacity'] must be a positive int, "
                          f"got {capacity!r}")
+
+
+#: RLlib's replay buffer types that sample uniformly, as amber's buffer does (``type`` may name one).
+UNIFORM_BUFFERS = ("ReplayBuffer", "MultiAgentReplayBuffer", "EpisodeReplayBuffer",
+                   "MultiAgentEpisodeReplayBuffer")
+#: RLlib's other ``replay_buffer_config`` keys, at the one value amber's buffer behaves as.
+_INERT = {"storage_unit": "timesteps", "replay_mode": "independent", "replay_sequence_length": 1,
+          "replay_burn_in": 0, "num_shards": 1, "prioritized_replay": False,
+          "worker_side_prioritization": False, "_enable_replay_buffer_api": True}
+#: RLlib's prioritized replay parameters (2.10's names and the new stack's).
+_PRIORITY_KEYS = ("prioritized_replay_alpha", "prioritized_replay_beta", "prioritized_replay_eps",
+                  "alpha", "beta")
+
+
+def check_replay_buffer_config(owner: str, rb: object, *, capacity_required: bool = False) -> None:
+    """Refuse a ``replay_buffer_config`` amber's uniform buffer would not honour (DQN's and SAC's check).
+
+    Accepted: ``capacity``; a uniform ``type`` (:data:`UNIFORM_BUFFERS`, a name, a dotted path or the
+    class); RLlib's other keys at the value amber behaves as (``storage_unit="timesteps"``,
+    ``replay_sequence_length=1``, ``prioritized_replay=False``...); and RLlib's prioritized replay
+    parameters beside a uniform ``type`` (RLlib ignores them there). Refused: a prioritized or unknown
+    ``type``, priority parameters without a uniform ``type`` (RLlib's default type is prioritized),
+    any other key or value.
+
+    :param owner: the config class's name, for the message.
+    :param capacity_required: refuse a config without ``capacity`` (SAC's).
+    :raises ValueError: naming the key and value.
+    """
+    uniform = ", ".join(UNIFORM_BUFFERS)
+    if not isinstance(rb, Mapping) or (capacity_required and "capacity" not in rb):
+        raise ValueError(f"{owner}: replay_buffer_config must be a dict with a positive int 'capacity', "
+                         f"got {rb!r}")
+    unknown = sorted(str(k) for k in rb if k not in ("capacity", "type", *_INERT, *_PRIORITY_KEYS))
+    if unknown:
+        raise ValueError(f"{owner}: replay_buffer_config: unknown key(s) {unknown}; amber's replay buffer "
+                         f"is uniform and takes 'capacity', 'type' (one of {uniform}) and RLlib's "
+                         f"{', '.join(f'{k}={v!r}' for k, v in _INERT.items())}")
+    kind = rb.get("type")
+    name = kind if isinstance(kind, str) or kind is None else getattr(kind, "__name__", repr(kind))
+    name = None if name is None else name.rsplit(".", 1)[-1]
+    prioritized = name is not None and "Prioritized" in name
+    if name is not None and name not in UNIFORM_BUFFERS:
+        why = "prioritized replay is not implemented" if prioritized else "no such uniform replay buffer"
+        raise ValueError(f"{owner}: replay_buffer_config: type {kind!r} is not supported ({why}); "
+                         f"amber's replay buffer is uniform: use one of {uniform}")
+    asked = [k for k in _PRIORITY_KEYS if k in rb]
+    if asked and name is None:
+        raise ValueError(f"{owner}: replay_buffer_config: {asked} ask(s) for prioritized replay (RLlib's "
+                         f"default type), which amber does not implement: its replay buffer is uniform. "
+                         f"Drop them, or name a uniform 'type' (one of {uniform}), beside which RLlib "
+                         "ignores them too")
+    for key, value in _INERT.items():
+        if key in rb and not _same(rb[key], value):
+            why = " (prioritized replay is not implemented)" if key == "prioritized_replay" else ""
+            raise ValueError(f"{owner}: replay_buffer_config: {key}={rb[key]!r} is not supported{why}; "
+                             f"amber's replay buffer takes {key}={value!r} only")
+    check_replay_capacity(owner, rb.get("capacity", 50_000))
+
+
+def _same(given: object, value: object) -> bool:
+    """Whether ``given`` is ``value`` (a str, int or bool; True is not 1)."""
+    plain = isinstance(given, (str, int, np.integer)) and isinstance(given, bool) == isinstance(value, bool)
+    return plain and given == value
 
 
 @dataclass
@@ -165,7 +231,9 @@ class OffPolicyAlgorithm(Algorithm):
                 for pid in ready:
                     batch = self.replay_buffers[pid].sample(int(cfg.train_batch_size))
                     stats[pid] = self.update_policy(pid, batch)
-                    self.counters["num_env_steps_trained_lifetime"] += int(cfg.train_batch_size)
+                    self.counters["num_agent_steps_trained_lifetime"] += int(cfg.train_batch_size)
+                # one replayed batch of train_batch_size env steps per update, however many policies
+                self.counters["num_env_steps_trained_lifetime"] += int(cfg.train_batch_size)
                 self.updates.num_updates += 1
                 updates += 1
         learner = {pid: {"learner_stats": s, "replay_buffer_size": len(self.replay_buffers[pid])}

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amber.algorithms.algorithm_config import DEFAULT_POLICY_ID
+from amber.algorithms.config_freeze import set_managed
 from amber.algorithms.training_state import PerPolicyValues, TrainingProgress
 from amber.policy.policy import Policy, PolicySpec
 from amber.state import Ref
@@ -237,9 +238,9 @@ class PolicyMapMixin:
 
     def _update_mapping(self, fn: Callable[..., str] | None, train: list[str] | None) -> None:
         if fn is not None:
-            self.config.policy_mapping_fn = fn
+            set_managed(self.config, policy_mapping_fn=fn)  # (the config is frozen: config_freeze)
         if train is not None:
-            self.config.policies_to_train = train
+            set_managed(self.config, policies_to_train=train)
         self.env_runner.set_policies(self.policies, self._mapping_fn())
 
     def _per_policy_values(self) -> list[PerPolicyValues]:
@@ -278,13 +279,13 @@ class PolicyMapMixin:
             for pid in reversed(added):
                 if pid in self.policies:
                     self.remove_policy(pid)  # and its per-policy values
-            self.config.policy_mapping_fn, self.config.policies_to_train = old_fn, old_train
+            set_managed(self.config, policy_mapping_fn=old_fn, policies_to_train=old_train)
             self.env_runner.set_policies(self.policies, self._mapping_fn())
             _unfill(filled)
 
         filled: list[tuple[PerPolicyValues, str]] = []
         try:
-            self.config.policy_mapping_fn, self.config.policies_to_train = fn, train
+            set_managed(self.config, policy_mapping_fn=fn, policies_to_train=train)
             self._add_saved_policies(specs, state, added)
             self.env_runner.set_policies(self.policies, self._mapping_fn())
             filled += self._fill_saved_values(state)

@@ -8,11 +8,12 @@ Where RLlib's call is harmless in its "off" form (``resources(num_gpus=0)``,
 ``api_stack(enable_rl_module_and_learner=False)``, ``debugging(log_level=...)``) it is accepted and
 does nothing; any other value is a ``ValueError`` saying so. docs/rllib_compat.md lists them all.
 
-:class:`RLlibConfigMixin` and :class:`RLlibAlgorithmMixin` consult the table from ``__getattr__``,
-which Python calls only for attributes that do not exist, and only the table's names get a
-message: any other missing attribute stays a plain ``AttributeError``, so ``hasattr`` probes,
-copies and pickles behave as before. :func:`rllib_result_keys` gives a ``train()`` result the
-RLlib 2.10 names of the quantities amber reports under its own names.
+:class:`RLlibConfigMixin` and :class:`~amber.algorithms.rllib_algorithm.RLlibAlgorithmMixin`
+consult the table from ``__getattr__``, which Python calls only for attributes that do not exist,
+and only the table's names get a message: any other missing attribute stays a plain
+``AttributeError``, so ``hasattr`` probes, copies and pickles behave as before. A config dict
+(``AlgorithmConfig.from_dict``) takes the same settings as the fluent methods
+(:func:`rllib_dict_setting`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any, TypeVar
 
 from amber.algorithms.config_dict import RLLIB_NAMES  # the one table of RLlib's setting names
 
-__all__ = ["KEYWORDS", "NOT_IMPLEMENTED", "RESULT_KEYS", "RLlibAlgorithmMixin", "RLlibConfigMixin",
-           "RLlibName", "check_agent_spaces", "rllib_keywords", "rllib_result_keys"]
+__all__ = ["KEYWORDS", "NOT_IMPLEMENTED", "RLlibConfigMixin", "RLlibName", "check_agent_spaces",
+           "rllib_dict_setting", "rllib_keywords"]
 
 DOC = "docs/rllib_compat.md"
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -44,6 +45,10 @@ def _anything(value: Any) -> bool:
     return True
 
 
+def _bool(value: Any) -> bool:
+    return value is None or isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class RLlibName:
     """An RLlib name amber does not implement (or implements under another name)."""
@@ -58,6 +63,12 @@ class RLlibName:
     alias: str | None = None
     #: For a keyword argument amber has: the values refused (``TypeError``); others pass unchanged.
     refuse: Callable[[Any], bool] | None = field(default=None)
+
+
+def _when(instead: str, key: str, test: Callable[[Any], bool], values: str) -> RLlibName:
+    """A keyword argument accepted and ignored when ``test(value)`` (its ``values``, shown as
+    ``key=values``), refused with ``instead`` otherwise."""
+    return RLlibName(instead, off={key: (test, f"{key}={values}")})
 
 
 _OLD_STACK = "amber implements RLlib's old API stack (policies and their losses, no RLModules or Learners)"
@@ -123,15 +134,52 @@ KEYWORDS: dict[str, dict[str, RLlibName]] = {
         for key in ("log_level", "log_sys_usage", "logger_config", "logger_creator")
     },
     "environment": {
-        "disable_env_checking": RLlibName(
-            "amber runs no env pre-check; errors surface when sampling",
-            off={"disable_env_checking": (_anything, "disable_env_checking=...")}),
+        "disable_env_checking": _when("amber runs no env pre-check; errors surface when sampling",
+                                      "disable_env_checking", _anything, "..."),
+        "clip_actions": _when("amber always clips Box actions to the action space's bounds before env.step",
+                              "clip_actions", _bool, "True or False"),
+        "normalize_actions": _when(
+            "amber never rescales actions: PPO's Box actions are its distribution's samples, clipped to "
+            "the bounds (RLlib's normalize_actions=True squashes them into the bounds), SAC squashes "
+            "into the bounds itself, Discrete actions are unaffected", "normalize_actions", _false, "False"),
+        "render_env": _when("amber never renders while training: render an env yourself while rolling "
+                            "a policy out (compute_single_action(obs, explore=False))", "render_env", _false,
+                            "False"),
+        **{key: _when("amber takes each policy's spaces from the env (each agent's own); give a policy "
+                      "others with PolicySpec(observation_space=..., action_space=...) in "
+                      ".multi_agent(policies=...)", key, lambda v: v is None, "None")
+           for key in ("observation_space", "action_space")},
+        "clip_rewards": _when("amber does not clip rewards: wrap the env (e.g. gymnasium.wrappers."
+                              "TransformReward) in a creator registered with amber.envs.register_env",
+                              "clip_rewards", _false, "None or False"),
+        "env_task_fn": _when("amber has no task curriculum: change the env between train() calls",
+                             "env_task_fn", lambda v: v is None, "None"),
+    },
+    "framework": {
+        **{key: _when("amber's tf2 policies and learners always run as compiled tf.function (RLlib's "
+                      "eager tracing); torch ignores it", key, _anything, "...")
+           for key in ("eager_tracing", "eager_max_retraces")},
+        **{key: _when("amber's tf2 runs eagerly (TF2), with no tf1 session", key, _anything, "...")
+           for key in ("tf_session_args", "local_tf_session_args")},
     },
     "reporting": {
-        "metrics_num_episodes_for_smoothing": RLlibName(
+        "metrics_num_episodes_for_smoothing": _when(
             "episode_return_mean is always over the last 100 episodes (RLlib's default)",
-            off={"metrics_num_episodes_for_smoothing": (lambda v: v == 100,
-                                                        "metrics_num_episodes_for_smoothing=100")}),
+            "metrics_num_episodes_for_smoothing", lambda v: v == 100, "100"),
+        **{key: _when("one train() samples a set number of env steps (PPO: train_batch_size; DQN, SAC: at "
+                      "least min_sample_timesteps_per_iteration) with no minimum time or training "
+                      "steps: call train() until as much has passed as you want", key, _zero, "0 or None")
+           for key in ("min_time_s_per_iteration", "min_train_timesteps_per_iteration")},
+        "keep_per_episode_custom_metrics": _when(
+            "amber reports no custom_metrics: add your own metrics to train()'s result in the callbacks' "
+            "on_train_result", "keep_per_episode_custom_metrics", _false, "False"),
+    },
+    "checkpointing": {
+        "checkpoint_trainable_policies_only": _when(
+            "amber's checkpoints hold every policy: export one with "
+            "algo.get_policy(policy_id).export_checkpoint(dir), or load only some with "
+            "Algorithm.from_checkpoint(path, policy_ids=[...])", "checkpoint_trainable_policies_only", _false,
+            "False"),
     },
     "env_runners": {  # RLlib's older names: aliases, as config_dict.RLLIB_NAMES reads them
         key: RLlibName("", alias=RLLIB_NAMES[key]) for key in ("num_rollout_workers", "num_envs_per_worker")
@@ -148,6 +196,13 @@ KEYWORDS: dict[str, dict[str, RLlibName]] = {
         "policies_to_train": RLlibName(
             "pass the ids of the policies that train (a list or set); amber does not implement "
             "RLlib's callable policies_to_train(policy_id, batch)", refuse=callable),
+        "count_steps_by": _when("amber counts env steps (train_batch_size, rollout_fragment_length and "
+                                "the step counters; agent steps: num_agent_steps_sampled_lifetime)",
+                                "count_steps_by", lambda v: v in (None, "env_steps"), '"env_steps"'),
+        **{key: _when("amber keeps every policy in memory", key, _anything, "...")
+           for key in ("policy_map_capacity", "policy_states_are_swappable")},
+        "observation_fn": _when("amber gives each agent the env's observation of it: build it in the env",
+                                "observation_fn", lambda v: v is None, "None"),
     },
 }
 
@@ -229,6 +284,35 @@ def rllib_keywords(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _dict_settings() -> dict[str, tuple[str, RLlibName]]:
+    """RLlib's settings amber lacks, as a config dict's keys: key → (RLlib's method, entry)."""
+    found: dict[str, tuple[str, RLlibName]] = {}
+    for method, entry in NOT_IMPLEMENTED["AlgorithmConfig"].items():
+        found.update((key, (method, entry)) for key in entry.off or ())
+    for method, table in KEYWORDS.items():
+        found.update((key, (method, entry)) for key, entry in table.items()
+                     if entry.alias is None and entry.refuse is None)
+    return found
+
+
+def rllib_dict_setting(owner: str, key: str, value: Any) -> bool:
+    """Whether ``key: value`` of a config dict (``from_dict``) is an RLlib setting amber lacks, in
+    the form its fluent method accepts and ignores (``{"num_gpus": 0}`` as ``.resources(num_gpus=0)``);
+    False: no such RLlib setting.
+
+    :raises ValueError: such a setting in another form, with the fluent method's message.
+    """
+    found = _DICT_SETTINGS.get(key)
+    if found is None:
+        return False
+    method, entry = found
+    test = (entry.off or {}).get(key)
+    if test is None or not test[0](value):
+        call = f"{method}({key}={_shown(value)}) (the config dict's {key!r})"
+        raise ValueError(_refusal(owner, call, entry))
+    return True
+
+
 class RLlibConfigMixin:
     """RLlib's names on :class:`~amber.algorithms.algorithm_config.AlgorithmConfig`: the table's
     methods (refused, or ignored in their off form) and read-only item access ``config["lr"]``."""
@@ -260,59 +344,7 @@ class RLlibConfigMixin:
         return True
 
 
-class RLlibAlgorithmMixin:
-    """RLlib's names on :class:`~amber.algorithms.algorithm.Algorithm`: the table's attributes
-    (refused, naming what to use) and ``get_weights``/``set_weights`` of all policies."""
-
-    policies: dict[str, Any]
-
-    def __getattr__(self, name: str) -> Any:
-        return _missing(self, NOT_IMPLEMENTED["Algorithm"], name)
-
-    def get_weights(self, policies: list[str] | None = None) -> dict[str, Any]:
-        """The policies' weights, ``{policy_id: policy.get_weights()}`` (RLlib's form).
-
-        :param policies: only these ids (default: every policy).
-        :raises ValueError: an id that is no policy of this algorithm.
-        """
-        wanted = list(self.policies) if policies is None else list(policies)
-        _check_policy_ids(self, wanted)
-        return {pid: self.policies[pid].get_weights() for pid in wanted}
-
-    def set_weights(self, weights: Mapping[str, Any]) -> None:
-        """Set policies' weights from ``{policy_id: weights}`` (:meth:`get_weights`'s form); the env
-        runners get them at the next ``train()``.
-
-        :raises ValueError: an id that is no policy of this algorithm (before any weight is set).
-        """
-        _check_policy_ids(self, list(weights))
-        for pid, policy_weights in weights.items():
-            self.policies[pid].set_weights(policy_weights)
-
-
-def _check_policy_ids(algo: RLlibAlgorithmMixin, ids: list[str]) -> None:
-    unknown = [pid for pid in ids if pid not in algo.policies]
-    if unknown:
-        raise ValueError(f"{type(algo).__name__} has no policy {', '.join(map(repr, unknown))} "
-                         f"(policies: {sorted(algo.policies)})")
-
-
-#: RLlib 2.10's result keys → amber's key of the same quantity (RLlib's step counts are lifetime).
-RESULT_KEYS = {
-    "episode_reward_mean": "episode_return_mean", "episode_reward_max": "episode_return_max",
-    "episode_reward_min": "episode_return_min", "policy_reward_mean": "policy_return_mean",
-    "timesteps_total": "num_env_steps_sampled_lifetime",
-    "num_env_steps_sampled": "num_env_steps_sampled_lifetime",
-    "num_env_steps_trained": "num_env_steps_trained_lifetime",
-    "num_agent_steps_sampled": "num_agent_steps_sampled_lifetime",
-    "agent_timesteps_total": "num_agent_steps_sampled_lifetime",
-}
-
-
-def rllib_result_keys(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The RLlib 2.10 keys of :data:`RESULT_KEYS` that ``result`` lacks, with the values of
-    amber's keys for the same quantities (for Tune stops and code reading RLlib's names)."""
-    return {old: result[new] for old, new in RESULT_KEYS.items() if new in result and old not in result}
+_DICT_SETTINGS = _dict_settings()
 
 
 def check_agent_spaces(env: Any, spaces: Mapping[Any, tuple[Any, Any]]) -> None:

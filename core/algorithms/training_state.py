@@ -28,6 +28,7 @@ COUNTERS: dict[str, int | float] = {
     "num_env_steps_sampled_lifetime": 0,
     "num_agent_steps_sampled_lifetime": 0,
     "num_env_steps_trained_lifetime": 0,
+    "num_agent_steps_trained_lifetime": 0,
     "time_total_s": 0.0,
 }
 #: How many finished episodes' returns are kept for ``episode_return_mean``.
@@ -91,7 +92,9 @@ class TrainingProgress:
 
         A state without ``episodes_total`` (saved by an amber that did not count episodes yet, or
         another system's) counts the episodes whose returns it holds, ``len(recent_returns)``:
-        what that amber reported as ``episodes_total`` (at most :data:`RECENT`).
+        what that amber reported as ``episodes_total`` (at most :data:`RECENT`). Counters without
+        ``num_agent_steps_trained_lifetime`` (an amber that counted agent steps as
+        ``num_env_steps_trained_lifetime``) take that value for it; the env steps stay as saved.
         """
         iteration = _count(state.get("iteration"), "progress.iteration")
         counters = state.get("counters")
@@ -101,6 +104,9 @@ class TrainingProgress:
         if unknown:  # only amber's counters: a name from the file must not survive a rollback
             raise _bad("progress.counters (unknown counter)", unknown[0])
         parsed = {k: _number(v, f"progress.counters.{k}") for k, v in counters.items()}
+        if "num_agent_steps_trained_lifetime" not in parsed and "num_env_steps_trained_lifetime" in parsed:
+            # saved before amber counted it: its num_env_steps_trained counted the agent steps trained
+            parsed["num_agent_steps_trained_lifetime"] = parsed["num_env_steps_trained_lifetime"]
         what = "progress.recent_returns"
         recent = [_number(r, what) for r in _list(state.get("recent_returns", []), what)]
         per_policy = state.get("recent_policy_returns", {})

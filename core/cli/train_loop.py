@@ -251,13 +251,10 @@ def record_settings(config: Any, *, num_to_keep: int | None, format_: str | None
     """Set the run's ``--num-to-keep`` and ``--format`` (those given) in its algorithm's config, which
     each checkpoint records, so that a later ``--resume`` keeps them.
 
-    Both are read at every save, so they apply whole from the next one, a built (frozen) config's
-    too: the format is set as its live settings are, should the config refuse it.
+    Both are read at every save, so they apply whole from the next one: a built (frozen) config
+    takes them (:data:`amber.algorithms.config_freeze.LIVE_SETTINGS`).
     """
     if num_to_keep is not None:
         config.checkpointing(num_to_keep=num_to_keep)
-    if format_ is not None and config.checkpoint_format != format_:
-        try:
-            config.checkpointing(format=format_)
-        except AttributeError:  # a frozen config (amber.algorithms.config_freeze) refusing it
-            object.__setattr__(config, "checkpoint_format", format_)
+    if format_ is not None:
+        config.checkpointing(format=format_)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from amber.errors import CheckpointError, state_errors
 from amber.models.numpy_mlp import check_obs_range
+from amber.policy.obs_errors import obs_batch_error, single_obs_error
 from amber.state import Ref
 
 if TYPE_CHECKING:
@@ -48,10 +50,10 @@ class Policy:
     """A policy: acts on observations, and saves and restores its whole state.
 
     Subclasses implement :meth:`compute_actions`, :meth:`get_weights`,
-    :meth:`set_weights`, :meth:`get_state` and :meth:`set_state`. The state
-    is a state tree holding ``policy_spec`` (class, spaces, config), so that
-    :meth:`from_checkpoint` can rebuild the policy without an algorithm or
-    an environment.
+    :meth:`set_weights`, and may implement :meth:`get_state` and :meth:`set_state`
+    (default: the weights and counters, as RLlib's). The state is a state tree
+    holding ``policy_spec`` (class, spaces, config), so that :meth:`from_checkpoint`
+    can rebuild the policy without an algorithm or an environment.
     """
 
     observation_space: Any
@@ -107,12 +109,17 @@ class Policy:
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:
-        """The policy's whole state (weights, optimizer, counters, RNG, spec) as a state tree."""
-        raise NotImplementedError
+        """The policy's whole state (weights, optimizer, counters, RNG, spec) as a state tree; by
+        default RLlib's: spec, weights and counters (:func:`amber.policy.default_state.default_state`)."""
+        from amber.policy.default_state import default_state
+
+        return default_state(self)
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Apply a state returned by :meth:`get_state`."""
-        raise NotImplementedError
+        """Apply a state returned by :meth:`get_state` (this default: :meth:`set_weights` and counters)."""
+        from amber.policy.default_state import apply_default_state
+
+        apply_default_state(self, state)
 
     # -- exported models -------------------------------------------------------
 
@@ -174,6 +181,7 @@ class Policy:
         policy_id: str | None = None,
         pm: pluggy.PluginManager | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        checkpoint_format: str | None = None,
     ) -> str:
         """Write this policy as a policy checkpoint (atomic, verified); return the directory.
 
@@ -181,9 +189,18 @@ class Policy:
         :param storage_options: for a URL, passed to its fsspec file system.
         :param format: a registered format name (default: the policy's
             ``checkpoint_format`` config, else ``"pickle"``).
+        :param checkpoint_format: RLlib 2.10's name of ``format``: ``"msgpack"``, or ``"cloudpickle"``
+            (amber's ``"pickle"``).
+        :raises TypeError: both ``format`` and ``checkpoint_format``, differing.
         """
         from amber.checkpoint import write_checkpoint
 
+        if checkpoint_format is not None:
+            given = {"cloudpickle": "pickle"}.get(checkpoint_format, checkpoint_format)
+            if format is not None and format != given:
+                raise TypeError(f"export_checkpoint() got format={format!r} and checkpoint_format="
+                                f"{checkpoint_format!r} (RLlib's name of format): give one")
+            format = given
         fmt = format or self.config.get("checkpoint_format") or "pickle"
         attachments = {}
         if self.config.get("export_native_model_files"):
@@ -220,12 +237,14 @@ class Policy:
 
     @classmethod
     def build_from_spec(cls, spec: Mapping[str, Any]) -> Policy:
-        """Build an untrained policy from a ``policy_spec`` state."""
-        raise NotImplementedError
+        """An untrained policy from a ``policy_spec`` state (default: ``cls(obs, act, config)``)."""
+        from amber.policy.policy_helpers import build_from_spec
+
+        return build_from_spec(cls, spec)
 
     @staticmethod
     def from_checkpoint(
-        checkpoint: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str] | Any,
         policy_ids: Iterable[str] | None = None,
         *,
         allow_pickle: bool | None = None,
@@ -238,7 +257,7 @@ class Policy:
         only the policies in ``policy_ids`` are read (all when None).
 
         :param checkpoint: a checkpoint directory, or an fsspec URL (only the policies asked
-            for are downloaded).
+            for are downloaded), or a Ray Tune/Train ``Checkpoint`` (its path or URL).
         :param policy_ids: for an algorithm checkpoint, the policies to restore.
         :param allow_pickle: see :func:`amber.checkpoint.read_checkpoint`.
         :param storage_options: for a URL, passed to its fsspec file system.
@@ -246,6 +265,10 @@ class Policy:
         from amber.checkpoint import read_checkpoint
         from amber.models.build_budget import adopting_state
 
+        if not isinstance(checkpoint, (str, PurePath)):  # a Ray Tune/Train Checkpoint, as RLlib's takes
+            from amber.algorithms.algorithm_checkpoints import checkpoint_location
+
+            checkpoint = checkpoint_location(checkpoint)
         ckpt = read_checkpoint(checkpoint, policy_ids=policy_ids, allow_pickle=allow_pickle, pm=pm,
                                storage_options=storage_options)
         with adopting_state():  # the state read is this restore's: arrays are kept, not copied
@@ -305,45 +328,6 @@ def checked_obs_batch(policy: Any, obs_batch: Any) -> np.ndarray:
         raise obs_batch_error(policy, arr)
     check_obs_range(type(policy).__name__, arr, policy._obs_range)
     return arr
-
-
-def _shape_words(shape: tuple[int, ...]) -> str:
-    return "shape () (a scalar)" if shape == () else f"shape {shape}"
-
-
-def obs_batch_error(policy: Any, arr: np.ndarray, *, owner: str | None = None,
-                    shape: tuple[int, ...] | None = None) -> ValueError:
-    """The error of ``compute_actions`` for a batch of observations ``arr`` whose shape is not
-    ``[batch, *obs_shape]`` (one observation passed as a batch: use ``compute_single_action``, or
-    add a batch axis). ``owner``: what to call the policy (its class); ``shape``: one observation's
-    shape (the policy's ``_obs_shape``)."""
-    want = policy._obs_shape if shape is None else shape
-    owner = owner or type(policy).__name__
-    one = "one integer" if want == () else f"shape {want}"
-    n = arr.size // max(int(np.prod(want)), 1)
-    if arr.shape == want:
-        hint = "; for one observation use compute_single_action(obs), or add a batch axis (obs[None])"
-    elif n and arr.size % max(int(np.prod(want)), 1) == 0 and (
-            arr.ndim == len(want) > 0 or (want == () and arr.ndim > 1)):
-        hint = f"; if it holds {n} observation{'s' * (n > 1)}, reshape it to {(n, *want)}"
-    else:
-        hint = ""
-    return ValueError(f"{owner}.compute_actions takes a batch of observations of {one} each, not an "
-                      f"array of shape {arr.shape}{hint}")
-
-
-def single_obs_error(arr: np.ndarray, want: tuple[int, ...], owner: str) -> ValueError:
-    """The error of ``compute_single_action`` for an observation ``arr`` whose shape is not the
-    space's, ``want`` (``()`` for a Discrete space): a batch, or the right values in another shape."""
-    hints = []
-    if arr.size == int(np.prod(want)):
-        hints.append("pass the integer itself" if want == () else f"reshape it to {want}")
-    if arr.ndim == len(want) + 1 and arr.shape[1:] == want:
-        hints.append("for a batch of observations use compute_actions(obs_batch)")
-    hint = f"; {', or '.join(hints)}" if hints else ""
-    one = ", an integer (shape ())" if want == () else f" of {_shape_words(want)}"
-    return ValueError(f"{owner}.compute_single_action takes one observation{one}, not one of "
-                      f"{_shape_words(arr.shape)}{hint}")
 
 
 def checked_single_obs(policy: Any, obs: Any) -> np.ndarray:

@@ -16,7 +16,8 @@ from amber.names import is_nameable, name_of
 from amber.policy.spaces import space_from_state
 from amber.scoped import scoped
 
-__all__ = ["action_info", "build_from_spec", "policy_seeds", "portable_config", "state_views", "views_wanted"]
+__all__ = ["action_info", "build_from_spec", "check_no_unknown_weights", "policy_seeds", "portable_config",
+           "state_views", "views_wanted"]
 
 T = TypeVar("T")
 
@@ -119,3 +120,15 @@ def action_info(observation_space: Any, action_space: Any, *, squashed: bool = F
         act = "mean = action_dist_inputs[:, :d]; action = clip(mean, low, high), reshaped to the action shape"
     return {"observation_space": space(observation_space), "action_space": space(action_space),
             "action_distribution": dist, "greedy_action": act}
+
+
+def check_no_unknown_weights(owner: str, weights: Mapping[str, Any], own: Any) -> None:
+    """Refuse weights that are none of the model's (``own``: its parameter names), naming them: a
+    ``set_weights`` would otherwise drop them silently (weights of another network, or misnamed).
+
+    :raises KeyError: naming the unknown keys and the model's.
+    """
+    unknown = sorted(str(k) for k in weights if k not in own)
+    if unknown:
+        raise KeyError(f"{owner}.set_weights: {unknown} are not weights of this policy's model "
+                       f"(its weights: {sorted(own)})")

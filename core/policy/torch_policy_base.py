@@ -35,6 +35,7 @@ from amber.policy.policy import (
     optimizer_entries,
     saved_optimizers,
 )
+from amber.policy.policy_helpers import check_no_unknown_weights
 from amber.policy.spaces import space_to_state
 from amber.policy.torch_utils import (
     adopting,
@@ -237,9 +238,10 @@ class TorchPolicyBase(Policy):
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Copy weights returned by :meth:`get_weights` into the model (in place).
 
-        :raises KeyError: a weight is missing.
+        :raises KeyError: a weight is missing, or one is not the model's (named; nothing is copied).
         :raises ValueError: a weight's shape differs (nothing is copied then).
         """
+        check_no_unknown_weights(type(self).__name__, weights, self.model.state_dict())
         copy_weights(checked_weights(self.model, weights))
 
     def num_params(self) -> int:

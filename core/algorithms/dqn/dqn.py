@@ -28,14 +28,14 @@ import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
-from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters, check_replay_capacity
+from amber.algorithms.off_policy import (
+    OffPolicyAlgorithm,
+    OffPolicyHyperparameters,
+    check_replay_buffer_config,
+)
 from amber.algorithms.training_state import PerPolicyCounts
 
 __all__ = ["DQN", "DQNConfig"]
-
-_UNIFORM_BUFFERS = ("ReplayBuffer", "MultiAgentReplayBuffer", "EpisodeReplayBuffer",
-                    "MultiAgentEpisodeReplayBuffer")
-
 
 @dataclass
 class DQNHyperparameters(OffPolicyHyperparameters):
@@ -85,18 +85,8 @@ class DQNConfig(AlgorithmConfig):
         from amber.algorithms.dqn.dqn_common import validate_epsilon_schedule
 
         super().validate()
-        rb = dict(self.replay_buffer_config or {})
-        unknown = sorted(set(rb) - {"capacity", "type"})
-        if unknown:
-            raise ValueError(f"replay_buffer_config: unknown key(s) {unknown}; amber's replay buffer is "
-                             "uniform and takes 'capacity' (and 'type', one of "
-                             f"{', '.join(_UNIFORM_BUFFERS)})")
-        kind = rb.get("type", "MultiAgentReplayBuffer")
-        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
-        if kind not in _UNIFORM_BUFFERS:
-            raise ValueError(f"replay_buffer_config: type {kind!r} is not supported (prioritized replay is "
-                             f"not implemented); use one of {', '.join(_UNIFORM_BUFFERS)}")
-        check_replay_capacity(type(self).__name__, rb.get("capacity", 50_000))
+        rb = self.replay_buffer_config
+        check_replay_buffer_config(type(self).__name__, {} if rb is None else rb)
         checks = {
             "train_batch_size": int(self.train_batch_size) >= 1,
             "n_step": int(self.n_step) >= 1,

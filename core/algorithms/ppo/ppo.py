@@ -4,6 +4,9 @@ One ``train()`` samples ``train_batch_size`` env steps, computes GAE
 advantages per trajectory fragment, and runs ``num_epochs`` epochs of
 minibatch SGD on the clipped surrogate, clipped value loss, entropy bonus
 and adaptive KL penalty, for every policy in ``policies_to_train``.
+``num_env_steps_trained_lifetime`` grows by the batch's env steps when some
+policy trained on it (as RLlib's ``num_env_steps_trained``), and
+``num_agent_steps_trained_lifetime`` by the rows the policies trained on.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ class PPO(Algorithm):
             # kept: the adapted coefficient, for the next iteration; reported (as RLlib 2.10 does,
             # whose stats are taken before its update_kl): the one this iteration's loss used
             self.kl_coeffs[pid], stats["cur_kl_coeff"] = float(stats["cur_kl_coeff"]), kl_coeff
-            self.counters["num_env_steps_trained_lifetime"] += len(batch["obs"])
+            self.counters["num_agent_steps_trained_lifetime"] += len(batch["obs"])
             learner[pid] = {"learner_stats": stats, "num_agent_steps_trained": len(batch["obs"])}
+        if learner:  # as RLlib counts them: the env steps of the batch trained on, once
+            self.counters["num_env_steps_trained_lifetime"] += int(metrics["num_env_steps"])
         return {"info": {"learner": learner}}

@@ -28,7 +28,11 @@ import numpy as np
 
 from amber.algorithms.algorithm import Algorithm
 from amber.algorithms.algorithm_config import AlgorithmConfig
-from amber.algorithms.off_policy import OffPolicyAlgorithm, OffPolicyHyperparameters, check_replay_capacity
+from amber.algorithms.off_policy import (
+    OffPolicyAlgorithm,
+    OffPolicyHyperparameters,
+    check_replay_buffer_config,
+)
 from amber.algorithms.sac.sac_common import SAC_MODEL_DEFAULTS
 
 __all__ = ["SAC", "SACConfig"]
@@ -97,11 +101,7 @@ class SACConfig(AlgorithmConfig):
             check_numbers(self, {"target_entropy": (lambda v: True, '"auto" or a finite number')})
         if not isinstance(self.twin_q, bool):
             raise ValueError(f"SACConfig: twin_q must be True or False, got {self.twin_q!r}")
-        buffer = self.replay_buffer_config
-        if not isinstance(buffer, Mapping) or "capacity" not in buffer:
-            raise ValueError(f"SACConfig: replay_buffer_config must be a dict with a positive int "
-                             f"'capacity', got {buffer!r}")
-        check_replay_capacity("SACConfig", buffer["capacity"])
+        check_replay_buffer_config(type(self).__name__, self.replay_buffer_config, capacity_required=True)
 
 
 class SAC(OffPolicyAlgorithm):
