@@ -31,6 +31,10 @@ from amber.manifest import (
     validate_manifest,
 )
 from amber.migration import check_not_newer
+
+# loaded with the read path: verified_io asks it (lazily) whether a failed read met a replaced
+# checkpoint, and a read imports nothing
+from amber.read_changed import replaced as _replaced  # noqa: F401
 from amber.verified_io import (
     MANIFEST,
     FileEntries,
